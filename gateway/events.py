@@ -1,0 +1,152 @@
+"""The event model: catalogue of event types, channels, and the envelope every event travels in.
+
+A driver reports a `MachineEvent`; `draft_from_machine` turns it into a `Draft` (channel, time,
+trace id, money made exact). The outbox writer gives each draft its place in the chain (epoch,
+seq, prev_hash) and seals it (gateway/signing.py) into the envelope stored and streamed upstream.
+Performs no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import MachineEvent, MachineRef
+
+__all__ = [
+    "CATALOGUE",
+    "CHANNELS",
+    "Draft",
+    "EventSpec",
+    "draft_from_machine",
+    "rfc3339",
+    "system_draft",
+]
+
+CHANNELS = ("game", "cash", "alerts", "system", "player")
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    type: str
+    channel: str
+    version: str
+    summary: str
+    sas: str = ""
+    droppable: bool = False
+
+
+CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
+    # system
+    EventSpec("gatewayStarted", "system", "1.0.0", "The gateway process started."),
+    EventSpec("gatewayStopping", "system", "1.0.0", "The gateway is shutting down cleanly."),
+    EventSpec("deviceOnline", "system", "1.0.0", "A machine answered after silence or at start.",
+              "first valid answer"),
+    EventSpec("deviceOffline", "system", "1.0.0", "A machine missed the configured number of polls.",
+              "missed polls"),
+    EventSpec("powerLost", "system", "1.0.0", "The machine reported AC power lost.", "exc 18"),
+    EventSpec("powerApplied", "system", "1.0.0", "The machine reported AC power applied.", "exc 17"),
+    EventSpec("uplinkDown", "system", "1.0.0", "The platform connection was lost."),
+    EventSpec("uplinkUp", "system", "1.0.0", "The platform connection is (re-)established."),
+    EventSpec("lossMarker", "system", "1.0.0", "Events were lost or shed; says what and why.",
+              "exc 70, shedding, quarantine"),
+    EventSpec("keyRotated", "system", "1.0.0", "The signing key changed; signed by the old key."),
+    EventSpec("commandExecuted", "system", "1.0.0",
+              "Audit of a command: who asked, what, the result."),
+    EventSpec("machineException", "system", "1.0.0",
+              "A SAS exception with no dedicated event type (kept, never dropped).", "exc *"),
+    # alerts
+    EventSpec("doorOpened", "alerts", "1.0.0", "A door opened (slot, drop, card cage, ...).",
+              "exc 11 13 15 19 1D"),
+    EventSpec("doorClosed", "alerts", "1.0.0", "A door closed.", "exc 12 14 16 1A 1E"),
+    EventSpec("tilt", "alerts", "1.0.0", "A tilt or fault condition, with its kind.",
+              "exc 20-2C, 31-3B, 40-46, 60, 61"),
+    EventSpec("handpayPending", "alerts", "1.0.0", "A handpay is waiting for an attendant.",
+              "exc 51 (+LP 1B)"),
+    EventSpec("handpayReset", "alerts", "1.0.0", "A handpay was reset.", "exc 52"),
+    EventSpec("bufferOverflow", "alerts", "1.0.0", "The machine's exception queue overflowed.",
+              "exc 70"),
+    EventSpec("alertAcknowledged", "alerts", "1.0.0", "A staff member acknowledged an alert."),
+    # game
+    EventSpec("betPlaced", "game", "1.0.0", "A game started, with its wager.", "exc 7E / RTE 7E"),
+    EventSpec("gameEnded", "game", "1.0.0", "A game ended, with its win.", "exc 7F / RTE 7F"),
+    EventSpec("gameSelected", "game", "1.0.0", "The player selected a game.", "exc 8C"),
+    # cash
+    EventSpec("billAccepted", "cash", "1.0.0", "A bill was stacked.", "exc 47-50 / RTE 4F"),
+    EventSpec("ticketPrinted", "cash", "1.0.0", "A cash-out ticket was printed.", "exc 3D"),
+    EventSpec("ticketInserted", "cash", "1.0.0", "A ticket was inserted.", "exc 67"),
+    EventSpec("meterSnapshot", "cash", "1.0.0", "A periodic read of the machine's meters.",
+              "LP 1A, 0F, 1C, 6F", droppable=True),
+]}
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    """UTC, millisecond precision, 'Z' suffix: 2026-11-21T05:56:12.123Z."""
+    stamp = dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def new_trace_id() -> str:
+    return os.urandom(8).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An event before the outbox gives it (epoch, seq) and a place in the hash chain."""
+
+    type: str
+    channel: str
+    schema_version: str
+    timestamp: str
+    trace_id: str
+    data: dict[str, Any]
+    machine: dict[str, Any] | None = None
+    monotonic: float = 0.0  # trio clock at capture, for latency figures; not part of the envelope
+    droppable: bool = False
+    source: tuple[int, bytes] | None = field(default=None)  # (code, payload) for redelivery
+
+
+def _exact_money(data: dict[str, Any], currency: str) -> dict[str, Any]:
+    """`x_cents: 2000` becomes `x: {"minor": 2000, "currency": "USD"}`; other keys pass through."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key.endswith("_cents") and value is not None:
+            if not isinstance(value, int):
+                raise TypeError(f"{key} must be an integer number of cents, not {value!r}")
+            out[key[: -len("_cents")]] = {"minor": value, "currency": currency}
+        else:
+            out[key] = value
+    return out
+
+
+def spec_for(event_type: str) -> EventSpec:
+    try:
+        return CATALOGUE[event_type]
+    except KeyError:
+        raise ValueError(f"unknown event type {event_type!r}: add it to gateway.events.CATALOGUE")
+
+
+def draft_from_machine(event: MachineEvent, *, currency: str, now: float) -> Draft:
+    spec = spec_for(event.type)
+    source = (event.source.code, event.source.payload) if event.source else None
+    return Draft(
+        type=spec.type, channel=spec.channel, schema_version=spec.version,
+        timestamp=rfc3339(event.observed_at or now), trace_id=new_trace_id(),
+        data=_exact_money(dict(event.data), currency), machine=event.machine.as_dict(),
+        monotonic=event.monotonic, droppable=spec.droppable, source=source,
+    )
+
+
+def system_draft(event_type: str, data: dict[str, Any] | None = None, *, now: float,
+                 machine: MachineRef | None = None, monotonic: float = 0.0,
+                 currency: str = "USD") -> Draft:
+    spec = spec_for(event_type)
+    return Draft(
+        type=spec.type, channel=spec.channel, schema_version=spec.version,
+        timestamp=rfc3339(now), trace_id=new_trace_id(),
+        data=_exact_money(dict(data or {}), currency),
+        machine=machine.as_dict() if machine else None, monotonic=monotonic,
+        droppable=spec.droppable,
+    )
