@@ -1,0 +1,58 @@
+"""The gateway's side of the driver contract: machine events in, durable events out.
+
+`OutboxSink` is the `drivers.base.EventSink` every driver gets. `record` turns a `MachineEvent`
+into a draft and returns only once the outbox has committed it -- the driver acknowledges the
+machine after that (design.md section 4 rule 1). It also answers the redelivery question
+(rule 3) from what the outbox remembered of each machine's last, unacknowledged event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from drivers.base import MachineEvent, MachineRef, SourceRef
+from gateway.events import draft_from_machine
+from gateway.outbox import Outbox
+
+__all__ = ["OutboxSink"]
+
+
+def _key(machine: MachineRef) -> str:
+    return f"{machine.port}/{machine.address}"
+
+
+class OutboxSink:
+    def __init__(self, outbox: Outbox, *, currency: str,
+                 on_event: Callable[[MachineEvent], None] | None = None) -> None:
+        self._outbox = outbox
+        self._currency = currency
+        self._on_event = on_event
+        self._last_seq: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
+        self.redeliveries = 0
+
+    async def record(self, event: MachineEvent) -> None:
+        draft = draft_from_machine(event, currency=self._currency, now=time.time())
+        seq = await self._outbox.append(draft)
+        if event.source is not None:
+            self._last_seq[_key(event.machine)] = seq
+        self.counts[event.type] += 1
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def acknowledged(self, event: MachineEvent) -> None:
+        key = _key(event.machine)
+        seq = self._last_seq.get(key)
+        if seq is not None:
+            self._outbox.note_acknowledged(key, seq)
+
+    def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
+        # Only the first exception a machine sends after a restart can be a redelivery; whatever
+        # it is, the question is settled for that machine afterwards.
+        last = self._outbox.unacknowledged.pop(_key(machine), None)
+        if last is not None and last == (source.code, source.payload):
+            self.redeliveries += 1
+            return True
+        return False

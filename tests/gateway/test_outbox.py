@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+import trio
+
+from drivers.base import MachineEvent, MachineRef, SourceRef
+from gateway.capture import OutboxSink
+from gateway.errors import StoreError
+from gateway.events import system_draft
+from gateway.outbox import OutboxSettings, iter_envelopes, open_readonly
+from gateway.signing import decode_envelope, key_id
+from gateway.verify import verify_events
+
+
+def draft(n: int):
+    return system_draft("machineException", {"code": n, "name": "test"}, now=time.time())
+
+
+async def append_many(outbox, count: int) -> list[int]:
+    seqs: list[int] = []
+
+    async def one(i: int) -> None:
+        seqs.append(await outbox.append(draft(i)))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+    return seqs
+
+
+async def test_append_returns_once_committed_and_seqs_are_dense(make_outbox):
+    outbox = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            seqs = await append_many(outbox, 300)
+            # Durable means visible to a fresh connection the moment append returned.
+            conn = open_readonly(outbox.settings.path)
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 300
+            nursery.cancel_scope.cancel()
+    assert sorted(seqs) == list(range(1, 301))
+    # Group commit: 300 concurrent appends share far fewer commits than events.
+    assert outbox.commits < 300
+
+
+async def test_chain_verifies_and_envelope_has_every_field(make_outbox, signer):
+    outbox = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await append_many(outbox, 50)
+            nursery.cancel_scope.cancel()
+    conn = open_readonly(outbox.settings.path)
+    report = verify_events(iter_envelopes(conn), {key_id(signer.verify_key): signer.verify_key})
+    assert report.ok and report.checked == 50
+    env = decode_envelope(conn.execute("SELECT body FROM events WHERE seq=7").fetchone()[0])
+    assert env["id"] == f"test-gw:{outbox.epoch}:7"
+    for name in ("event", "channel", "schema_version", "seq", "epoch", "gateway_id", "venue",
+                 "region", "machine", "timestamp", "trace_id", "data", "prev_hash", "hash",
+                 "sig", "kid"):
+        assert name in env
+    assert env["timestamp"].endswith("Z") and len(env["timestamp"]) == 24
+
+
+async def test_reopen_keeps_undelivered_events_and_continues_the_chain(make_outbox, signer):
+    first = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run_writer)
+            await append_many(first, 20)
+            await first.mark_delivered(8)
+            await first.append(draft(99))  # carries the delivered mark into a commit
+            nursery.cancel_scope.cancel()
+    epoch = first.epoch
+    await first.aclose()
+
+    second = make_outbox()
+    assert second.epoch == epoch
+    assert (second.last_seq, second.delivered_seq) == (21, 8)
+    assert [seq for seq, _ in await second.read_after(8, 100)] == list(range(9, 22))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(second.run_writer)
+            assert await second.append(draft(100)) == 22
+            nursery.cancel_scope.cancel()
+    conn = open_readonly(second.settings.path)
+    assert verify_events(iter_envelopes(conn),
+                         {key_id(signer.verify_key): signer.verify_key}).checked == 22
+
+
+async def test_wait_appended_wakes_on_commit(make_outbox):
+    outbox = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            woke = trio.Event()
+
+            async def waiter() -> None:
+                await outbox.wait_appended(0)
+                woke.set()
+
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woke.is_set()
+            await outbox.append(draft(1))
+            await woke.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def test_outbox_of_another_gateway_is_refused(make_outbox, outbox_settings):
+    make_outbox()
+    other = OutboxSettings(path=outbox_settings.path, gateway_id="someone-else")
+    with pytest.raises(StoreError, match="refusing to mix chains"):
+        make_outbox(other)
+
+
+async def test_unacknowledged_exception_is_recognised_after_restart(make_outbox):
+    machine = MachineRef(port="p1", address=1)
+    door = MachineEvent("doorOpened", machine, {"door": "main"}, SourceRef("sas", 0x11))
+    bill = MachineEvent("billAccepted", machine, {"amount_cents": 2000}, SourceRef("sas", 0x4A))
+    first = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run_writer)
+            sink = OutboxSink(first, currency="USD")
+            await sink.record(door)
+            sink.acknowledged(door)       # the machine was told about the door...
+            await sink.record(bill)       # ...but the gateway died before acknowledging the bill
+            nursery.cancel_scope.cancel()
+    await first.aclose()
+
+    second = make_outbox()
+    sink = OutboxSink(second, currency="USD")
+    assert sink.is_redelivery(machine, SourceRef("sas", 0x4A)) is True
+    # Settled after the first exception: a later identical bill is a new bill.
+    assert sink.is_redelivery(machine, SourceRef("sas", 0x4A)) is False
+
+
+async def test_acknowledged_exception_is_not_treated_as_redelivery(make_outbox):
+    machine = MachineRef(port="p1", address=1)
+    door = MachineEvent("doorOpened", machine, {"door": "main"}, SourceRef("sas", 0x11))
+    first = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run_writer)
+            sink = OutboxSink(first, currency="USD")
+            await sink.record(door)
+            sink.acknowledged(door)
+            await first.append(draft(1))  # the ack mark rides along with the next commit
+            nursery.cancel_scope.cancel()
+    await first.aclose()
+    sink = OutboxSink(make_outbox(), currency="USD")
+    assert sink.is_redelivery(machine, SourceRef("sas", 0x11)) is False
+
+
+async def test_money_is_exact(make_outbox):
+    outbox = make_outbox()
+    machine = MachineRef(port="p1", address=3)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await OutboxSink(outbox, currency="EUR").record(MachineEvent(
+                "billAccepted", machine, {"amount_cents": 2000}, SourceRef("sas", 0x4A)))
+            nursery.cancel_scope.cancel()
+    body = sqlite3.connect(outbox.settings.path).execute(
+        "SELECT body FROM events WHERE seq=1").fetchone()[0]
+    assert decode_envelope(body)["data"]["amount"] == {"minor": 2000, "currency": "EUR"}
