@@ -1,0 +1,205 @@
+"""Configuration: one TOML file -> frozen dataclasses, with errors that name the field.
+
+Every key is declared here with its type, default and constraint; an unknown key is an error (a
+typo must not silently fall back to a default on a casino floor). Secrets are never inline: only
+paths to files. `config/gateway.example.toml` documents every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+__all__ = ["Config", "GatewaySection", "LogSection", "OutboxSection", "PortSection",
+           "UplinkSection", "load_config", "parse_config"]
+
+GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check(cond: bool, message: str) -> str | None:
+    return None if cond else message
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    id: str = field(metadata={"check": lambda v: _check(bool(GATEWAY_ID.match(v)),
+                    "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")})
+    key_file: Path
+    state_dir: Path = Path("/var/lib/casino-gateway")
+    venue: str = ""
+    region: str = ""
+    currency: str = field(default="USD", metadata={
+        "check": lambda v: _check(bool(re.fullmatch(r"[A-Z]{3}", v)), "an ISO 4217 code like USD")})
+
+
+@dataclass(frozen=True, slots=True)
+class PortSection:
+    name: str
+    device: Path
+    addresses: tuple[int, ...] = (1,)
+    link: str = field(default="auto", metadata={
+        "check": lambda v: _check(v in ("auto", "serial", "pty"), "one of auto, serial, pty")})
+    poll_interval_ms: int = field(default=200, metadata={
+        "check": lambda v: _check(40 <= v <= 5000, "between 40 and 5000 (SAS allows 40 ms-5 s)")})
+    response_timeout_ms: int = field(default=100, metadata={
+        "check": lambda v: _check(20 <= v <= 1000, "between 20 and 1000")})
+    offline_after_misses: int = field(default=5, metadata={
+        "check": lambda v: _check(1 <= v <= 100, "between 1 and 100")})
+    rte: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSection:
+    path: Path | None = None  # default: <state_dir>/outbox.db
+    commit_interval_ms: float = field(default=2.0, metadata={
+        "check": lambda v: _check(0 < v <= 100, "between 0 and 100 ms")})
+    batch_max: int = field(default=500, metadata={
+        "check": lambda v: _check(1 <= v <= 10_000, "between 1 and 10000")})
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSection:
+    url: str = field(metadata={"check": lambda v: _check(
+        v.startswith(("wss://", "ws://")), "a wss:// URL (ws:// only for a loopback test peer)")})
+    token_file: Path
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    batch_max: int = 200
+    window: int = 8
+    heartbeat_s: float = 10.0
+    dead_after_s: float = 30.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = field(default="info", metadata={"check": lambda v: _check(
+        v in ("debug", "info", "warning", "error"), "one of debug, info, warning, error")})
+    format: str = field(default="auto", metadata={"check": lambda v: _check(
+        v in ("auto", "json", "console"), "one of auto, json, console")})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewaySection
+    uplink: UplinkSection
+    ports: tuple[PortSection, ...] = ()
+    outbox: OutboxSection = OutboxSection()
+    log: LogSection = LogSection()
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.gateway.state_dir / "outbox.db"
+
+
+def _describe(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             Path: "a path (string)"}
+    if tp in names:
+        return names[tp]
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, options[0], where)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        return tuple(_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a table, got {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, f"expected a number, got {value!r}")
+        return float(value)
+    if tp in (str, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(where, f"expected {_describe(tp)}, got {value!r}")
+        return tp(value)
+    raise ConfigError(where, f"unsupported type {tp}")  # a bug in this module's declarations
+
+
+def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{prefix}.{key}".lstrip("."),
+                              f"unknown field (expected one of: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, f in known.items():
+        where = f"{prefix}.{name}".lstrip(".")
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(where, "required field is missing")
+            continue
+        value = _convert(table[name], hints[name], where)
+        check = f.metadata.get("check")
+        if check is not None and (problem := check(value)) is not None:
+            raise ConfigError(where, f"expected {problem}, got {table[name]!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML table. Relative paths are taken relative to `base_dir`."""
+    config = _build(Config, table, "")
+    names = [p.name for p in config.ports]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}")
+    for i, port in enumerate(config.ports):
+        for j, address in enumerate(port.addresses):
+            if not 1 <= address <= 127:
+                raise ConfigError(f"ports[{i}].addresses[{j}]",
+                                  f"expected a SAS address 1-127, got {address}")
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    return config
+
+
+def _resolve_paths(obj: Any, base: Path) -> Any:
+    if isinstance(obj, Path):
+        return obj if obj.is_absolute() else base / obj
+    if isinstance(obj, tuple):
+        return tuple(_resolve_paths(v, base) for v in obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{  # type: ignore[type-var]
+            f.name: _resolve_paths(getattr(obj, f.name), base) for f in dataclasses.fields(obj)})
+    return obj
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError("", f"cannot read configuration file {path}: {err.strerror}") from None
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError("", f"{path} is not valid TOML: {err}") from None
+    return parse_config(table, base_dir=path.parent.resolve())

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config, parse_config
+from gateway.errors import ConfigError
+
+MINIMAL = {
+    "gateway": {"id": "gw-1", "key_file": "keys/signing.key"},
+    "uplink": {"url": "wss://platform.example/v1/stream", "token_file": "uplink.token"},
+    "ports": [{"name": "p1", "device": "/dev/ttyUSB0"}],
+}
+
+
+def with_changes(section: str, **changes):
+    table = {k: (dict(v) if isinstance(v, dict) else [dict(p) for p in v])
+             for k, v in MINIMAL.items()}
+    if section == "ports":
+        table["ports"][0].update(changes)
+    else:
+        table[section].update(changes)
+    return table
+
+
+def test_minimal_config_gets_defaults():
+    config = parse_config(MINIMAL)
+    assert config.ports[0].poll_interval_ms == 200
+    assert config.ports[0].addresses == (1,)
+    assert config.outbox_path == Path("/var/lib/casino-gateway/outbox.db")
+
+
+@pytest.mark.parametrize(("section", "changes", "field", "words"), [
+    ("gateway", {"typo": 1}, "gateway.typo", "unknown field"),
+    ("gateway", {"id": "bad id!"}, "gateway.id", "letters"),
+    ("gateway", {"currency": "dollars"}, "gateway.currency", "ISO 4217"),
+    ("ports", {"poll_interval_ms": "fast"}, "ports[0].poll_interval_ms", "integer"),
+    ("ports", {"poll_interval_ms": 10}, "ports[0].poll_interval_ms", "between 40 and 5000"),
+    ("ports", {"addresses": [0]}, "ports[0].addresses[0]", "1-127"),
+    ("ports", {"link": "usb"}, "ports[0].link", "auto, serial, pty"),
+    ("uplink", {"url": "http://x"}, "uplink.url", "wss://"),
+])
+def test_errors_name_the_field(section, changes, field, words):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(with_changes(section, **changes))
+    assert caught.value.field == field
+    assert words in str(caught.value)
+
+
+def test_missing_required_field():
+    with pytest.raises(ConfigError, match=r"gateway\.key_file: required"):
+        parse_config({"gateway": {"id": "gw"}, "uplink": MINIMAL["uplink"]})
+
+
+def test_duplicate_port_names_rejected():
+    table = dict(MINIMAL, ports=[{"name": "p", "device": "/a"}, {"name": "p", "device": "/b"}])
+    with pytest.raises(ConfigError, match=r"ports\[1\]\.name"):
+        parse_config(table)
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nid = "gw"\nkey_file = "signing.key"\n'
+                    '[uplink]\nurl = "wss://x/v1/stream"\ntoken_file = "t"\n')
+    config = load_config(path)
+    assert config.gateway.key_file == tmp_path / "signing.key"
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path):
+    path = tmp_path / "gateway.toml"
+    path.write_text("[gateway\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_example_config_is_valid():
+    example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
+    config = load_config(example)
+    assert config.ports
