@@ -195,10 +195,16 @@ class Outbox:
 
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
-        """The one task that writes. Collects a group, commits it in a worker thread (the fsync
-        blocks), then wakes every appender of the group."""
-        limiter = trio.CapacityLimiter(1)
-        task_status.started()
+        """The one writer: a collector task forms groups while a committer task commits the
+        previous one in a worker thread (the fsync blocks), then wakes its appenders. The
+        one-slot hand-over keeps seq order and lets the next group fill during a commit."""
+        groups_in, groups_out = trio.open_memory_channel[list[_Pending]](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit_groups, groups_out)
+            task_status.started()
+            await self._collect_groups(groups_in)
+
+    async def _collect_groups(self, groups: trio.MemorySendChannel[list[_Pending]]) -> None:
         batch: list[_Pending] = []
         try:
             while True:
@@ -212,25 +218,30 @@ class Outbox:
                             batch.append(await self._receive.receive())
                 if not batch and not self._flush_wanted:
                     continue
-                acked, self._acked = self._acked, {}
                 self._flush_wanted = False
-                with trio.CancelScope(shield=True):
-                    envelopes = await trio.to_thread.run_sync(
-                        self._commit, batch, acked, self.delivered_seq, limiter=limiter)
-                now = trio.current_time()
-                for pending in batch:
-                    if pending.draft.monotonic:
-                        self.durable_latencies.append(now - pending.draft.monotonic)
-                    pending.done.set()
+                await groups.send(batch)
                 batch = []
-                if envelopes:
-                    self._appended.set()
-                    self._appended = trio.Event()
-                    for listener in self.commit_listeners:
-                        listener(envelopes)
         finally:
             for pending in batch:
                 pending.done.set()
+
+    async def _commit_groups(self, groups: trio.MemoryReceiveChannel[list[_Pending]]) -> None:
+        limiter = trio.CapacityLimiter(1)
+        async for batch in groups:
+            acked, self._acked = self._acked, {}
+            with trio.CancelScope(shield=True):
+                envelopes = await trio.to_thread.run_sync(
+                    self._commit, batch, acked, self.delivered_seq, limiter=limiter)
+            now = trio.current_time()
+            for pending in batch:
+                if pending.draft.monotonic:
+                    self.durable_latencies.append(now - pending.draft.monotonic)
+                pending.done.set()
+            if envelopes:
+                self._appended.set()
+                self._appended = trio.Event()
+                for listener in self.commit_listeners:
+                    listener(envelopes)
 
     def _commit(self, batch: list[_Pending], acked: dict[str, int], delivered: int
                 ) -> list[dict[str, Any]]:

@@ -5,10 +5,12 @@ bin). For the event at `seq`:
 
     body  = canonical(envelope without "hash" and "sig")        # includes prev_hash and kid
     hash  = BLAKE2b-256(prev_hash || body)
-    sig   = Ed25519(canonical(envelope without "sig"))           # i.e. over body fields + hash
+    sig   = Ed25519(hash)                                        # the 32-byte digest
 
 so a platform holding the public key can verify one event alone (sig) and a run of events
 (each prev_hash equals the previous hash; the first of an epoch links to 32 zero bytes).
+The signature covers the digest, which commits to every other field and to the previous event, so
+signing it is as strong as signing the body and costs one sort and one pack instead of two.
 The stored and streamed form is `canonical(whole envelope)`, byte for byte the same everywhere.
 Key files are handled by `KeyFile`; the rest of this module performs no I/O.
 """
@@ -91,15 +93,16 @@ class Signer:
 
 def seal(envelope: dict[str, Any], prev_hash: bytes, signer: Signer) -> tuple[dict[str, Any], bytes]:
     """Add prev_hash, kid, hash and sig to `envelope`; return (sealed envelope, stored bytes)."""
-    sealed = dict(envelope)
-    sealed["prev_hash"] = prev_hash
-    sealed["kid"] = signer.kid
-    sealed.pop("hash", None)
-    sealed.pop("sig", None)
-    body = canonical(sealed)
-    sealed["hash"] = chain_hash(prev_hash, body)
-    sealed["sig"] = signer.key.sign(canonical(sealed)).signature
-    return sealed, canonical(sealed)
+    body_fields = {k: v for k, v in envelope.items() if k not in INTEGRITY_FIELDS}
+    body_fields["prev_hash"] = prev_hash
+    body_fields["kid"] = signer.kid
+    ordered = _sorted(body_fields)
+    digest = chain_hash(prev_hash, msgpack.packb(ordered, use_bin_type=True))
+    ordered["hash"] = digest
+    ordered["sig"] = signer.key.sign(digest).signature
+    # Nested maps are already sorted; only the two new top-level keys need placing.
+    sealed = dict(sorted(ordered.items()))
+    return sealed, msgpack.packb(sealed, use_bin_type=True)
 
 
 class ChainBreak(Exception):
@@ -124,7 +127,7 @@ def check_event(envelope: dict[str, Any], keys: dict[str, nacl.signing.VerifyKey
     if verify_key is None:
         raise ChainBreak("unknown-key", str(kid))
     try:
-        verify_key.verify(canonical(envelope, without=("sig",)), sig)
+        verify_key.verify(digest, sig)
     except nacl.exceptions.BadSignatureError:
         raise ChainBreak("bad-signature", f"seq {envelope.get('seq')}") from None
     if expected_prev is not None and prev != expected_prev:

@@ -1,0 +1,175 @@
+"""Outbox benchmark: durable capture throughput and latency against a raw baseline, same run.
+
+    .venv/bin/python bench/outbox.py [--events 100000] [--rate 1000] [--seconds 10]
+                                     [--restart-rows 10000000]
+
+Prints, each figure next to its design.md section 9 target:
+  raw      sign + insert in batches of 500 with synchronous=FULL, no daemon, no trio (baseline)
+  outbox   the same drafts through Outbox.append from 64 concurrent producers (group commit)
+  latency  capture -> durable p50/p95/p99 at a paced `--rate` events/s
+  restart  time to open an outbox holding `--restart-rows` rows and be ready to append
+  rss      peak resident memory of this process
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nacl.signing
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.events import system_draft  # noqa: E402
+from gateway.outbox import SCHEMA, Outbox, OutboxSettings  # noqa: E402
+from gateway.signing import GENESIS, Signer, seal  # noqa: E402
+
+
+def data(i: int) -> dict:
+    return {"wager_credits": i % 50, "wager": {"minor": i % 50, "currency": "USD"}}
+
+
+def raw_baseline(path: Path, signer: Signer, count: int) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(SCHEMA)
+    prev = GENESIS
+    started = time.perf_counter()
+    for start in range(0, count, 500):
+        rows = []
+        for seq in range(start + 1, min(start + 500, count) + 1):
+            sealed, body = seal({"event": "betPlaced", "seq": seq, "timestamp": "x",
+                                 "data": data(seq)}, prev, signer)
+            prev = sealed["hash"]
+            rows.append((seq, "betPlaced", "game", "p/1", time.time(), 0x7E, prev, body))
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return count / elapsed
+
+
+async def outbox_throughput(path: Path, signer: Signer, count: int, producers: int = 64) -> float:
+    outbox = Outbox.open(OutboxSettings(path=path, gateway_id="bench"), signer)
+    per = count // producers
+
+    async def producer(k: int) -> None:
+        for i in range(per):
+            await outbox.append(system_draft("machineException", data(k * per + i),
+                                             now=time.time()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run_writer)
+        started = time.perf_counter()
+        async with trio.open_nursery() as producers_nursery:
+            for k in range(producers):
+                producers_nursery.start_soon(producer, k)
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    await outbox.aclose()
+    return per * producers / elapsed
+
+
+async def paced_latency(path: Path, signer: Signer, rate: float, seconds: float) -> list[float]:
+    outbox = Outbox.open(OutboxSettings(path=path, gateway_id="bench"), signer)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        t0 = trio.current_time()
+        await outbox.append(system_draft("machineException", data(i), now=time.time(),
+                                         monotonic=t0))
+        latencies.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run_writer)
+        start = trio.current_time()
+        async with trio.open_nursery() as senders:
+            for i in range(int(rate * seconds)):
+                await trio.sleep_until(start + i / rate)
+                senders.start_soon(one, i)
+        nursery.cancel_scope.cancel()
+    await outbox.aclose()
+    return latencies
+
+
+def restart_time(path: Path, signer: Signer, rows: int) -> float:
+    """Fill an outbox with `rows` rows quickly (same bytes repeated: start-up must not read them),
+    then time Outbox.open + the first durable append."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.executescript(SCHEMA)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("epoch", "0" * 16), ("gateway_id", "bench"), ("created_at", "0"),
+        ("delivered_seq", "0"), ("schema", "1")])
+    _, body = seal({"event": "betPlaced", "seq": 0, "data": data(0)}, GENESIS, signer)
+    chunk = 100_000
+    for start in range(0, rows, chunk):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO events VALUES (?, 'betPlaced', 'game', 'p/1', 0, 126, ?, ?)",
+                         ((s, b"\0" * 32, body) for s in range(start + 1, min(start + chunk, rows) + 1)))
+        conn.execute("COMMIT")
+    conn.close()
+
+    async def reopen() -> float:
+        started = time.perf_counter()
+        outbox = Outbox.open(OutboxSettings(path=path, gateway_id="bench"), signer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await outbox.append(system_draft("gatewayStarted", {}, now=time.time()))
+            elapsed = time.perf_counter() - started
+            nursery.cancel_scope.cancel()
+        await outbox.aclose()
+        return elapsed
+
+    return trio.run(reopen)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--restart-rows", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs (median quoted)")
+    args = parser.parse_args()
+    signer = Signer(nacl.signing.SigningKey.generate())
+    with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
+        base = Path(tmp)
+        raws, outs = [], []
+        for i in range(args.repeat):
+            raws.append(raw_baseline(base / f"raw{i}.db", signer, args.events))
+            outs.append(trio.run(outbox_throughput, base / f"outbox{i}.db", signer, args.events))
+        raw, out = statistics.median(raws), statistics.median(outs)
+        print(f"raw sign+insert baseline : {raw:>10,.0f} events/s (median of {args.repeat})")
+        print(f"outbox append (group)    : {out:>10,.0f} events/s  target >= 20,000  "
+              f"ratio {out / raw:.0%} (target >= 50%)")
+        lat = trio.run(paced_latency, base / "latency.db", signer, args.rate, args.seconds)
+        print(f"capture->durable @ {args.rate:,.0f}/s : p50 {pct(lat, .5):.2f} ms  "
+              f"p95 {pct(lat, .95):.2f} ms  p99 {pct(lat, .99):.2f} ms  (target p99 <= 10 ms)")
+        if args.restart_rows:
+            elapsed = restart_time(base / "restart.db", signer, args.restart_rows)
+            print(f"restart with {args.restart_rows:,} rows: {elapsed * 1000:.0f} ms to first "
+                  f"durable append (target <= 2 s)")
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS                 : {rss_mb:.0f} MB (target <= 100 MB)")
+        print(f"machine: {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The shipped unit file: systemd-analyze verify must print nothing (it exits 0 on unknown keys,
+so any output is a failure), apart from the ExecStart binary not being installed on this box."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).parents[1] / "systemd" / "casino-gateway.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_verifies_without_warnings():
+    result = subprocess.run(["systemd-analyze", "verify", str(UNIT)], capture_output=True,
+                            text=True, timeout=60)
+    lines = [line for line in (result.stdout + result.stderr).splitlines()
+             if line.strip() and "is not executable: No such file or directory" not in line]
+    assert lines == []
+
+
+def test_unit_has_the_promised_settings():
+    text = UNIT.read_text()
+    for setting in ("Type=notify", "WatchdogSec=", "Restart=on-failure",
+                    "RestartPreventExitStatus=78", "SupplementaryGroups=dialout",
+                    "StateDirectory=", "RuntimeDirectory=", "ConfigurationDirectory=",
+                    "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                    "NoNewPrivileges=yes", "DevicePolicy=closed", "DeviceAllow=",
+                    "RestrictAddressFamilies=", "SystemCallFilter="):
+        assert setting in text, setting
+    assert "PrivateDevices=yes" not in text  # it would hide the serial ports
