@@ -28,57 +28,97 @@ __all__ = [
 CHANNELS = ("game", "cash", "alerts", "system", "player")
 
 
+# JSON Schema fragments for `data` fields.
+MONEY = {"type": "object", "required": ["minor", "currency"], "additionalProperties": False,
+         "properties": {"minor": {"type": "integer"},
+                        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}}
+INT = {"type": "integer"}
+STR = {"type": "string"}
+NUM = {"type": "number"}
+BOOL = {"type": "boolean"}
+DOOR = {"enum": ["main", "drop", "card_cage", "cashbox", "belly"]}
+ANY = {}
+
+
 @dataclass(frozen=True, slots=True)
 class EventSpec:
+    """One catalogue entry: its channel, schema version, what it means, its SAS source, and the
+    JSON Schema of its `data` (`fields`, of which `required` must be present)."""
+
     type: str
     channel: str
     version: str
     summary: str
     sas: str = ""
     droppable: bool = False
+    fields: dict[str, Any] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
 
 
 CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     # system
-    EventSpec("gatewayStarted", "system", "1.0.0", "The gateway process started."),
-    EventSpec("gatewayStopping", "system", "1.0.0", "The gateway is shutting down cleanly."),
+    EventSpec("gatewayStarted", "system", "1.0.0", "The gateway process started.",
+              fields={"version": STR, "ports": {"type": "array"}}, required=("version",)),
+    EventSpec("gatewayStopping", "system", "1.0.0", "The gateway is shutting down cleanly.",
+              fields={"reason": STR}),
     EventSpec("deviceOnline", "system", "1.0.0", "A machine answered after silence or at start.",
               "first valid answer"),
     EventSpec("deviceOffline", "system", "1.0.0", "A machine missed the configured number of polls.",
               "missed polls"),
     EventSpec("powerLost", "system", "1.0.0", "The machine reported AC power lost.", "exc 18"),
     EventSpec("powerApplied", "system", "1.0.0", "The machine reported AC power applied.", "exc 17"),
-    EventSpec("uplinkDown", "system", "1.0.0", "The platform connection was lost."),
-    EventSpec("uplinkUp", "system", "1.0.0", "The platform connection is (re-)established."),
+    EventSpec("uplinkDown", "system", "1.0.0", "The platform connection was lost.",
+              fields={"reason": STR}, required=("reason",)),
+    EventSpec("uplinkUp", "system", "1.0.0", "The platform connection is (re-)established.",
+              fields={"down_for_s": {"type": ["number", "null"]}}),
     EventSpec("lossMarker", "system", "1.0.0", "Events were lost or shed; says what and why.",
-              "exc 70, shedding, quarantine"),
-    EventSpec("keyRotated", "system", "1.0.0", "The signing key changed; signed by the old key."),
+              "exc 70, shedding, quarantine",
+              fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
+                      "last_seq": INT}, required=("reason",)),
+    EventSpec("keyRotated", "system", "1.0.0", "The signing key changed; signed by the old key.",
+              fields={"new_kid": STR, "new_public_key": STR}, required=("new_kid",)),
     EventSpec("commandExecuted", "system", "1.0.0",
-              "Audit of a command: who asked, what, the result."),
+              "Audit of a command: who asked, what, the result.",
+              fields={"command_id": STR, "name": STR, "requested_by": STR, "target": ANY,
+                      "args": {"type": "object"}, "result": {"enum": ["ok", "rejected", "failed"]},
+                      "reason": STR}, required=("command_id", "name", "requested_by", "result")),
     EventSpec("machineException", "system", "1.0.0",
-              "A SAS exception with no dedicated event type (kept, never dropped).", "exc *"),
+              "A SAS exception with no dedicated event type (kept, never dropped).", "exc *",
+              fields={"code": INT, "name": STR, "bad_data": BOOL}, required=("code",)),
     # alerts
     EventSpec("doorOpened", "alerts", "1.0.0", "A door opened (slot, drop, card cage, ...).",
-              "exc 11 13 15 19 1D"),
-    EventSpec("doorClosed", "alerts", "1.0.0", "A door closed.", "exc 12 14 16 1A 1E"),
+              "exc 11 13 15 19 1D", fields={"door": DOOR}, required=("door",)),
+    EventSpec("doorClosed", "alerts", "1.0.0", "A door closed.", "exc 12 14 16 1A 1E",
+              fields={"door": DOOR}, required=("door",)),
     EventSpec("tilt", "alerts", "1.0.0", "A tilt or fault condition, with its kind.",
-              "exc 20-2C, 31-3B, 40-46, 60, 61"),
+              "exc 20-2C, 31-3B, 40-46, 60, 61", fields={"kind": STR}, required=("kind",)),
     EventSpec("handpayPending", "alerts", "1.0.0", "A handpay is waiting for an attendant.",
-              "exc 51 (+LP 1B)"),
+              "exc 51 (+LP 1B)", fields={"amount": MONEY, "level": INT, "partial_pay": MONEY,
+                                         "reset_id": INT}),
     EventSpec("handpayReset", "alerts", "1.0.0", "A handpay was reset.", "exc 52"),
     EventSpec("bufferOverflow", "alerts", "1.0.0", "The machine's exception queue overflowed.",
-              "exc 70"),
-    EventSpec("alertAcknowledged", "alerts", "1.0.0", "A staff member acknowledged an alert."),
+              "exc 70", fields={"detail": STR}),
+    EventSpec("alertAcknowledged", "alerts", "1.0.0", "A staff member acknowledged an alert.",
+              fields={"alert_seq": INT, "by": STR, "role": STR, "note": STR},
+              required=("alert_seq", "by")),
     # game
-    EventSpec("betPlaced", "game", "1.0.0", "A game started, with its wager.", "exc 7E / RTE 7E"),
-    EventSpec("gameEnded", "game", "1.0.0", "A game ended, with its win.", "exc 7F / RTE 7F"),
-    EventSpec("gameSelected", "game", "1.0.0", "The player selected a game.", "exc 8C"),
+    EventSpec("betPlaced", "game", "1.0.0", "A game started, with its wager.", "exc 7E / RTE 7E",
+              fields={"wager_credits": INT, "wager": MONEY}),
+    EventSpec("gameEnded", "game", "1.0.0", "A game ended, with its win.", "exc 7F / RTE 7F",
+              fields={"win_credits": INT, "win": MONEY}),
+    EventSpec("gameSelected", "game", "1.0.0", "The player selected a game.", "exc 8C",
+              fields={"game_number": INT}),
     # cash
-    EventSpec("billAccepted", "cash", "1.0.0", "A bill was stacked.", "exc 47-50 / RTE 4F"),
-    EventSpec("ticketPrinted", "cash", "1.0.0", "A cash-out ticket was printed.", "exc 3D"),
-    EventSpec("ticketInserted", "cash", "1.0.0", "A ticket was inserted.", "exc 67"),
+    EventSpec("billAccepted", "cash", "1.0.0", "A bill was stacked.", "exc 47-50 / RTE 4F",
+              fields={"amount": MONEY, "denomination_code": INT, "country_code": INT}),
+    EventSpec("ticketPrinted", "cash", "1.0.0", "A cash-out ticket was printed.", "exc 3D",
+              fields={"amount": MONEY, "validation_number": STR}),
+    EventSpec("ticketInserted", "cash", "1.0.0", "A ticket was inserted.", "exc 67",
+              fields={"amount": MONEY, "validation_number": STR}),
     EventSpec("meterSnapshot", "cash", "1.0.0", "A periodic read of the machine's meters.",
-              "LP 1A, 0F, 1C, 6F", droppable=True),
+              "LP 1A, 0F, 1C, 6F", droppable=True,
+              fields={"meters": {"type": "object", "additionalProperties": INT},
+                      "denomination": MONEY}, required=("meters",)),
 ]}
 
 

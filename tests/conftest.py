@@ -36,3 +36,18 @@ def make_outbox(outbox_settings: OutboxSettings, signer: Signer):
     for outbox in opened:
         outbox._conn.close()
         outbox._read.close()
+
+
+@pytest.fixture(autouse=True)
+def validate_every_committed_event(monkeypatch):
+    """Every event any outbox commits during a test is checked against its shipped JSON Schema
+    (issue 4: 'every event the gateway emits in tests is validated against its schema')."""
+    from gateway.catalogue import validate_envelope
+
+    original = Outbox.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.commit_listeners.append(lambda envelopes: [validate_envelope(e) for e in envelopes])
+
+    monkeypatch.setattr(Outbox, "__init__", init)
