@@ -1,0 +1,75 @@
+"""Links carry SAS bytes between the host and machines (house style 3.4).
+
+The ninth (wakeup) bit is data, not link configuration: a `TxFrame` says whether its first byte
+carries it, and each link transports that flag its own way (out of band in memory, PARMRK-style
+`FF 00 b` on a pseudo-terminal, MARK/SPACE stick parity on a real UART).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import trio
+
+__all__ = [
+    "EgmLink",
+    "LinkBrokenError",
+    "LinkClosedError",
+    "LinkError",
+    "SasLink",
+    "TxFrame",
+    "open_link",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TxFrame:
+    """One host message; the first byte carries the wakeup bit when `wakeup` is true."""
+
+    data: bytes
+    wakeup: bool = True
+
+
+class LinkError(Exception):
+    """Base of link failures."""
+
+
+class LinkBrokenError(LinkError):
+    """The outside world broke the link (device unplugged, pty closed); `__cause__` says how."""
+
+
+class LinkClosedError(LinkError):
+    """We closed the link ourselves and then used it."""
+
+
+class SasLink(trio.abc.AsyncResource):
+    """Host end of a SAS line. No timeouts here: callers use cancel scopes."""
+
+    @abc.abstractmethod
+    async def send(self, frame: TxFrame) -> None:
+        """Write one host message, setting the wakeup bit on its first byte if asked."""
+
+    @abc.abstractmethod
+    async def receive_some(self) -> bytes:
+        """Wait for and return at least one byte from the machines."""
+
+
+class EgmLink(trio.abc.AsyncResource):
+    """Machine end of a SAS line: receives 9-bit words (bit 8 = wakeup), sends plain bytes."""
+
+    @abc.abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Write machine bytes (wakeup bit clear)."""
+
+    @abc.abstractmethod
+    async def receive_words(self) -> list[int]:
+        """Wait for and return at least one received word; `word & 0x100` is the wakeup bit."""
+
+
+async def open_link(device_path: str, *, mode: str = "auto") -> SasLink:
+    """Open the host end on a tty. `mode` "auto" detects a pseudo-terminal (PARMRK byte encoding);
+    "pty" forces that encoding; "serial" forces MARK/SPACE stick parity."""
+    from drivers.link.tty import open_tty_link
+
+    return await open_tty_link(device_path, mode=mode)

@@ -1,0 +1,62 @@
+"""`simulate` subcommand: run simulated machines on pseudo-terminals until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+import trio
+
+from drivers.sim.faults import FAULT_KINDS
+from drivers.sim.fleet import serve_fleet
+
+__all__ = ["add_commands"]
+
+FAULTS = FAULT_KINDS
+
+
+def _faults(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = set(names) - set(FAULTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown faults: {', '.join(sorted(unknown))}")
+    return names
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `simulate` to the gateway CLI."""
+    p = subparsers.add_parser("simulate", help="run simulated SAS machines on pseudo-terminals")
+    p.add_argument("--machines", type=int, default=1, metavar="N")
+    p.add_argument("--rte", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, default=2.0, metavar="EVENTS_PER_S")
+    p.add_argument("--faults", type=_faults, default=[],
+                   help="comma-separated: " + ",".join(FAULTS))
+    p.add_argument("--fault-probability", type=float, default=0.02, metavar="P",
+                   help="chance per answer (or per exception) of each chosen fault")
+    p.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    summary = trio.run(_main, args)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+async def _main(args: argparse.Namespace) -> dict[str, object]:
+    # Listen for signals before printing the paths: whoever reads them may signal at once.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            fleet = await nursery.start(lambda task_status: serve_fleet(
+                args.machines, rte=args.rte, seed=args.seed, events_per_second=args.rate,
+                faults=args.faults, fault_probability=args.fault_probability,
+                task_status=task_status))
+            for path in fleet.device_paths:
+                print(path)
+            sys.stdout.flush()
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+    return fleet.summary()

@@ -1,0 +1,87 @@
+"""A seeded play model: what a player and the floor do to a machine, as SAS exceptions.
+
+Sans-I/O: `advance(now)` returns the exceptions that became due; `due()` says when the next one
+will. Data is always the full RTE payload (reference section 4); the machine sends only the code
+byte when RTE is off.
+"""
+
+from __future__ import annotations
+
+import random
+
+from drivers.sas import bcd
+from drivers.sas.codes import Exc
+
+__all__ = ["PlayModel"]
+
+_DOORS = (0x11, 0x13, 0x15, 0x19, 0x1D)
+_TILTS = (0x20, 0x28, 0x2B, 0x60, 0x61, 0x3B)
+_NON_RTE_BILLS = {100: 0x47, 500: 0x48, 1000: 0x49, 2000: 0x4A}
+_BILL_CODE = {100: 0x00, 500: 0x02, 1000: 0x03, 2000: 0x04}
+
+
+class PlayModel:
+    """Games with wager and win, bills, doors, and the occasional handpay or tilt."""
+
+    def __init__(self, seed: int, events_per_second: float, *, denom_cents: int = 1,
+                 start: float = 0.0) -> None:
+        self._rng = random.Random(seed)
+        self.rate = events_per_second
+        self.denom_cents = denom_cents
+        self.credits = 0
+        self.coin_in = 0
+        self.bill_counts: dict[int, int] = {}
+        self.playing = events_per_second > 0
+        self._next = start + self._gap() if self.playing else None
+
+    def _gap(self) -> float:
+        return self._rng.expovariate(self.rate)
+
+    def stop(self) -> None:
+        self.playing = False
+        self._next = None
+
+    def due(self) -> float | None:
+        return self._next
+
+    def advance(self, now: float, *, rte: bool) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        while self._next is not None and self._next <= now:
+            out += self._one(rte)
+            self._next += self._gap()
+        return out
+
+    def _one(self, rte: bool) -> list[tuple[int, bytes]]:
+        roll = self._rng.random()
+        if roll < 0.55:
+            return self._game()
+        if roll < 0.75 or self.credits < 5:
+            return [self._bill(rte)]
+        if roll < 0.87:
+            door = self._rng.choice(_DOORS)
+            return [(door, b""), (door + 1, b"")]
+        if roll < 0.93:
+            return [(Exc.GAME_SELECTED, bcd.encode(self._rng.randint(1, 20), 2))]
+        if roll < 0.97:
+            return [(self._rng.choice(_TILTS), b"")]
+        return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
+
+    def _game(self) -> list[tuple[int, bytes]]:
+        wager = min(self.credits, self._rng.choice((1, 2, 3, 5)))
+        if wager == 0:
+            return []
+        self.credits -= wager
+        self.coin_in = (self.coin_in + wager) % 10**8
+        win = self._rng.choice((0, 0, 0, wager, 2 * wager, 10 * wager))
+        self.credits += win
+        started = bcd.encode(wager, 2) + bcd.encode(self.coin_in, 4) + b"\x00\x00"
+        return [(Exc.GAME_STARTED, started), (Exc.GAME_ENDED, bcd.encode(win, 4))]
+
+    def _bill(self, rte: bool) -> tuple[int, bytes]:
+        cents = self._rng.choice(tuple(_BILL_CODE))
+        self.credits += cents // self.denom_cents
+        count = self.bill_counts[cents] = self.bill_counts.get(cents, 0) + 1
+        if not rte:
+            return _NON_RTE_BILLS[cents], b""
+        return Exc.BILL_ACCEPTED, bcd.encode(1, 1) + bcd.encode(_BILL_CODE[cents], 1) + bcd.encode(
+            count % 10**8, 4)

@@ -1,0 +1,132 @@
+"""Shared fakes for driver tests: a recording sink (a fake, not a mock) and a sans-I/O pairing
+of SasHost with the simulated EGM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+
+from drivers.base import MachineEvent, MachineRef, SourceRef
+from drivers.sas.host import Acknowledged, CommandFinished, Report, SasHost
+from drivers.sim.egm import SasEgm
+
+
+class Waiter:
+    """Wakes waiters whenever something they watch changed (no polling sleeps)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def poke(self) -> None:
+        self._event.set()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            self._event = trio.Event()
+            await self._event.wait()
+
+
+@dataclass
+class RecordingSink:
+    """Keeps what the driver recorded and acknowledged; optionally claims redeliveries."""
+
+    recorded: list[MachineEvent] = field(default_factory=list)
+    acknowledged_events: list[MachineEvent] = field(default_factory=list)
+    redelivered: set[tuple[int, bytes]] = field(default_factory=set)
+    on_record: Callable[[MachineEvent], None] | None = None
+    waiter: Waiter = field(default_factory=Waiter)
+
+    async def record(self, event: MachineEvent) -> None:
+        if self.on_record is not None:
+            self.on_record(event)
+        self.recorded.append(event)
+        self.waiter.poke()
+
+    def acknowledged(self, event: MachineEvent) -> None:
+        self.acknowledged_events.append(event)
+        self.waiter.poke()
+
+    def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
+        key = (source.code, source.payload)
+        if key in self.redelivered:
+            self.redelivered.discard(key)
+            return True
+        return False
+
+    def exceptions(self) -> list[MachineEvent]:
+        return [e for e in self.recorded if e.source is not None]
+
+
+class Pair:
+    """SasHost wired to one or more SasEgm on a virtual clock, no trio: every frame the host
+    emits is delivered to every machine, every answer goes back after `latency_s`."""
+
+    def __init__(self, host: SasHost, egms: list[SasEgm], latency_s: float = 0.003) -> None:
+        self.host, self.egms, self.latency = host, egms, latency_s
+        self.now = 0.0
+        self.recorded: list[MachineEvent] = []
+        self.acked: list[MachineEvent] = []
+        self.other: list[object] = []
+        self.frames: list[bytes] = []
+        self.sent_at: list[tuple[float, bytes]] = []
+        self.check_durable = True
+        self.drop_to_host = 0
+
+    def _acked_count(self) -> int:
+        return sum(e.acknowledged_at is not None for egm in self.egms
+                   for e in egm.ledger.entries)
+
+    def step(self) -> None:
+        host = self.host
+        host.handle_timer(self.now)
+        progressed = True
+        while progressed:
+            progressed = False
+            for frame in host.frames_to_send():
+                progressed = True
+                self.frames.append(frame.data)
+                self.sent_at.append((self.now, frame.data))
+                words = [frame.data[0] | 0x100, *frame.data[1:]]
+                for egm in self.egms:
+                    reply = egm.receive_words(words, self.now)
+                    if reply and self.drop_to_host:
+                        self.drop_to_host -= 1
+                    elif reply:
+                        self.now += self.latency
+                        host.receive_data(reply, self.now)
+            while (event := host.next_event()) is not None:
+                progressed = True
+                match event:
+                    case Report(ev, token) if token is not None:
+                        if self.check_durable:
+                            # Nothing this event stands for was acknowledged before it is durable.
+                            assert self._acked_count() == len(self.acked)
+                        self.recorded.append(ev)
+                        host.durable(token)
+                    case Acknowledged(ev):
+                        self.acked.append(ev)
+                    case Report() | CommandFinished():
+                        self.other.append(event)
+        timers = [t for t in (host.get_timer(), *(e.get_timer() for e in self.egms))
+                  if t is not None]
+        self.now = max(self.now, min(timers))
+        for egm in self.egms:
+            egm.handle_timer(self.now)
+
+    def run_until(self, t: float) -> None:
+        while self.now < t:
+            self.step()
+
+    def run_until_quiet(self, limit: float = 3600.0) -> None:
+        start = self.now
+        while any(egm.ledger.pending() for egm in self.egms):
+            assert self.now - start < limit, "exceptions never acknowledged"
+            self.step()
+
+
+@pytest.fixture
+def recording_sink() -> RecordingSink:
+    return RecordingSink()

@@ -1,0 +1,129 @@
+"""SasHost scripted by hand: (bytes, now) in -> (events, frames, timer) out. No trio, no EGM."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.sas import messages
+from drivers.sas.errors import SasLocalProtocolError
+from drivers.sas.host import Acknowledged, HostConfig, Report, SasHost
+
+A = 1
+
+
+def _frames(host: SasHost) -> list[str]:
+    return [f.data.hex() for f in host.frames_to_send()]
+
+
+def _events(host: SasHost) -> list[object]:
+    out = []
+    while (e := host.next_event()) is not None:
+        out.append(e)
+    return out
+
+
+def _online_host(*, rte: bool) -> SasHost:
+    """A host past discovery: LP 1F, LP 54 (and LP 0E) answered."""
+    host = SasHost("p", [A], HostConfig(rte=rte, credits_every_s=1000))
+    host.handle_timer(0.0)
+    assert _frames(host) == ["82", "011f"]  # sync poll first, then discovery
+    host.receive_data(messages.encode_game_config(A, messages.GameConfig(denomination_code=2)), 0.01)
+    host.handle_timer(0.2)
+    assert _frames(host) == ["0154"]
+    host.receive_data(messages.encode_version(A, messages.VersionInfo("602", "X1")), 0.21)
+    if rte:
+        host.handle_timer(0.4)
+        assert _frames(host) == ["010e0145d1"]
+        host.receive_data(b"\x01", 0.41)
+        assert host.get_timer() == pytest.approx(0.42)  # lone ACK completes after the gap
+        host.handle_timer(0.42)
+    assert [e.event.type for e in _events(host)] == ["deviceOnline"]
+    return host
+
+
+def test_exception_is_acknowledged_only_after_durable() -> None:
+    host = _online_host(rte=False)
+    host.handle_timer(1.0)
+    assert _frames(host) == ["81"]
+    host.receive_data(b"\x11", 1.01)
+    [report] = _events(host)
+    assert isinstance(report, Report) and report.event.type == "doorOpened"
+    assert host.get_timer() is None  # holding the line
+    host.handle_timer(5.0)
+    assert _frames(host) == []
+    host.durable(report.token)
+    host.handle_timer(5.0)
+    assert _frames(host) == ["011a"]  # the follow-up long poll is the implied ACK
+    assert _events(host) == [Acknowledged(report.event)]
+
+
+def test_no_activity_then_gp_again_goes_through_the_sync_address() -> None:
+    host = _online_host(rte=False)
+    host.handle_timer(1.0)
+    assert _frames(host) == ["81"]
+    host.receive_data(b"\x00", 1.01)
+    host.handle_timer(1.2)
+    assert _frames(host) == ["82", "81"]  # never the same poll twice in a row
+
+
+def test_rte_event_instead_of_long_poll_answer() -> None:
+    host = _online_host(rte=True)
+    ticket = host.request(A, 0x01)
+    host.handle_timer(1.0)
+    assert _frames(host) == ["01015108"]
+    host.receive_data(messages.encode_event(A, 0x7F, bytes.fromhex("00000010")), 1.01)
+    [report] = _events(host)
+    assert report.event.type == "gameEnded"
+    assert dict(report.event.data) == {"win_credits": 10, "win_cents": 50}  # denomination 5c
+    host.durable(report.token)
+    host.handle_timer(1.2)
+    # The event is ACKed by a poll to another address, then the long poll is re-issued.
+    assert _frames(host) == ["82", "01015108"]
+    host.receive_data(b"\x01", 1.21)
+    host.handle_timer(1.3)
+    events = _events(host)
+    assert isinstance(events[0], Acknowledged)
+    assert events[1].ticket == ticket and events[1].ok
+
+
+def test_timeout_retries_identically_then_resyncs() -> None:
+    host = _online_host(rte=False)
+    host.handle_timer(1.0)
+    assert _frames(host) == ["81"]
+    host.handle_timer(1.1)  # timeout; the retry waits for the poll interval
+    assert _frames(host) == []
+    host.handle_timer(1.2)
+    assert _frames(host) == ["81"]
+    host.handle_timer(1.3)
+    host.handle_timer(1.4)
+    assert _frames(host) == ["81"]
+    host.handle_timer(1.5)
+    host.handle_timer(1.6)
+    assert _frames(host) == ["82", "81"]
+    stats = host.statistics()[A]
+    assert (stats["timeouts"], stats["retries"]) == (3, 2)
+
+
+def test_nack_and_busy_on_a_long_poll() -> None:
+    host = _online_host(rte=False)
+    host.request(A, 0x02)
+    host.handle_timer(1.0)
+    assert _frames(host) == ["0102ca3a"]
+    host.receive_data(b"\x81", 1.01)  # NACK: bad CRC at the machine
+    host.handle_timer(1.2)
+    assert _frames(host) == ["0102ca3a"]
+    host.receive_data(b"\x01\x00", 1.21)  # busy: complete after the gap
+    host.handle_timer(1.22)
+    host.handle_timer(1.4)
+    assert _frames(host) == ["0102ca3a"]  # the very same poll, no sync poll in between
+    stats = host.statistics()[A]
+    assert (stats["nacks"], stats["busy"]) == (1, 1)
+
+
+def test_bad_configuration_is_a_local_error() -> None:
+    with pytest.raises(SasLocalProtocolError):
+        SasHost("p", [1, 1])
+    with pytest.raises(SasLocalProtocolError):
+        SasHost("p", [0])
+    with pytest.raises(SasLocalProtocolError):
+        SasHost("p", [1]).request(2, 0x01)

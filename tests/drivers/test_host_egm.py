@@ -1,0 +1,184 @@
+"""SasHost against the simulated EGM, in process, no trio (h11's ConnectionPair idea).
+
+The ledger proves the durability contract: every raised exception recorded exactly once, in
+order, and acknowledged by the machine only after it was durable.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from drivers.sas.host import HostConfig, Report, SasHost
+from drivers.sim.egm import SasEgm
+from drivers.sim.ledger import Ledger
+from drivers.sim.machine import PlayModel
+
+from .conftest import Pair
+
+
+def _pair(*, rte: bool, seed: int = 1, rate: float = 2.0, rte_capable: bool = True,
+          fifo_size: int = 20, addresses: tuple[int, ...] = (1,)) -> Pair:
+    host = SasHost("sim0", list(addresses), HostConfig(rte=rte))
+    egms = [SasEgm(a, Ledger(), play=PlayModel(seed + a, rate), serial=f"S{a}",
+                   rte_capable=rte_capable, fifo_size=fifo_size) for a in addresses]
+    return Pair(host, egms)
+
+
+def _wire_view(pair: Pair, rte: bool) -> list[tuple[int, bytes]]:
+    return [(e.code, e.data if rte else b"") for egm in pair.egms
+            for e in egm.ledger.entries if not e.lost]
+
+
+@pytest.mark.parametrize("rte", [True, False])
+def test_every_exception_recorded_once_and_acked_after_durable(rte: bool) -> None:
+    # Normal mode needs GP + LP 1A per exception at 200 ms each: keep below 2.5/s (no overflow).
+    pair = _pair(rte=rte, rate=2.0 if rte else 1.0)
+    pair.run_until(120.0)
+    for egm in pair.egms:
+        egm.play.stop()
+    pair.run_until_quiet()
+    recorded = [(e.source.code, e.source.payload) for e in pair.recorded]
+    assert len(recorded) > 100
+    assert recorded == _wire_view(pair, rte)
+    assert pair.acked == pair.recorded
+    assert all(e.acknowledged_at is not None for e in pair.egms[0].ledger.entries)
+    stats = pair.host.statistics()[1]
+    assert stats["online"] and stats["serial"] == "S1" and stats["rte"] is rte
+    assert stats["timeouts"] == 0 and stats["retries"] == 0
+    assert [type(e) for e in pair.other] == [Report]  # deviceOnline
+
+
+def test_never_the_same_poll_twice_in_a_row() -> None:
+    pair = _pair(rte=False)
+    pair.run_until(30.0)
+    assert all(a != b for a, b in zip(pair.frames, pair.frames[1:], strict=False))
+
+
+def test_minimum_poll_interval_per_machine() -> None:
+    pair = _pair(rte=True, rate=5.0)
+    pair.run_until(20.0)
+    sent = [t for t, wire in pair.sent_at if wire[0] & 0x7F == 1]
+    assert len(sent) > 50
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.2 - 1e-9
+
+
+def test_discovery_reads_denomination_and_serial_and_enables_rte() -> None:
+    pair = _pair(rte=True, rate=0.0)
+    pair.run_until(2.0)
+    stats = pair.host.statistics()[1]
+    assert stats["denomination_code"] == 0x01
+    assert stats["serial"] == "S1" and stats["sas_version"] == "602"
+    assert pair.egms[0].rte and stats["rte"]
+
+
+def test_rte_events_carry_money_in_cents() -> None:
+    pair = _pair(rte=True)
+    pair.run_until(60.0)
+    bets = [e for e in pair.recorded if e.type == "betPlaced"]
+    wins = [e for e in pair.recorded if e.type == "gameEnded"]
+    bills = [e for e in pair.recorded if e.type == "billAccepted"]
+    assert bets and wins and bills
+    assert all(e.data["wager_cents"] == e.data["wager_credits"] for e in bets)
+    assert all(isinstance(e.data["amount_cents"], int) and e.data["amount_cents"] > 0
+               for e in bills)
+    assert all(e.machine.serial == "S1" for e in pair.recorded[3:])
+
+
+def test_machine_without_rte_is_polled_in_normal_mode() -> None:
+    pair = _pair(rte=True, rte_capable=False, rate=1.0)
+    pair.run_until(60.0)
+    pair.egms[0].play.stop()
+    pair.run_until_quiet()
+    assert [(e.source.code,) for e in pair.recorded] == [
+        (e.code,) for e in pair.egms[0].ledger.entries]
+
+
+def test_unsynced_machine_answers_only_after_sync_poll() -> None:
+    egm = SasEgm(1, Ledger())
+    assert egm.receive_words([0x181], 0.0) == b""
+    assert egm.receive_words([0x182], 0.0) == b""  # GP to another address: now synced
+    assert egm.receive_words([0x181], 0.0) == b"\x00"
+
+
+def test_implied_nack_resends_and_ack_removes() -> None:
+    egm = SasEgm(1, Ledger())
+    egm.synced = True
+    entry = egm.raise_exception(0x11, b"", 0.0)
+    assert egm.receive_words([0x181], 0.0) == b"\x11"
+    assert egm.receive_words([0x181], 0.1) == b"\x11"  # implied NACK: same data again
+    assert egm.receive_words([0x101, 0x1A], 0.2)[:2] == b"\x01\x1a"  # different poll: ACK
+    assert entry.acknowledged_at == 0.2
+    assert egm.receive_words([0x181], 0.3) == b"\x00"
+
+
+def test_bad_crc_is_nacked_without_state_change() -> None:
+    egm = SasEgm(1, Ledger())
+    egm.synced = True
+    assert egm.receive_words([0x101, 0x01, 0x00, 0x00], 0.0) == b"\x81"
+    assert egm.enabled
+    assert egm.receive_words([0x101, 0x01, 0x51, 0x08], 0.0) == b"\x01"
+    assert not egm.enabled
+
+
+def test_overflow_loses_oldest_and_reports_70() -> None:
+    pair = _pair(rte=True, rate=0.0)
+    pair.run_until(2.0)
+    egm = pair.egms[0]
+    for n in range(25):
+        egm.raise_exception(0x11 if n % 2 == 0 else 0x12, b"", pair.now)
+    pair.run_until_quiet()
+    summary = egm.ledger.summary()
+    assert summary["lost_by_overflow"] == 5 and summary["pending"] == 0
+    assert pair.recorded[0].type == "bufferOverflow"
+    assert len(pair.recorded) == 21
+
+
+def test_lost_answers_are_retried_and_recorded_once() -> None:
+    pair = _pair(rte=False, rate=1.0)
+    pair.run_until(10.0)
+    pair.drop_to_host = 1
+    pair.run_until(11.0)
+    pair.egms[0].play.stop()
+    pair.run_until_quiet()
+    stats = pair.host.statistics()[1]
+    assert stats["timeouts"] == 1 and stats["retries"] == 1
+    assert [e.source.code for e in pair.recorded] == [
+        e.code for e in pair.egms[0].ledger.entries]
+
+
+def test_offline_after_misses_and_online_again() -> None:
+    pair = _pair(rte=True, rate=0.0)
+    pair.run_until(2.0)
+    egm = pair.egms.pop()
+    pair.run_until(10.0)
+    assert [e.event.type for e in pair.other] == ["deviceOnline", "deviceOffline"]
+    assert pair.host.statistics()[1]["timeouts"] >= 5
+    egm.synced = False  # power-cycled: needs the sync poll again
+    egm.rte = False
+    pair.egms.append(egm)
+    pair.run_until(20.0)
+    assert [e.event.type for e in pair.other][-1] == "deviceOnline"
+    assert egm.rte  # rediscovered and RTE re-enabled
+
+
+def test_two_machines_on_one_line() -> None:
+    pair = _pair(rte=True, addresses=(1, 2))
+    pair.run_until(60.0)
+    for egm in pair.egms:
+        egm.play.stop()
+    pair.run_until_quiet()
+    for egm in pair.egms:
+        mine = [(e.source.code, e.source.payload) for e in pair.recorded
+                if e.machine.address == egm.address]
+        assert mine == [(e.code, e.data) for e in egm.ledger.entries]
+
+
+def test_commands_via_request() -> None:
+    pair = _pair(rte=True, rate=0.0)
+    pair.run_until(2.0)
+    ticket = pair.host.request(1, 0x01)
+    pair.run_until(4.0)
+    assert not pair.egms[0].enabled
+    assert any(getattr(e, "ticket", None) == ticket and e.ok for e in pair.other)
