@@ -1,0 +1,537 @@
+"""The uplink client: streams the outbox to the platform over WSS (trio shell over protocol.py).
+
+One connection at a time, forever:
+
+    connect (TCP, TLS verified, WebSocket upgrade with the bearer token)   -- under one deadline
+    hello -> welcome(high_water)                                           -- resume point
+    sender:    read_after(next) in batches of batch_max, at most `window` frames in flight
+    receiver:  ack -> outbox.mark_delivered(seq)   (cumulative; the platform committed first)
+    heartbeat: ping every heartbeat_s, the pong must come within dead_after_s
+    commands:  each platform command runs in its own task (outliving the connection it came on),
+               through `command_handler(request, "platform")`; the answer goes out on whatever
+               connection is up when it is ready (the platform re-sends unanswered ones)
+    on loss:   uplinkDown event, backoff (jittered; long after a refusal), reconnect
+
+trio-websocket has no keepalive and a failed TLS check can hang (python-trio/trio-websocket#199),
+so this module does the TCP + TLS handshake itself (to name TLS failures precisely) and puts a
+deadline on every step. The token is read from its file on each connect and never logged.
+"""
+
+from __future__ import annotations
+
+import math
+import random as _random
+import ssl
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from gateway.errors import GatewayError
+from gateway.uplink import protocol as proto
+
+__all__ = [
+    "CommandHandler",
+    "OutboxLike",
+    "UplinkClient",
+    "UplinkError",
+    "UplinkRejectedError",
+    "UplinkSettings",
+    "UplinkUnavailableError",
+]
+
+log = structlog.get_logger(__name__)
+
+# Frames from the platform are small (welcome, ack, error); anything bigger is a fault.
+MAX_SERVER_FRAME = 64 * 1024
+# Commands executing at once; beyond that the platform is told "busy" and may ask again.
+MAX_COMMANDS_RUNNING = 32
+
+CommandHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    url: str
+    token_file: Path
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    batch_max: int = 200
+    window: int = 8
+    heartbeat_s: float = 10.0
+    dead_after_s: float = 30.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    rejected_backoff_s: float = 300.0
+    connect_timeout_s: float = 10.0
+
+
+class OutboxLike(Protocol):
+    gateway_id: str
+    epoch: str
+    kids: list[str]
+    delivered_seq: int
+
+    async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]: ...
+    async def wait_appended(self, after_seq: int) -> None: ...
+    async def mark_delivered(self, seq: int) -> None: ...
+    async def append_system(self, event_type: str, data: dict[str, Any]) -> None: ...
+
+
+class UplinkError(Exception):
+    """The platform link failed; the client handles these itself and reconnects."""
+
+
+class UplinkUnavailableError(UplinkError, ConnectionError):
+    """Network, TLS, timeout, dead peer, malformed frame: reconnect with jittered backoff."""
+
+
+class UplinkRejectedError(UplinkError):
+    """The platform refused us (HTTP 401/403, close 4001/4002/4003): long backoff and an alert."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    secure: bool
+    host: str
+    port: int
+    resource: str
+    host_header: str
+
+
+def _parse_url(url: str) -> _Target:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"uplink url must be ws:// or wss://host[:port]/path, not {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = parts.hostname if port in (80, 443) else f"{parts.hostname}:{port}"
+    return _Target(secure, parts.hostname, port, resource, host_header)
+
+
+def _ssl_context(settings: UplinkSettings) -> ssl.SSLContext:
+    # Verification is always on: create_default_context sets CERT_REQUIRED and check_hostname.
+    ctx = ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file else None)
+    if settings.client_cert:
+        ctx.load_cert_chain(str(settings.client_cert),
+                            str(settings.client_key) if settings.client_key else None)
+    return ctx
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as err:
+        raise UplinkRejectedError(f"cannot read token file {path}: {err.strerror}") from None
+    if not token:
+        raise UplinkRejectedError(f"token file {path} is empty")
+    if not all(33 <= ord(c) <= 126 for c in token):
+        # Never echo the token: say where it is and what is wrong with it.
+        raise UplinkRejectedError(f"token file {path} holds characters not allowed in an "
+                                  f"HTTP header (spaces, control or non-ASCII characters)")
+    return token
+
+
+def _tls_failure(err: BaseException) -> str | None:
+    """The verification message if `err` (or what caused it) is a TLS certificate failure."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS verification failed: {seen.verify_message or seen.reason}"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake failed: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _translate(err: Exception) -> UplinkError | None:
+    """Map a foreign exception from one connection to an UplinkError; None means "a bug"."""
+    if isinstance(err, UplinkError):
+        return err
+    if isinstance(err, ConnectionRejected):
+        if err.status_code in (401, 403):
+            return UplinkRejectedError(f"platform refused the connection: HTTP {err.status_code}")
+        return UplinkUnavailableError(f"platform answered HTTP {err.status_code}")
+    if isinstance(err, ConnectionClosed):
+        code = err.reason.code if err.reason else None
+        why = (err.reason.reason or err.reason.name) if err.reason else "closed"
+        if code in proto.REFUSAL_CLOSE_CODES:
+            return UplinkRejectedError(f"platform closed the connection: {code} {why}")
+        return UplinkUnavailableError(f"connection closed: {code} {why}")
+    if isinstance(err, (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                        HandshakeError, trio.TooSlowError)):
+        return UplinkUnavailableError(_tls_failure(err) or f"{type(err).__name__}: {err}")
+    return None
+
+
+def _first_failure(group: BaseExceptionGroup) -> UplinkError | None:
+    found: list[tuple[int, UplinkError]] = []
+    for exc in _leaves(group):
+        translated = _translate(exc) if isinstance(exc, Exception) else None
+        if translated is not None:
+            # A refusal says most; then our own diagnosis; then the broken pipe that followed.
+            rank = (0 if isinstance(translated, UplinkRejectedError)
+                    else 1 if isinstance(exc, UplinkError) else 2)
+            found.append((rank, translated))
+    found.sort(key=lambda pair: pair[0])
+    return found[0][1] if found else None
+
+
+class UplinkClient:
+    """Streams `outbox` to the platform named by `settings`; `run` never returns on its own."""
+
+    def __init__(self, settings: UplinkSettings, outbox: OutboxLike, *,
+                 random: Callable[[], float] = _random.random,
+                 command_handler: CommandHandler | None = None) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.command_handler = command_handler
+        self._ws: WebSocketConnection | None = None  # the connection that is up, if any
+        self._commands_running = 0
+        self._commands_nursery: trio.Nursery | None = None
+        self._random = random
+        self._target = _parse_url(settings.url)
+        self.state = "idle"  # idle, connecting, connected, backoff, rejected
+        self._since = time.time()
+        self._reconnects = 0
+        self._attempts = 0
+        self._last_ack_seq = 0
+        self._last_error: str | None = None
+        self._window_changed = trio.Event()
+        self._changed = trio.Event()
+        self._was_up = False
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "connected": self.state == "connected",
+            "since": self._since,
+            "reconnects": self._reconnects,
+            "attempts": self._attempts,
+            "last_ack_seq": self._last_ack_seq,
+            "last_error": self._last_error,
+        }
+
+    async def wait_changed(self) -> None:
+        """Return at the next change of `state` or `statistics()` (for status pages and tests)."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self._since = time.time()
+        self._notify()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ssl_ctx = _ssl_context(self.settings) if self._target.secure else None
+        async with trio.open_nursery() as commands:
+            self._commands_nursery = commands
+            task_status.started()
+            await self._connect_forever(ssl_ctx)
+
+    async def _connect_forever(self, ssl_ctx: ssl.SSLContext | None) -> None:
+        failures = 0
+        down_since = trio.current_time()
+        while True:
+            self._set_state("connecting")
+            self._attempts += 1
+            was_up = False
+            try:
+                try:
+                    await self._session(ssl_ctx, down_since)
+                    err: UplinkError = UplinkUnavailableError("connection ended")
+                except BaseExceptionGroup as group:
+                    fatal, _ = group.split(
+                        lambda e: not isinstance(e, (Exception, BaseExceptionGroup)))
+                    if fatal is not None:
+                        # Cancelled / KeyboardInterrupt win; a link error racing them is moot.
+                        raise fatal from None
+                    found = _first_failure(group)
+                    if found is None:
+                        raise
+                    err = found
+                except Exception as single:
+                    found = _translate(single)
+                    if found is None:
+                        raise
+                    err = found
+            finally:
+                was_up = self._was_up
+                self._was_up = False
+            if was_up:
+                failures = 0
+                down_since = trio.current_time()
+                await self.outbox.append_system("uplinkDown", {"reason": str(err)})
+                self._reconnects += 1
+            previous_error, self._last_error = self._last_error, str(err)
+            if isinstance(err, UplinkRejectedError):
+                self._set_state("rejected")
+                delay = self.settings.rejected_backoff_s
+                log.error("uplink refused", reason=str(err), retry_in_s=round(delay, 1))
+            else:
+                self._set_state("backoff")
+                delay = proto.backoff_delay(failures, initial=self.settings.backoff_initial_s,
+                                            maximum=self.settings.backoff_max_s,
+                                            random=self._random)
+                failures += 1
+                # One warning per outage or new reason; the same failure again is routine.
+                repeat = not was_up and str(err) == previous_error
+                (log.info if repeat else log.warning)(
+                    "uplink down" if was_up else "uplink connect failed", reason=str(err),
+                    retry_in_s=round(delay, 2), attempt=failures)
+            await trio.sleep(delay)
+
+    async def _connect(self, nursery: trio.Nursery,
+                       ssl_ctx: ssl.SSLContext | None) -> WebSocketConnection:
+        t = self._target
+        token = _read_token(self.settings.token_file)
+        phase = "tcp connect"
+        with trio.move_on_after(self.settings.connect_timeout_s) as scope:
+            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+            stream = await trio.open_tcp_stream(t.host, t.port)
+            try:
+                if ssl_ctx is not None:
+                    phase = "tls handshake"
+                    stream = trio.SSLStream(stream, ssl_ctx, server_hostname=t.host,
+                                            https_compatible=True)
+                    await stream.do_handshake()
+                phase = "websocket upgrade"
+                watched = _UpgradeWatch(stream)
+                with trio.CancelScope() as watched.scope:
+                    ws = await wrap_client_stream(
+                        nursery, watched, t.host_header, t.resource,
+                        extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+                        max_message_size=MAX_SERVER_FRAME)
+                    watched.scope = None
+                    return ws
+                raise UplinkUnavailableError("the platform closed the connection during the "
+                                             "websocket upgrade")
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+                raise
+        assert scope.cancelled_caught
+        if phase == "tls handshake":
+            raise UplinkUnavailableError(
+                f"TLS verification failed (no TLS handshake within "
+                f"{self.settings.connect_timeout_s:g} s)")
+        raise UplinkUnavailableError(f"connect timed out during {phase} "
+                                     f"({self.settings.connect_timeout_s:g} s)")
+
+    async def _session(self, ssl_ctx: ssl.SSLContext | None, down_since: float) -> None:
+        s = self.settings
+        async with trio.open_nursery() as conn_nursery:
+            ws = await self._connect(conn_nursery, ssl_ctx)
+            close_code = proto.CLOSE_GOING_AWAY
+            try:
+                await ws.send_message(proto.encode(proto.Hello(
+                    self.outbox.gateway_id, self.outbox.epoch, tuple(self.outbox.kids))))
+                with trio.move_on_after(s.connect_timeout_s) as waiting:
+                    frame = await ws.get_message()
+                if waiting.cancelled_caught:
+                    raise UplinkUnavailableError(
+                        f"no welcome within {s.connect_timeout_s:g} s of the hello")
+                welcome = self._expect_welcome(frame)
+                if welcome.high_water > self.outbox.delivered_seq:
+                    await self.outbox.mark_delivered(welcome.high_water)
+                self._last_ack_seq = welcome.high_water
+                self._was_up = True
+                down_for = trio.current_time() - down_since
+                await self.outbox.append_system("uplinkUp", {"down_for_s": down_for})
+                self._set_state("connected")
+                log.info("uplink up", url=s.url, high_water=welcome.high_water,
+                         down_for_s=round(down_for, 3))
+                window = proto.Window(s.window, welcome.high_water)
+                self._ws = ws
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(self._sender, ws, window)
+                    tasks.start_soon(self._receiver, ws, window)
+                    tasks.start_soon(self._heartbeat, ws)
+            except proto.ProtocolViolation as violation:
+                close_code = violation.code
+                raise UplinkUnavailableError(f"platform broke the protocol: {violation}") from None
+            finally:
+                if self._ws is ws:
+                    self._ws = None
+                # When we are being cancelled the connection's reader task is too, so nobody
+                # will see the peer's close reply: send our close frame and do not wait for it.
+                grace = 0.05 if trio.current_effective_deadline() == -math.inf else 1.0
+                with trio.CancelScope(shield=True), trio.move_on_after(grace):
+                    await ws.aclose(close_code)
+                conn_nursery.cancel_scope.cancel()
+
+    def _expect_welcome(self, frame: bytes | str) -> proto.Welcome:
+        message = proto.decode(frame)
+        if isinstance(message, proto.Error):
+            raise UplinkRejectedError(f"platform error {message.code}: {message.message}")
+        if not isinstance(message, proto.Welcome):
+            raise proto.ProtocolViolation(f"expected welcome, got {type(message).__name__}")
+        if message.epoch != self.outbox.epoch:
+            raise proto.ProtocolViolation(f"welcome for epoch {message.epoch!r}, ours is "
+                                          f"{self.outbox.epoch!r}")
+        return message
+
+    async def _sender(self, ws: WebSocketConnection, window: proto.Window) -> None:
+        s = self.settings
+        while True:
+            while not window.can_send:
+                await self._window_changed.wait()
+            batch = await self.outbox.read_after(window.next_after, s.batch_max)
+            if not batch:
+                await self.outbox.wait_appended(window.next_after)
+                continue
+            await ws.send_message(proto.encode(proto.Events(tuple(raw for _, raw in batch))))
+            window.sent(batch[-1][0])
+
+    async def _receiver(self, ws: WebSocketConnection, window: proto.Window) -> None:
+        while True:
+            frame = await ws.get_message()
+            try:
+                message = proto.decode(frame)
+                if isinstance(message, proto.Ack) and message.epoch != self.outbox.epoch:
+                    raise proto.ProtocolViolation(f"ack for epoch {message.epoch!r}")
+                if isinstance(message, proto.Ack):
+                    moved = window.acked(message.seq)
+            except proto.ProtocolViolation as violation:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose(violation.code)
+                raise UplinkUnavailableError(
+                    f"platform broke the protocol: {violation}") from None
+            if isinstance(message, proto.Ack):
+                if moved:
+                    self._last_ack_seq = message.seq
+                    await self.outbox.mark_delivered(message.seq)
+                    self._notify()
+                    self._window_changed.set()
+                    self._window_changed = trio.Event()
+            elif isinstance(message, proto.Command):
+                self._start_command(message)
+            elif isinstance(message, proto.Error):
+                # The platform closes right after; the close code decides the backoff.
+                self._last_error = f"platform error {message.code}: {message.message}"
+                log.error("uplink platform error", code=message.code, message=message.message)
+            else:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose(proto.CLOSE_PROTOCOL)
+                raise UplinkUnavailableError(
+                    f"platform broke the protocol: unexpected {type(message).__name__}")
+
+    def _start_command(self, command: proto.Command) -> None:
+        if not command.id:
+            answer = {"id": "", "result": "rejected",
+                      "reason": "malformed command: id must be a non-empty string"}
+        elif self.command_handler is None:
+            answer = {"id": command.id, "result": "rejected", "reason": "commands not enabled"}
+        elif self._commands_running >= MAX_COMMANDS_RUNNING:
+            answer = {"id": command.id, "result": "failed",
+                      "reason": f"busy: {MAX_COMMANDS_RUNNING} commands in progress, ask again"}
+        else:
+            assert self._commands_nursery is not None
+            self._commands_running += 1
+            self._commands_nursery.start_soon(self._run_command, command)
+            return
+        log.warning("uplink command refused", command_id=command.id, reason=answer["reason"])
+        assert self._commands_nursery is not None
+        self._commands_nursery.start_soon(self._send_result, answer)
+
+    async def _run_command(self, command: proto.Command) -> None:
+        assert self.command_handler is not None
+        try:
+            try:
+                answer = await self.command_handler(command.request(), "platform")
+            except GatewayError as err:
+                # The handler's own expected failure (a store); anything else is a bug.
+                log.error("uplink command failed", command_id=command.id, error=str(err))
+                answer = {"id": command.id, "result": "failed", "reason": str(err)}
+        finally:
+            self._commands_running -= 1
+        await self._send_result(answer)
+
+    async def _send_result(self, answer: dict[str, Any]) -> None:
+        result = proto.CommandResult(str(answer["id"]), str(answer["result"]),
+                                     str(answer.get("reason") or ""), dict(answer.get("data") or {}))
+        ws = self._ws
+        if ws is None:
+            # No connection now: the platform re-sends the command, which is answered from the
+            # stored result without executing again.
+            log.info("uplink command result not sent: link down", command_id=result.id)
+            return
+        try:
+            await ws.send_message(proto.encode(result))
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("uplink command result not sent: link lost", command_id=result.id)
+
+    async def _heartbeat(self, ws: WebSocketConnection) -> None:
+        s = self.settings
+        while True:
+            await trio.sleep(s.heartbeat_s)
+            try:
+                with trio.fail_after(s.dead_after_s):
+                    await ws.ping()
+            except trio.TooSlowError:
+                raise UplinkUnavailableError(
+                    f"platform did not answer a ping within {s.dead_after_s:g} s") from None
+
+
+class _UpgradeWatch(trio.abc.Stream):
+    """The connection's stream, watched until the WebSocket upgrade is done.
+
+    trio-websocket does not wake its handshake waiter when the stream ends during the upgrade, so
+    a connection dropped at that moment would otherwise cost the whole connect_timeout_s: the
+    end of the stream cancels `scope` (set while the upgrade runs, None after)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.scope: trio.CancelScope | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._ended()
+            raise
+        if not data:
+            self._ended()
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def _ended(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
