@@ -28,9 +28,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.events import system_draft  # noqa: E402
-from gateway.outbox import SCHEMA, Outbox, OutboxSettings  # noqa: E402
-from gateway.signing import GENESIS, Signer, seal  # noqa: E402
+from gateway.events import system_draft
+from gateway.outbox import SCHEMA, Outbox, OutboxSettings
+from gateway.signing import GENESIS, Signer, seal
 
 
 def data(i: int) -> dict:

@@ -5,8 +5,7 @@ import json
 import jsonschema
 import pytest
 
-from gateway.catalogue import (DOCS, SCHEMA_DIR, envelope_schema, events_markdown,
-                               validate_envelope)
+from gateway.catalogue import DOCS, SCHEMA_DIR, envelope_schema, events_markdown, validate_envelope
 from gateway.events import CATALOGUE, CHANNELS, system_draft
 
 

@@ -6,8 +6,16 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from gateway.signing import (GENESIS, ChainBreak, KeyFileError, check_event, decode_envelope,
-                             load_signing_key, seal, write_signing_key)
+from gateway.signing import (
+    GENESIS,
+    ChainBreak,
+    KeyFileError,
+    check_event,
+    decode_envelope,
+    load_signing_key,
+    seal,
+    write_signing_key,
+)
 
 
 def envelope(seq: int, **data) -> dict:
@@ -35,7 +43,7 @@ def test_round_trip_and_link(signer):
     (lambda e: e.update(kid="ed25519:0000000000000000"), "bad-hash"),  # kid is hashed too
 ])
 def test_tampering_is_caught(signer, tamper, reason):
-    sealed, raw = seal(envelope(1, door="main"), GENESIS, signer)
+    _, raw = seal(envelope(1, door="main"), GENESIS, signer)
     env = decode_envelope(raw)
     tamper(env)
     with pytest.raises(ChainBreak) as caught:
