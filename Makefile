@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint check bench clean
+.PHONY: demo test lint bench crash clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is required"'
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/outbox.py
+	$(BIN)/python bench/uplink.py
+	$(BIN)/python bench/sas_poll.py
+
+crash: $(STAMP)
+	$(BIN)/python bench/crash_loop.py --kills 200
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache test-output

@@ -176,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.logs import configure_logging
+
     args = build_parser().parse_args(argv)
+    # Logs go to stderr for every command, so stdout stays for results (URLs, paths, JSON).
+    configure_logging("info", "auto")
     try:
         return args.func(args)
     except (ConfigError, KeyFileError) as err:

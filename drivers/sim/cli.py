@@ -46,8 +46,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, object]:
+    """Run until SIGINT/SIGTERM. SIGUSR1 stops the machines' play; once every exception they
+    raised is acknowledged a line `all-acknowledged` is printed, so a harness can wait on it."""
     # Listen for signals before printing the paths: whoever reads them may signal at once.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
             fleet = await nursery.start(lambda task_status: serve_fleet(
                 args.machines, rte=args.rte, seed=args.seed, events_per_second=args.rate,
@@ -56,7 +58,22 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
             for path in fleet.device_paths:
                 print(path)
             sys.stdout.flush()
-            async for _ in signals:
+
+            async def announce_drained() -> None:
+                await fleet.wait_all_acknowledged()
+                print("all-acknowledged", flush=True)
+
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    fleet.stop_play()
+                    nursery.start_soon(announce_drained)
+                    continue
                 break
             nursery.cancel_scope.cancel()
-    return fleet.summary()
+    summary: dict[str, object] = dict(fleet.summary())
+    summary["machines"] = [
+        {"device": path, "acknowledged_codes": fleet.acknowledged_codes(path),
+         "pending_codes": [e.code for e in egm.ledger.pending()],
+         "lost_by_overflow": sum(e.lost for e in egm.ledger.entries)}
+        for path, egm in zip(fleet.device_paths, fleet.machines, strict=True)]
+    return summary

@@ -55,4 +55,4 @@ async def test_simulate_process_prints_paths_and_summary() -> None:
             out += chunk
         assert await proc.wait() == 0
     summary = json.loads(out.decode().splitlines()[-1])
-    assert set(summary) == {"raised", "acknowledged", "pending", "lost_by_overflow"}
+    assert set(summary) == {"raised", "acknowledged", "pending", "lost_by_overflow", "machines"}
