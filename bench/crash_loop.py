@@ -100,7 +100,7 @@ def _setup(base: Path, machines: int, rate: float, seed: int,
         f'[gateway]\nid = "{GATEWAY_ID}"\nkey_file = "gw.key"\nstate_dir = "state"\n'
         f'[uplink]\nurl = "{url}"\ntoken_file = "token"\nca_file = "ca.pem"\n'
         f'backoff_initial_s = 0.1\nbackoff_max_s = 1.0\n'
-        f'[log]\nlevel = "warning"\nformat = "json"\n{ports}')
+        f'[log]\nlevel = "info"\nformat = "json"\n{ports}')
     return {"receiver": receiver, "sim": sim, "paths": paths, "config": base / "gateway.toml",
             "outbox": base / "state" / "outbox.db"}
 
@@ -167,6 +167,7 @@ def _crash_loop(base: Path, kills: int, machines: int, rate: float, seed: int,
         procs["sim"].send_signal(signal.SIGINT)
         procs["sim"].wait(timeout=30)
         ledger = json.loads(_read_line(procs["sim"], time.monotonic() + 10))
+        (base / "ledger.json").write_text(json.dumps(ledger))
     finally:
         for proc in (procs["sim"], procs["receiver"]):
             if proc.poll() is None:

@@ -48,11 +48,14 @@ class SourceRef:
 
     `(code, payload)` is the redelivery key (design.md section 4 rule 3): after a gateway restart a
     machine re-sends the exception it never saw acknowledged, with the same code and payload.
+    `priority` marks an exception the machine sends ahead of its queue (SAS P-flag, e.g. 70), so
+    it can arrive before that re-sent one.
     """
 
     protocol: str
     code: int
     payload: bytes = b""
+    priority: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import structlog
+
 from drivers.base import MachineEvent, MachineRef, SourceRef
 from gateway.events import draft_from_machine
 from gateway.outbox import Outbox
 
 __all__ = ["OutboxSink"]
+
+log = structlog.get_logger("gateway.capture")
 
 
 def _key(machine: MachineRef) -> str:
@@ -49,10 +53,22 @@ class OutboxSink:
             self._outbox.note_acknowledged(key, seq)
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
-        # Only the first exception a machine sends after a restart can be a redelivery; whatever
-        # it is, the question is settled for that machine afterwards.
-        last = self._outbox.unacknowledged.pop(_key(machine), None)
-        if last is not None and last == (source.code, source.payload):
-            self.redeliveries += 1
-            return True
-        return False
+        # A machine re-sends its unacknowledged exception before anything else from its queue,
+        # so the first queued exception after a restart settles the question for that machine;
+        # a priority exception (sent ahead of the queue) may come first and does not.
+        key = _key(machine)
+        last = self._outbox.unacknowledged.get(key)
+        if last is None:
+            return False
+        if last != (source.code, source.payload):
+            if not source.priority:
+                self._outbox.unacknowledged.pop(key, None)
+            return False
+        self._outbox.unacknowledged.pop(key, None)
+        # The acknowledgement about to go out is for the event already recorded: mark that seq
+        # (or a second crash would ask the question again about an exception long gone).
+        self._last_seq[key] = self._outbox.unacknowledged_seq.pop(key, 0)
+        self.redeliveries += 1
+        log.info("redelivered exception recognised; acknowledged without recording again",
+                 machine=key, code=f"{source.code:02X}")
+        return True

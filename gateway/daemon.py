@@ -28,6 +28,7 @@ from drivers.base import Driver
 from drivers.link import LinkError, open_link
 from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.errors import SasRemoteProtocolError
+from drivers.sas.journal import PollJournal
 from gateway.capture import OutboxSink
 from gateway.config import Config, PortSection
 from gateway.outbox import Outbox, OutboxSettings
@@ -65,15 +66,16 @@ class Gateway:
                 f"{self.outbox.depth():,} queued")
 
 
-def build_driver(port: PortSection) -> SasDriver:
+def build_driver(port: PortSection, config: Config) -> SasDriver:
     settings = SasSettings(
         poll_interval_s=port.poll_interval_ms / 1000,
         response_timeout_s=port.response_timeout_ms / 1000,
         offline_after_misses=port.offline_after_misses,
         rte=port.rte,
     )
+    journal = PollJournal(config.gateway.state_dir / "polls" / f"{port.name}.journal")
     return SasDriver(port.name, partial(open_link, str(port.device), mode=port.link),
-                     port.addresses, settings)
+                     port.addresses, settings, journal=journal)
 
 
 async def supervise_port(gw: Gateway, name: str, *,
@@ -149,7 +151,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s), outbox)
     gw = Gateway(config=config, outbox=outbox,
                  sink=OutboxSink(outbox, currency=config.gateway.currency),
-                 drivers={p.name: build_driver(p) for p in config.ports}, uplink=uplink)
+                 drivers={p.name: build_driver(p, config) for p in config.ports}, uplink=uplink)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(outbox.run_writer)

@@ -111,7 +111,8 @@ class Outbox:
         self.last_seq: int = row[0] if row else 0
         self._last_hash: bytes = row[1] if row else GENESIS
         self._oldest_undelivered_at: float | None = None
-        self._send, self._receive = trio.open_memory_channel[_Pending](settings.queue_max)
+        # None in the queue is a wake-up: commit pending bookkeeping (ack marks) promptly.
+        self._send, self._receive = trio.open_memory_channel[_Pending | None](settings.queue_max)
         self._appended = trio.Event()
         self._flush_wanted = False
         self._acked: dict[str, int] = {}
@@ -121,11 +122,13 @@ class Outbox:
         self.commits = 0
         # What each machine sent last and whether it was acknowledged before the last stop:
         # the key to recognising a redelivered exception (design.md section 4 rule 3).
+        rows = conn.execute("SELECT machine, last_seq, last_code, last_payload, acked_seq "
+                            "FROM machine_state").fetchall()
         self.unacknowledged: dict[str, tuple[int, bytes]] = {
-            m: (code, payload or b"") for m, last, code, payload, acked in conn.execute(
-                "SELECT machine, last_seq, last_code, last_payload, acked_seq FROM machine_state")
-            if code is not None and acked < last
-        }
+            m: (code, payload or b"") for m, last, code, payload, acked in rows
+            if code is not None and acked < last}
+        self.unacknowledged_seq: dict[str, int] = {
+            m: last for m, last, code, _, acked in rows if code is not None and acked < last}
 
     @property
     def kids(self) -> list[str]:
@@ -181,11 +184,16 @@ class Outbox:
                                               monotonic=trio.current_time()))
 
     def note_acknowledged(self, machine: str, seq: int) -> None:
-        """The machine has been told about `seq`; persisted with the next commit."""
+        """The machine has been told about `seq`; committed at once (one commit interval), as
+        until then a restart cannot tell a redelivery from a new identical exception."""
         if seq > self._acked.get(machine, 0):
             self._acked[machine] = seq
             self.unacknowledged.pop(machine, None)
             self._flush_wanted = True
+            try:
+                self._send.send_nowait(None)  # wake the collector; a full queue commits soon anyway
+            except trio.WouldBlock:
+                pass
 
     async def mark_delivered(self, seq: int) -> None:
         """The platform acknowledged everything up to `seq` (cumulative)."""
@@ -211,11 +219,15 @@ class Outbox:
                 # Bookkeeping (acks, delivered seq) rides along with the next group; with no
                 # traffic it is flushed after at most half a second.
                 with trio.move_on_after(0.5 if self._flush_wanted else math.inf):
-                    batch.append(await self._receive.receive())
-                if batch:
+                    item = await self._receive.receive()
+                    if item is not None:
+                        batch.append(item)
+                if batch or self._flush_wanted:
                     with trio.move_on_after(self.settings.commit_interval_s):
                         while len(batch) < self.settings.batch_max:
-                            batch.append(await self._receive.receive())
+                            item = await self._receive.receive()
+                            if item is not None:
+                                batch.append(item)
                 if not batch and not self._flush_wanted:
                     continue
                 self._flush_wanted = False

@@ -26,6 +26,7 @@ from drivers.link import SasLink
 from drivers.sas.codes import LongPoll
 from drivers.sas.errors import SasLocalProtocolError
 from drivers.sas.host import Acknowledged, CommandFinished, HostConfig, HostEvent, Report, SasHost
+from drivers.sas.journal import PollJournal
 
 __all__ = ["SasDriver", "SasSettings"]
 
@@ -58,11 +59,14 @@ class SasDriver:
     """drivers.base.Driver for one SAS line with machines at `addresses`."""
 
     def __init__(self, port: str, open_link: Callable[[], Awaitable[SasLink]],
-                 addresses: Sequence[int], settings: SasSettings | None = None) -> None:
+                 addresses: Sequence[int], settings: SasSettings | None = None, *,
+                 journal: PollJournal | None = None) -> None:
         self.port = port
         self.settings = settings or SasSettings()
         self._open_link = open_link
-        self._host = SasHost(port, list(addresses), self.settings.host_config())
+        self._journal = journal
+        self._host = SasHost(port, list(addresses), self.settings.host_config(),
+                             last_polls=journal.snapshot() if journal else None)
         self._state = "idle"
         self._stamped: dict[int, MachineEvent] = {}
         self._waiters: dict[int, trio.Event] = {}
@@ -88,6 +92,11 @@ class SasDriver:
         host = self._host
         while True:
             for frame in host.frames_to_send():
+                if self._journal is not None:
+                    # Recorded before the write: should the process die in between, the machine
+                    # never saw this poll, and the restart probe repeating it only ACKs an answer
+                    # that was durable already (the host sends nothing while one is not).
+                    self._journal.record(frame.data)
                 await link.send(frame)
             event = host.next_event()
             if event is not None:

@@ -12,6 +12,7 @@ differs from the last one; an identical poll is an implied NACK and makes it res
   * any other time the next poll would equal the last frame on the line, the host first sends a
     GP to an unused "sync" address, which is an implied ACK and sends nothing back;
   * after a non-zero exception to a GP the follow-up is LP 1A (the ACK, and a credits read);
+    in RTE mode the sync GP is the ACK instead (an LP would be answered by the next event);
     after an RTE event in place of a long-poll answer that long poll stays queued, and re-sending
     it is preceded by the sync GP, so the event is ACKed and the poll re-issued.
 Durable before acknowledged (design.md section 4 rule 1). An exception is reported as
@@ -32,6 +33,15 @@ RTE mode. A silent GP means "no activity" -- or a lost event answer, so it is re
 final identical poll). Liveness in RTE mode comes from the periodic LP 1A.
 Synchronisation. A machine ignores its own address after power-up or link loss until it sees a
 poll to another address, so the sync GP is also sent at start and after any machine goes offline.
+Restart. The first poll to each machine after the host starts repeats the last frame the previous
+process sent it (`last_polls`, from drivers/sas/journal.py), or a plain GP if none is known, with
+no sync GP in front. If the gateway died after the machine answered but before the answer was
+made durable, the machine still waits for an implied ACK; any other poll (the sync GP, a
+discovery LP) would be that ACK and the exception would be lost. The identical poll is an implied
+NACK instead, so the machine re-sends its answer (and the sink recognises a redelivery of what it
+already recorded).
+Silence means the machine is unsynchronised (or has nothing to say in RTE mode): the host syncs
+and carries on, and the probe counts as no missed poll.
 """
 
 from __future__ import annotations
@@ -141,6 +151,7 @@ class _Machine:
     sas_version: str | None = None
     next_due: float = 0.0
     credits_at: float = 0.0
+    probe: bool = True  # the first poll after a (re)start: see "Restart" in the module docstring
     stats: _Stats = field(default_factory=_Stats)
 
     @property
@@ -161,6 +172,7 @@ class _InFlight:
     ever_received: bool = False
     busy: int = 0
     resend_at: float | None = None
+    probe: bool = False
 
 
 class SasHost:
@@ -168,7 +180,8 @@ class SasHost:
     events and its next deadline."""
 
     def __init__(self, port: str, addresses: list[int] | tuple[int, ...],
-                 config: HostConfig | None = None) -> None:
+                 config: HostConfig | None = None, *,
+                 last_polls: dict[int, bytes] | None = None) -> None:
         if not addresses or len(set(addresses)) != len(addresses):
             raise SasLocalProtocolError("addresses must be distinct and non-empty")
         for a in addresses:
@@ -182,6 +195,8 @@ class SasHost:
             sync = next(a for a in range(1, 128) if a not in addresses)
         self._sync_poll = messages.general_poll(sync).wire()
         self._machines = {a: _Machine(a, MachineRef(port, a)) for a in addresses}
+        self._probes = {a: p for a, wire in (last_polls or {}).items()
+                        if a in self._machines and (p := _poll_from_wire(a, wire)) is not None}
         for m in self._machines.values():
             self._queue_discovery(m)
         self._framer = framing.Framer()
@@ -230,7 +245,8 @@ class SasHost:
                 else:
                     self._finish(f, now)
             else:
-                f.machine.stats.timeouts += 1
+                if not f.probe:  # a silent restart probe is expected, not a fault
+                    f.machine.stats.timeouts += 1
                 self._failed(f, now)
         if self._inflight is None and not self._held:
             self._poll_next(now)
@@ -313,6 +329,16 @@ class SasHost:
         m = min(self._machines.values(), key=lambda x: x.next_due)
         if m.next_due > now:
             return
+        if m.probe:
+            m.probe = False
+            poll = self._probes.pop(m.address, None) or messages.general_poll(m.address)
+            self._send(poll.wire())
+            m.stats.polls += 1
+            expect = framing.Expectation(m.address, poll.command, m.rte_on,
+                                         **_EXPECT.get(poll.command or -1, {}))
+            self._inflight = _InFlight(m, poll, None, expect, now,
+                                       now + self.config.response_timeout_s, probe=True)
+            return
         if m.queue:
             request: _Request | None = m.queue[0]
         elif now - m.credits_at >= self.config.credits_every_s:
@@ -338,6 +364,11 @@ class SasHost:
 
     def _failed(self, f: _InFlight, now: float) -> None:
         m = f.machine
+        if f.probe:
+            # Nothing held for us (or not synchronised yet): sync and poll normally.
+            self._need_sync = True
+            self._framer.clear()
+            return self._finish(f, now)
         m.misses += 1
         if m.online and m.misses >= self.config.offline_after_misses:
             m.online = False
@@ -446,9 +477,28 @@ class SasHost:
         token = next(self._tokens)
         self._held[token] = event
         self._events.append(Report(event, token))
-        if gp and not m.queue:
+        if gp and not m.queue and not m.rte_on:
             # Follow a GP exception with a long poll (reference 2.3): the ACK, and a credits read.
+            # Not in RTE mode: a long poll there is answered with the next pending event, which
+            # a restart probe (a GP) could not recover. The next poll is the same GP again, so
+            # the sync GP goes first and is the ACK; every event then answers a GP.
             m.queue.append(_Request(messages.long_poll(m.address, LongPoll.CURRENT_CREDITS)))
+
+
+def _poll_from_wire(address: int, wire: bytes) -> messages.Poll | None:
+    """The poll whose wire form is `wire`, if it is a well-formed poll to `address`."""
+    try:
+        if len(wire) == 1:
+            poll = messages.general_poll(address)
+        elif len(wire) == 2:
+            poll = messages.long_poll(address, wire[1])
+        elif len(wire) >= 4:
+            poll = messages.long_poll(address, wire[1], wire[2:-2])
+        else:
+            return None
+    except SasLocalProtocolError:
+        return None
+    return poll if poll.wire() == wire else None
 
 
 def _drop(m: _Machine, request: _Request) -> None:

@@ -7,7 +7,12 @@ from typing import Any
 from drivers.base import MachineEvent, MachineRef, SourceRef
 from drivers.sas import bcd
 from drivers.sas.bcd import BcdError
-from drivers.sas.codes import BILL_CODE_CENTS, BILL_DENOMINATION_CENTS, Exc
+from drivers.sas.codes import (
+    BILL_CODE_CENTS,
+    BILL_DENOMINATION_CENTS,
+    PRIORITY_EXCEPTIONS,
+    Exc,
+)
 
 __all__ = ["SILENT_CODES", "exception_event"]
 
@@ -67,5 +72,5 @@ def exception_event(machine: MachineRef, code: int, data: bytes, denom_cents: in
     except BcdError:
         # Keep the event (never lose it); the raw payload is in `source`.
         kind, fields = "machineException", {"code": code, "name": _name(code), "bad_data": True}
-    return MachineEvent(kind, machine, fields, SourceRef("sas", code, bytes(data)),
-                        monotonic=now)
+    source = SourceRef("sas", code, bytes(data), priority=code in PRIORITY_EXCEPTIONS)
+    return MachineEvent(kind, machine, fields, source, monotonic=now)

@@ -26,17 +26,20 @@ def _online_host(*, rte: bool) -> SasHost:
     """A host past discovery: LP 1F, LP 54 (and LP 0E) answered."""
     host = SasHost("p", [A], HostConfig(rte=rte, credits_every_s=1000))
     host.handle_timer(0.0)
-    assert _frames(host) == ["82", "011f"]  # sync poll first, then discovery
-    host.receive_data(messages.encode_game_config(A, messages.GameConfig(denomination_code=2)), 0.01)
+    assert _frames(host) == ["81"]  # restart probe: a plain GP, no sync poll in front of it
+    host.handle_timer(0.1)          # silence: the machine is not synchronised yet
     host.handle_timer(0.2)
+    assert _frames(host) == ["82", "011f"]  # sync poll, then discovery
+    host.receive_data(messages.encode_game_config(A, messages.GameConfig(denomination_code=2)), 0.21)
+    host.handle_timer(0.4)
     assert _frames(host) == ["0154"]
-    host.receive_data(messages.encode_version(A, messages.VersionInfo("602", "X1")), 0.21)
+    host.receive_data(messages.encode_version(A, messages.VersionInfo("602", "X1")), 0.41)
     if rte:
-        host.handle_timer(0.4)
+        host.handle_timer(0.61)
         assert _frames(host) == ["010e0145d1"]
-        host.receive_data(b"\x01", 0.41)
-        assert host.get_timer() == pytest.approx(0.42)  # lone ACK completes after the gap
-        host.handle_timer(0.42)
+        host.receive_data(b"\x01", 0.62)
+        assert host.get_timer() == pytest.approx(0.63)  # lone ACK completes after the gap
+        host.handle_timer(0.63)
     assert [e.event.type for e in _events(host)] == ["deviceOnline"]
     return host
 
