@@ -18,8 +18,8 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
-__all__ = ["Config", "GatewaySection", "LogSection", "OutboxSection", "PortSection",
-           "UplinkSection", "load_config", "parse_config"]
+__all__ = ["CommandsSection", "Config", "FeedSection", "FeedTokenSection", "GatewaySection", "LogSection",
+           "OutboxSection", "PortSection", "UplinkSection", "load_config", "parse_config"]
 
 GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -81,6 +81,20 @@ class UplinkSection:
     backoff_max_s: float = 30.0
 
 
+COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",
+                 "remoteHandpayReset", "acknowledgeAlert")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsSection:
+    """Which commands the platform (and floor supervisors) may run here; others are rejected
+    and audited."""
+
+    allowed: tuple[str, ...] = field(default=("acknowledgeAlert", "requestMeters"), metadata={
+        "check": lambda v: _check(set(v) <= set(COMMAND_NAMES),
+                                  "a list of: " + ", ".join(COMMAND_NAMES))})
+
+
 @dataclass(frozen=True, slots=True)
 class LogSection:
     level: str = field(default="info", metadata={"check": lambda v: _check(
@@ -90,12 +104,67 @@ class LogSection:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedTokenSection:
+    """One staff token: who holds it, their role, and the SHA-256 (hex) of the token itself.
+    Only the hash is configured, so the file does not hold a usable secret."""
+
+    name: str
+    sha256: str = field(metadata={"check": lambda v: _check(
+        bool(re.fullmatch(r"[0-9a-f]{64}", v)), "64 lowercase hex digits (sha256sum of the token)")})
+    role: str = field(default="viewer", metadata={"check": lambda v: _check(
+        v in ("viewer", "attendant", "supervisor"), "one of viewer, attendant, supervisor")})
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSection:
+    """The local staff feed and alert page (gateway/feed, docs/feed-protocol.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata={
+        "check": lambda v: _check(0 <= v <= 65535, "a TCP port 0-65535")})
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    allowed_origins: tuple[str, ...] = ()
+    max_message_bytes: int = field(default=65536, metadata={
+        "check": lambda v: _check(1024 <= v <= 16_777_216, "between 1024 and 16777216")})
+    client_queue: int = field(default=1000, metadata={
+        "check": lambda v: _check(10 <= v <= 1_000_000, "between 10 and 1000000")})
+    auth_failures_per_minute: int = field(default=10, metadata={
+        "check": lambda v: _check(1 <= v <= 10_000, "between 1 and 10000")})
+    auth_timeout_s: float = field(default=10.0, metadata={
+        "check": lambda v: _check(0 < v <= 300, "between 0 and 300 seconds")})
+    replay_max: int = field(default=10_000, metadata={
+        "check": lambda v: _check(1 <= v <= 1_000_000, "between 1 and 1000000")})
+    history_events: int = field(default=50_000, metadata={
+        "check": lambda v: _check(0 <= v <= 10_000_000, "between 0 and 10000000")})
+    degraded_depth: int = field(default=10_000, metadata={
+        "check": lambda v: _check(v >= 1, "at least 1")})
+    tokens: tuple[FeedTokenSection, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ConfigError("feed.keyfile" if self.keyfile is None else "feed.certfile",
+                              "certfile and keyfile go together: set both or neither")
+        names = [t.name for t in self.tokens]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise ConfigError(f"feed.tokens[{i}].name", f"duplicate token name {name!r}")
+        hashes = [t.sha256 for t in self.tokens]
+        for i, digest in enumerate(hashes):
+            if hashes.index(digest) != i:
+                raise ConfigError(f"feed.tokens[{i}].sha256",
+                                  "the same token is configured twice")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySection
     uplink: UplinkSection
     ports: tuple[PortSection, ...] = ()
     outbox: OutboxSection = OutboxSection()
+    commands: CommandsSection = CommandsSection()
     log: LogSection = LogSection()
+    feed: FeedSection | None = None
 
     @property
     def outbox_path(self) -> Path:

@@ -78,3 +78,49 @@ def test_example_config_is_valid():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     config = load_config(example)
     assert config.ports
+
+
+# -- [feed] ------------------------------------------------------------------------------------------
+
+SHA = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"  # sha256("password")
+
+
+def test_feed_is_optional_and_has_defaults():
+    assert parse_config(MINIMAL).feed is None
+    feed = parse_config(dict(MINIMAL, feed={})).feed
+    assert (feed.host, feed.port, feed.client_queue, feed.tokens) == ("127.0.0.1", 8080, 1000, ())
+
+
+def test_feed_tokens_parse():
+    table = dict(MINIMAL, feed={"port": 0, "allowed_origins": ["http://board.lan"], "tokens": [
+        {"name": "floor", "sha256": SHA}, {"name": "boss", "sha256": "0" * 64,
+                                           "role": "supervisor"}]})
+    feed = parse_config(table).feed
+    assert [(t.name, t.role) for t in feed.tokens] == [("floor", "viewer"), ("boss", "supervisor")]
+    assert feed.allowed_origins == ("http://board.lan",)
+
+
+@pytest.mark.parametrize(("feed", "field", "words"), [
+    ({"port": 70000}, "feed.port", "0-65535"),
+    ({"tokens": [{"name": "a", "sha256": "abc"}]}, "feed.tokens[0].sha256", "64 lowercase hex"),
+    ({"tokens": [{"name": "a", "sha256": SHA, "role": "admin"}]}, "feed.tokens[0].role",
+     "viewer, attendant, supervisor"),
+    ({"tokens": [{"name": "a", "sha256": SHA}, {"name": "a", "sha256": "1" * 64}]},
+     "feed.tokens[1].name", "duplicate"),
+    ({"tokens": [{"name": "a", "sha256": SHA}, {"name": "b", "sha256": SHA}]},
+     "feed.tokens[1].sha256", "twice"),
+    ({"certfile": "/etc/feed.pem"}, "feed.keyfile", "together"),
+    ({"client_queue": 1}, "feed.client_queue", "between 10"),
+    ({"tokenz": []}, "feed.tokenz", "unknown field"),
+])
+def test_feed_errors_name_the_field(feed, field, words):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(dict(MINIMAL, feed=feed))
+    assert caught.value.field == field
+    assert words in str(caught.value)
+
+
+def test_example_config_documents_the_feed():
+    example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
+    feed = load_config(example).feed
+    assert feed is not None and feed.tokens

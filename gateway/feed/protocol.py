@@ -1,0 +1,343 @@
+"""The staff feed protocol, sans I/O: tokens, roles, one client's session and its filters.
+
+`FeedSession.receive(text)` takes one WebSocket text frame and returns what the server must do
+(`Send`, `Close`, `Authenticated`, `AuthFailed`, `Replay`, `Acknowledge`, `Command`); the server
+(gateway/feed/server.py) does the I/O. Keeping every decision here lets the tests cover each
+protocol path without a socket, and keeps a hostile client's input away from the I/O code.
+docs/feed-protocol.md is the client-facing specification of the same rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.events import CATALOGUE, CHANNELS
+
+__all__ = [
+    "ROLES",
+    "Acknowledge",
+    "AuthFailed",
+    "Authenticated",
+    "Close",
+    "Command",
+    "FailureLimiter",
+    "FeedSession",
+    "Identity",
+    "Replay",
+    "Send",
+    "TokenEntry",
+    "TokenTable",
+    "encode_envelope",
+    "error",
+    "hash_token",
+]
+
+ROLES = ("viewer", "attendant", "supervisor")
+SUBPROTOCOL = "casino-feed.v1"
+TOKEN_PREFIX = "token."
+NOTE_MAX = 500
+POLICY_VIOLATION = 1008
+_MACHINE = re.compile(r"^[^/]+/[0-9]{1,3}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hash_token(token: str) -> str:
+    """What the configuration stores for a token: lowercase hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """A configured token: who holds it, their role, and the token's SHA-256 (never the token)."""
+
+    name: str
+    role: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if not _SHA256_HEX.match(self.sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    role: str
+
+    def may(self, role: str) -> bool:
+        """True if this identity has `role` or a higher one (viewer < attendant < supervisor)."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class TokenTable:
+    """Checks a presented token against the hashed ones. Every entry is compared, with
+    `hmac.compare_digest`, so the time taken does not say which entry (or how much) matched."""
+
+    def __init__(self, entries: tuple[TokenEntry, ...] | list[TokenEntry]) -> None:
+        self._entries = tuple(entries)
+
+    def authenticate(self, token: object) -> Identity | None:
+        if not isinstance(token, str) or not token:
+            return None
+        digest = hash_token(token).encode("ascii")
+        found = None
+        for entry in self._entries:
+            if hmac.compare_digest(digest, entry.sha256.encode("ascii")) and found is None:
+                found = Identity(entry.name, entry.role)
+        return found
+
+
+class FailureLimiter:
+    """Failed authentications per remote address in a sliding minute. `now` is monotonic seconds."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._failures.get(address)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - 60.0:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+        return times
+
+    def blocked(self, address: str, now: float) -> bool:
+        return len(self._recent(address, now)) >= self.per_minute
+
+    def retry_after(self, address: str, now: float) -> int:
+        """Whole seconds until the oldest counted failure leaves the window."""
+        times = self._recent(address, now)
+        return max(1, int(times[0] + 60.0 - now) + 1) if times else 0
+
+    def record(self, address: str, now: float) -> None:
+        # Prune everyone now and then so a scan from many addresses cannot grow the table forever.
+        if len(self._failures) > 10_000:
+            for other in list(self._failures):
+                self._recent(other, now)
+        self._failures.setdefault(address, deque()).append(now)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def encode_envelope(envelope: dict[str, Any]) -> dict[str, Any]:
+    """A sealed envelope as JSON-ready data: bytes fields (prev_hash, hash, sig) as lowercase hex."""
+    return _json_ready(envelope)
+
+
+def error(code: str, message: str, ref: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        out["ref"] = ref
+    return out
+
+
+# -- what the session asks the server to do -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Send the welcome (with the alert state) and start delivering events."""
+
+    identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    """Count a failed authentication against the remote address."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    from_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledge:
+    alert_seq: int
+    note: str | None
+    identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    request: dict[str, Any]
+    identity: Identity
+
+
+Action = Send | Close | Authenticated | AuthFailed | Replay | Acknowledge | Command
+
+
+@dataclass(slots=True)
+class Filter:
+    """Which events a client gets: those whose channel or type it subscribed to, restricted to
+    `machines` when that is non-empty (events about no machine pass the machine restriction)."""
+
+    channels: set[str] = field(default_factory=set)
+    events: set[str] = field(default_factory=set)
+    machines: set[str] = field(default_factory=set)
+
+    def wants(self, envelope: dict[str, Any]) -> bool:
+        if envelope["channel"] not in self.channels and envelope["event"] not in self.events:
+            return False
+        if self.machines and envelope.get("machine"):
+            machine = envelope["machine"]
+            return f"{machine.get('port')}/{machine.get('address')}" in self.machines
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"channels": sorted(self.channels), "events": sorted(self.events),
+                "machines": sorted(self.machines)}
+
+
+class FeedSession:
+    """One client's protocol state: unauthenticated until a valid token, then its filter."""
+
+    def __init__(self, tokens: TokenTable, *, commands_enabled: bool) -> None:
+        self._tokens = tokens
+        self._commands_enabled = commands_enabled
+        self.identity: Identity | None = None
+        self.filter = Filter()
+
+    def wants(self, envelope: dict[str, Any]) -> bool:
+        return self.identity is not None and self.filter.wants(envelope)
+
+    def authenticate(self, token: str) -> list[Action]:
+        """Authenticate with a token (from the first message or from the subprotocol)."""
+        identity = self._tokens.authenticate(token)
+        if identity is None:
+            return [AuthFailed(), Send(error("auth_failed", "unknown token")),
+                    Close(POLICY_VIOLATION, "authentication failed")]
+        self.identity = identity
+        return [Authenticated(identity)]
+
+    def receive(self, frame: str | bytes) -> list[Action]:
+        if isinstance(frame, bytes):
+            if self.identity is None:
+                return self._need_auth()
+            return [Send(error("bad_request", "send JSON in text frames, not binary"))]
+        try:
+            message = json.loads(frame)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            if self.identity is None:
+                return self._need_auth()
+            return [Send(error("bad_json", "expected a JSON object with a string 'type'"))]
+        kind, ref = message["type"], message.get("id")
+        if self.identity is None:
+            if kind != "auth":
+                return self._need_auth()
+            return self.authenticate(message.get("token"))  # type: ignore[arg-type]
+        handler = {"auth": self._again, "subscribe": self._subscribe,
+                   "unsubscribe": self._subscribe, "replay": self._replay, "ack": self._ack,
+                   "command": self._command}.get(kind)
+        if handler is None:
+            return [Send(error("unknown_type", f"unknown message type {kind!r}", ref))]
+        try:
+            return handler(message, self.identity)
+        except _BadRequest as bad:
+            return [Send(error("bad_request", str(bad), ref))]
+
+    @staticmethod
+    def _need_auth() -> list[Action]:
+        return [Send(error("auth_required", "the first message must be {\"type\": \"auth\"}")),
+                Close(POLICY_VIOLATION, "authentication required")]
+
+    @staticmethod
+    def _again(message: dict[str, Any], identity: Identity) -> list[Action]:
+        return [Send(error("bad_request", "already authenticated", message.get("id")))]
+
+    def _subscribe(self, message: dict[str, Any], identity: Identity) -> list[Action]:
+        channels = _names(message, "channels", lambda v: v in CHANNELS, "a channel")
+        events = _names(message, "events", lambda v: v in CATALOGUE, "an event type")
+        machines = _names(message, "machines", lambda v: bool(_MACHINE.match(v)),
+                          "a machine as 'port/address'")
+        if message["type"] == "subscribe":
+            self.filter.channels |= channels
+            self.filter.events |= events
+            self.filter.machines |= machines
+        else:
+            self.filter.channels -= channels
+            self.filter.events -= events
+            self.filter.machines -= machines
+        return [Send({"type": "subscribed", **self.filter.as_dict()})]
+
+    @staticmethod
+    def _replay(message: dict[str, Any], identity: Identity) -> list[Action]:
+        return [Replay(_integer(message, "from_seq"))]
+
+    @staticmethod
+    def _ack(message: dict[str, Any], identity: Identity) -> list[Action]:
+        if not identity.may("attendant"):
+            return [Send(error("forbidden", f"role {identity.role} may not acknowledge alerts",
+                               message.get("id")))]
+        note = message.get("note")
+        if note is not None and (not isinstance(note, str) or len(note) > NOTE_MAX):
+            raise _BadRequest(f"note must be a string of at most {NOTE_MAX} characters")
+        return [Acknowledge(_integer(message, "alert_seq"), note or None, identity)]
+
+    def _command(self, message: dict[str, Any], identity: Identity) -> list[Action]:
+        ref = message.get("id")
+        if not identity.may("supervisor"):
+            return [Send(error("forbidden", f"role {identity.role} may not send commands", ref))]
+        if not self._commands_enabled:
+            return [Send(error("commands_disabled", "commands not enabled", ref))]
+        for key in ("id", "name"):
+            if not isinstance(message.get(key), str) or not message[key]:
+                raise _BadRequest(f"{key} must be a non-empty string")
+        args = message.get("args", {})
+        if not isinstance(args, dict):
+            raise _BadRequest("args must be an object")
+        request = {"id": message["id"], "name": message["name"],
+                   "target": message.get("target"), "args": args}
+        return [Command(request, identity)]
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+def _integer(message: dict[str, Any], key: str) -> int:
+    value = message.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _BadRequest(f"{key} must be a positive integer")
+    return value
+
+
+def _names(message: dict[str, Any], key: str, valid: Any, what: str) -> set[str]:
+    values = message.get(key, [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise _BadRequest(f"{key} must be a list of strings")
+    for value in values:
+        if not valid(value):
+            raise _BadRequest(f"{key}: {value!r} is not {what}")
+    return set(values)

@@ -1,0 +1,714 @@
+"""The staff feed server: alert page, /health, /metrics and the /feed WebSocket on one port.
+
+HTTP is parsed with h11. A request that asks to upgrade to a WebSocket at /feed is checked here
+(origin, failed-auth rate limit) and then handed to trio-websocket by replaying the request bytes
+into `wrap_server_stream`; everything else is answered by h11. docs/feed-protocol.md says why
+this rather than hypercorn.
+
+Commits reach the feed through `Outbox.commit_listeners`, called in the trio thread. The listener
+only updates the alert board and does non-blocking puts into each client's bounded queue; one
+sender task per client drains it. A client whose queue is full is closed with 1008 "too slow", so
+a stalled browser never slows the outbox (design.md sections 7 and 10).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h11
+import structlog
+import trio
+import trio_websocket
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from drivers.base import MachineRef
+from gateway import __version__
+from gateway.errors import GatewayError, StoreError
+from gateway.events import rfc3339, system_draft
+from gateway.feed.protocol import (
+    SUBPROTOCOL,
+    TOKEN_PREFIX,
+    Acknowledge,
+    Action,
+    Authenticated,
+    AuthFailed,
+    Close,
+    Command,
+    FailureLimiter,
+    FeedSession,
+    Replay,
+    Send,
+    TokenEntry,
+    TokenTable,
+    encode_envelope,
+    error,
+)
+from gateway.feed.state import AlertBoard
+from gateway.signing import decode_envelope
+
+if TYPE_CHECKING:
+    from gateway.config import FeedSection
+    from gateway.outbox import Outbox
+
+__all__ = ["CommandHandler", "FeedServer", "FeedSettings"]
+
+log = structlog.get_logger(__name__)
+
+CommandHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+STATIC_DIR = Path(__file__).parent / "static"
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
+                 ".png": "image/png", ".ico": "image/x-icon", ".json": "application/json"}
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-cache"),
+    (b"content-security-policy",
+     b"default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'"),
+]
+HEADER_TIMEOUT_S = 30.0     # a slow or idle HTTP client gets this long to send a request
+HANDSHAKE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0       # how long a closing handshake (or a "too slow" close) may take
+SHUTDOWN_CLOSE_S = 0.25     # per client, while the daemon stops
+REPLAY_PAGE = 500
+MAX_HEADER_BYTES = 16_384   # request line and headers; more is answered with 431
+_REASONS = {431: b"Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """How the feed listens and whom it lets in. `tokens` hold SHA-256 hashes, never tokens."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tokens: tuple[TokenEntry, ...] = ()
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    allowed_origins: tuple[str, ...] = ()
+    max_message_bytes: int = 65536
+    client_queue: int = 1000
+    auth_failures_per_minute: int = 10
+    auth_timeout_s: float = 10.0
+    replay_max: int = 10_000
+    history_events: int = 50_000
+    degraded_depth: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.client_queue < 2:
+            raise ValueError("client_queue must be at least 2 (the welcome and one more message)")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: set both or neither")
+
+    @classmethod
+    def from_config(cls, section: FeedSection) -> FeedSettings:
+        """The `[feed]` configuration section as server settings."""
+        return cls(
+            host=section.host, port=section.port,
+            tokens=tuple(TokenEntry(t.name, t.role, t.sha256) for t in section.tokens),
+            certfile=section.certfile, keyfile=section.keyfile,
+            allowed_origins=section.allowed_origins,
+            max_message_bytes=section.max_message_bytes, client_queue=section.client_queue,
+            auth_failures_per_minute=section.auth_failures_per_minute,
+            auth_timeout_s=section.auth_timeout_s, replay_max=section.replay_max,
+            history_events=section.history_events, degraded_depth=section.degraded_depth)
+
+
+@dataclass(eq=False)
+class _Client:
+    """A connected, authenticated staff client and its bounded outgoing queue."""
+
+    session: FeedSession
+    remote: str
+    queue_size: int
+    sender_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    too_slow: bool = False
+    skip_through: int = 0
+
+    def __post_init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[tuple[Any, ...]](self.queue_size)
+
+    def offer(self, item: tuple[Any, ...]) -> None:
+        """Queue without blocking; a full queue marks the client too slow and gives its sender
+        CLOSE_TIMEOUT_S to get the 1008 close out before the connection is cut."""
+        if self.too_slow:
+            return
+        try:
+            self.send.send_nowait(item)
+        except trio.WouldBlock:
+            self.too_slow = True
+            self.sender_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+
+
+class _Prefixed(trio.abc.Stream):
+    """A stream that first yields bytes already read by h11, so trio-websocket sees the upgrade
+    request as if it had read it itself."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _Collector:
+    """Figures read at scrape time from the outbox and the daemon's `status()`."""
+
+    def __init__(self, server: FeedServer) -> None:
+        self._server = server
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        server = self._server
+        outbox = server.outbox
+        yield GaugeMetricFamily("gateway_outbox_depth", "Events not yet acknowledged by the "
+                                "platform.", value=outbox.depth())
+        yield GaugeMetricFamily("gateway_outbox_last_seq", "Seq of the newest durable event.",
+                                value=outbox.last_seq)
+        status = server.status()
+        uplink = status.get("uplink") or {}
+        yield GaugeMetricFamily("gateway_uplink_connected", "1 while the platform uplink is up.",
+                                value=1.0 if uplink.get("connected") else 0.0)
+        if isinstance(uplink.get("reconnects"), int | float):
+            yield CounterMetricFamily("gateway_uplink_reconnects", "Uplink reconnect attempts.",
+                                      value=uplink["reconnects"])
+        ports = status.get("ports") or {}
+        for key, name, text in (("timeouts", "gateway_port_timeouts", "Polls unanswered."),
+                                ("crc_errors", "gateway_port_crc_errors", "Frames with a bad "
+                                 "CRC.")):
+            family = CounterMetricFamily(name, text, labels=["port"])
+            for port, figures in sorted(ports.items()):
+                if isinstance(figures, dict) and isinstance(figures.get(key), int | float):
+                    family.add_metric([str(port)], figures[key])
+            yield family
+
+
+class FeedServer:
+    """The staff feed. Start with `await nursery.start(server.run)`, which returns the bound port.
+
+    `status()` returns the daemon's live figures, e.g. {"uplink": {"connected": bool, "since":
+    float | None, "reconnects": int}, "ports": {name: {"timeouts": int, "crc_errors": int}}}.
+    `command_handler(request, requested_by)` executes a supervisor's command and returns the
+    result fields; without it, commands are refused with "commands not enabled".
+    """
+
+    def __init__(self, settings: FeedSettings, outbox: Outbox, status: Callable[[], dict[str, Any]],
+                 command_handler: CommandHandler | None = None) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.status = status
+        self.board = AlertBoard()
+        self._command_handler = command_handler
+        self._tokens = TokenTable(settings.tokens)
+        self._limiter = FailureLimiter(settings.auth_failures_per_minute)
+        self._clients: set[_Client] = set()
+        self._acking: set[int] = set()
+        self._priming = True
+        self._backlog: list[dict[str, Any]] = []
+        self._last_latency: float | None = None
+        self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
+        self.registry = CollectorRegistry()
+        self._events = Counter("gateway_events", "Events made durable, by type.", ["type"],
+                               registry=self.registry)
+        self._clients_gauge = Gauge("gateway_feed_clients", "Authenticated staff feed clients.",
+                                    registry=self.registry)
+        self._clients_gauge.set_function(lambda: len(self._clients))
+        self._dropped = Counter("gateway_feed_dropped_clients", "Feed clients dropped as too slow.",
+                                registry=self.registry)
+        self._durable = Histogram(
+            "gateway_capture_to_durable_seconds", "From capture to committed in the outbox.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry)
+        self.registry.register(_Collector(self))
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Rebuild the alert board from recent history, bind, report the port, serve forever."""
+        self.outbox.commit_listeners.append(self._on_commit)
+        try:
+            latencies = self.outbox.durable_latencies
+            self._last_latency = latencies[-1] if latencies else None
+            await self._prime()
+            listeners = await self._listen()
+            sock = getattr(listeners[0], "transport_listener", listeners[0]).socket
+            port = sock.getsockname()[1]
+            log.info("feed listening", host=self.settings.host, port=port,
+                     tls=self.settings.certfile is not None)
+            async with trio.open_nursery() as nursery:
+                task_status.started(port)
+                await trio.serve_listeners(self._serve_connection, listeners,
+                                           handler_nursery=nursery)
+        finally:
+            self.outbox.commit_listeners.remove(self._on_commit)
+
+    async def _listen(self) -> list[Any]:
+        listeners: list[Any] = await trio.open_tcp_listeners(self.settings.port,
+                                                             host=self.settings.host)
+        if self.settings.certfile is None:
+            return listeners
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.settings.certfile, self.settings.keyfile)
+        return [trio.SSLListener(listener, context, https_compatible=True)
+                for listener in listeners]
+
+    async def _prime(self) -> None:
+        """Replay the tail of the outbox into the board so open handpays and doors from before a
+        restart are still shown. Commits during the replay wait in `_backlog`."""
+        high = self.outbox.last_seq
+        after = max(0, high - self.settings.history_events)
+        while after < high:
+            rows = await self.outbox.read_after(after, 1000)
+            if not rows:
+                break
+            for seq, body in rows:
+                self.board.apply(decode_envelope(body))
+                after = seq
+        self._priming = False
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            self._on_commit(backlog)
+
+    # -- the commit listener: never blocks -------------------------------------------------------
+
+    def _on_commit(self, envelopes: list[dict[str, Any]]) -> None:
+        if self._priming:
+            self._backlog.extend(envelopes)
+            return
+        self._observe_latencies()
+        changed = False
+        for envelope in envelopes:
+            self._events.labels(envelope["event"]).inc()
+            changed = self.board.apply(envelope) or changed
+        alerts = self._alerts_message() if changed else None
+        encoded: dict[int, str] = {}
+        for client in list(self._clients):
+            for envelope in envelopes:
+                if client.session.wants(envelope):
+                    seq = envelope["seq"]
+                    if seq not in encoded:
+                        encoded[seq] = _event_text(envelope)
+                    client.offer(("event", seq, encoded[seq]))
+            if alerts is not None:
+                client.offer(("text", alerts))
+            if client.too_slow and client in self._clients:
+                self._clients.discard(client)
+                self._dropped.inc()
+                log.warning("feed client too slow, dropping", client=client.remote,
+                            name=client.session.identity and client.session.identity.name)
+
+    def _observe_latencies(self) -> None:
+        # The outbox keeps the last 10,000 capture->durable figures in a deque; the newest ones
+        # since the last call are those to the right of the float object seen last time.
+        latencies = self.outbox.durable_latencies
+        fresh = []
+        for value in reversed(latencies):
+            if value is self._last_latency:
+                break
+            fresh.append(value)
+        if latencies:
+            self._last_latency = latencies[-1]
+        for value in fresh:
+            self._durable.observe(value)
+
+    def _alerts_message(self) -> str:
+        return _dumps({"type": "alerts", "time": rfc3339(time.time()), "state": self._state()})
+
+    def _state(self) -> dict[str, Any]:
+        state = self.board.snapshot()
+        if state["uplink"]["connected"] is None:
+            # No uplinkUp/uplinkDown seen yet: say what the uplink task reports right now.
+            uplink = self.status().get("uplink") or {}
+            if "connected" in uplink:
+                since = uplink.get("since")
+                state["uplink"] = {"connected": bool(uplink["connected"]),
+                                   "since": rfc3339(since) if isinstance(since, int | float)
+                                   else None, "reason": uplink.get("reason")}
+        return state
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        remote = _remote_address(stream)
+        try:
+            await self._serve_http(stream, remote)
+            await _linger(stream)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError,
+                 trio_websocket.ConnectionClosed, h11.RemoteProtocolError):
+            pass  # the client went away, sent garbage, or failed its TLS handshake
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_http(self, stream: trio.abc.Stream, remote: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        while True:
+            request = None
+            with trio.move_on_after(HEADER_TIMEOUT_S):
+                try:
+                    request = await _next_event(conn, stream)
+                except h11.RemoteProtocolError as err:
+                    # h11 will not frame a response to a request it could not parse: write
+                    # the error by hand and close.
+                    await stream.send_all(
+                        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n"
+                        b"content-length: 12\r\nconnection: close\r\n\r\nbad request\n"
+                        % (err.error_status_hint, _REASONS.get(err.error_status_hint,
+                                                              b"Bad Request")))
+                    return
+            if not isinstance(request, h11.Request):
+                return
+            if request.method not in (b"GET", b"HEAD"):
+                await _respond(conn, stream, 405, b"method not allowed\n", "text/plain",
+                               [(b"allow", b"GET, HEAD")])
+                return
+            target = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+            upgrade = _header(request, b"upgrade").lower() == b"websocket"
+            # Read to the end of the request (a GET has no body); an upgrade request then
+            # pauses h11, which leaves any bytes after it in `trailing_data`.
+            end = None
+            with trio.move_on_after(HEADER_TIMEOUT_S):
+                end = await _next_event(conn, stream)
+                while end is not None and end is not h11.PAUSED and upgrade:
+                    end = await _next_event(conn, stream)
+            if end is None:
+                return
+            if upgrade:
+                await self._upgrade(conn, stream, request, target, remote)
+                return
+            status, body, ctype = await self._route(target)
+            await _respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _route(self, target: str) -> tuple[int, bytes, str]:
+        if target == "/health":
+            return 200, _dumps(await self.health()).encode(), "application/json"
+        if target == "/metrics":
+            return 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
+        name = "index.html" if target in ("/", "/index.html") else (
+            target.removeprefix("/static/") if target.startswith("/static/") else None)
+        # Only files listed from the static directory at start: no client path reaches open().
+        path = self._static.get(name) if name else None
+        if path is not None:
+            return 200, await trio.Path(path).read_bytes(), \
+                CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+        return 404, b"not found\n", "text/plain"
+
+    async def health(self) -> dict[str, Any]:
+        """What GET /health returns: ok, or degraded when the uplink is down or the backlog big."""
+        uplink = dict(self.status().get("uplink") or {})
+        depth = self.outbox.depth()
+        degraded = uplink.get("connected") is False or depth > self.settings.degraded_depth
+        return {"status": "degraded" if degraded else "ok", "version": __version__,
+                "time": rfc3339(time.time()), "uplink": uplink,
+                "outbox": {"depth": depth, "oldest_undelivered_s": await self._oldest_undelivered(),
+                           "last_seq": self.outbox.last_seq,
+                           "delivered_seq": self.outbox.delivered_seq},
+                "feed": {"clients": len(self._clients)}}
+
+    async def _oldest_undelivered(self) -> float:
+        if self.outbox.depth() <= 0:
+            return 0.0
+        rows = await self.outbox.read_after(self.outbox.delivered_seq, 1)
+        if not rows:
+            return 0.0
+        stamp = dt.datetime.fromisoformat(decode_envelope(rows[0][1])["timestamp"])
+        return round(max(0.0, time.time() - stamp.timestamp()), 3)
+
+    # -- WebSocket -------------------------------------------------------------------------------
+
+    async def _upgrade(self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request,
+                       target: str, remote: str) -> None:
+        if target != "/feed":
+            await _respond(conn, stream, 404, b"the feed is at /feed\n", "text/plain")
+            return
+        origin = _header(request, b"origin").decode("latin-1")
+        if origin and self.settings.allowed_origins and origin not in self.settings.allowed_origins \
+                and not _same_origin(origin, _header(request, b"host").decode("latin-1")):
+            await _respond(conn, stream, 403, b"origin not allowed\n", "text/plain")
+            return
+        now = trio.current_time()
+        if self._limiter.blocked(remote, now):
+            retry = str(self._limiter.retry_after(remote, now)).encode()
+            await _respond(conn, stream, 429, b"too many failed authentications\n", "text/plain",
+                           [(b"retry-after", retry)])
+            return
+        offered = [p.strip() for p in _header(request, b"sec-websocket-protocol")
+                   .decode("latin-1").split(",") if p.strip()]
+        token = next((p[len(TOKEN_PREFIX):] for p in offered if p.startswith(TOKEN_PREFIX)), None)
+        # A browser fails the handshake unless the server picks one of the offered protocols.
+        chosen = SUBPROTOCOL if SUBPROTOCOL in offered else (
+            TOKEN_PREFIX + token if token is not None else None)
+        raw = _request_bytes(request) + conn.trailing_data[0]
+        async with trio.open_nursery() as nursery:
+            ws = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                ws_request = await trio_websocket.wrap_server_stream(
+                    nursery, _Prefixed(stream, raw),
+                    max_message_size=self.settings.max_message_bytes)
+                ws = await ws_request.accept(subprotocol=chosen)
+            if ws is None:
+                nursery.cancel_scope.cancel()
+                return
+            client: _Client | None = None
+            try:
+                client = await self._serve_client(ws, remote, token)
+            finally:
+                # Still cancelled here means the server itself is stopping: say "going away".
+                stopping = trio.current_effective_deadline() == -math.inf
+                with trio.CancelScope(shield=True):
+                    if client is not None and client.too_slow \
+                            and client.sender_scope.cancelled_caught:
+                        # The close frame could not get out in time: cut the TCP connection.
+                        await trio.aclose_forcefully(stream)
+                    elif stopping:
+                        # The reader task is cancelled too, so the peer's closing reply can
+                        # never be seen: send the close frame and give up waiting soon after.
+                        with trio.move_on_after(SHUTDOWN_CLOSE_S):
+                            await ws.aclose(1001, "gateway shutting down")
+                    else:
+                        with trio.move_on_after(CLOSE_TIMEOUT_S):
+                            await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def _serve_client(self, ws: trio_websocket.WebSocketConnection, remote: str,
+                            token: str | None) -> _Client | None:
+        session = FeedSession(self._tokens, commands_enabled=self._command_handler is not None)
+        client = _Client(session, remote, self.settings.client_queue)
+        if token is not None:
+            actions = session.authenticate(token)
+        else:
+            frame = None
+            with trio.move_on_after(self.settings.auth_timeout_s):
+                try:
+                    frame = await ws.get_message()
+                except trio_websocket.ConnectionClosed:
+                    return None
+            actions = session.receive(frame) if frame is not None else [
+                Send(error("auth_required", "no auth message in time")),
+                Close(1008, "authentication timeout")]
+        for action in actions:
+            if isinstance(action, Send):
+                await ws.send_message(_dumps(action.message))
+            elif isinstance(action, AuthFailed):
+                self._limiter.record(remote, trio.current_time())
+                log.warning("feed authentication failed", client=remote)
+            elif isinstance(action, Close):
+                await ws.aclose(action.code, action.reason)
+                return None
+            elif isinstance(action, Authenticated):
+                # No checkpoint between the snapshot and joining: no event is missed or doubled.
+                identity = action.identity
+                client.offer(("text", _dumps({
+                    "type": "welcome", "name": identity.name, "role": identity.role,
+                    "server": {"version": __version__, "gateway_id": self.outbox.gateway_id,
+                               "epoch": self.outbox.epoch, "last_seq": self.outbox.last_seq},
+                    "time": rfc3339(time.time()), "state": self._state()})))
+                self._clients.add(client)
+                log.info("feed client joined", client=remote, name=identity.name,
+                         role=identity.role)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, ws, client, nursery.cancel_scope)
+                await self._reader(ws, client)
+                if not client.too_slow:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._clients.discard(client)
+        return client
+
+    async def _reader(self, ws: trio_websocket.WebSocketConnection, client: _Client) -> None:
+        while True:
+            try:
+                frame = await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            for action in client.session.receive(frame):
+                await self._act(action, client)
+
+    async def _act(self, action: Action, client: _Client) -> None:
+        if isinstance(action, Send):
+            client.offer(("text", _dumps(action.message)))
+        elif isinstance(action, Replay):
+            # Events up to `high` come from the database; live ones above it from the queue.
+            client.offer(("replay", action.from_seq, self.outbox.last_seq))
+        elif isinstance(action, Acknowledge):
+            client.offer(("text", _dumps(await self._acknowledge(action))))
+        elif isinstance(action, Command):
+            client.offer(("text", _dumps(await self._command(action))))
+
+    async def _acknowledge(self, ack: Acknowledge) -> dict[str, Any]:
+        refusal = self.board.ack_refusal(ack.alert_seq)
+        if refusal is None and ack.alert_seq in self._acking:
+            refusal = "being acknowledged by someone else"
+        result = {"type": "ack_result", "alert_seq": ack.alert_seq}
+        if refusal is not None:
+            return {**result, "ok": False, "reason": refusal}
+        alert = self.board.get(ack.alert_seq)
+        assert alert is not None
+        info = alert.machine_info
+        machine = MachineRef(info["port"], info["address"], info.get("serial"),
+                             info.get("asset")) if info else None
+        data: dict[str, Any] = {"alert_seq": ack.alert_seq, "by": ack.identity.name,
+                                "role": ack.identity.role}
+        if ack.note:
+            data["note"] = ack.note
+        self._acking.add(ack.alert_seq)
+        try:
+            seq = await self.outbox.append(system_draft(
+                "alertAcknowledged", data, now=time.time(), machine=machine,
+                monotonic=trio.current_time()))
+        except StoreError as err:
+            return {**result, "ok": False, "reason": f"could not record the acknowledgement: {err}"}
+        finally:
+            self._acking.discard(ack.alert_seq)
+        log.info("alert acknowledged", alert_seq=ack.alert_seq, by=ack.identity.name, seq=seq)
+        return {**result, "ok": True, "seq": seq}
+
+    async def _command(self, command: Command) -> dict[str, Any]:
+        assert self._command_handler is not None
+        base = {"type": "command_result", "id": command.request["id"]}
+        try:
+            result = await self._command_handler(command.request, command.identity.name)
+        except GatewayError as err:
+            # The handler's own expected failures; anything else is a bug and propagates.
+            return {**base, "result": "failed", "reason": str(err)}
+        return {**result, **base}
+
+    async def _sender(self, ws: trio_websocket.WebSocketConnection, client: _Client,
+                      done: trio.CancelScope) -> None:
+        with client.sender_scope:
+            try:
+                async for item in client.receive:
+                    if client.too_slow:
+                        break
+                    if item[0] == "text":
+                        await ws.send_message(item[1])
+                    elif item[0] == "event":
+                        if item[1] > client.skip_through:
+                            await ws.send_message(item[2])
+                    else:
+                        await self._replay(ws, client, item[1], item[2])
+                if client.too_slow:
+                    await ws.aclose(1008, "too slow")
+            except trio_websocket.ConnectionClosed:
+                pass
+        done.cancel()
+
+    async def _replay(self, ws: trio_websocket.WebSocketConnection, client: _Client,
+                      from_seq: int, high: int) -> None:
+        after, scanned, sent = from_seq - 1, 0, 0
+        while after < high and scanned < self.settings.replay_max:
+            page = min(REPLAY_PAGE, self.settings.replay_max - scanned, high - after)
+            rows = await self.outbox.read_after(after, page)
+            if not rows:
+                break
+            for seq, body in rows:
+                if seq > high:
+                    break
+                envelope = decode_envelope(body)
+                if client.session.wants(envelope):
+                    await ws.send_message(_event_text(envelope))
+                    sent += 1
+                after = seq
+            scanned += len(rows)
+        client.skip_through = max(client.skip_through, high)
+        await ws.send_message(_dumps({"type": "replay_done", "from_seq": from_seq,
+                                      "to_seq": after, "sent": sent, "complete": after >= high}))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+def _event_text(envelope: dict[str, Any]) -> str:
+    return _dumps({"type": "event", "event": encode_envelope(envelope)})
+
+
+def _remote_address(stream: trio.abc.Stream) -> str:
+    inner = getattr(stream, "transport_stream", stream)
+    try:
+        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "unknown"
+
+
+def _header(request: h11.Request, name: bytes) -> bytes:
+    values = [value for key, value in request.headers if key == name]
+    return b", ".join(values)
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    return bool(host) and origin.split("://", 1)[-1] == host
+
+
+def _request_bytes(request: h11.Request) -> bytes:
+    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
+    lines += [name + b": " + value for name, value in request.headers.raw_items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close and read what the client still sends, briefly: closing a socket with unread
+    input makes the kernel send a reset, which can destroy the response before it is read."""
+    with trio.move_on_after(1.0):
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        while await stream.receive_some(MAX_HEADER_BYTES):
+            pass
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    """The next h11 event, reading as needed; None once the peer has closed."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(MAX_HEADER_BYTES))
+            continue
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        return event
+
+
+async def _respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, body: bytes,
+                   content_type: str, extra: list[tuple[bytes, bytes]] | None = None, *,
+                   head: bool = False) -> None:
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS, *(extra or [])]
+    if status >= 400:
+        headers.append((b"connection", b"close"))
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+    if body and not head:
+        await stream.send_all(conn.send(h11.Data(data=body)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))

@@ -1,0 +1,561 @@
+"""The feed server over real loopback sockets: trio-websocket clients and a tiny h11 HTTP client."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from drivers.base import MachineRef
+from gateway.events import system_draft
+from gateway.feed.protocol import TokenEntry, hash_token
+from gateway.feed.server import FeedServer, FeedSettings
+from gateway.outbox import Outbox
+
+TOKENS = (TokenEntry("vic", "viewer", hash_token("viewer-token")),
+          TokenEntry("ann", "attendant", hash_token("attendant-token")),
+          TokenEntry("sue", "supervisor", hash_token("supervisor-token")))
+
+
+@dataclass
+class Feed:
+    server: FeedServer
+    outbox: Outbox
+    port: int
+    status: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/feed"
+
+    async def append(self, event: str, data: dict[str, Any] | None = None, *, port: str = "p1",
+                     address: int = 1, machine: bool = True) -> int:
+        return await self.outbox.append(system_draft(
+            event, data, now=time.time(), monotonic=trio.current_time(),
+            machine=MachineRef(port, address) if machine else None))
+
+
+@pytest.fixture
+def start_feed(make_outbox, nursery):
+    """Start an outbox writer and a feed server on port 0; returns a `Feed`."""
+    outbox = None
+
+    async def start(command_handler=None, **overrides: Any) -> Feed:
+        nonlocal outbox
+        if outbox is None:
+            outbox = make_outbox()
+            await nursery.start(outbox.run_writer)
+        status = {"uplink": {"connected": True, "since": 1_700_000_000.0, "reconnects": 2},
+                  "ports": {"p1": {"timeouts": 3, "crc_errors": 1}}}
+        settings = replace(FeedSettings(tokens=TOKENS), **overrides)
+        server = FeedServer(settings, outbox, lambda: status, command_handler)
+        port = await nursery.start(server.run)
+        return Feed(server, outbox, port, status)
+
+    return start
+
+
+async def recv(ws) -> dict[str, Any]:
+    return json.loads(await ws.get_message())
+
+
+async def recv_type(ws, kind: str) -> dict[str, Any]:
+    """The next message of type `kind`, skipping others (alert state pushes, mostly)."""
+    while True:
+        message = await recv(ws)
+        if message["type"] == kind:
+            return message
+
+
+async def auth(ws, token: str = "attendant-token") -> dict[str, Any]:
+    await ws.send_message(json.dumps({"type": "auth", "token": token}))
+    return await recv(ws)
+
+
+async def subscribe(ws, **what: list[str]) -> None:
+    await ws.send_message(json.dumps({"type": "subscribe", **what}))
+    await recv_type(ws, "subscribed")
+
+
+async def closed_with(ws) -> tuple[int, str | None]:
+    with pytest.raises(ConnectionClosed) as caught:
+        while True:
+            await ws.get_message()
+    return caught.value.reason.code, caught.value.reason.reason
+
+
+# -- authentication ---------------------------------------------------------------------------------
+
+async def test_first_message_auth_gets_welcome_with_current_alerts(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        handpay = await feed.append("handpayPending", {"amount_cents": 250000}, port="p2")
+        await feed.append("doorOpened", {"door": "main"})
+        await feed.append("uplinkDown", {"reason": "platform unreachable"}, machine=False)
+        async with open_websocket_url(feed.url) as ws:
+            welcome = await auth(ws)
+        assert welcome["type"] == "welcome"
+        assert (welcome["name"], welcome["role"]) == ("ann", "attendant")
+        state = welcome["state"]
+        assert [(a["kind"], a["machine"]) for a in state["alerts"]] == [
+            ("door", "p1/1"), ("handpay", "p2/1")]
+        assert state["alerts"][1]["seq"] == handpay
+        assert state["alerts"][1]["data"]["amount"] == {"minor": 250000, "currency": "USD"}
+        assert state["uplink"]["connected"] is False
+        assert state["uplink"]["reason"] == "platform unreachable"
+
+
+async def test_alert_state_survives_a_restart_of_the_feed(start_feed, nursery):
+    with trio.fail_after(10):
+        first = await start_feed()
+        await first.append("tilt", {"kind": "reel"})
+        await first.append("deviceOffline", port="p3")
+        second = await start_feed()   # a fresh server on the same outbox rebuilds the board
+        async with open_websocket_url(second.url) as ws:
+            state = (await auth(ws, "viewer-token"))["state"]
+        assert [a["kind"] for a in state["alerts"]] == ["offline", "tilt"]
+        assert state["uplink"]["connected"] is True, "from status() while no uplink event is seen"
+
+
+async def test_first_message_must_be_auth(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            await ws.send_message(json.dumps({"type": "subscribe", "channels": ["alerts"]}))
+            assert (await recv(ws))["code"] == "auth_required"
+            assert await closed_with(ws) == (1008, "authentication required")
+
+
+async def test_bad_token_is_refused(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            reply = await auth(ws, "guess")
+            assert (reply["type"], reply["code"]) == ("error", "auth_failed")
+            assert await closed_with(ws) == (1008, "authentication failed")
+
+
+async def test_silent_client_is_closed_after_the_auth_timeout(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed(auth_timeout_s=0.2)
+        # A token in the URL is not a way in: the server still waits for the auth message.
+        async with open_websocket_url(feed.url + "?token=attendant-token") as ws:
+            assert (await recv(ws))["code"] == "auth_required"
+            assert await closed_with(ws) == (1008, "authentication timeout")
+
+
+async def test_token_as_subprotocol(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(
+                feed.url, subprotocols=["casino-feed.v1", "token.supervisor-token"]) as ws:
+            welcome = await recv(ws)
+            assert (welcome["type"], welcome["role"]) == ("welcome", "supervisor")
+            assert ws.subprotocol == "casino-feed.v1", "the token is never echoed back"
+        async with open_websocket_url(feed.url, subprotocols=["token.nope"]) as ws:
+            assert (await recv(ws))["code"] == "auth_failed"
+            assert await closed_with(ws) == (1008, "authentication failed")
+
+
+async def test_failed_auth_is_rate_limited_per_address(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed(auth_failures_per_minute=2)
+        for _ in range(2):
+            async with open_websocket_url(feed.url) as ws:
+                assert (await auth(ws, "wrong"))["code"] == "auth_failed"
+        with pytest.raises(ConnectionRejected) as caught:
+            async with open_websocket_url(feed.url, subprotocols=["token.attendant-token"]):
+                pass
+        assert caught.value.status_code == 429
+        assert dict(caught.value.headers)[b"retry-after"].isdigit()
+
+
+async def test_origin_not_allowed_is_refused(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed(allowed_origins=("http://board.venue.lan",))
+        with pytest.raises(ConnectionRejected) as caught:
+            async with open_websocket_url(feed.url, extra_headers=[(b"origin", b"http://evil")]):
+                pass
+        assert caught.value.status_code == 403
+        for origin in (b"http://board.venue.lan", f"http://127.0.0.1:{feed.port}".encode()):
+            async with open_websocket_url(feed.url, extra_headers=[(b"origin", origin)]) as ws:
+                assert (await auth(ws))["type"] == "welcome"
+
+
+# -- events, filters, replay ------------------------------------------------------------------------
+
+async def test_filters_by_channel_event_and_machine(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws, "viewer-token")
+            await subscribe(ws, channels=["alerts"], machines=["p1/1"])
+            await feed.append("betPlaced", {"wager_credits": 5})      # game channel
+            await feed.append("tilt", {"kind": "reel"}, port="p2")     # another machine
+            tilt = await feed.append("tilt", {"kind": "door"})
+            got = await recv_type(ws, "event")
+            assert (got["event"]["seq"], got["event"]["event"]) == (tilt, "tilt")
+            assert len(got["event"]["hash"]) == 64 and len(got["event"]["sig"]) == 128
+
+            await ws.send_message(json.dumps({"type": "unsubscribe", "channels": ["alerts"]}))
+            await recv_type(ws, "subscribed")
+            await subscribe(ws, events=["betPlaced"])
+            await feed.append("tilt", {"kind": "again"})
+            bet = await feed.append("betPlaced", {"wager_credits": 1})
+            got = await recv_type(ws, "event")
+            assert (got["event"]["seq"], got["event"]["event"]) == (bet, "betPlaced")
+
+
+async def test_replay_from_seq_then_live(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        seqs = [await feed.append("betPlaced", {"wager_credits": n}) for n in range(5)]
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws, "viewer-token")
+            await subscribe(ws, channels=["game"])
+            await ws.send_message(json.dumps({"type": "replay", "from_seq": seqs[2]}))
+            replayed = [(await recv_type(ws, "event"))["event"]["seq"] for _ in range(3)]
+            assert replayed == seqs[2:]
+            done = await recv_type(ws, "replay_done")
+            assert done == {"type": "replay_done", "from_seq": seqs[2], "to_seq": seqs[4],
+                            "sent": 3, "complete": True}
+            live = await feed.append("gameEnded", {"win_credits": 0})
+            assert (await recv_type(ws, "event"))["event"]["seq"] == live
+
+
+async def test_replay_is_bounded(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed(replay_max=2)
+        for n in range(4):
+            await feed.append("betPlaced", {"wager_credits": n})
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws, "viewer-token")
+            await subscribe(ws, channels=["game"])
+            await ws.send_message(json.dumps({"type": "replay", "from_seq": 1}))
+            done = await recv_type(ws, "replay_done")
+            assert (done["to_seq"], done["sent"], done["complete"]) == (2, 2, False)
+            await ws.send_message(json.dumps({"type": "replay", "from_seq": 3}))
+            done = await recv_type(ws, "replay_done")
+            assert (done["to_seq"], done["complete"]) == (4, True)
+
+
+# -- acknowledging alerts ---------------------------------------------------------------------------
+
+async def test_attendant_ack_is_recorded_and_comes_back_on_the_feed(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        tilt = await feed.append("tilt", {"kind": "reel"}, port="p4", address=2)
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws)
+            await subscribe(ws, events=["alertAcknowledged"])
+            await ws.send_message(json.dumps({"type": "ack", "alert_seq": tilt,
+                                              "note": "reset done"}))
+            # The event and the new alert state are pushed as soon as the acknowledgement is
+            # durable, which is before the server gets to answer the request itself.
+            got: dict[str, Any] = {}
+            while len(got) < 3:
+                message = await recv(ws)
+                got[message["type"]] = message
+            result, ack, alerts = got["ack_result"], got["event"]["event"], got["alerts"]
+            assert result["ok"] and result["alert_seq"] == tilt
+            assert ack["seq"] == result["seq"] == feed.outbox.last_seq
+            assert ack["data"] == {"alert_seq": tilt, "by": "ann", "role": "attendant",
+                                   "note": "reset done"}
+            assert ack["machine"]["port"] == "p4" and ack["machine"]["address"] == 2
+            assert alerts["state"]["alerts"] == [], "an acknowledged tilt is cleared"
+
+            await ws.send_message(json.dumps({"type": "ack", "alert_seq": tilt}))
+            again = await recv_type(ws, "ack_result")
+            assert again == {"type": "ack_result", "alert_seq": tilt, "ok": False,
+                             "reason": "no open alert has that seq"}
+
+
+async def test_viewer_may_not_ack(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        handpay = await feed.append("handpayPending")
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws, "viewer-token")
+            await ws.send_message(json.dumps({"type": "ack", "alert_seq": handpay, "id": "a1"}))
+            reply = await recv_type(ws, "error")
+            assert (reply["code"], reply["ref"]) == ("forbidden", "a1")
+        assert feed.outbox.last_seq == handpay
+        assert feed.server.board.get(handpay).acknowledged_by is None
+
+
+async def test_supervisor_commands(start_feed):
+    calls = []
+
+    async def handler(request, requested_by):
+        calls.append((request, requested_by))
+        return {"result": "ok", "detail": "machine disabled"}
+
+    with trio.fail_after(10):
+        feed = await start_feed(command_handler=handler)
+        command = {"type": "command", "id": "c-1", "name": "disable", "target": "p1/1",
+                   "args": {"reason": "jam"}}
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws, "supervisor-token")
+            await ws.send_message(json.dumps(command))
+            assert await recv_type(ws, "command_result") == {
+                "type": "command_result", "id": "c-1", "result": "ok",
+                "detail": "machine disabled"}
+        assert calls == [({"id": "c-1", "name": "disable", "target": "p1/1",
+                           "args": {"reason": "jam"}}, "sue")]
+        plain = await start_feed()
+        async with open_websocket_url(plain.url) as ws:
+            await auth(ws, "supervisor-token")
+            await ws.send_message(json.dumps(command))
+            reply = await recv_type(ws, "error")
+            assert (reply["code"], reply["message"]) == ("commands_disabled",
+                                                         "commands not enabled")
+
+
+# -- misbehaving clients ----------------------------------------------------------------------------
+
+async def test_slow_client_is_dropped_and_appends_keep_completing(start_feed):
+    big = "x" * 16_000
+    count = 800   # ~13 MB of frames: more than the loopback socket buffers hold
+    with trio.fail_after(30):
+        feed = await start_feed(client_queue=10)
+        async with open_websocket_url(feed.url) as slow, open_websocket_url(feed.url) as ok:
+            await auth(slow, "viewer-token")
+            await subscribe(slow, channels=["system"])
+            await auth(ok, "viewer-token")
+            await subscribe(ok, channels=["alerts"])
+            # `slow` reads nothing from here on while the outbox takes every event.
+            async with trio.open_nursery() as appenders:
+                for worker in range(20):
+                    async def append_some(worker=worker):
+                        for n in range(count // 20):
+                            await feed.append("lossMarker", {"reason": "test", "count": n,
+                                                             "detail": big}, machine=False)
+                    appenders.start_soon(append_some)
+            assert feed.outbox.last_seq == count
+            assert feed.server.client_count == 1, "only the slow client was dropped"
+            received = 0
+            with pytest.raises(ConnectionClosed) as caught:
+                while True:
+                    message = json.loads(await slow.get_message())
+                    received += message["type"] == "event"
+            assert (caught.value.reason.code, caught.value.reason.reason) == (1008, "too slow")
+            assert received < count
+            tilt = await feed.append("tilt", {"kind": "after"})
+            assert (await recv_type(ok, "event"))["event"]["seq"] == tilt
+
+
+async def test_oversized_frame_closes_with_1009(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed(max_message_bytes=1024)
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws)
+            await ws.send_message(json.dumps({"type": "ack", "alert_seq": 1, "note": "n" * 2000}))
+            code, _reason = await closed_with(ws)
+        assert code == 1009
+
+
+async def test_malformed_frames_get_errors_and_the_connection_stays(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws)
+            for frame, code in [("{not json", "bad_json"), (b"\x00binary", "bad_request"),
+                                ('{"type": "subscribe", "channels": "alerts"}', "bad_request"),
+                                ('{"type": "teleport"}', "unknown_type")]:
+                await ws.send_message(frame)
+                assert (await recv_type(ws, "error"))["code"] == code
+            await subscribe(ws, channels=["alerts"])
+            tilt = await feed.append("tilt", {"kind": "still here"})
+            assert (await recv_type(ws, "event"))["event"]["seq"] == tilt
+
+
+# -- plain HTTP ------------------------------------------------------------------------------------
+
+async def http_get(port: int, target: str, method: bytes = b"GET"
+                   ) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request over a fresh connection with h11, the same library the server uses."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=[
+            (b"host", f"127.0.0.1:{port}".encode()), (b"connection", b"close")])))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        response, body = None, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return response.status_code, dict(response.headers), body
+
+
+async def test_health(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        status, headers, body = await http_get(feed.port, "/health")
+        health = json.loads(body)
+        assert (status, headers[b"content-type"]) == (200, b"application/json")
+        assert health["status"] == "ok"
+        assert health["version"] and health["time"].endswith("Z")
+        assert health["outbox"] == {"depth": 0, "oldest_undelivered_s": 0.0, "last_seq": 0,
+                                    "delivered_seq": 0}
+        await feed.append("betPlaced", {"wager_credits": 1})
+        feed.status["uplink"] = {"connected": False, "since": 1_700_000_000.0}
+        health = json.loads((await http_get(feed.port, "/health"))[2])
+        assert health["status"] == "degraded"
+        assert health["uplink"]["connected"] is False
+        assert health["outbox"]["depth"] == 1
+        assert 0 <= health["outbox"]["oldest_undelivered_s"] < 10
+
+
+async def test_health_degraded_by_backlog(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed(degraded_depth=2)
+        for n in range(3):
+            await feed.append("betPlaced", {"wager_credits": n})
+        assert json.loads((await http_get(feed.port, "/health"))[2])["status"] == "degraded"
+
+
+async def test_metrics(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            await auth(ws, "viewer-token")
+            await feed.append("tilt", {"kind": "reel"})
+            await feed.append("tilt", {"kind": "reel"})
+            status, headers, body = await http_get(feed.port, "/metrics")
+        text = body.decode()
+        assert status == 200 and headers[b"content-type"].startswith(b"text/plain")
+        for line in ['gateway_events_total{type="tilt"} 2.0', "gateway_outbox_depth 2.0",
+                     "gateway_uplink_connected 1.0", "gateway_uplink_reconnects_total 2.0",
+                     "gateway_feed_clients 1.0", 'gateway_port_timeouts_total{port="p1"} 3.0',
+                     'gateway_port_crc_errors_total{port="p1"} 1.0',
+                     "gateway_capture_to_durable_seconds_count 2.0"]:
+            assert line in text, line
+
+
+async def test_page_static_files_and_errors(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        status, headers, body = await http_get(feed.port, "/")
+        assert status == 200 and headers[b"content-type"].startswith(b"text/html")
+        assert b"/static/board.js" in body
+        status, headers, _ = await http_get(feed.port, "/static/board.js")
+        assert status == 200 and headers[b"content-type"].startswith(b"text/javascript")
+        for target in ("/nope", "/static/../server.py", "/static/%2e%2e/server.py"):
+            assert (await http_get(feed.port, target))[0] == 404, target
+        assert (await http_get(feed.port, "/", b"POST"))[0] == 405
+        status, headers, body = await http_get(feed.port, "/health", b"HEAD")
+        assert (status, body) == (200, b"") and int(headers[b"content-length"]) > 0
+
+
+async def test_keep_alive_then_upgrade_elsewhere_is_404(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        stream = await trio.open_tcp_stream("127.0.0.1", feed.port)
+        async with stream:
+            request = (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await stream.send_all(request)
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+        assert data.count(b"HTTP/1.1 200 ") == 2
+        with pytest.raises(ConnectionRejected) as caught:
+            async with open_websocket_url(f"ws://127.0.0.1:{feed.port}/elsewhere"):
+                pass
+        assert caught.value.status_code == 404
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+async def test_broken_requests_get_http_errors_and_the_server_lives(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        no_key = (b"GET /feed HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert (await raw_exchange(feed.port, no_key)).startswith(b"HTTP/1.1 400 ")
+        huge = (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 40_000
+                + b"\r\n\r\n")
+        assert (await raw_exchange(feed.port, huge)).startswith(b"HTTP/1.1 431 ")
+        assert (await raw_exchange(feed.port, b"\x16\x03\x01garbage\r\n\r\n")).startswith(
+            b"HTTP/1.1 400 ")
+        assert (await http_get(feed.port, "/health"))[0] == 200
+
+
+async def test_tls(start_feed, tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with trio.fail_after(10):
+        feed = await start_feed(certfile=tmp_path / "cert.pem", keyfile=tmp_path / "key.pem")
+        url = f"wss://127.0.0.1:{feed.port}/feed"
+        async with open_websocket_url(url, client_context) as ws:
+            assert (await auth(ws))["type"] == "welcome"
+        # A plain-text client on the TLS port gets nothing but a closed connection.
+        try:
+            answer = await raw_exchange(feed.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        except trio.BrokenResourceError:
+            answer = b""
+        assert answer == b""
+        async with open_websocket_url(url, client_context) as ws:
+            assert (await auth(ws))["type"] == "welcome"
+
+
+async def test_shutdown_closes_clients_with_going_away(make_outbox, nursery):
+    with trio.fail_after(10):
+        outbox = make_outbox()
+        await nursery.start(outbox.run_writer)
+        server = FeedServer(FeedSettings(tokens=TOKENS), outbox, dict)
+        async with trio.open_nursery() as inner:
+            port = await inner.start(server.run)
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/feed") as ws:
+                await auth(ws)
+                inner.cancel_scope.cancel()
+                assert await closed_with(ws) == (1001, "gateway shutting down")
+        assert server._on_commit not in outbox.commit_listeners
+
+
+def test_settings_from_config():
+    from gateway.config import parse_config
+
+    config = parse_config({
+        "gateway": {"id": "gw", "key_file": "k"}, "uplink": {"url": "wss://x", "token_file": "t"},
+        "feed": {"port": 0, "client_queue": 50, "tokens": [
+            {"name": "ann", "role": "attendant", "sha256": hash_token("attendant-token")}]}})
+    settings = FeedSettings.from_config(config.feed)
+    assert settings.port == 0 and settings.client_queue == 50
+    assert settings.tokens == (TOKENS[1],)
+
+
+def test_settings_refuse_what_cannot_work():
+    with pytest.raises(ValueError, match="client_queue"):
+        FeedSettings(client_queue=1)
+    with pytest.raises(ValueError, match="together"):
+        FeedSettings(certfile=Path("/etc/cert.pem"))
