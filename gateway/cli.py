@@ -42,7 +42,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(machines=args.machines, duration=args.duration, as_json=args.json,
-                    state_dir=args.state_dir, rate=args.rate)
+                    state_dir=args.state_dir, rate=args.rate, feed_port=args.feed_port)
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="keep the demo's outbox, keys and receiver db here (default: temporary)")
+    p.add_argument("--feed-port", type=int, default=8080,
+                   help="port of the alert board on 127.0.0.1 (default 8080; 0 = any free port)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("keys", help="the gateway's Ed25519 signing key")

@@ -4,7 +4,8 @@
     +-- outbox writer       sole owner of the SQLite write connection (group commit)
     +-- port supervisor xN  restarts its driver with backoff when the port breaks; never touches
     |                       the other ports
-    +-- uplink              reconnect loop to the platform
+    +-- feed                the floor's alert board, WebSocket feed, /health, /metrics
+    +-- uplink              reconnect loop to the platform; platform commands -> CommandRouter
     +-- signals             SIGTERM/SIGINT -> STOPPING=1 and cancel; SIGHUP -> logged
     +-- status              STATUS= lines and WATCHDOG=1 while the writer is alive
 
@@ -30,7 +31,9 @@ from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 from gateway.capture import OutboxSink
+from gateway.commands import CommandRouter, CommandSettings
 from gateway.config import Config, PortSection
+from gateway.feed.server import FeedServer, FeedSettings
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
 from gateway.systemd import Notifier
@@ -53,8 +56,25 @@ class Gateway:
     sink: OutboxSink
     drivers: dict[str, Driver]
     uplink: UplinkClient
+    commands: CommandRouter
+    feed: FeedServer | None = None
+    feed_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
+
+    def status(self) -> dict[str, Any]:
+        """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
+        up = self.uplink.statistics()
+        ports = {}
+        for name, driver in self.drivers.items():
+            machines = driver.statistics().machines
+            ports[name] = {
+                "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
+                "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
+                "failures": self.port_failures.get(name, 0),
+                "machines": {str(a): dict(m) for a, m in machines.items()},
+            }
+        return {"uplink": dict(up), "ports": ports, "outbox": self.outbox.statistics()}
 
     def status_line(self) -> str:
         online = sum(1 for d in self.drivers.values()
@@ -143,19 +163,33 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         batch_max=config.outbox.batch_max), signer)
     log.info("outbox open", path=str(config.outbox_path), epoch=outbox.epoch,
              last_seq=outbox.last_seq, undelivered=outbox.depth(), kid=signer.kid)
+    drivers: dict[str, Driver] = {p.name: build_driver(p, config) for p in config.ports}
+    router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
+                                           db_path=config.gateway.state_dir / "commands.db"),
+                           outbox, drivers)
     up = config.uplink
     uplink = UplinkClient(UplinkSettings(
         url=up.url, token_file=up.token_file, ca_file=up.ca_file, client_cert=up.client_cert,
         client_key=up.client_key, batch_max=up.batch_max, window=up.window,
         heartbeat_s=up.heartbeat_s, dead_after_s=up.dead_after_s,
-        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s), outbox)
+        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s), outbox,
+        command_handler=router.handle)
     gw = Gateway(config=config, outbox=outbox,
                  sink=OutboxSink(outbox, currency=config.gateway.currency),
-                 drivers={p.name: build_driver(p, config) for p in config.ports}, uplink=uplink)
+                 drivers=drivers, uplink=uplink, commands=router)
+    if config.feed is not None:
+        async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
+            return await router.handle(request, f"staff:{requested_by}")
+
+        gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
+                             command_handler=staff_command)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(outbox.run_writer)
             await outbox.append_system("gatewayStarted", _started_data(config))
+            if gw.feed is not None:
+                # The floor works without the platform: the feed starts before the uplink.
+                gw.feed_port = await nursery.start(gw.feed.run)
             for port in config.ports:
                 await nursery.start(supervise_port, gw, port.name)
             await nursery.start(uplink.run)
@@ -168,6 +202,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
             task_status.started(gw)
     finally:
         with trio.CancelScope(shield=True):
+            router.close()
             await outbox.aclose()
         log.info("gateway stopped", last_seq=outbox.last_seq, delivered_seq=outbox.delivered_seq)
 

@@ -27,7 +27,16 @@ import trustme
 
 from drivers.sim.fleet import serve_fleet
 from gateway import daemon
-from gateway.config import Config, GatewaySection, LogSection, PortSection, UplinkSection
+from gateway.config import (
+    Config,
+    FeedSection,
+    FeedTokenSection,
+    GatewaySection,
+    LogSection,
+    PortSection,
+    UplinkSection,
+)
+from gateway.feed.protocol import hash_token
 from gateway.logs import configure_logging
 from gateway.outbox import open_readonly
 from gateway.receiver.server import ReceiverSettings, serve_receiver
@@ -111,8 +120,9 @@ async def _wait_drained(gw: daemon.Gateway, receiver: Any) -> None:
 
 
 async def _demo(machines: int, duration: float | None, as_json: bool, base: Path,
-                rate: float) -> dict[str, Any]:
+                rate: float, feed_port: int) -> dict[str, Any]:
     made = _prepare(base)
+    attendant_token = secrets.token_urlsafe(12)
     out = sys.stderr if as_json else sys.stdout
     async with trio.open_nursery() as nursery:
         receiver = await nursery.start(serve_receiver, ReceiverSettings(
@@ -131,10 +141,15 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
             ports=tuple(PortSection(name=name, device=Path(path), addresses=(1,))
                         for name, path in zip(port_names, fleet.device_paths, strict=True)),
             log=LogSection(level="warning"),
+            feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(
+                FeedTokenSection(name="demo-attendant", sha256=hash_token(attendant_token),
+                                 role="attendant"),)),
         )
         gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
         print(f"demo: {machines} simulated machines on {', '.join(fleet.device_paths)}\n"
               f"demo: receiver {receiver.url} (TLS, certificate made for this run)\n"
+              f"demo: alert board http://127.0.0.1:{gw.feed_port}/ "
+              f"(attendant token: {attendant_token})\n"
               f"demo: state in {base}; "
               f"{f'playing for {duration:g}s' if duration else 'Ctrl-C to stop'}", file=out)
 
@@ -171,11 +186,11 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
 
 
 def run_demo(*, machines: int, duration: float | None, as_json: bool, state_dir: Path | None,
-             rate: float) -> int:
+             rate: float, feed_port: int = 8080) -> int:
     configure_logging("warning", "console" if sys.stderr.isatty() else "json")
     with tempfile.TemporaryDirectory(prefix="casino-demo-") as tmp:
         base = state_dir or Path(tmp)
-        summary = trio.run(_demo, machines, duration, as_json, base, rate)
+        summary = trio.run(_demo, machines, duration, as_json, base, rate, feed_port)
     ok = (summary["lost"] == summary["duplicates"] == summary["bad_signatures"]
           == summary["chain_breaks"] == 0
           and summary["raised"] == summary["acked_by_machines"] == summary["recorded"] > 0

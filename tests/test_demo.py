@@ -10,7 +10,7 @@ import sys
 def test_demo_conserves_every_event():
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "demo", "--machines", "3", "--duration", "3",
-         "--rate", "4", "--json"], capture_output=True, text=True, timeout=120)
+         "--rate", "4", "--feed-port", "0", "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["raised"] == summary["acked_by_machines"] == summary["recorded"] > 0
