@@ -13,9 +13,7 @@ Exit codes: 0 ok, 1 failure, 2 usage, 78 configuration error (bad config, key fi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import gateway
@@ -45,90 +43,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     state_dir=args.state_dir, rate=args.rate, feed_port=args.feed_port)
 
 
-def _cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.signing import load_signing_key, write_signing_key
-
-    path: Path = args.key_file
-    if args.action == "init":
-        if path.exists():
-            print(f"{path} already exists; refusing to overwrite a signing key "
-                  f"(the platform knows this gateway by it)", file=sys.stderr)
-            return EXIT_FAILURE
-        signer = write_signing_key(path)
-        print(f"created {path} (mode 0600)\nkid: {signer.kid}\n"
-              f"public key: {bytes(signer.verify_key).hex()}")
-        return 0
-    signer = load_signing_key(path)
-    public = bytes(signer.verify_key).hex()
-    if args.action == "show":
-        print(f"key file: {path}\nkid: {signer.kid}\npublic key: {public}")
-    elif args.action == "export-public":
-        text = f"{public} {signer.kid}\n"
-        if args.out:
-            args.out.write_text(text)
-            print(f"wrote {args.out}; register it with the platform for this gateway")
-        else:
-            sys.stdout.write(text)
-    return 0
-
-
-def _cmd_outbox(args: argparse.Namespace) -> int:
-    from gateway.outbox import describe, iter_envelopes, open_readonly, outbox_figures
-
-    conn = open_readonly(args.db)
-    if args.action == "stats":
-        figures = outbox_figures(conn)
-        if args.json:
-            print(json.dumps(figures))
-        else:
-            for key, value in figures.items():
-                print(f"{key:>22}: {value}")
-        return 0
-    if args.action == "tail":
-        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-        after = max(0, last - args.lines)
-        while True:
-            for seq, body in iter_envelopes(conn, after):
-                print(describe(body), flush=True)
-                after = seq
-            if not args.follow:
-                return 0
-            time.sleep(0.5)  # a CLI follower polling a file; not daemon code
-    if args.action == "verify":
-        return _verify(conn, args)
-    raise AssertionError(args.action)
-
-
-def _verify(conn, args: argparse.Namespace) -> int:
-    from gateway.outbox import iter_envelopes
-    from gateway.signing import key_id, load_signing_key, load_verify_key
-    from gateway.verify import verify_events
-
-    if args.public_key:
-        verify_key = load_verify_key(args.public_key)
-    elif args.key_file:
-        verify_key = load_signing_key(args.key_file).verify_key
-    else:
-        print("give --public-key FILE (or --key-file FILE) to verify against", file=sys.stderr)
-        return 2
-    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-
-    def progress(n: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\rverified {n:,}/{total:,}", end="", file=sys.stderr, flush=True)
-
-    report = verify_events(iter_envelopes(conn), {key_id(verify_key): verify_key},
-                           progress=progress)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    if report.ok:
-        print(f"OK: {report.checked:,} events verified (seq {report.first_seq}..{report.last_seq})")
-        return 0
-    print(f"BROKEN at seq {report.break_at}: {report.reason} "
-          f"({report.checked:,} events verified before it)")
-    return EXIT_FAILURE
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casino-gateway", description="Edge gateway: SAS slot machines -> signed events -> "
@@ -153,25 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of the alert board on 127.0.0.1 (default 8080; 0 = any free port)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("keys", help="the gateway's Ed25519 signing key")
-    p.add_argument("action", choices=["init", "show", "export-public"])
-    p.add_argument("--key-file", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="export-public: write to this file")
-    p.set_defaults(func=_cmd_keys)
-
-    p = sub.add_parser("outbox", help="inspect or verify the outbox offline")
-    p.add_argument("action", choices=["stats", "tail", "verify"])
-    p.add_argument("--db", type=Path, required=True, help="the outbox database file")
-    p.add_argument("--json", action="store_true", help="stats: one JSON object")
-    p.add_argument("-n", "--lines", type=int, default=20, help="tail: events to show")
-    p.add_argument("-f", "--follow", action="store_true", help="tail: keep following")
-    p.add_argument("--public-key", type=Path, help="verify: public key file (hex)")
-    p.add_argument("--key-file", type=Path, help="verify: or the private key file")
-    p.set_defaults(func=_cmd_outbox)
-
     from drivers.sim.cli import add_commands as add_sim_commands
+    from gateway.outbox_cli import add_commands as add_outbox_commands
     from gateway.receiver.cli import add_commands as add_receiver_commands
 
+    add_outbox_commands(sub)
     add_receiver_commands(sub)
     add_sim_commands(sub)
     return parser
