@@ -22,9 +22,7 @@ def test_sigkill_loop_loses_nothing(tmp_path: Path):
     assert result["chain_ok"], result["chain_breaks"]
     assert result["lost_acknowledged"] == 0
     assert result["unexplained_losses"] == 0
-    # Not asserted here: `duplicated`. Under this storm (10 exceptions/s per machine, a kill
-    # about every second) a few re-sent exceptions per run are still recorded twice; the cause
-    # is open (see docs/sas.md, "Restart safety"). bench/crash_loop.py fails on any.
+    assert result["duplicated"] == 0
     assert result["received_identical"] and result["received"] == result["outbox_events"] > 0
     assert result["pending"] == 0
     assert result["sigterm_exit_code"] == 0 and result["sigterm_stop_s"] < 5

@@ -74,6 +74,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
     summary["machines"] = [
         {"device": path, "acknowledged_codes": fleet.acknowledged_codes(path),
          "pending_codes": [e.code for e in egm.ledger.pending()],
-         "lost_by_overflow": sum(e.lost for e in egm.ledger.entries)}
+         "lost_by_overflow": sum(e.lost for e in egm.ledger.entries),
+         "lost_codes": [e.code for e in egm.ledger.entries if e.lost]}
         for path, egm in zip(fleet.device_paths, fleet.machines, strict=True)]
     return summary
