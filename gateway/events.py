@@ -71,11 +71,15 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"reason": STR}, required=("reason",)),
     EventSpec("uplinkUp", "system", "1.0.0", "The platform connection is (re-)established.",
               fields={"down_for_s": {"type": ["number", "null"]}}),
-    EventSpec("lossMarker", "system", "1.0.0", "Events were lost or shed; says what and why.",
+    EventSpec("lossMarker", "system", "1.0.0",
+              "Events were lost or shed; says what and why (reason: bufferOverflow, shed, "
+              "quarantine, database-corrupt). For quarantine, first_seq..last_seq are the seqs "
+              "moved aside and this event takes the seq after them.",
               "exc 70, shedding, quarantine",
               fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
                       "last_seq": INT}, required=("reason",)),
-    EventSpec("keyRotated", "system", "1.0.0", "The signing key changed; signed by the old key.",
+    EventSpec("keyRotated", "system", "1.0.0",
+              "The signing key changed; signed by the old key, every later event by the new one.",
               fields={"new_kid": STR, "new_public_key": STR}, required=("new_kid",)),
     EventSpec("commandExecuted", "system", "1.0.0",
               "Audit of a command: who asked, what, the result.",
@@ -101,6 +105,15 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     EventSpec("alertAcknowledged", "alerts", "1.0.0", "A staff member acknowledged an alert.",
               fields={"alert_seq": INT, "by": STR, "role": STR, "note": STR},
               required=("alert_seq", "by")),
+    EventSpec("diskFull", "alerts", "1.0.0",
+              "Free space under the configured floor: intake stopped (machines keep their "
+              "exceptions unacknowledged) until space returns.",
+              fields={"free_mb": NUM, "floor_mb": NUM, "path": STR},
+              required=("free_mb", "floor_mb")),
+    EventSpec("diskSpaceRestored", "alerts", "1.0.0",
+              "Free space is back above the floor; intake resumed.",
+              fields={"free_mb": NUM, "floor_mb": NUM, "blocked_s": NUM, "shed": INT},
+              required=("free_mb", "floor_mb")),
     # game
     EventSpec("betPlaced", "game", "1.0.0", "A game started, with its wager.", "exc 7E / RTE 7E",
               fields={"wager_credits": INT, "wager": MONEY}),
@@ -122,10 +135,19 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
 ]}
 
 
+_second_prefix: tuple[int, str] = (-1, "")  # the last second formatted: most calls reuse it
+
+
 def rfc3339(epoch_seconds: float) -> str:
-    """UTC, millisecond precision, 'Z' suffix: 2026-11-21T05:56:12.123Z."""
-    stamp = dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """UTC, millisecond precision, 'Z' suffix: 2026-11-21T05:56:12.123Z. (Formatting a datetime
+    costs more than the rest of a draft; the seconds part is cached.)"""
+    global _second_prefix
+    second, micro = divmod(round(epoch_seconds * 1_000_000), 1_000_000)
+    cached, prefix = _second_prefix
+    if second != cached:
+        prefix = dt.datetime.fromtimestamp(second, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_prefix = (second, prefix)
+    return f"{prefix}{micro // 1000:03d}Z"
 
 
 def new_trace_id() -> str:

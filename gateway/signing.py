@@ -20,9 +20,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import struct
+import subprocess
+import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import nacl.exceptions
@@ -33,14 +37,18 @@ __all__ = [
     "ChainBreak",
     "KeyFileError",
     "Signer",
+    "SignerProcess",
     "canonical",
     "chain_hash",
     "check_event",
     "decode_envelope",
+    "finish_seal",
+    "install_next_key",
     "key_id",
     "load_signing_key",
     "load_verify_key",
     "seal",
+    "seal_parts",
     "write_signing_key",
 ]
 
@@ -48,11 +56,15 @@ GENESIS = bytes(32)
 INTEGRITY_FIELDS = ("hash", "sig")
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _sorted(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
+        return {k: (_sorted(v) if isinstance(v := value[k], _CONTAINERS) else v)
+                for k in sorted(value)}
     if isinstance(value, (list, tuple)):
-        return [_sorted(v) for v in value]
+        return [_sorted(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
 
 
@@ -86,23 +98,116 @@ class Signer:
     def verify_key(self) -> nacl.signing.VerifyKey:
         return self.key.verify_key
 
-    @property
+    @cached_property
     def kid(self) -> str:
         return key_id(self.key.verify_key)
 
 
-def seal(envelope: dict[str, Any], prev_hash: bytes, signer: Signer) -> tuple[dict[str, Any], bytes]:
-    """Add prev_hash, kid, hash and sig to `envelope`; return (sealed envelope, stored bytes)."""
+def seal_parts(envelope: dict[str, Any], prev_hash: bytes, kid: str
+               ) -> tuple[dict[str, Any], bytes]:
+    """First half of `seal`: the sorted body (with prev_hash and kid) and its chain hash."""
     body_fields = {k: v for k, v in envelope.items() if k not in INTEGRITY_FIELDS}
     body_fields["prev_hash"] = prev_hash
-    body_fields["kid"] = signer.kid
+    body_fields["kid"] = kid
     ordered = _sorted(body_fields)
-    digest = chain_hash(prev_hash, msgpack.packb(ordered, use_bin_type=True))
+    return ordered, chain_hash(prev_hash, msgpack.packb(ordered, use_bin_type=True))
+
+
+def finish_seal(ordered: dict[str, Any], digest: bytes, sig: bytes
+                ) -> tuple[dict[str, Any], bytes]:
+    """Second half of `seal`: add hash and sig; return (sealed envelope, stored bytes)."""
     ordered["hash"] = digest
-    ordered["sig"] = signer.key.sign(digest).signature
+    ordered["sig"] = sig
     # Nested maps are already sorted; only the two new top-level keys need placing.
     sealed = dict(sorted(ordered.items()))
     return sealed, msgpack.packb(sealed, use_bin_type=True)
+
+
+def seal(envelope: dict[str, Any], prev_hash: bytes, signer: Signer) -> tuple[dict[str, Any], bytes]:
+    """Add prev_hash, kid, hash and sig to `envelope`; return (sealed envelope, stored bytes)."""
+    ordered, digest = seal_parts(envelope, prev_hash, signer.kid)
+    return finish_seal(ordered, digest, signer.key.sign(digest).signature)
+
+
+class SignerProcess:
+    """Ed25519 signatures computed in a child process, so the GIL-bound signing runs on another
+    core while this process hashes, inserts and serves appenders. Blocking calls: use from the
+    outbox's writer thread. The private key reaches the child through a pipe, never argv/env.
+
+    Protocol on the child's stdin: b"K" + 32-byte seed (use this key), or b"S" + u32 n + n
+    32-byte digests (answered on stdout with n 64-byte signatures). EOF ends the child, so it
+    exits with its parent however that dies."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.signing", "--serve"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, close_fds=True)
+        self._seed: bytes | None = None
+
+    def request(self, signer: Signer, digests: list[bytes]) -> None:
+        """Ask for signatures; the child starts at once. Keep what is outstanding small (a few
+        hundred) so neither pipe fills while the other side waits."""
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            seed = bytes(signer.key)
+            if seed != self._seed:
+                stdin.write(b"K" + seed)
+                self._seed = seed
+            stdin.write(b"S" + struct.pack(">I", len(digests)) + b"".join(digests))
+            stdin.flush()
+        except OSError as err:
+            raise OSError(f"the signing process failed: {err}") from err
+
+    def receive(self, count: int) -> list[bytes]:
+        """The next `count` signatures, in request order."""
+        assert self._proc.stdout is not None
+        try:
+            answer = _read_exactly(self._proc.stdout, 64 * count)
+        except (OSError, EOFError) as err:
+            raise OSError(f"the signing process failed: {err}") from err
+        return [answer[i:i + 64] for i in range(0, len(answer), 64)]
+
+    def sign_many(self, signer: Signer, digests: list[bytes]) -> list[bytes]:
+        self.request(signer, digests)
+        return self.receive(len(digests))
+
+    def kill(self) -> None:
+        self._proc.kill()
+        self.close()
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+        self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) != size:
+        raise EOFError(f"expected {size} bytes, got {0 if data is None else len(data)}")
+    return data
+
+
+def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    key: nacl.signing.SigningKey | None = None
+    while op := stdin.read(1):
+        if op == b"K":
+            key = nacl.signing.SigningKey(_read_exactly(stdin, 32))
+        elif op == b"S" and key is not None:
+            (count,) = struct.unpack(">I", _read_exactly(stdin, 4))
+            digests = _read_exactly(stdin, 32 * count)
+            sign = key.sign
+            stdout.write(b"".join(sign(digests[i:i + 32]).signature
+                                  for i in range(0, len(digests), 32)))
+            stdout.flush()
+        else:
+            raise SystemExit(f"signing process: unexpected request {op!r}")
 
 
 class ChainBreak(Exception):
@@ -146,7 +251,24 @@ def write_signing_key(path: Path) -> Signer:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(bytes(key).hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     return Signer(key)
+
+
+def install_next_key(path: Path, next_path: Path) -> Path:
+    """Finish a rotation: the current key becomes `<path>.previous` (replacing an older one; a
+    retired private key signs nothing any more) and `next_path` becomes `path`. Both renames are
+    atomic and the directory is synced, so a crash leaves either the old or the new layout."""
+    previous = path.with_name(path.name + ".previous")
+    os.replace(path, previous)
+    os.replace(next_path, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return previous
 
 
 def load_signing_key(path: Path) -> Signer:
@@ -171,3 +293,7 @@ def load_verify_key(path: Path) -> nacl.signing.VerifyKey:
         return nacl.signing.VerifyKey(bytes.fromhex(path.read_text().split()[0]))
     except (OSError, ValueError, IndexError, nacl.exceptions.CryptoError) as err:
         raise KeyFileError(f"public key file {path} is unreadable or malformed: {err}") from None
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

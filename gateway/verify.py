@@ -2,19 +2,26 @@
 
 Used by `casino-gateway outbox verify` and by tests; the auditor's question is "is this the
 unbroken, untampered sequence this gateway signed?", answered with the first break found.
+Two signed events change the rules mid-chain, both checked like any other event:
+  * `keyRotated` (signed by the old key) names the new kid, and usually carries the new public key:
+    from the next event on, only the new key may sign;
+  * a quarantine `lossMarker` takes the seq after the rows it moved aside, so the seq gap before
+    it is exactly `data.first_seq..data.last_seq` and its prev_hash links to the last good row.
 Performs no I/O (the caller supplies the events).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import nacl.exceptions
 import nacl.signing
 
-from gateway.signing import GENESIS, ChainBreak, check_event, decode_envelope
+from gateway.signing import GENESIS, ChainBreak, check_event, decode_envelope, key_id
 
-__all__ = ["VerifyReport", "verify_events"]
+__all__ = ["VerifyReport", "gap_explained", "verify_events"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,36 +31,78 @@ class VerifyReport:
     last_seq: int | None
     break_at: int | None = None
     reason: str = ""
+    kids: tuple[str, ...] = field(default=())  # keys seen signing, in order of use
 
     @property
     def ok(self) -> bool:
         return self.break_at is None
 
 
+def gap_explained(envelope: dict[str, Any], prev_seq: int, seq: int) -> bool:
+    """True if `envelope` is the quarantine lossMarker accounting for seqs prev_seq+1..seq-1."""
+    data = envelope.get("data") or {}
+    return (envelope.get("event") == "lossMarker" and data.get("reason") == "quarantine"
+            and data.get("first_seq") == prev_seq + 1 and data.get("last_seq") == seq - 1)
+
+
 def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signing.VerifyKey], *,
-                  progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Check rows (seq, stored bytes) in order. The first row links to GENESIS when it is seq 1;
-    a later starting point (an export) trusts its first prev_hash and checks from there."""
+                  progress: Callable[[int], None] | None = None,
+                  first_prev: bytes | None = None) -> VerifyReport:
+    """Check rows (seq, stored bytes) in order. The first row links to `first_prev` if given
+    (an export states it), else to GENESIS when it is seq 1; otherwise its prev_hash is trusted
+    and checked from there. `keys` are the trusted public keys; a key announced by a verified
+    keyRotated event is trusted from that event on."""
+    keys = dict(keys)
     checked, first, prev_seq, prev_hash = 0, None, None, None
+    chain_kid: str | None = None
+    kids: list[str] = []
+
+    def broken(seq: int, reason: str) -> VerifyReport:
+        return VerifyReport(checked, first, prev_seq, seq, reason, tuple(kids))
+
     for seq, body in rows:
         try:
             envelope = decode_envelope(body)
         except ValueError as err:
-            return VerifyReport(checked, first, prev_seq, seq, f"undecodable row: {err}")
+            return broken(seq, f"undecodable row: {err}")
         if envelope.get("seq") != seq:
-            return VerifyReport(checked, first, prev_seq, seq,
-                                f"row {seq} holds event seq {envelope.get('seq')}")
-        if prev_seq is not None and seq != prev_seq + 1:
-            return VerifyReport(checked, first, prev_seq, seq,
-                                f"gap: seq {prev_seq} is followed by {seq}")
-        expected = prev_hash if prev_hash is not None else (GENESIS if seq == 1 else None)
+            return broken(seq, f"row {seq} holds event seq {envelope.get('seq')}")
+        if prev_seq is not None and seq != prev_seq + 1 \
+                and not gap_explained(envelope, prev_seq, seq):
+            return broken(seq, f"gap: seq {prev_seq} is followed by {seq}")
+        if prev_hash is not None:
+            expected = prev_hash
+        elif first_prev is not None:
+            expected = first_prev
+        else:
+            expected = GENESIS if seq == 1 else None
         try:
             prev_hash = check_event(envelope, keys, expected)
         except ChainBreak as err:
-            return VerifyReport(checked, first, prev_seq, seq, str(err))
+            return broken(seq, str(err))
+        kid = envelope["kid"]
+        if chain_kid is not None and kid != chain_kid:
+            return broken(seq, f"key-change: signed by {kid}, but the chain's key is {chain_kid} "
+                               f"and no keyRotated announced the change")
+        if kid not in kids:
+            kids.append(kid)
+        chain_kid = kid
+        if envelope.get("event") == "keyRotated":
+            data = envelope.get("data") or {}
+            chain_kid = data.get("new_kid")
+            public = data.get("new_public_key")
+            if public:
+                try:
+                    announced = nacl.signing.VerifyKey(bytes.fromhex(public))
+                except (ValueError, TypeError, nacl.exceptions.CryptoError):
+                    return broken(seq, "keyRotated carries a malformed public key")
+                if key_id(announced) != chain_kid:
+                    return broken(seq, f"keyRotated names {chain_kid} but carries the key of "
+                                       f"{key_id(announced)}")
+                keys.setdefault(chain_kid, announced)
         first = seq if first is None else first
         prev_seq = seq
         checked += 1
         if progress is not None and checked % 10_000 == 0:
             progress(checked)
-    return VerifyReport(checked, first, prev_seq)
+    return VerifyReport(checked, first, prev_seq, kids=tuple(kids))

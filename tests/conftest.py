@@ -34,8 +34,7 @@ def make_outbox(outbox_settings: OutboxSettings, signer: Signer):
 
     yield make
     for outbox in opened:
-        outbox._conn.close()
-        outbox._read.close()
+        outbox.close()
 
 
 @pytest.fixture(autouse=True)

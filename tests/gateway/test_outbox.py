@@ -111,10 +111,18 @@ async def test_wait_appended_wakes_on_commit(make_outbox):
 
 
 async def test_outbox_of_another_gateway_is_refused(make_outbox, outbox_settings):
-    make_outbox()
+    make_outbox().close()
     other = OutboxSettings(path=outbox_settings.path, gateway_id="someone-else")
     with pytest.raises(StoreError, match="refusing to mix chains"):
         make_outbox(other)
+
+
+async def test_a_second_writer_on_the_same_outbox_is_refused(make_outbox):
+    first = make_outbox()
+    with pytest.raises(StoreError, match="in use by another process"):
+        make_outbox()
+    first.close()
+    make_outbox()  # the lock went with the first writer
 
 
 async def test_unacknowledged_exception_is_recognised_after_restart(make_outbox):
@@ -168,3 +176,56 @@ async def test_money_is_exact(make_outbox):
     body = sqlite3.connect(outbox.settings.path).execute(
         "SELECT body FROM events WHERE seq=1").fetchone()[0]
     assert decode_envelope(body)["data"]["amount"] == {"minor": 2000, "currency": "EUR"}
+
+
+def test_rfc3339_cache_matches_datetime_formatting():
+    import datetime as dt
+    import random
+
+    from gateway.events import rfc3339
+
+    rng = random.Random(4)
+    stamps = [1_700_000_000 + rng.randrange(10**12) / 10**6 for _ in range(2000)]
+    stamps += [0.0, 1.0, 1_800_000_000.9995, 1_800_000_000.999999, 1_800_000_001.0]
+    for stamp in sorted(stamps) + stamps:  # in order (cache hits) and shuffled (misses)
+        expected = dt.datetime.fromtimestamp(stamp, tz=dt.UTC)
+        assert rfc3339(stamp) == expected.strftime("%Y-%m-%dT%H:%M:%S.") + \
+            f"{expected.microsecond // 1000:03d}Z", stamp
+
+
+async def test_oldest_undelivered_age_is_a_live_figure(make_outbox):
+    outbox = make_outbox()
+    assert outbox.statistics()["oldest_undelivered_s"] == 0.0
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await append_many(outbox, 5)
+            nursery.cancel_scope.cancel()
+    conn = sqlite3.connect(outbox.settings.path, isolation_level=None)
+    conn.execute("UPDATE events SET captured_at = captured_at - 3600 WHERE seq <= 2")
+    conn.close()
+    await outbox.mark_delivered(1)
+    outbox._commit([], {}, outbox.delivered_seq)  # the writer persists the mark
+    assert 3599 < outbox.statistics()["oldest_undelivered_s"] < 3700  # seq 2 is an hour old
+    await outbox.mark_delivered(5)
+    outbox._commit([], {}, outbox.delivered_seq)
+    assert outbox.statistics()["oldest_undelivered_s"] == 0.0
+
+
+async def test_read_time_range_pages_through_a_window(make_outbox):
+    outbox = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await append_many(outbox, 40)
+            nursery.cancel_scope.cancel()
+    conn = sqlite3.connect(outbox.settings.path, isolation_level=None)
+    conn.execute("UPDATE events SET captured_at = 1000 + seq")
+    conn.close()
+    pages, after = [], 0
+    while page := await outbox.read_time_range(1010, 1030, after, limit=6):
+        pages.append([seq for seq, _ in page])
+        after = page[-1][0]
+    assert [len(p) for p in pages] == [6, 6, 6, 2]
+    assert [seq for p in pages for seq in p] == list(range(10, 30))
+    assert await outbox.read_time_range(5000, 6000) == []

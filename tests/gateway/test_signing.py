@@ -4,12 +4,14 @@ import os
 from pathlib import Path
 
 import msgpack
+import nacl.signing
 import pytest
 
 from gateway.signing import (
     GENESIS,
     ChainBreak,
     KeyFileError,
+    Signer,
     check_event,
     decode_envelope,
     load_signing_key,
@@ -104,3 +106,91 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path):
 def test_missing_key_file_says_how_to_create_one(tmp_path: Path):
     with pytest.raises(KeyFileError, match="keys init"):
         load_signing_key(tmp_path / "absent.key")
+
+
+# -- the signing process ---------------------------------------------------------------------------
+
+def test_signing_process_signs_like_in_process(signer):
+    from gateway.signing import SignerProcess
+
+    digests = [bytes([i]) * 32 for i in range(200)]
+    process = SignerProcess()
+    try:
+        assert process.sign_many(signer, digests) == [signer.key.sign(d).signature
+                                                      for d in digests]
+        other = Signer(nacl.signing.SigningKey.generate())
+        process.request(signer, digests[:3])
+        process.request(other, digests[:3])  # a key change between requests
+        assert process.receive(3) == [signer.key.sign(d).signature for d in digests[:3]]
+        assert process.receive(3) == [other.key.sign(d).signature for d in digests[:3]]
+    finally:
+        process.close()
+
+
+def test_seal_parts_and_finish_equal_seal(signer):
+    from gateway.signing import finish_seal, seal_parts
+
+    env = envelope(3, door="main", nested={"b": [{"z": 1, "a": 2}], "a": None})
+    ordered, digest = seal_parts(env, GENESIS, signer.kid)
+    assert finish_seal(ordered, digest, signer.key.sign(digest).signature) == \
+        seal(env, GENESIS, signer)
+
+
+async def test_big_group_through_the_signing_process_with_a_rotation(make_outbox,
+                                                                      outbox_settings, signer):
+    """A group far larger than the pipes hold, with a key change in the middle: every event is
+    signed by the right key and the chain verifies."""
+    import time
+
+    import trio
+
+    from gateway.events import system_draft
+    from gateway.outbox import _Pending, iter_envelopes, open_readonly
+    from gateway.signing import SignerProcess
+    from gateway.verify import verify_events
+
+    outbox = make_outbox()
+    new = Signer(nacl.signing.SigningKey.generate())
+    batch = [_Pending(system_draft("machineException", {"code": i}, now=time.time()))
+             for i in range(3000)]
+    batch.insert(1500, _Pending(system_draft("keyRotated", {"new_kid": new.kid, "new_public_key":
+                                                            bytes(new.verify_key).hex()},
+                                             now=time.time()), rotate_to=new))
+    outbox._signing = SignerProcess()
+    try:
+        envelopes = await trio.to_thread.run_sync(outbox._commit, batch, {}, 0)
+    finally:
+        outbox._signing.close()
+    assert [e["kid"] for e in envelopes] == [signer.kid] * 1501 + [new.kid] * 1500
+    conn = open_readonly(outbox_settings.path)
+    report = verify_events(iter_envelopes(conn), {signer.kid: signer.verify_key})
+    assert report.ok and report.checked == 3001
+
+
+async def test_a_dead_signing_process_falls_back_to_signing_in_process(make_outbox,
+                                                                        outbox_settings, signer):
+    import time
+
+    import trio
+
+    from gateway.events import system_draft
+    from gateway.outbox import SIGN_PROCESS_MIN, _Pending, iter_envelopes, open_readonly
+    from gateway.signing import SignerProcess
+    from gateway.verify import verify_events
+
+    def group(size: int) -> list[_Pending]:
+        return [_Pending(system_draft("machineException", {"code": i}, now=time.time()))
+                for i in range(size)]
+
+    outbox = make_outbox()
+    outbox._signing = SignerProcess()
+    await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN), {}, 0)
+    outbox._signing._proc.kill()
+    outbox._signing._proc.wait()
+    envelopes = await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN * 3), {}, 0)
+    assert outbox._signing is None  # replaced by in-process signing, with a log line
+    assert [e["seq"] for e in envelopes] == list(range(SIGN_PROCESS_MIN + 1,
+                                                       SIGN_PROCESS_MIN * 4 + 1))
+    conn = open_readonly(outbox_settings.path)
+    report = verify_events(iter_envelopes(conn), {signer.kid: signer.verify_key})
+    assert report.ok and report.checked == SIGN_PROCESS_MIN * 4
