@@ -2,6 +2,7 @@
 
     run       the daemon (what systemd starts)
     demo      simulated machines + gateway + reference receiver on loopback, with a summary
+    diag      status table, live poll trace and port probe for technicians
     keys      create, show and export the gateway's signing key
     outbox    inspect and verify the local outbox offline
     receiver  the reference platform endpoint (run, register, stats)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import gateway
@@ -32,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.log.level, config.log.format)
-    trio.run(daemon.run, config)
+    trio.run(partial(daemon.run, config, config_path=args.config.resolve()))
     return 0
 
 
@@ -68,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     from drivers.sim.cli import add_commands as add_sim_commands
+    from gateway.diag import add_commands as add_diag_commands
     from gateway.outbox_cli import add_commands as add_outbox_commands
     from gateway.receiver.cli import add_commands as add_receiver_commands
 
+    add_diag_commands(sub)
     add_outbox_commands(sub)
     add_receiver_commands(sub)
     add_sim_commands(sub)

@@ -38,6 +38,10 @@ class GatewaySection:
     region: str = ""
     currency: str = field(default="USD", metadata={
         "check": lambda v: _check(bool(re.fullmatch(r"[A-Z]{3}", v)), "an ISO 4217 code like USD")})
+    # The local control socket `casino-gateway diag` talks to (mode 0660: owner and group only).
+    # None: <systemd RuntimeDirectory>/control.sock, else <state_dir>/control.sock
+    # (gateway.control.control_socket_path).
+    control_socket: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,26 @@ class OutboxSection:
         "check": lambda v: _check(0 < v <= 100, "between 0 and 100 ms")})
     batch_max: int = field(default=500, metadata={
         "check": lambda v: _check(1 <= v <= 10_000, "between 1 and 10000")})
+    # Disk budget and retention (docs/outbox.md). Undelivered events are never deleted.
+    min_free_mb: float = field(default=64.0, metadata={
+        "check": lambda v: _check(v >= 0, "0 (no floor) or more MB")})
+    retention_days: float = field(default=30.0, metadata={
+        "check": lambda v: _check(v >= 0, "0 (keep delivered events) or more days")})
+    retention_max_mb: float = field(default=0.0, metadata={
+        "check": lambda v: _check(v >= 0, "0 (no size cap) or more MB")})
+    droppable_types: tuple[str, ...] = field(default=("meterSnapshot",), metadata={
+        "check": lambda v: _check_droppable(v)})
+
+
+def _check_droppable(types_: tuple[str, ...]) -> str | None:
+    from gateway.events import CATALOGUE
+
+    for name in types_:
+        spec = CATALOGUE.get(name)
+        if spec is None or spec.channel in ("system", "alerts"):
+            return "event types of the game, cash or player channels (system and alert events " \
+                   "are never shed)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

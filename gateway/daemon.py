@@ -1,50 +1,142 @@
 """The daemon: builds the one nursery tree and keeps it alive (house-style.md section 3.5).
 
-    root nursery
+    root nursery (in start order)
+    +-- signals             SIGTERM/SIGINT -> STOPPING=1 and cancel; SIGHUP -> reload what can be
+    |                       reloaded (feed tokens, command allow-list), log what needs a restart
     +-- outbox writer       sole owner of the SQLite write connection (group commit)
+    +-- control socket      `casino-gateway diag`: status snapshots and live poll traces
+    +-- feed                the floor's alert board, WebSocket feed, /health, /metrics
     +-- port supervisor xN  restarts its driver with backoff when the port breaks; never touches
     |                       the other ports
-    +-- feed                the floor's alert board, WebSocket feed, /health, /metrics
     +-- uplink              reconnect loop to the platform; platform commands -> CommandRouter
-    +-- signals             SIGTERM/SIGINT -> STOPPING=1 and cancel; SIGHUP -> logged
-    +-- status              STATUS= lines and WATCHDOG=1 while the writer is alive
+    +-- status              STATUS= lines; WATCHDOG=1 only while the pipeline is alive
 
 Every service is started with `await nursery.start(...)`; READY=1 goes out after the last one
 returned, so "ready" means every service is really up.
+
+Watchdog honesty: the pings come from a task on the trio loop, so a wedged loop sends none; and
+they are withheld while any machine event has waited longer than the stall limit (half of
+WatchdogSec) for the outbox to make it durable -- a writer stuck on a dead disk gets the daemon
+restarted by systemd instead of silently holding every machine on the floor.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import signal
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
 import gateway
-from drivers.base import Driver
+from drivers.base import Driver, EventSink, MachineEvent, MachineRef, SourceRef
 from drivers.link import LinkError, open_link
 from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 from gateway.capture import OutboxSink
 from gateway.commands import CommandRouter, CommandSettings
-from gateway.config import Config, PortSection
+from gateway.config import Config, PortSection, load_config
+from gateway.control import (
+    Activity,
+    ControlServer,
+    ControlUnavailableError,
+    TraceHub,
+    control_socket_path,
+    traced_opener,
+)
+from gateway.errors import ConfigError
+from gateway.feed.protocol import TokenEntry, TokenTable
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
 
-__all__ = ["Gateway", "build_driver", "run"]
+__all__ = ["Gateway", "PipelineHealth", "WatchedSink", "build_driver", "format_duration",
+           "reload_config", "report_status", "run"]
 
 log = structlog.get_logger("gateway.daemon")
 
 # What a port supervisor restarts after; anything else is a bug and stops the daemon.
 RECOVERABLE = (LinkError, SasRemoteProtocolError, OSError)
+
+
+class PipelineHealth:
+    """Tracks machine events on their way into the outbox, for an honest watchdog: the pipeline
+    is alive while no event has waited longer than `stall_after_s` to become durable (an idle
+    pipeline is healthy)."""
+
+    def __init__(self, stall_after_s: float, *,
+                 paused: Callable[[], bool] = lambda: False) -> None:
+        self.stall_after_s = stall_after_s
+        # True while waiting is by design (the outbox stopped intake at its disk floor: machines
+        # hold their exceptions until space is back); a restart would not help.
+        self.paused = paused
+        self._pending: dict[int, float] = {}
+        self._ids = itertools.count()
+        self.last_durable_at: float | None = None
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        token = next(self._ids)
+        self._pending[token] = trio.current_time()
+        try:
+            yield
+        finally:
+            del self._pending[token]
+            self.last_durable_at = trio.current_time()
+
+    def stalled_for(self, now: float) -> float:
+        """How long the oldest event still on its way has waited (0 if none)."""
+        return max((now - t for t in self._pending.values()), default=0.0)
+
+    def alive(self, now: float) -> bool:
+        return self.stalled_for(now) < self.stall_after_s or self.paused()
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {"alive": self.alive(now), "paused": self.paused(),
+                "events_in_flight": len(self._pending),
+                "oldest_in_flight_s": round(self.stalled_for(now), 3),
+                "stall_after_s": self.stall_after_s}
+
+
+class WatchedSink:
+    """The EventSink drivers get: the outbox sink, with every record() timed by PipelineHealth."""
+
+    def __init__(self, inner: EventSink, health: PipelineHealth) -> None:
+        self._inner = inner
+        self._health = health
+
+    async def record(self, event: MachineEvent) -> None:
+        with self._health.recording():
+            await self._inner.record(event)
+
+    def acknowledged(self, event: MachineEvent) -> None:
+        self._inner.acknowledged(event)
+
+    def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
+        return self._inner.is_redelivery(machine, source)
+
+
+def format_duration(seconds: float) -> str:
+    """45s, 4m, 2h05m, 3d04h: what a STATUS line or a table has room for."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 @dataclass
@@ -53,7 +145,7 @@ class Gateway:
 
     config: Config
     outbox: Outbox
-    sink: OutboxSink
+    sink: EventSink
     drivers: dict[str, Driver]
     uplink: UplinkClient
     commands: CommandRouter
@@ -61,6 +153,12 @@ class Gateway:
     feed_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
+    trace: TraceHub = field(default_factory=TraceHub)
+    activity: Activity = field(default_factory=Activity)
+    health: PipelineHealth = field(default_factory=lambda: PipelineHealth(15.0))
+    control_path: Path | None = None
+    config_path: Path | None = None
+    uplink_down_since: float | None = field(default_factory=time.time)
 
     def status(self) -> dict[str, Any]:
         """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
@@ -76,17 +174,30 @@ class Gateway:
             }
         return {"uplink": dict(up), "ports": ports, "outbox": self.outbox.statistics()}
 
+    def uplink_down_for(self) -> float | None:
+        """Seconds since the uplink was last connected (since start if never), None while up."""
+        if self.uplink.statistics().get("connected"):
+            self.uplink_down_since = None
+            return None
+        if self.uplink_down_since is None:
+            self.uplink_down_since = time.time()
+        return time.time() - self.uplink_down_since
+
     def status_line(self) -> str:
+        """'12/14 machines online, uplink down 4m, 3,211 queued'."""
         online = sum(1 for d in self.drivers.values()
                      for m in d.statistics().machines.values() if m.get("online"))
         total = sum(len(p.addresses) for p in self.config.ports)
-        up = self.uplink.statistics()
-        uplink = "up" if up.get("connected") else "down"
-        return (f"{online}/{total} machines online, uplink {uplink}, "
-                f"{self.outbox.depth():,} queued")
+        down = self.uplink_down_for()
+        uplink = "uplink up" if down is None else f"uplink down {format_duration(down)}"
+        line = f"{online}/{total} machines online, {uplink}, {self.outbox.depth():,} queued"
+        if self.outbox.intake_stopped:
+            line += ", DISK FULL: intake stopped"
+        return line
 
 
-def build_driver(port: PortSection, config: Config) -> SasDriver:
+def build_driver(port: PortSection, config: Config, trace: TraceHub | None = None) -> SasDriver:
+    """The SAS driver for one port; with `trace`, its link reports frames to the control socket."""
     settings = SasSettings(
         poll_interval_s=port.poll_interval_ms / 1000,
         response_timeout_s=port.response_timeout_ms / 1000,
@@ -94,8 +205,10 @@ def build_driver(port: PortSection, config: Config) -> SasDriver:
         rte=port.rte,
     )
     journal = PollJournal(config.gateway.state_dir / "polls" / f"{port.name}.journal")
-    return SasDriver(port.name, partial(open_link, str(port.device), mode=port.link),
-                     port.addresses, settings, journal=journal)
+    opener = partial(open_link, str(port.device), mode=port.link)
+    if trace is not None:
+        opener = traced_opener(opener, port.name, trace)
+    return SasDriver(port.name, opener, port.addresses, settings, journal=journal)
 
 
 async def supervise_port(gw: Gateway, name: str, *,
@@ -126,12 +239,14 @@ async def supervise_port(gw: Gateway, name: str, *,
         backoff = min(backoff * 2, 30.0)
 
 
-async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope) -> None:
+async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Started first, so a SIGTERM or SIGHUP during a slow start-up is handled, not fatal."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.info("SIGHUP received: this version reloads nothing; restart to apply "
-                         "configuration changes")
+                reload_config(gw)
                 continue
             log.info("stopping", signal=signal.Signals(signum).name)
             notifier.stopping()
@@ -139,31 +254,118 @@ async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.Can
             return
 
 
-async def report_status(gw: Gateway, notifier: Notifier) -> None:
+# What SIGHUP can apply to the running daemon; any other change needs a restart.
+RELOADABLE = ("feed.tokens", "commands.allowed")
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the configuration fields that differ (a list or a section appearing or
+    going away counts as one change)."""
+    if dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new) and type(old) is type(new):
+        out: list[str] = []
+        for f in dataclasses.fields(old):
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            out += _differences(getattr(old, f.name), getattr(new, f.name), name)
+        return out
+    return [] if old == new else [prefix]
+
+
+def reload_config(gw: Gateway) -> dict[str, list[str]]:
+    """SIGHUP: re-read the configuration file and apply what can change at run time (the feed's
+    tokens, the command allow-list); log every other change as needing a restart. A file that no
+    longer validates changes nothing. Returns {"applied": [...], "restart_needed": [...]}."""
+    result: dict[str, list[str]] = {"applied": [], "restart_needed": []}
+    if gw.config_path is None:
+        log.warning("SIGHUP: started without a configuration file; nothing to reload")
+        return result
+    try:
+        new = load_config(gw.config_path)
+    except ConfigError as err:
+        log.error("SIGHUP: configuration rejected; still running with the previous one",
+                  path=str(gw.config_path), error=str(err))
+        return result
+    old = gw.config
+    changed = _differences(old, new)
+    running = old
+    if "feed.tokens" in changed and old.feed is not None and new.feed is not None:
+        assert gw.feed is not None
+        entries = tuple(TokenEntry(t.name, t.role, t.sha256) for t in new.feed.tokens)
+        # FeedServer reads its token table for each new connection; sessions already
+        # authenticated keep their identity until they disconnect.
+        gw.feed.settings = dataclasses.replace(gw.feed.settings, tokens=entries)
+        gw.feed._tokens = TokenTable(entries)
+        running = dataclasses.replace(running, feed=dataclasses.replace(
+            running.feed, tokens=new.feed.tokens))  # type: ignore[arg-type]
+        before = {t.name for t in old.feed.tokens}
+        after = {t.name for t in new.feed.tokens}
+        log.info("SIGHUP: feed tokens reloaded", added=sorted(after - before),
+                 removed=sorted(before - after), tokens=len(entries))
+        result["applied"].append("feed.tokens")
+    if "commands.allowed" in changed:
+        gw.commands.settings = dataclasses.replace(gw.commands.settings,
+                                                   allowed=frozenset(new.commands.allowed))
+        running = dataclasses.replace(running, commands=new.commands)
+        log.info("SIGHUP: command allow-list reloaded", allowed=sorted(new.commands.allowed),
+                 was=sorted(old.commands.allowed))
+        result["applied"].append("commands.allowed")
+    result["restart_needed"] = [c for c in changed if c not in result["applied"]]
+    gw.config = running
+    if result["restart_needed"]:
+        log.warning("SIGHUP: these changes need a restart (systemctl restart casino-gateway)",
+                    fields=result["restart_needed"])
+    elif not result["applied"]:
+        log.info("SIGHUP: configuration unchanged", path=str(gw.config_path))
+    return result
+
+
+async def report_status(gw: Any, notifier: Notifier) -> None:
+    """STATUS= whenever the line changes; WATCHDOG=1 at half of WatchdogSec while the pipeline is
+    alive (`gw.health`), withheld -- and logged once -- while it is not."""
     interval = notifier.watchdog_interval()
     last = ""
+    withheld = False
     while True:
+        now = trio.current_time()
         line = gw.status_line()
+        alive = gw.health.alive(now)
+        if not alive:
+            line += f", outbox stalled {format_duration(gw.health.stalled_for(now))}"
         if line != last:
             notifier.status(line)
             last = line
         if interval is not None:
-            notifier.watchdog()
+            if alive:
+                notifier.watchdog()
+                if withheld:
+                    log.info("watchdog resumed: events reach the outbox again")
+                    withheld = False
+            elif not withheld:
+                log.error("watchdog withheld: a machine event has waited too long for the outbox",
+                          waited_s=round(gw.health.stalled_for(now), 1),
+                          limit_s=gw.health.stall_after_s)
+                withheld = True
         await trio.sleep(min(interval or 5.0, 5.0))
 
 
 async def run(config: Config, *, notifier: Notifier | None = None, handle_signals_: bool = True,
+              config_path: Path | None = None,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the gateway until cancelled (or SIGTERM when `handle_signals_`)."""
+    """Run the gateway until cancelled (or SIGTERM when `handle_signals_`). `config_path` is the
+    file SIGHUP re-reads."""
     notifier = notifier or Notifier()
+    interval = notifier.watchdog_interval()
     signer = load_signing_key(config.gateway.key_file)
     outbox = Outbox.open(OutboxSettings(
         path=config.outbox_path, gateway_id=config.gateway.id, venue=config.gateway.venue,
         region=config.gateway.region, commit_interval_s=config.outbox.commit_interval_ms / 1000,
-        batch_max=config.outbox.batch_max), signer)
+        batch_max=config.outbox.batch_max, min_free_mb=config.outbox.min_free_mb,
+        retention_days=config.outbox.retention_days,
+        retention_max_mb=config.outbox.retention_max_mb,
+        droppable_types=config.outbox.droppable_types), signer)
     log.info("outbox open", path=str(config.outbox_path), epoch=outbox.epoch,
              last_seq=outbox.last_seq, undelivered=outbox.depth(), kid=signer.kid)
-    drivers: dict[str, Driver] = {p.name: build_driver(p, config) for p in config.ports}
+    trace = TraceHub()
+    drivers: dict[str, Driver] = {p.name: build_driver(p, config, trace) for p in config.ports}
     router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
                                            db_path=config.gateway.state_dir / "commands.db"),
                            outbox, drivers)
@@ -174,9 +376,14 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         heartbeat_s=up.heartbeat_s, dead_after_s=up.dead_after_s,
         backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s), outbox,
         command_handler=router.handle)
+    health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
+                            paused=lambda: outbox.intake_stopped)
     gw = Gateway(config=config, outbox=outbox,
-                 sink=OutboxSink(outbox, currency=config.gateway.currency),
-                 drivers=drivers, uplink=uplink, commands=router)
+                 sink=WatchedSink(OutboxSink(outbox, currency=config.gateway.currency), health),
+                 drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
+                 control_path=control_socket_path(config.gateway), config_path=config_path)
+    outbox.commit_listeners.append(gw.activity.on_commit)
+    control: ControlServer | None = ControlServer(gw, gw.control_path)
     if config.feed is not None:
         async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
             return await router.handle(request, f"staff:{requested_by}")
@@ -184,17 +391,25 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
                              command_handler=staff_command)
     try:
+        # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
+        try:
+            await control.open()  # type: ignore[union-attr]
+        except ControlUnavailableError as err:
+            log.error("running without the control socket: diag will not work", error=str(err))
+            control = gw.control_path = None
         async with trio.open_nursery() as nursery:
+            if handle_signals_:
+                await nursery.start(handle_signals, gw, notifier, nursery.cancel_scope)
             await nursery.start(outbox.run_writer)
             await outbox.append_system("gatewayStarted", _started_data(config))
+            if control is not None:
+                await nursery.start(control.run)
             if gw.feed is not None:
                 # The floor works without the platform: the feed starts before the uplink.
                 gw.feed_port = await nursery.start(gw.feed.run)
             for port in config.ports:
                 await nursery.start(supervise_port, gw, port.name)
             await nursery.start(uplink.run)
-            if handle_signals_:
-                nursery.start_soon(handle_signals, gw, notifier, nursery.cancel_scope)
             nursery.start_soon(report_status, gw, notifier)
             notifier.ready(gw.status_line())
             log.info("gateway ready", gateway_id=config.gateway.id, ports=len(config.ports),

@@ -124,3 +124,36 @@ def test_example_config_documents_the_feed():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     feed = load_config(example).feed
     assert feed is not None and feed.tokens
+
+
+def test_outbox_disk_budget_defaults_and_values():
+    outbox = parse_config(MINIMAL).outbox
+    assert (outbox.min_free_mb, outbox.retention_days, outbox.retention_max_mb) == (64.0, 30.0, 0.0)
+    assert outbox.droppable_types == ("meterSnapshot",)
+    table = with_changes("gateway")
+    table["outbox"] = {"min_free_mb": 200, "retention_days": 7, "retention_max_mb": 512,
+                       "droppable_types": ["meterSnapshot", "gameSelected"]}
+    outbox = parse_config(table).outbox
+    assert (outbox.min_free_mb, outbox.retention_days, outbox.retention_max_mb) == \
+        (200.0, 7.0, 512.0)
+    assert outbox.droppable_types == ("meterSnapshot", "gameSelected")
+
+
+@pytest.mark.parametrize(("changes", "field", "words"), [
+    ({"min_free_mb": -1}, "outbox.min_free_mb", "0 (no floor)"),
+    ({"retention_days": -2}, "outbox.retention_days", "0 (keep"),
+    ({"droppable_types": ["lossMarker"]}, "outbox.droppable_types", "never shed"),
+    ({"droppable_types": ["noSuchEvent"]}, "outbox.droppable_types", "cash or player"),
+])
+def test_outbox_disk_budget_errors_name_the_field(changes, field, words):
+    table = with_changes("gateway")
+    table["outbox"] = changes
+    with pytest.raises(ConfigError) as caught:
+        parse_config(table)
+    assert caught.value.field == field and words in str(caught.value)
+
+
+def test_example_config_documents_the_disk_budget():
+    example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
+    outbox = load_config(example).outbox
+    assert outbox.min_free_mb == 64 and outbox.droppable_types == ("meterSnapshot",)

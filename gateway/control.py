@@ -1,0 +1,541 @@
+"""The local control socket: what `casino-gateway diag` talks to (design.md section 7).
+
+A Unix stream socket (default /run/casino-gateway/control.sock, in systemd's RuntimeDirectory),
+created mode 0660 so only the service user and its group can connect. The protocol is one JSON
+object per line in each direction:
+
+    -> {"cmd": "status"}
+    <- {"ok": true, "status": {...}}               one snapshot, see `snapshot()`
+    -> {"cmd": "trace", "port": "port1"}
+    <- {"ok": true, "trace": "port1", "device": "/dev/ttyS0"}
+    <- {"frame": {"t": 1763700000.123, "dir": "tx", "hex": "81", "text": "GP to 1"}}
+    <- ...                                         until the client hangs up
+    <- {"ok": false, "error": "..."}               any refused request
+
+Tracing never slows a port: frames go to each subscriber through a bounded queue, and a subscriber
+that falls behind loses frames (it is told how many with {"dropped": n}). With nobody tracing, the
+cost per frame is one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+import gateway
+from drivers.link import SasLink, TxFrame
+from drivers.sas import messages
+from drivers.sas.codes import Exc, LongPoll
+from drivers.sas.crc import check_crc
+from drivers.sas.errors import SasRemoteProtocolError
+from gateway.config import GatewaySection
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+
+__all__ = [
+    "Activity",
+    "ControlServer",
+    "ControlUnavailableError",
+    "TraceHub",
+    "TracingLink",
+    "control_socket_path",
+    "describe_answer",
+    "describe_poll",
+    "snapshot",
+    "traced_opener",
+]
+
+log = structlog.get_logger("gateway.control")
+
+MAX_REQUEST_BYTES = 65536
+TRACE_QUEUE = 1000
+RATE_WINDOW_S = 300.0
+
+
+class ControlUnavailableError(Exception):
+    """The control socket cannot be created here (directory not writable, path too long). The
+    daemon runs on without it: diagnostics must never stop the floor."""
+
+
+RUN_DIR_SOCKET = Path("/run/casino-gateway/control.sock")
+
+
+def control_socket_path(section: GatewaySection) -> Path:
+    """`[gateway] control_socket`, else control.sock in systemd's RuntimeDirectory (the unit
+    sets RUNTIME_DIRECTORY), else in the state directory."""
+    if section.control_socket is not None:
+        return section.control_socket
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return Path(runtime.split(":")[0]) / "control.sock"
+    return section.state_dir / "control.sock"
+
+
+# -- tracing ---------------------------------------------------------------------------------------
+
+def _name(enum_cls: Any, code: int) -> str:
+    try:
+        return str(enum_cls(code).name)
+    except ValueError:
+        return f"{code:02X}"
+
+
+def describe_poll(data: bytes) -> str:
+    """A host frame in words: 'GP to 3', 'LP 1F GAME_CONFIGURATION to 1'."""
+    if not data:
+        return "empty frame"
+    address = data[0] & 0x7F
+    if len(data) == 1:
+        return f"GP to {address}" if data[0] & 0x80 else f"byte {data[0]:02X}"
+    return f"LP {data[1]:02X} {_name(LongPoll, data[1])} to {address}"
+
+
+def describe_answer(data: bytes, last_poll: bytes | None) -> str:
+    """A chunk of machine bytes in words, read against the poll it answers (best effort: a chunk
+    may hold part of an answer; the hex is always there for the rest)."""
+    if not data:
+        return "nothing"
+    address = last_poll[0] & 0x7F if last_poll else None
+    command = last_poll[1] if last_poll and len(last_poll) > 1 else None
+    if len(data) == 1:
+        b = data[0]
+        if address is not None and b == address | 0x80:
+            return "NACK"
+        if address is not None and b == address and command is not None:
+            return f"ACK of LP {command:02X}"
+        if command is None:
+            return "no activity" if b == 0 else f"exception {b:02X} {_name(Exc, b)}"
+        return f"byte {b:02X}"
+    if address is not None and data[0] != address:
+        return f"{len(data)} bytes, not from address {address}"
+    if len(data) == 2 and data[1] == 0x00:
+        return "busy"
+    crc = "CRC ok" if check_crc(data) else "CRC bad or partial"
+    if data[1] == 0xFF and len(data) >= 3:
+        return f"RTE event {data[2]:02X} {_name(Exc, data[2])}, {crc}"
+    if command is not None and data[1] == command:
+        detail = _decode(data, command) if check_crc(data) else ""
+        return f"answer to LP {command:02X}, {len(data)} bytes, {crc}{detail}"
+    return f"{len(data)} bytes, {crc}"
+
+
+def _decode(frame: bytes, command: int) -> str:
+    try:
+        if command == LongPoll.CURRENT_CREDITS:
+            return f": {messages.decode_current_credits(frame, frame[0])} credits"
+        if command == LongPoll.VERSION_AND_SERIAL:
+            info = messages.decode_version(frame, frame[0])
+            return f": SAS {info.sas_version}, serial {info.serial!r}"
+        if command == LongPoll.GAME_CONFIGURATION:
+            game = messages.decode_game_config(frame, frame[0])
+            return (f": game {game.game_id}, denomination code {game.denomination_code:02X}, "
+                    f"paytable {game.paytable_id}")
+    except SasRemoteProtocolError as err:
+        return f": undecodable ({err})"
+    return ""
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    send: trio.MemorySendChannel[dict[str, Any]]
+    dropped: int = 0
+
+
+class TraceHub:
+    """Fan-out of link frames to whoever traces a port; drops rather than blocks."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, list[_Subscriber]] = {}
+
+    def active(self, port: str) -> bool:
+        return bool(self._subscribers.get(port))
+
+    def publish(self, port: str, frame: dict[str, Any]) -> None:
+        for sub in self._subscribers.get(port, ()):
+            try:
+                sub.send.send_nowait(frame)
+            except trio.WouldBlock:
+                sub.dropped += 1
+
+    @contextmanager
+    def subscribe(self, port: str) -> Iterator[tuple[_Subscriber,
+                                                     trio.MemoryReceiveChannel[dict[str, Any]]]]:
+        send, receive = trio.open_memory_channel[dict[str, Any]](TRACE_QUEUE)
+        sub = _Subscriber(send)
+        self._subscribers.setdefault(port, []).append(sub)
+        try:
+            yield sub, receive
+        finally:
+            self._subscribers[port].remove(sub)
+            send.close()
+            receive.close()
+
+
+class TracingLink(SasLink):
+    """Wraps a port's host link and reports every frame to the hub (only while someone traces)."""
+
+    def __init__(self, inner: SasLink, port: str, hub: TraceHub) -> None:
+        self._inner = inner
+        self._port = port
+        self._hub = hub
+        self._last_poll: bytes | None = None
+
+    async def send(self, frame: TxFrame) -> None:
+        await self._inner.send(frame)
+        if frame.data and frame.data[0] & 0x7F != 0:
+            self._last_poll = frame.data
+        if self._hub.active(self._port):
+            self._hub.publish(self._port, {"t": time.time(), "dir": "tx", "hex": frame.data.hex(),
+                                           "text": describe_poll(frame.data)})
+
+    async def receive_some(self) -> bytes:
+        data = await self._inner.receive_some()
+        if self._hub.active(self._port):
+            self._publish_rx(data, wakeup=False)
+        return data
+
+    async def receive_words(self) -> list[int]:
+        # Forwarded, not inherited: the base class's fallback would go through receive_some and
+        # lose the ninth bit the host needs to tell a chirp from data.
+        words = await self._inner.receive_words()
+        if self._hub.active(self._port):
+            self._publish_rx(bytes(w & 0xFF for w in words),
+                             wakeup=any(w & 0x100 for w in words))
+        return words
+
+    def _publish_rx(self, data: bytes, *, wakeup: bool) -> None:
+        text = describe_answer(data, self._last_poll)
+        if wakeup:
+            text = f"with the wakeup bit (chirp): {text}"
+        self._hub.publish(self._port, {"t": time.time(), "dir": "rx", "hex": data.hex(),
+                                       "text": text})
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def traced_opener(open_link: Callable[[], Awaitable[SasLink]], port: str,
+                  hub: TraceHub) -> Callable[[], Awaitable[SasLink]]:
+    """`open_link` whose links report to `hub` (drivers know nothing of tracing)."""
+    async def opener() -> SasLink:
+        return TracingLink(await open_link(), port, hub)
+
+    return opener
+
+
+# -- activity: last event per machine and the current event rate ------------------------------------
+
+@dataclass
+class Activity:
+    """Fed by the outbox's commit listener: last event per machine and events per second."""
+
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _commits: deque[tuple[float, int]] = field(default_factory=deque)
+    _started: float = field(default_factory=time.monotonic)
+
+    def on_commit(self, envelopes: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        self._commits.append((now, len(envelopes)))
+        for env in envelopes:
+            machine = env.get("machine")
+            if machine:
+                self.last[f"{machine['port']}/{machine['address']}"] = {
+                    "type": env.get("event"), "seq": env.get("seq"),
+                    "timestamp": env.get("timestamp"), "at": time.time()}
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._commits and self._commits[0][0] < now - RATE_WINDOW_S:
+            self._commits.popleft()
+
+    def rate_per_s(self) -> float:
+        """Events per second over the last five minutes (or since start, if sooner)."""
+        now = time.monotonic()
+        self._trim(now)
+        span = min(RATE_WINDOW_S, max(now - self._started, 1.0))
+        return sum(n for _, n in self._commits) / span
+
+
+# -- the snapshot ----------------------------------------------------------------------------------
+
+def _age(at: float | None, now: float) -> float | None:
+    return None if at is None else round(max(0.0, now - at), 3)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _outbox_files(path: Path, delivered_seq: int) -> dict[str, Any]:
+    """Runs in a worker thread: figures the daemon does not keep in memory. A failure here is
+    reported in the snapshot, never raised: diag must work when the disk is in trouble."""
+    out: dict[str, Any] = {"db_bytes": None, "rows": 0, "oldest_undelivered_at": None,
+                           "disk_free_bytes": None, "error": None}
+    try:
+        out["disk_free_bytes"] = shutil.disk_usage(path.parent).free
+        out["db_bytes"] = sum(p.stat().st_size for p in (path, Path(f"{path}-wal"))
+                              if p.exists())
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=2000")
+            low, high = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+            row = conn.execute("SELECT captured_at FROM events WHERE seq > ? ORDER BY seq "
+                               "LIMIT 1", (delivered_seq,)).fetchone()
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as err:
+        out["error"] = str(err)
+        return out
+    out["rows"] = (high - low + 1) if low is not None else 0
+    out["oldest_undelivered_at"] = row[0] if row else None
+    return out
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    digest = hashlib.sha256(public_key).hexdigest()
+    return "SHA256:" + ":".join(digest[i:i + 4] for i in range(0, 32, 4))
+
+
+async def snapshot(gw: Gateway) -> dict[str, Any]:
+    """Everything `diag` shows, as plain JSON-able values. Ages are seconds; times are Unix."""
+    now_wall, now_trio = time.time(), trio.current_time()
+    ports: dict[str, Any] = {}
+    for section in gw.config.ports:
+        driver = gw.drivers[section.name]
+        stats = driver.statistics()
+        machines = []
+        for address, m in sorted(stats.machines.items()):
+            if m.get("online"):
+                state = "online"
+            elif m.get("polls", 0) == 0:
+                state = "not polled yet"
+            else:
+                state = "offline"
+            last = gw.activity.last.get(f"{section.name}/{address}")
+            machines.append({
+                "address": address, "state": state, "serial": m.get("serial"),
+                "asset": m.get("asset"), "sas_version": m.get("sas_version"),
+                "rte": m.get("rte"),
+                "last_response_age_s": _age(m.get("last_response_at"), now_trio),
+                "latency_p50_ms": _ms(m.get("latency_p50_s")),
+                "latency_p99_ms": _ms(m.get("latency_p99_s")),
+                "polls": m.get("polls", 0), "timeouts": m.get("timeouts", 0),
+                "crc_errors": m.get("crc_errors", 0), "nacks": m.get("nacks", 0),
+                "busy": m.get("busy", 0), "retries": m.get("retries", 0),
+                "exceptions": m.get("exceptions", 0),
+                "last_event": None if last is None else {
+                    "type": last["type"], "seq": last["seq"], "age_s": _age(last["at"], now_wall)},
+            })
+        ports[section.name] = {"device": str(section.device), "state": stats.state,
+                               "failures": gw.port_failures.get(section.name, 0),
+                               "machines": machines}
+
+    outbox = gw.outbox
+    files = await trio.to_thread.run_sync(_outbox_files, gw.config.outbox_path,
+                                          outbox.delivered_seq)
+    rate = gw.activity.rate_per_s()
+    per_event = files["db_bytes"] / files["rows"] if files["rows"] and files["db_bytes"] else None
+    hours_left = None
+    if rate > 0 and per_event and files["disk_free_bytes"] is not None:
+        hours_left = round(files["disk_free_bytes"] / (per_event * rate * 3600), 1)
+    oldest_age = _age(files["oldest_undelivered_at"], now_wall) if outbox.depth() else None
+    up = gw.uplink.statistics()
+    down_for = gw.uplink_down_for()
+    signer = outbox.signer
+    public = bytes(signer.verify_key)
+    return {
+        "gateway": {"id": gw.config.gateway.id, "version": gateway.__version__, "pid": os.getpid(),
+                    "uptime_s": _age(gw.started_at, now_wall), "status": gw.status_line(),
+                    "watchdog": gw.health.describe(now_trio)},
+        "ports": ports,
+        "outbox": {"depth": outbox.depth(), "last_seq": outbox.last_seq,
+                   "delivered_seq": outbox.delivered_seq,
+                   "oldest_undelivered_age_s": oldest_age,
+                   "db_bytes": files["db_bytes"],
+                   "bytes_per_event": None if per_event is None else round(per_event),
+                   "disk_free_bytes": files["disk_free_bytes"],
+                   "events_per_s": round(rate, 3),
+                   "outage_hours_left": hours_left,
+                   "durable_p99_ms": outbox.statistics().get("durable_p99_ms"),
+                   "intake_stopped": outbox.intake_stopped,
+                   "error": files["error"]},
+        "uplink": {"state": up.get("state"), "connected": bool(up.get("connected")),
+                   "since": up.get("since"), "down_for_s": down_for,
+                   "last_ack_seq": up.get("last_ack_seq"), "lag_events": outbox.depth(),
+                   "lag_s": oldest_age, "reconnects": up.get("reconnects"),
+                   "last_error": up.get("last_error"), "url": gw.config.uplink.url},
+        "key": {"kid": signer.kid, "public_key": public.hex(),
+                "fingerprint": key_fingerprint(public)},
+    }
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+class ControlServer:
+    """Create, then `await open()` (binds; raises ConfigError naming gateway.control_socket if
+    it cannot), then `nursery.start(run)`. Binding outside the nursery keeps a start-up failure
+    a plain ConfigError, so the daemon exits 78 with the reason."""
+
+    def __init__(self, gw: Gateway, path: Path) -> None:
+        self.gw = gw
+        self.path = path
+        self._listener: trio.SocketListener | None = None
+
+    async def open(self) -> None:
+        """Bind the socket. ConfigError (fatal, names gateway.control_socket) when another
+        gateway serves it or the path is something else; ControlUnavailableError when it cannot
+        be created here."""
+        path = self.path
+        where = "gateway.control_socket"
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise ConfigError(where, f"{path} exists and is not a socket; refusing to "
+                                  "replace it")
+            if await _answers(path):
+                raise ConfigError(where, f"another gateway is serving {path}; is it already "
+                                  "running with this configuration?")
+            path.unlink()  # left by a gateway that was killed
+        try:
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                await sock.bind(str(path))
+                os.chmod(path, 0o660)
+                sock.listen(16)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as err:
+            raise ControlUnavailableError(f"cannot create the control socket {path}: "
+                                          f"{err.strerror or err}") from err
+        self._listener = trio.SocketListener(sock)
+
+    async def run(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve until cancelled (reports started with the path), then unlink the socket."""
+        if self._listener is None:
+            await self.open()
+        listener = self._listener
+        assert listener is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                log.info("control socket listening", path=str(self.path))
+                task_status.started(self.path)
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._serve, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        try:
+            async with stream:
+                while True:
+                    while b"\n" not in buffer:
+                        if len(buffer) > MAX_REQUEST_BYTES:
+                            await stream.send_all(_encode({"ok": False,
+                                                           "error": "request too long"}))
+                            return
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        buffer += data
+                    line, _, buffer = buffer.partition(b"\n")
+                    if line.strip() and not await self._request(stream, line):
+                        return
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away: nothing to tell anyone
+
+    async def _request(self, stream: trio.SocketStream, line: bytes) -> bool:
+        """Answer one request; False when the connection is done (after a trace)."""
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            request = None
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            await stream.send_all(_encode({"ok": False, "error": 'expected one JSON object per '
+                                           'line, like {"cmd": "status"}'}))
+            return True
+        match request["cmd"]:
+            case "status":
+                await stream.send_all(_encode({"ok": True, "status": await snapshot(self.gw)}))
+                return True
+            case "trace":
+                port = request.get("port")
+                if port not in self.gw.drivers:
+                    await stream.send_all(_encode({
+                        "ok": False, "error": f"no port {port!r}; ports: "
+                        + ", ".join(self.gw.drivers)}))
+                    return True
+                await self._trace(stream, port)
+                return False
+            case other:
+                await stream.send_all(_encode({"ok": False, "error": f"unknown command {other!r}; "
+                                               "expected status or trace"}))
+                return True
+
+    async def _trace(self, stream: trio.SocketStream, port: str) -> None:
+        device = next(str(p.device) for p in self.gw.config.ports if p.name == port)
+        log.info("trace started", port=port)
+        with self.gw.trace.subscribe(port) as (sub, frames):
+            await stream.send_all(_encode({"ok": True, "trace": port, "device": device}))
+            async with trio.open_nursery() as nursery:
+                async def until_hangup() -> None:
+                    try:
+                        while await stream.receive_some(4096):
+                            pass
+                    except trio.BrokenResourceError:
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_hangup)
+                reported = 0
+                async for frame in frames:
+                    if sub.dropped != reported:
+                        await stream.send_all(_encode({"dropped": sub.dropped - reported}))
+                        reported = sub.dropped
+                    await stream.send_all(_encode({"frame": frame}))
+        log.info("trace stopped", port=port)
+
+
+async def _answers(path: Path) -> bool:
+    """True if something accepts connections on the socket at `path`."""
+    try:
+        with trio.fail_after(2):
+            stream = await trio.open_unix_socket(str(path))
+    except trio.TooSlowError:
+        return False
+    except OSError as err:
+        if err.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    await stream.aclose()
+    return True

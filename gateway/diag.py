@@ -1,0 +1,530 @@
+"""`casino-gateway diag`: what a technician runs to find why machine 14 is silent.
+
+    diag [--watch [S]] [--json]       per port and machine: state, serial, last answer, latency,
+                                      timeouts, CRC errors, NACKs, last event; outbox, uplink, key
+    diag trace PORT [--count N]       every poll and answer on PORT, live
+    diag probe --device DEV [-a A]    with the gateway stopped: sync, LP 1F, 54, 1A and meters on
+                                      one port, with timings and what a failure usually means
+
+The first two talk to the running daemon over its control socket (gateway/control.py); `probe`
+opens the serial port itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+import termios
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from drivers.link import LinkBrokenError, SasLink, TxFrame, open_link
+from drivers.sas import bcd, framing, messages
+from drivers.sas.codes import Exc, LongPoll
+from drivers.sas.errors import SasRemoteProtocolError
+from gateway.config import load_config
+from gateway.control import RUN_DIR_SOCKET
+from gateway.daemon import format_duration
+from gateway.errors import EXIT_FAILURE, ConfigError
+
+__all__ = ["ControlClientError", "add_commands", "fetch_status", "probe", "render_status"]
+
+DEFAULT_SOCKET = RUN_DIR_SOCKET
+DEFAULT_CONFIG = Path("/etc/casino-gateway/gateway.toml")
+
+
+class ControlClientError(Exception):
+    """The control socket cannot be used; the message says why in plain words."""
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `diag` (status, trace, probe) to the gateway CLI."""
+    p = subparsers.add_parser("diag", help="status table, live poll trace, port probe",
+                              description=__doc__.split("\n\n")[1] if __doc__ else None,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _socket_options(p, argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                   help="refresh in place every SECONDS (default 2)")
+    p.set_defaults(func=_cmd_status, socket=None, config=None)
+    sub = p.add_subparsers(dest="diag_command", metavar="{trace,probe}")
+
+    t = sub.add_parser("trace", help="stream decoded polls and answers of one port")
+    t.add_argument("port", help="port name from the configuration, e.g. port1")
+    t.add_argument("--count", type=int, default=None, help="stop after this many frames")
+    t.add_argument("--json", action="store_true", help="one JSON object per frame")
+    _socket_options(t, argparse.SUPPRESS)
+    t.set_defaults(func=_cmd_trace)
+
+    q = sub.add_parser("probe", help="probe one machine with the gateway stopped")
+    q.add_argument("--device", required=True, help="serial device, e.g. /dev/ttyS0")
+    q.add_argument("--address", "-a", type=int, default=1, help="SAS address (default 1)")
+    q.add_argument("--link", choices=["auto", "serial", "pty"], default="auto",
+                   help="auto: a pseudo-terminal uses byte-encoded wakeups, a real port "
+                        "mark/space parity")
+    q.add_argument("--timeout-ms", type=int, default=200,
+                   help="wait this long for each answer (default 200)")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.add_argument("--force", action="store_true",
+                   help="probe even though a gateway answers on the control socket")
+    _socket_options(q, argparse.SUPPRESS)
+    q.set_defaults(func=_cmd_probe)
+
+
+def _socket_options(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--socket", type=Path, default=default,
+                   help=f"the daemon's control socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--config", type=Path, default=default,
+                   help="take the control socket path from this configuration file")
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    config = args.config
+    if config is None:
+        # The installed configuration, if this user may read it; else the unit's default.
+        try:
+            section = load_config(DEFAULT_CONFIG).gateway
+        except ConfigError:
+            return DEFAULT_SOCKET
+    else:
+        section = load_config(Path(config)).gateway
+    if section.control_socket is not None:
+        return section.control_socket
+    # The daemon's default depends on how it was started: systemd's RuntimeDirectory, or the
+    # state directory when run by hand.
+    candidates = [DEFAULT_SOCKET, section.state_dir / "control.sock"]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+# -- talking to the daemon -------------------------------------------------------------------------
+
+class _Lines:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buf = b""
+
+    async def next(self) -> dict[str, Any] | None:
+        while b"\n" not in self._buf:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return json.loads(line)
+
+
+async def _connect(path: Path) -> trio.SocketStream:
+    try:
+        with trio.fail_after(5):
+            return await trio.open_unix_socket(str(path))
+    except FileNotFoundError:
+        raise ControlClientError(f"the gateway is not running (no control socket at {path})")
+    except ConnectionRefusedError:
+        raise ControlClientError(f"the gateway is not running (nothing answers on {path}; the "
+                                 "socket was left by a gateway that stopped abruptly)")
+    except PermissionError:
+        raise ControlClientError(
+            f"permission denied on {path}: diag must run as the service user or a member of "
+            "its group (sudo usermod -aG casino-gateway $USER, then log in again)")
+    except trio.TooSlowError:
+        raise ControlClientError(f"the gateway did not accept a connection on {path} within 5 s")
+
+
+async def fetch_status(path: Path) -> dict[str, Any]:
+    stream = await _connect(path)
+    async with stream:
+        with trio.fail_after(10):
+            await stream.send_all(b'{"cmd": "status"}\n')
+            reply = await _Lines(stream).next()
+    if reply is None:
+        raise ControlClientError("the gateway closed the control connection without answering")
+    if not reply.get("ok"):
+        raise ControlClientError(f"the gateway refused: {reply.get('error')}")
+    status: dict[str, Any] = reply["status"]
+    return status
+
+
+async def _trace(path: Path, port: str, count: int | None, out: TextIO, as_json: bool) -> int:
+    stream = await _connect(path)
+    async with stream:
+        lines = _Lines(stream)
+        with trio.fail_after(10):
+            await stream.send_all(json.dumps({"cmd": "trace", "port": port}).encode() + b"\n")
+            head = await lines.next()
+        if head is None or not head.get("ok"):
+            error = "no answer" if head is None else head.get("error")
+            raise ControlClientError(f"cannot trace: {error}")
+        if as_json:
+            print(json.dumps(head), file=out, flush=True)
+        else:
+            print(f"tracing {port} ({head.get('device')}); Ctrl-C to stop", file=out, flush=True)
+        seen = 0
+        while count is None or seen < count:
+            item = await lines.next()
+            if item is None:
+                print("the gateway closed the trace (stopping?)", file=sys.stderr)
+                return EXIT_FAILURE
+            if as_json:
+                print(json.dumps(item), file=out, flush=True)
+            elif "dropped" in item:
+                print(f"... {item['dropped']} frames dropped (this terminal is too slow)",
+                      file=out, flush=True)
+            else:
+                print(format_frame(item["frame"]), file=out, flush=True)
+            seen += "frame" in item
+    return 0
+
+
+def format_frame(frame: dict[str, Any]) -> str:
+    clock = datetime.fromtimestamp(frame["t"]).strftime("%H:%M:%S.%f")[:-3]
+    arrow = "->" if frame["dir"] == "tx" else "<-"
+    return f"{clock} {arrow} {frame['hex']:<24} {frame['text']}"
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+def _dash(value: Any, fmt: Callable[[Any], str] = str) -> str:
+    return "-" if value is None else fmt(value)
+
+
+def _ago(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{format_duration(seconds)} ago"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def render_status(s: dict[str, Any]) -> str:
+    g = s["gateway"]
+    out = [f"gateway {g['id']}  version {g['version']}  pid {g['pid']}  "
+           f"up {format_duration(g['uptime_s'] or 0)}  "
+           f"watchdog {'ok' if g['watchdog']['alive'] else 'WITHHELD (outbox stalled)'}",
+           f"status  {g['status']}", ""]
+    rows = [["PORT", "ADDR", "STATE", "SERIAL", "ASSET", "LAST ANSWER", "P50 ms", "P99 ms",
+             "POLLS", "TIMEOUTS", "CRC", "NACKS", "LAST EVENT"]]
+    for name, port in s["ports"].items():
+        for m in port["machines"]:
+            last = m["last_event"]
+            rows.append([
+                name, str(m["address"]), m["state"], _dash(m["serial"]), _dash(m["asset"]),
+                _ago(m["last_response_age_s"]), _dash(m["latency_p50_ms"], lambda v: f"{v:.1f}"),
+                _dash(m["latency_p99_ms"], lambda v: f"{v:.1f}"), str(m["polls"]),
+                str(m["timeouts"]), str(m["crc_errors"]), str(m["nacks"]),
+                "-" if last is None else f"{last['type']} ({_ago(last['age_s'])})"])
+    out += _table(rows)
+    out.append("")
+    out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS"]] + [
+        [name, p["device"], p["state"], str(p["failures"])] for name, p in s["ports"].items()])
+    o = s["outbox"]
+    hours = o["outage_hours_left"]
+    capacity = ("no events lately, so no estimate" if hours is None
+                else f"{hours:,.1f} h of outage at {o['events_per_s']:.2f} events/s")
+    out += ["",
+            f"outbox  {o['depth']:,} queued (delivered {o['delivered_seq']:,} of "
+            f"{o['last_seq']:,}), oldest undelivered {_ago(o['oldest_undelivered_age_s'])}",
+            f"        disk free {_bytes(o['disk_free_bytes'])}, outbox {_bytes(o['db_bytes'])} "
+            f"(~{_dash(o['bytes_per_event'])} B/event): {capacity}"]
+    if o.get("intake_stopped"):
+        out.append("        DISK FULL: intake stopped; machines hold their events until space "
+                   "is freed (see docs/operations.md)")
+    if o.get("error"):
+        out.append(f"        cannot read the outbox file: {o['error']}")
+    u = s["uplink"]
+    state = (f"up since {_clock(u['since'])}" if u["connected"]
+             else f"{u['state']}, down {format_duration(u['down_for_s'] or 0)}")
+    out += [f"uplink  {state}  {u['url']}",
+            f"        last ack seq {_dash(u['last_ack_seq'])}, lag {u['lag_events']:,} events"
+            f" / {_dash(u['lag_s'], format_duration)}, reconnects {u['reconnects']}"
+            + (f", last error: {u['last_error']}" if u.get("last_error") else "")]
+    k = s["key"]
+    out += [f"key     {k['kid']}  fingerprint {k['fingerprint']}"]
+    return "\n".join(out)
+
+
+def _clock(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _status(path: Path, as_json: bool, watch: float | None, out: TextIO) -> int:
+    while True:
+        status = await fetch_status(path)
+        text = json.dumps(status, indent=None if watch else 2) if as_json else render_status(status)
+        if watch is not None and out.isatty():
+            # Home + clear to the end of screen: the table is redrawn in place.
+            out.write("\x1b[H\x1b[J" + text + f"\n\n(every {watch:g}s; Ctrl-C to stop)\n")
+        else:
+            out.write(text + "\n")
+        out.flush()
+        if watch is None:
+            return 0
+        await trio.sleep(watch)
+
+
+# -- probe -----------------------------------------------------------------------------------------
+
+# (what, long poll, answer shape); the meters last, as machines need not support them.
+_PROBES: list[tuple[str, int, dict[str, Any]]] = [
+    ("game configuration", LongPoll.GAME_CONFIGURATION, {"length": 24}),
+    ("SAS version and serial", LongPoll.VERSION_AND_SERIAL, {"length_byte": True}),
+    ("current credits", LongPoll.CURRENT_CREDITS, {"length": 8}),
+    ("meter: total coin in", 0x11, {"length": 8}),
+    ("meter: games played", 0x15, {"length": 8}),
+]
+
+
+def _decode(command: int, frame: bytes, address: int) -> dict[str, Any]:
+    if command == LongPoll.GAME_CONFIGURATION:
+        game = messages.decode_game_config(frame, address)
+        return {"game_id": game.game_id, "denomination_code": game.denomination_code,
+                "max_bet": game.max_bet, "paytable": game.paytable_id}
+    if command == LongPoll.VERSION_AND_SERIAL:
+        info = messages.decode_version(frame, address)
+        return {"sas_version": info.sas_version, "serial": info.serial}
+    if command == LongPoll.CURRENT_CREDITS:
+        return {"credits": messages.decode_current_credits(frame, address)}
+    # Meters: `a cmd meter(4 BCD) crc`, like LP 1A.
+    return {"meter": bcd.decode(frame[2:6])}
+
+
+async def _exchange(link: SasLink, wire: bytes, expect: framing.Expectation,
+                    timeout_s: float) -> tuple[framing.Answer | None, float, int]:
+    """Send one poll; return (answer or None, seconds until it was complete, bytes seen)."""
+    framer = framing.Framer()
+    await link.send(TxFrame(wire))
+    sent = trio.current_time()
+    deadline = sent + timeout_s
+    seen = 0
+    while True:
+        with trio.move_on_at(deadline):
+            data = await link.receive_some()
+            seen += len(data)
+            framer.feed(data)
+            answer = framer.next_answer(expect)
+            if answer is not None:
+                return answer, trio.current_time() - sent, seen
+            deadline = trio.current_time() + 0.02  # inter-byte gap: the rest of the frame
+            continue
+        answer = framer.next_answer(expect, quiet=True)
+        return answer, trio.current_time() - sent, seen
+
+
+async def probe(device: str, address: int, *, mode: str = "auto",
+                timeout_s: float = 0.2) -> dict[str, Any]:
+    """Probe one machine; never raises for what the line or the machine does."""
+    report: dict[str, Any] = {"device": device, "address": address, "steps": [], "advice": [],
+                              "ok": False}
+    started = trio.current_time()
+    try:
+        link = await open_link(device, mode=mode)
+    except LinkBrokenError as err:
+        report["error"] = str(err)
+        report["advice"].append(_open_advice(err.__cause__, device))
+        return report
+    except termios.error as err:  # tcgetattr on something that is not a terminal
+        report["error"] = f"cannot configure {device}: {err}"
+        report["advice"].append(f"{device} is not a serial port")
+        return report
+    report["opened_ms"] = round((trio.current_time() - started) * 1000, 2)
+    async with link:
+        # A machine ignores polls to itself until it sees one to another address (reference
+        # 2.3). The sync GP also acknowledges whatever the machine last answered.
+        # Address 127 (126 when probing 127) is rarely given to a machine.
+        sync = 127 if address != 127 else 126
+        await link.send(TxFrame(messages.general_poll(sync).wire()))
+        with trio.move_on_after(timeout_s):
+            stray = await link.receive_some()
+            report["advice"].append(
+                f"bytes answered a poll to address {sync} ({stray.hex()}): another machine on "
+                "this line uses it, or something else is polling this port")
+        for label, command, kwargs in _PROBES:
+            step = await _probe_step(link, address, label, command, kwargs, timeout_s)
+            report["steps"].append(step)
+            if step.get("event"):
+                report["advice"].append(
+                    "the machine answered with an event (RTE mode, events queued): the probe "
+                    "stopped so as not to acknowledge it. Start the gateway to collect it.")
+                break
+    _advise(report)
+    return report
+
+
+async def _probe_step(link: SasLink, address: int, label: str, command: int,
+                      kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    wire = messages.long_poll(address, command).wire()
+    expect = framing.Expectation(address, command, **kwargs)
+    step: dict[str, Any] = {"poll": f"LP {command:02X}", "what": label, "ok": False}
+    for attempt in (1, 2):
+        try:
+            answer, took, seen = await _exchange(link, wire, expect, timeout_s)
+        except LinkBrokenError as err:
+            step["result"] = f"link broke: {err}"
+            return step
+        step["attempts"] = attempt
+        step["latency_ms"] = round(took * 1000, 2)
+        match answer:
+            case framing.Data(frame):
+                try:
+                    step["data"] = _decode(command, frame, address)
+                except SasRemoteProtocolError as err:
+                    step["result"] = f"undecodable answer: {err}"
+                    return step
+                step["ok"], step["result"] = True, "answered"
+                return step
+            case framing.Event(code) | framing.ExceptionByte(code):
+                step["event"] = code
+                step["result"] = f"answered with event {code:02X} ({_exc_name(code)})"
+                return step
+            case framing.Busy():
+                step["result"] = "busy"
+                continue
+            case framing.Nack():
+                step["result"] = "NACK (the machine rejected the poll)"
+                return step
+            case framing.Corrupt():
+                step["result"] = "CRC error"
+                step["crc_error"] = True
+                continue
+            case framing.Ack():
+                step["ok"], step["result"] = True, "ACK"
+                return step
+            case None:
+                step["result"] = ("no answer" if seen == 0
+                                  else f"{seen} bytes that make no answer (garbage)")
+                step["silent"] = seen == 0
+                step["garbage"] = seen > 0
+                # An identical second poll is an implied NACK: the machine resends.
+                continue
+    return step
+
+
+def _exc_name(code: int) -> str:
+    try:
+        return Exc(code).name
+    except ValueError:
+        return "unknown"
+
+
+def _open_advice(cause: BaseException | None, device: str) -> str:
+    if isinstance(cause, PermissionError):
+        return (f"permission denied on {device}: add the service user (or yourself) to the "
+                "dialout group: sudo usermod -aG dialout casino-gateway (log in again after)")
+    if isinstance(cause, FileNotFoundError):
+        return (f"{device} does not exist: check the name (ls -l /dev/ttyS* /dev/ttyUSB* "
+                "/dev/serial/by-id/) and that the adapter is plugged in (dmesg | tail)")
+    if isinstance(cause, OSError) and cause.errno == errno.ENOTTY:
+        return f"{device} is not a serial port"
+    if isinstance(cause, OSError) and cause.errno == errno.EBUSY:
+        return f"{device} is in use by another program (is the gateway running? lsof {device})"
+    return f"cannot open {device}: {cause}"
+
+
+def _advise(report: dict[str, Any]) -> None:
+    steps = report["steps"]
+    core = [s for s in steps if not s["what"].startswith("meter")]
+    answered = [s for s in steps if s["ok"]]
+    report["ok"] = any(s["ok"] for s in core)
+    if not answered and all(s.get("silent") for s in steps):
+        report["advice"].append(
+            f"no answer from address {report['address']}: check the cabling (TX/RX, ground), "
+            "the machine's SAS address and that SAS is enabled on this port, and that the serial "
+            "adapter supports mark/space parity (the wakeup bit; many USB adapters do not)")
+    if any(s.get("crc_error") or s.get("garbage") for s in steps):
+        report["advice"].append(
+            "CRC errors or garbage: electrical noise, a bad cable or a baud/parity mismatch "
+            "(SAS is 19200 baud, 8 data bits, wakeup bit as parity); check shielding and length")
+    if any(s["result"].startswith("NACK") for s in steps):
+        report["advice"].append("the machine NACKs polls: check the SAS address and that no "
+                                "other host polls this line")
+    missing = [s["what"] for s in core if not s["ok"] and not s.get("event")]
+    if answered and missing:
+        report["advice"].append("not answered: " + ", ".join(missing))
+    meters = [s for s in steps if s["what"].startswith("meter")]
+    if answered and meters and not any(s["ok"] for s in meters):
+        report["advice"].append("meter long polls unanswered: the machine may not support them "
+                                "(not a fault)")
+
+
+def render_probe(report: dict[str, Any]) -> str:
+    out = [f"probe {report['device']} address {report['address']}"]
+    if "error" in report:
+        out.append(f"  cannot open: {report['error']}")
+    else:
+        out.append(f"  opened in {report['opened_ms']} ms")
+        rows = [["POLL", "WHAT", "RESULT", "MS", "TRIES", "DATA"]]
+        for s in report["steps"]:
+            data = ", ".join(f"{k}={v}" for k, v in s.get("data", {}).items())
+            rows.append([s["poll"], s["what"], s["result"], _dash(s.get("latency_ms")),
+                         str(s.get("attempts", "-")), data])
+        out += ["  " + line for line in _table(rows)]
+    for advice in report["advice"]:
+        out.append(f"  ! {advice}")
+    out.append("  OK: the machine answers" if report["ok"] else "  FAILED: see above")
+    return "\n".join(out)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+def _run(fn: Callable[[], Any]) -> int:
+    try:
+        result: int = trio.run(fn)
+    except ControlClientError as err:
+        print(f"casino-gateway diag: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 0
+    return result
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    path = socket_path(args)
+    return _run(lambda: _status(path, args.json, args.watch, sys.stdout))
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    path = socket_path(args)
+    return _run(lambda: _trace(path, args.port, args.count, sys.stdout, args.json))
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    if not args.force:
+        path = socket_path(args)
+        if trio.run(_gateway_running, path):
+            print(f"casino-gateway diag: the gateway is running (it answers on {path}) and "
+                  "polls the ports; stop it first (systemctl stop casino-gateway) or use --force",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+    report = trio.run(lambda: probe(args.device, args.address, mode=args.link,
+                                    timeout_s=args.timeout_ms / 1000))
+    print(json.dumps(report) if args.json else render_probe(report))
+    return 0 if report["ok"] else EXIT_FAILURE
+
+
+async def _gateway_running(path: Path) -> bool:
+    try:
+        stream = await _connect(path)
+    except ControlClientError:
+        return False
+    await stream.aclose()
+    return True
+

@@ -1,0 +1,193 @@
+"""`casino-gateway diag` against a running daemon (in-process, machines on pseudo-terminals), with
+the daemon stopped, and `diag probe` against a simulated machine on a pseudo-terminal. The CLI
+itself runs in a worker thread (it has its own trio.run) while the daemon runs here."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from drivers.sim.fleet import serve_fleet
+from gateway.cli import main
+from gateway.diag import _open_advice, _status, probe, render_probe
+from gateway.logs import configure_logging
+from tests.gateway.test_control import all_online, running_gateway, wait_until
+
+
+@pytest.fixture(autouse=True)
+def logs_to_stderr():
+    """Daemon logs go to the real stderr, so stdout holds only what diag prints; main() points
+    structlog at this test's captured stderr, which is closed afterwards: put it back."""
+    configure_logging("warning", "console", stream=sys.__stderr__)
+    yield
+    configure_logging("warning", "console", stream=sys.__stderr__)
+
+
+async def cli(*argv: str) -> int:
+    return await trio.to_thread.run_sync(main, list(argv))
+
+
+async def test_diag_prints_a_table_per_port_and_machine(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path) as run:
+            await wait_until(run.gw, lambda: all_online(run.gw) and run.gw.activity.last)
+            capsys.readouterr()
+            assert await cli("diag", "--socket", str(run.socket)) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("gateway control-test-gw") and "watchdog ok" in lines[0]
+    header = next(line for line in lines if line.split()[:2] == ["PORT", "ADDR"])
+    for column in ("STATE", "SERIAL", "ASSET", "LAST ANSWER", "P50 ms", "P99 ms", "TIMEOUTS",
+                   "CRC", "NACKS", "LAST EVENT"):
+        assert column in header
+    rows = [line for line in lines if line.startswith("port1 ") and "online" in line]
+    assert rows and "SIM0070000" in rows[0]
+    assert any(line.startswith("outbox  ") and "queued" in line for line in lines)
+    assert any("disk free" in line for line in lines)
+    assert any(line.startswith("uplink  ") for line in lines)
+    assert any(line.startswith("key     ed25519:") and "SHA256:" in line for line in lines)
+
+
+async def test_diag_json_is_the_snapshot(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            await wait_until(run.gw, lambda: all_online(run.gw))
+            capsys.readouterr()
+            assert await cli("diag", "--json", "--socket", str(run.socket)) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["ports"]["port1"]["machines"][0]["state"] == "online"
+    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key"}
+
+
+async def test_diag_takes_the_socket_from_the_config(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            config = tmp_path / "gateway.toml"
+            config.write_text(
+                f'[gateway]\nid = "x"\nkey_file = "gw.key"\ncontrol_socket = "{run.socket}"\n'
+                f'[uplink]\nurl = "ws://127.0.0.1:1/"\ntoken_file = "token"\n')
+            capsys.readouterr()
+            assert await cli("diag", "--json", "--config", str(config)) == 0
+    assert json.loads(capsys.readouterr().out)["gateway"]["id"] == "control-test-gw"
+
+
+async def test_diag_watch_redraws_in_place(tmp_path: Path):
+    class Terminal(io.StringIO):
+        """A tty that ends the watch after its second screen."""
+
+        scope: trio.CancelScope
+
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> int:
+            n = super().write(text)
+            if self.getvalue().count("\x1b[H\x1b[J") >= 2:
+                self.scope.cancel()
+            return n
+
+    out = Terminal()
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            with trio.CancelScope() as out.scope:
+                await _status(run.socket, False, 0.1, out)
+    screens = out.getvalue().split("\x1b[H\x1b[J")[1:]
+    assert len(screens) == 2
+    assert all(s.startswith("gateway control-test-gw") for s in screens)
+    assert "every 0.1s; Ctrl-C to stop" in screens[0]
+
+
+async def test_diag_trace_streams_decoded_frames(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            capsys.readouterr()
+            assert await cli("diag", "trace", "port1", "--count", "12",
+                             "--socket", str(run.socket)) == 0
+            first = capsys.readouterr().out.splitlines()
+            assert await cli("diag", "trace", "port1", "--count", "3", "--json",
+                             "--socket", str(run.socket)) == 0
+            as_json = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert await cli("diag", "trace", "port9", "--socket", str(run.socket)) == 1
+            assert "no port 'port9'" in capsys.readouterr().err
+    assert first[0].startswith(f"tracing port1 ({run.fleet.device_paths[0]})")
+    frames = first[1:]
+    assert len(frames) == 12
+    assert any(" -> " in f and ("GP to 1" in f or "LP " in f) for f in frames)
+    assert any(" <- " in f for f in frames)
+    assert as_json[0]["ok"] is True and len([x for x in as_json if "frame" in x]) == 3
+
+
+async def test_diag_with_the_daemon_stopped_says_so(tmp_path: Path, capsys):
+    missing = tmp_path / "control.sock"
+    assert await cli("diag", "--socket", str(missing)) == 1
+    err = capsys.readouterr().err
+    assert f"the gateway is not running (no control socket at {missing})" in err
+    assert await cli("diag", "trace", "port1", "--socket", str(missing)) == 1
+    assert "the gateway is not running" in capsys.readouterr().err
+
+
+async def test_probe_reads_a_simulated_machine(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            fleet = await nursery.start(partial(serve_fleet, 1, seed=3, events_per_second=0))
+            device = fleet.device_paths[0]
+            report = await probe(device, 1, timeout_s=0.1)
+            assert await cli("diag", "probe", "--device", device, "--timeout-ms", "100",
+                             "--socket", str(tmp_path / "none.sock")) == 0
+            nursery.cancel_scope.cancel()
+    assert report["ok"] is True
+    by_poll = {s["poll"]: s for s in report["steps"]}
+    assert by_poll["LP 1F"]["ok"] and by_poll["LP 1F"]["latency_ms"] < 100
+    assert by_poll["LP 54"]["data"] == {"sas_version": by_poll["LP 54"]["data"]["sas_version"],
+                                        "serial": "SIM0030000"}
+    assert by_poll["LP 1A"]["data"] == {"credits": 0}
+    # Meters: read where the machine supports them; otherwise reported, not a failure.
+    if by_poll["LP 11"]["ok"]:
+        assert isinstance(by_poll["LP 11"]["data"]["meter"], int)
+    else:
+        assert any("may not support them" in a for a in report["advice"])
+    out = capsys.readouterr().out
+    assert "OK: the machine answers" in out and "SIM0030000" in out
+    assert "OK" in render_probe(report)
+
+
+async def test_probe_explains_silence(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            fleet = await nursery.start(partial(serve_fleet, 1, seed=3, events_per_second=0))
+            # Nothing answers at address 9 on this line.
+            assert await cli("diag", "probe", "--device", fleet.device_paths[0], "-a", "9",
+                             "--timeout-ms", "30", "--json",
+                             "--socket", str(tmp_path / "none.sock")) == 1
+            nursery.cancel_scope.cancel()
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert all(s["result"] == "no answer" for s in report["steps"])
+    [advice] = [a for a in report["advice"] if a.startswith("no answer")]
+    assert "cabling" in advice and "address" in advice and "mark/space parity" in advice
+
+
+async def test_probe_explains_open_failures(tmp_path: Path, capsys):
+    report = await probe(str(tmp_path / "ttyUSB9"), 1)
+    assert report["ok"] is False and "does not exist" in report["advice"][0]
+    not_a_tty = tmp_path / "plain-file"
+    not_a_tty.write_text("")
+    report = await probe(str(not_a_tty), 1)
+    assert "not a serial port" in report["advice"][0]
+    # Root can open anything, so the permission case is checked on the explanation itself.
+    assert "dialout group" in _open_advice(PermissionError(13, "Permission denied"), "/dev/ttyS0")
+
+
+async def test_probe_refuses_while_the_gateway_runs(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            code = await cli("diag", "probe", "--device", run.fleet.device_paths[0],
+                             "--socket", str(run.socket))
+    assert code == 1
+    assert "the gateway is running" in capsys.readouterr().err
