@@ -112,6 +112,14 @@ class Checked:
     problem: str | None = None
 
 
+def _recheck(item: Checked, keys: dict[str, nacl.signing.VerifyKey]) -> Checked:
+    assert item.envelope is not None
+    try:
+        return Checked(item.raw, item.envelope, check_event(item.envelope, keys, None))
+    except ChainBreak as brk:
+        return Checked(item.raw, item.envelope, None, str(brk))
+
+
 def verify_events(raws: list[bytes], keys: dict[str, nacl.signing.VerifyKey]) -> list[Checked]:
     """Decode and verify each event alone (no chain link): safe to run in parallel threads."""
     out = []
@@ -226,6 +234,9 @@ class ReceiverStore:
                 if seq <= high_water:
                     counts["duplicates"] += 1
                     continue
+                if item.digest is None and item.problem and item.problem.startswith("unknown-key"):
+                    # Perhaps signed by a key announced earlier in this very batch.
+                    item = _recheck(item, keys)
                 if item.digest is None:
                     counts["bad_signatures"] += 1
                     result.error, result.error_code = f"seq {seq}: {item.problem}", 4003
@@ -245,6 +256,8 @@ class ReceiverStore:
                 rows.append((gateway_id, epoch, seq, str(env.get("event")), item.raw, now))
                 counts["received"] += 1
                 high_water, last_hash = seq, item.digest
+                if env.get("event") == "keyRotated":
+                    self._learn_key(gateway_id, env, keys)
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
             self._db.execute(
                 "INSERT INTO chains VALUES (?, ?, ?, ?) ON CONFLICT(gateway_id, epoch) DO UPDATE "
@@ -259,6 +272,29 @@ class ReceiverStore:
         result.stored = counts["received"]
         result.duplicates = counts["duplicates"]
         return result
+
+    def _learn_key(self, gateway_id: str, env: dict[str, Any],
+                   keys: dict[str, nacl.signing.VerifyKey]) -> None:
+        """A verified keyRotated event (signed by a key we trust) names the gateway's next key:
+        trust it from here on, in `keys` (this connection) and in the keys table (durably, in
+        the batch's transaction)."""
+        data = env.get("data") or {}
+        try:
+            verify_key = nacl.signing.VerifyKey(bytes.fromhex(str(data.get("new_public_key"))))
+        except (ValueError, nacl.exceptions.CryptoError):
+            log.warning("receiver keyRotated without a usable public key", gateway_id=gateway_id,
+                        seq=env.get("seq"))
+            return
+        kid = key_id(verify_key)
+        if kid != data.get("new_kid"):
+            log.warning("receiver keyRotated names a kid that is not its key's",
+                        gateway_id=gateway_id, seq=env.get("seq"))
+            return
+        keys[kid] = verify_key
+        self._db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",
+                         (gateway_id, kid, bytes(verify_key).hex()))
+        log.info("receiver learned rotated key", gateway_id=gateway_id, kid=kid,
+                 seq=env.get("seq"))
 
     # -- figures -----------------------------------------------------------------------------
 
