@@ -54,6 +54,11 @@ class SasLink(trio.abc.AsyncResource):
     async def receive_some(self) -> bytes:
         """Wait for and return at least one byte from the machines."""
 
+    async def receive_words(self) -> list[int]:
+        """Like receive_some, keeping the ninth bit (bit 8) where the link can see it, so the
+        host can tell a chirp (reference 1) from data. Links that cannot see it return bytes."""
+        return list(await self.receive_some())
+
 
 class EgmLink(trio.abc.AsyncResource):
     """Machine end of a SAS line: receives 9-bit words (bit 8 = wakeup), sends plain bytes."""
@@ -65,6 +70,11 @@ class EgmLink(trio.abc.AsyncResource):
     @abc.abstractmethod
     async def receive_words(self) -> list[int]:
         """Wait for and return at least one received word; `word & 0x100` is the wakeup bit."""
+
+    async def send_words(self, words: list[int]) -> None:
+        """Write 9-bit words (a chirp: the address with the wakeup bit). Links that cannot carry
+        the ninth bit send the plain bytes."""
+        await self.send(bytes(w & 0xFF for w in words))
 
 
 async def open_link(device_path: str, *, mode: str = "auto") -> SasLink:

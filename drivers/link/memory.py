@@ -1,6 +1,7 @@
 """In-process link pair for tests: the wakeup bit travels out of band, so the simulator sees it
 exactly. An optional `fault_hook(direction, data) -> data | None` may corrupt, split or drop
-traffic ("to_egm" carries 9-bit words as a tuple of ints, "to_host" bytes; None drops)."""
+traffic ("to_egm" carries 9-bit words as a tuple of ints, "to_host" bytes, or a tuple of words for a
+chirp; None drops)."""
 
 from __future__ import annotations
 
@@ -59,12 +60,18 @@ class MemoryHostLink(_End, SasLink):
         await self._put(tuple(words))
 
     async def receive_some(self) -> bytes:
-        return bytes(await self._get())
+        return bytes(w & 0xFF for w in await self._get())
+
+    async def receive_words(self) -> list[int]:
+        return list(await self._get())
 
 
 class MemoryEgmLink(_End, EgmLink):
     async def send(self, data: bytes) -> None:
         await self._put(bytes(data))
+
+    async def send_words(self, words: list[int]) -> None:
+        await self._put(tuple(words))
 
     async def receive_words(self) -> list[int]:
         return list(await self._get())

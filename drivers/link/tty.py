@@ -114,10 +114,15 @@ class TtyHostLink(SasLink):
             await self._io.write(frame.data)
 
     async def receive_some(self) -> bytes:
+        return bytes(w & 0xFF for w in await self.receive_words())
+
+    async def receive_words(self) -> list[int]:
+        # PARMRK marks a byte received with the ninth bit (a parity error under SPACE parity on
+        # a UART, the `FF 00 b` encoding on a pty) the same way: decoded here into bit 8.
         while True:
             words = self._decoder.feed(await self._io.read())
             if words:
-                return bytes(w & 0xFF for w in words)
+                return words
 
     async def aclose(self) -> None:
         await self._io.aclose()
@@ -132,6 +137,9 @@ class PtyEgmLink(EgmLink):
 
     async def send(self, data: bytes) -> None:
         await self._io.write(parmrk.encode(data))
+
+    async def send_words(self, words: list[int]) -> None:
+        await self._io.write(parmrk.encode(words))
 
     async def receive_words(self) -> list[int]:
         while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["BILL_CODE_CENTS", "DENOMINATION_CENTS", "RTE_DATA_LENGTH", "Exc", "LongPoll"]
+__all__ = ["BILL_CODE_CENTS", "DENOMINATION_CENTS", "METER_CODES", "RTE_DATA_LENGTH", "Exc", "LongPoll"]
 
 
 class Exc(enum.IntEnum):
@@ -79,6 +79,10 @@ class Exc(enum.IntEnum):
     HANDPAY_CANCELLED_BY_PLAYER = 0x55
     SAS_PROGRESSIVE_LEVEL_HIT = 0x56
     SYSTEM_VALIDATION_REQUEST = 0x57
+    # 59 / 5A / 5F: Aristocrat only, 6.03 or vendor [unsure] (reference section 3).
+    NON_SAS_PROGRESSIVE_LEVEL_HIT = 0x59
+    JACKPOT_KEYED_OFF_TO_MACHINE_PAY = 0x5A
+    TIP_AWARDED = 0x5F
     PRINTER_COMM_ERROR = 0x60
     PRINTER_PAPER_OUT = 0x61
     CASHOUT_BUTTON_PRESSED = 0x66
@@ -124,21 +128,61 @@ class Exc(enum.IntEnum):
     POWER_OFF_SLOT_DOOR_ACCESS = 0x99
     POWER_OFF_CASHBOX_DOOR_ACCESS = 0x9A
     POWER_OFF_DROP_DOOR_ACCESS = 0x9B
+    # 9E / 9F Aristocrat only; A0-A2 6.03-era [unsure] (reference section 3).
+    SESSION_START = 0x9E
+    SESSION_END = 0x9F
+    METER_CHANGE_PENDING = 0xA0
+    METER_CHANGE_CANCELLED = 0xA1
+    ENABLED_GAMES_DENOMS_CHANGED = 0xA2
     # The RTE event frame marker (`addr FF code data crc`), not an exception.
     RTE_EVENT = 0xFF
 
 
 class LongPoll(enum.IntEnum):
+    """Long polls of reference section 6 (shapes in messages.POLL_SPECS)."""
+
     SHUTDOWN = 0x01
     STARTUP = 0x02
     ENABLE_BILL_ACCEPTOR = 0x06
     DISABLE_BILL_ACCEPTOR = 0x07
     RTE_MODE = 0x0E
+    METERS_0F = 0x0F
+    CANCELLED_CREDITS = 0x10
+    COIN_IN = 0x11
+    COIN_OUT = 0x12
+    DROP = 0x13
+    JACKPOT = 0x14
+    GAMES_PLAYED = 0x15
+    GAMES_WON = 0x16
+    GAMES_LOST = 0x17
+    GAMES_SINCE = 0x18
+    METERS_19 = 0x19
     CURRENT_CREDITS = 0x1A
     HANDPAY_INFO = 0x1B
+    METERS_1C = 0x1C
+    BILL_COUNTS = 0x1E
     GAME_CONFIGURATION = 0x1F
+    BILL_DOLLARS = 0x20
+    ROM_SIGNATURE = 0x21
+    SELECTED_METERS = 0x2F
+    CASHOUT_TICKET = 0x3D
+    LAST_BILL = 0x48
+    SET_VALIDATION_ID = 0x4C
+    ENHANCED_VALIDATION = 0x4D
+    GAME_COUNT = 0x51
+    GAME_N_CONFIGURATION = 0x53
     VERSION_AND_SERIAL = 0x54
+    SELECTED_GAME = 0x55
+    ENABLED_GAMES = 0x56
+    PENDING_CASHOUT = 0x57
+    VALIDATION_NUMBER = 0x58
+    EXTENDED_METERS = 0x6F
+    EXTENDED_METERS_ALT = 0xAF
+    READ_CLOCK = 0x7E
     SET_CLOCK = 0x7F
+    REMOTE_HANDPAY_RESET = 0x94
+    ENABLED_FEATURES = 0xA0
+    MULTI_DENOM = 0xB0
 
 
 # Data bytes after the code in an RTE event frame (reference section 4); absent = no data.
@@ -172,3 +216,11 @@ BILL_DENOMINATION_CENTS: dict[int, int] = {
 # as machines re-issue them until the host follows up).
 PRIORITY_EXCEPTIONS = frozenset({0x3D, 0x3E, 0x3F, 0x51, 0x52, 0x55, 0x56, 0x57, 0x67, 0x68,
                                  0x69, 0x6A, 0x6B, 0x6C, 0x6D, 0x6F, 0x70, 0x8F})
+
+# SAS meter codes (reference section 5, Table C-7) the host reads with LP 2F / 6F / AF, by the
+# names LP 0F/1C use (messages.METER_NAMES). All in credits except the counts.
+METER_CODES: dict[int, str] = {
+    0x00: "coin_in", 0x01: "coin_out", 0x02: "jackpot", 0x04: "cancelled_credits",
+    0x05: "games_played", 0x06: "games_won", 0x07: "games_lost", 0x0C: "current_credits",
+    0x24: "drop",
+}

@@ -7,10 +7,14 @@ before `host.durable()` lets the host send the next poll, which is the implied A
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import trio
 
@@ -23,12 +27,23 @@ from drivers.base import (
     PortStatistics,
 )
 from drivers.link import SasLink
+from drivers.sas import messages
 from drivers.sas.codes import LongPoll
 from drivers.sas.errors import SasLocalProtocolError
-from drivers.sas.host import Acknowledged, CommandFinished, HostConfig, HostEvent, Report, SasHost
+from drivers.sas.host import (
+    Acknowledged,
+    CommandFinished,
+    HostConfig,
+    HostEvent,
+    LinkNote,
+    Report,
+    SasHost,
+)
 from drivers.sas.journal import PollJournal
 
 __all__ = ["SasDriver", "SasSettings"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +58,34 @@ class SasSettings:
     sync_address: int | None = None
     rte_silence_retries: int = 2
     max_attempts_answering: int = 6
+    meters_every_s: float = 60.0
+    clock_every_s: float = 600.0
+    meter_polls: str = "6F"
+    min_poll_interval_s: float = 0.04
+    timer_slack_s: float = 0.001
 
     def host_config(self) -> HostConfig:
         return HostConfig(self.poll_interval_s, self.response_timeout_s, self.inter_byte_gap_s,
                           self.offline_after_misses, self.rte, self.credits_every_s,
                           self.max_attempts, self.sync_address, self.rte_silence_retries,
-                          self.max_attempts_answering)
+                          self.max_attempts_answering, self.meters_every_s, self.clock_every_s,
+                          self.meter_polls, self.min_poll_interval_s, self.timer_slack_s)
 
 
-# Catalogue command -> (long poll, data).
-_COMMANDS = {"disableMachine": (LongPoll.SHUTDOWN, b""), "enableMachine": (LongPoll.STARTUP, b"")}
+def _clock_data(args: Mapping[str, Any]) -> bytes:
+    """LP 7F data for {"time": RFC3339}: the wall time as written (SAS clocks have no zone)."""
+    when = dt.datetime.fromisoformat(str(args["time"]).replace("Z", "+00:00"))
+    return messages.set_clock(1, when.replace(tzinfo=None)).data
+
+
+# Catalogue command -> (long poll, args -> data).
+_COMMANDS: dict[str, tuple[int, Callable[[Mapping[str, Any]], bytes]]] = {
+    "disableMachine": (LongPoll.SHUTDOWN, lambda _: b""),
+    "enableMachine": (LongPoll.STARTUP, lambda _: b""),
+    "setClock": (LongPoll.SET_CLOCK, _clock_data),
+    "remoteHandpayReset": (LongPoll.REMOTE_HANDPAY_RESET, lambda _: b""),
+}
+_SUPPORTED = frozenset({*_COMMANDS, "requestMeters"})
 
 
 class SasDriver:
@@ -79,6 +112,10 @@ class SasDriver:
             self._state = "running"
             task_status.started()
             try:
+                # Ports started together would poll in lockstep, every interval a burst of one
+                # poll per port: spread them over the interval by a hash of the port name.
+                spread = zlib.crc32(self.port.encode()) % 1000 / 1000
+                await trio.sleep(spread * self.settings.host_config().interval_s)
                 await self._loop(link, sink)
             finally:
                 self._state = "stopped"
@@ -104,8 +141,8 @@ class SasDriver:
                 continue
             deadline = host.get_timer()
             with trio.move_on_at(math.inf if deadline is None else deadline):
-                data = await link.receive_some()
-                host.receive_data(data, trio.current_time())
+                words = await link.receive_words()
+                host.receive_words(words, trio.current_time())
                 continue
             host.handle_timer(trio.current_time())
 
@@ -124,27 +161,37 @@ class SasDriver:
             case CommandFinished(ticket):
                 self._finished[ticket] = event
                 self._waiters.pop(ticket).set()
+            case LinkNote(address, kind):
+                log.info("%s: %s from address %d", self.port, kind, address)
 
     @staticmethod
     def _stamp(event: MachineEvent) -> MachineEvent:
         return replace(event, observed_at=time.time())
 
     async def execute(self, command: MachineCommand) -> CommandOutcome:
-        if command.name not in _COMMANDS:
+        if command.name not in _SUPPORTED:
             return CommandOutcome(CommandResult.REJECTED, f"unsupported command {command.name}")
         try:
             online = self._host.is_online(command.address)
-        except SasLocalProtocolError as exc:
-            return CommandOutcome(CommandResult.REJECTED, str(exc))
+            if command.name == "requestMeters":
+                data = None
+            else:
+                poll, make_data = _COMMANDS[command.name]
+                data = make_data(command.args)
+        except (SasLocalProtocolError, KeyError, ValueError, TypeError) as exc:
+            return CommandOutcome(CommandResult.REJECTED, f"bad command: {exc!r}")
         if not online or self._state != "running":
             return CommandOutcome(CommandResult.FAILED, "machine offline")
-        ticket = self._host.request(command.address, *_COMMANDS[command.name])
+        if data is None:
+            ticket = self._host.request_meters(command.address)
+        else:
+            ticket = self._host.request(command.address, poll, data)
         done = self._waiters[ticket] = trio.Event()
         await done.wait()
         result = self._finished.pop(ticket)
         if result.ok:
-            return CommandOutcome(CommandResult.OK)
-        return CommandOutcome(CommandResult.FAILED, result.reason)
+            return CommandOutcome(CommandResult.OK, data=result.data)
+        return CommandOutcome(CommandResult.FAILED, result.reason, result.data)
 
     def statistics(self) -> PortStatistics:
         return PortStatistics(self.port, self._state, self._host.statistics())

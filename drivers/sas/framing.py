@@ -151,6 +151,12 @@ class Framer:
                 return ExceptionByte(self._take(1)[0]) if quiet else None
             if buf[1] != 0xFF:
                 return ExceptionByte(self._take(1)[0])
+        if (exp.command is None and exp.rte and len(buf) == 1 and not self._dirty
+                and buf[0] not in (addr, addr | 0x80)):
+            # RTE mode, yet one bare byte answers the GP: the machine has left RTE mode (power
+            # cycle, operator) and this is a normal-mode exception code. The host believes what
+            # the machine shows; without this a host stuck in RTE would discard every exception.
+            return ExceptionByte(self._take(1)[0]) if quiet else None
         while True:
             while buf and buf[0] not in (addr, addr | 0x80):
                 self._discard()

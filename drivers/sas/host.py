@@ -42,23 +42,42 @@ NACK instead, so the machine re-sends its answer (and the sink recognises a rede
 already recorded).
 Silence means the machine is unsynchronised (or has nothing to say in RTE mode): the host syncs
 and carries on, and the probe counts as no missed poll.
+Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
+when the machine has games), then LP 0E when RTE is on; 3C re-reads all but LP 0E.
+Periodic long polls: a meter read (LP 6F/AF alternating, or LP 1C + 0F with `meter_polls="1C"`
+or once a machine has ignored 6F) every `meters_every_s`, the clock (LP 7E) every
+`clock_every_s`, LP 1A every `credits_every_s`. A periodic poll only goes out when the previous
+poll to that machine was a GP, so GPs get at least every other slot. A finished meter read is
+reported as a `meterSnapshot` (source None: not an exception, nothing to acknowledge).
+Exception follow-ups, queued when the exception is reported and sent after it is durable (the
+follow-up is the implied ACK, so never before): 51 -> LP 1B (result in `statistics()`
+`last_handpay`; the event stays the one `handpayPending`), 47-4E/50 and non-RTE 4F -> LP 48
+(`last_bill`), 70 -> a full meter read, 3C -> discovery. In RTE mode the sync GP goes first (ACK
+poll is always a GP there, see "Restart").
+Chirps (reference 1): a byte with the wakeup bit from the machine side (`receive_words`) while no
+poll is outstanding is counted (`chirps`) and reported as a `LinkNote`; during a poll it is
+discarded as garbage. Either way it never reaches the framer.
+Poll interval: `poll_interval_s` per machine, never below `min_poll_interval_s` (40 ms, the fast
+polling floor of reference 2.1) nor above 5 s; `timer_slack_s` (1 ms) early at most.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drivers.base import MachineEvent, MachineRef
 from drivers.link import TxFrame
 from drivers.sas import framing, messages
-from drivers.sas.codes import DENOMINATION_CENTS, LongPoll
+from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, METER_CODES, Exc, LongPoll
 from drivers.sas.errors import SasLocalProtocolError, SasRemoteProtocolError
 from drivers.sas.mapping import SILENT_CODES, exception_event
 
-__all__ = ["Acknowledged", "CommandFinished", "HostConfig", "Report", "SasHost"]
+__all__ = ["Acknowledged", "CommandFinished", "HostConfig", "LinkNote", "Report", "SasHost"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,26 @@ class HostConfig:
     # GP (implied NACK) makes the machine resend a lost event, and on the final identical poll it
     # keeps the event queued (reference 2.3), so 2 closes the gap; 0 trusts the first silence.
     rte_silence_retries: int = 2
+    meters_every_s: float = 60.0
+    clock_every_s: float = 600.0
+    # "6F": LP 6F/AF alternating with the codes of codes.METER_CODES; "1C": LP 1C then LP 0F.
+    meter_polls: str = "6F"
+    min_poll_interval_s: float = 0.04
+    # A poll due within this much is sent now, and get_timer() asks to be woken this early: the
+    # event loop's timers are about 1 ms coarse (epoll), and waking late on every poll would cost
+    # 2-3 % of the poll rate at 40 ms. Two polls to one machine may be this much closer.
+    timer_slack_s: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.meter_polls not in ("6F", "1C"):
+            raise SasLocalProtocolError(f"meter_polls must be 6F or 1C, not {self.meter_polls}")
+        if self.poll_interval_s > 5.0:
+            raise SasLocalProtocolError("poll interval above 5 s (reference 2.1)")
+
+    @property
+    def interval_s(self) -> float:
+        """The poll interval actually used: the configured one, floored (reference 2.1)."""
+        return max(self.poll_interval_s, self.min_poll_interval_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,26 +142,53 @@ class CommandFinished:
     ticket: int
     ok: bool
     reason: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkNote:
+    """Something on the line worth a log line, not an event: `kind` "chirp"."""
+
+    address: int
+    kind: str
+    at: float
 
 
 _LATENCY_WINDOW = 1000
 # Busy answers in a row to one poll before it is treated like a missed poll.
 _MAX_BUSY = 10
 
-HostEvent = Report | Acknowledged | CommandFinished
+HostEvent = Report | Acknowledged | CommandFinished | LinkNote
 
-# Answer shapes per long poll (reference section 6).
-_EXPECT: dict[int, dict[str, Any]] = {
-    LongPoll.CURRENT_CREDITS: {"length": 8},
-    LongPoll.GAME_CONFIGURATION: {"length": 24},
-    LongPoll.VERSION_AND_SERIAL: {"length_byte": True},
-}
+_BILL_EXCEPTIONS = frozenset(BILL_CODE_CENTS) | {Exc.BILL_ACCEPTED}
+_LEGACY_METERS = (LongPoll.METERS_1C, LongPoll.METERS_0F)
+
+
+def _expectation(poll: messages.Poll, rte: bool) -> framing.Expectation:
+    """What may answer `poll` (reference section 6 via messages.POLL_SPECS)."""
+    if poll.command is None:
+        return framing.Expectation(poll.address, None, rte)
+    spec = messages.POLL_SPECS.get(poll.command)
+    answer = spec.answer if spec is not None else "ack"
+    return framing.Expectation(poll.address, poll.command, rte,
+                               length=answer if isinstance(answer, int) else None,
+                               length_byte=answer == "length")
+
+
+@dataclass(slots=True)
+class _MeterRead:
+    """One meter read of one or more polls, reported together when the last one is done."""
+
+    remaining: int
+    ticket: int | None = None
+    meters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Request:
     poll: messages.Poll
     ticket: int | None = None
+    read: _MeterRead | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +200,8 @@ class _Stats:
     busy: int = 0
     retries: int = 0
     exceptions: int = 0
+    chirps: int = 0
+    meter_reads: int = 0
     last_response_at: float | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
 
@@ -151,6 +219,19 @@ class _Machine:
     sas_version: str | None = None
     next_due: float = 0.0
     credits_at: float = 0.0
+    meters_due: float = math.inf
+    clock_due: float = math.inf
+    meter_mode: str = "6F"
+    alternate: bool = False
+    last_was_gp: bool = False
+    game_count: int | None = None
+    games: tuple[int, ...] = ()
+    features: str | None = None
+    clock: str | None = None
+    clock_read_at: float | None = None
+    last_meters: dict[str, int] | None = None
+    last_handpay: dict[str, Any] | None = None
+    last_bill: dict[str, Any] | None = None
     probe: bool = True  # the first poll after a (re)start: see "Restart" in the module docstring
     stats: _Stats = field(default_factory=_Stats)
 
@@ -194,7 +275,8 @@ class SasHost:
         if sync is None:
             sync = next(a for a in range(1, 128) if a not in addresses)
         self._sync_poll = messages.general_poll(sync).wire()
-        self._machines = {a: _Machine(a, MachineRef(port, a)) for a in addresses}
+        self._machines = {a: _Machine(a, MachineRef(port, a), meter_mode=self.config.meter_polls)
+                          for a in addresses}
         self._probes = {a: p for a, wire in (last_polls or {}).items()
                         if a in self._machines and (p := _poll_from_wire(a, wire)) is not None}
         for m in self._machines.values():
@@ -225,13 +307,48 @@ class SasHost:
         elif self._framer.pending():
             f.deadline = now + self.config.inter_byte_gap_s
 
+    def receive_words(self, words: list[int], now: float) -> None:
+        """Like receive_data, for links that keep the ninth bit (bit 8 of each word): a byte with
+        it set is a chirp (reference 1), never part of an answer."""
+        if not words:
+            return
+        if max(words) < 0x100:
+            return self.receive_data(bytes(words), now)
+        plain = bytearray()
+        for word in words:
+            if not word & 0x100:
+                plain.append(word)
+                continue
+            if plain:
+                self.receive_data(bytes(plain), now)
+                plain.clear()
+            m = self._machines.get(word & 0x7F)
+            if self._inflight is None and m is not None and word & 0x80 == 0:
+                m.stats.chirps += 1
+                self._events.append(LinkNote(m.address, "chirp", now))
+            else:
+                self._framer.discarded += 1
+        if plain:
+            self.receive_data(bytes(plain), now)
+
     def handle_timer(self, now: float) -> None:
         f = self._inflight
         if f is not None and f.resend_at is not None:
-            if now >= f.resend_at:
+            if now + self.config.timer_slack_s >= f.resend_at:
                 f.resend_at = None
+                self._framer.clear()
                 self._send(f.poll.wire())
                 f.sent_at, f.deadline = now, now + self.config.response_timeout_s
+            elif now >= f.deadline:
+                # Bytes arrived while waiting to resend (a late answer) and then the line went
+                # quiet: take them if they make an answer, else drop them and keep waiting.
+                answer = self._framer.next_answer(f.expect, quiet=True)
+                if answer is not None:
+                    f.resend_at = None
+                    self._answered(f, answer, now)
+                else:
+                    self._framer.clear()
+                    f.deadline = f.resend_at
         elif f is not None and now >= f.deadline:
             answer = self._framer.next_answer(f.expect, quiet=True)
             if answer is not None:
@@ -263,6 +380,14 @@ class SasHost:
         m.queue.append(_Request(messages.long_poll(address, command, data), ticket))
         return ticket
 
+    def request_meters(self, address: int) -> int:
+        """Queue a full meter read; its `CommandFinished` carries {"meters": ...} and a
+        `meterSnapshot` is reported as for periodic reads."""
+        m = self._machine(address)
+        ticket = next(self._tickets)
+        self._queue_meter_read(m, ticket)
+        return ticket
+
     # ---- outputs ------------------------------------------------------------------------------
 
     def frames_to_send(self) -> list[TxFrame]:
@@ -278,9 +403,11 @@ class SasHost:
     def get_timer(self) -> float | None:
         if self._held:
             return None
-        if self._inflight is not None:
-            return self._inflight.deadline
-        return min(m.next_due for m in self._machines.values())
+        slack = self.config.timer_slack_s
+        f = self._inflight
+        if f is not None:
+            return f.deadline - slack if f.resend_at is not None else f.deadline
+        return min(m.next_due for m in self._machines.values()) - slack
 
     def is_online(self, address: int) -> bool:
         return self._machine(address).online
@@ -296,8 +423,14 @@ class SasHost:
             out[a] = {
                 "online": m.online, "serial": m.ref.serial, "sas_version": m.sas_version,
                 "denomination_code": m.denom_code, "rte": m.rte_on, "credits": m.credits,
+                "game_count": m.game_count, "games": list(m.games), "features": m.features,
+                "machine_clock": m.clock, "machine_clock_read_at": m.clock_read_at,
+                "meters": dict(m.last_meters) if m.last_meters is not None else None,
+                "meter_polls": m.meter_mode, "last_handpay": m.last_handpay,
+                "last_bill": m.last_bill, "poll_interval_s": self.config.interval_s,
                 "polls": s.polls, "timeouts": s.timeouts, "crc_errors": s.crc_errors,
-                "nacks": s.nacks, "busy": s.busy, "retries": s.retries,
+                "nacks": s.nacks, "busy": s.busy, "retries": s.retries, "chirps": s.chirps,
+                "meter_reads": s.meter_reads,
                 "exceptions": s.exceptions, "last_response_at": s.last_response_at,
                 "latency_p50_s": _percentile(lat, 0.50), "latency_p99_s": _percentile(lat, 0.99),
                 "garbage_bytes": self._framer.discarded,
@@ -312,14 +445,45 @@ class SasHost:
         except KeyError:
             raise SasLocalProtocolError(f"address {address} is not polled on {self.port}")
 
+    def _discovery(self, m: _Machine) -> list[_Request]:
+        a = m.address
+        return [_Request(messages.long_poll(a, LongPoll.GAME_CONFIGURATION)),
+                _Request(messages.long_poll(a, LongPoll.VERSION_AND_SERIAL)),
+                _Request(messages.enabled_features(a, 0)),
+                _Request(messages.long_poll(a, LongPoll.GAME_COUNT))]
+
     def _queue_discovery(self, m: _Machine) -> None:
-        polls = [LongPoll.GAME_CONFIGURATION, LongPoll.VERSION_AND_SERIAL]
-        discovery = [_Request(messages.long_poll(m.address, c)) for c in polls]
+        discovery = self._discovery(m)
         if self.config.rte:
-            discovery.append(_Request(messages.long_poll(m.address, LongPoll.RTE_MODE, b"\x01")))
-        keep = [r for r in m.queue if r.ticket is not None]
+            discovery.append(_Request(messages.rte_mode(m.address, True)))
+        keep = [r for r in m.queue
+                if r.ticket is not None or (r.read is not None and r.read.ticket is not None)]
         m.queue = deque(discovery + keep)
         m.rte_on = False
+
+    def _queue_meter_read(self, m: _Machine, ticket: int | None = None) -> None:
+        a = m.address
+        if m.meter_mode == "6F":
+            m.alternate = not m.alternate
+            polls = [messages.extended_meters(a, 0, list(METER_CODES), alternate=not m.alternate)]
+        else:
+            polls = [messages.long_poll(a, c) for c in _LEGACY_METERS]
+        read = _MeterRead(len(polls), ticket)
+        m.queue.extend(_Request(p, read=read) for p in polls)
+
+    def _periodic(self, m: _Machine, now: float) -> None:
+        """Queue the periodic long poll that is due, if any (one at a time, after a GP)."""
+        if not m.online or not m.last_was_gp:
+            return
+        cfg = self.config
+        if now >= m.meters_due:
+            m.meters_due = now + cfg.meters_every_s
+            self._queue_meter_read(m)
+        elif now >= m.clock_due:
+            m.clock_due = now + cfg.clock_every_s
+            m.queue.append(_Request(messages.long_poll(m.address, LongPoll.READ_CLOCK)))
+        elif now - m.credits_at >= cfg.credits_every_s:
+            m.queue.append(_Request(messages.long_poll(m.address, LongPoll.CURRENT_CREDITS)))
 
     def _send(self, wire: bytes) -> None:
         self._frames.append(TxFrame(wire))
@@ -327,25 +491,20 @@ class SasHost:
 
     def _poll_next(self, now: float) -> None:
         m = min(self._machines.values(), key=lambda x: x.next_due)
-        if m.next_due > now:
+        if m.next_due > now + self.config.timer_slack_s:
             return
         if m.probe:
             m.probe = False
             poll = self._probes.pop(m.address, None) or messages.general_poll(m.address)
             self._send(poll.wire())
             m.stats.polls += 1
-            expect = framing.Expectation(m.address, poll.command, m.rte_on,
-                                         **_EXPECT.get(poll.command or -1, {}))
-            self._inflight = _InFlight(m, poll, None, expect, now,
+            m.last_was_gp = poll.command is None
+            self._inflight = _InFlight(m, poll, None, _expectation(poll, m.rte_on), now,
                                        now + self.config.response_timeout_s, probe=True)
             return
-        if m.queue:
-            request: _Request | None = m.queue[0]
-        elif now - m.credits_at >= self.config.credits_every_s:
-            request = _Request(messages.long_poll(m.address, LongPoll.CURRENT_CREDITS))
-            m.queue.append(request)
-        else:
-            request = None
+        if not m.queue:
+            self._periodic(m, now)
+        request = m.queue[0] if m.queue else None
         poll = request.poll if request else messages.general_poll(m.address)
         wire = poll.wire()
         if self._need_sync or wire == self._last_wire:
@@ -353,14 +512,13 @@ class SasHost:
             self._need_sync = False
         self._send(wire)
         m.stats.polls += 1
-        expect = framing.Expectation(m.address, poll.command, m.rte_on,
-                                     **_EXPECT.get(poll.command or -1, {}))
-        self._inflight = _InFlight(m, poll, request, expect, now,
+        m.last_was_gp = poll.command is None
+        self._inflight = _InFlight(m, poll, request, _expectation(poll, m.rte_on), now,
                                    now + self.config.response_timeout_s)
 
     def _finish(self, f: _InFlight, now: float) -> None:
         self._inflight = None
-        f.machine.next_due = max(now, f.sent_at + self.config.poll_interval_s)
+        f.machine.next_due = max(now, f.sent_at + self.config.interval_s)
 
     def _failed(self, f: _InFlight, now: float) -> None:
         m = f.machine
@@ -385,7 +543,7 @@ class SasHost:
                 f.request.ticket is not None or (m.online and not f.ever_received)):
             # An online machine that stays silent does not support this long poll (reference
             # 2.2): give up on it. Garbled answers and offline machines get it again later.
-            _drop(m, f.request)
+            self._drop(m, f.request, now, unsupported=not f.ever_received)
             if f.request.ticket is not None:
                 self._events.append(CommandFinished(f.request.ticket, False, "no answer"))
         self._finish(f, now)
@@ -395,7 +553,7 @@ class SasHost:
         the minimum poll interval; a late answer meanwhile is taken as the answer."""
         f.attempts += count
         f.received = False
-        f.resend_at = f.sent_at + self.config.poll_interval_s
+        f.resend_at = f.sent_at + self.config.interval_s
         f.deadline = f.resend_at
         self.handle_timer(now)
 
@@ -432,37 +590,109 @@ class SasHost:
         match answer:
             case framing.ExceptionByte(code) | framing.Event(code, _):
                 data = answer.data if isinstance(answer, framing.Event) else b""
-                # The machine shows which mode it is in: trust that over what we last set.
-                m.rte_on = isinstance(answer, framing.Event)
+                # The machine shows which mode it is in: trust that over what we last set, and
+                # ask for RTE again if it dropped out of it.
+                was_rte, m.rte_on = m.rte_on, isinstance(answer, framing.Event)
+                if was_rte and not m.rte_on and self.config.rte and not any(
+                        r.poll.command == LongPoll.RTE_MODE for r in m.queue):
+                    m.queue.append(_Request(messages.rte_mode(m.address, True)))
                 event = None if code in SILENT_CODES else exception_event(
                     m.ref, code, data, m.denom_cents, now)
                 self._alive(m, f, now)
                 if event is not None:
-                    self._hold(m, event, gp=f.poll.command is None)
+                    self._hold(m, event, code, gp=f.poll.command is None)
             case framing.Ack():
                 self._alive(m, f, now)
-                self._completed(m, f)
+                self._completed(m, f, now)
                 if f.poll.command == LongPoll.RTE_MODE:
                     m.rte_on = f.poll.data == b"\x01"
             case framing.Data(frame):
-                command = f.poll.command
-                if command == LongPoll.CURRENT_CREDITS:
-                    m.credits = messages.decode_current_credits(frame, m.address)
-                    m.credits_at = now
-                elif command == LongPoll.GAME_CONFIGURATION:
-                    m.denom_code = messages.decode_game_config(frame, m.address).denomination_code
-                elif command == LongPoll.VERSION_AND_SERIAL:
-                    info = messages.decode_version(frame, m.address)
-                    m.sas_version = info.sas_version
-                    m.ref = replace(m.ref, serial=info.serial or None)
+                assert f.poll.command is not None
+                value = messages.decode_answer(f.poll.command, frame, m.address)
                 self._alive(m, f, now)
-                self._completed(m, f)
+                self._completed(m, f, now, self._absorb(m, f, value, now))
 
-    def _completed(self, m: _Machine, f: _InFlight) -> None:
+    def _absorb(self, m: _Machine, f: _InFlight, value: messages.LongPollAnswer,
+                now: float) -> str | None:
+        """Keep what a long-poll answer tells; returns a failure reason for a command."""
+        match value:
+            case messages.MeterReading(LongPoll.CURRENT_CREDITS, meters):
+                m.credits = meters["current_credits"]
+                m.credits_at = now
+            case messages.MeterReading(_, meters):
+                if f.request is not None and f.request.read is not None:
+                    f.request.read.meters.update(meters)
+            case messages.SelectedMeters(_, _, meters):
+                if f.request is not None and f.request.read is not None:
+                    f.request.read.meters.update(
+                        {METER_CODES[c]: v for c, v in meters.items() if c in METER_CODES})
+            case messages.GameConfig(denomination_code=denom) if f.poll.command == 0x1F:
+                m.denom_code = denom
+            case messages.VersionInfo(version, serial):
+                m.sas_version = version
+                m.ref = replace(m.ref, serial=serial or None)
+            case messages.EnabledFeatures(_, features):
+                m.features = features.hex()
+            case messages.GameCount(count):
+                m.game_count = count
+                if count > 0:  # next, before the rest of the queue (LP 0E)
+                    where = next((i + 1 for i, r in enumerate(m.queue) if r is f.request), 0)
+                    m.queue.insert(where, _Request(
+                        messages.long_poll(m.address, LongPoll.ENABLED_GAMES)))
+            case messages.EnabledGames(games):
+                m.games = games
+            case messages.MachineClock(when):
+                m.clock, m.clock_read_at = when.isoformat(), now
+            case messages.HandpayInfo():
+                m.last_handpay = {"amount_cents": value.amount_cents, "level": value.level,
+                                  "partial_pay_cents": value.partial_pay_cents,
+                                  "progressive_group": value.progressive_group,
+                                  "reset_id": value.reset_id, "read_at": now}
+            case messages.LastBill():
+                m.last_bill = {"amount_cents": value.amount_cents, "count": value.count,
+                               "denomination_code": value.denomination_code,
+                               "country_code": value.country_code, "read_at": now}
+            case messages.HandpayResetResult(code) if code != 0:
+                return {1: "unable to reset", 2: "not in handpay"}.get(code, f"code {code:02X}")
+            case messages.ValidationStatus(status) if status != 0:
+                return f"status {status:02X}"
+        return None
+
+    def _completed(self, m: _Machine, f: _InFlight, now: float, failure: str | None = None,
+                   ) -> None:
         if f.request is not None:
-            _drop(m, f.request)
+            self._drop(m, f.request, now)
             if f.request.ticket is not None:
-                self._events.append(CommandFinished(f.request.ticket, True))
+                self._events.append(CommandFinished(f.request.ticket, failure is None,
+                                                    failure or ""))
+
+    def _drop(self, m: _Machine, request: _Request, now: float, *,
+              unsupported: bool = False) -> None:
+        """`request` is done (answered, or given up on)."""
+        m.queue = deque(r for r in m.queue if r is not request)
+        read = request.read
+        if read is None:
+            return
+        command = request.poll.command
+        if unsupported and command in (LongPoll.EXTENDED_METERS, LongPoll.EXTENDED_METERS_ALT):
+            # The machine ignores 6F/AF (reference 2.2: silence): use LP 1C + 0F from now on.
+            m.meter_mode = "1C"
+            read.remaining += len(_LEGACY_METERS)
+            m.queue.extend(_Request(messages.long_poll(m.address, c), read=read)
+                           for c in _LEGACY_METERS)
+        read.remaining -= 1
+        if read.remaining:
+            return
+        if read.meters:
+            m.stats.meter_reads += 1
+            m.last_meters = dict(read.meters)
+            data = {"meters": dict(read.meters), "denomination_cents": m.denom_cents}
+            self._events.append(Report(MachineEvent("meterSnapshot", m.ref, data,
+                                                    monotonic=now)))
+        if read.ticket is not None:
+            self._events.append(CommandFinished(
+                read.ticket, bool(read.meters), "" if read.meters else "no meters",
+                {"meters": dict(read.meters)}))
 
     def _alive(self, m: _Machine, f: _InFlight, now: float) -> None:
         m.misses = 0
@@ -470,13 +700,28 @@ class SasHost:
         m.stats.latencies.append(now - f.sent_at)
         if not m.online:
             m.online = True
+            m.meters_due = now + self.config.meters_every_s
+            m.clock_due = now + self.config.clock_every_s
             self._events.append(Report(MachineEvent("deviceOnline", m.ref, monotonic=now)))
 
-    def _hold(self, m: _Machine, event: MachineEvent, *, gp: bool) -> None:
+    def _hold(self, m: _Machine, event: MachineEvent, code: int, *, gp: bool) -> None:
         m.stats.exceptions += 1
         token = next(self._tokens)
         self._held[token] = event
         self._events.append(Report(event, token))
+        # Follow-ups (reference 3) go out after durable(): each is the implied ACK or after it.
+        a = m.address
+        if code == Exc.HANDPAY_PENDING:
+            m.queue.append(_Request(messages.long_poll(a, LongPoll.HANDPAY_INFO)))
+        elif code in _BILL_EXCEPTIONS and not m.rte_on:
+            m.queue.append(_Request(messages.long_poll(a, LongPoll.LAST_BILL)))
+        elif code == Exc.BUFFER_OVERFLOW:
+            self._queue_meter_read(m)
+        elif code == Exc.OPERATOR_CHANGED_OPTIONS:
+            m.queue.extend(self._discovery(m))
+        if m.rte_on and m.queue:
+            # The ACK poll in RTE mode is a GP (see "Restart"): the sync GP goes first.
+            self._need_sync = True
         if gp and not m.queue and not m.rte_on:
             # Follow a GP exception with a long poll (reference 2.3): the ACK, and a credits read.
             # Not in RTE mode: a long poll there is answered with the next pending event, which
@@ -499,10 +744,6 @@ def _poll_from_wire(address: int, wire: bytes) -> messages.Poll | None:
     except SasLocalProtocolError:
         return None
     return poll if poll.wire() == wire else None
-
-
-def _drop(m: _Machine, request: _Request) -> None:
-    m.queue = deque(r for r in m.queue if r is not request)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

@@ -18,17 +18,22 @@ general poll is that one byte, a long poll's length follows from its command (re
   * RTE mode (LP 0E): a GP or any long poll is answered with the oldest pending event as
     `addr FF code data crc`; a GP with nothing pending gets silence.
   * A type S poll with a bad CRC is NACKed (`addr|0x80`) and changes no state. Unknown long polls
-    get silence.
+    get silence. Answered: LP 01, 02, 06, 07, 0E, 0F, 10-1C, 1E, 1F, 20, 21 (ACK), 2F, 3D, 48,
+    51, 53-57, 6F/AF, 7E, 7F, 94, A0 (messages.POLL_SPECS); 4C, 4D, 58 and B0 get silence.
+  * Chirp (reference 1): with `chirp` on, after `chirp_after_s` (5 s) without an address byte the
+    machine sends its address with the wakeup bit every 200 ms until polled (`take_words`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from drivers.sas import messages
-from drivers.sas.codes import Exc, LongPoll
+from drivers.sas import bcd, messages
+from drivers.sas.codes import METER_CODES, Exc, LongPoll
 from drivers.sas.crc import check_crc
+from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sim.faults import FaultInjector, FaultPlan
 from drivers.sim.ledger import Ledger, LedgerEntry
 from drivers.sim.machine import PlayModel
@@ -36,9 +41,10 @@ from drivers.sim.machine import PlayModel
 __all__ = ["SasEgm"]
 
 _WAKEUP = 0x100
-# Total request lengths of the long polls we know (address + command + data + CRC).
-_REQUEST_LENGTH = {0x01: 4, 0x02: 4, 0x06: 4, 0x07: 4, 0x0E: 5, 0x21: 6, 0x7F: 11, 0x94: 4}
-_S_TYPE = set(_REQUEST_LENGTH)
+_S_TYPE = {c for c, spec in messages.POLL_SPECS.items() if spec.kind != "R"}
+_CLOCK_EPOCH = dt.datetime(2026, 1, 1)
+_CHIRP_EVERY_S = 0.2
+_BILL_CENTS = {0x00: 100, 0x02: 500, 0x03: 1000, 0x04: 2000}
 
 
 @dataclass(slots=True)
@@ -49,11 +55,17 @@ class _Last:
     repeats: int = 0
 
 
+_ANSWERED = frozenset({*messages.METER_NAMES, 0x1B, 0x2F, 0x3D, 0x48, 0x51, 0x53, 0x55, 0x56,
+                       0x57, 0x6F, 0xAF, 0x7E, 0x94, 0xA0})
+
+
 class SasEgm:
     def __init__(self, address: int, ledger: Ledger, *, play: PlayModel | None = None,
                  config: messages.GameConfig | None = None, serial: str = "SIM0001",
                  sas_version: str = "602", fifo_size: int = 20,
-                 rte_capable: bool = True, faults: FaultPlan | None = None) -> None:
+                 rte_capable: bool = True, faults: FaultPlan | None = None,
+                 chirp: bool = True, chirp_after_s: float = 5.0,
+                 unsupported: frozenset[int] = frozenset()) -> None:
         self.address = address
         self.ledger = ledger
         self.play = play
@@ -74,6 +86,15 @@ class SasEgm:
         # Seconds the runner should hold the next answer back ("slow" fault); consumed by it.
         self.answer_delay = 0.0
         self.powered_until: float | None = None
+        self.chirp = chirp
+        self.chirp_after_s = chirp_after_s
+        self.chirps_sent = 0
+        self._last_address_at = 0.0
+        self._next_chirp: float | None = chirp_after_s if chirp else None
+        self._out_words: list[int] = []
+        self.clock_offset_s = 0.0
+        # Long polls this machine ignores (silence, reference 2.2), e.g. {0x6F, 0xAF}.
+        self.unsupported = unsupported
 
     # ---- play --------------------------------------------------------------------------------
 
@@ -117,12 +138,29 @@ class SasEgm:
         return entry
 
     def get_timer(self) -> float | None:
-        return self.play.due() if self.play else None
+        due = [t for t in (self.play.due() if self.play else None, self._next_chirp)
+               if t is not None]
+        return min(due) if due else None
 
     def handle_timer(self, now: float) -> None:
         if self.play:
             for code, data in self.play.advance(now, rte=self.rte):
                 self.raise_exception(code, data, now)
+        if self._next_chirp is not None and now >= self._next_chirp:
+            off = self.powered_until is not None and now < self.powered_until
+            if not off:
+                self._out_words.append(_WAKEUP | self.address)
+                self.chirps_sent += 1
+            self._next_chirp = now + _CHIRP_EVERY_S
+
+    def take_words(self) -> list[int]:
+        """Unsolicited words to send (chirps), 9-bit: bit 8 is the wakeup bit."""
+        words, self._out_words = self._out_words, []
+        return words
+
+    def clock(self, now: float) -> dt.datetime:
+        return (_CLOCK_EPOCH + dt.timedelta(seconds=now + self.clock_offset_s)).replace(
+            microsecond=0)
 
     # ---- link --------------------------------------------------------------------------------
 
@@ -132,12 +170,21 @@ class SasEgm:
         for word in words:
             if word & _WAKEUP:
                 self._msg = [word & 0xFF]
+                self._last_address_at = now
+                if self.chirp:
+                    self._next_chirp = now + self.chirp_after_s
             elif self._msg is None:
                 continue
             else:
                 self._msg.append(word & 0xFF)
             msg = self._msg
-            if msg[0] & 0x80 or (len(msg) >= 2 and len(msg) >= _REQUEST_LENGTH.get(msg[1], 2)):
+            if msg[0] & 0x80:
+                need: int | None = 1
+            elif len(msg) >= 2:
+                need = messages.request_length(msg[1], msg[2] if len(msg) > 2 else None)
+            else:
+                need = None
+            if need is not None and len(msg) >= need:
                 self._msg = None
                 out = self._handle(bytes(msg), now)
         return out
@@ -205,11 +252,12 @@ class SasEgm:
             return b""
         self._ack_last(now)
         data = msg[2:-2] if command in _S_TYPE else b""
-        answer, entry = self._answer(command, data)
+        answer, entry = self._answer(command, data, now)
         self._last = _Last(key, answer, entry)
         return answer
 
-    def _answer(self, command: int | None, data: bytes) -> tuple[bytes, LedgerEntry | None]:
+    def _answer(self, command: int | None, data: bytes,
+                now: float) -> tuple[bytes, LedgerEntry | None]:
         a = self.address
         head = self._head()
         if self.rte and head is not None:
@@ -218,6 +266,8 @@ class SasEgm:
             if self.rte:
                 return b"", None
             return bytes([head.code if head else 0]), head
+        if command in self.unsupported:
+            return b"", None
         match command:
             case LongPoll.CURRENT_CREDITS:
                 return messages.encode_current_credits(a, self.credits), None
@@ -227,6 +277,15 @@ class SasEgm:
                 return messages.encode_version(a, self.version), None
             case LongPoll.RTE_MODE if self.rte_capable:
                 self.rte = data == b"\x01"
+            case LongPoll.ROM_SIGNATURE:
+                pass  # ACK now; the signature itself is never delivered (not simulated)
+            case LongPoll.SET_CLOCK:
+                self._set_clock(data, now)
+            case LongPoll.ENABLE_BILL_ACCEPTOR | LongPoll.DISABLE_BILL_ACCEPTOR:
+                pass
+            case _ if command in _ANSWERED:
+                value = self._typed_answer(command, data, now)
+                return messages.encode_answer(a, command, value), None
             case LongPoll.SHUTDOWN:
                 self.enabled = False
             case LongPoll.STARTUP:
@@ -234,3 +293,66 @@ class SasEgm:
             case _:
                 return b"", None
         return bytes([a]), None
+
+    def _meters(self) -> dict[str, int]:
+        base = dict.fromkeys(("coin_in", "coin_out", "games_played", "games_won", "games_lost",
+                              "drop", "jackpot", "cancelled_credits", "current_credits"), 0)
+        if self.play:
+            base.update(self.play.meters())
+        return base
+
+    def _typed_answer(self, command: int, data: bytes, now: float) -> messages.LongPollAnswer:
+        meters = self._meters()
+        play = self.play
+        if command in messages.METER_NAMES:
+            counts = play.bill_counts if play else {}
+            extra = {"games_since_power_up": meters["games_played"] % 10**4,
+                     "games_since_door_closed": meters["games_played"] % 10**4,
+                     "slot_door_opened_count": 0, "power_resets": 0,
+                     "bills_total_dollars": sum(c * n for c, n in counts.items()) // 100,
+                     **{f"bills_{d}": counts.get(d * 100, 0) for d in (1, 5, 10, 20, 50, 100)}}
+            names = messages.METER_NAMES[command]
+            return messages.MeterReading(command, {n: {**meters, **extra}[n] for n, _ in names})
+        match command:
+            case LongPoll.HANDPAY_INFO:
+                cents = play.handpay_cents if play else 0
+                return messages.HandpayInfo(0, 0x40 if cents else 0, cents, 0, 0)
+            case LongPoll.SELECTED_METERS | LongPoll.EXTENDED_METERS | LongPoll.EXTENDED_METERS_ALT:
+                game = bcd.decode(data[1:3])
+                step = 1 if command == LongPoll.SELECTED_METERS else 2
+                codes = [int.from_bytes(data[i:i + step], "little")
+                         for i in range(3, len(data), step)]
+                return messages.SelectedMeters(command, game, {
+                    c: meters[METER_CODES[c]] for c in codes if c in METER_CODES})
+            case LongPoll.CASHOUT_TICKET:
+                return messages.CashoutTicket(0, 0)
+            case LongPoll.LAST_BILL:
+                code, count = (play.last_bill if play and play.last_bill else (0, 0))
+                return messages.LastBill(1 if count else 0, code, count)
+            case LongPoll.GAME_COUNT:
+                return messages.GameCount(1)
+            case LongPoll.GAME_N_CONFIGURATION:
+                return replace(self.config, game_number=bcd.decode(data))
+            case LongPoll.SELECTED_GAME:
+                return messages.SelectedGame(1)
+            case LongPoll.ENABLED_GAMES:
+                return messages.EnabledGames((1,))
+            case LongPoll.PENDING_CASHOUT:
+                return messages.PendingCashout(0x80, 0)
+            case LongPoll.READ_CLOCK:
+                return messages.MachineClock(self.clock(now))
+            case LongPoll.REMOTE_HANDPAY_RESET:
+                if play and play.handpay_cents:
+                    play.handpay_cents = 0
+                    return messages.HandpayResetResult(0)
+                return messages.HandpayResetResult(2)
+            case LongPoll.ENABLED_FEATURES:
+                return messages.EnabledFeatures(bcd.decode(data), b"\x00\x00\x00")
+        raise AssertionError(f"LP {command:02X} listed as answered")  # pragma: no cover
+
+    def _set_clock(self, data: bytes, now: float) -> None:
+        try:
+            when = messages.decode_clock(data)
+        except SasRemoteProtocolError:
+            return
+        self.clock_offset_s = (when - _CLOCK_EPOCH).total_seconds() - now

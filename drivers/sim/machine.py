@@ -30,7 +30,15 @@ class PlayModel:
         self.denom_cents = denom_cents
         self.credits = 0
         self.coin_in = 0
+        self.coin_out = 0
+        self.games_played = 0
+        self.games_won = 0
+        self.drop_credits = 0
         self.bill_counts: dict[int, int] = {}
+        # (bill code of the LP 48 table, lifetime count) of the last bill, for LP 48.
+        self.last_bill: tuple[int, int] | None = None
+        # Amount of the handpay pending (LP 1B), cents; 0 when none.
+        self.handpay_cents = 0
         self.playing = events_per_second > 0
         self._next = start + self._gap() if self.playing else None
 
@@ -64,7 +72,17 @@ class PlayModel:
             return [(Exc.GAME_SELECTED, bcd.encode(self._rng.randint(1, 20), 2))]
         if roll < 0.97:
             return [(self._rng.choice(_TILTS), b"")]
+        self.handpay_cents = 120_000
         return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
+
+    def meters(self) -> dict[str, int]:
+        """Lifetime meters by the names of messages.METER_NAMES (credits / counts)."""
+        wrap = 10**8
+        return {"coin_in": self.coin_in, "coin_out": self.coin_out % wrap,
+                "games_played": self.games_played % wrap, "games_won": self.games_won % wrap,
+                "games_lost": (self.games_played - self.games_won) % wrap,
+                "drop": self.drop_credits % wrap, "jackpot": 0, "cancelled_credits": 0,
+                "current_credits": self.credits % wrap}
 
     def _game(self) -> list[tuple[int, bytes]]:
         wager = min(self.credits, self._rng.choice((1, 2, 3, 5)))
@@ -74,6 +92,9 @@ class PlayModel:
         self.coin_in = (self.coin_in + wager) % 10**8
         win = self._rng.choice((0, 0, 0, wager, 2 * wager, 10 * wager))
         self.credits += win
+        self.coin_out += win
+        self.games_played += 1
+        self.games_won += win > 0
         started = bcd.encode(wager, 2) + bcd.encode(self.coin_in, 4) + b"\x00\x00"
         return [(Exc.GAME_STARTED, started), (Exc.GAME_ENDED, bcd.encode(win, 4))]
 
@@ -81,6 +102,8 @@ class PlayModel:
         cents = self._rng.choice(tuple(_BILL_CODE))
         self.credits += cents // self.denom_cents
         count = self.bill_counts[cents] = self.bill_counts.get(cents, 0) + 1
+        self.drop_credits += cents // self.denom_cents
+        self.last_bill = (_BILL_CODE[cents], count)
         if not rte:
             return _NON_RTE_BILLS[cents], b""
         return Exc.BILL_ACCEPTED, bcd.encode(1, 1) + bcd.encode(_BILL_CODE[cents], 1) + bcd.encode(

@@ -24,6 +24,9 @@ async def run_egm(egm: SasEgm, link: EgmLink, *,
             words = await link.receive_words()
             out = egm.receive_words(words, trio.current_time())
         # Outside the play-timer scope: an answer must never be cut off by it.
+        chirps = egm.take_words()
+        if chirps:
+            await link.send_words(chirps)
         if out:
             if egm.answer_delay:
                 delay, egm.answer_delay = egm.answer_delay, 0.0

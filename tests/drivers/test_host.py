@@ -23,7 +23,7 @@ def _events(host: SasHost) -> list[object]:
 
 
 def _online_host(*, rte: bool) -> SasHost:
-    """A host past discovery: LP 1F, LP 54 (and LP 0E) answered."""
+    """A host past discovery: LP 1F, 54, A0, 51 (and LP 0E) answered; next poll at 2.0."""
     host = SasHost("p", [A], HostConfig(rte=rte, credits_every_s=1000))
     host.handle_timer(0.0)
     assert _frames(host) == ["81"]  # restart probe: a plain GP, no sync poll in front of it
@@ -34,21 +34,28 @@ def _online_host(*, rte: bool) -> SasHost:
     host.handle_timer(0.4)
     assert _frames(host) == ["0154"]
     host.receive_data(messages.encode_version(A, messages.VersionInfo("602", "X1")), 0.41)
+    host.handle_timer(0.61)
+    assert _frames(host) == ["01a000006c13"]  # LP A0, game 0 (whole machine)
+    host.receive_data(messages.encode_answer(A, 0xA0, messages.EnabledFeatures(0, b"\0\0\0")),
+                      0.62)
+    host.handle_timer(0.82)
+    assert _frames(host) == ["0151"]
+    host.receive_data(messages.encode_answer(A, 0x51, messages.GameCount(0)), 0.83)
     if rte:
-        host.handle_timer(0.61)
+        host.handle_timer(1.05)
         assert _frames(host) == ["010e0145d1"]
-        host.receive_data(b"\x01", 0.62)
-        assert host.get_timer() == pytest.approx(0.63)  # lone ACK completes after the gap
-        host.handle_timer(0.63)
+        host.receive_data(b"\x01", 1.04)
+        assert host.get_timer() == pytest.approx(1.05)  # lone ACK completes after the gap
+        host.handle_timer(1.05)
     assert [e.event.type for e in _events(host)] == ["deviceOnline"]
     return host
 
 
 def test_exception_is_acknowledged_only_after_durable() -> None:
     host = _online_host(rte=False)
-    host.handle_timer(1.0)
+    host.handle_timer(2.0)
     assert _frames(host) == ["81"]
-    host.receive_data(b"\x11", 1.01)
+    host.receive_data(b"\x11", 2.01)
     [report] = _events(host)
     assert isinstance(report, Report) and report.event.type == "doorOpened"
     assert host.get_timer() is None  # holding the line
@@ -62,28 +69,28 @@ def test_exception_is_acknowledged_only_after_durable() -> None:
 
 def test_no_activity_then_gp_again_goes_through_the_sync_address() -> None:
     host = _online_host(rte=False)
-    host.handle_timer(1.0)
+    host.handle_timer(2.0)
     assert _frames(host) == ["81"]
-    host.receive_data(b"\x00", 1.01)
-    host.handle_timer(1.2)
+    host.receive_data(b"\x00", 2.01)
+    host.handle_timer(2.2)
     assert _frames(host) == ["82", "81"]  # never the same poll twice in a row
 
 
 def test_rte_event_instead_of_long_poll_answer() -> None:
     host = _online_host(rte=True)
     ticket = host.request(A, 0x01)
-    host.handle_timer(1.0)
+    host.handle_timer(2.0)
     assert _frames(host) == ["01015108"]
-    host.receive_data(messages.encode_event(A, 0x7F, bytes.fromhex("00000010")), 1.01)
+    host.receive_data(messages.encode_event(A, 0x7F, bytes.fromhex("00000010")), 2.01)
     [report] = _events(host)
     assert report.event.type == "gameEnded"
     assert dict(report.event.data) == {"win_credits": 10, "win_cents": 50}  # denomination 5c
     host.durable(report.token)
-    host.handle_timer(1.2)
+    host.handle_timer(2.2)
     # The event is ACKed by a poll to another address, then the long poll is re-issued.
     assert _frames(host) == ["82", "01015108"]
-    host.receive_data(b"\x01", 1.21)
-    host.handle_timer(1.3)
+    host.receive_data(b"\x01", 2.21)
+    host.handle_timer(2.3)
     events = _events(host)
     assert isinstance(events[0], Acknowledged)
     assert events[1].ticket == ticket and events[1].ok
@@ -91,17 +98,17 @@ def test_rte_event_instead_of_long_poll_answer() -> None:
 
 def test_timeout_retries_identically_then_resyncs() -> None:
     host = _online_host(rte=False)
-    host.handle_timer(1.0)
+    host.handle_timer(2.0)
     assert _frames(host) == ["81"]
-    host.handle_timer(1.1)  # timeout; the retry waits for the poll interval
+    host.handle_timer(2.1)  # timeout; the retry waits for the poll interval
     assert _frames(host) == []
-    host.handle_timer(1.2)
+    host.handle_timer(2.2)
     assert _frames(host) == ["81"]
-    host.handle_timer(1.3)
-    host.handle_timer(1.4)
+    host.handle_timer(2.3)
+    host.handle_timer(2.41)  # (2.2 + 0.2 is a hair above 2.4 in floating point)
     assert _frames(host) == ["81"]
-    host.handle_timer(1.5)
-    host.handle_timer(1.6)
+    host.handle_timer(2.52)
+    host.handle_timer(2.62)
     assert _frames(host) == ["82", "81"]
     stats = host.statistics()[A]
     assert (stats["timeouts"], stats["retries"]) == (3, 2)
@@ -110,14 +117,14 @@ def test_timeout_retries_identically_then_resyncs() -> None:
 def test_nack_and_busy_on_a_long_poll() -> None:
     host = _online_host(rte=False)
     host.request(A, 0x02)
-    host.handle_timer(1.0)
+    host.handle_timer(2.0)
     assert _frames(host) == ["0102ca3a"]
-    host.receive_data(b"\x81", 1.01)  # NACK: bad CRC at the machine
-    host.handle_timer(1.2)
+    host.receive_data(b"\x81", 2.01)  # NACK: bad CRC at the machine
+    host.handle_timer(2.2)
     assert _frames(host) == ["0102ca3a"]
-    host.receive_data(b"\x01\x00", 1.21)  # busy: complete after the gap
-    host.handle_timer(1.22)
-    host.handle_timer(1.4)
+    host.receive_data(b"\x01\x00", 2.21)  # busy: complete after the gap
+    host.handle_timer(2.22)
+    host.handle_timer(2.41)
     assert _frames(host) == ["0102ca3a"]  # the very same poll, no sync poll in between
     stats = host.statistics()[A]
     assert (stats["nacks"], stats["busy"]) == (1, 1)
@@ -130,3 +137,38 @@ def test_bad_configuration_is_a_local_error() -> None:
         SasHost("p", [0])
     with pytest.raises(SasLocalProtocolError):
         SasHost("p", [1]).request(2, 0x01)
+
+
+def test_late_bytes_while_a_retry_waits_leave_no_deadline_behind() -> None:
+    # Found by the fuzz: bytes arriving between a timeout and the retry set a deadline earlier
+    # than the retry time, which then never moved (the driver loop would spin).
+    host = _online_host(rte=False)
+    host.handle_timer(2.0)
+    assert _frames(host) == ["81"]
+    host.handle_timer(2.1)  # timeout; the retry waits until 2.2
+    host.receive_data(b"\x01", 2.15)  # a late byte, could still be the start of an event frame
+    now = 2.15 + host.config.inter_byte_gap_s
+    host.handle_timer(now)
+    [report] = _events(host)  # the late byte was the answer: exception 01
+    assert report.event.source.code == 0x01
+    assert host.get_timer() is None  # holding the line until durable
+    host.durable(report.token)
+    host.handle_timer(now)
+    timer = host.get_timer()
+    assert timer is not None and timer > now
+
+
+def test_bare_exception_byte_in_rte_mode_means_the_machine_left_rte() -> None:
+    host = _online_host(rte=True)
+    host.handle_timer(2.0)
+    assert _frames(host) == ["81"]
+    host.receive_data(b"\x11", 2.01)
+    assert _events(host) == []  # one bare byte: wait for the line to go quiet
+    host.handle_timer(2.01 + host.config.inter_byte_gap_s)
+    host.handle_timer(2.1)
+    [report] = _events(host)
+    assert report.event.type == "doorOpened"
+    assert host.statistics()[A]["rte"] is False
+    host.durable(report.token)
+    host.handle_timer(2.2)
+    assert _frames(host)[-1] == "010e0145d1"  # RTE asked for again (and the ACK of the 11)
