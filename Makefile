@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench crash clean
+.PHONY: demo test lint bench crash certify clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is required"'
@@ -30,6 +30,11 @@ bench: $(STAMP)
 
 crash: $(STAMP)
 	$(BIN)/python bench/crash_loop.py --kills 200
+
+# Certification run (docs/certification.md): every chaos/soak scenario with the real processes,
+# 30+ minutes; report in bench/results/certify-<timestamp>/. The short version runs in make test.
+certify: $(STAMP)
+	$(BIN)/python bench/certify.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache test-output

@@ -1,0 +1,1 @@
+"""Helpers of bench/certify.py: the process harness, the flapping TCP proxy, figures."""
