@@ -7,6 +7,7 @@ before `host.durable()` lets the host send the next poll, which is the implied A
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -65,11 +66,9 @@ class SasSettings:
     timer_slack_s: float = 0.001
 
     def host_config(self) -> HostConfig:
-        return HostConfig(self.poll_interval_s, self.response_timeout_s, self.inter_byte_gap_s,
-                          self.offline_after_misses, self.rte, self.credits_every_s,
-                          self.max_attempts, self.sync_address, self.rte_silence_retries,
-                          self.max_attempts_answering, self.meters_every_s, self.clock_every_s,
-                          self.meter_polls, self.min_poll_interval_s, self.timer_slack_s)
+        # By name: the two classes list their fields in different orders (a positional copy
+        # once swapped rte_silence_retries and max_attempts_answering).
+        return HostConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(HostConfig)})
 
 
 def _clock_data(args: Mapping[str, Any]) -> bytes:
