@@ -40,6 +40,7 @@ from gateway.events import Draft, system_draft
 from gateway.signing import (
     GENESIS,
     INTEGRITY_FIELDS,
+    SealedParts,
     Signer,
     SignerProcess,
     canonical,
@@ -146,6 +147,10 @@ class _Pending:
     rotate_to: Signer | None = None  # a keyRotated draft: sealed by the old key, then switch
     shed: bool = False
     alert: bool = False  # the outbox's own diskFull/diskSpaceRestored: nobody awaits it
+
+
+# One event between hashing and signing: (pending, envelope, prev_hash, kid, parts).
+_Sealing = tuple[_Pending, dict[str, Any], bytes, str, SealedParts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +567,14 @@ class Outbox:
         item = await self._receive.receive()
         if item is not None:
             batch.append(item)
+        # Take what is already queued without a scheduling round trip per event.
+        while len(batch) < self.settings.batch_max:
+            try:
+                item = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if item is not None:
+                batch.append(item)
 
     async def _collect_groups(self, groups: trio.MemorySendChannel[list[_Pending]]) -> None:
         batch: list[_Pending] = []
@@ -725,15 +738,16 @@ class Outbox:
         now = time.time()
         # Hash in chunks and keep up to SIGN_AHEAD chunks at the signing process: it signs one
         # chunk while this thread hashes the next and finishes (packs) the one before.
-        chunks: deque[list[tuple[_Pending, dict[str, Any], bytes]]] = deque()
-        chunk: list[tuple[_Pending, dict[str, Any], bytes]] = []
+        chunks: deque[list[_Sealing]] = deque()
+        chunk: list[_Sealing] = []
         # A small group is signed here: a round trip to the other process would only add
         # latency at venue load, where throughput is no concern.
         use_process = len(batch) >= SIGN_PROCESS_MIN
 
-        def finish(done: list[tuple[_Pending, dict[str, Any], bytes]], sigs: list[bytes]) -> None:
-            for (pending, ordered, digest), sig in zip(done, sigs, strict=True):
-                sealed, body = finish_seal(ordered, digest, sig)
+        def finish(done: list[_Sealing], sigs: list[bytes]) -> None:
+            for (pending, envelope, prev_hash, kid, parts), sig in zip(done, sigs, strict=True):
+                sealed, body = finish_seal(envelope, prev_hash, kid, parts, sig)
+                digest = parts.digest
                 draft = pending.draft
                 key = machine_key(draft.machine)
                 code = draft.source[0] if draft.source else None
@@ -744,10 +758,10 @@ class Outbox:
                 pending.seq, pending.envelope = sealed["seq"], sealed
                 envelopes.append(sealed)
 
-        def finish_here(done: list[tuple[_Pending, dict[str, Any], bytes]]) -> None:
+        def finish_here(done: list[_Sealing]) -> None:
             keys = self._chunk_signers(done, batch)
-            finish(done, [k.key.sign(digest).signature
-                          for k, (_, _, digest) in zip(keys, done, strict=True)])
+            finish(done, [k.key.sign(item[4].digest).signature
+                          for k, item in zip(keys, done, strict=True)])
 
         def drain(limit: int) -> None:
             """Finish the oldest outstanding chunks until at most `limit` remain (in order;
@@ -762,10 +776,10 @@ class Outbox:
                         self._signing_failed(err)
                 finish_here(chunks.popleft())
 
-        def send(ready: list[tuple[_Pending, dict[str, Any], bytes]], key: Signer) -> None:
+        def send(ready: list[_Sealing], key: Signer) -> None:
             if self._signing is not None and use_process:
                 try:
-                    self._signing.request(key, [digest for _, _, digest in ready])
+                    self._signing.request(key, [item[4].digest for item in ready])
                 except OSError as err:
                     self._signing_failed(err)
             chunks.append(ready)
@@ -773,9 +787,10 @@ class Outbox:
 
         for pending in batch:
             seq += 1
-            ordered, prev = seal_parts(envelope_for(self.settings, self.epoch, pending.draft, seq),
-                                       prev, signer.kid)
-            chunk.append((pending, ordered, prev))
+            envelope = envelope_for(self.settings, self.epoch, pending.draft, seq)
+            parts = seal_parts(envelope, prev, signer.kid)
+            chunk.append((pending, envelope, prev, signer.kid, parts))
+            prev = parts.digest
             if pending.rotate_to is not None or len(chunk) >= SIGN_CHUNK:
                 send(chunk, signer)
                 chunk = []
@@ -829,7 +844,7 @@ class Outbox:
         if signing is not None:
             signing.kill()
 
-    def _chunk_signers(self, chunk: list[tuple[_Pending, dict[str, Any], bytes]],
+    def _chunk_signers(self, chunk: list[_Sealing],
                        batch: list[_Pending]) -> list[Signer]:
         """The key each event of `chunk` is signed with: the current one, switched after each
         keyRotated event earlier in the batch."""
@@ -838,7 +853,7 @@ class Outbox:
             by_pending[id(pending)] = signer
             if pending.rotate_to is not None:
                 signer = pending.rotate_to
-        return [by_pending[id(pending)] for pending, _, _ in chunk]
+        return [by_pending[id(item[0])] for item in chunk]
 
     def _prune(self, conn: sqlite3.Connection, prunable: int, low_space: bool) -> int:
         """Delete at most `prune_batch` of the oldest delivered rows (seq <= `prunable`, which

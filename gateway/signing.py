@@ -36,6 +36,7 @@ __all__ = [
     "GENESIS",
     "ChainBreak",
     "KeyFileError",
+    "SealedParts",
     "Signer",
     "SignerProcess",
     "canonical",
@@ -103,30 +104,90 @@ class Signer:
         return key_id(self.key.verify_key)
 
 
-def seal_parts(envelope: dict[str, Any], prev_hash: bytes, kid: str
-               ) -> tuple[dict[str, Any], bytes]:
-    """First half of `seal`: the sorted body (with prev_hash and kid) and its chain hash."""
-    body_fields = {k: v for k, v in envelope.items() if k not in INTEGRITY_FIELDS}
-    body_fields["prev_hash"] = prev_hash
-    body_fields["kid"] = kid
-    ordered = _sorted(body_fields)
-    return ordered, chain_hash(prev_hash, msgpack.packb(ordered, use_bin_type=True))
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 0x10000:
+        return b"\xde" + struct.pack(">H", n)
+    return b"\xdf" + struct.pack(">I", n)
 
 
-def finish_seal(ordered: dict[str, Any], digest: bytes, sig: bytes
-                ) -> tuple[dict[str, Any], bytes]:
-    """Second half of `seal`: add hash and sig; return (sealed envelope, stored bytes)."""
-    ordered["hash"] = digest
-    ordered["sig"] = sig
-    # Nested maps are already sorted; only the two new top-level keys need placing.
-    sealed = dict(sorted(ordered.items()))
-    return sealed, msgpack.packb(sealed, use_bin_type=True)
+_HEADER_LEN = {0xDE: 3, 0xDF: 5}
+# The two integrity pairs, ready to splice: key then the bin8 header of a 32/64-byte value.
+_HASH_PAIR = msgpack.packb("hash") + b"\xc4\x20"
+_SIG_PAIR = msgpack.packb("sig") + b"\xc4\x40"
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_LAYOUTS: dict[tuple[str, ...], tuple[int, bytes, tuple[tuple[str, ...], ...]]] = {}
+
+
+def _layout(keys: tuple[str, ...]) -> tuple[int, bytes, tuple[tuple[str, ...], ...]]:
+    """For an envelope's field names: the body's field count, map header and the three runs of
+    sorted names (before "hash", between "hash" and "sig", after "sig"). Cached: the outbox
+    seals one shape of envelope millions of times."""
+    layout = _LAYOUTS.get(keys)
+    if layout is None:
+        names = sorted((set(keys) - set(INTEGRITY_FIELDS)) | {"prev_hash", "kid"})
+        runs: tuple[list[str], list[str], list[str]] = ([], [], [])
+        for k in names:
+            runs[0 if k < "hash" else 1 if k < "sig" else 2].append(k)
+        layout = (len(names), _map_header(len(names)), tuple(tuple(run) for run in runs))
+        if len(_LAYOUTS) > 64:
+            _LAYOUTS.clear()
+        _LAYOUTS[keys] = layout
+    return layout
+
+
+@dataclass(frozen=True, slots=True)
+class SealedParts:
+    """An envelope's canonical body cut where "hash" and "sig" sort in, so the stored bytes
+    are spliced together after signing instead of being packed a second time."""
+
+    count: int  # body fields; the stored map has two more
+    before_hash: bytes
+    between: bytes
+    after_sig: bytes
+    digest: bytes
+
+    def stored(self, sig: bytes) -> bytes:
+        """canonical(envelope with hash and sig), byte for byte."""
+        return b"".join((_map_header(self.count + 2), self.before_hash, _HASH_PAIR, self.digest,
+                         self.between, _SIG_PAIR, sig, self.after_sig))
+
+
+def seal_parts(envelope: dict[str, Any], prev_hash: bytes, kid: str) -> SealedParts:
+    """First half of `seal`: the body (with prev_hash and kid) packed once, and its chain hash.
+
+    The canonical map is sorted by key, so it is the concatenation of three runs of pairs:
+    keys before "hash", keys between "hash" and "sig", keys after "sig"."""
+    count, header, runs = _layout(tuple(envelope))
+    fields = dict(envelope)
+    fields["prev_hash"] = prev_hash
+    fields["kid"] = kid
+    packed = []
+    for run in runs:
+        raw = _pack({k: (_sorted(v) if isinstance(v := fields[k], _CONTAINERS) else v)
+                     for k in run})
+        packed.append(raw[_HEADER_LEN.get(raw[0], 1):])
+    before, between, after = packed
+    return SealedParts(count, before, between, after,
+                       chain_hash(prev_hash, b"".join((header, before, between, after))))
+
+
+def finish_seal(envelope: dict[str, Any], prev_hash: bytes, kid: str, parts: SealedParts,
+                sig: bytes) -> tuple[dict[str, Any], bytes]:
+    """Second half of `seal`: (sealed envelope, stored bytes)."""
+    sealed = {k: v for k, v in envelope.items() if k not in INTEGRITY_FIELDS}
+    sealed.update(prev_hash=prev_hash, kid=kid, hash=parts.digest, sig=sig)
+    return sealed, parts.stored(sig)
 
 
 def seal(envelope: dict[str, Any], prev_hash: bytes, signer: Signer) -> tuple[dict[str, Any], bytes]:
     """Add prev_hash, kid, hash and sig to `envelope`; return (sealed envelope, stored bytes)."""
-    ordered, digest = seal_parts(envelope, prev_hash, signer.kid)
-    return finish_seal(ordered, digest, signer.key.sign(digest).signature)
+    parts = seal_parts(envelope, prev_hash, signer.kid)
+    return finish_seal(envelope, prev_hash, signer.kid, parts,
+                       signer.key.sign(parts.digest).signature)
 
 
 class SignerProcess:

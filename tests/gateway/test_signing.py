@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import msgpack
 import nacl.signing
 import pytest
@@ -12,6 +14,7 @@ from gateway.signing import (
     ChainBreak,
     KeyFileError,
     Signer,
+    canonical,
     check_event,
     decode_envelope,
     load_signing_key,
@@ -131,9 +134,34 @@ def test_seal_parts_and_finish_equal_seal(signer):
     from gateway.signing import finish_seal, seal_parts
 
     env = envelope(3, door="main", nested={"b": [{"z": 1, "a": 2}], "a": None})
-    ordered, digest = seal_parts(env, GENESIS, signer.kid)
-    assert finish_seal(ordered, digest, signer.key.sign(digest).signature) == \
-        seal(env, GENESIS, signer)
+    parts = seal_parts(env, GENESIS, signer.kid)
+    assert finish_seal(env, GENESIS, signer.kid, parts,
+                       signer.key.sign(parts.digest).signature) == seal(env, GENESIS, signer)
+
+
+_plain = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1),
+                   st.text(max_size=8), st.binary(max_size=8))
+_value = st.recursive(_plain, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=12)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.dictionaries(st.text(max_size=12), _value, max_size=24),
+                  st.binary(min_size=32, max_size=32))
+def test_spliced_stored_bytes_are_the_canonical_bytes(fields, prev):
+    """The stored bytes are spliced from three runs of packed pairs; they must be exactly
+    canonical(envelope), and the hash exactly chain_hash(prev, canonical(body)), for any field
+    names (before, between and after "hash"/"sig"; 16+ fields need a map16 header)."""
+    from gateway.signing import chain_hash, seal_parts
+
+    signer = Signer(nacl.signing.SigningKey(bytes(32)))
+    parts = seal_parts(fields, prev, signer.kid)
+    sealed, stored = seal(fields, prev, signer)
+    body = {k: v for k, v in sealed.items() if k not in ("hash", "sig")}
+    assert parts.digest == chain_hash(prev, canonical(body)) == sealed["hash"]
+    assert stored == canonical(sealed)
+    assert decode_envelope(stored) == sealed
 
 
 async def test_big_group_through_the_signing_process_with_a_rotation(make_outbox,
