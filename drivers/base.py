@@ -50,12 +50,16 @@ class SourceRef:
     machine re-sends the exception it never saw acknowledged, with the same code and payload.
     `priority` marks an exception the machine sends ahead of its queue (SAS P-flag, e.g. 70), so
     it can arrive before that re-sent one.
+    `poll_counter` is the line's poll-journal counter of the poll that elicited the exception
+    (drivers/sas/journal.py), None without a journal: committed with the event, it tells after a
+    restart whether any frame followed that poll, i.e. whether the machine was told.
     """
 
     protocol: str
     code: int
     payload: bytes = b""
     priority: bool = False
+    poll_counter: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

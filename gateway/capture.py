@@ -52,6 +52,30 @@ class OutboxSink:
         if seq is not None:
             self._outbox.note_acknowledged(key, seq)
 
+    def settle_restart(self, port: str, counter_at_open: int | None) -> int:
+        """Before `port`'s driver starts: drop the redelivery check for each of its machines
+        whose last recorded exception was followed by another frame on the line (the journal's
+        counter moved past the eliciting poll's): that frame was its implied ACK, so the machine
+        will not re-send it, and an identical exception from it is a new one. Without a journal
+        (`None`) or a stored counter the check stays armed. Returns how many were settled."""
+        if counter_at_open is None:
+            return 0
+        settled = 0
+        outbox = self._outbox
+        for key in [k for k in outbox.unacknowledged if k.startswith(f"{port}/")]:
+            counter = outbox.unacknowledged_counter.get(key)
+            if counter is None or counter == counter_at_open:
+                continue
+            outbox.unacknowledged.pop(key, None)
+            seq = outbox.unacknowledged_seq.pop(key, 0)
+            if seq:
+                outbox.note_acknowledged(key, seq)
+            settled += 1
+            log.info("exception acknowledged before the restart (later frames on the line); "
+                     "no redelivery expected", machine=key, seq=seq,
+                     poll_counter=counter, journal_counter=counter_at_open)
+        return settled
+
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         # A machine re-sends its unacknowledged exception before anything else from its queue,
         # so the first queued exception after a restart settles the question for that machine;

@@ -382,8 +382,11 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         command_handler=router.handle)
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)
-    gw = Gateway(config=config, outbox=outbox,
-                 sink=WatchedSink(OutboxSink(outbox, currency=config.gateway.currency), health),
+    capture = OutboxSink(outbox, currency=config.gateway.currency)
+    for name, driver in drivers.items():
+        if isinstance(driver, SasDriver):
+            capture.settle_restart(name, driver.journal_counter_at_open)
+    gw = Gateway(config=config, outbox=outbox, sink=WatchedSink(capture, health),
                  drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
                  control_path=control_socket_path(config.gateway), config_path=config_path)
     outbox.commit_listeners.append(gw.activity.on_commit)

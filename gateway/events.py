@@ -167,7 +167,8 @@ class Draft:
     machine: dict[str, Any] | None = None
     monotonic: float = 0.0  # trio clock at capture, for latency figures; not part of the envelope
     droppable: bool = False
-    source: tuple[int, bytes] | None = field(default=None)  # (code, payload) for redelivery
+    # (code, payload, poll counter) for redelivery (drivers.base.SourceRef)
+    source: tuple[int, bytes, int | None] | None = field(default=None)
 
 
 def _exact_money(data: dict[str, Any], currency: str) -> dict[str, Any]:
@@ -192,7 +193,8 @@ def spec_for(event_type: str) -> EventSpec:
 
 def draft_from_machine(event: MachineEvent, *, currency: str, now: float) -> Draft:
     spec = spec_for(event.type)
-    source = (event.source.code, event.source.payload) if event.source else None
+    source = ((event.source.code, event.source.payload, event.source.poll_counter)
+              if event.source else None)
     return Draft(
         type=spec.type, channel=spec.channel, schema_version=spec.version,
         timestamp=rfc3339(event.observed_at or now), trace_id=new_trace_id(),

@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS machine_state (
     last_seq INTEGER NOT NULL,
     last_code INTEGER,
     last_payload BLOB,
-    acked_seq INTEGER NOT NULL DEFAULT 0
+    acked_seq INTEGER NOT NULL DEFAULT 0,
+    last_counter INTEGER
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
@@ -279,6 +280,9 @@ def _open_checked(settings: OutboxSettings, signer: Signer) -> tuple[sqlite3.Con
     conn = _connect_raw(settings.path)
     try:
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(machine_state)")}
+        if "last_counter" not in columns:  # an outbox from before the poll-journal counter
+            conn.execute("ALTER TABLE machine_state ADD COLUMN last_counter INTEGER")
         conn.execute("BEGIN IMMEDIATE")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if "epoch" not in meta:
@@ -411,13 +415,15 @@ class Outbox:
         self._oldest_undelivered_at: float | None = row[0] if row else None
         # What each machine sent last and whether it was acknowledged before the last stop:
         # the key to recognising a redelivered exception (design.md section 4 rule 3).
-        rows = conn.execute("SELECT machine, last_seq, last_code, last_payload, acked_seq "
-                            "FROM machine_state").fetchall()
+        rows = conn.execute("SELECT machine, last_seq, last_code, last_payload, acked_seq, "
+                            "last_counter FROM machine_state").fetchall()
+        pending = [row for row in rows if row[2] is not None and row[4] < row[1]]
         self.unacknowledged: dict[str, tuple[int, bytes]] = {
-            m: (code, payload or b"") for m, last, code, payload, acked in rows
-            if code is not None and acked < last}
-        self.unacknowledged_seq: dict[str, int] = {
-            m: last for m, last, code, _, acked in rows if code is not None and acked < last}
+            m: (code, payload or b"") for m, _, code, payload, _, _ in pending}
+        self.unacknowledged_seq: dict[str, int] = {m: last for m, last, *_ in pending}
+        # The poll-journal counter of the poll that elicited each one (None: no journal).
+        self.unacknowledged_counter: dict[str, int | None] = {
+            m: counter for m, *_, counter in pending}
 
     @property
     def kids(self) -> list[str]:
@@ -754,7 +760,7 @@ class Outbox:
                 rows.append((sealed["seq"], draft.type, draft.channel, key, now, code, digest,
                              body))
                 if key is not None and draft.source is not None:
-                    states[key] = (sealed["seq"], draft.source[0], draft.source[1])
+                    states[key] = (sealed["seq"], *draft.source)
                 pending.seq, pending.envelope = sealed["seq"], sealed
                 envelopes.append(sealed)
 
@@ -805,10 +811,11 @@ class Outbox:
             conn.executemany("INSERT INTO events (seq, type, channel, machine, captured_at, "
                              "source_code, hash, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             conn.executemany(
-                "INSERT INTO machine_state (machine, last_seq, last_code, last_payload) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(machine) DO UPDATE SET last_seq=excluded.last_seq,"
-                " last_code=excluded.last_code, last_payload=excluded.last_payload",
-                [(k, s, c, p) for k, (s, c, p) in states.items()])
+                "INSERT INTO machine_state (machine, last_seq, last_code, last_payload, "
+                "last_counter) VALUES (?, ?, ?, ?, ?) ON CONFLICT(machine) DO UPDATE SET "
+                "last_seq=excluded.last_seq, last_code=excluded.last_code, "
+                "last_payload=excluded.last_payload, last_counter=excluded.last_counter",
+                [(k, *state) for k, state in states.items()])
             conn.executemany(
                 "INSERT INTO machine_state (machine, last_seq, acked_seq) VALUES (?, 0, ?) "
                 "ON CONFLICT(machine) DO UPDATE SET acked_seq=max(acked_seq, excluded.acked_seq)",

@@ -98,11 +98,19 @@ class SasDriver:
         self._open_link = open_link
         self._journal = journal
         self._host = SasHost(port, list(addresses), self.settings.host_config(),
-                             last_polls=journal.snapshot() if journal else None)
+                             last_polls=journal.snapshot() if journal else None,
+                             first_probe=journal.last_address() if journal else None)
         self._state = "idle"
         self._stamped: dict[int, MachineEvent] = {}
         self._waiters: dict[int, trio.Event] = {}
         self._finished: dict[int, CommandFinished] = {}
+
+    @property
+    def journal_counter_at_open(self) -> int | None:
+        """The poll journal's line counter as the previous process left it (None: no journal).
+        An exception recorded with this counter was never acknowledged to its machine; one with
+        a lower counter was (a later frame on the line was its implied ACK)."""
+        return self._journal.counter_at_open if self._journal is not None else None
 
     async def run(self, sink: EventSink, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -150,8 +158,14 @@ class SasDriver:
             case Report(raw, None):
                 await sink.record(self._stamp(raw))
             case Report(raw, token) if token is not None:
-                stamped = self._stamped[id(raw)] = self._stamp(raw)
+                stamped = self._stamp(raw)
                 assert stamped.source is not None
+                if self._journal is not None:
+                    # The host sent nothing on the line since the poll this answered, so the
+                    # journal's counter is that poll's (docs/sas.md, "Restart safety").
+                    stamped = replace(stamped, source=replace(
+                        stamped.source, poll_counter=self._journal.counter))
+                self._stamped[id(raw)] = stamped
                 if not sink.is_redelivery(stamped.machine, stamped.source):
                     await sink.record(stamped)
                 self._host.durable(token)

@@ -39,7 +39,9 @@ no sync GP in front. If the gateway died after the machine answered but before t
 made durable, the machine still waits for an implied ACK; any other poll (the sync GP, a
 discovery LP) would be that ACK and the exception would be lost. The identical poll is an implied
 NACK instead, so the machine re-sends its answer (and the sink recognises a redelivery of what it
-already recorded).
+already recorded). The machine that got the line's last frame (`first_probe`) is probed first:
+any poll before it would be its implied ACK, while every other machine's answer was ACKed by a
+later frame already.
 Silence means the machine is unsynchronised (or has nothing to say in RTE mode): the host syncs
 and carries on, and the probe counts as no missed poll.
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
@@ -262,7 +264,8 @@ class SasHost:
 
     def __init__(self, port: str, addresses: list[int] | tuple[int, ...],
                  config: HostConfig | None = None, *,
-                 last_polls: dict[int, bytes] | None = None) -> None:
+                 last_polls: dict[int, bytes] | None = None,
+                 first_probe: int | None = None) -> None:
         if not addresses or len(set(addresses)) != len(addresses):
             raise SasLocalProtocolError("addresses must be distinct and non-empty")
         for a in addresses:
@@ -281,6 +284,10 @@ class SasHost:
                         if a in self._machines and (p := _poll_from_wire(a, wire)) is not None}
         for m in self._machines.values():
             self._queue_discovery(m)
+        if first_probe in self._machines:
+            # The last frame on the line went to this machine: its answer is the only one a
+            # probe can still NACK (any other poll first would be its implied ACK).
+            self._machines[first_probe].next_due = -1.0
         self._framer = framing.Framer()
         self._inflight: _InFlight | None = None
         self._frames: list[TxFrame] = []

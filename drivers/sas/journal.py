@@ -1,24 +1,43 @@
-"""The last frame sent to each address, kept where a killed process cannot lose it.
+"""The last frame sent to each address, and a line-wide frame counter, kept where a killed process
+cannot lose them.
 
 Why: the implied ACK makes the host's *next* poll decide the fate of the machine's last answer.
 After a gateway crash the new process must open with the very poll the machine last saw (an
 implied NACK: the machine re-sends its answer) rather than any other (an implied ACK of an answer
-that may never have been recorded). The journal is a 4 KiB memory-mapped file with one slot per
-SAS address; a record is a memory store, no system call, and the page survives SIGKILL in the page
-cache. After a power cut a slot may be stale or torn: SasHost only uses a slot that decodes to a
-well-formed poll for that address, and otherwise falls back to a general poll.
+that may never have been recorded). And it must know whether the machine was *told* about the
+last exception it recorded: any frame on the line after the poll that elicited an exception is
+its implied ACK. So every frame gets the next value of a counter for the whole line, stored with
+the frame; the driver hands the counter of the eliciting poll to the sink with the exception,
+the outbox commits it with the event, and at start-up a redelivery is expected only if the
+journal's counter still equals it (docs/sas.md, "Restart safety").
+
+The journal is a memory-mapped file with one slot per SAS address; a record is memory stores, no
+system call, and the page survives SIGKILL in the page cache. Each slot holds two halves and a
+selector byte: a record writes the half not in use (counter, length, frame) and then flips the
+selector, a single-byte store, so a process killed at any instruction leaves either the old
+(counter, frame) or the new one, never a mix. After a power cut a slot may be stale or torn:
+SasHost only uses a frame that decodes to a well-formed poll for that address, and otherwise
+falls back to a general poll.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import struct
 from pathlib import Path
 
-__all__ = ["PollJournal"]
+__all__ = ["JournalEntry", "PollJournal"]
 
-SLOT = 32          # 1 length byte + up to 31 frame bytes
-SLOTS = 128        # SAS addresses 0-127
+FRAME_MAX = 31                 # longest frame kept (the longest poll the host sends is shorter)
+HALF = 8 + 1 + FRAME_MAX       # counter (u64, little-endian), length, frame
+SLOT = 96                      # selector byte, padding, two halves at 8 and 8 + HALF
+SLOTS = 128                    # SAS addresses 0-127
+SIZE = SLOT * SLOTS
+_HALVES = (8, 8 + HALF)
+_COUNTER = struct.Struct("<Q")
+
+JournalEntry = tuple[int, bytes]  # (line counter when recorded, frame)
 
 
 class PollJournal:
@@ -26,32 +45,65 @@ class PollJournal:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size != SLOT * SLOTS:
-                os.ftruncate(fd, SLOT * SLOTS)
-            self._map = mmap.mmap(fd, SLOT * SLOTS)
+            if os.fstat(fd).st_size != SIZE:
+                # A journal of another layout (an older release) is not read: the first poll to
+                # each machine is then a plain GP, as with no journal at all.
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, SIZE)
+            self._map = mmap.mmap(fd, SIZE)
         finally:
             os.close(fd)
         self.path = path
+        entries = self.entries()
+        #: The counter of the last frame recorded on this line (0: none yet).
+        self.counter = max((c for c, _ in entries.values()), default=0)
+        #: `counter` as found at open: what the previous process last sent on this line.
+        self.counter_at_open = self.counter
 
-    def snapshot(self) -> dict[int, bytes]:
-        """address -> the last frame recorded for it (unvalidated; the host checks)."""
+    def entries(self) -> dict[int, JournalEntry]:
+        """address -> (counter, last frame recorded for it); the frame is empty if it was too
+        long to keep, and unvalidated otherwise (the host checks). Address 0 holds broadcasts."""
         out = {}
-        for address in range(1, SLOTS):
+        for address in range(SLOTS):
             start = address * SLOT
-            length = self._map[start]
-            if 0 < length < SLOT:
-                out[address] = bytes(self._map[start + 1:start + 1 + length])
+            selector = self._map[start]
+            if selector not in (1, 2):
+                continue
+            half = start + _HALVES[selector - 1]
+            (counter,) = _COUNTER.unpack_from(self._map, half)
+            length = self._map[half + 8]
+            out[address] = (counter, bytes(self._map[half + 9:half + 9 + min(length, FRAME_MAX)]))
         return out
 
-    def record(self, frame: bytes) -> None:
-        """Remember `frame` for the address it is sent to; call before writing it to the link."""
-        address = frame[0] & 0x7F
-        if not frame or len(frame) >= SLOT or address == 0:
-            return
-        start = address * SLOT
-        self._map[start] = 0  # a torn write then reads as "empty", never as a wrong frame
-        self._map[start + 1:start + 1 + len(frame)] = frame
-        self._map[start] = len(frame)
+    def snapshot(self) -> dict[int, bytes]:
+        """address -> the last frame recorded for it (machine addresses with a kept frame)."""
+        return {address: frame for address, (_, frame) in self.entries().items()
+                if address and frame}
+
+    def last_address(self) -> int | None:
+        """The address of the last frame recorded on the line (its answer, if any, is the only
+        one a restart probe can still NACK: every later frame on the line ACKed the others)."""
+        entries = self.entries()
+        if not entries:
+            return None
+        return max(entries, key=lambda a: entries[a][0])
+
+    def record(self, frame: bytes) -> int:
+        """Count `frame` and remember it for the address it is sent to; return its counter.
+        Call before writing it to the link."""
+        if not frame:
+            return self.counter
+        self.counter += 1
+        start = (frame[0] & 0x7F) * SLOT
+        selector = self._map[start]
+        target = 2 if selector == 1 else 1
+        half = start + _HALVES[target - 1]
+        kept = frame if len(frame) <= FRAME_MAX else b""  # too long: counted, probed with a GP
+        _COUNTER.pack_into(self._map, half, self.counter)
+        self._map[half + 8] = len(kept)
+        self._map[half + 9:half + 9 + len(kept)] = kept
+        self._map[start] = target  # the commit point: one byte
+        return self.counter
 
     def close(self) -> None:
         self._map.close()

@@ -147,6 +147,41 @@ async def test_unacknowledged_exception_is_recognised_after_restart(make_outbox)
     assert sink.is_redelivery(machine, SourceRef("sas", 0x4A)) is False
 
 
+@pytest.mark.parametrize("journal_moved_on", [False, True])
+async def test_restart_expects_a_redelivery_only_if_no_frame_followed_the_eliciting_poll(
+        make_outbox, journal_moved_on):
+    """The ack-mark window: the gateway recorded an exception (elicited by the poll with journal
+    counter 41), then died. If the journal shows a later frame (42: the ACK went out before the
+    ack mark was committed), the machine was told and will not re-send it, so an identical
+    exception after the restart is a new one and must be recorded; if not, it is a redelivery."""
+    machine = MachineRef(port="p1", address=1)
+    door = MachineEvent("doorOpened", machine, {"door": "main"},
+                        SourceRef("sas", 0x11, poll_counter=41))
+    first = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run_writer)
+            await OutboxSink(first, currency="USD").record(door)
+            nursery.cancel_scope.cancel()
+    await first.aclose()
+
+    second = make_outbox()
+    assert second.unacknowledged_counter == {"p1/1": 41}
+    sink = OutboxSink(second, currency="USD")
+    assert sink.settle_restart("other", 42) == 0          # another port's journal: not ours
+    assert sink.settle_restart("p1", 42 if journal_moved_on else 41) == int(journal_moved_on)
+    assert sink.is_redelivery(machine, SourceRef("sas", 0x11)) is not journal_moved_on
+    if journal_moved_on:
+        # The settled ack mark is committed, so a second restart does not ask again.
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(second.run_writer)
+                await second.append(draft(1))
+                nursery.cancel_scope.cancel()
+        await second.aclose()
+        assert make_outbox().unacknowledged == {}
+
+
 async def test_acknowledged_exception_is_not_treated_as_redelivery(make_outbox):
     machine = MachineRef(port="p1", address=1)
     door = MachineEvent("doorOpened", machine, {"door": "main"}, SourceRef("sas", 0x11))
@@ -229,3 +264,19 @@ async def test_read_time_range_pages_through_a_window(make_outbox):
     assert [len(p) for p in pages] == [6, 6, 6, 2]
     assert [seq for p in pages for seq in p] == list(range(10, 30))
     assert await outbox.read_time_range(5000, 6000) == []
+
+
+def test_an_outbox_from_before_the_poll_counter_is_upgraded_in_place(make_outbox,
+                                                                     outbox_settings):
+    import sqlite3
+
+    conn = sqlite3.connect(outbox_settings.path)
+    conn.execute("CREATE TABLE machine_state (machine TEXT PRIMARY KEY, last_seq INTEGER NOT "
+                 "NULL, last_code INTEGER, last_payload BLOB, acked_seq INTEGER NOT NULL "
+                 "DEFAULT 0)")
+    conn.execute("INSERT INTO machine_state VALUES ('p1/1', 3, 17, x'', 2)")
+    conn.commit()
+    conn.close()
+    outbox = make_outbox()
+    assert outbox.unacknowledged == {"p1/1": (17, b"")}
+    assert outbox.unacknowledged_counter == {"p1/1": None}   # no counter: the check stays armed
