@@ -41,7 +41,8 @@ discovery LP) would be that ACK and the exception would be lost. The identical p
 NACK instead, so the machine re-sends its answer (and the sink recognises a redelivery of what it
 already recorded). The machine that got the line's last frame (`first_probe`) is probed first:
 any poll before it would be its implied ACK, while every other machine's answer was ACKed by a
-later frame already.
+later frame already. If the line's last frame was the sync GP (an ACK journaled, perhaps never
+sent), it is sent again first, so the machine is acknowledged either way, as the journal says.
 Silence means the machine is unsynchronised (or has nothing to say in RTE mode): the host syncs
 and carries on, and the probe counts as no missed poll.
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
@@ -284,10 +285,16 @@ class SasHost:
                         if a in self._machines and (p := _poll_from_wire(a, wire)) is not None}
         for m in self._machines.values():
             self._queue_discovery(m)
+        self._replay: bytes | None = None
         if first_probe in self._machines:
             # The last frame on the line went to this machine: its answer is the only one a
             # probe can still NACK (any other poll first would be its implied ACK).
             self._machines[first_probe].next_due = -1.0
+        elif first_probe is not None and (last_polls or {}).get(first_probe) == \
+                messages.general_poll(first_probe).wire():
+            # It was the sync GP (an ACK), journaled but perhaps never sent: send it first, so
+            # the machine it acknowledged is acknowledged either way, as the journal says.
+            self._replay = messages.general_poll(first_probe).wire()
         self._framer = framing.Framer()
         self._inflight: _InFlight | None = None
         self._frames: list[TxFrame] = []
@@ -500,6 +507,9 @@ class SasHost:
         m = min(self._machines.values(), key=lambda x: x.next_due)
         if m.next_due > now + self.config.timer_slack_s:
             return
+        if self._replay is not None:
+            self._send(self._replay)
+            self._replay = None
         if m.probe:
             m.probe = False
             poll = self._probes.pop(m.address, None) or messages.general_poll(m.address)

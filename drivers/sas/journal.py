@@ -90,12 +90,23 @@ class PollJournal:
 
     def record(self, frame: bytes) -> int:
         """Count `frame` and remember it for the address it is sent to; return its counter.
-        Call before writing it to the link."""
+        Call before writing it to the link.
+
+        The counter counts changes of the line's last frame: an identical retransmission of
+        the last frame (a retry, or the restart probe repeating it) is an implied NACK, not an
+        ACK, and keeps the counter, so an exception it makes the machine re-send is still known
+        to be unacknowledged should the process die again before the real ACK."""
         if not frame:
             return self.counter
-        self.counter += 1
         start = (frame[0] & 0x7F) * SLOT
         selector = self._map[start]
+        if selector in (1, 2) and len(frame) <= FRAME_MAX:
+            half = start + _HALVES[selector - 1]
+            if (_COUNTER.unpack_from(self._map, half)[0] == self.counter
+                    and self._map[half + 8] == len(frame)
+                    and self._map[half + 9:half + 9 + len(frame)] == frame):
+                return self.counter
+        self.counter += 1
         target = 2 if selector == 1 else 1
         half = start + _HALVES[target - 1]
         kept = frame if len(frame) <= FRAME_MAX else b""  # too long: counted, probed with a GP

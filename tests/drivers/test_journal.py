@@ -111,3 +111,24 @@ async def test_each_exception_carries_the_counter_of_the_poll_it_answered(
     counters = [stamped for stamped, _, _ in seen]
     assert counters == sorted(set(counters))   # every one after a frame of its own (the ACK)
     assert journal.counter > counters[-1]
+
+
+def test_an_identical_retransmission_of_the_line_s_last_frame_keeps_the_counter(tmp_path) -> None:
+    """A retry or the restart probe repeating the last frame is an implied NACK, not an ACK."""
+    journal = PollJournal(tmp_path / "p.journal")
+    assert journal.record(bytes.fromhex("81")) == 1
+    assert journal.record(bytes.fromhex("81")) == 1      # the same poll again: NACK
+    assert journal.record(bytes.fromhex("82")) == 2
+    assert journal.record(bytes.fromhex("81")) == 3      # not the line's last frame: a new poll
+    journal.close()
+    again = PollJournal(tmp_path / "p.journal")
+    assert again.record(bytes.fromhex("81")) == 3        # the restart probe repeating it
+
+
+def test_a_sync_gp_left_last_on_the_line_is_sent_again_first() -> None:
+    """The ACK (sync GP) was journaled and the process died, perhaps before writing it: the
+    new host sends it first, then probes the machine with its own last frame."""
+    host = SasHost("p", [1], HostConfig(rte=True, sync_address=9),
+                   last_polls={1: bytes.fromhex("81"), 9: bytes.fromhex("89")}, first_probe=9)
+    host.handle_timer(0.0)
+    assert [f.data for f in host.frames_to_send()] == [bytes.fromhex("89"), bytes.fromhex("81")]
