@@ -20,6 +20,7 @@ from typing import Any
 from gateway.events import CATALOGUE, CHANNELS
 
 __all__ = [
+    "EVENTS_FRAME_OVERHEAD",
     "ROLES",
     "Acknowledge",
     "AuthFailed",
@@ -33,8 +34,11 @@ __all__ = [
     "Send",
     "TokenEntry",
     "TokenTable",
+    "dumps",
     "encode_envelope",
+    "envelope_json",
     "error",
+    "events_frame",
     "hash_token",
 ]
 
@@ -143,6 +147,26 @@ def encode_envelope(envelope: dict[str, Any]) -> dict[str, Any]:
     return _json_ready(envelope)
 
 
+def dumps(message: Any) -> str:
+    """Compact JSON, as every server frame is written."""
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+def envelope_json(envelope: dict[str, Any]) -> str:
+    """One sealed envelope as JSON text: encoded once per event, then shared by every frame and
+    every client that carries it."""
+    return dumps(encode_envelope(envelope))
+
+
+EVENTS_FRAME_OVERHEAD = len('{"type":"events","events":[]}')
+
+
+def events_frame(texts: list[str]) -> str:
+    """An `events` frame from envelopes already encoded by `envelope_json`, in seq order. Built by
+    joining text, so a frame costs one copy of its bytes and no JSON encoding."""
+    return '{"type":"events","events":[' + ",".join(texts) + "]}"
+
+
 def error(code: str, message: str, ref: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if ref is not None:
@@ -216,6 +240,11 @@ class Filter:
     def as_dict(self) -> dict[str, Any]:
         return {"channels": sorted(self.channels), "events": sorted(self.events),
                 "machines": sorted(self.machines)}
+
+    def key(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """Equal for equal filters: the server selects events once per distinct filter, not once
+        per client (most floor clients share one of a few filters)."""
+        return frozenset(self.channels), frozenset(self.events), frozenset(self.machines)
 
 
 class FeedSession:

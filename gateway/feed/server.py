@@ -5,16 +5,23 @@ HTTP is parsed with h11. A request that asks to upgrade to a WebSocket at /feed 
 into `wrap_server_stream`; everything else is answered by h11. docs/feed-protocol.md says why
 this rather than hypercorn.
 
-Commits reach the feed through `Outbox.commit_listeners`, called in the trio thread. The listener
-only updates the alert board and does non-blocking puts into each client's bounded queue; one
-sender task per client drains it. A client whose queue is full is closed with 1008 "too slow", so
-a stalled browser never slows the outbox (design.md sections 7 and 10).
+Fan-out. Commits reach the feed through `Outbox.commit_listeners`, called in the trio thread
+by the outbox writer, so the listener does almost nothing: it updates the alert board and appends
+the envelopes to a pending list. One fan-out task flushes that list at once after a quiet spell
+and then after each pause (at least `batch_interval_s`, longer when the last flush queued many
+frames: about `max_frames_per_s` in total). A flush selects the events once per distinct client
+filter, encodes each selected event to JSON once, builds one `events` frame per filter and puts
+it (non-blocking) into each client's bounded queue, 16 clients at a time with an idle gap between
+(see `_flush` for why a gap and not just a yield). One sender task per client drains its queue,
+merging what is waiting into one frame. So the work per event is one encode, and the senders'
+work is bounded by the frame budget however many clients connect or however busy the floor is.
+A client whose queue passes `client_queue` messages is closed with 1008 "too slow", so a stalled
+browser never slows the outbox (design.md sections 7 and 10; docs/feed-protocol.md 7a).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import ssl
 import time
@@ -35,6 +42,7 @@ from gateway import __version__
 from gateway.errors import GatewayError, StoreError
 from gateway.events import rfc3339, system_draft
 from gateway.feed.protocol import (
+    EVENTS_FRAME_OVERHEAD,
     SUBPROTOCOL,
     TOKEN_PREFIX,
     Acknowledge,
@@ -49,8 +57,10 @@ from gateway.feed.protocol import (
     Send,
     TokenEntry,
     TokenTable,
-    encode_envelope,
+    dumps,
+    envelope_json,
     error,
+    events_frame,
 )
 from gateway.feed.state import AlertBoard
 from gateway.signing import decode_envelope
@@ -59,7 +69,7 @@ if TYPE_CHECKING:
     from gateway.config import FeedSection
     from gateway.outbox import Outbox
 
-__all__ = ["CommandHandler", "FeedServer", "FeedSettings"]
+__all__ = ["CommandHandler", "FeedServer", "FeedSettings", "FeedStatistics"]
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +90,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0       # how long a closing handshake (or a "too slow" close) may take
 SHUTDOWN_CLOSE_S = 0.25     # per client, while the daemon stops
 REPLAY_PAGE = 500
+FANOUT_CHUNK = 16           # clients served in one go during a flush ...
+FANOUT_GAP_S = 0.001        # ... then the trio thread idles this long (see _flush)
 MAX_HEADER_BYTES = 16_384   # request line and headers; more is answered with 431
 _REASONS = {431: b"Request Header Fields Too Large"}
 
@@ -101,10 +113,18 @@ class FeedSettings:
     replay_max: int = 10_000
     history_events: int = 50_000
     degraded_depth: int = 10_000
+    # Not in the configuration file: tuning knobs for tests and benchmarks.
+    batch_interval_s: float = 0.05      # at most one events frame per client per interval
+    max_frames_per_s: int = 2000        # and all clients together about this many frames a second
+    max_frame_bytes: int = 256 * 1024   # an events frame holds at most this much (or one event)
 
     def __post_init__(self) -> None:
         if self.client_queue < 2:
             raise ValueError("client_queue must be at least 2 (the welcome and one more message)")
+        if self.batch_interval_s < 0:
+            raise ValueError("batch_interval_s must not be negative")
+        if self.max_frames_per_s < 1:
+            raise ValueError("max_frames_per_s must be at least 1")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together: set both or neither")
 
@@ -122,9 +142,30 @@ class FeedSettings:
             history_events=section.history_events, degraded_depth=section.degraded_depth)
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Events for one frame, in seq order: their seqs, their encoded envelopes and the frame
+    itself. Shared, read-only, by every client whose filter selected the same events."""
+
+    seqs: tuple[int, ...]
+    texts: tuple[str, ...]
+    frame: str
+
+
+# What a client's queue holds: ("text", str) | ("events", _Batch) | ("replay", from_seq, high).
+_Item = tuple[Any, ...]
+
+
+def _weight(item: _Item) -> int:
+    """How many messages an item counts for against `client_queue`: each event is one."""
+    return len(item[1].seqs) if item[0] == "events" else 1
+
+
 @dataclass(eq=False)
 class _Client:
-    """A connected, authenticated staff client and its bounded outgoing queue."""
+    """A connected, authenticated staff client and its bounded outgoing queue. The queue is
+    bounded in messages (each event one), not in items, so batching changes nothing about how
+    far behind a client may fall: at most `queue_size` messages plus one flush's worth."""
 
     session: FeedSession
     remote: str
@@ -132,20 +173,38 @@ class _Client:
     sender_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     too_slow: bool = False
     skip_through: int = 0
+    queued: int = 0
 
     def __post_init__(self) -> None:
-        self.send, self.receive = trio.open_memory_channel[tuple[Any, ...]](self.queue_size)
+        self.send, self.receive = trio.open_memory_channel[_Item](math.inf)
 
-    def offer(self, item: tuple[Any, ...]) -> None:
-        """Queue without blocking; a full queue marks the client too slow and gives its sender
-        CLOSE_TIMEOUT_S to get the 1008 close out before the connection is cut."""
+    def offer(self, item: _Item) -> bool:
+        """Queue without blocking. Return False if the client is (now) too slow: past
+        `queue_size` messages it gets nothing more, and its sender has CLOSE_TIMEOUT_S to get the
+        1008 close out before the connection is cut."""
         if self.too_slow:
-            return
-        try:
-            self.send.send_nowait(item)
-        except trio.WouldBlock:
+            return False
+        weight = _weight(item)
+        # A client with nothing waiting is not behind, however many events one flush carries.
+        if self.queued and self.queued + weight > self.queue_size:
             self.too_slow = True
             self.sender_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            return False
+        self.queued += weight
+        self.send.send_nowait(item)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatistics:
+    """A snapshot of the fan-out's work since start, for tests, benchmarks and diagnostics."""
+
+    clients: int
+    events_encoded: int     # envelopes encoded to JSON for live delivery (at most once each)
+    flushes: int            # fan-out rounds
+    frames_queued: int      # events frames put into client queues
+    frames_sent: int        # frames written by the senders (merged frames count once)
+    dropped: int            # clients dropped as too slow
 
 
 class _Prefixed(trio.abc.Stream):
@@ -229,6 +288,12 @@ class FeedServer:
         self._acking: set[int] = set()
         self._priming = True
         self._backlog: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []   # committed, not yet fanned out
+        self._board_changed = False
+        self._wake = trio.Event()
+        self._flush_lock = trio.Lock()
+        self._encoded = self._flushes = self._frames_queued = self._frames_sent = 0
+        self._dropped_count = 0
         self._last_latency: float | None = None
         self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
         self.registry = CollectorRegistry()
@@ -249,6 +314,12 @@ class FeedServer:
     def client_count(self) -> int:
         return len(self._clients)
 
+    def statistics(self) -> FeedStatistics:
+        return FeedStatistics(clients=len(self._clients), events_encoded=self._encoded,
+                              flushes=self._flushes, frames_queued=self._frames_queued,
+                              frames_sent=self._frames_sent,
+                              dropped=self._dropped_count)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -264,6 +335,7 @@ class FeedServer:
             log.info("feed listening", host=self.settings.host, port=port,
                      tls=self.settings.certfile is not None)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._fanout)
                 task_status.started(port)
                 await trio.serve_listeners(self._serve_connection, listeners,
                                            handler_nursery=nursery)
@@ -297,33 +369,103 @@ class FeedServer:
         if backlog:
             self._on_commit(backlog)
 
-    # -- the commit listener: never blocks -------------------------------------------------------
+    # -- the commit listener and the fan-out ------------------------------------------------------
 
     def _on_commit(self, envelopes: list[dict[str, Any]]) -> None:
+        """Called by the outbox writer after each commit: keep it to bookkeeping, no encoding and
+        no per-client work (that is the fan-out task's, off the writer's path)."""
         if self._priming:
             self._backlog.extend(envelopes)
             return
         self._observe_latencies()
-        changed = False
         for envelope in envelopes:
             self._events.labels(envelope["event"]).inc()
-            changed = self.board.apply(envelope) or changed
-        alerts = self._alerts_message() if changed else None
-        encoded: dict[int, str] = {}
-        for client in list(self._clients):
-            for envelope in envelopes:
-                if client.session.wants(envelope):
-                    seq = envelope["seq"]
-                    if seq not in encoded:
-                        encoded[seq] = _event_text(envelope)
-                    client.offer(("event", seq, encoded[seq]))
-            if alerts is not None:
-                client.offer(("text", alerts))
-            if client.too_slow and client in self._clients:
-                self._clients.discard(client)
-                self._dropped.inc()
-                log.warning("feed client too slow, dropping", client=client.remote,
-                            name=client.session.identity and client.session.identity.name)
+            if self.board.apply(envelope):
+                self._board_changed = True
+        if self._clients:
+            self._pending.extend(envelopes)
+        self._wake.set()
+
+    async def _fanout(self) -> None:
+        """Flush at once when events arrive after a quiet spell, then pause: a client gets at
+        most one events frame per pause however busy the floor is, and the pause grows with the
+        frames the last flush queued, so the senders' work stays near `max_frames_per_s` however
+        many clients are connected (each client's frames then get bigger and a little later)."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(_pause(await self._flush(), self.settings))
+
+    async def _flush(self) -> int:
+        """Hand everything committed so far to the clients' queues, in seq order. The lock keeps
+        two flushes (the fan-out task's and an acknowledgement's) from interleaving."""
+        async with self._flush_lock:
+            envelopes, self._pending = self._pending, []
+            changed, self._board_changed = self._board_changed, False
+            if not self._clients or (not envelopes and not changed):
+                return 0
+            self._flushes += 1
+            alerts = self._alerts_message() if changed else None
+            groups: dict[Any, list[_Client]] = {}
+            for client in list(self._clients):
+                groups.setdefault(client.session.filter.key(), []).append(client)
+            encoded: dict[int, str] = {}
+            served = queued = 0
+            for members in groups.values():
+                session = members[0].session
+                batches = self._batches([e for e in envelopes if session.wants(e)], encoded)
+                for client in members:
+                    for batch in batches:
+                        if self._offer(client, ("events", batch)):
+                            self._frames_queued += 1
+                            queued += 1
+                    if alerts is not None and self._offer(client, ("text", alerts)):
+                        queued += 1
+                    served += 1
+                    if served % FANOUT_CHUNK == 0:
+                        # Let the chunk's senders run, then leave the trio thread idle for a
+                        # moment. Yielding to the scheduler is not enough: while this thread
+                        # runs Python, the outbox's commit thread waits for the GIL, up to the
+                        # 5 ms switch interval each time it needs it. Idle gaps keep a flush to
+                        # hundreds of clients from adding that to every commit it overlaps.
+                        await trio.sleep(FANOUT_GAP_S)
+            return queued
+
+    def _batches(self, envelopes: list[dict[str, Any]], encoded: dict[int, str]) -> list[_Batch]:
+        """Frames of at most `max_frame_bytes` (or one event) for these envelopes, each envelope
+        encoded at most once per flush, whichever filters select it."""
+        batches: list[_Batch] = []
+        seqs: list[int] = []
+        texts: list[str] = []
+        size = EVENTS_FRAME_OVERHEAD
+        for envelope in envelopes:
+            seq = envelope["seq"]
+            text = encoded.get(seq)
+            if text is None:
+                text = encoded[seq] = envelope_json(envelope)
+                self._encoded += 1
+            if texts and size + len(text) + 1 > self.settings.max_frame_bytes:
+                batches.append(_Batch(tuple(seqs), tuple(texts), events_frame(texts)))
+                seqs, texts, size = [], [], EVENTS_FRAME_OVERHEAD
+            seqs.append(seq)
+            texts.append(text)
+            size += len(text) + 1
+        if texts:
+            batches.append(_Batch(tuple(seqs), tuple(texts), events_frame(texts)))
+        return batches
+
+    def _offer(self, client: _Client, item: _Item) -> bool:
+        """Queue for a client; drop it (once) when that makes it too slow."""
+        if client.offer(item):
+            return True
+        if client in self._clients:
+            self._clients.discard(client)
+            self._dropped.inc()
+            self._dropped_count += 1
+            log.warning("feed client too slow, dropping", client=client.remote,
+                        name=client.session.identity and client.session.identity.name,
+                        queued=client.queued)
+        return False
 
     def _observe_latencies(self) -> None:
         # The outbox keeps the last 10,000 capture->durable figures in a deque; the newest ones
@@ -340,7 +482,7 @@ class FeedServer:
             self._durable.observe(value)
 
     def _alerts_message(self) -> str:
-        return _dumps({"type": "alerts", "time": rfc3339(time.time()), "state": self._state()})
+        return dumps({"type": "alerts", "time": rfc3339(time.time()), "state": self._state()})
 
     def _state(self) -> dict[str, Any]:
         state = self.board.snapshot()
@@ -411,7 +553,7 @@ class FeedServer:
 
     async def _route(self, target: str) -> tuple[int, bytes, str]:
         if target == "/health":
-            return 200, _dumps(await self.health()).encode(), "application/json"
+            return 200, dumps(await self.health()).encode(), "application/json"
         if target == "/metrics":
             return 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
         name = "index.html" if target in ("/", "/index.html") else (
@@ -518,7 +660,7 @@ class FeedServer:
                 Close(1008, "authentication timeout")]
         for action in actions:
             if isinstance(action, Send):
-                await ws.send_message(_dumps(action.message))
+                await ws.send_message(dumps(action.message))
             elif isinstance(action, AuthFailed):
                 self._limiter.record(remote, trio.current_time())
                 log.warning("feed authentication failed", client=remote)
@@ -528,7 +670,7 @@ class FeedServer:
             elif isinstance(action, Authenticated):
                 # No checkpoint between the snapshot and joining: no event is missed or doubled.
                 identity = action.identity
-                client.offer(("text", _dumps({
+                client.offer(("text", dumps({
                     "type": "welcome", "name": identity.name, "role": identity.role,
                     "server": {"version": __version__, "gateway_id": self.outbox.gateway_id,
                                "epoch": self.outbox.epoch, "last_seq": self.outbox.last_seq},
@@ -557,14 +699,18 @@ class FeedServer:
 
     async def _act(self, action: Action, client: _Client) -> None:
         if isinstance(action, Send):
-            client.offer(("text", _dumps(action.message)))
+            self._offer(client, ("text", dumps(action.message)))
         elif isinstance(action, Replay):
             # Events up to `high` come from the database; live ones above it from the queue.
-            client.offer(("replay", action.from_seq, self.outbox.last_seq))
+            self._offer(client, ("replay", action.from_seq, self.outbox.last_seq))
         elif isinstance(action, Acknowledge):
-            client.offer(("text", _dumps(await self._acknowledge(action))))
+            result = await self._acknowledge(action)
+            # The acknowledgement event is committed: fan it out now, so every client (this one
+            # included) gets the event and the new alert state before the result.
+            await self._flush()
+            self._offer(client, ("text", dumps(result)))
         elif isinstance(action, Command):
-            client.offer(("text", _dumps(await self._command(action))))
+            self._offer(client, ("text", dumps(await self._command(action))))
 
     async def _acknowledge(self, ack: Acknowledge) -> dict[str, Any]:
         refusal = self.board.ack_refusal(ack.alert_seq)
@@ -608,14 +754,34 @@ class FeedServer:
                       done: trio.CancelScope) -> None:
         with client.sender_scope:
             try:
-                async for item in client.receive:
-                    if client.too_slow:
-                        break
-                    if item[0] == "text":
+                held: _Item | None = None
+                while not client.too_slow:
+                    item = held if held is not None else await client.receive.receive()
+                    held = None
+                    client.queued -= _weight(item)
+                    if item[0] == "events":
+                        # Merge the events frames already waiting behind this one: a client that
+                        # fell behind catches up in fewer, bigger frames.
+                        batches = [item[1]]
+                        size = len(item[1].frame)
+                        while True:
+                            try:
+                                held = client.receive.receive_nowait()
+                            except trio.WouldBlock:
+                                break
+                            if held[0] != "events" or \
+                                    size + len(held[1].frame) > self.settings.max_frame_bytes:
+                                break
+                            client.queued -= _weight(held)
+                            batches.append(held[1])
+                            size += len(held[1].frame)
+                            held = None
+                        frame = _live_frame(batches, client.skip_through)
+                        if frame is not None:
+                            await ws.send_message(frame)
+                            self._frames_sent += 1
+                    elif item[0] == "text":
                         await ws.send_message(item[1])
-                    elif item[0] == "event":
-                        if item[1] > client.skip_through:
-                            await ws.send_message(item[2])
                     else:
                         await self._replay(ws, client, item[1], item[2])
                 if client.too_slow:
@@ -632,28 +798,44 @@ class FeedServer:
             rows = await self.outbox.read_after(after, page)
             if not rows:
                 break
+            texts: list[str] = []
+            size = EVENTS_FRAME_OVERHEAD
             for seq, body in rows:
                 if seq > high:
                     break
                 envelope = decode_envelope(body)
                 if client.session.wants(envelope):
-                    await ws.send_message(_event_text(envelope))
+                    text = envelope_json(envelope)
+                    if texts and size + len(text) + 1 > self.settings.max_frame_bytes:
+                        await ws.send_message(events_frame(texts))
+                        texts, size = [], EVENTS_FRAME_OVERHEAD
+                    texts.append(text)
+                    size += len(text) + 1
                     sent += 1
                 after = seq
+            if texts:
+                await ws.send_message(events_frame(texts))
             scanned += len(rows)
         client.skip_through = max(client.skip_through, high)
-        await ws.send_message(_dumps({"type": "replay_done", "from_seq": from_seq,
-                                      "to_seq": after, "sent": sent, "complete": after >= high}))
+        await ws.send_message(dumps({"type": "replay_done", "from_seq": from_seq,
+                                     "to_seq": after, "sent": sent, "complete": after >= high}))
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), default=str)
+def _pause(frames: int, settings: FeedSettings) -> float:
+    """How long the fan-out waits after a flush that queued `frames` frames."""
+    return max(settings.batch_interval_s, frames / settings.max_frames_per_s)
 
 
-def _event_text(envelope: dict[str, Any]) -> str:
-    return _dumps({"type": "event", "event": encode_envelope(envelope)})
+def _live_frame(batches: list[_Batch], skip_through: int) -> str | None:
+    """One events frame for these batches, without events a replay already sent (seq at or
+    below `skip_through`); None if nothing is left. One batch is sent as built."""
+    if len(batches) == 1 and batches[0].seqs[0] > skip_through:
+        return batches[0].frame
+    texts = [text for batch in batches for seq, text in zip(batch.seqs, batch.texts, strict=True)
+             if seq > skip_through]
+    return events_frame(texts) if texts else None
 
 
 def _remote_address(stream: trio.abc.Stream) -> str:

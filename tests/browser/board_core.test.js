@@ -41,13 +41,44 @@ test("reconnect backoff is capped with full jitter", () => {
   assert.equal(core.backoffDelay(5, 0, 1000, 30000), 0);
 });
 
-test("the uplink banner shows only while the uplink is down, with since and reason", () => {
+test("the uplink banner shows only while the uplink is down, in plain words", () => {
   assert.equal(core.uplinkBanner({ connected: true }, 0), null);
   assert.equal(core.uplinkBanner({ connected: null }, 0), null);
   const since = "2026-11-21T06:00:00.000Z";
-  const text = core.uplinkBanner({ connected: false, since, reason: "timeout" },
+  const banner = core.uplinkBanner(
+    { connected: false, since, reason: "connection closed: 1006 ABNORMAL_CLOSURE" },
     Date.parse(since) + 125000);
-  assert.match(text, /^Platform uplink DOWN since .+ \(2 min\): timeout\./);
+  const hhmm = core.clockTime(Date.parse(since));
+  assert.match(hhmm, /^\d\d:\d\d$/);
+  assert.ok(banner.text.startsWith("Platform connection lost since " + hhmm +
+    " (network), 2 min ago."), banner.text);
+  assert.doesNotMatch(banner.text, /1006|ABNORMAL/);
+  assert.equal(banner.detail, "connection closed: 1006 ABNORMAL_CLOSURE");
+  const bare = core.uplinkBanner({ connected: false }, 0);
+  assert.ok(bare.text.startsWith("Platform connection lost (cause unknown)."), bare.text);
+  assert.equal(bare.detail, null);
+});
+
+test("technical uplink reasons become words floor staff understand", () => {
+  const cases = {
+    "connection closed: 1006 ABNORMAL_CLOSURE": "network",
+    "OSError: all attempts to connect to 10.0.0.5:443 failed": "network",
+    "platform unreachable": "network",
+    "connect timed out during websocket upgrade (10 s)": "no answer from the platform",
+    "platform did not answer a ping within 30 s": "no answer from the platform",
+    "timeout": "no answer from the platform",
+    "platform refused the connection: HTTP 401": "login refused",
+    "platform closed the connection: 4001 unknown token": "login refused",
+    "platform answered HTTP 503": "platform problem",
+    "platform broke the protocol: expected welcome": "platform problem",
+    "TLS verification failed: certificate has expired": "security certificate problem",
+    "token file /etc/casino-gateway/uplink.token is empty": "gateway setup problem",
+    "something new": "cause unknown",
+  };
+  for (const [reason, words] of Object.entries(cases)) {
+    assert.equal(core.uplinkCause(reason), words, reason);
+  }
+  assert.equal(core.uplinkCause(null), "cause unknown");
 });
 
 test("descriptions and who may acknowledge", () => {

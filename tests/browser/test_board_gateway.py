@@ -100,7 +100,7 @@ async def test_attendant_acknowledges_a_door_while_the_uplink_is_down(tmp_path: 
                     banner = await tools.wait_for(
                         "(() => { const b = document.getElementById('uplink-banner');"
                         " return b.hidden ? null : b.textContent; })()")
-                    assert "DOWN" in banner
+                    assert "Platform connection lost" in banner
                     assert "bank-a-01/1" in await tools.evaluate(
                         "document.querySelector('.alert.kind-door').closest('.machine')"
                         ".querySelector('h2').textContent")

@@ -170,10 +170,14 @@ async def test_board_in_headless_chromium(make_outbox, nursery, tmp_path):
                     "sessionStorage.getItem('casino-feed-token')") == "attendant-token"
                 assert await tools.evaluate(
                     "getComputedStyle(document.getElementById('login')).display") == "none"
-                banner = await tools.evaluate(
+                banner, title = await tools.evaluate(
                     "(() => { const b = document.getElementById('uplink-banner');"
-                    " return b.hidden ? null : b.textContent; })()")
-                assert "Platform uplink DOWN since" in banner and "platform unreachable" in banner
+                    " return b.hidden ? null : [b.querySelector('#uplink-text').textContent,"
+                    " b.title]; })()")
+                # Plain words for the floor; the uplink's own reason only in the tooltip.
+                assert banner.startswith("Platform connection lost since ") and \
+                    "(network)" in banner, banner
+                assert title == "platform unreachable"
                 assert await tools.evaluate(
                     "[...document.querySelectorAll('.machine h2')].map(h => h.textContent)"
                 ) == ["bank-b-07/1", "bank-a-01/1"]

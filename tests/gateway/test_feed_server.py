@@ -74,6 +74,16 @@ async def recv_type(ws, kind: str) -> dict[str, Any]:
             return message
 
 
+async def recv_events(ws, count: int = 1) -> list[dict[str, Any]]:
+    """The next `count` events, from however many `events` frames carry them (other messages
+    skipped); more than `count` is a failure."""
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        got += (await recv_type(ws, "events"))["events"]
+    assert len(got) == count, f"expected {count} events, got {[e['seq'] for e in got]}"
+    return got
+
+
 async def auth(ws, token: str = "attendant-token") -> dict[str, Any]:
     await ws.send_message(json.dumps({"type": "auth", "token": token}))
     return await recv(ws)
@@ -200,17 +210,17 @@ async def test_filters_by_channel_event_and_machine(start_feed):
             await feed.append("betPlaced", {"wager_credits": 5})      # game channel
             await feed.append("tilt", {"kind": "reel"}, port="p2")     # another machine
             tilt = await feed.append("tilt", {"kind": "door"})
-            got = await recv_type(ws, "event")
-            assert (got["event"]["seq"], got["event"]["event"]) == (tilt, "tilt")
-            assert len(got["event"]["hash"]) == 64 and len(got["event"]["sig"]) == 128
+            [got] = await recv_events(ws)
+            assert (got["seq"], got["event"]) == (tilt, "tilt")
+            assert len(got["hash"]) == 64 and len(got["sig"]) == 128
 
             await ws.send_message(json.dumps({"type": "unsubscribe", "channels": ["alerts"]}))
             await recv_type(ws, "subscribed")
             await subscribe(ws, events=["betPlaced"])
             await feed.append("tilt", {"kind": "again"})
             bet = await feed.append("betPlaced", {"wager_credits": 1})
-            got = await recv_type(ws, "event")
-            assert (got["event"]["seq"], got["event"]["event"]) == (bet, "betPlaced")
+            [got] = await recv_events(ws)
+            assert (got["seq"], got["event"]) == (bet, "betPlaced")
 
 
 async def test_replay_from_seq_then_live(start_feed):
@@ -221,13 +231,13 @@ async def test_replay_from_seq_then_live(start_feed):
             await auth(ws, "viewer-token")
             await subscribe(ws, channels=["game"])
             await ws.send_message(json.dumps({"type": "replay", "from_seq": seqs[2]}))
-            replayed = [(await recv_type(ws, "event"))["event"]["seq"] for _ in range(3)]
+            replayed = [event["seq"] for event in await recv_events(ws, 3)]
             assert replayed == seqs[2:]
             done = await recv_type(ws, "replay_done")
             assert done == {"type": "replay_done", "from_seq": seqs[2], "to_seq": seqs[4],
                             "sent": 3, "complete": True}
             live = await feed.append("gameEnded", {"win_credits": 0})
-            assert (await recv_type(ws, "event"))["event"]["seq"] == live
+            assert [e["seq"] for e in await recv_events(ws)] == [live]
 
 
 async def test_replay_is_bounded(start_feed):
@@ -257,13 +267,11 @@ async def test_attendant_ack_is_recorded_and_comes_back_on_the_feed(start_feed):
             await subscribe(ws, events=["alertAcknowledged"])
             await ws.send_message(json.dumps({"type": "ack", "alert_seq": tilt,
                                               "note": "reset done"}))
-            # The event and the new alert state are pushed as soon as the acknowledgement is
-            # durable, which is before the server gets to answer the request itself.
-            got: dict[str, Any] = {}
-            while len(got) < 3:
-                message = await recv(ws)
-                got[message["type"]] = message
-            result, ack, alerts = got["ack_result"], got["event"]["event"], got["alerts"]
+            # The event and the new alert state are fanned out as soon as the acknowledgement is
+            # durable, before the server answers the request itself.
+            got = [await recv(ws) for _ in range(3)]
+            assert [m["type"] for m in got] == ["events", "alerts", "ack_result"]
+            [ack], alerts, result = got[0]["events"], got[1], got[2]
             assert result["ok"] and result["alert_seq"] == tilt
             assert ack["seq"] == result["seq"] == feed.outbox.last_seq
             assert ack["data"] == {"alert_seq": tilt, "by": "ann", "role": "attendant",
@@ -339,16 +347,17 @@ async def test_slow_client_is_dropped_and_appends_keep_completing(start_feed):
                                                              "detail": big}, machine=False)
                     appenders.start_soon(append_some)
             assert feed.outbox.last_seq == count
-            assert feed.server.client_count == 1, "only the slow client was dropped"
             received = 0
             with pytest.raises(ConnectionClosed) as caught:
                 while True:
                     message = json.loads(await slow.get_message())
-                    received += message["type"] == "event"
+                    if message["type"] == "events":
+                        received += len(message["events"])
             assert (caught.value.reason.code, caught.value.reason.reason) == (1008, "too slow")
             assert received < count
+            assert feed.server.client_count == 1, "only the slow client was dropped"
             tilt = await feed.append("tilt", {"kind": "after"})
-            assert (await recv_type(ok, "event"))["event"]["seq"] == tilt
+            assert [e["seq"] for e in await recv_events(ok)] == [tilt]
 
 
 async def test_oversized_frame_closes_with_1009(start_feed):
@@ -373,7 +382,7 @@ async def test_malformed_frames_get_errors_and_the_connection_stays(start_feed):
                 assert (await recv_type(ws, "error"))["code"] == code
             await subscribe(ws, channels=["alerts"])
             tilt = await feed.append("tilt", {"kind": "still here"})
-            assert (await recv_type(ws, "event"))["event"]["seq"] == tilt
+            assert [e["seq"] for e in await recv_events(ws)] == [tilt]
 
 
 # -- plain HTTP ------------------------------------------------------------------------------------

@@ -82,17 +82,46 @@
     return Math.floor(random * ceiling);
   }
 
-  // The uplink banner text, or null when there is nothing to warn about.
+  // What floor staff are told about why the platform connection is down, from the uplink's
+  // technical reason (gateway/uplink/client.py). First match wins; the order matters ("refused
+  // the connection: HTTP 401" is a refused login, not a network fault).
+  const UPLINK_CAUSES = [
+    [/TLS (verification|handshake) failed|certificate/i, "security certificate problem"],
+    [/token file/i, "gateway setup problem"],
+    [/HTTP 40[13]\b|\b4001\b|refused the connection|closed the connection: 4/i, "login refused"],
+    [/HTTP 5\d\d|answered HTTP|broke the protocol|platform error/i, "platform problem"],
+    [/timed? ?out|did not answer|no welcome|timeout/i, "no answer from the platform"],
+    [/closed|1006|unreachable|refused|reset|broken|errno|network|connect|OSError/i, "network"],
+  ];
+
+  function uplinkCause(reason) {
+    if (!reason) return "cause unknown";
+    for (const [pattern, words] of UPLINK_CAUSES) {
+      if (pattern.test(reason)) return words;
+    }
+    return "cause unknown";
+  }
+
+  // "14:02" in the browser's time zone.
+  function clockTime(ms) {
+    const at = new Date(ms);
+    return String(at.getHours()).padStart(2, "0") + ":" + String(at.getMinutes()).padStart(2, "0");
+  }
+
+  // The uplink banner, or null when there is nothing to warn about: `text` in plain words for
+  // floor staff, `detail` the technical reason (for the small print and the tooltip) or null.
   function uplinkBanner(uplink, nowMs) {
     if (!uplink || uplink.connected !== false) return null;
-    let text = "Platform uplink DOWN";
+    let text = "Platform connection lost";
     const since = uplink.since ? parseTime(uplink.since) : null;
-    if (since !== null) {
-      text += " since " + new Date(since).toLocaleTimeString() +
-        " (" + formatAge((nowMs - since) / 1000) + ")";
-    }
-    if (uplink.reason) text += ": " + uplink.reason;
-    return text + ". Events are kept on this gateway and sent when it is back.";
+    if (since !== null) text += " since " + clockTime(since);
+    text += " (" + uplinkCause(uplink.reason) + ")";
+    if (since !== null) text += ", " + formatAge((nowMs - since) / 1000) + " ago";
+    return {
+      text: text + ". Alerts still work; events are kept on this gateway and sent when the " +
+        "connection is back.",
+      detail: uplink.reason || null,
+    };
   }
 
   function canAcknowledge(role, alert) {
@@ -100,8 +129,8 @@
   }
 
   const api = {
-    KIND_LABELS, LOUD_KINDS, backoffDelay, canAcknowledge, describe, formatAge, formatMoney,
-    groupByMachine, newLoudAlerts, parseTime, uplinkBanner,
+    KIND_LABELS, LOUD_KINDS, backoffDelay, canAcknowledge, clockTime, describe, formatAge,
+    formatMoney, groupByMachine, newLoudAlerts, parseTime, uplinkBanner, uplinkCause,
   };
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api;

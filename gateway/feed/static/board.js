@@ -117,6 +117,8 @@
       case "alerts":
         applyState(message.state, message.time);
         break;
+      case "events":
+        break;  // the board subscribes to no events: `alerts` carries everything it shows
       case "ack_result":
         if (!message.ok) toast("Not acknowledged: " + message.reason);
         break;
@@ -168,9 +170,7 @@
   function render() {
     const state = view.state;
     if (!state) return;
-    const banner = core.uplinkBanner(state.uplink, now());
-    $("uplink-banner").hidden = banner === null;
-    $("uplink-banner").textContent = banner || "";
+    renderBanner();
 
     const board = $("board");
     board.replaceChildren();
@@ -189,6 +189,16 @@
       section.appendChild(list);
       board.appendChild(section);
     }
+  }
+
+  // Plain words for the floor; the uplink's technical reason in small print and as a tooltip.
+  function renderBanner() {
+    const banner = core.uplinkBanner(view.state.uplink, now());
+    const box = $("uplink-banner");
+    box.hidden = banner === null;
+    $("uplink-text").textContent = banner ? banner.text : "";
+    $("uplink-detail").textContent = banner && banner.detail ? "Details: " + banner.detail : "";
+    box.title = banner && banner.detail ? banner.detail : "";
   }
 
   function renderAlert(alert) {
@@ -226,9 +236,7 @@
         if (item) item.classList.remove("flash");
       }
     }
-    if (view.state && view.state.uplink && view.state.uplink.connected === false) {
-      $("uplink-banner").textContent = core.uplinkBanner(view.state.uplink, now());
-    }
+    if (view.state && view.state.uplink && view.state.uplink.connected === false) renderBanner();
   }
 
   function setStatus(text, kind) {
