@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/uplink.py
 	$(BIN)/python bench/sas_poll.py
+	$(BIN)/python bench/feed.py
 
 crash: $(STAMP)
 	$(BIN)/python bench/crash_loop.py --kills 200

@@ -165,8 +165,10 @@ def _crash_loop(base: Path, kills: int, machines: int, rate: float, seed: int,
         exit_code = gw.wait(timeout=30)
         stop_s = time.monotonic() - stop_started
         procs["sim"].send_signal(signal.SIGINT)
+        # Read the ledger before waiting: after many kills it is far larger than a pipe buffer,
+        # and the simulator only exits once it is written.
+        ledger = json.loads(_read_line(procs["sim"], time.monotonic() + 120))
         procs["sim"].wait(timeout=30)
-        ledger = json.loads(_read_line(procs["sim"], time.monotonic() + 10))
         (base / "ledger.json").write_text(json.dumps(ledger))
     finally:
         for proc in (procs["sim"], procs["receiver"]):
