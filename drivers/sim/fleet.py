@@ -53,6 +53,11 @@ class SimFleet:
         acked = [e for e in egm.ledger.entries if e.acknowledged_at is not None]
         return [e.code for e in sorted(acked, key=lambda e: e.acknowledged_at or 0.0)]
 
+    def lost_by_overflow(self, device_path: str) -> int:
+        """Exceptions the machine on `device_path` dropped from its full queue."""
+        egm = self.machines[self.device_paths.index(device_path)]
+        return sum(e.lost for e in egm.ledger.entries)
+
     def summary(self) -> dict[str, Any]:
         totals = {"raised": 0, "acknowledged": 0, "pending": 0, "lost_by_overflow": 0}
         for egm in self.machines:
