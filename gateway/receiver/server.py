@@ -2,8 +2,11 @@
 
 Per connection: HTTP upgrade (path /v1/stream, bearer token known, else 404/401/403) -> hello ->
 the token must belong to the gateway the hello names (else error + close 4001) -> welcome with the
-stored high-water mark -> for each events frame: verify + store in one transaction, then the
-cumulative ack. A bad signature or hash ends the connection with an error frame and close 4003.
+stored high-water mark -> for each events frame: verify, store, then the cumulative ack. Frames
+are pipelined: each is verified in a worker thread as soon as it is read, while the frames before
+it commit; frames verified by the time the store is free commit in one transaction (one fsync),
+then each gets its ack, in order. A bad signature or hash ends the connection with an error frame
+and close 4003 after the events before it are committed and acked.
 
 Commands: while a gateway is connected, its open commands (the `commands` table: pending, and on a
 new connection also sent-but-unanswered ones) are sent to it as command frames and marked sent;
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,8 +40,17 @@ log = structlog.get_logger(__name__)
 PATH = "/v1/stream"
 MAX_FRAME = 16 * 1024 * 1024
 MAX_EVENTS_PER_FRAME = 10_000
+# Bytes per read from the connection: trio-websocket's default (4 KiB) means ~20 reads, each a
+# TLS record and a wsproto pass, for one 200-event frame.
+RECEIVE_BUFFER = 64 * 1024
 HELLO_TIMEOUT_S = 10.0
 VERIFY_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Frames of at most this many events are verified in the event loop (< 1 ms of CPU).
+INLINE_VERIFY_MAX = 8
+# Frames read ahead of the commit (verifying meanwhile); the gateway's window (8) bounds it too.
+PIPELINE_FRAMES = 16
+# Frames committed in one transaction at most, when that many are verified and waiting.
+GROUP_FRAMES_MAX = 16
 # SQLite cannot notify another process's insert; looking for new pending commands this often is
 # one indexed query per connected gateway, and bounds the delay of a CLI-submitted command.
 COMMAND_CHECK_S = 0.25
@@ -154,21 +167,18 @@ class _Receiver:
             log.warning("receiver command result for no open command", gateway_id=gid,
                         command_id=message.id)
 
-    async def _verify(self, raws: list[bytes], keys: dict[str, VerifyKey]) -> list[Checked]:
-        """Signature checks in worker threads (libsodium releases the GIL), in order."""
-        parts = VERIFY_THREADS if len(raws) >= 64 else 1
-        size = -(-len(raws) // parts)
-        chunks = [raws[i:i + size] for i in range(0, len(raws), size)]
-        results: list[list[Checked]] = [[] for _ in chunks]
-
-        async def run(index: int) -> None:
-            results[index] = await trio.to_thread.run_sync(
-                verify_events, chunks[index], keys, limiter=self.verifiers)
-
-        async with trio.open_nursery() as nursery:
-            for index in range(len(chunks)):
-                nursery.start_soon(run, index)
-        return [item for chunk in results for item in chunk]
+    async def _verify(self, frame: _Frame, keys: dict[str, VerifyKey]) -> None:
+        """The stateless checks of one frame in a worker thread (libsodium releases the GIL, so
+        frames behind it verify on the other core meanwhile); wakes whoever waits on `frame`.
+        A frame of a few events (venue load) is verified here: a thread hop would cost more."""
+        try:
+            if len(frame.raws) <= INLINE_VERIFY_MAX:
+                frame.checked = verify_events(frame.raws, keys)
+            else:
+                frame.checked = await trio.to_thread.run_sync(
+                    verify_events, frame.raws, keys, limiter=self.verifiers)
+        finally:
+            frame.verified.set()
 
     async def handle(self, request: WebSocketRequest) -> None:
         if request.path.split("?")[0] != PATH:
@@ -225,31 +235,96 @@ class _Receiver:
 
     async def _stream(self, ws: WebSocketConnection, gid: str, epoch: str,
                       keys: dict[str, VerifyKey]) -> None:
-        while True:
-            frame = await ws.get_message()
-            try:
-                message = proto.decode(frame, max_events=MAX_EVENTS_PER_FRAME)
-                if not isinstance(message, proto.Events | proto.CommandResult):
-                    raise proto.ProtocolViolation(f"unexpected {type(message).__name__}")
-            except proto.ProtocolViolation as violation:
-                await _close(ws, violation.code, str(violation))
-                return
-            if isinstance(message, proto.CommandResult):
-                await self._command_result(gid, message)
-                continue
-            checked = await self._verify(list(message.events), keys)
-            async with self.lock:
-                result = await trio.to_thread.run_sync(
-                    partial(self.store.ingest, gid, epoch, list(message.events), keys,
-                            checked=checked),
-                    limiter=self.limiter)
-            # Committed: now (and only now) the ack.
-            await ws.send_message(proto.encode(proto.Ack(epoch, result.high_water)))
-            if result.error:
-                log.warning("receiver rejected batch", gateway_id=gid, epoch=epoch,
-                            error=result.error, code=result.error_code)
-                await _close(ws, result.error_code, result.error)
-                return
+        """Read frames and start verifying each at once; `_commit_frames` stores them in order.
+
+        A pipeline, so both cores work: while one group of frames commits (and fsyncs), the
+        frames behind it are verified in worker threads. What reaches the store, and when the
+        ack goes out, is exactly as if each frame were handled alone, in order."""
+        send, receive = trio.open_memory_channel[_Frame](PIPELINE_FRAMES)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit_frames, ws, gid, epoch, keys, receive,
+                               nursery.cancel_scope)
+            async with send:
+                while True:
+                    try:
+                        data = await ws.get_message()
+                    except ConnectionClosed:
+                        return  # what is verified still commits; its acks cannot be sent
+                    try:
+                        message = proto.decode(data, max_events=MAX_EVENTS_PER_FRAME)
+                        if not isinstance(message, proto.Events | proto.CommandResult):
+                            raise proto.ProtocolViolation(f"unexpected {type(message).__name__}")
+                    except proto.ProtocolViolation as violation:
+                        # The frames before it are committed and acked first, then the close.
+                        await send.send(_Frame([], violation=violation))
+                        return
+                    if isinstance(message, proto.CommandResult):
+                        await self._command_result(gid, message)
+                        continue
+                    frame = _Frame(list(message.events))
+                    nursery.start_soon(self._verify, frame, keys)
+                    await send.send(frame)
+
+    async def _commit_frames(self, ws: WebSocketConnection, gid: str, epoch: str,
+                             keys: dict[str, VerifyKey],
+                             receive: trio.MemoryReceiveChannel[_Frame],
+                             stream_scope: trio.CancelScope) -> None:
+        """Commit verified frames in order, several per transaction when they are ready
+        together; after each commit, one ack per frame. On a bad event or a protocol violation,
+        ack what was committed, close, and stop the stream."""
+        waiting: deque[_Frame] = deque()
+        async with receive:
+            while True:
+                if not waiting:
+                    try:
+                        waiting.append(await receive.receive())
+                    except trio.EndOfChannel:
+                        return
+                while len(waiting) < PIPELINE_FRAMES:  # and whatever else has arrived
+                    try:
+                        waiting.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                head = waiting[0]
+                if head.violation is not None:
+                    await _close(ws, head.violation.code, str(head.violation))
+                    stream_scope.cancel()
+                    return
+                await head.verified.wait()
+                group: list[_Frame] = []
+                while (waiting and waiting[0].violation is None and waiting[0].verified.is_set()
+                       and len(group) < GROUP_FRAMES_MAX):
+                    group.append(waiting.popleft())
+                if any(frame.checked is None for frame in group):
+                    return  # a verification failed (its error ends the stream's nursery)
+                async with self.lock:
+                    results = await trio.to_thread.run_sync(
+                        self.store.ingest_frames, gid, epoch,
+                        [frame.checked for frame in group], keys, limiter=self.limiter)
+                # Committed: now (and only now) the acks, one per frame.
+                try:
+                    for result in results:
+                        await ws.send_message(proto.encode(proto.Ack(epoch, result.high_water)))
+                except ConnectionClosed:
+                    stream_scope.cancel()
+                    return
+                error = results[-1]
+                if error.error:
+                    log.warning("receiver rejected batch", gateway_id=gid, epoch=epoch,
+                                error=error.error, code=error.error_code)
+                    await _close(ws, error.error_code, error.error)
+                    stream_scope.cancel()
+                    return
+
+
+@dataclass(eq=False)
+class _Frame:
+    """One events frame in the pipeline: its events, then (once `verified`) their checks."""
+
+    raws: list[bytes]
+    checked: list[Checked] | None = None
+    verified: trio.Event = field(default_factory=trio.Event)
+    violation: proto.ProtocolViolation | None = None  # not events: close with this, in turn
 
 
 async def serve_receiver(settings: ReceiverSettings, *,
@@ -267,7 +342,7 @@ async def serve_receiver(settings: ReceiverSettings, *,
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(
                 serve_websocket, receiver.handle, settings.host, settings.port, ssl_ctx,
-                max_message_size=MAX_FRAME))
+                max_message_size=MAX_FRAME, receive_buffer_size=RECEIVE_BUFFER))
             port = server.port
             scheme = "wss" if ssl_ctx else "ws"
             handle = ReceiverHandle(port, f"{scheme}://{settings.host}:{port}{PATH}", store,
