@@ -265,6 +265,23 @@ def envelope_for(settings: OutboxSettings, epoch: str, draft: Draft, seq: int) -
     }
 
 
+_INSERT_CHUNK = 500  # rows per INSERT statement (8 parameters each)
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows with one multi-row statement per chunk rather than `executemany`: the
+    sqlite3 module releases and re-takes the GIL around every step, and while the trio thread
+    is busy each re-take can wait a whole switch interval (5 ms); one step per chunk keeps a
+    busy feed or SAS poller from stretching a commit by hundreds of such waits."""
+    size = min(_INSERT_CHUNK, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8)
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        conn.execute(
+            "INSERT INTO events (seq, type, channel, machine, captured_at, source_code, hash, "
+            "body) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            [value for row in chunk for value in row])
+
+
 def _insert_marker(conn: sqlite3.Connection, settings: OutboxSettings, epoch: str,
                    signer: Signer, seq: int, prev: bytes, data: dict[str, Any]) -> None:
     draft = system_draft("lossMarker", data, now=time.time())
@@ -808,8 +825,7 @@ class Outbox:
         drain(0)
         try:
             conn.execute("BEGIN")
-            conn.executemany("INSERT INTO events (seq, type, channel, machine, captured_at, "
-                             "source_code, hash, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            _insert_events(conn, rows)
             conn.executemany(
                 "INSERT INTO machine_state (machine, last_seq, last_code, last_payload, "
                 "last_counter) VALUES (?, ?, ?, ?, ?) ON CONFLICT(machine) DO UPDATE SET "
