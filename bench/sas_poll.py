@@ -109,6 +109,9 @@ class _CountingSink:
     def acknowledged(self, event: object) -> None:
         pass
 
+    async def redelivered(self, event: object) -> None:
+        pass
+
     def is_redelivery(self, machine: object, source: object) -> bool:
         return False
 

@@ -93,6 +93,11 @@ class EventSink(Protocol):
         """True if `source` repeats the last durable event of `machine` that was never
         acknowledged before a restart; the driver then acknowledges without recording again."""
 
+    async def redelivered(self, event: MachineEvent) -> None:
+        """`event` was just recognised as a redelivery (is_redelivery returned True) and is
+        about to be acknowledged: persist what is new about it (the poll that elicited it this
+        time, `SourceRef.poll_counter`) first. Returns once durable."""
+
 
 class CommandResult(enum.StrEnum):
     OK = "ok"

@@ -63,13 +63,14 @@ class _CheckingSink:
     peer: ConformancePeer
     recorded: list[MachineEvent] = field(default_factory=list)
     acked: list[MachineEvent] = field(default_factory=list)
-    redelivered: list[MachineEvent] = field(default_factory=list)
+    claimed: list[MachineEvent] = field(default_factory=list)  # redeliveries claimed
     claim_redelivery: bool = False
     gate: trio.Event | None = None
     in_record: bool = False
     changed: trio.Event = field(default_factory=trio.Event)
     failures: list[str] = field(default_factory=list)
     _unacked_redeliveries: int = 0
+    redelivered_events: list[MachineEvent] = field(default_factory=list)
 
     def _poke(self) -> None:
         self.changed.set()
@@ -91,19 +92,25 @@ class _CheckingSink:
 
     def acknowledged(self, event: MachineEvent) -> None:
         known = [e for e in self.recorded if e is event] or [
-            e for e in self.redelivered if (e.machine.address, e.source) == (
+            e for e in self.claimed if (e.machine.address, e.source) == (
                 event.machine.address, event.source)]
         if event.source is None or not known:
             self.failures.append(f"acknowledged something never recorded: {event!r}")
+        elif not any(e is event for e in self.recorded) and not any(
+                e is event for e in self.redelivered_events):
+            self.failures.append(f"acknowledged a redelivery before sink.redelivered(): {event!r}")
         if any(e is event for e in self.acked):
             self.failures.append(f"acknowledged twice: {event!r}")
         self.acked.append(event)
         self._poke()
 
+    async def redelivered(self, event: MachineEvent) -> None:
+        self.redelivered_events.append(event)
+
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         if self.claim_redelivery:
             self.claim_redelivery = False
-            self.redelivered.append(MachineEvent("redelivered", machine, {}, source))
+            self.claimed.append(MachineEvent("redelivered", machine, {}, source))
             return True
         return False
 
@@ -150,7 +157,8 @@ async def check_driver_conformance(
         peer.raise_exception()
         await sink.until(lambda: len(sink.acked) >= exceptions + 1, "redelivery ack", limit_s)
         assert len(sink.exceptions()) == recorded_before, "a redelivery was recorded again"
-        assert sink.redelivered, "the sink was never asked about a redelivery"
+        assert sink.claimed, "the sink was never asked about a redelivery"
+        assert sink.redelivered_events, "sink.redelivered() was not awaited for a redelivery"
 
         # 4: commands in.
         outcomes: dict[str, CommandOutcome] = {}

@@ -76,6 +76,15 @@ class OutboxSink:
                      poll_counter=counter, journal_counter=counter_at_open)
         return settled
 
+    async def redelivered(self, event: MachineEvent) -> None:
+        """The machine re-sent its unacknowledged exception in answer to a new poll (after a
+        restart probe it met with silence, the sync GP and a GP): that poll's counter is now the
+        one a further restart must compare with, and it must be durable before the ACK goes
+        out, or a kill in between would find the journal past the old counter and take the
+        exception for acknowledged (docs/sas.md, "Restart safety")."""
+        if event.source is not None and event.source.poll_counter is not None:
+            await self._outbox.update_poll_counter(_key(event.machine), event.source.poll_counter)
+
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         # A machine re-sends its unacknowledged exception before anything else from its queue,
         # so the first queued exception after a restart settles the question for that machine;

@@ -127,6 +127,10 @@ class WatchedSink:
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         return self._inner.is_redelivery(machine, source)
 
+    async def redelivered(self, event: MachineEvent) -> None:
+        with self._health.recording():
+            await self._inner.redelivered(event)
+
 
 def format_duration(seconds: float) -> str:
     """45s, 4m, 2h05m, 3d04h: what a STATUS line or a table has room for."""

@@ -407,6 +407,9 @@ class Outbox:
         self._appended = trio.Event()
         self._flush_wanted = False
         self._acked: dict[str, int] = {}
+        # Poll counters of redelivered exceptions, and who waits for them to be durable.
+        self._counters: dict[str, int] = {}
+        self._counter_waiters: list[trio.Event] = []
         self._delivered_persisted = self.delivered_seq
         self.durable_latencies: deque[float] = deque(maxlen=10_000)
         self.commit_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
@@ -546,6 +549,16 @@ class Outbox:
             self.unacknowledged.pop(machine, None)
             self._flush_wanted = True
             self._wake()
+
+    async def update_poll_counter(self, machine: str, counter: int) -> None:
+        """Store `counter` as the poll that elicited `machine`'s last recorded exception (it
+        was re-sent in answer to a new poll); returns once committed."""
+        self._counters[machine] = counter
+        done = trio.Event()
+        self._counter_waiters.append(done)
+        self._flush_wanted = True
+        self._wake()
+        await done.wait()
 
     async def mark_delivered(self, seq: int) -> None:
         """The platform acknowledged everything up to `seq` (cumulative)."""
@@ -729,16 +742,22 @@ class Outbox:
         limiter = trio.CapacityLimiter(1)
         async for batch in groups:
             acked, self._acked = self._acked, {}
+            counters, self._counters = self._counters, {}
+            waiters, self._counter_waiters = self._counter_waiters, []
             try:
                 with trio.CancelScope(shield=True):
                     envelopes = await trio.to_thread.run_sync(
                         self._commit, batch, acked, self.delivered_seq, self._low_space,
-                        limiter=limiter)
+                        counters, limiter=limiter)
             except StoreError as err:
                 if not _disk_full(err):
                     raise
+                self._counters = {**counters, **self._counters}
+                self._counter_waiters[:0] = waiters
                 self._commit_hit_full_disk(batch, acked, err)
                 continue
+            for waiter in waiters:
+                waiter.set()
             now = trio.current_time()
             for pending in batch:
                 if pending.draft.monotonic:
@@ -751,7 +770,8 @@ class Outbox:
                     listener(envelopes)
 
     def _commit(self, batch: list[_Pending], acked: dict[str, int], delivered: int,
-                low_space: bool = False) -> list[dict[str, Any]]:
+                low_space: bool = False, counters: dict[str, int] | None = None
+                ) -> list[dict[str, Any]]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention."""
         conn = self._conn
@@ -836,6 +856,8 @@ class Outbox:
                 "INSERT INTO machine_state (machine, last_seq, acked_seq) VALUES (?, 0, ?) "
                 "ON CONFLICT(machine) DO UPDATE SET acked_seq=max(acked_seq, excluded.acked_seq)",
                 list(acked.items()))
+            conn.executemany("UPDATE machine_state SET last_counter = ? WHERE machine = ?",
+                             [(counter, machine) for machine, counter in (counters or {}).items()])
             if delivered != self._delivered_persisted:
                 conn.execute("UPDATE meta SET value=? WHERE key='delivered_seq'", (str(delivered),))
             pruned = self._prune(conn, min(delivered, self.last_seq - 1), low_space)

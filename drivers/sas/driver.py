@@ -168,6 +168,8 @@ class SasDriver:
                 self._stamped[id(raw)] = stamped
                 if not sink.is_redelivery(stamped.machine, stamped.source):
                     await sink.record(stamped)
+                else:
+                    await sink.redelivered(stamped)
                 self._host.durable(token)
             case Acknowledged(raw):
                 sink.acknowledged(self._stamped.pop(id(raw)))

@@ -35,7 +35,7 @@ class RecordingSink:
 
     recorded: list[MachineEvent] = field(default_factory=list)
     acknowledged_events: list[MachineEvent] = field(default_factory=list)
-    redelivered: set[tuple[int, bytes]] = field(default_factory=set)
+    claim: set[tuple[int, bytes]] = field(default_factory=set)  # (code, payload) to claim
     on_record: Callable[[MachineEvent], None] | None = None
     waiter: Waiter = field(default_factory=Waiter)
 
@@ -49,10 +49,13 @@ class RecordingSink:
         self.acknowledged_events.append(event)
         self.waiter.poke()
 
+    async def redelivered(self, event: MachineEvent) -> None:
+        pass
+
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         key = (source.code, source.payload)
-        if key in self.redelivered:
-            self.redelivered.discard(key)
+        if key in self.claim:
+            self.claim.discard(key)
             return True
         return False
 

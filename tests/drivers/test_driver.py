@@ -71,7 +71,7 @@ async def test_driver_memory_link_records_everything_once(autojump_clock: trio.a
 async def test_redelivery_is_acknowledged_without_recording(
         autojump_clock: trio.abc.Clock) -> None:
     host_end, egm_end = memory_link_pair()
-    sink = RecordingSink(redelivered={(0x11, b"")})
+    sink = RecordingSink(claim={(0x11, b"")})
     egm = SasEgm(1, Ledger(sink.waiter.poke))
     egm.raise_exception(0x11, b"", 0.0)
 

@@ -67,6 +67,9 @@ class StuckSink:
     def acknowledged(self, event: MachineEvent) -> None:
         self.acked.append(event)
 
+    async def redelivered(self, event: MachineEvent) -> None:
+        pass
+
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         return source.code == 0x11
 

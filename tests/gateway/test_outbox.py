@@ -182,6 +182,41 @@ async def test_restart_expects_a_redelivery_only_if_no_frame_followed_the_elicit
         assert make_outbox().unacknowledged == {}
 
 
+async def test_a_redelivery_moves_the_stored_poll_counter_before_it_is_acknowledged(make_outbox):
+    """Found by the 200-kill loop: after a restart the probe met silence (the machine had given
+    up on that answer), the sync GP and a GP followed, and the machine re-sent its exception to
+    that GP (counter 43). Killed before the ACK, the next start saw the journal at 43, past the
+    stored 41, and took the exception for acknowledged: recorded twice. The counter of the poll
+    that elicited the redelivery is committed before the driver acknowledges it."""
+    machine = MachineRef(port="p1", address=1)
+    overflow = MachineEvent("bufferOverflow", machine, {}, SourceRef("sas", 0x70, poll_counter=41))
+    first = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.run_writer)
+            await OutboxSink(first, currency="USD").record(overflow)
+            nursery.cancel_scope.cancel()
+    await first.aclose()
+
+    second = make_outbox()
+    sink = OutboxSink(second, currency="USD")
+    assert sink.settle_restart("p1", 41) == 0
+    again = MachineEvent("bufferOverflow", machine, {}, SourceRef("sas", 0x70, poll_counter=43))
+    assert sink.is_redelivery(machine, again.source)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(second.run_writer)
+            await sink.redelivered(again)   # durable when it returns; then the ACK would go out
+            nursery.cancel_scope.cancel()   # ...but the gateway dies first
+    await second.aclose()
+
+    third = make_outbox()
+    assert third.unacknowledged_counter == {"p1/1": 43}
+    sink = OutboxSink(third, currency="USD")
+    assert sink.settle_restart("p1", 43) == 0
+    assert sink.is_redelivery(machine, SourceRef("sas", 0x70))
+
+
 async def test_acknowledged_exception_is_not_treated_as_redelivery(make_outbox):
     machine = MachineRef(port="p1", address=1)
     door = MachineEvent("doorOpened", machine, {"door": "main"}, SourceRef("sas", 0x11))
