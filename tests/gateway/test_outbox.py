@@ -147,6 +147,17 @@ async def test_unacknowledged_exception_is_recognised_after_restart(make_outbox)
     assert sink.is_redelivery(machine, SourceRef("sas", 0x4A)) is False
 
 
+async def run_then_die(outbox, work) -> None:
+    """Run the writer for `work(outbox)` (any awaitable-returning callable), then stop the way a
+    killed gateway does: the writer cancelled, nothing else said."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await work(outbox)
+            nursery.cancel_scope.cancel()
+    await outbox.aclose()
+
+
 @pytest.mark.parametrize("journal_moved_on", [False, True])
 async def test_restart_expects_a_redelivery_only_if_no_frame_followed_the_eliciting_poll(
         make_outbox, journal_moved_on):
@@ -157,13 +168,7 @@ async def test_restart_expects_a_redelivery_only_if_no_frame_followed_the_elicit
     machine = MachineRef(port="p1", address=1)
     door = MachineEvent("doorOpened", machine, {"door": "main"},
                         SourceRef("sas", 0x11, poll_counter=41))
-    first = make_outbox()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(first.run_writer)
-            await OutboxSink(first, currency="USD").record(door)
-            nursery.cancel_scope.cancel()
-    await first.aclose()
+    await run_then_die(make_outbox(), lambda o: OutboxSink(o, currency="USD").record(door))
 
     second = make_outbox()
     assert second.unacknowledged_counter == {"p1/1": 41}
@@ -173,12 +178,7 @@ async def test_restart_expects_a_redelivery_only_if_no_frame_followed_the_elicit
     assert sink.is_redelivery(machine, SourceRef("sas", 0x11)) is not journal_moved_on
     if journal_moved_on:
         # The settled ack mark is committed, so a second restart does not ask again.
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(second.run_writer)
-                await second.append(draft(1))
-                nursery.cancel_scope.cancel()
-        await second.aclose()
+        await run_then_die(second, lambda o: o.append(draft(1)))
         assert make_outbox().unacknowledged == {}
 
 
@@ -190,25 +190,15 @@ async def test_a_redelivery_moves_the_stored_poll_counter_before_it_is_acknowled
     that elicited the redelivery is committed before the driver acknowledges it."""
     machine = MachineRef(port="p1", address=1)
     overflow = MachineEvent("bufferOverflow", machine, {}, SourceRef("sas", 0x70, poll_counter=41))
-    first = make_outbox()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(first.run_writer)
-            await OutboxSink(first, currency="USD").record(overflow)
-            nursery.cancel_scope.cancel()
-    await first.aclose()
+    await run_then_die(make_outbox(), lambda o: OutboxSink(o, currency="USD").record(overflow))
 
     second = make_outbox()
     sink = OutboxSink(second, currency="USD")
     assert sink.settle_restart("p1", 41) == 0
     again = MachineEvent("bufferOverflow", machine, {}, SourceRef("sas", 0x70, poll_counter=43))
     assert sink.is_redelivery(machine, again.source)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(second.run_writer)
-            await sink.redelivered(again)   # durable when it returns; then the ACK would go out
-            nursery.cancel_scope.cancel()   # ...but the gateway dies first
-    await second.aclose()
+    # Durable when redelivered() returns; then the ACK would go out, but the gateway dies first.
+    await run_then_die(second, lambda _: sink.redelivered(again))
 
     third = make_outbox()
     assert third.unacknowledged_counter == {"p1/1": 43}
