@@ -19,6 +19,21 @@ def draft(n: int):
     return system_draft("machineException", {"code": n, "name": "test"}, now=time.time())
 
 
+async def run_writer_for(outbox, work) -> None:
+    """Run the outbox's writer for as long as `work(outbox)` takes (an awaitable), then stop it."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await work(outbox)
+            nursery.cancel_scope.cancel()
+
+
+async def run_then_die(outbox, work) -> None:
+    """`run_writer_for`, then stop the way a killed gateway does: nothing else said."""
+    await run_writer_for(outbox, work)
+    await outbox.aclose()
+
+
 async def append_many(outbox, count: int) -> list[int]:
     seqs: list[int] = []
 
@@ -48,11 +63,7 @@ async def test_append_returns_once_committed_and_seqs_are_dense(make_outbox):
 
 async def test_chain_verifies_and_envelope_has_every_field(make_outbox, signer):
     outbox = make_outbox()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(outbox.run_writer)
-            await append_many(outbox, 50)
-            nursery.cancel_scope.cancel()
+    await run_writer_for(outbox, lambda o: append_many(o, 50))
     conn = open_readonly(outbox.settings.path)
     report = verify_events(iter_envelopes(conn), {key_id(signer.verify_key): signer.verify_key})
     assert report.ok and report.checked == 50
@@ -145,17 +156,6 @@ async def test_unacknowledged_exception_is_recognised_after_restart(make_outbox)
     assert sink.is_redelivery(machine, SourceRef("sas", 0x4A)) is True
     # Settled after the first exception: a later identical bill is a new bill.
     assert sink.is_redelivery(machine, SourceRef("sas", 0x4A)) is False
-
-
-async def run_then_die(outbox, work) -> None:
-    """Run the writer for `work(outbox)` (any awaitable-returning callable), then stop the way a
-    killed gateway does: the writer cancelled, nothing else said."""
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(outbox.run_writer)
-            await work(outbox)
-            nursery.cancel_scope.cancel()
-    await outbox.aclose()
 
 
 @pytest.mark.parametrize("journal_moved_on", [False, True])
@@ -256,11 +256,7 @@ def test_rfc3339_cache_matches_datetime_formatting():
 async def test_oldest_undelivered_age_is_a_live_figure(make_outbox):
     outbox = make_outbox()
     assert outbox.statistics()["oldest_undelivered_s"] == 0.0
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(outbox.run_writer)
-            await append_many(outbox, 5)
-            nursery.cancel_scope.cancel()
+    await run_writer_for(outbox, lambda o: append_many(o, 5))
     conn = sqlite3.connect(outbox.settings.path, isolation_level=None)
     conn.execute("UPDATE events SET captured_at = captured_at - 3600 WHERE seq <= 2")
     conn.close()
@@ -274,11 +270,7 @@ async def test_oldest_undelivered_age_is_a_live_figure(make_outbox):
 
 async def test_read_time_range_pages_through_a_window(make_outbox):
     outbox = make_outbox()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(outbox.run_writer)
-            await append_many(outbox, 40)
-            nursery.cancel_scope.cancel()
+    await run_writer_for(outbox, lambda o: append_many(o, 40))
     conn = sqlite3.connect(outbox.settings.path, isolation_level=None)
     conn.execute("UPDATE events SET captured_at = 1000 + seq")
     conn.close()
