@@ -189,13 +189,24 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     if args.action == "tail":
         last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         after = max(0, last - args.lines)
+        watch = None
+        if args.follow:
+            from gateway.filewatch import DirectoryWatch
+
+            # Armed before the first read: a commit in between still wakes the first wait.
+            watch = DirectoryWatch(args.db.resolve().parent, prefix=args.db.name)
+        woke = False
         while True:
+            printed = False
             for seq, body in iter_envelopes(conn, after):
                 print(describe(body), flush=True)
-                after = seq
-            if not args.follow:
+                after, printed = seq, True
+            if watch is None:
                 return 0
-            time.sleep(0.5)  # a CLI follower polling a file another process writes
+            # Each commit of the writing process writes the -wal file. A wake-up that found
+            # nothing new is a commit not yet visible (docs in gateway/filewatch.py): look again
+            # in a few ms; otherwise wait for the next write, re-checking once a second.
+            woke = watch.wait(recheck_s=0.005 if woke and not printed else 1.0)
     if args.action == "export":
         return _export(conn, args)
     if args.action == "replay":

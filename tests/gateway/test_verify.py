@@ -191,3 +191,38 @@ def test_progress_bar_draws_on_a_tty_only():
     show = progress_bar(200, stream)
     show(100)
     assert "50%" in stream.getvalue() and "100/200" in stream.getvalue()
+
+
+def test_tail_follow_prints_what_another_process_commits(tmp_path, signer):
+    """`outbox tail -f` wakes on the WAL file (inotify, with a 1 s re-check): each commit made
+    by the writer here shows up in the follower process, and nothing is printed twice."""
+    import subprocess
+    import sys
+
+    db = make_outbox_file(tmp_path, signer, 3)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "outbox", "tail", "-f", "-n", "2", "--db", str(db)],
+        stdout=subprocess.PIPE, text=True)
+    assert follower.stdout is not None
+
+    async def line() -> str:
+        return await trio.to_thread.run_sync(follower.stdout.readline, abandon_on_cancel=True)
+
+    async def follow() -> None:
+        with trio.fail_after(20):
+            assert [(await line()).split()[0] for _ in range(2)] == ["2", "3"]
+            outbox = Outbox.open(OutboxSettings(path=db, gateway_id="gw-x"), signer)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(outbox.run_writer)
+                for _ in range(2):  # two separate commits, each seen before the next
+                    seq = await outbox.append(system_draft("machineException", {"code": 9},
+                                                           now=time.time()))
+                    assert (await line()).split()[0] == str(seq)
+                nursery.cancel_scope.cancel()
+            outbox.close()
+
+    try:
+        trio.run(follow)
+    finally:
+        follower.kill()
+        follower.wait()
