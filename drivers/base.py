@@ -94,9 +94,11 @@ class EventSink(Protocol):
         acknowledged before a restart; the driver then acknowledges without recording again."""
 
     async def redelivered(self, event: MachineEvent) -> None:
-        """`event` was just recognised as a redelivery (is_redelivery returned True) and is
-        about to be acknowledged: persist what is new about it (the poll that elicited it this
-        time, `SourceRef.poll_counter`) first. Returns once durable."""
+        """`event` was just recognised as a redelivery of the machine's last recorded exception
+        (is_redelivery returned True after a restart, or the driver saw the machine re-send it
+        after a reset) and is about to be acknowledged: persist what is new about it (the poll
+        that elicited it this time, `SourceRef.poll_counter`) and that it is unacknowledged
+        again, first. Returns once durable."""
 
 
 class CommandResult(enum.StrEnum):

@@ -77,13 +77,16 @@ class OutboxSink:
         return settled
 
     async def redelivered(self, event: MachineEvent) -> None:
-        """The machine re-sent its unacknowledged exception in answer to a new poll (after a
-        restart probe it met with silence, the sync GP and a GP): that poll's counter is now the
-        one a further restart must compare with, and it must be durable before the ACK goes
-        out, or a kill in between would find the journal past the old counter and take the
-        exception for acknowledged (docs/sas.md, "Restart safety")."""
-        if event.source is not None and event.source.poll_counter is not None:
-            await self._outbox.update_poll_counter(_key(event.machine), event.source.poll_counter)
+        """The machine re-sent its last recorded exception in answer to a new poll (after a
+        restart probe it met with silence, the sync GP and a GP; or after a reset of the
+        machine cut off the ACK the gateway had already marked): that poll's counter is now the
+        one a further restart must compare with, and the exception is unacknowledged again. Both
+        must be durable before the ACK goes out, or a kill in between would take the exception
+        for acknowledged (docs/sas.md, "Restart safety" and "Machine resets")."""
+        source = event.source
+        if source is not None and source.poll_counter is not None:
+            await self._outbox.update_poll_counter(_key(event.machine), source.poll_counter,
+                                                   source.code, source.payload)
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         # A machine re-sends its unacknowledged exception before anything else from its queue,

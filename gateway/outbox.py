@@ -407,8 +407,9 @@ class Outbox:
         self._appended = trio.Event()
         self._flush_wanted = False
         self._acked: dict[str, int] = {}
-        # Poll counters of redelivered exceptions, and who waits for them to be durable.
-        self._counters: dict[str, int] = {}
+        # Redelivered exceptions: machine -> (poll counter, code, payload), and who waits for
+        # them to be durable.
+        self._counters: dict[str, tuple[int, int, bytes]] = {}
         self._counter_waiters: list[trio.Event] = []
         self._delivered_persisted = self.delivered_seq
         self.durable_latencies: deque[float] = deque(maxlen=10_000)
@@ -550,10 +551,14 @@ class Outbox:
             self._flush_wanted = True
             self._wake()
 
-    async def update_poll_counter(self, machine: str, counter: int) -> None:
-        """Store `counter` as the poll that elicited `machine`'s last recorded exception (it
-        was re-sent in answer to a new poll); returns once committed."""
-        self._counters[machine] = counter
+    async def update_poll_counter(self, machine: str, counter: int, code: int,
+                                  payload: bytes) -> None:
+        """`machine` re-sent its last recorded exception (as `code`, `payload`) in answer to a
+        new poll, and is about to be acknowledged: store `counter` as the poll that elicited it,
+        and mark it unacknowledged again (a machine that reset re-sends an exception it had
+        been told about, as far as the gateway knew), so that a restart before the ACK still
+        recognises it. Returns once committed."""
+        self._counters[machine] = (counter, code, payload)
         done = trio.Event()
         self._counter_waiters.append(done)
         self._flush_wanted = True
@@ -770,7 +775,8 @@ class Outbox:
                     listener(envelopes)
 
     def _commit(self, batch: list[_Pending], acked: dict[str, int], delivered: int,
-                low_space: bool = False, counters: dict[str, int] | None = None
+                low_space: bool = False,
+                counters: dict[str, tuple[int, int, bytes]] | None = None
                 ) -> list[dict[str, Any]]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention."""
@@ -856,8 +862,10 @@ class Outbox:
                 "INSERT INTO machine_state (machine, last_seq, acked_seq) VALUES (?, 0, ?) "
                 "ON CONFLICT(machine) DO UPDATE SET acked_seq=max(acked_seq, excluded.acked_seq)",
                 list(acked.items()))
-            conn.executemany("UPDATE machine_state SET last_counter = ? WHERE machine = ?",
-                             [(counter, machine) for machine, counter in (counters or {}).items()])
+            conn.executemany(
+                "UPDATE machine_state SET last_counter = ?, last_code = ?, last_payload = ?, "
+                "acked_seq = min(acked_seq, last_seq - 1) WHERE machine = ?",
+                [(*state, machine) for machine, state in (counters or {}).items()])
             if delivered != self._delivered_persisted:
                 conn.execute("UPDATE meta SET value=? WHERE key='delivered_seq'", (str(delivered),))
             pruned = self._prune(conn, min(delivered, self.last_seq - 1), low_space)

@@ -157,7 +157,7 @@ class SasDriver:
         match event:
             case Report(raw, None):
                 await sink.record(self._stamp(raw))
-            case Report(raw, token) if token is not None:
+            case Report(raw, token, resent) if token is not None:
                 stamped = self._stamp(raw)
                 assert stamped.source is not None
                 if self._journal is not None:
@@ -166,7 +166,13 @@ class SasDriver:
                     stamped = replace(stamped, source=replace(
                         stamped.source, poll_counter=self._journal.counter))
                 self._stamped[id(raw)] = stamped
-                if not sink.is_redelivery(stamped.machine, stamped.source):
+                if resent:
+                    # Re-sent after a machine reset cut off its ACK (host.py, "Machine resets").
+                    log.info("%s: address %d re-sent exception %02X after a reset; acknowledged "
+                             "without recording it again", self.port, raw.machine.address,
+                             stamped.source.code)
+                    await sink.redelivered(stamped)
+                elif not sink.is_redelivery(stamped.machine, stamped.source):
                     await sink.record(stamped)
                 else:
                     await sink.redelivered(stamped)

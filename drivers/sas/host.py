@@ -45,6 +45,18 @@ later frame already. If the line's last frame was the sync GP (an ACK journaled,
 sent), it is sent again first, so the machine is acknowledged either way, as the journal says.
 Silence means the machine is unsynchronised (or has nothing to say in RTE mode): the host syncs
 and carries on, and the probe counts as no missed poll.
+Machine resets. A machine deletes an exception only on its implied ACK (reference 2.3); powered
+off before the ACK poll reached it, it reports the same exception again after power-up. So the
+host keeps the last acknowledged exception `unconfirmed` until the machine shows it heard the ACK:
+any bytes in answer to a poll sent after the ACK with no frame to another address in between (a
+machine that reset ignores its address until such a frame resynchronises it), or an RTE event
+while no LP 0E went out since (a reset ends RTE mode). In RTE mode the ACK (the sync GP) is
+therefore followed by LP 1A, whose answer, credits or the next event, confirms at once. If the
+machine instead fell silent (a poll abandoned without one byte) and was resynchronised, its first
+queued exception settles it: the same code (and data, unless it came bare, out of RTE mode) is
+the re-send, reported as `Report(..., resent=True)` and acknowledged without a second record;
+anything else is new. Left ambiguous: a reset in the milliseconds between the ACK and the
+confirming answer, followed by a genuine identical exception (counted, `resent_after_reset`).
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
 when the machine has games), then LP 0E when RTE is on; 3C re-reads all but LP 0E.
 Periodic long polls: a meter read (LP 6F/AF alternating, or LP 1C + 0F with `meter_polls="1C"`
@@ -127,10 +139,14 @@ class HostConfig:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """An event for the sink. With a `token` the machine waits: call `SasHost.durable(token)`."""
+    """An event for the sink. With a `token` the machine waits: call `SasHost.durable(token)`.
+    `resent`: the machine re-sent the exception it last reported, whose implied ACK a reset of
+    the machine cut off (see "Machine resets" in the module docstring). It was recorded
+    already: acknowledge it without recording it again."""
 
     event: MachineEvent
     token: int | None = None
+    resent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +208,8 @@ class _Request:
     poll: messages.Poll
     ticket: int | None = None
     read: _MeterRead | None = None
+    # The LP 1A after an RTE-mode exception: any answer, an event included, serves it.
+    confirm: bool = False
 
 
 @dataclass(slots=True)
@@ -236,6 +254,16 @@ class _Machine:
     last_handpay: dict[str, Any] | None = None
     last_bill: dict[str, Any] | None = None
     probe: bool = True  # the first poll after a (re)start: see "Restart" in the module docstring
+    # The last exception (code, payload) whose implied ACK went out but is not yet known to have
+    # reached the machine, the line's frame number of that ACK, and what happened since: a
+    # frame to another address (which could have resynchronised a machine that had reset) and
+    # a poll the machine met with silence. See "Machine resets" in the module docstring.
+    unconfirmed: tuple[int, bytes] | None = None
+    ack_frame: int = 0
+    foreign_since_ack: bool = False
+    silent_since_ack: bool = False
+    rte_sent_since_ack: bool = False
+    resent: int = 0
     stats: _Stats = field(default_factory=_Stats)
 
     @property
@@ -305,6 +333,7 @@ class SasHost:
         self._tickets = itertools.count(1)
         self._need_sync = True
         self._last_wire: bytes | None = None
+        self._frame_no = 0
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -384,7 +413,14 @@ class SasHost:
 
     def durable(self, token: int) -> None:
         """The event reported with `token` is durable: the machine may now be acknowledged."""
-        self._to_ack.append(self._held.pop(token))
+        event = self._held.pop(token)
+        self._to_ack.append(event)
+        m = self._machines[event.machine.address]
+        if event.source is not None:
+            # The next frame on the line is this exception's implied ACK.
+            m.unconfirmed = (event.source.code, event.source.payload)
+            m.ack_frame = self._frame_no + 1
+            m.foreign_since_ack = m.silent_since_ack = m.rte_sent_since_ack = False
 
     def request(self, address: int, command: int, data: bytes = b"") -> int:
         """Queue long poll `command` for `address`; a `CommandFinished` with the returned ticket
@@ -445,7 +481,8 @@ class SasHost:
                 "polls": s.polls, "timeouts": s.timeouts, "crc_errors": s.crc_errors,
                 "nacks": s.nacks, "busy": s.busy, "retries": s.retries, "chirps": s.chirps,
                 "meter_reads": s.meter_reads,
-                "exceptions": s.exceptions, "last_response_at": s.last_response_at,
+                "exceptions": s.exceptions, "resent_after_reset": m.resent,
+                "last_response_at": s.last_response_at,
                 "latency_p50_s": _percentile(lat, 0.50), "latency_p99_s": _percentile(lat, 0.99),
                 "garbage_bytes": self._framer.discarded,
             }
@@ -502,6 +539,15 @@ class SasHost:
     def _send(self, wire: bytes) -> None:
         self._frames.append(TxFrame(wire))
         self._last_wire = wire
+        self._frame_no += 1
+        address = wire[0] & 0x7F
+        for m in self._machines.values():
+            if m.unconfirmed is None or self._frame_no <= m.ack_frame:
+                continue
+            if m.address != address:
+                m.foreign_since_ack = True
+            elif len(wire) > 1 and wire[1] == LongPoll.RTE_MODE:
+                m.rte_sent_since_ack = True
 
     def _poll_next(self, now: float) -> None:
         m = min(self._machines.values(), key=lambda x: x.next_due)
@@ -545,6 +591,8 @@ class SasHost:
             self._framer.clear()
             return self._finish(f, now)
         m.misses += 1
+        if f.received and not m.foreign_since_ack:
+            m.unconfirmed = None  # garbled, but an answer: the machine is up (see _alive)
         if m.online and m.misses >= self.config.offline_after_misses:
             m.online = False
             self._queue_discovery(m)
@@ -556,6 +604,8 @@ class SasHost:
             m.stats.retries += 1
             return self._resend(f, now)
         self._need_sync = True
+        if not f.ever_received:
+            m.silent_since_ack = True  # not one byte to any attempt: down, or resetting
         if f.request is not None and (
                 f.request.ticket is not None or (m.online and not f.ever_received)):
             # An online machine that stays silent does not support this long poll (reference
@@ -615,9 +665,12 @@ class SasHost:
                     m.queue.append(_Request(messages.rte_mode(m.address, True)))
                 event = None if code in SILENT_CODES else exception_event(
                     m.ref, code, data, m.denom_cents, now)
+                resent = self._resent_after_reset(m, event, rte_frame=m.rte_on)
                 self._alive(m, f, now)
+                if f.request is not None and f.request.confirm:
+                    self._drop(m, f.request, now)  # answered: its work is done
                 if event is not None:
-                    self._hold(m, event, code, gp=f.poll.command is None)
+                    self._hold(m, event, code, gp=f.poll.command is None, resent=resent)
             case framing.Ack():
                 self._alive(m, f, now)
                 self._completed(m, f, now)
@@ -711,7 +764,30 @@ class SasHost:
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
                 {"meters": dict(read.meters)}))
 
+    def _resent_after_reset(self, m: _Machine, event: MachineEvent | None, *,
+                            rte_frame: bool) -> bool:
+        """Whether the exception just answered re-sends m.unconfirmed (see "Machine resets").
+        The first queued exception after the ACK settles the question either way."""
+        if m.unconfirmed is None or event is None or event.source is None:
+            return False
+        source = event.source
+        unconfirmed, m.unconfirmed = m.unconfirmed, None
+        if (rte_frame and not m.rte_sent_since_ack) or not (
+                m.foreign_since_ack and m.silent_since_ack):
+            return False  # the machine was up all along: it heard the ACK
+        code, payload = unconfirmed
+        if source.code == code and (not source.payload or source.payload == payload):
+            m.resent += 1
+            return True
+        if source.priority:
+            m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
+        return False
+
     def _alive(self, m: _Machine, f: _InFlight, now: float) -> None:
+        if m.unconfirmed is not None and not m.foreign_since_ack:
+            # An answer with no frame to another address since the ACK: the machine has not
+            # been resynchronised since, so it was up and heard the ACK (see "Machine resets").
+            m.unconfirmed = None
         m.misses = 0
         m.stats.last_response_at = now
         m.stats.latencies.append(now - f.sent_at)
@@ -721,11 +797,12 @@ class SasHost:
             m.clock_due = now + self.config.clock_every_s
             self._events.append(Report(MachineEvent("deviceOnline", m.ref, monotonic=now)))
 
-    def _hold(self, m: _Machine, event: MachineEvent, code: int, *, gp: bool) -> None:
+    def _hold(self, m: _Machine, event: MachineEvent, code: int, *, gp: bool,
+              resent: bool = False) -> None:
         m.stats.exceptions += 1
         token = next(self._tokens)
         self._held[token] = event
-        self._events.append(Report(event, token))
+        self._events.append(Report(event, token, resent))
         # Follow-ups (reference 3) go out after durable(): each is the implied ACK or after it.
         a = m.address
         if code == Exc.HANDPAY_PENDING:
@@ -736,15 +813,16 @@ class SasHost:
             self._queue_meter_read(m)
         elif code == Exc.OPERATOR_CHANGED_OPTIONS:
             m.queue.extend(self._discovery(m))
+        if not m.queue and (gp or m.rte_on):
+            # Follow a GP exception with a long poll (reference 2.3): the ACK, and a credits read.
+            # In RTE mode it follows every exception, right after the sync GP (the ACK there),
+            # and its answer, an event or the credits, shows that the machine heard the ACK
+            # (see "Machine resets").
+            m.queue.append(_Request(messages.long_poll(m.address, LongPoll.CURRENT_CREDITS),
+                                    confirm=m.rte_on))
         if m.rte_on and m.queue:
             # The ACK poll in RTE mode is a GP (see "Restart"): the sync GP goes first.
             self._need_sync = True
-        if gp and not m.queue and not m.rte_on:
-            # Follow a GP exception with a long poll (reference 2.3): the ACK, and a credits read.
-            # Not in RTE mode: a long poll there is answered with the next pending event, which
-            # a restart probe (a GP) could not recover. The next poll is the same GP again, so
-            # the sync GP goes first and is the ACK; every event then answers a GP.
-            m.queue.append(_Request(messages.long_poll(m.address, LongPoll.CURRENT_CREDITS)))
 
 
 def _poll_from_wire(address: int, wire: bytes) -> messages.Poll | None:

@@ -71,6 +71,7 @@ class Pair:
         self.host, self.egms, self.latency = host, egms, latency_s
         self.now = 0.0
         self.recorded: list[MachineEvent] = []
+        self.resent: list[MachineEvent] = []  # re-sent after a machine reset, not recorded
         self.acked: list[MachineEvent] = []
         self.other: list[object] = []
         self.frames: list[bytes] = []
@@ -103,11 +104,11 @@ class Pair:
             while (event := host.next_event()) is not None:
                 progressed = True
                 match event:
-                    case Report(ev, token) if token is not None:
+                    case Report(ev, token, resent) if token is not None:
                         if self.check_durable:
                             # Nothing this event stands for was acknowledged before it is durable.
                             assert self._acked_count() == len(self.acked)
-                        self.recorded.append(ev)
+                        (self.resent if resent else self.recorded).append(ev)
                         host.durable(token)
                     case Acknowledged(ev):
                         self.acked.append(ev)

@@ -29,7 +29,8 @@ def test_faults_sans_io(kinds: list[str]) -> None:
     egm = SasEgm(1, Ledger(), play=PlayModel(9, 1.0), faults=plan)
     pair = Pair(SasHost("f", [1], HostConfig()), [egm])
     # A machine powered off while the ACK poll passes never hears it and reports the exception
-    # again: SAS cannot tell that from a new one, so power faults allow duplicates (at least once).
+    # again; the host recognises that re-send (host.py, "Machine resets"). The ledger's ACK
+    # then comes after the record, which the durability check cannot pair up: it is off.
     pair.check_durable = "power" not in kinds
     pair.run_until(300.0)
     egm.play.stop()
@@ -37,9 +38,18 @@ def test_faults_sans_io(kinds: list[str]) -> None:
     assert sum(egm.faults.injected.values()) > 0
     got = Counter(e.source.code for e in pair.recorded)
     want = Counter(e.code for e in egm.ledger.entries if not e.lost)
-    if "power" in kinds:
+    if kinds == ["power"]:
+        # A machine off for 2 s of play overflows and drops its oldest entry, sent or not
+        # (reference 2.1): what it dropped may have been recorded, nothing else beyond.
+        dropped = Counter(e.code for e in egm.ledger.entries if e.lost)
+        assert not want - got and not (got - want) - dropped
+        assert pair.resent  # the re-sends were there, and none was recorded twice
+    elif "power" in kinds:
+        # 10 % of every fault at once: a reset can fall between the ACK and the answer that
+        # confirms it, and "duplicate" makes identical neighbours: at least once, then.
         assert got >= want
         assert got.total() - want.total() <= egm.faults.injected["power"]
+    if "power" in kinds:
         types = [e.event.type for e in pair.other if e.event.type.startswith("device")]
         assert "deviceOffline" in types and types[-1] == "deviceOnline"
     else:

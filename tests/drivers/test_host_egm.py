@@ -167,6 +167,62 @@ def test_offline_after_misses_and_online_again() -> None:
     assert egm.rte  # rediscovered and RTE re-enabled
 
 
+def _cut_power_at_durable(pair: Pair, which: int) -> list[float]:
+    """Power-cycle the machine while the gateway makes its `which`-th exception durable, i.e.
+    after the machine answered it and before the implied ACK goes out."""
+    host, egm = pair.host, pair.egms[0]
+    durable, count, cuts = host.durable, itertools.count(1), []
+
+    def cut_then_durable(token: int) -> None:
+        if next(count) == which:
+            egm.power_cycle(pair.now)
+            cuts.append(pair.now)
+        durable(token)
+
+    host.durable = cut_then_durable  # type: ignore[method-assign]
+    return cuts
+
+
+@pytest.mark.parametrize("rte", [True, False])
+def test_exception_resent_after_a_reset_that_cut_off_its_ack_is_recorded_once(rte: bool) -> None:
+    """SAS 2.3: the machine deletes an exception only on the implied ACK; powered off before the
+    ACK poll, it reports the same exception again after power-up. The host sees it came back
+    (silence, a resync) before any answer confirmed the ACK: that first exception is the one it
+    holds, acknowledged without a second record (host.py, "Machine resets")."""
+    pair = _pair(rte=rte, rate=1.0)
+    pair.check_durable = False  # the ACK the host sent for it was lost: the ledger's comes later
+    cuts = _cut_power_at_durable(pair, which=20)
+    pair.run_until(60.0)
+    pair.egms[0].play.stop()
+    pair.run_until_quiet()
+    assert cuts
+    recorded = [(e.source.code, e.source.payload) for e in pair.recorded]
+    ledger = pair.egms[0].ledger.entries
+    assert [code for code, _ in recorded] == [e.code for e in ledger]
+    assert len(pair.resent) == 1 and pair.resent[0].source.code == pair.recorded[19].source.code
+    assert pair.host.statistics()[1]["resent_after_reset"] == 1
+
+
+@pytest.mark.parametrize("rte", [True, False])
+def test_identical_exception_after_a_confirmed_ack_and_a_reset_is_recorded(rte: bool) -> None:
+    """The other side of the same question: the machine heard the ACK (it answered the next
+    poll) and then reset with an identical exception queued (a second main-door opening): that
+    one is new and must be recorded."""
+    pair = _pair(rte=rte, rate=0.0)
+    pair.run_until(5.0)
+    egm = pair.egms[0]
+    egm.raise_exception(0x11, b"", pair.now)
+    pair.run_until(10.0)
+    assert [e.source.code for e in pair.recorded] == [0x11]
+    egm.raise_exception(0x11, b"", pair.now)
+    egm.power_cycle(pair.now)
+    pair.run_until(30.0)
+    pair.run_until_quiet()
+    assert [e.source.code for e in pair.recorded] == [0x11, 0x11, 0x18, 0x17]
+    assert not pair.resent
+    assert all(e.acknowledged_at is not None for e in egm.ledger.entries)
+
+
 def test_two_machines_on_one_line() -> None:
     pair = _pair(rte=True, addresses=(1, 2))
     pair.run_until(60.0)

@@ -207,6 +207,42 @@ async def test_a_redelivery_moves_the_stored_poll_counter_before_it_is_acknowled
     assert sink.is_redelivery(machine, SourceRef("sas", 0x70))
 
 
+async def test_a_resend_after_a_machine_reset_is_unacknowledged_again_until_its_ack(make_outbox):
+    """A machine reset cut off the ACK of a bill the gateway had marked as told: it re-sent the
+    bill as a bare 4F (out of RTE mode) to the poll with counter 57, and the driver recognised it
+    (drivers/sas/host.py, "Machine resets"). If the gateway dies before this second ACK, the
+    machine still holds the bill: the outbox must expect that redelivery again, as it was re-sent,
+    and stop expecting it once the ACK is marked."""
+    machine = MachineRef(port="p1", address=1)
+    bill = MachineEvent("billAccepted", machine, {"amount_cents": 2000},
+                        SourceRef("sas", 0x4F, b"\x00\x01\x04", poll_counter=41))
+    resent = MachineEvent("billAccepted", machine, {},
+                          SourceRef("sas", 0x4F, b"", poll_counter=57))
+
+    async def told_then_resent(outbox):
+        sink = OutboxSink(outbox, currency="USD")
+        await sink.record(bill)
+        sink.acknowledged(bill)
+        await sink.redelivered(resent)
+
+    await run_then_die(make_outbox(), told_then_resent)
+    second = make_outbox()
+    assert second.unacknowledged == {"p1/1": (0x4F, b"")}
+    assert second.unacknowledged_counter == {"p1/1": 57}
+    assert second.last_seq == 1  # recorded once
+
+    async def acknowledged_this_time(outbox):
+        sink = OutboxSink(outbox, currency="USD")
+        assert sink.settle_restart("p1", 57) == 0
+        assert sink.is_redelivery(machine, resent.source)
+        await sink.redelivered(resent)
+        sink.acknowledged(resent)
+        await outbox.append(draft(1))  # a commit after the ack mark
+
+    await run_then_die(second, acknowledged_this_time)
+    assert make_outbox().unacknowledged == {}
+
+
 async def test_acknowledged_exception_is_not_treated_as_redelivery(make_outbox):
     machine = MachineRef(port="p1", address=1)
     door = MachineEvent("doorOpened", machine, {"door": "main"}, SourceRef("sas", 0x11))
