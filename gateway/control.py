@@ -341,6 +341,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                 "crc_errors": m.get("crc_errors", 0), "nacks": m.get("nacks", 0),
                 "busy": m.get("busy", 0), "retries": m.get("retries", 0),
                 "exceptions": m.get("exceptions", 0),
+                "resent_after_reset": m.get("resent_after_reset", 0),
                 "last_event": None if last is None else {
                     "type": last["type"], "seq": last["seq"], "age_s": _age(last["at"], now_wall)},
             })

@@ -174,6 +174,8 @@ class Gateway:
             ports[name] = {
                 "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
                 "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
+                "resent_after_reset": sum(m.get("resent_after_reset", 0)
+                                          for m in machines.values()),
                 "failures": self.port_failures.get(name, 0),
                 "machines": {str(a): dict(m) for a, m in machines.items()},
             }

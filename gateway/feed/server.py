@@ -258,7 +258,10 @@ class _Collector:
         ports = status.get("ports") or {}
         for key, name, text in (("timeouts", "gateway_port_timeouts", "Polls unanswered."),
                                 ("crc_errors", "gateway_port_crc_errors", "Frames with a bad "
-                                 "CRC.")):
+                                 "CRC."),
+                                ("resent_after_reset", "gateway_port_resent_after_reset",
+                                 "Exceptions a machine re-sent after a reset cut off their ACK, "
+                                 "acknowledged without a second record.")):
             family = CounterMetricFamily(name, text, labels=["port"])
             for port, figures in sorted(ports.items()):
                 if isinstance(figures, dict) and isinstance(figures.get(key), int | float):

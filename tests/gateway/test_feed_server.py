@@ -53,7 +53,8 @@ def start_feed(make_outbox, nursery):
             outbox = make_outbox()
             await nursery.start(outbox.run_writer)
         status = {"uplink": {"connected": True, "since": 1_700_000_000.0, "reconnects": 2},
-                  "ports": {"p1": {"timeouts": 3, "crc_errors": 1}}}
+                  "ports": {"p1": {"timeouts": 3, "crc_errors": 1,
+                           "resent_after_reset": 2}}}
         settings = replace(FeedSettings(tokens=TOKENS), **overrides)
         server = FeedServer(settings, outbox, lambda: status, command_handler)
         port = await nursery.start(server.run)
@@ -450,6 +451,7 @@ async def test_metrics(start_feed):
                      "gateway_uplink_connected 1.0", "gateway_uplink_reconnects_total 2.0",
                      "gateway_feed_clients 1.0", 'gateway_port_timeouts_total{port="p1"} 3.0',
                      'gateway_port_crc_errors_total{port="p1"} 1.0',
+                     'gateway_port_resent_after_reset_total{port="p1"} 2.0',
                      "gateway_capture_to_durable_seconds_count 2.0"]:
             assert line in text, line
 
