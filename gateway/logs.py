@@ -14,6 +14,8 @@ import structlog
 
 __all__ = ["configure_logging"]
 
+_HANDLER_NAME = "casino-gateway"
+
 
 def configure_logging(level: str = "info", fmt: str = "auto", *, stream=None) -> None:
     stream = stream or sys.stderr
@@ -35,3 +37,17 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream=None) ->
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    # The drivers log with the standard library (they do not depend on the gateway): the same
+    # renderer, level and stream for them, or their lines (a chirp, a re-sent exception) would
+    # fall to Python's last-resort handler, which drops everything below WARNING.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)]))
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
