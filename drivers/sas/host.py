@@ -221,6 +221,7 @@ class _Stats:
     busy: int = 0
     retries: int = 0
     exceptions: int = 0
+    resent_after_reset: int = 0
     chirps: int = 0
     meter_reads: int = 0
     last_response_at: float | None = None
@@ -263,7 +264,6 @@ class _Machine:
     foreign_since_ack: bool = False
     silent_since_ack: bool = False
     rte_sent_since_ack: bool = False
-    resent: int = 0
     stats: _Stats = field(default_factory=_Stats)
 
     @property
@@ -481,7 +481,7 @@ class SasHost:
                 "polls": s.polls, "timeouts": s.timeouts, "crc_errors": s.crc_errors,
                 "nacks": s.nacks, "busy": s.busy, "retries": s.retries, "chirps": s.chirps,
                 "meter_reads": s.meter_reads,
-                "exceptions": s.exceptions, "resent_after_reset": m.resent,
+                "exceptions": s.exceptions, "resent_after_reset": s.resent_after_reset,
                 "last_response_at": s.last_response_at,
                 "latency_p50_s": _percentile(lat, 0.50), "latency_p99_s": _percentile(lat, 0.99),
                 "garbage_bytes": self._framer.discarded,
@@ -777,7 +777,7 @@ class SasHost:
             return False  # the machine was up all along: it heard the ACK
         code, payload = unconfirmed
         if source.code == code and (not source.payload or source.payload == payload):
-            m.resent += 1
+            m.stats.resent_after_reset += 1
             return True
         if source.priority:
             m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
