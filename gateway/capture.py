@@ -85,8 +85,8 @@ class OutboxSink:
         for acknowledged (docs/sas.md, "Restart safety" and "Machine resets")."""
         source = event.source
         if source is not None and source.poll_counter is not None:
-            await self._outbox.update_poll_counter(_key(event.machine), source.poll_counter,
-                                                   source.code, source.payload)
+            await self._outbox.expect_redelivery(_key(event.machine), source.poll_counter,
+                                                 source.code, source.payload)
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         # A machine re-sends its unacknowledged exception before anything else from its queue,

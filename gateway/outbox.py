@@ -409,8 +409,8 @@ class Outbox:
         self._acked: dict[str, int] = {}
         # Redelivered exceptions: machine -> (poll counter, code, payload), and who waits for
         # them to be durable.
-        self._counters: dict[str, tuple[int, int, bytes]] = {}
-        self._counter_waiters: list[trio.Event] = []
+        self._redeliveries: dict[str, tuple[int, int, bytes]] = {}
+        self._redelivery_waiters: list[trio.Event] = []
         self._delivered_persisted = self.delivered_seq
         self.durable_latencies: deque[float] = deque(maxlen=10_000)
         self.commit_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
@@ -551,16 +551,16 @@ class Outbox:
             self._flush_wanted = True
             self._wake()
 
-    async def update_poll_counter(self, machine: str, counter: int, code: int,
-                                  payload: bytes) -> None:
+    async def expect_redelivery(self, machine: str, counter: int, code: int,
+                                payload: bytes) -> None:
         """`machine` re-sent its last recorded exception (as `code`, `payload`) in answer to a
         new poll, and is about to be acknowledged: store `counter` as the poll that elicited it,
         and mark it unacknowledged again (a machine that reset re-sends an exception it had
         been told about, as far as the gateway knew), so that a restart before the ACK still
         recognises it. Returns once committed."""
-        self._counters[machine] = (counter, code, payload)
+        self._redeliveries[machine] = (counter, code, payload)
         done = trio.Event()
-        self._counter_waiters.append(done)
+        self._redelivery_waiters.append(done)
         self._flush_wanted = True
         self._wake()
         await done.wait()
@@ -747,18 +747,18 @@ class Outbox:
         limiter = trio.CapacityLimiter(1)
         async for batch in groups:
             acked, self._acked = self._acked, {}
-            counters, self._counters = self._counters, {}
-            waiters, self._counter_waiters = self._counter_waiters, []
+            redeliveries, self._redeliveries = self._redeliveries, {}
+            waiters, self._redelivery_waiters = self._redelivery_waiters, []
             try:
                 with trio.CancelScope(shield=True):
                     envelopes = await trio.to_thread.run_sync(
                         self._commit, batch, acked, self.delivered_seq, self._low_space,
-                        counters, limiter=limiter)
+                        redeliveries, limiter=limiter)
             except StoreError as err:
                 if not _disk_full(err):
                     raise
-                self._counters = {**counters, **self._counters}
-                self._counter_waiters[:0] = waiters
+                self._redeliveries = {**redeliveries, **self._redeliveries}
+                self._redelivery_waiters[:0] = waiters
                 self._commit_hit_full_disk(batch, acked, err)
                 continue
             for waiter in waiters:
@@ -776,7 +776,7 @@ class Outbox:
 
     def _commit(self, batch: list[_Pending], acked: dict[str, int], delivered: int,
                 low_space: bool = False,
-                counters: dict[str, tuple[int, int, bytes]] | None = None
+                redeliveries: dict[str, tuple[int, int, bytes]] | None = None
                 ) -> list[dict[str, Any]]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention."""
@@ -865,7 +865,7 @@ class Outbox:
             conn.executemany(
                 "UPDATE machine_state SET last_counter = ?, last_code = ?, last_payload = ?, "
                 "acked_seq = min(acked_seq, last_seq - 1) WHERE machine = ?",
-                [(*state, machine) for machine, state in (counters or {}).items()])
+                [(*state, machine) for machine, state in (redeliveries or {}).items()])
             if delivered != self._delivered_persisted:
                 conn.execute("UPDATE meta SET value=? WHERE key='delivered_seq'", (str(delivered),))
             pruned = self._prune(conn, min(delivered, self.last_seq - 1), low_space)

@@ -591,8 +591,8 @@ class SasHost:
             self._framer.clear()
             return self._finish(f, now)
         m.misses += 1
-        if f.received and not m.foreign_since_ack:
-            m.unconfirmed = None  # garbled, but an answer: the machine is up (see _alive)
+        if f.received:
+            self._heard(m)  # garbled, but an answer: the machine is up
         if m.online and m.misses >= self.config.offline_after_misses:
             m.online = False
             self._queue_discovery(m)
@@ -783,11 +783,15 @@ class SasHost:
             m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
         return False
 
-    def _alive(self, m: _Machine, f: _InFlight, now: float) -> None:
-        if m.unconfirmed is not None and not m.foreign_since_ack:
-            # An answer with no frame to another address since the ACK: the machine has not
-            # been resynchronised since, so it was up and heard the ACK (see "Machine resets").
+    @staticmethod
+    def _heard(m: _Machine) -> None:
+        """Bytes from `m`. With no frame to another address since the ACK it has not been
+        resynchronised since, so it was up and heard the ACK (see "Machine resets")."""
+        if not m.foreign_since_ack:
             m.unconfirmed = None
+
+    def _alive(self, m: _Machine, f: _InFlight, now: float) -> None:
+        self._heard(m)
         m.misses = 0
         m.stats.last_response_at = now
         m.stats.latencies.append(now - f.sent_at)
