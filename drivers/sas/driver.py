@@ -7,14 +7,13 @@ before `host.durable()` lets the host send the next poll, which is the implied A
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -47,28 +46,9 @@ __all__ = ["SasDriver", "SasSettings"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class SasSettings:
-    poll_interval_s: float = 0.2
-    response_timeout_s: float = 0.1
-    offline_after_misses: int = 5
-    rte: bool = True
-    credits_every_s: float = 5.0
-    inter_byte_gap_s: float = 0.01
-    max_attempts: int = 3
-    sync_address: int | None = None
-    rte_silence_retries: int = 2
-    max_attempts_answering: int = 6
-    meters_every_s: float = 60.0
-    clock_every_s: float = 600.0
-    meter_polls: str = "6F"
-    min_poll_interval_s: float = 0.04
-    timer_slack_s: float = 0.001
-
-    def host_config(self) -> HostConfig:
-        # By name: the two classes list their fields in different orders (a positional copy
-        # once swapped rte_silence_retries and max_attempts_answering).
-        return HostConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(HostConfig)})
+# The driver's settings are the host's: one dataclass, so no field can go missing or be swapped
+# on the way (a field-by-field mirror once swapped rte_silence_retries and max_attempts_answering).
+SasSettings = HostConfig
 
 
 def _clock_data(args: Mapping[str, Any]) -> bytes:
@@ -97,7 +77,7 @@ class SasDriver:
         self.settings = settings or SasSettings()
         self._open_link = open_link
         self._journal = journal
-        self._host = SasHost(port, list(addresses), self.settings.host_config(),
+        self._host = SasHost(port, list(addresses), self.settings,
                              last_polls=journal.snapshot() if journal else None,
                              first_probe=journal.last_address() if journal else None)
         self._state = "idle"
@@ -122,7 +102,7 @@ class SasDriver:
                 # Ports started together would poll in lockstep, every interval a burst of one
                 # poll per port: spread them over the interval by a hash of the port name.
                 spread = zlib.crc32(self.port.encode()) % 1000 / 1000
-                await trio.sleep(spread * self.settings.host_config().interval_s)
+                await trio.sleep(spread * self.settings.interval_s)
                 await self._loop(link, sink)
             finally:
                 self._state = "stopped"
@@ -171,11 +151,10 @@ class SasDriver:
                     log.info("%s: address %d re-sent exception %02X after a reset; acknowledged "
                              "without recording it again", self.port, raw.machine.address,
                              stamped.source.code)
+                if resent or sink.is_redelivery(stamped.machine, stamped.source):
                     await sink.redelivered(stamped)
-                elif not sink.is_redelivery(stamped.machine, stamped.source):
-                    await sink.record(stamped)
                 else:
-                    await sink.redelivered(stamped)
+                    await sink.record(stamped)
                 self._host.durable(token)
             case Acknowledged(raw):
                 sink.acknowledged(self._stamped.pop(id(raw)))

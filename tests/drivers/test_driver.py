@@ -175,21 +175,3 @@ async def test_end_to_end_over_pty() -> None:
         mine = Counter((e.source.code, e.source.payload) for e in sink.exceptions()
                        if e.machine.port == f"pty{n}")
         assert mine == Counter((e.code, e.data) for e in egm.ledger.entries if not e.lost)
-
-
-def test_sas_settings_reach_the_host_field_by_field() -> None:
-    import dataclasses
-
-    from drivers.sas.driver import SasSettings
-    from drivers.sas.host import HostConfig
-
-    assert {f.name for f in dataclasses.fields(SasSettings)} == {
-        f.name for f in dataclasses.fields(HostConfig)}
-    # Distinct non-default values, so any two fields swapped on the way would show.
-    values = {"poll_interval_s": 0.3, "response_timeout_s": 0.07, "offline_after_misses": 9,
-              "rte": False, "credits_every_s": 7.0, "inter_byte_gap_s": 0.004,
-              "max_attempts": 4, "sync_address": 99, "rte_silence_retries": 1,
-              "max_attempts_answering": 8, "meters_every_s": 31.0, "clock_every_s": 301.0,
-              "meter_polls": "1C", "min_poll_interval_s": 0.05, "timer_slack_s": 0.002}
-    config = SasSettings(**values).host_config()
-    assert {name: getattr(config, name) for name in values} == values
