@@ -10,8 +10,12 @@ import pytest
 import trio
 
 from drivers.base import MachineEvent, MachineRef, SourceRef
+from drivers.link.memory import MemoryHostLink, memory_link_pair
+from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.host import Acknowledged, CommandFinished, Report, SasHost
+from drivers.sas.journal import PollJournal
 from drivers.sim.egm import SasEgm
+from drivers.sim.runner import run_egm
 
 
 class Waiter:
@@ -61,6 +65,28 @@ class RecordingSink:
 
     def exceptions(self) -> list[MachineEvent]:
         return [e for e in self.recorded if e.source is not None]
+
+
+async def play_through_driver(egm: SasEgm, sink: RecordingSink, seconds: float, *,
+                              port: str = "mem0", settings: SasSettings | None = None,
+                              journal: PollJournal | None = None) -> SasDriver:
+    """`egm` plays for `seconds` against a SasDriver over a memory link, then stops playing;
+    returns once every exception it raised is settled (acknowledged or lost), with the driver
+    stopped. The ledger must wake `sink.waiter` (Ledger(sink.waiter.poke))."""
+    host_end, egm_end = memory_link_pair()
+
+    async def opener() -> MemoryHostLink:
+        return host_end
+
+    driver = SasDriver(port, opener, [egm.address], settings, journal=journal)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_egm, egm, egm_end)
+        await nursery.start(driver.run, sink)
+        await trio.sleep(seconds)
+        egm.play.stop()
+        await sink.waiter.until(lambda: not egm.ledger.pending())
+        nursery.cancel_scope.cancel()
+    return driver
 
 
 class Pair:

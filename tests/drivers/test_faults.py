@@ -8,16 +8,13 @@ from collections import Counter
 import pytest
 import trio
 
-from drivers.link.memory import MemoryHostLink, memory_link_pair
-from drivers.sas.driver import SasDriver
 from drivers.sas.host import HostConfig, SasHost
 from drivers.sim.egm import SasEgm
 from drivers.sim.faults import FAULT_KINDS, FaultPlan
 from drivers.sim.ledger import Ledger
 from drivers.sim.machine import PlayModel
-from drivers.sim.runner import run_egm
 
-from .conftest import Pair, RecordingSink
+from .conftest import Pair, RecordingSink, play_through_driver
 
 # "slow" needs real scheduling of a late answer: covered by the trio test below.
 PAIR_KINDS = [k for k in FAULT_KINDS if k != "slow"]
@@ -60,23 +57,11 @@ def test_faults_sans_io(kinds: list[str]) -> None:
 
 
 async def test_slow_and_all_faults_through_the_driver(autojump_clock: trio.abc.Clock) -> None:
-    host_end, egm_end = memory_link_pair()
     sink = RecordingSink()
     plan = FaultPlan(frozenset(k for k in FAULT_KINDS if k != "power"), probability=0.05,
                      slow_s=0.05, seed=2)
     egm = SasEgm(1, Ledger(sink.waiter.poke), play=PlayModel(4, 1.0), faults=plan)
-
-    async def opener() -> MemoryHostLink:
-        return host_end
-
-    driver = SasDriver("faulty", opener, [1])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_egm, egm, egm_end)
-        await nursery.start(driver.run, sink)
-        await trio.sleep(300)
-        egm.play.stop()
-        await sink.waiter.until(lambda: not egm.ledger.pending())
-        nursery.cancel_scope.cancel()
+    driver = await play_through_driver(egm, sink, 300, port="faulty")
     assert egm.faults.injected["slow"] > 0
     got = Counter((e.source.code, e.source.payload) for e in sink.exceptions())
     want = Counter((e.code, e.data) for e in egm.ledger.entries if not e.lost)

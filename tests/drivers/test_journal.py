@@ -6,16 +6,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from drivers.link.memory import MemoryHostLink, memory_link_pair
-from drivers.sas.driver import SasDriver
+from drivers.sas.driver import SasSettings
 from drivers.sas.host import HostConfig, SasHost
 from drivers.sas.journal import _HALVES, SIZE, SLOT, PollJournal
 from drivers.sim.egm import SasEgm
 from drivers.sim.ledger import Ledger
 from drivers.sim.machine import PlayModel
-from drivers.sim.runner import run_egm
 
-from .conftest import RecordingSink
+from .conftest import RecordingSink, play_through_driver
 
 
 def test_counter_orders_every_frame_on_the_line_and_survives_reopening(tmp_path) -> None:
@@ -80,7 +78,6 @@ async def test_each_exception_carries_the_counter_of_the_poll_it_answered(
     """At the moment an exception is recorded, the last frame on the line is the poll it answered
     (to its machine), and its `poll_counter` is that frame's counter; after it the ACK moves the
     counter on, which is how a restart knows the machine was told."""
-    host_end, egm_end = memory_link_pair()
     sink = RecordingSink()
     egm = SasEgm(1, Ledger(sink.waiter.poke), play=PlayModel(11, 2.0), serial="J1")
     journal = PollJournal(tmp_path / "line.journal")
@@ -93,19 +90,7 @@ async def test_each_exception_carries_the_counter_of_the_poll_it_answered(
             seen.append((event.source.poll_counter, journal.counter, last))
 
     sink.on_record = at_record
-
-    async def opener() -> MemoryHostLink:
-        return host_end
-
-    from drivers.sas.driver import SasSettings
-    driver = SasDriver("mem0", opener, [1], SasSettings(rte=rte), journal=journal)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_egm, egm, egm_end)
-        await nursery.start(driver.run, sink)
-        await trio.sleep(60)
-        egm.play.stop()
-        await sink.waiter.until(lambda: not egm.ledger.pending())
-        nursery.cancel_scope.cancel()
+    await play_through_driver(egm, sink, 60, settings=SasSettings(rte=rte), journal=journal)
     assert len(seen) > 20
     assert all(stamped == current and last == 1 for stamped, current, last in seen), seen[:5]
     counters = [stamped for stamped, _, _ in seen]
