@@ -100,7 +100,7 @@ async def _close(ws: WebSocketConnection, code: int, message: str) -> None:
             await ws.send_message(proto.encode(proto.Error(code, message)))
         except ConnectionClosed:
             pass
-        await ws.aclose(code, message[:120])
+        await ws.aclose(code, proto.close_reason(message))
 
 
 class _Receiver:

@@ -60,6 +60,7 @@ __all__ = [
     "Welcome",
     "Window",
     "backoff_delay",
+    "close_reason",
     "decode",
     "encode",
 ]
@@ -238,6 +239,16 @@ def decode(frame: bytes | str, *, max_events: int | None = None) -> Message:
             raise ProtocolViolation("command_result: reason must be a string, data a map")
         return CommandResult(_field(body, "id", str), result, reason, data)
     raise ProtocolViolation(f"unknown message type {kind!r}")
+
+
+# A close frame's payload is at most 125 bytes: 2 for the code, the rest for the reason.
+CLOSE_REASON_MAX_BYTES = 123
+
+
+def close_reason(message: str) -> str:
+    """`message` cut to fit a close frame (UTF-8, at most 123 bytes, never a split character)."""
+    raw = message.encode("utf-8")[:CLOSE_REASON_MAX_BYTES]
+    return raw.decode("utf-8", errors="ignore")
 
 
 def backoff_delay(attempt: int, *, initial: float, maximum: float,
