@@ -103,6 +103,11 @@ class UplinkSection:
     dead_after_s: float = 30.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # One deadline over TCP, TLS, upgrade and hello -> welcome; and the wait after a refusal.
+    connect_timeout_s: float = field(default=10.0, metadata={
+        "check": lambda v: _check(1 <= v <= 120, "between 1 and 120 s")})
+    rejected_backoff_s: float = field(default=300.0, metadata={
+        "check": lambda v: _check(5 <= v <= 3600, "between 5 and 3600 s")})
 
 
 COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",

@@ -257,8 +257,24 @@ async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.Can
                 continue
             log.info("stopping", signal=signal.Signals(signum).name)
             notifier.stopping()
+            await record_stopping(gw, signal.Signals(signum).name)
             cancel_scope.cancel()
             return
+
+
+# How long a clean stop waits for gatewayStopping to be durable before cancelling everything.
+STOPPING_GRACE_S = 2.0
+
+
+async def record_stopping(gw: Gateway, reason: str) -> None:
+    """A clean stop leaves a signed `gatewayStopping` as the outbox's last word (sent upstream now
+    if the link is up, else after the next start), so the platform can tell a stop from a crash.
+    Bounded: a stuck writer (a full disk) must not hold up the stop."""
+    with trio.move_on_after(STOPPING_GRACE_S) as scope:
+        await gw.outbox.append_system("gatewayStopping", {"reason": reason})
+    if scope.cancelled_caught:
+        log.warning("stopping without a gatewayStopping event: the outbox did not commit it "
+                    f"within {STOPPING_GRACE_S:g} s")
 
 
 # What SIGHUP can apply to the running daemon; any other change needs a restart.
@@ -384,7 +400,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         url=up.url, token_file=up.token_file, ca_file=up.ca_file, client_cert=up.client_cert,
         client_key=up.client_key, batch_max=up.batch_max, window=up.window,
         heartbeat_s=up.heartbeat_s, dead_after_s=up.dead_after_s,
-        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s), outbox,
+        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s,
+        connect_timeout_s=up.connect_timeout_s, rejected_backoff_s=up.rejected_backoff_s), outbox,
         command_handler=router.handle)
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)

@@ -157,3 +157,16 @@ def test_example_config_documents_the_disk_budget():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     outbox = load_config(example).outbox
     assert outbox.min_free_mb == 64 and outbox.droppable_types == ("meterSnapshot",)
+
+
+def test_uplink_timeouts_are_validated_settings():
+    """docs/uplink-protocol.md calls connect_timeout_s and rejected_backoff_s settings."""
+    base = {"gateway": {"id": "gw-1", "key_file": "k"},
+            "uplink": {"url": "wss://platform.example/v1/stream", "token_file": "t",
+                       "connect_timeout_s": 15, "rejected_backoff_s": 60}}
+    config = parse_config(base)
+    assert (config.uplink.connect_timeout_s, config.uplink.rejected_backoff_s) == (15, 60)
+    for field_name, bad in (("connect_timeout_s", 0), ("rejected_backoff_s", 1)):
+        table = {**base, "uplink": {**base["uplink"], field_name: bad}}
+        with pytest.raises(ConfigError, match=f"uplink.{field_name}"):
+            parse_config(table)
