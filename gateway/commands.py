@@ -43,6 +43,7 @@ from drivers.base import CommandOutcome, CommandResult, Driver, MachineCommand, 
 from drivers.link import LinkError
 from gateway.errors import GatewayError, StoreError
 from gateway.events import Draft, system_draft
+from gateway.meters import meters_result
 
 __all__ = [
     "COMMAND_NAMES",
@@ -90,6 +91,7 @@ class CommandSettings:
 
     allowed: frozenset[str] = frozenset({"acknowledgeAlert", "requestMeters"})
     db_path: Path
+    currency: str = "USD"  # for requestMeters money (gateway.meters)
 
 
 class AuditOutbox(Protocol):
@@ -336,4 +338,8 @@ class CommandRouter:
         if not _is_plain(dict(outcome.data)):
             return CommandOutcome(outcome.result, outcome.reason,
                                   {"unrepresentable": repr(dict(outcome.data))[:1000]})
+        if plan.name == "requestMeters" and outcome.result == CommandResult.OK:
+            return CommandOutcome(CommandResult.OK, outcome.reason, meters_result(
+                dict(outcome.data.get("meters") or {}), outcome.data.get("denomination_cents"),
+                self.settings.currency))
         return CommandOutcome(CommandResult(outcome.result), outcome.reason, outcome.data)

@@ -393,7 +393,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     trace = TraceHub()
     drivers: dict[str, Driver] = {p.name: build_driver(p, config, trace) for p in config.ports}
     router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
-                                           db_path=config.gateway.state_dir / "commands.db"),
+                                           db_path=config.gateway.state_dir / "commands.db",
+                                           currency=config.gateway.currency),
                            outbox, drivers)
     up = config.uplink
     uplink = UplinkClient(UplinkSettings(

@@ -486,8 +486,8 @@ class UplinkClient:
         await self._send_result(answer)
 
     async def _send_result(self, answer: dict[str, Any]) -> None:
-        result = proto.CommandResult(str(answer["id"]), str(answer["result"]),
-                                     str(answer.get("reason") or ""), dict(answer.get("data") or {}))
+        result = proto.command_result(str(answer["id"]), str(answer["result"]),
+                                      str(answer.get("reason") or ""), answer.get("data"))
         ws = self._ws
         if ws is None:
             # No connection now: the platform re-sends the command, which is answered from the

@@ -61,6 +61,7 @@ __all__ = [
     "Window",
     "backoff_delay",
     "close_reason",
+    "command_result",
     "decode",
     "encode",
 ]
@@ -141,6 +142,16 @@ class CommandResult:
     result: str
     reason: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def command_result(command_id: str, result: str, reason: str = "",
+                   data: dict[str, Any] | None = None) -> CommandResult:
+    """The answer frame; a refusal or failure also says why in `data.reason`, so a platform
+    that stores only `data` still learns it."""
+    body = dict(data or {})
+    if result != "ok" and reason:
+        body.setdefault("reason", reason)
+    return CommandResult(command_id, result, reason, body)
 
 
 Message = Hello | Welcome | Events | Ack | Error | Command | CommandResult

@@ -71,7 +71,8 @@ async def test_executes_once_audits_once_answers_the_same(tmp_path: Path, make_o
 
 
 async def test_remembered_across_a_restart(tmp_path: Path, make_outbox) -> None:
-    driver = FakeDriver(outcome=CommandOutcome(CommandResult.OK, data={"meters": {"coin_in": 7}}))
+    driver = FakeDriver(outcome=CommandOutcome(CommandResult.OK, data={
+        "meters": {"coin_in": 7, "games_played": 2}, "denomination_cents": 5}))
     with trio.fail_after(10):
         async with running(make_outbox) as outbox:
             router = router_for(tmp_path, outbox, driver)
@@ -82,7 +83,10 @@ async def test_remembered_across_a_restart(tmp_path: Path, make_outbox) -> None:
             audits = await envelopes(outbox, "commandExecuted")
             restarted.close()
     assert first == again
-    assert first["data"] == {"meters": {"coin_in": 7}}
+    # Money exact (7 credits of 5 cents), counts with their unit (docs/uplink-protocol.md).
+    assert first["data"] == {"denomination": {"minor": 5, "currency": "USD"},
+                             "money": {"coin_in": {"minor": 35, "currency": "USD"}},
+                             "counts": {"games_played": {"value": 2, "unit": "games"}}}
     assert len(driver.executed) == 1 and len(audits) == 1
     assert audits[0]["data"]["requested_by"] == "staff:ann"
 

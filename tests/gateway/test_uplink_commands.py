@@ -255,9 +255,12 @@ async def test_cli_command_waits_for_the_result(tmp_path: Path, make_outbox,
             refused_out = capsys.readouterr().out
             await f.all_delivered()
     assert ok == 0
-    assert printed_result(ok_out) == {"id": "cli-1", "result": "ok", "reason": "", "data": {}}
+    assert printed_result(ok_out) == {"id": "cli-1", "result": "ok", "reason": "",
+                                      "data": {"money": {}, "counts": {}}}
     assert refused == 1
     assert printed_result(refused_out)["reason"] == "not allowed by configuration"
+    # A refusal says why in `data` too (docs/uplink-protocol.md section 10).
+    assert printed_result(refused_out)["data"] == {"reason": "not allowed by configuration"}
     assert [c.name for c in f.driver.executed] == ["requestMeters"]
     assert run_cli("receiver", "commands", "--db", db) == 0
     listing = [line for line in capsys.readouterr().out.splitlines() if f.gateway_id in line]
