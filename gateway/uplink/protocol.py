@@ -24,7 +24,8 @@ missing or not a non-empty string (the gateway answers that with a rejection, ne
 Close codes (RFC 6455 private range 4000-4999 for ours):
     1000 normal, 1001 going away, 1009 message too big,
     4001 auth refused (unknown gateway, wrong token), 4002 protocol violation,
-    4003 integrity failure (bad signature, bad hash, unknown key).
+    4003 integrity failure (bad signature, bad hash, unknown key),
+    4004 superseded (a newer connection of the same gateway took over; plain backoff).
 A refusal (HTTP 401/403 at the handshake, or 4001/4002/4003) is not cured by reconnecting at once:
 the gateway waits `rejected_backoff_s`. Everything else reconnects with capped exponential backoff
 and full jitter (`backoff_delay`).
@@ -45,6 +46,7 @@ __all__ = [
     "CLOSE_INTEGRITY",
     "CLOSE_NORMAL",
     "CLOSE_PROTOCOL",
+    "CLOSE_SUPERSEDED",
     "CLOSE_TOO_BIG",
     "COMMAND_RESULTS",
     "PROTO",
@@ -74,6 +76,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_AUTH = 4001
 CLOSE_PROTOCOL = 4002
 CLOSE_INTEGRITY = 4003
+CLOSE_SUPERSEDED = 4004  # platform: a newer connection of this gateway took over
 REFUSAL_CLOSE_CODES = frozenset({CLOSE_AUTH, CLOSE_PROTOCOL, CLOSE_INTEGRITY})
 
 
