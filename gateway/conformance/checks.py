@@ -92,16 +92,12 @@ async def _unknown_token(kit: Kit) -> None:
     expect(status == 403, f"upgrade with an unknown token answered {status or 'accepted'}")
 
 
-@check("P-HELLO-1", "welcome echoes the epoch; high_water 0, then the stored mark")
+@check("P-HELLO-1", "welcome answers a hello, echoes the epoch, high_water 0 for a new stream")
 async def _hello(kit: Kit) -> None:
     stream = kit.stream()
-    async with kit.session(stream) as (conn, welcome):
+    async with kit.session(stream) as (_, welcome):
         expect(welcome.epoch == stream.epoch, f"welcome epoch {welcome.epoch!r}")
         expect(welcome.high_water == 0, f"new stream welcomed at {welcome.high_water}")
-        await conn.send(proto.Events(tuple(stream.next(2))))
-        await conn.ack()
-    got = await mark(kit, stream.epoch)
-    expect(got == 2, f"after 2 acked events the next welcome said {got}")
 
 
 @check("P-VERIFY-1", "an event signed as section 4 says is accepted", needs=("P-HELLO-1",))
@@ -110,14 +106,14 @@ async def _verify(kit: Kit) -> None:
     async with kit.session(stream) as (conn, _):
         await conn.send(proto.Events(tuple(stream.next(1))))
         try:
-            seq = await conn.ack()
+            await conn.ack()  # its value is P-ACK-1's business
         except Closed as closed:
             raise Failed(f"a correctly signed event was refused (close {closed.code}): "
                          f"the signature is Ed25519 over the 32-byte hash") from None
-        expect(seq == 1, f"ack {seq} for seq 1")
 
 
-@check("P-ACK-1", "one ack per frame, in order, cumulative", needs=("P-HELLO-1", "P-VERIFY-1"))
+@check("P-ACK-1", "one ack per frame, in order, cumulative; the next welcome names the mark",
+       needs=("P-HELLO-1", "P-VERIFY-1"))
 async def _acks(kit: Kit) -> None:
     stream = kit.stream()
     async with kit.session(stream) as (conn, _):
@@ -125,6 +121,8 @@ async def _acks(kit: Kit) -> None:
             await conn.send(proto.Events(tuple(stream.next(2))))
         acks = [await conn.ack() for _ in range(3)]
     expect(acks == [2, 4, 6], f"acks {acks} for frames ending at 2, 4, 6")
+    got = await mark(kit, stream.epoch)
+    expect(got == 6, f"after acks up to 6 the next welcome said {got}")
 
 
 @check("P-AUTH-3", "a token of another gateway: close 4001", needs=("P-HELLO-1",))
@@ -256,7 +254,7 @@ async def _refused(kit: Kit, fault: str, code: int) -> None:
         await conn.send(proto.Events((*stream.next(1), stream.faulty(fault))))
         await expect_close(conn.until_closed, code)
     got = await mark(kit, stream.epoch)
-    expect(got == 1, f"after a {fault} event the mark is {got}: it was stored")
+    expect(got <= 1, f"after a {fault} event the mark is {got}: it was stored")
 
 
 @check("P-VERIFY-2", "bad hash or bad signature: close 4003, not stored", needs=FULL)
@@ -371,41 +369,58 @@ async def _unknown_result(kit: Kit) -> None:
             raise Failed(f"closed ({closed.code}) after a result for an unknown id") from None
 
 
-async def _pending_command(kit: Kit) -> proto.Command:
+def _commands_seen(kit: Kit) -> list[tuple[proto.Command, bool]]:
+    """Every command the platform sent in this run, with whether welcome came first."""
+    seen = []
+    for conn in kit.conns:
+        kinds = [type(m).__name__ for m in conn.received]
+        for message in conn.received:
+            if isinstance(message, proto.Command):
+                after = "Welcome" in kinds and kinds.index("Welcome") < conn.received.index(message)
+                seen.append((message, after))
+    return seen
+
+
+async def _next_command(kit: Kit) -> proto.Command:
+    async with kit.session(kit.stream()) as (conn, _):
+        try:
+            while not conn.commands:
+                await conn.next(keep_commands=True)
+        except TimedOut:
+            raise Failed("no command arrived after welcome (one was to be pending)") from None
+        return conn.commands[0]
+
+
+@check("P-CMD-1", "a pending command arrives after welcome, well-formed", needs=("P-HELLO-1",),
+       needs_command=True)
+async def _command(kit: Kit) -> None:
+    if not _commands_seen(kit):
+        await _next_command(kit)
+    for message, after_welcome in _commands_seen(kit):
+        expect(after_welcome, f"command {message.id!r} came before welcome")
+        expect(1 <= len(message.id) <= 128, f"command id {message.id!r}")
+        expect(isinstance(message.name, str), f"command name {message.name!r}")
+        expect(message.target is None or isinstance(message.target, dict),
+               f"target {message.target!r}")
+        expect(message.args is None or isinstance(message.args, dict),
+               f"args {message.args!r}")
+
+
+@check("P-CMD-2", "an unanswered command is sent again on the next connection",
+       needs=("P-HELLO-1", "P-CMD-1"), needs_command=True)
+async def _command_again(kit: Kit) -> None:
+    first = _commands_seen(kit)[0][0]
     stream = kit.stream()
     async with kit.session(stream) as (conn, _):
         try:
             while not conn.commands:
                 await conn.next(keep_commands=True)
         except TimedOut:
-            raise Failed("no command arrived after welcome (one was to be pending)") from None
-        kinds = [type(m).__name__ for m in conn.received]
-        expect(kinds.index("Welcome") < kinds.index("Command"), "a command came before welcome")
-        return conn.commands[0]
-
-
-@check("P-CMD-1", "a pending command arrives after welcome, well-formed", needs=FULL,
-       needs_command=True)
-async def _command(kit: Kit) -> None:
-    message = await _pending_command(kit)
-    expect(1 <= len(message.id) <= 128, f"command id {message.id!r}")
-    expect(isinstance(message.name, str), f"command name {message.name!r}")
-    expect(message.target is None or isinstance(message.target, dict),
-           f"target {message.target!r}")
-    expect(message.args is None or isinstance(message.args, dict), f"args {message.args!r}")
-
-
-@check("P-CMD-2", "an unanswered command is sent again on the next connection",
-       needs=(*FULL, "P-CMD-1"), needs_command=True)
-async def _command_again(kit: Kit) -> None:
-    first = await _pending_command(kit)
-    again = await _pending_command(kit)
-    expect(again.id == first.id, f"after reconnecting got {again.id!r}, not {first.id!r}")
-    stream = kit.stream()
-    async with kit.session(stream) as (conn, _):
-        while not conn.commands:
-            await conn.next(keep_commands=True)
-        await conn.send(proto.command_result(conn.commands[0].id, "rejected",
+            raise Failed(f"command {first.id!r} was not sent again on a new connection"
+                         ) from None
+        expect(conn.commands[0].id == first.id,
+               f"after reconnecting got {conn.commands[0].id!r}, not {first.id!r}")
+        await conn.send(proto.command_result(first.id, "rejected",
                                              "conformance kit: not executed"))
-        await conn.send(proto.Events(tuple(stream.next(1))))
+        await conn.send(proto.Events(tuple(stream.next(1))))  # its ack: the result was read
         await conn.ack()

@@ -63,6 +63,7 @@ class Kit:
     settings: Settings
     signer: Signer
     closes: list[CloseSeen] = field(default_factory=list)
+    conns: list[Conn] = field(default_factory=list)  # every connection of the run, in order
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.settings.url.startswith("wss://"):
@@ -93,6 +94,7 @@ class Kit:
                                       disconnect_timeout=1,
                                       max_message_size=16 * 1024 * 1024) as ws:
             conn = Conn(ws, self.settings.timeout_s)
+            self.conns.append(conn)
             try:
                 yield conn
             finally:
