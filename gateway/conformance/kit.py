@@ -21,7 +21,7 @@ from gateway.events import CATALOGUE
 from gateway.signing import GENESIS, INTEGRITY_FIELDS, Signer, canonical, chain_hash, seal
 from gateway.uplink import protocol as proto
 
-__all__ = ["Closed", "Conn", "EventStream", "Failed", "Kit", "Settings", "TimedOut"]
+__all__ = ["Blocked", "Closed", "Conn", "EventStream", "Failed", "Kit", "Settings", "TimedOut"]
 
 
 class Failed(Exception):
@@ -30,6 +30,10 @@ class Failed(Exception):
 
 class TimedOut(Failed):
     pass
+
+
+class Blocked(Exception):
+    """The check cannot judge its rule because another rule it needs failed (a SKIP)."""
 
 
 class Closed(Exception):

@@ -13,7 +13,7 @@ import trio
 from trio_websocket import ConnectionRejected, HandshakeError
 
 from gateway.conformance.checks import CHECKS, NOT_ON_THE_WIRE
-from gateway.conformance.kit import Closed, Failed, Kit, Settings
+from gateway.conformance.kit import Blocked, Closed, Failed, Kit, Settings
 from gateway.signing import Signer
 from gateway.uplink import protocol as proto
 from gateway.uplink.vectors import SEED_1
@@ -55,6 +55,8 @@ async def _one(kit: Kit, rule: str, title: str, run) -> Result:  # type: ignore[
     try:
         with trio.fail_after(max(30.0, kit.settings.timeout_s * 6)):
             await run(kit)
+    except Blocked as err:
+        return Result(rule, "SKIP", title, str(err))
     except Failed as err:
         return Result(rule, "FAIL", title, str(err))
     except Closed as closed:
