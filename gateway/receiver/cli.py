@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
 from gateway.receiver.server import COMMAND_CHECK_S, ReceiverSettings, serve_receiver
 from gateway.receiver.store import ReceiverStore
+from gateway.signing import key_id
 
 __all__ = ["add_commands"]
 
@@ -104,12 +107,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_register(args: argparse.Namespace) -> int:
     try:
         token = args.token_file.read_text().strip()
-        pubkey = args.pubkey_file.read_text().split()[0]
+        words = args.pubkey_file.read_text().split()
+        pubkey = words[0]
     except (OSError, IndexError) as err:
         print(f"receiver register: {err}", file=sys.stderr)
         return 1
     if not token:
         print(f"receiver register: token file {args.token_file} is empty", file=sys.stderr)
+        return 1
+    stated = words[1] if len(words) > 1 else None
+    try:
+        derived = key_id(VerifyKey(bytes.fromhex(pubkey)))
+    except (ValueError, CryptoError) as err:
+        print(f"receiver register: {args.pubkey_file} is not a hex Ed25519 public key: {err}",
+              file=sys.stderr)
+        return 1
+    if stated is not None and stated != derived:
+        # docs/uplink-protocol.md P-KEY-1: the kid is derived from the key, never taken on trust.
+        print(f"receiver register: {args.pubkey_file} names kid {stated}, but its key's kid is "
+              f"{derived}", file=sys.stderr)
         return 1
     store = ReceiverStore(args.db)
     try:

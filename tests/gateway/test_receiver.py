@@ -172,6 +172,14 @@ def test_cli_register_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[st
     pub.write_text("zz\n")
     assert run_cli("receiver", "register", "gw-2", str(pub), "--token-file", str(token),
                    "--db", str(db)) == 1
+    # P-KEY-1: a public key file naming a kid that is not its key's is refused.
+    pub.write_text(f"{bytes(outbox.signer.verify_key).hex()} ed25519:0000000000000000\n")
+    assert run_cli("receiver", "register", "gw-3", str(pub), "--token-file", str(token),
+                   "--db", str(db)) == 1
+    assert "is ed25519:" in capsys.readouterr().err
+    pub.write_text(f"{bytes(outbox.signer.verify_key).hex()} {outbox.signer.kid}\n")
+    assert run_cli("receiver", "register", "gw-3", str(pub), "--token-file", str(token),
+                   "--db", str(db)) == 0
 
 
 CLI_MAIN = """
