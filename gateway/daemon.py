@@ -164,6 +164,8 @@ class Gateway:
     control_path: Path | None = None
     config_path: Path | None = None
     uplink_down_since: float | None = field(default_factory=time.time)
+    # One per supervised port: a clean stop ends machine intake before gatewayStopping.
+    port_scopes: list[trio.CancelScope] = field(default_factory=list)
 
     def status(self) -> dict[str, Any]:
         """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
@@ -220,30 +222,35 @@ def build_driver(port: PortSection, config: Config, trace: TraceHub | None = Non
 
 async def supervise_port(gw: Gateway, name: str, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run one port's driver forever; a broken port is retried with capped backoff. Reports
-    started after the first attempt, successful or not, so one dead port cannot hold READY."""
+    """Run one port's driver until the stop; a broken port is retried with capped backoff.
+    Reports started after the first attempt, successful or not, so one dead port cannot hold
+    READY. `gw.port_scopes` lets a clean stop end machine intake first."""
     driver = gw.drivers[name]
     backoff, reported = 1.0, False
-    while True:
-        began = trio.current_time()
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(driver.run, gw.sink)
-                if not reported:
-                    reported = True
-                    task_status.started()
-        except* RECOVERABLE as group:
-            gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
-            error = group.exceptions[0]
-            log.warning("port failed; will retry", port=name, error=str(error),
-                        error_type=type(error).__name__, retry_in_s=backoff)
-        if not reported:
-            reported = True
-            task_status.started()
-        if trio.current_time() - began > 60:
-            backoff = 1.0
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, 30.0)
+    with trio.CancelScope() as stop:
+        gw.port_scopes.append(stop)
+        while True:
+            began = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(driver.run, gw.sink)
+                    if not reported:
+                        reported = True
+                        task_status.started()
+            except* RECOVERABLE as group:
+                gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
+                error = group.exceptions[0]
+                log.warning("port failed; will retry", port=name, error=str(error),
+                            error_type=type(error).__name__, retry_in_s=backoff)
+            if not reported:
+                reported = True
+                task_status.started()
+            if trio.current_time() - began > 60:
+                backoff = 1.0
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+    if not reported:
+        task_status.started()  # stopped before the first attempt ended
 
 
 async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,
@@ -262,17 +269,24 @@ async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.Can
             return
 
 
-# How long a clean stop waits for gatewayStopping to be durable before cancelling everything.
+# How long a clean stop may take to record gatewayStopping and hand it to a connected platform.
 STOPPING_GRACE_S = 2.0
 
 
 async def record_stopping(gw: Gateway, reason: str) -> None:
-    """A clean stop leaves a signed `gatewayStopping` as the outbox's last word (sent upstream now
-    if the link is up, else after the next start), so the platform can tell a stop from a crash.
-    Bounded: a stuck writer (a full disk) must not hold up the stop."""
-    with trio.move_on_after(STOPPING_GRACE_S) as scope:
-        await gw.outbox.append_system("gatewayStopping", {"reason": reason})
-    if scope.cancelled_caught:
+    """A clean stop: machine intake ends (a machine keeps what was not acknowledged, as on any
+    stop), a signed `gatewayStopping` becomes the outbox's last event, and while the platform
+    is connected it gets the chance to ack it, so the platform can tell a stop from a crash.
+    Bounded: a stuck writer (a full disk) or a slow platform must not hold up the stop."""
+    for scope in gw.port_scopes:
+        scope.cancel()
+    seq = 0
+    with trio.move_on_after(STOPPING_GRACE_S):
+        seq = await gw.outbox.append_system("gatewayStopping", {"reason": reason})
+        if gw.uplink.statistics()["connected"]:
+            while gw.outbox.delivered_seq < seq:
+                await gw.uplink.wait_changed()
+    if not seq:
         log.warning("stopping without a gatewayStopping event: the outbox did not commit it "
                     f"within {STOPPING_GRACE_S:g} s")
 

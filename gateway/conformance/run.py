@@ -107,13 +107,13 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
                if getattr(args, n) is None]
     if missing:
         print(f"conformance: missing {', '.join(missing)}", file=sys.stderr)
-        return 64
+        return 2
     try:
         token, other = (args.token_file.read_text().strip(),
                         args.other_token_file.read_text().strip())
     except OSError as err:
         print(f"conformance: cannot read a token file: {err}", file=sys.stderr)
-        return 66
+        return 1
     settings = Settings(args.url, args.gateway_id, token, args.other_gateway_id, other,
                         str(args.ca_file) if args.ca_file else None, args.command_pending,
                         args.timeout)

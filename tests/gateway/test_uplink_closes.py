@@ -209,3 +209,20 @@ async def test_a_silent_peer_is_not_called_a_certificate_problem(
             nursery.cancel_scope.cancel()
     assert "TLS verification" not in error and "certificate" not in error
     assert "platform unresponsive" in error and "10 s" in error
+
+
+def test_close_codes_decide_the_backoff_as_the_spec_table_says() -> None:
+    """docs/uplink-protocol.md section 9: refusals wait rejected_backoff_s; 4004 (taken over)
+    and the network's closes use the ordinary backoff."""
+    from trio_websocket import ConnectionClosed
+    from trio_websocket._impl import CloseReason
+
+    from gateway.uplink.client import UplinkRejectedError, UplinkUnavailableError, _translate
+
+    def after(code: int) -> type:
+        return type(_translate(ConnectionClosed(CloseReason(code, "why"))))
+
+    for code in (proto.CLOSE_AUTH, proto.CLOSE_PROTOCOL, proto.CLOSE_INTEGRITY):
+        assert after(code) is UplinkRejectedError
+    for code in (1000, 1001, 1006, 1009, 1011, proto.CLOSE_SUPERSEDED):
+        assert after(code) is UplinkUnavailableError
