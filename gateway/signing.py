@@ -1,4 +1,4 @@
-"""Canonical bytes, the hash chain and Ed25519 signatures (design.md section 6).
+"""Canonical bytes, the hash chain and Ed25519 signatures (docs/uplink-protocol.md section 4).
 
 An envelope is a dict. Its canonical bytes are deterministic msgpack (maps with sorted keys, bytes as
 bin). For the event at `seq`:
