@@ -44,6 +44,7 @@ from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 from gateway.capture import OutboxSink
+from gateway.clock import clock_synchronised
 from gateway.commands import CommandRouter, CommandSettings
 from gateway.config import Config, PortSection, load_config
 from gateway.control import (
@@ -469,6 +470,11 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
 
 
 def _started_data(config: Config) -> dict[str, Any]:
-    return {"version": gateway.__version__,
-            "ports": [{"name": p.name, "device": str(p.device), "addresses": list(p.addresses)}
-                      for p in config.ports]}
+    data: dict[str, Any] = {
+        "version": gateway.__version__,
+        "ports": [{"name": p.name, "device": str(p.device), "addresses": list(p.addresses)}
+                  for p in config.ports]}
+    synchronised = clock_synchronised()
+    if synchronised is not None:
+        data["clock_synchronised"] = synchronised
+    return data

@@ -57,8 +57,11 @@ class EventSpec:
 
 CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     # system
-    EventSpec("gatewayStarted", "system", "1.0.0", "The gateway process started.",
-              fields={"version": STR, "ports": {"type": "array"}}, required=("version",)),
+    EventSpec("gatewayStarted", "system", "1.1.0",
+              "The gateway process started. clock_synchronised: whether the system clock was "
+              "synchronised (absent: unknown); when false, timestamps may be off.",
+              fields={"version": STR, "ports": {"type": "array"}, "clock_synchronised": BOOL},
+              required=("version",)),
     EventSpec("gatewayStopping", "system", "1.0.0",
               "The gateway is stopping cleanly (reason: the signal, e.g. SIGTERM); the last event "
               "before a clean stop. A gatewayStarted without one before it follows a crash.",
@@ -71,10 +74,12 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     EventSpec("powerApplied", "system", "1.0.0", "The machine reported AC power applied.", "exc 17"),
     EventSpec("uplinkDown", "system", "1.0.0", "The platform connection was lost.",
               fields={"reason": STR}, required=("reason",)),
-    EventSpec("uplinkUp", "system", "1.0.0",
+    EventSpec("uplinkUp", "system", "1.1.0",
               "The platform connection is (re-)established; down_for_s: seconds since the "
-              "previous connection was lost (since start-up for the first), 3 decimals.",
-              fields={"down_for_s": {"type": "number", "minimum": 0}}, required=("down_for_s",)),
+              "previous connection was lost (since start-up for the first), 3 decimals; "
+              "clock_synchronised as in gatewayStarted, at this moment.",
+              fields={"down_for_s": {"type": "number", "minimum": 0},
+                      "clock_synchronised": BOOL}, required=("down_for_s",)),
     EventSpec("lossMarker", "system", "1.0.0",
               "Events were lost or shed; says what and why (reason: shed, quarantine, "
               "database-corrupt). For quarantine, first_seq..last_seq are the seqs moved aside "

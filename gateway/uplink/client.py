@@ -39,6 +39,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from gateway.clock import clock_synchronised
 from gateway.errors import GatewayError
 from gateway.uplink import protocol as proto
 
@@ -361,7 +362,10 @@ class UplinkClient:
                 self._last_ack_seq = welcome.high_water
                 self._was_up = True
                 down_for = round(max(0.0, trio.current_time() - down_since), 3)
-                await self.outbox.append_system("uplinkUp", {"down_for_s": down_for})
+                up: dict[str, Any] = {"down_for_s": down_for}
+                if (synchronised := clock_synchronised()) is not None:
+                    up["clock_synchronised"] = synchronised
+                await self.outbox.append_system("uplinkUp", up)
                 self._set_state("connected")
                 log.info("uplink up", url=s.url, high_water=welcome.high_water,
                          down_for_s=down_for)

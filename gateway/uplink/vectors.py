@@ -50,9 +50,10 @@ def _money(minor: int) -> dict[str, Any]:
 # One `data` per catalogue type (valid against its schema); machine events carry MACHINE.
 SAMPLES: dict[str, dict[str, Any]] = {
     "gatewayStarted": {"version": "0.1.0", "ports": [{"name": "sas0", "device": "/dev/ttyS0",
-                                                      "addresses": [1]}]},
+                                                      "addresses": [1]}],
+                       "clock_synchronised": True},
     "deviceOnline": {},
-    "uplinkUp": {"down_for_s": 0.25},
+    "uplinkUp": {"down_for_s": 0.25, "clock_synchronised": True},
     "gameSelected": {"game_number": 3},
     "betPlaced": {"wager_credits": 25, "wager": _money(25)},
     "gameEnded": {"win_credits": 100, "win": _money(100)},
