@@ -400,7 +400,7 @@ class UplinkClient:
                    f"{self.outbox.last_seq} of epoch {self.outbox.epoch}")
         log.error("uplink platform mark beyond the outbox", high_water=high_water,
                   last_seq=self.outbox.last_seq, epoch=self.outbox.epoch,
-                  action="refused; see docs/uplink-protocol.md section 6")
+                  action="refused; see docs/uplink-protocol.md section 5")
         await _refuse(ws, proto.CLOSE_PROTOCOL, message)
         raise UplinkRejectedError(f"refused the platform's welcome: {message}")
 
