@@ -41,7 +41,7 @@ async def second_platform(flaws: frozenset[str]) -> AsyncIterator[tuple[SecondPl
     thread.start()
     await trio.to_thread.run_sync(ready.wait)
     settings = Settings(f"ws://127.0.0.1:{platform.port}/v1/stream", "kit-gw-1", token_1,
-                        "kit-gw-2", token_2, command_pending=True, timeout_s=1.0)
+                        "kit-gw-2", token_2, command_pending=True, timeout_s=2.0)
     try:
         yield platform, settings
     finally:
