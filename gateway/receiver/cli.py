@@ -50,6 +50,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     register.add_argument("--db", type=Path, required=True)
     register.set_defaults(func=_cmd_register)
 
+    revoke = sub.add_parser("revoke-key", help="revoke a compromised key id of a gateway "
+                                                "(effective for connections opened afterwards)")
+    revoke.add_argument("gateway_id")
+    revoke.add_argument("kid", help="ed25519:... as the gateway's events name it")
+    revoke.add_argument("--db", type=Path, required=True)
+    revoke.set_defaults(func=_cmd_revoke)
+
     stats = sub.add_parser("stats", help="counters: received, duplicates, bad signatures, gaps")
     stats.add_argument("--db", type=Path, required=True)
     stats.add_argument("--gateway", help="one gateway only")
@@ -104,6 +111,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    store = ReceiverStore(args.db)
+    try:
+        known = store.revoke_key(args.gateway_id, args.kid)
+    finally:
+        store.close()
+    print(f"revoked {args.kid} of {args.gateway_id}"
+          + ("" if known else " (it was not registered; it can never be learnt now)"))
+    return 0
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     try:
         token = args.token_file.read_text().strip()
@@ -129,6 +147,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
         return 1
     store = ReceiverStore(args.db)
     try:
+        if store.revoked(args.gateway_id, derived):
+            print(f"receiver register: key {derived} of {args.gateway_id} was revoked; "
+                  f"register a new key", file=sys.stderr)
+            return 1
         kid = store.register(args.gateway_id, token, pubkey)
     except ValueError as err:
         print(f"receiver register: {args.pubkey_file} is not a hex Ed25519 public key: {err}",
