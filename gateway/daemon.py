@@ -223,35 +223,50 @@ def build_driver(port: PortSection, config: Config, trace: TraceHub | None = Non
 
 async def supervise_port(gw: Gateway, name: str, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run one port's driver until the stop; a broken port is retried with capped backoff.
-    Reports started after the first attempt, successful or not, so one dead port cannot hold
-    READY. `gw.port_scopes` lets a clean stop end machine intake first."""
+    """Run one port's driver forever; a broken port is retried with capped backoff. Reports
+    started after the first attempt, successful or not, so one dead port cannot hold READY."""
     driver = gw.drivers[name]
     backoff, reported = 1.0, False
+    while True:
+        began = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(driver.run, gw.sink)
+                if not reported:
+                    reported = True
+                    task_status.started()
+        except* RECOVERABLE as group:
+            gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
+            error = group.exceptions[0]
+            log.warning("port failed; will retry", port=name, error=str(error),
+                        error_type=type(error).__name__, retry_in_s=backoff)
+        if not reported:
+            reported = True
+            task_status.started()
+        if trio.current_time() - began > 60:
+            backoff = 1.0
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+async def stoppable_port(gw: Gateway, name: str, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """`supervise_port` under a scope of its own, so a clean stop ends machine intake before
+    gatewayStopping (`record_stopping`). Reports started even when stopped before the port
+    did, so a stop during start-up is no error."""
+    reported = False
+
+    class _Status:
+        def started(self, value: None = None) -> None:
+            nonlocal reported
+            reported = True
+            task_status.started(value)
+
     with trio.CancelScope() as stop:
         gw.port_scopes.append(stop)
-        while True:
-            began = trio.current_time()
-            try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(driver.run, gw.sink)
-                    if not reported:
-                        reported = True
-                        task_status.started()
-            except* RECOVERABLE as group:
-                gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
-                error = group.exceptions[0]
-                log.warning("port failed; will retry", port=name, error=str(error),
-                            error_type=type(error).__name__, retry_in_s=backoff)
-            if not reported:
-                reported = True
-                task_status.started()
-            if trio.current_time() - began > 60:
-                backoff = 1.0
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        await supervise_port(gw, name, task_status=_Status())  # type: ignore[arg-type]
     if not reported:
-        task_status.started()  # stopped before the first attempt ended
+        task_status.started()
 
 
 async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,
@@ -454,7 +469,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                 # The floor works without the platform: the feed starts before the uplink.
                 gw.feed_port = await nursery.start(gw.feed.run)
             for port in config.ports:
-                await nursery.start(supervise_port, gw, port.name)
+                await nursery.start(stoppable_port, gw, port.name)
             await nursery.start(uplink.run)
             nursery.start_soon(report_status, gw, notifier)
             gc.freeze()  # what start-up built lives for the whole run: keep it out of collections

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgpack
 import trio
+import trio.testing
 
 from drivers.sim.fleet import serve_fleet
 from gateway import daemon
@@ -73,3 +74,27 @@ async def test_acks_heard_after_the_last_commit_survive_close(tmp_path: Path) ->
         assert again.delivered_seq == 3
     finally:
         again.close()
+
+
+async def test_a_port_stopped_during_start_up_still_reports_started() -> None:
+    """A SIGTERM while a port is still starting: its scope is cancelled before the driver is
+    up, and nursery.start must return rather than fail the stop."""
+    from types import SimpleNamespace
+
+    class NeverUp:
+        async def run(self, sink: object, *, task_status: object) -> None:
+            await trio.sleep_forever()
+
+    gw = SimpleNamespace(drivers={"p": NeverUp()}, sink=None, port_failures={}, port_errors={},
+                         port_scopes=[])
+
+    async def stop_when_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        for scope in gw.port_scopes:
+            scope.cancel()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_when_blocked)
+            await nursery.start(daemon.stoppable_port, gw, "p")
+    assert len(gw.port_scopes) == 1 and gw.port_scopes[0].cancelled_caught
