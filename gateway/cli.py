@@ -4,6 +4,7 @@
     demo      simulated machines + gateway + reference receiver on loopback, with a summary
     diag      status table, live poll trace and port probe for technicians
     keys      create, show and export the gateway's signing key
+    tokens    make staff tokens for the alert board (printed once; only the hash is configured)
     outbox    inspect and verify the local outbox offline
     receiver  the reference platform endpoint (run, register, stats)
     simulate  simulated machines on pseudo-terminals, for a gateway in another process
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +47,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     state_dir=args.state_dir, rate=args.rate, feed_port=args.feed_port)
 
 
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    from gateway.tokens import TOKEN_BYTES, make_token
+
+    made = make_token(args.role, args.name or f"{args.role}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"token for {made.name} ({made.role}, {TOKEN_BYTES * 8} random bits); it is shown "
+          f"only now and stored nowhere, give it to its holder:\n\n  {made.token}\n\n"
+          f"add to the configuration, then: systemctl reload casino-gateway\n\n"
+          f"{made.config_lines()}", end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casino-gateway", description="Edge gateway: SAS slot machines -> signed events -> "
@@ -68,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed-port", type=int, default=8080,
                    help="port of the alert board on 127.0.0.1 (default 8080; 0 = any free port)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("tokens", help="make staff tokens for the alert board and feed",
+                       description="Staff tokens for [[feed.tokens]]: only their SHA-256 goes "
+                       "into the configuration.")
+    tokens = p.add_subparsers(dest="tokens_action", required=True, metavar="ACTION")
+    t = tokens.add_parser("new", help="print a new random token once, and its config lines",
+                          description="Print a new token (256 random bits) once, and the "
+                          "[[feed.tokens]] table holding its hash.")
+    t.add_argument("--role", required=True, choices=["viewer", "attendant", "supervisor"],
+                   help="viewer: watch; attendant: + acknowledge alerts; supervisor: + commands")
+    t.add_argument("--name", default=None,
+                   help="who holds it, shown in logs and audits (default ROLE-DATE-TIME)")
+    t.set_defaults(func=_cmd_tokens)
 
     from drivers.sim.cli import add_commands as add_sim_commands
     from gateway.diag import add_commands as add_diag_commands

@@ -89,20 +89,63 @@ def _check_droppable(types_: tuple[str, ...]) -> str | None:
     return None
 
 
+def _check_uplink_url(url: str) -> str | None:
+    """wss:// anywhere; ws:// only to a loopback peer, since the bearer token would cross the
+    network in clear."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "a wss://host[:port]/path URL with a valid port"
+    if parts.scheme == "wss" and parts.hostname:
+        return None
+    if parts.scheme == "ws" and parts.hostname and _is_loopback(parts.hostname):
+        return None
+    return ("a wss:// URL (ws:// sends the bearer token in clear, so it is accepted only for a "
+            "loopback test peer: 127.0.0.1, ::1 or localhost)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class UplinkSection:
-    url: str = field(metadata={"check": lambda v: _check(
-        v.startswith(("wss://", "ws://")), "a wss:// URL (ws:// only for a loopback test peer)")})
+    url: str = field(metadata={"check": _check_uplink_url})
     token_file: Path
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    batch_max: int = 200
-    window: int = 8
-    heartbeat_s: float = 10.0
-    dead_after_s: float = 30.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    batch_max: int = field(default=200, metadata={
+        "check": lambda v: _check(1 <= v <= 10_000, "between 1 and 10000 events per frame")})
+    window: int = field(default=8, metadata={
+        "check": lambda v: _check(1 <= v <= 1024, "between 1 and 1024 frames in flight")})
+    heartbeat_s: float = field(default=10.0, metadata={
+        "check": lambda v: _check(0 < v <= 3600, "between 0 and 3600 seconds (not 0)")})
+    dead_after_s: float = field(default=30.0, metadata={
+        "check": lambda v: _check(0 < v <= 3600, "between 0 and 3600 seconds (not 0)")})
+    backoff_initial_s: float = field(default=0.5, metadata={
+        "check": lambda v: _check(0 < v <= 3600, "between 0 and 3600 seconds (not 0)")})
+    backoff_max_s: float = field(default=30.0, metadata={
+        "check": lambda v: _check(0 < v <= 86_400, "between 0 and 86400 seconds (not 0)")})
+
+    def __post_init__(self) -> None:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("uplink.backoff_max_s", f"expected at least backoff_initial_s "
+                              f"({self.backoff_initial_s:g}), got {self.backoff_max_s:g}")
+        if self.dead_after_s <= self.heartbeat_s:
+            raise ConfigError("uplink.dead_after_s", f"expected more than heartbeat_s "
+                              f"({self.heartbeat_s:g}): a pong must have time to come back, "
+                              f"got {self.dead_after_s:g}")
 
 
 COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",
@@ -127,14 +170,24 @@ class LogSection:
         v in ("auto", "json", "console"), "one of auto, json, console")})
 
 
+def _check_token_hash(digest: str) -> str | None:
+    from gateway.tokens import is_weak_token_hash
+
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return "64 lowercase hex digits (as printed by: casino-gateway tokens new)"
+    if is_weak_token_hash(digest):
+        return ("the hash of a strong token: this one is a well-known weak token; make one "
+                "with: casino-gateway tokens new --role ROLE")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class FeedTokenSection:
     """One staff token: who holds it, their role, and the SHA-256 (hex) of the token itself.
     Only the hash is configured, so the file does not hold a usable secret."""
 
     name: str
-    sha256: str = field(metadata={"check": lambda v: _check(
-        bool(re.fullmatch(r"[0-9a-f]{64}", v)), "64 lowercase hex digits (sha256sum of the token)")})
+    sha256: str = field(metadata={"check": lambda v: _check_token_hash(v)})
     role: str = field(default="viewer", metadata={"check": lambda v: _check(
         v in ("viewer", "attendant", "supervisor"), "one of viewer, attendant, supervisor")})
 
