@@ -9,7 +9,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import parse_config
-from gateway.feed.protocol import TokenTable, TokenEntry
+from gateway.feed.protocol import TokenEntry, TokenTable
 from gateway.tokens import PREFIX, TOKEN_BYTES, is_weak_token_hash, make_token
 from tests.gateway.test_config import MINIMAL
 
