@@ -18,8 +18,9 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
-__all__ = ["CommandsSection", "Config", "FeedSection", "FeedTokenSection", "GatewaySection", "LogSection",
-           "OutboxSection", "PortSection", "UplinkSection", "load_config", "parse_config"]
+__all__ = ["CommandsSection", "Config", "ConfigProblems", "FeedSection", "FeedTokenSection",
+           "GatewaySection", "LogSection", "OutboxSection", "PortSection", "UplinkSection",
+           "load_config", "parse_config", "problems_of"]
 
 GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -289,40 +290,67 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(where, f"unsupported type {tp}")  # a bug in this module's declarations
 
 
+class ConfigProblems(ConfigError):
+    """Several fields are wrong at once: `problems` holds one ConfigError per field, so an
+    operator fixes them all in one pass (`field` and the message are the first one's)."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(first.field, str(first).removeprefix(f"{first.field}: ") + more)
+        self.problems = tuple(problems)
+
+
+def problems_of(err: ConfigError) -> tuple[ConfigError, ...]:
+    """Every problem an error stands for, one per line to print."""
+    return err.problems if isinstance(err, ConfigProblems) else (err,)
+
+
 def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
+    problems: list[ConfigError] = []
     for key in table:
         if key not in known:
-            raise ConfigError(f"{prefix}.{key}".lstrip("."),
-                              f"unknown field (expected one of: {', '.join(sorted(known))})")
+            problems.append(ConfigError(f"{prefix}.{key}".lstrip("."), f"unknown field "
+                                        f"(expected one of: {', '.join(sorted(known))})"))
     kwargs = {}
     for name, f in known.items():
         where = f"{prefix}.{name}".lstrip(".")
         if name not in table:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(where, "required field is missing")
+                problems.append(ConfigError(where, "required field is missing"))
             continue
-        value = _convert(table[name], hints[name], where)
+        try:
+            value = _convert(table[name], hints[name], where)
+        except ConfigError as err:
+            problems += problems_of(err)
+            continue
         check = f.metadata.get("check")
         if check is not None and (problem := check(value)) is not None:
-            raise ConfigError(where, f"expected {problem}, got {table[name]!r}")
+            problems.append(ConfigError(where, f"expected {problem}, got {table[name]!r}"))
+            continue
         kwargs[name] = value
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     return cls(**kwargs)
 
 
 def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML table. Relative paths are taken relative to `base_dir`."""
     config = _build(Config, table, "")
+    problems: list[ConfigError] = []
     names = [p.name for p in config.ports]
     for i, name in enumerate(names):
         if names.index(name) != i:
-            raise ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}")
+            problems.append(ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}"))
     for i, port in enumerate(config.ports):
         for j, address in enumerate(port.addresses):
             if not 1 <= address <= 127:
-                raise ConfigError(f"ports[{i}].addresses[{j}]",
-                                  f"expected a SAS address 1-127, got {address}")
+                problems.append(ConfigError(f"ports[{i}].addresses[{j}]",
+                                            f"expected a SAS address 1-127, got {address}"))
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     return config

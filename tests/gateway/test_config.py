@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import load_config, parse_config, problems_of
 from gateway.errors import ConfigError
 
 MINIMAL = {
@@ -188,3 +188,15 @@ def test_example_config_documents_the_disk_budget():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     outbox = load_config(example).outbox
     assert outbox.min_free_mb == 64 and outbox.droppable_types == ("meterSnapshot",)
+
+
+def test_every_wrong_field_is_reported_at_once():
+    table = with_changes("uplink", window=0, heartbeat_s=-1)
+    table["ports"][0].update(poll_interval_ms=1, link="usb")
+    table["gateway"]["typo"] = True
+    with pytest.raises(ConfigError) as caught:
+        parse_config(table)
+    fields = [p.field for p in problems_of(caught.value)]
+    assert sorted(fields) == sorted(["gateway.typo", "uplink.window", "uplink.heartbeat_s",
+                                     "ports[0].poll_interval_ms", "ports[0].link"])
+    assert "(and 4 more)" in str(caught.value)
