@@ -224,24 +224,36 @@ async def supervise_port(gw: Gateway, name: str, *,
     started after the first attempt, successful or not, so one dead port cannot hold READY."""
     driver = gw.drivers[name]
     backoff, reported = 1.0, False
+    down_since: float | None = None  # trio time of the first failure of the current outage
+    failures = 0  # in the current outage
     while True:
         began = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(driver.run, gw.sink)
+                if down_since is not None:
+                    # Every "down" has its recovery line, so the journal shows how long.
+                    log.info("port recovered", port=name, attempts=failures,
+                             down_for_s=round(trio.current_time() - down_since, 1))
+                    down_since, failures = None, 0
                 if not reported:
                     reported = True
                     task_status.started()
         except* RECOVERABLE as group:
             gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
+            failures += 1
+            if down_since is None:
+                down_since = trio.current_time()
             error = group.exceptions[0]
+            # A port that ran for a minute starts its backoff again; decided before the log
+            # line, so retry_in_s is the delay really slept.
+            if trio.current_time() - began > 60:
+                backoff = 1.0
             log.warning("port failed; will retry", port=name, error=str(error),
-                        error_type=type(error).__name__, retry_in_s=backoff)
+                        error_type=type(error).__name__, retry_in_s=backoff, attempt=failures)
         if not reported:
             reported = True
             task_status.started()
-        if trio.current_time() - began > 60:
-            backoff = 1.0
         await trio.sleep(backoff)
         backoff = min(backoff * 2, 30.0)
 
@@ -331,6 +343,7 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
     interval = notifier.watchdog_interval()
     last = ""
     withheld = False
+    next_ping = trio.current_time()
     while True:
         now = trio.current_time()
         line = gw.status_line()
@@ -340,7 +353,8 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
         if line != last:
             notifier.status(line)
             last = line
-        if interval is not None:
+        if interval is not None and now >= next_ping:
+            next_ping = now + interval
             if alive:
                 notifier.watchdog()
                 if withheld:
@@ -351,7 +365,9 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
                           waited_s=round(gw.health.stalled_for(now), 1),
                           limit_s=gw.health.stall_after_s)
                 withheld = True
-        await trio.sleep(min(interval or 5.0, 5.0))
+        # STATUS= every 5 s at most; WATCHDOG=1 every half WatchdogSec (docs/operations.md).
+        wake = now + 5.0 if interval is None else min(now + 5.0, next_ping)
+        await trio.sleep_until(wake)
 
 
 async def run(config: Config, *, notifier: Notifier | None = None, handle_signals_: bool = True,
