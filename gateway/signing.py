@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import struct
 import subprocess
@@ -256,6 +257,10 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    # The child shares the terminal's process group: Ctrl-C reaches it too, and its
+    # KeyboardInterrupt traceback landed in the middle of the demo's summary. The parent stops
+    # it (EOF on stdin), so it ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     key: nacl.signing.SigningKey | None = None
     while op := stdin.read(1):
         if op == b"K":
