@@ -347,6 +347,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
             })
         ports[section.name] = {"device": str(section.device), "state": stats.state,
                                "failures": gw.port_failures.get(section.name, 0),
+                               "last_error": gw.port_errors.get(section.name),
                                "machines": machines}
 
     outbox = gw.outbox

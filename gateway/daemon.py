@@ -158,6 +158,7 @@ class Gateway:
     feed_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
+    port_errors: dict[str, str] = field(default_factory=dict)  # why a port is down, for diag
     trace: TraceHub = field(default_factory=TraceHub)
     activity: Activity = field(default_factory=Activity)
     health: PipelineHealth = field(default_factory=lambda: PipelineHealth(15.0))
@@ -236,6 +237,7 @@ async def supervise_port(gw: Gateway, name: str, *,
                     log.info("port recovered", port=name, attempts=failures,
                              down_for_s=round(trio.current_time() - down_since, 1))
                     down_since, failures = None, 0
+                    gw.port_errors.pop(name, None)
                 if not reported:
                     reported = True
                     task_status.started()
@@ -245,6 +247,7 @@ async def supervise_port(gw: Gateway, name: str, *,
             if down_since is None:
                 down_since = trio.current_time()
             error = group.exceptions[0]
+            gw.port_errors[name] = str(error)
             # A port that ran for a minute starts its backoff again; decided before the log
             # line, so retry_in_s is the delay really slept.
             if trio.current_time() - began > 60:

@@ -280,6 +280,7 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
     class Gw:
         drivers = {"port1": driver}
         port_failures: dict[str, int] = {}
+        port_errors: dict[str, str] = {}
         sink = None
 
     with structlog.testing.capture_logs() as logs:
@@ -298,3 +299,4 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
                  if e["event"] == "port recovered"]
     assert recovered == [("port1", 3, 7.0), ("port1", 2, 3.0)]
     assert Gw.port_failures == {"port1": 5}
+    assert Gw.port_errors == {}  # cleared by the recovery; diag shows it while the port is down
