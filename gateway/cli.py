@@ -154,7 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_outbox_commands(sub)
     add_receiver_commands(sub)
     add_sim_commands(sub)
+    _describe_simulate(sub)
     return parser
+
+
+def _describe_simulate(sub: argparse._SubParsersAction) -> None:
+    """Say what `simulate` prints (its parser lives with the simulator in drivers/sim)."""
+    sub.choices["simulate"].description = (
+        "Run simulated SAS machines on pseudo-terminals until Ctrl-C. Prints each machine's "
+        "pty path on its own line (e.g. /dev/pts/3) as soon as it is ready -- use them as "
+        "[[ports]] device in a gateway configuration, or with diag probe --device -- and a "
+        "JSON summary line when stopped.")
+    for choice in sub._choices_actions:
+        if choice.dest == "simulate":
+            choice.help = "run simulated SAS machines on pseudo-terminals; prints their paths"
 
 
 def main(argv: list[str] | None = None) -> int:
