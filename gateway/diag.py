@@ -367,15 +367,18 @@ def _clock(ts: float | None) -> str:
 async def _check(path: Path, args: argparse.Namespace, out: TextIO) -> int:
     try:
         status = await fetch_status(path)
+        code, problems = assess(status, uplink_warning_s=args.uplink_warning,
+                                uplink_critical_s=args.uplink_critical)
+        text = render_check(status, code, problems)
     except GatewayNotRunningError as err:
         print(f"CASINO-GATEWAY CRITICAL - {err}", file=out)
         return CRITICAL
-    except (ControlClientError, OSError, ValueError, KeyError, trio.TooSlowError) as err:
-        print(f"CASINO-GATEWAY UNKNOWN - {err}", file=out)
+    except (ControlClientError, OSError, ValueError, KeyError, TypeError,
+            trio.TooSlowError) as err:
+        # A monitoring check never ends in a traceback: whatever made no sense is UNKNOWN.
+        print(f"CASINO-GATEWAY UNKNOWN - {type(err).__name__}: {err}", file=out)
         return UNKNOWN
-    code, problems = assess(status, uplink_warning_s=args.uplink_warning,
-                            uplink_critical_s=args.uplink_critical)
-    print(render_check(status, code, problems), file=out)
+    print(text, file=out)
     return code
 
 

@@ -71,5 +71,5 @@ def test_demo_ctrl_c_prints_a_clean_summary(tmp_path: Path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
-    assert "demo: OK - every exception recorded once" in out
+    assert "demo: OK - every exception recorded once" in out, out
     assert proc.returncode == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from gateway.daemon import (
     report_status,
 )
 from gateway.feed.protocol import hash_token
+from gateway.logs import configure_logging
 from gateway.outbox import open_readonly
 from gateway.receiver.server import ReceiverSettings, serve_receiver
 from gateway.signing import write_signing_key
@@ -283,11 +286,15 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
         port_errors: dict[str, str] = {}
         sink = None
 
-    with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.supervise_port, Gw(), "port1")
-            await trio.sleep(200)
-            nursery.cancel_scope.cancel()
+    configure_logging("info", "json", stream=io.StringIO())  # whatever level a test left
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.supervise_port, Gw(), "port1")
+                await trio.sleep(200)
+                nursery.cancel_scope.cancel()
+    finally:
+        configure_logging("warning", "console", stream=sys.__stderr__)
     failed = [e for e in logs if e["event"] == "port failed; will retry"]
     # Each retry_in_s is the gap to the next attempt. After 100 s of running, the backoff
     # starts again at 1 s (the log used to say 8 s, or 30 s, and the retry came after 1 s).

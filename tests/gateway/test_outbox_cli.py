@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser, main
+from gateway.logs import configure_logging
 from tests.gateway.test_verify import make_outbox_file, public_key_file
+
+
+@pytest.fixture(autouse=True)
+def logs_back():
+    """main() points structlog at this test's captured stderr, closed afterwards: put it back,
+    or a later test's log line fails on a closed file."""
+    yield
+    configure_logging("warning", "console", stream=sys.__stderr__)
 
 
 def test_tail_json_is_one_object_per_event(tmp_path: Path, signer, capsys):

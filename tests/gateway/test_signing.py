@@ -139,6 +139,8 @@ def test_signing_process_ignores_ctrl_c(signer, capfd):
 
     process = SignerProcess()
     try:
+        # Its own process group: a terminal's Ctrl-C cannot reach it, even while it starts.
+        assert os.getpgid(process._proc.pid) == process._proc.pid != os.getpgid(0)
         assert len(process.sign_many(signer, [bytes(32)])) == 1  # the child is serving
         os.kill(process._proc.pid, signal.SIGINT)
         digest = bytes([7]) * 32

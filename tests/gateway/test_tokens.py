@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 
 import pytest
 
 from gateway.cli import main
 from gateway.config import parse_config
 from gateway.feed.protocol import TokenEntry, TokenTable
+from gateway.logs import configure_logging
 from gateway.tokens import PREFIX, TOKEN_BYTES, is_weak_token_hash, make_token
 from tests.gateway.test_config import MINIMAL
+
+
+@pytest.fixture(autouse=True)
+def logs_back():
+    """main() points structlog at this test's captured stderr, closed afterwards: put it back,
+    or a later test's log line fails on a closed file."""
+    yield
+    configure_logging("warning", "console", stream=sys.__stderr__)
 
 
 def test_made_tokens_have_at_least_128_bits_and_differ():
