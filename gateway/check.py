@@ -256,8 +256,14 @@ def _check_control_socket(found: list[Problem], path: Path) -> None:
     where = "gateway.control_socket"
     try:
         st = path.lstat()
-    except FileNotFoundError:
-        _writable_dir(found, where, path.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        # Not fatal to run (it goes on without diag), and systemd creates the unit's
+        # RuntimeDirectory only when it starts it: a warning.
+        missing: list[Problem] = []
+        _writable_dir(missing, where, path.parent)
+        found += [Problem(p.field, p.message + " (diag will not work until it can; the unit's "
+                          "RuntimeDirectory= is made by systemd at start)", warning=True)
+                  for p in missing]
         return
     except OSError as err:
         found.append(Problem(where, f"{path}: {err.strerror}"))

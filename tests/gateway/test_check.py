@@ -274,6 +274,16 @@ def test_a_file_open_in_another_process_is_found(tmp_path: Path):
     assert device_holder(path) is None
 
 
+def test_a_control_socket_directory_systemd_will_make_is_a_warning(plant: Plant, capsys):
+    # The guide runs check before the first start, when /run/casino-gateway does not exist
+    # yet; run would go on without the control socket.
+    (plant.base / "afile").write_text("")  # its directory cannot be made, even by root
+    plant.fields["gateway"]["control_socket"] = str(plant.base / "afile" / "control.sock")
+    problems = check_config(load_config(plant.write()))
+    assert [(p.field, p.warning) for p in problems] == [("gateway.control_socket", True)]
+    assert "diag will not work" in problems[0].message
+
+
 def test_a_second_gateway_on_the_same_socket_is_refused(plant: Plant, capsys):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as served:
         served.bind(str(plant.base / "control.sock"))
