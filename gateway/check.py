@@ -45,8 +45,15 @@ class Problem:
         return f"{'warning' if self.warning else 'error'}: {self.field}: {self.message}"
 
 
-def check_config(config: Config, *, strict: bool = False) -> list[Problem]:
-    """Every problem `run` would hit with this configuration (empty: it would start)."""
+# What the unit's StateDirectory= makes when systemd starts it (the default state_dir).
+SYSTEMD_STATE_DIR = Path("/var/lib/casino-gateway")
+
+
+def check_config(config: Config, *, strict: bool = False, starting: bool = False
+                 ) -> list[Problem]:
+    """Every problem `run` would hit with this configuration (empty: it would start).
+    `starting`: run is about to use it now, so a state directory systemd would have made is
+    needed already."""
     found: list[Problem] = []
     g, u = config.gateway, config.uplink
     key = _secret_file(found, "gateway.key_file", g.key_file,
@@ -62,7 +69,15 @@ def check_config(config: Config, *, strict: bool = False) -> list[Problem]:
     if token is not None:
         _check_token(found, u.token_file, token)
     _check_tls(found, config)
-    _writable_dir(found, "gateway.state_dir", g.state_dir)
+    state: list[Problem] = []
+    _writable_dir(state, "gateway.state_dir", g.state_dir)
+    if state and not starting and g.state_dir == SYSTEMD_STATE_DIR \
+            and not os.environ.get("STATE_DIRECTORY") and not g.state_dir.exists():
+        state = [Problem(p.field, f"{g.state_dir} does not exist yet: systemd makes it when it "
+                         f"starts the unit (StateDirectory=); to run by hand first: install -d "
+                         f"-o casino-gateway -g casino-gateway -m 0750 {g.state_dir}",
+                         warning=True) for p in state[:1]]
+    found += state
     if config.outbox.path is not None:
         _writable_dir(found, "outbox.path", config.outbox.path.parent)
     _existing_rw(found, "outbox.path", config.outbox_path)

@@ -52,7 +52,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     # The same validator as `check`: nothing starts unless everything run loads is usable.
-    problems = check_config(config)
+    problems = check_config(config, starting=True)
     _print_problems(problems)
     if any(not p.warning for p in problems):
         return EXIT_CONFIG

@@ -284,6 +284,23 @@ def test_a_control_socket_directory_systemd_will_make_is_a_warning(plant: Plant,
     assert "diag will not work" in problems[0].message
 
 
+def test_the_systemd_state_directory_before_the_first_start(plant: Plant, monkeypatch):
+    # The guide checks before the first start; StateDirectory= is made by systemd then. run by
+    # hand needs it now.
+    from gateway import check
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setattr(check, "SYSTEMD_STATE_DIR", plant.base / "afile" / "state")
+    (plant.base / "afile").write_text("")
+    plant.fields["gateway"]["state_dir"] = str(check.SYSTEMD_STATE_DIR)
+    config = load_config(plant.write())
+    problems = check_config(config)
+    assert [(p.field, p.warning) for p in problems] == [("gateway.state_dir", True)]
+    assert "systemd makes it when it starts the unit" in problems[0].message
+    problems = check_config(config, starting=True)
+    assert [(p.field, p.warning) for p in problems] == [("gateway.state_dir", False)]
+
+
 def test_a_second_gateway_on_the_same_socket_is_refused(plant: Plant, capsys):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as served:
         served.bind(str(plant.base / "control.sock"))
