@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.bounded import InputRejected, loads_json
 from gateway.events import CATALOGUE, CHANNELS
 
 __all__ = [
@@ -250,9 +251,11 @@ class Filter:
 class FeedSession:
     """One client's protocol state: unauthenticated until a valid token, then its filter."""
 
-    def __init__(self, tokens: TokenTable, *, commands_enabled: bool) -> None:
+    def __init__(self, tokens: TokenTable, *, commands_enabled: bool,
+                 max_message_bytes: int = 65536) -> None:
         self._tokens = tokens
         self._commands_enabled = commands_enabled
+        self._max_bytes = max_message_bytes
         self.identity: Identity | None = None
         self.filter = Filter()
 
@@ -274,8 +277,10 @@ class FeedSession:
                 return self._need_auth()
             return [Send(error("bad_request", "send JSON in text frames, not binary"))]
         try:
-            message = json.loads(frame)
-        except ValueError:
+            # Size, depth and number budgets (gateway/bounded.py): a hostile frame is an
+            # InputRejected here, never a RecursionError or an OverflowError further on.
+            message = loads_json(frame, max_bytes=self._max_bytes)
+        except InputRejected:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             if self.identity is None:

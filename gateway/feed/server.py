@@ -647,7 +647,8 @@ class FeedServer:
 
     async def _serve_client(self, ws: trio_websocket.WebSocketConnection, remote: str,
                             token: str | None) -> _Client | None:
-        session = FeedSession(self._tokens, commands_enabled=self._command_handler is not None)
+        session = FeedSession(self._tokens, commands_enabled=self._command_handler is not None,
+                              max_message_bytes=self.settings.max_message_bytes)
         client = _Client(session, remote, self.settings.client_queue)
         if token is not None:
             actions = session.authenticate(token)
