@@ -27,7 +27,6 @@ answered "rejected" only.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ import trio
 
 from drivers.base import CommandOutcome, CommandResult, Driver, MachineCommand, MachineRef
 from drivers.link import LinkError
+from gateway.bounded import INT_MAX, InputRejected, check_plain
 from gateway.errors import GatewayError, StoreError
 from gateway.events import Draft, system_draft
 
@@ -114,23 +114,19 @@ def _answer(command_id: str, result: str, reason: str = "",
     return {"id": command_id, "result": result, "reason": reason, "data": dict(data or {})}
 
 
-def _is_plain(value: Any, depth: int = 0) -> bool:
-    """JSON-shaped (str keys, scalars, lists, maps), so it can be audited and shown on the feed."""
-    if depth > 8:
+def _is_plain(value: Any) -> bool:
+    """JSON-shaped within budget (str keys, 64-bit ints, finite floats, at most 8 deep), so it
+    can be stored, audited and shown on the feed: an integer like 2**70 fits neither SQLite nor
+    msgpack and would raise OverflowError in the store."""
+    try:
+        check_plain(value, max_depth=8, max_items=1000)
+    except InputRejected:
         return False
-    if value is None or isinstance(value, str | bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_is_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
-    return False
+    return True
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT_MAX
 
 
 def _plan(request: Mapping[str, Any], allowed: frozenset[str],

@@ -171,6 +171,14 @@ async def test_not_allowed_is_rejected_and_audited(tmp_path: Path, make_outbox) 
      "malformed command: note must be a string"),
     ({"id": "m-12", "name": "disableMachine", "target": {"port": b"x", "address": 1}},
      "malformed command: target must be a JSON object"),
+    # Numbers SQLite and msgpack cannot hold (issue 15: OverflowError in the store, exit 1).
+    (request("m-13", target={"port": "sas0", "address": 2**70}),
+     "malformed command: target must be a JSON object"),
+    (request("m-14", name="acknowledgeAlert", target={"alert_seq": 2**70}),
+     "malformed command: target must be a JSON object"),
+    (request("m-15", args={"n": -(2**64)}), "malformed command: args must be a JSON object"),
+    (request("m-16", target={"port": "sas0", "address": 1, "deep": [[[[[[[[[[1]]]]]]]]]]}),
+     "malformed command: target must be a JSON object"),
 ])
 async def test_refusals_are_rejected_and_audited(tmp_path: Path, make_outbox,
                                                  req: dict[str, Any], reason: str) -> None:
