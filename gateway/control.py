@@ -44,6 +44,7 @@ from drivers.sas import messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.crc import check_crc
 from drivers.sas.errors import SasRemoteProtocolError
+from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
 from gateway.errors import ConfigError
 
@@ -59,6 +60,7 @@ __all__ = [
     "control_socket_path",
     "describe_answer",
     "describe_poll",
+    "parse_request",
     "snapshot",
     "traced_opener",
 ]
@@ -478,20 +480,16 @@ class ControlServer:
     async def _request(self, stream: trio.SocketStream, line: bytes) -> bool:
         """Answer one request; False when the connection is done (after a trace)."""
         try:
-            request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            request = None
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            await stream.send_all(_encode({"ok": False, "error": 'expected one JSON object per '
-                                           'line, like {"cmd": "status"}'}))
+            cmd, port = parse_request(line)
+        except InputRejected as err:
+            await stream.send_all(_encode({"ok": False, "error": str(err)}))
             return True
-        match request["cmd"]:
+        match cmd:
             case "status":
                 await stream.send_all(_encode({"ok": True, "status": await snapshot(self.gw)}))
                 return True
             case "trace":
-                port = request.get("port")
-                if port not in self.gw.drivers:
+                if port is None or port not in self.gw.drivers:
                     await stream.send_all(_encode({
                         "ok": False, "error": f"no port {port!r}; ports: "
                         + ", ".join(self.gw.drivers)}))
@@ -525,6 +523,24 @@ class ControlServer:
                         reported = sub.dropped
                     await stream.send_all(_encode({"frame": frame}))
         log.info("trace stopped", port=port)
+
+
+def parse_request(line: bytes) -> tuple[str, str | None]:
+    """One request line as (cmd, port); InputRejected (within gateway.bounded's budgets) for
+    anything else. Group members are trusted to read, not to send well-formed input: a list
+    where a port name belongs, or 5,000 levels of nesting, is refused here, not raised later."""
+    expected = 'expected one JSON object per line, like {"cmd": "status"}'
+    try:
+        request = loads_json(line, max_bytes=MAX_REQUEST_BYTES)
+    except InputRejected as err:
+        raise InputRejected(f"{expected} ({err})") from None
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        raise InputRejected(expected)
+    cmd, port = request["cmd"], request.get("port")
+    if cmd == "trace" and not isinstance(port, str):
+        raise InputRejected('trace: port must be a string, like {"cmd": "trace", "port": '
+                            '"port1"}')
+    return cmd, port if isinstance(port, str) else None
 
 
 async def _answers(path: Path) -> bool:
