@@ -403,6 +403,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
 
         gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
                              command_handler=staff_command)
+        router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
     try:
         # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
         try:
