@@ -25,6 +25,7 @@ import datetime as dt
 import errno
 import ipaddress
 import math
+import resource
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -325,10 +326,7 @@ class FeedServer:
         self._command_handler = command_handler
         self._tokens = TokenTable(settings.tokens)
         self._limiter = FailureLimiter(settings.auth_failures_per_minute)
-        self._admission = Admission(
-            total=settings.max_connections, per_address=settings.max_connections_per_address,
-            unauthenticated=settings.max_unauthenticated,
-            unauthenticated_per_address=settings.max_unauthenticated_per_address)
+        self._admission = _admission(settings, _descriptor_limit())
         self._throttle = LogThrottle(60.0)
         self.port: int | None = None        # once bound
         self.listening = trio.Event()       # set once bound
@@ -996,6 +994,33 @@ def _live_frame(batches: list[_Batch], skip_through: int) -> str | None:
     texts = [text for batch in batches for seq, text in zip(batch.seqs, batch.texts, strict=True)
              if seq > skip_through]
     return events_frame(texts) if texts else None
+
+
+# Descriptors kept for everything but feed connections: the outbox (database, WAL, shm), the
+# command store, the serial ports, the uplink, the signing child, the control socket and its
+# clients (16), the feed's listeners, logging, and a margin.
+FD_RESERVE = 96
+
+
+def _descriptor_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _admission(settings: FeedSettings, nofile: int) -> Admission:
+    """The configured caps, lowered if the process may open fewer descriptors than the feed
+    would need on top of FD_RESERVE: the feed may use at most half of what is left."""
+    budget = max(4, (nofile - FD_RESERVE) // 2) if nofile != resource.RLIM_INFINITY else 1 << 30
+    total = min(settings.max_connections, budget)
+    unauthenticated = min(settings.max_unauthenticated, total)
+    if total < settings.max_connections:
+        log.warning("feed connection caps lowered to fit the descriptor limit",
+                    limit_nofile=nofile, max_connections=total,
+                    max_unauthenticated=unauthenticated)
+    return Admission(
+        total=total, per_address=min(settings.max_connections_per_address, total),
+        unauthenticated=unauthenticated,
+        unauthenticated_per_address=min(settings.max_unauthenticated_per_address,
+                                        unauthenticated))
 
 
 _RETRY_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL}) | CAPACITY_ERRNOS

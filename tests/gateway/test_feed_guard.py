@@ -280,3 +280,14 @@ async def test_other_accept_errors_still_raise():
         async with trio.open_nursery() as nursery:
             await serve_accepting(Broken(0), handler, nursery, name="test")
 
+
+
+def test_caps_fit_the_descriptor_limit():
+    from gateway.feed.server import FD_RESERVE, _admission
+
+    settings = FeedSettings()
+    roomy = _admission(settings, 65536)
+    assert (roomy.total, roomy.unauthenticated_cap) == (256, 64)
+    tight = _admission(settings, FD_RESERVE + 40)
+    assert (tight.total, tight.unauthenticated_cap, tight.per_address,
+            tight.unauthenticated_per_address) == (20, 20, 20, 8)
