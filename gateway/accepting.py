@@ -18,7 +18,7 @@ import trio
 
 from gateway.feed.guard import LogThrottle
 
-__all__ = ["CAPACITY_ERRNOS", "serve_accepting"]
+__all__ = ["CAPACITY_ERRNOS", "serve_accepting", "summarize_suppressed"]
 
 log = structlog.get_logger(__name__)
 
@@ -34,12 +34,14 @@ async def serve_accepting(listener: trio.abc.Listener[Any],
     count a metric) whenever accepting failed for lack of descriptors or memory."""
     throttle = LogThrottle(60.0)
     delay = BACKOFF_FIRST_S
+    failures = 0
     while True:
         try:
             stream = await listener.accept()
         except OSError as err:
             if err.errno not in CAPACITY_ERRNOS:
                 raise
+            failures += 1
             if on_full is not None:
                 on_full()
             suppressed = throttle.admit(f"{name}:{err.errno}", trio.current_time())
@@ -50,5 +52,18 @@ async def serve_accepting(listener: trio.abc.Listener[Any],
             await trio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
             continue
+        if failures:
+            log.warning("accepting connections again", listener=name, failed_accepts=failures)
+            failures = 0
         delay = BACKOFF_FIRST_S
         nursery.start_soon(handler, stream)
+
+
+async def summarize_suppressed(throttle: LogThrottle, message: str, **fields: Any) -> None:
+    """Every interval, one line per kind whose repeats `throttle` kept out of the log, with
+    the count: an attack that stops still has its size told."""
+    while True:
+        await trio.sleep(throttle.interval_s)
+        for kind, count in throttle.due(trio.current_time()):
+            log.warning(message, kind=kind, repeated=count,
+                        within_s=throttle.interval_s, **fields)

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ from drivers.sas import messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.crc import check_crc
 from drivers.sas.errors import SasRemoteProtocolError
-from gateway.accepting import serve_accepting
+from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
 from gateway.errors import ConfigError
@@ -420,6 +421,7 @@ class ControlServer:
                                     unauthenticated_per_address=MAX_CONNECTIONS_PER_USER)
         self._throttle = LogThrottle(60.0)
         self.refused = 0
+        self.errors = 0
 
     async def open(self) -> None:
         """Bind the socket. ConfigError (fatal, names gateway.control_socket) when another
@@ -461,6 +463,9 @@ class ControlServer:
             async with trio.open_nursery() as nursery:
                 log.info("control socket listening", path=str(self.path))
                 task_status.started(self.path)
+                nursery.start_soon(partial(
+                    summarize_suppressed, self._throttle,
+                    "control: repeated warnings not logged one by one", listener="control"))
                 # Out of descriptors is not fatal here either (a diag during a flood was).
                 await serve_accepting(listener, self._admit, nursery, name="control")
         finally:
@@ -491,6 +496,12 @@ class ControlServer:
             return
         try:
             await self._serve(stream)
+        except* Exception as group:
+            # A bulkhead, deliberately: a bug reached from a diag request must not stop the
+            # floor. Logged with its traceback (once a minute at most); the connection closes.
+            self.errors += 1
+            if self._throttle.admit("handler_bug", trio.current_time()) is not None:
+                log.error("control request failed: a bug, please report it", exc_info=group)
         finally:
             ticket.release()
 

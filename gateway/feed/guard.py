@@ -110,3 +110,13 @@ class LogThrottle:
             return None
         self._last[kind] = now
         return self._suppressed.pop(kind, 0)
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """Kinds with repeats suppressed for a whole interval, and how many: for a periodic
+        summary line, so the count is told even when the attack (and the next line) stops."""
+        out = [(kind, count) for kind, count in self._suppressed.items()
+               if now - self._last[kind] >= self.interval_s]
+        for kind, _ in out:
+            del self._suppressed[kind]
+            self._last[kind] = now
+        return out

@@ -43,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from drivers.base import MachineRef
 from gateway import __version__
-from gateway.accepting import CAPACITY_ERRNOS, serve_accepting
+from gateway.accepting import CAPACITY_ERRNOS, serve_accepting, summarize_suppressed
 from gateway.errors import GatewayError, StoreError
 from gateway.events import rfc3339, system_draft
 from gateway.feed.guard import Admission, LogThrottle, Ticket
@@ -359,6 +359,9 @@ class FeedServer:
         self._refused = Counter("gateway_feed_refused_connections", "Feed connections closed at "
                                 "once: a connection cap was reached.", ["reason"],
                                 registry=self.registry)
+        self._handler_errors = Counter("gateway_feed_handler_errors", "Feed connections "
+                                       "ended by an unexpected error (a bug).",
+                                       registry=self.registry)
         self._accept_full = Counter("gateway_feed_accept_failures", "Accepts that failed for "
                                     "lack of file descriptors or memory.", registry=self.registry)
         connections = Gauge("gateway_feed_connections", "Open feed connections (HTTP and "
@@ -392,6 +395,9 @@ class FeedServer:
             self._warn_if_clear()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fanout)
+                nursery.start_soon(partial(summarize_suppressed, self._throttle,
+                                           "feed: repeated warnings not logged one by one",
+                                           listener="feed"))
                 listeners = await self._listen_or_retry(task_status)
                 for listener in listeners:
                     nursery.start_soon(partial(
@@ -638,6 +644,14 @@ class FeedServer:
         except* (trio.BrokenResourceError, trio.ClosedResourceError,
                  trio_websocket.ConnectionClosed, h11.RemoteProtocolError):
             pass  # the client went away, sent garbage, or failed its TLS handshake
+        except* Exception as group:
+            # A bulkhead, deliberately: a bug reached from one client's input must not stop
+            # the polling of the floor. It is a bug all the same: counted, logged with its
+            # traceback (once a minute at most), and the connection is closed.
+            self._handler_errors.inc()
+            if self._throttle.admit("handler_bug", trio.current_time()) is not None:
+                log.error("feed connection failed: a bug, please report it", client=remote,
+                          exc_info=group)
         finally:
             ticket.release()
             await trio.aclose_forcefully(stream)

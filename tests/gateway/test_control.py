@@ -363,3 +363,17 @@ async def test_connection_caps_and_idle_timeout(tmp_path: Path, monkeypatch: pyt
             silent = await trio.open_unix_socket(str(run.socket))
             assert await silent.receive_some(100) == b""
             await silent.aclose()
+            # A bug reached from a request closes that connection, not the daemon.
+            real = control.snapshot
+
+            async def broken(gw: daemon.Gateway) -> dict[str, Any]:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(control, "snapshot", broken)
+            stream = await trio.open_unix_socket(str(run.socket))
+            await stream.send_all(b'{"cmd": "status"}\n')
+            assert await stream.receive_some(100) == b""
+            await stream.aclose()
+            monkeypatch.setattr(control, "snapshot", real)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply["ok"] is True

@@ -291,3 +291,55 @@ def test_caps_fit_the_descriptor_limit():
     tight = _admission(settings, FD_RESERVE + 40)
     assert (tight.total, tight.unauthenticated_cap, tight.per_address,
             tight.unauthenticated_per_address) == (20, 20, 20, 8)
+
+
+def test_log_throttle_tells_the_count_when_the_repeats_stop():
+    throttle = LogThrottle(60.0)
+    assert throttle.admit("x", 0.0) == 0
+    for t in range(1, 30):
+        assert throttle.admit("x", float(t)) is None
+    assert throttle.due(30.0) == []            # not a whole interval yet
+    assert throttle.due(61.0) == [("x", 29)]
+    assert throttle.due(200.0) == []           # told once
+    assert throttle.admit("x", 201.0) == 0
+
+
+async def test_accepting_again_is_logged_with_the_failure_count(autojump_clock):
+    handled = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        handled.set()
+
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(serve_accepting, FullListener(3), handler, nursery,
+                                       name="test"))
+            await handled.wait()
+            nursery.cancel_scope.cancel()
+    again = [e for e in logs if e["event"] == "accepting connections again"]
+    assert len(again) == 1 and again[0]["failed_accepts"] == 3
+
+
+async def test_a_bug_reached_from_one_connection_does_not_stop_the_server(start_feed,
+                                                                          monkeypatch):
+    from gateway.feed.protocol import FeedSession
+
+    original = FeedSession.receive
+
+    def receive(self: FeedSession, frame: str | bytes) -> list[Any]:
+        if frame == "boom":
+            raise RuntimeError("a bug")
+        return original(self, frame)
+
+    monkeypatch.setattr(FeedSession, "receive", receive)
+    with trio.fail_after(15), capture_logs() as logs:
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            assert (await auth(ws))["type"] == "welcome"
+            await ws.send_message("boom")
+            await closed_with(ws)
+        assert (await http_get(feed.port, "/health"))[0] == 200
+        _, _, body = await http_get(feed.port, "/metrics")
+        assert "gateway_feed_handler_errors_total 1.0" in body.decode()
+    assert [e["log_level"] for e in logs if e["event"].startswith("feed connection failed")] \
+        == ["error"]
