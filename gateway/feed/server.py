@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import ipaddress
 import math
 import resource
 import ssl
@@ -47,6 +46,21 @@ from gateway.accepting import CAPACITY_ERRNOS, serve_accepting, summarize_suppre
 from gateway.errors import GatewayError, StoreError
 from gateway.events import rfc3339, system_draft
 from gateway.feed.guard import Admission, LogThrottle, Ticket
+from gateway.feed.http import (
+    CONTENT_TYPES,
+    MAX_HEADER_BYTES,
+    REASONS,
+    Prefixed,
+    header,
+    is_loopback,
+    linger,
+    next_event,
+    refuse,
+    remote_address,
+    request_bytes,
+    respond,
+    same_origin,
+)
 from gateway.feed.protocol import (
     EVENTS_FRAME_OVERHEAD,
     POLICY_VIOLATION,
@@ -83,23 +97,12 @@ log = structlog.get_logger(__name__)
 CommandHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 STATIC_DIR = Path(__file__).parent / "static"
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
-                 ".png": "image/png", ".ico": "image/x-icon", ".json": "application/json"}
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"cache-control", b"no-cache"),
-    (b"content-security-policy",
-     b"default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'"),
-]
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0       # how long a closing handshake (or a "too slow" close) may take
 SHUTDOWN_CLOSE_S = 0.25     # per client, while the daemon stops
 REPLAY_PAGE = 500
 FANOUT_CHUNK = 16           # clients served in one go during a flush ...
 FANOUT_GAP_S = 0.001        # ... then the trio thread idles this long (see _flush)
-MAX_HEADER_BYTES = 16_384   # request line and headers; more is answered with 431
-_REASONS = {431: b"Request Header Fields Too Large"}
 
 
 @dataclass(frozen=True)
@@ -244,31 +247,6 @@ class FeedStatistics:
     frames_queued: int      # events frames put into client queues
     frames_sent: int        # frames written by the senders (merged frames count once)
     dropped: int            # clients dropped as too slow
-
-
-class _Prefixed(trio.abc.Stream):
-    """A stream that first yields bytes already read by h11, so trio-websocket sees the upgrade
-    request as if it had read it itself."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class _Collector:
@@ -447,7 +425,7 @@ class FeedServer:
     def _warn_if_clear(self) -> None:
         """Staff tokens over plain ws:// on an address others can reach travel in clear."""
         if self.settings.certfile is None and self.settings.tokens \
-                and not _is_loopback(self.settings.host):
+                and not is_loopback(self.settings.host):
             log.error("STAFF TOKENS IN CLEAR: the feed listens without TLS on a non-loopback "
                       "address; anyone on the LAN can read them. Set feed.certfile and "
                       "feed.keyfile, or listen on 127.0.0.1 behind a TLS proxy",
@@ -630,17 +608,17 @@ class FeedServer:
     # -- HTTP ------------------------------------------------------------------------------------
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        remote = _remote_address(stream)
+        remote = remote_address(stream)
         ticket = self._admission.admit(remote)
         if isinstance(ticket, str):
             self._refused.labels(ticket).inc()
             self._note("feed connection refused: cap reached", f"refused:{ticket}",
                        client=remote, reason=ticket)
-            await _refuse(stream)
+            await refuse(stream)
             return
         try:
             await self._serve_http(stream, remote, ticket)
-            await _linger(stream)
+            await linger(stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError,
                  trio_websocket.ConnectionClosed, h11.RemoteProtocolError):
             pass  # the client went away, sent garbage, or failed its TLS handshake
@@ -662,38 +640,38 @@ class FeedServer:
             request = None
             with trio.move_on_after(self.settings.header_timeout_s):
                 try:
-                    request = await _next_event(conn, stream)
+                    request = await next_event(conn, stream)
                 except h11.RemoteProtocolError as err:
                     # h11 will not frame a response to a request it could not parse: write
                     # the error by hand and close.
                     await stream.send_all(
                         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n"
                         b"content-length: 12\r\nconnection: close\r\n\r\nbad request\n"
-                        % (err.error_status_hint, _REASONS.get(err.error_status_hint,
+                        % (err.error_status_hint, REASONS.get(err.error_status_hint,
                                                               b"Bad Request")))
                     return
             if not isinstance(request, h11.Request):
                 return
             if request.method not in (b"GET", b"HEAD"):
-                await _respond(conn, stream, 405, b"method not allowed\n", "text/plain",
+                await respond(conn, stream, 405, b"method not allowed\n", "text/plain",
                                [(b"allow", b"GET, HEAD")])
                 return
             target = request.target.split(b"?", 1)[0].decode("ascii", "replace")
-            upgrade = _header(request, b"upgrade").lower() == b"websocket"
+            upgrade = header(request, b"upgrade").lower() == b"websocket"
             # Read to the end of the request (a GET has no body); an upgrade request then
             # pauses h11, which leaves any bytes after it in `trailing_data`.
             end = None
             with trio.move_on_after(self.settings.header_timeout_s):
-                end = await _next_event(conn, stream)
+                end = await next_event(conn, stream)
                 while end is not None and end is not h11.PAUSED and upgrade:
-                    end = await _next_event(conn, stream)
+                    end = await next_event(conn, stream)
             if end is None:
                 return
             if upgrade:
                 await self._upgrade(conn, stream, request, target, remote, ticket)
                 return
             status, body, ctype = await self._route(target)
-            await _respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
+            await respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -739,19 +717,19 @@ class FeedServer:
     async def _upgrade(self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request,
                        target: str, remote: str, ticket: Ticket) -> None:
         if target != "/feed":
-            await _respond(conn, stream, 404, b"the feed is at /feed\n", "text/plain")
+            await respond(conn, stream, 404, b"the feed is at /feed\n", "text/plain")
             return
-        origin = _header(request, b"origin").decode("latin-1")
+        origin = header(request, b"origin").decode("latin-1")
         if origin and self.settings.allowed_origins and origin not in self.settings.allowed_origins \
-                and not _same_origin(origin, _header(request, b"host").decode("latin-1")):
-            await _respond(conn, stream, 403, b"origin not allowed\n", "text/plain")
+                and not same_origin(origin, header(request, b"host").decode("latin-1")):
+            await respond(conn, stream, 403, b"origin not allowed\n", "text/plain")
             return
         now = trio.current_time()
         if self._limiter.blocked(remote, now):
             self._rate_limited.inc()
             self._note("feed login refused: too many attempts (429)", "429", client=remote)
             retry = str(self._limiter.retry_after(remote, now)).encode()
-            await _respond(conn, stream, 429, b"too many failed authentications\n", "text/plain",
+            await respond(conn, stream, 429, b"too many failed authentications\n", "text/plain",
                            [(b"retry-after", retry)])
             return
         # Counted from here, before any checkpoint: attempts in flight use up the budget too.
@@ -765,18 +743,18 @@ class FeedServer:
     async def _websocket(self, conn: h11.Connection, stream: trio.abc.Stream,
                          request: h11.Request, remote: str, ticket: Ticket,
                          attempt: _Attempt) -> None:
-        offered = [p.strip() for p in _header(request, b"sec-websocket-protocol")
+        offered = [p.strip() for p in header(request, b"sec-websocket-protocol")
                    .decode("latin-1").split(",") if p.strip()]
         token = next((p[len(TOKEN_PREFIX):] for p in offered if p.startswith(TOKEN_PREFIX)), None)
         # A browser fails the handshake unless the server picks one of the offered protocols.
         chosen = SUBPROTOCOL if SUBPROTOCOL in offered else (
             TOKEN_PREFIX + token if token is not None else None)
-        raw = _request_bytes(request) + conn.trailing_data[0]
+        raw = request_bytes(request) + conn.trailing_data[0]
         async with trio.open_nursery() as nursery:
             ws = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
                 ws_request = await trio_websocket.wrap_server_stream(
-                    nursery, _Prefixed(stream, raw),
+                    nursery, Prefixed(stream, raw),
                     max_message_size=self.settings.max_message_bytes)
                 ws = await ws_request.accept(subprotocol=chosen)
             if ws is None:
@@ -1038,90 +1016,3 @@ def _admission(settings: FeedSettings, nofile: int) -> Admission:
 
 
 _RETRY_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL}) | CAPACITY_ERRNOS
-_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
-            b"content-length: 18\r\nconnection: close\r\nretry-after: 5\r\n\r\n"
-            b"too many requests\n")
-
-
-async def _refuse(stream: trio.abc.Stream) -> None:
-    """Answer a connection over a cap with 503 (plain HTTP only: a TLS handshake would cost
-    more than the answer is worth) and close it."""
-    if isinstance(stream, trio.SocketStream):
-        with trio.move_on_after(1.0):
-            try:
-                await stream.send_all(_REFUSED)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-    await trio.aclose_forcefully(stream)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _remote_address(stream: trio.abc.Stream) -> str:
-    inner = getattr(stream, "transport_stream", stream)
-    try:
-        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return "unknown"
-
-
-def _header(request: h11.Request, name: bytes) -> bytes:
-    values = [value for key, value in request.headers if key == name]
-    return b", ".join(values)
-
-
-def _same_origin(origin: str, host: str) -> bool:
-    return bool(host) and origin.split("://", 1)[-1] == host
-
-
-def _request_bytes(request: h11.Request) -> bytes:
-    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
-    lines += [name + b": " + value for name, value in request.headers.raw_items()]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-async def _linger(stream: trio.abc.Stream) -> None:
-    """Half-close and read what the client still sends, briefly: closing a socket with unread
-    input makes the kernel send a reset, which can destroy the response before it is read."""
-    with trio.move_on_after(1.0):
-        if isinstance(stream, trio.SocketStream):
-            await stream.send_eof()
-        while await stream.receive_some(MAX_HEADER_BYTES):
-            pass
-
-
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
-    """The next h11 event, reading as needed; None once the peer has closed."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            # h11 checks its limit only between reads, so reading 16 KiB at a time let a head
-            # grow to nearly 32 KiB: never read past MAX_HEADER_BYTES of unparsed input.
-            room = MAX_HEADER_BYTES - len(conn.trailing_data[0])
-            if room <= 0 and conn.their_state is h11.IDLE:
-                raise h11.RemoteProtocolError("request head too large", 431)
-            conn.receive_data(await stream.receive_some(max(room, 1)))
-            continue
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        return event
-
-
-async def _respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, body: bytes,
-                   content_type: str, extra: list[tuple[bytes, bytes]] | None = None, *,
-                   head: bool = False) -> None:
-    headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS, *(extra or [])]
-    if status >= 400:
-        headers.append((b"connection", b"close"))
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-    if body and not head:
-        await stream.send_all(conn.send(h11.Data(data=body)))
-    await stream.send_all(conn.send(h11.EndOfMessage()))
