@@ -132,8 +132,8 @@ async def next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
 
 
 async def respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, body: bytes,
-                   content_type: str, extra: list[tuple[bytes, bytes]] | None = None, *,
-                   head: bool = False) -> None:
+                  content_type: str, extra: list[tuple[bytes, bytes]] | None = None, *,
+                  head: bool = False) -> None:
     headers = [(b"content-type", content_type.encode()),
                (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS, *(extra or [])]
     if status >= 400:

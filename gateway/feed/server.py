@@ -648,13 +648,13 @@ class FeedServer:
                         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n"
                         b"content-length: 12\r\nconnection: close\r\n\r\nbad request\n"
                         % (err.error_status_hint, REASONS.get(err.error_status_hint,
-                                                              b"Bad Request")))
+                                                             b"Bad Request")))
                     return
             if not isinstance(request, h11.Request):
                 return
             if request.method not in (b"GET", b"HEAD"):
                 await respond(conn, stream, 405, b"method not allowed\n", "text/plain",
-                               [(b"allow", b"GET, HEAD")])
+                              [(b"allow", b"GET, HEAD")])
                 return
             target = request.target.split(b"?", 1)[0].decode("ascii", "replace")
             upgrade = header(request, b"upgrade").lower() == b"websocket"
@@ -730,7 +730,7 @@ class FeedServer:
             self._note("feed login refused: too many attempts (429)", "429", client=remote)
             retry = str(self._limiter.retry_after(remote, now)).encode()
             await respond(conn, stream, 429, b"too many failed authentications\n", "text/plain",
-                           [(b"retry-after", retry)])
+                          [(b"retry-after", retry)])
             return
         # Counted from here, before any checkpoint: attempts in flight use up the budget too.
         self._limiter.begin(remote)
