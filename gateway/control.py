@@ -15,6 +15,11 @@ object per line in each direction:
 Tracing never slows a port: frames go to each subscriber through a bounded queue, and a subscriber
 that falls behind loses frames (it is told how many with {"dropped": n}). With nobody tracing, the
 cost per frame is one dictionary lookup.
+
+Group members are trusted to read, not to send well-formed input or to behave: a request line is
+parsed within gateway.bounded's budgets (`parse_request`), at most 16 connections are served at
+once (8 per peer uid), one that sends no request within 10 s is closed, and running out of
+descriptors backs off accepting instead of stopping the daemon (gateway/accepting.py).
 """
 
 from __future__ import annotations
