@@ -56,7 +56,7 @@ from gateway.control import (
     traced_opener,
 )
 from gateway.errors import ConfigError
-from gateway.feed.protocol import TokenEntry, TokenTable
+from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
@@ -159,6 +159,7 @@ class Gateway:
     feed_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
+    port_errors: dict[str, str] = field(default_factory=dict)  # why a port is down, for diag
     trace: TraceHub = field(default_factory=TraceHub)
     activity: Activity = field(default_factory=Activity)
     health: PipelineHealth = field(default_factory=lambda: PipelineHealth(15.0))
@@ -227,24 +228,38 @@ async def supervise_port(gw: Gateway, name: str, *,
     started after the first attempt, successful or not, so one dead port cannot hold READY."""
     driver = gw.drivers[name]
     backoff, reported = 1.0, False
+    down_since: float | None = None  # trio time of the first failure of the current outage
+    failures = 0  # in the current outage
     while True:
         began = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(driver.run, gw.sink)
+                if down_since is not None:
+                    # Every "down" has its recovery line, so the journal shows how long.
+                    log.info("port recovered", port=name, attempts=failures,
+                             down_for_s=round(trio.current_time() - down_since, 1))
+                    down_since, failures = None, 0
+                    gw.port_errors.pop(name, None)
                 if not reported:
                     reported = True
                     task_status.started()
         except* RECOVERABLE as group:
             gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
+            failures += 1
+            if down_since is None:
+                down_since = trio.current_time()
             error = group.exceptions[0]
+            gw.port_errors[name] = str(error)
+            # A port that ran for a minute starts its backoff again; decided before the log
+            # line, so retry_in_s is the delay really slept.
+            if trio.current_time() - began > 60:
+                backoff = 1.0
             log.warning("port failed; will retry", port=name, error=str(error),
-                        error_type=type(error).__name__, retry_in_s=backoff)
+                        error_type=type(error).__name__, retry_in_s=backoff, attempt=failures)
         if not reported:
             reported = True
             task_status.started()
-        if trio.current_time() - began > 60:
-            backoff = 1.0
         await trio.sleep(backoff)
         backoff = min(backoff * 2, 30.0)
 
@@ -343,16 +358,14 @@ def reload_config(gw: Gateway) -> dict[str, list[str]]:
     if "feed.tokens" in changed and old.feed is not None and new.feed is not None:
         assert gw.feed is not None
         entries = tuple(TokenEntry(t.name, t.role, t.sha256) for t in new.feed.tokens)
-        # FeedServer reads its token table for each new connection; sessions already
-        # authenticated keep their identity until they disconnect.
-        gw.feed.settings = dataclasses.replace(gw.feed.settings, tokens=entries)
-        gw.feed._tokens = TokenTable(entries)
+        # New connections use the new table; sessions whose token is gone are closed.
+        revoked = gw.feed.replace_tokens(entries)
         running = dataclasses.replace(running, feed=dataclasses.replace(
             running.feed, tokens=new.feed.tokens))  # type: ignore[arg-type]
         before = {t.name for t in old.feed.tokens}
         after = {t.name for t in new.feed.tokens}
         log.info("SIGHUP: feed tokens reloaded", added=sorted(after - before),
-                 removed=sorted(before - after), tokens=len(entries))
+                 removed=sorted(before - after), tokens=len(entries), sessions_closed=revoked)
         result["applied"].append("feed.tokens")
     if "commands.allowed" in changed:
         gw.commands.settings = dataclasses.replace(gw.commands.settings,
@@ -377,6 +390,7 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
     interval = notifier.watchdog_interval()
     last = ""
     withheld = False
+    next_ping = trio.current_time()
     while True:
         now = trio.current_time()
         line = gw.status_line()
@@ -386,7 +400,8 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
         if line != last:
             notifier.status(line)
             last = line
-        if interval is not None:
+        if interval is not None and now >= next_ping:
+            next_ping = now + interval
             if alive:
                 notifier.watchdog()
                 if withheld:
@@ -397,7 +412,9 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
                           waited_s=round(gw.health.stalled_for(now), 1),
                           limit_s=gw.health.stall_after_s)
                 withheld = True
-        await trio.sleep(min(interval or 5.0, 5.0))
+        # STATUS= every 5 s at most; WATCHDOG=1 every half WatchdogSec (docs/operations.md).
+        wake = now + 5.0 if interval is None else min(now + 5.0, next_ping)
+        await trio.sleep_until(wake)
 
 
 async def run(config: Config, *, notifier: Notifier | None = None, handle_signals_: bool = True,
@@ -451,6 +468,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
 
         gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
                              command_handler=staff_command)
+        router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
     try:
         # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
         try:

@@ -30,6 +30,7 @@ import trio
 from nacl.signing import VerifyKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from gateway.bounded import InputRejected, check_plain
 from gateway.receiver.store import Checked, ReceiverStore, verify_events
 from gateway.uplink import protocol as proto
 
@@ -274,6 +275,8 @@ class _Receiver:
                         message = proto.decode(data, max_events=MAX_EVENTS_PER_FRAME)
                         if not isinstance(message, proto.Events | proto.CommandResult):
                             raise proto.ProtocolViolation(f"unexpected {type(message).__name__}")
+                        if isinstance(message, proto.CommandResult):
+                            _check_result(message)
                     except proto.ProtocolViolation as violation:
                         # The frames before it are committed and acked first, then the close.
                         await send.send(_Frame([], violation=violation))
@@ -335,6 +338,17 @@ class _Receiver:
                     await _close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
+
+
+def _check_result(message: proto.CommandResult) -> None:
+    """A command_result is stored as JSON: its data must be JSON-shaped and within budget (a
+    bytes map key, which msgpack allows, raised TypeError in the store), else a violation."""
+    try:
+        check_plain(message.data, max_depth=16, max_items=10_000)
+    except InputRejected as err:
+        raise proto.ProtocolViolation(f"command_result: data {err}") from None
+    if len(message.id) > 256 or len(message.reason) > 4096:
+        raise proto.ProtocolViolation("command_result: id or reason too long")
 
 
 @dataclass(eq=False)
