@@ -53,7 +53,9 @@ from gateway.feed.protocol import (
     Command,
     FailureLimiter,
     FeedSession,
+    History,
     Replay,
+    Resync,
     Send,
     TokenEntry,
     TokenTable,
@@ -62,7 +64,7 @@ from gateway.feed.protocol import (
     error,
     events_frame,
 )
-from gateway.feed.state import AlertBoard
+from gateway.feed.state import AlertBoard, Change
 from gateway.signing import decode_envelope
 
 if TYPE_CHECKING:
@@ -83,13 +85,14 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-cache"),
     (b"content-security-policy",
-     b"default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'"),
+     b"default-src 'self'; connect-src 'self'; frame-ancestors 'none'"),
 ]
 HEADER_TIMEOUT_S = 30.0     # a slow or idle HTTP client gets this long to send a request
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0       # how long a closing handshake (or a "too slow" close) may take
 SHUTDOWN_CLOSE_S = 0.25     # per client, while the daemon stops
 REPLAY_PAGE = 500
+STATUS_INTERVAL_S = 1.0     # how often the uplink status is checked for a change to push
 FANOUT_CHUNK = 16           # clients served in one go during a flush ...
 FANOUT_GAP_S = 0.001        # ... then the trio thread idles this long (see _flush)
 MAX_HEADER_BYTES = 16_384   # request line and headers; more is answered with 431
@@ -339,6 +342,7 @@ class FeedServer:
                      tls=self.settings.certfile is not None)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fanout)
+                nursery.start_soon(self._watch_status)
                 task_status.started(port)
                 await trio.serve_listeners(self._serve_connection, listeners,
                                            handler_nursery=nursery)
@@ -404,11 +408,13 @@ class FeedServer:
         two flushes (the fan-out task's and an acknowledgement's) from interleaving."""
         async with self._flush_lock:
             envelopes, self._pending = self._pending, []
-            changed, self._board_changed = self._board_changed, False
-            if not self._clients or (not envelopes and not changed):
+            self._board_changed = False
+            # Drained even with nobody connected: a client that joins gets a snapshot.
+            changes = self.board.drain()
+            if not self._clients or (not envelopes and not changes):
                 return 0
             self._flushes += 1
-            alerts = self._alerts_message() if changed else None
+            alerts = self._delta_message(changes) if changes else None
             groups: dict[Any, list[_Client]] = {}
             for client in list(self._clients):
                 groups.setdefault(client.session.filter.key(), []).append(client)
@@ -484,20 +490,42 @@ class FeedServer:
         for value in fresh:
             self._durable.observe(value)
 
-    def _alerts_message(self) -> str:
-        return dumps({"type": "alerts", "time": rfc3339(time.time()), "state": self._state()})
+    def _delta_message(self, changes: list[Change]) -> str:
+        return dumps({"type": "alerts_delta", "time": rfc3339(time.time()),
+                      "base": changes[0].version - 1, "version": changes[-1].version,
+                      "changes": [c.as_dict() for c in changes]})
+
+    def _snapshot_message(self) -> str:
+        return dumps({"type": "alerts_snapshot", "time": rfc3339(time.time()),
+                      "state": self._state()})
+
+    def uplink(self) -> dict[str, Any]:
+        """The uplink as the page and /health show it: the daemon's one tracker
+        (gateway/status.py), never the last uplink event in the outbox."""
+        view = dict(self.status().get("uplink_status") or {})
+        if not view:
+            return {"state": "unknown", "connected": None, "since": None,
+                    "reason": "no uplink status reported"}
+        since = view.get("since")
+        view["since"] = rfc3339(since) if isinstance(since, int | float) else None
+        return view
 
     def _state(self) -> dict[str, Any]:
-        state = self.board.snapshot()
-        if state["uplink"]["connected"] is None:
-            # No uplinkUp/uplinkDown seen yet: say what the uplink task reports right now.
-            uplink = self.status().get("uplink") or {}
-            if "connected" in uplink:
-                since = uplink.get("since")
-                state["uplink"] = {"connected": bool(uplink["connected"]),
-                                   "since": rfc3339(since) if isinstance(since, int | float)
-                                   else None, "reason": uplink.get("reason")}
-        return state
+        return {**self.board.snapshot(), "uplink": self.uplink()}
+
+    async def _watch_status(self) -> None:
+        """Push the uplink status to every client when it changes: checked every
+        STATUS_INTERVAL_S (a frozen platform is a matter of time, not of an event)."""
+        last = self.uplink()
+        while True:
+            await trio.sleep(STATUS_INTERVAL_S)
+            now = self.uplink()
+            if now != last:
+                last = now
+                message = dumps({"type": "status", "time": rfc3339(time.time()),
+                                 "uplink": now})
+                for client in list(self._clients):
+                    self._offer(client, ("text", message))
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -715,6 +743,14 @@ class FeedServer:
             self._offer(client, ("text", dumps(result)))
         elif isinstance(action, Command):
             self._offer(client, ("text", dumps(await self._command(action))))
+        elif isinstance(action, Resync):
+            # Queued behind what the client already has: deltas after it at or below the
+            # snapshot's version are skipped by the client (their `v` is not above it).
+            self._offer(client, ("text", self._snapshot_message()))
+        elif isinstance(action, History):
+            self._offer(client, ("text", dumps({
+                "type": "history", "machine": action.machine, "ref": action.ref,
+                "alerts": self.board.history(action.machine)})))
 
     async def _acknowledge(self, ack: Acknowledge) -> dict[str, Any]:
         refusal = self.board.ack_refusal(ack.alert_seq)

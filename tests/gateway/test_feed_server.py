@@ -53,6 +53,8 @@ def start_feed(make_outbox, nursery):
             outbox = make_outbox()
             await nursery.start(outbox.run_writer)
         status = {"uplink": {"connected": True, "since": 1_700_000_000.0, "reconnects": 2},
+                  "uplink_status": {"state": "up", "connected": True, "since": 1_700_000_000.0,
+                                    "reason": "connected, events acknowledged"},
                   "ports": {"p1": {"timeouts": 3, "crc_errors": 1,
                            "resent_after_reset": 2}}}
         settings = replace(FeedSettings(tokens=TOKENS), **overrides)
@@ -119,8 +121,11 @@ async def test_first_message_auth_gets_welcome_with_current_alerts(start_feed):
             ("door", "p1/1"), ("handpay", "p2/1")]
         assert state["alerts"][1]["seq"] == handpay
         assert state["alerts"][1]["data"]["amount"] == {"minor": 250000, "currency": "USD"}
-        assert state["uplink"]["connected"] is False
-        assert state["uplink"]["reason"] == "platform unreachable"
+        # The uplink's live state, not the last uplink event in the outbox, is what is shown.
+        assert state["uplink"] == {"state": "up", "connected": True,
+                                   "since": "2023-11-14T22:13:20.000Z",
+                                   "reason": "connected, events acknowledged"}
+        assert state["version"] == 2 and state["seq"] == 3
 
 
 async def test_alert_state_survives_a_restart_of_the_feed(start_feed, nursery):
@@ -132,7 +137,7 @@ async def test_alert_state_survives_a_restart_of_the_feed(start_feed, nursery):
         async with open_websocket_url(second.url) as ws:
             state = (await auth(ws, "viewer-token"))["state"]
         assert [a["kind"] for a in state["alerts"]] == ["offline", "tilt"]
-        assert state["uplink"]["connected"] is True, "from status() while no uplink event is seen"
+        assert state["uplink"]["connected"] is True
 
 
 async def test_first_message_must_be_auth(start_feed):
@@ -271,14 +276,17 @@ async def test_attendant_ack_is_recorded_and_comes_back_on_the_feed(start_feed):
             # The event and the new alert state are fanned out as soon as the acknowledgement is
             # durable, before the server answers the request itself.
             got = [await recv(ws) for _ in range(3)]
-            assert [m["type"] for m in got] == ["events", "alerts", "ack_result"]
-            [ack], alerts, result = got[0]["events"], got[1], got[2]
+            assert [m["type"] for m in got] == ["events", "alerts_delta", "ack_result"]
+            [ack], delta, result = got[0]["events"], got[1], got[2]
             assert result["ok"] and result["alert_seq"] == tilt
             assert ack["seq"] == result["seq"] == feed.outbox.last_seq
             assert ack["data"] == {"alert_seq": tilt, "by": "ann", "role": "attendant",
                                    "note": "reset done"}
             assert ack["machine"]["port"] == "p4" and ack["machine"]["address"] == 2
-            assert alerts["state"]["alerts"] == [], "an acknowledged tilt is cleared"
+            # An acknowledged tilt is cleared: one `closed` change, the next version.
+            assert (delta["base"], delta["version"]) == (1, 2)
+            assert delta["changes"] == [{"v": 2, "op": "closed", "seq": tilt, "machine": "p4/2",
+                                         "at": ack["timestamp"]}]
 
             await ws.send_message(json.dumps({"type": "ack", "alert_seq": tilt}))
             again = await recv_type(ws, "ack_result")
@@ -570,3 +578,50 @@ def test_settings_refuse_what_cannot_work():
         FeedSettings(client_queue=1)
     with pytest.raises(ValueError, match="together"):
         FeedSettings(certfile=Path("/etc/cert.pem"))
+
+
+# -- incremental alert state ----------------------------------------------------------------------
+
+async def test_alert_state_is_a_snapshot_then_versioned_deltas_and_resync(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        door = await feed.append("doorOpened", {"door": "main"})
+        async with open_websocket_url(feed.url) as ws:
+            welcome = await auth(ws, "viewer-token")
+            assert welcome["state"]["version"] == 1
+            tilt = await feed.append("tilt", {"kind": "reel_tilt"}, port="p2")
+            await feed.append("betPlaced")                       # changes nothing on the board
+            await feed.append("doorClosed", {"door": "main"})
+            changes: list[dict[str, Any]] = []
+            version = welcome["state"]["version"]
+            while version < 3:
+                delta = await recv_type(ws, "alerts_delta")
+                assert delta["base"] <= version, "no delta missed"
+                changes += [c for c in delta["changes"] if c["v"] > version]
+                version = delta["version"]
+            assert [(c["v"], c["op"]) for c in changes] == [(2, "opened"), (3, "closed")]
+            assert changes[0]["alert"]["seq"] == tilt and changes[1]["seq"] == door
+            # A client that lost track asks again and gets the whole state at the current version.
+            await ws.send_message(json.dumps({"type": "resync"}))
+            snapshot = await recv_type(ws, "alerts_snapshot")
+            assert snapshot["state"]["version"] == 3
+            assert [a["seq"] for a in snapshot["state"]["alerts"]] == [tilt]
+            await ws.send_message(json.dumps({"type": "history", "machine": "p1/1", "id": "h"}))
+            history = await recv_type(ws, "history")
+            assert (history["machine"], history["ref"]) == ("p1/1", "h")
+            assert [(a["seq"], a["closed"] is not None) for a in history["alerts"]] == [
+                (door, True)]
+            await ws.send_message(json.dumps({"type": "history", "machine": "nonsense"}))
+            assert (await recv_type(ws, "error"))["code"] == "bad_request"
+
+
+async def test_uplink_status_changes_are_pushed(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            assert (await auth(ws, "viewer-token"))["state"]["uplink"]["state"] == "up"
+            feed.status["uplink_status"] = {"state": "down", "connected": False,
+                                            "since": 1_700_000_100.0, "reason": "refused"}
+            pushed = await recv_type(ws, "status")
+            assert pushed["uplink"] == {"state": "down", "connected": False,
+                                        "since": "2023-11-14T22:15:00.000Z", "reason": "refused"}
