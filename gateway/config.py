@@ -103,6 +103,8 @@ class UplinkSection:
     dead_after_s: float = 30.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # Connected but nothing acknowledged while events wait this long: reported "frozen".
+    frozen_after_s: float = 10.0
 
 
 COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",

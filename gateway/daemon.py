@@ -59,6 +59,7 @@ from gateway.feed.protocol import TokenEntry, TokenTable
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
+from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
 
@@ -163,7 +164,16 @@ class Gateway:
     health: PipelineHealth = field(default_factory=lambda: PipelineHealth(15.0))
     control_path: Path | None = None
     config_path: Path | None = None
-    uplink_down_since: float | None = field(default_factory=time.time)
+    tracker: UplinkTracker | None = None
+
+    def uplink_view(self) -> UplinkView:
+        """The uplink as everything reports it (gateway/status.py): one tracker, one answer."""
+        if self.tracker is None:
+            self.tracker = UplinkTracker(self.started_at, self.config.uplink.frozen_after_s)
+        return self.tracker.observe(self.uplink.statistics(),
+                                    delivered_seq=self.outbox.delivered_seq,
+                                    depth=self.outbox.depth(), now=time.monotonic(),
+                                    wall=time.time())
 
     def status(self) -> dict[str, Any]:
         """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
@@ -179,16 +189,16 @@ class Gateway:
                 "failures": self.port_failures.get(name, 0),
                 "machines": {str(a): dict(m) for a, m in machines.items()},
             }
-        return {"uplink": dict(up), "ports": ports, "outbox": self.outbox.statistics()}
+        return {"uplink": dict(up), "uplink_status": self.uplink_view().as_dict(),
+                "ports": ports, "outbox": self.outbox.statistics()}
 
     def uplink_down_for(self) -> float | None:
-        """Seconds since the uplink was last connected (since start if never), None while up."""
-        if self.uplink.statistics().get("connected"):
-            self.uplink_down_since = None
+        """Seconds the uplink has not been delivering (down or frozen; since start if it never
+        connected), None while up."""
+        view = self.uplink_view()
+        if view.connected or view.since is None:
             return None
-        if self.uplink_down_since is None:
-            self.uplink_down_since = time.time()
-        return time.time() - self.uplink_down_since
+        return max(0.0, time.time() - view.since)
 
     def status_line(self) -> str:
         """'12/14 machines online, uplink down 4m, 3,211 queued'."""
@@ -196,7 +206,8 @@ class Gateway:
                      for m in d.statistics().machines.values() if m.get("online"))
         total = sum(len(p.addresses) for p in self.config.ports)
         down = self.uplink_down_for()
-        uplink = "uplink up" if down is None else f"uplink down {format_duration(down)}"
+        state = "frozen" if self.uplink_view().state == "frozen" else "down"
+        uplink = "uplink up" if down is None else f"uplink {state} {format_duration(down)}"
         line = f"{online}/{total} machines online, {uplink}, {self.outbox.depth():,} queued"
         if self.outbox.intake_stopped:
             line += ", DISK FULL: intake stopped"
