@@ -141,6 +141,15 @@ class FeedTokenSection:
         v in ("viewer", "attendant", "supervisor"), "one of viewer, attendant, supervisor")})
 
 
+def _zone_exists(name: str) -> bool:
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class FeedSection:
     """The local staff feed and alert page (gateway/feed, docs/feed-protocol.md)."""
@@ -165,6 +174,12 @@ class FeedSection:
         "check": lambda v: _check(0 <= v <= 10_000_000, "between 0 and 10000000")})
     degraded_depth: int = field(default=10_000, metadata={
         "check": lambda v: _check(v >= 1, "at least 1")})
+    # The board's clock (IANA name, e.g. "America/Chicago"; "" = the tablet's own zone) and how
+    # long a login on a shared tablet lasts.
+    time_zone: str = field(default="", metadata={"check": lambda v: _check(
+        v == "" or _zone_exists(v), "an IANA time zone name such as Europe/London")})
+    session_max_s: float = field(default=8 * 3600, metadata={
+        "check": lambda v: _check(60 <= v <= 7 * 86400, "between 60 s and 7 days")})
     tokens: tuple[FeedTokenSection, ...] = ()
 
     def __post_init__(self) -> None:

@@ -116,6 +116,8 @@ class FeedSettings:
     replay_max: int = 10_000
     history_events: int = 50_000
     degraded_depth: int = 10_000
+    time_zone: str = ""
+    session_max_s: float = 8 * 3600
     # Not in the configuration file: tuning knobs for tests and benchmarks.
     batch_interval_s: float = 0.05      # at most one events frame per client per interval
     max_frames_per_s: int = 2000        # and all clients together about this many frames a second
@@ -142,7 +144,8 @@ class FeedSettings:
             max_message_bytes=section.max_message_bytes, client_queue=section.client_queue,
             auth_failures_per_minute=section.auth_failures_per_minute,
             auth_timeout_s=section.auth_timeout_s, replay_max=section.replay_max,
-            history_events=section.history_events, degraded_depth=section.degraded_depth)
+            history_events=section.history_events, degraded_depth=section.degraded_depth,
+            time_zone=section.time_zone, session_max_s=section.session_max_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,15 +579,27 @@ class FeedServer:
             if upgrade:
                 await self._upgrade(conn, stream, request, target, remote)
                 return
-            status, body, ctype = await self._route(target)
-            await _respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
+            status, body, ctype, *extra = await self._route(target, remote)
+            await _respond(conn, stream, status, body, ctype, *extra,
+                           head=request.method == b"HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
-    async def _route(self, target: str) -> tuple[int, bytes, str]:
+    async def _route(self, target: str, remote: str) -> tuple[Any, ...]:
+        """(status, body, content type[, extra headers]) for a plain GET or HEAD."""
         if target == "/health":
             return 200, dumps(await self.health()).encode(), "application/json"
+        if target == "/feed":
+            # A plain GET of the feed's URL: how a page learns why its WebSocket handshake
+            # failed (browsers hide the status): 429 while this address is blocked.
+            now = trio.current_time()
+            if self._limiter.blocked(remote, now):
+                retry = self._limiter.retry_after(remote, now)
+                return 429, b"too many failed authentications\n", "text/plain", \
+                    [(b"retry-after", str(retry).encode())]
+            return 426, b"the feed is a WebSocket: send Upgrade: websocket\n", "text/plain", \
+                [(b"upgrade", b"websocket")]
         if target == "/metrics":
             return 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
         name = "index.html" if target in ("/", "/index.html") else (
@@ -706,7 +721,8 @@ class FeedServer:
                     "type": "welcome", "name": identity.name, "role": identity.role,
                     "server": {"version": __version__, "gateway_id": self.outbox.gateway_id,
                                "epoch": self.outbox.epoch, "last_seq": self.outbox.last_seq},
-                    "time": rfc3339(time.time()), "state": self._state()})))
+                    "time": rfc3339(time.time()), "time_zone": self.settings.time_zone or None,
+                    "session_max_s": self.settings.session_max_s, "state": self._state()})))
                 self._clients.add(client)
                 log.info("feed client joined", client=remote, name=identity.name,
                          role=identity.role)
