@@ -198,6 +198,20 @@ class FeedSection:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSection:
+    """/health and /metrics on their own listener (gateway/monitor.py, docs/operations.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=9464, metadata={
+        "check": lambda v: _check(0 <= v <= 65535, "a TCP port 0-65535")})
+    token_file: Path | None = None   # required when host is not loopback
+    uplink_down_s: float = 60.0      # /health: degraded when the uplink is down longer
+    undelivered_s: float = 300.0     # ... or the oldest undelivered event is older
+    degraded_depth: int = field(default=10_000, metadata={
+        "check": lambda v: _check(v >= 1, "at least 1")})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySection
     uplink: UplinkSection
@@ -206,6 +220,7 @@ class Config:
     commands: CommandsSection = CommandsSection()
     log: LogSection = LogSection()
     feed: FeedSection | None = None
+    monitor: MonitorSection | None = None
 
     @property
     def outbox_path(self) -> Path:
@@ -287,6 +302,11 @@ def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Conf
             if not 1 <= address <= 127:
                 raise ConfigError(f"ports[{i}].addresses[{j}]",
                                   f"expected a SAS address 1-127, got {address}")
+    monitor = config.monitor
+    if monitor is not None and monitor.token_file is None and monitor.host not in (
+            "127.0.0.1", "::1", "localhost"):
+        raise ConfigError("monitor.token_file", f"required when monitor.host ({monitor.host}) "
+                          "is not loopback: /health and /metrics are not for everyone")
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     return config

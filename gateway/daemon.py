@@ -57,6 +57,7 @@ from gateway.control import (
 from gateway.errors import ConfigError
 from gateway.feed.protocol import TokenEntry, TokenTable
 from gateway.feed.server import FeedServer, FeedSettings
+from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
 from gateway.status import UplinkTracker, UplinkView
@@ -157,6 +158,8 @@ class Gateway:
     commands: CommandRouter
     feed: FeedServer | None = None
     feed_port: int | None = None
+    monitor: Monitor | None = None
+    monitor_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
     trace: TraceHub = field(default_factory=TraceHub)
@@ -182,6 +185,7 @@ class Gateway:
         for name, driver in self.drivers.items():
             machines = driver.statistics().machines
             ports[name] = {
+                "state": driver.statistics().state,
                 "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
                 "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
                 "resent_after_reset": sum(m.get("resent_after_reset", 0)
@@ -255,6 +259,25 @@ async def supervise_port(gw: Gateway, name: str, *,
             backoff = 1.0
         await trio.sleep(backoff)
         backoff = min(backoff * 2, 30.0)
+
+
+def health_limits(config: Config) -> HealthLimits:
+    """When /health says degraded: [monitor] settings, else the defaults (and the feed's
+    degraded_depth, which predates [monitor])."""
+    if config.monitor is not None:
+        return HealthLimits(config.monitor.uplink_down_s, config.monitor.undelivered_s,
+                            config.monitor.degraded_depth)
+    if config.feed is not None:
+        return HealthLimits(depth=config.feed.degraded_depth)
+    return HealthLimits()
+
+
+async def watch_uplink(gw: Gateway) -> None:
+    """Sample the uplink tracker every second, so a frozen platform is noticed (and its start
+    dated) whether or not anyone is looking at /health or the board."""
+    while True:
+        gw.uplink_view()
+        await trio.sleep(1.0)
 
 
 async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,
@@ -408,12 +431,13 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                  control_path=control_socket_path(config.gateway), config_path=config_path)
     outbox.commit_listeners.append(gw.activity.on_commit)
     control: ControlServer | None = ControlServer(gw, gw.control_path)
+    gw.monitor = Monitor(outbox, gw.status, health_limits(config))
     if config.feed is not None:
         async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
             return await router.handle(request, f"staff:{requested_by}")
 
         gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
-                             command_handler=staff_command)
+                             command_handler=staff_command, monitor=gw.monitor)
         router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
     try:
         # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
@@ -432,6 +456,11 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
             if gw.feed is not None:
                 # The floor works without the platform: the feed starts before the uplink.
                 gw.feed_port = await nursery.start(gw.feed.run)
+            if config.monitor is not None:
+                gw.monitor_port = await nursery.start(serve_monitor, MonitorSettings(
+                    config.monitor.host, config.monitor.port, config.monitor.token_file),
+                    gw.monitor)
+            nursery.start_soon(watch_uplink, gw)
             for port in config.ports:
                 await nursery.start(supervise_port, gw, port.name)
             await nursery.start(uplink.run)

@@ -21,7 +21,6 @@ browser never slows the outbox (design.md sections 7 and 10; docs/feed-protocol.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import ssl
 import time
@@ -34,8 +33,7 @@ import h11
 import structlog
 import trio
 import trio_websocket
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import Counter, Gauge
 
 from drivers.base import MachineRef
 from gateway import __version__
@@ -65,6 +63,7 @@ from gateway.feed.protocol import (
     events_frame,
 )
 from gateway.feed.state import AlertBoard, Change
+from gateway.monitor import METRICS_TYPE, HealthLimits, Monitor
 from gateway.signing import decode_envelope
 
 if TYPE_CHECKING:
@@ -238,43 +237,6 @@ class _Prefixed(trio.abc.Stream):
         await self._stream.aclose()
 
 
-class _Collector:
-    """Figures read at scrape time from the outbox and the daemon's `status()`."""
-
-    def __init__(self, server: FeedServer) -> None:
-        self._server = server
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Any:
-        server = self._server
-        outbox = server.outbox
-        yield GaugeMetricFamily("gateway_outbox_depth", "Events not yet acknowledged by the "
-                                "platform.", value=outbox.depth())
-        yield GaugeMetricFamily("gateway_outbox_last_seq", "Seq of the newest durable event.",
-                                value=outbox.last_seq)
-        status = server.status()
-        uplink = status.get("uplink") or {}
-        yield GaugeMetricFamily("gateway_uplink_connected", "1 while the platform uplink is up.",
-                                value=1.0 if uplink.get("connected") else 0.0)
-        if isinstance(uplink.get("reconnects"), int | float):
-            yield CounterMetricFamily("gateway_uplink_reconnects", "Uplink reconnect attempts.",
-                                      value=uplink["reconnects"])
-        ports = status.get("ports") or {}
-        for key, name, text in (("timeouts", "gateway_port_timeouts", "Polls unanswered."),
-                                ("crc_errors", "gateway_port_crc_errors", "Frames with a bad "
-                                 "CRC."),
-                                ("resent_after_reset", "gateway_port_resent_after_reset",
-                                 "Exceptions a machine re-sent after a reset cut off their ACK, "
-                                 "acknowledged without a second record.")):
-            family = CounterMetricFamily(name, text, labels=["port"])
-            for port, figures in sorted(ports.items()):
-                if isinstance(figures, dict) and isinstance(figures.get(key), int | float):
-                    family.add_metric([str(port)], figures[key])
-            yield family
-
-
 class FeedServer:
     """The staff feed. Start with `await nursery.start(server.run)`, which returns the bound port.
 
@@ -285,7 +247,8 @@ class FeedServer:
     """
 
     def __init__(self, settings: FeedSettings, outbox: Outbox, status: Callable[[], dict[str, Any]],
-                 command_handler: CommandHandler | None = None) -> None:
+                 command_handler: CommandHandler | None = None, *,
+                 monitor: Monitor | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
         self.status = status
@@ -303,21 +266,16 @@ class FeedServer:
         self._flush_lock = trio.Lock()
         self._encoded = self._flushes = self._frames_queued = self._frames_sent = 0
         self._dropped_count = 0
-        self._last_latency: float | None = None
         self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
-        self.registry = CollectorRegistry()
-        self._events = Counter("gateway_events", "Events made durable, by type.", ["type"],
-                               registry=self.registry)
+        self._own_monitor = monitor is None
+        self.monitor = monitor or Monitor(outbox, status, HealthLimits(
+            depth=settings.degraded_depth))
+        self.registry = self.monitor.registry
         self._clients_gauge = Gauge("gateway_feed_clients", "Authenticated staff feed clients.",
                                     registry=self.registry)
         self._clients_gauge.set_function(lambda: len(self._clients))
         self._dropped = Counter("gateway_feed_dropped_clients", "Feed clients dropped as too slow.",
                                 registry=self.registry)
-        self._durable = Histogram(
-            "gateway_capture_to_durable_seconds", "From capture to committed in the outbox.",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry)
-        self.registry.register(_Collector(self))
 
     @property
     def client_count(self) -> int:
@@ -335,8 +293,6 @@ class FeedServer:
         """Rebuild the alert board from recent history, bind, report the port, serve forever."""
         self.outbox.commit_listeners.append(self._on_commit)
         try:
-            latencies = self.outbox.durable_latencies
-            self._last_latency = latencies[-1] if latencies else None
             await self._prime()
             listeners = await self._listen()
             sock = getattr(listeners[0], "transport_listener", listeners[0]).socket
@@ -351,6 +307,8 @@ class FeedServer:
                                            handler_nursery=nursery)
         finally:
             self.outbox.commit_listeners.remove(self._on_commit)
+            if self._own_monitor:
+                self.monitor.close()
 
     async def _listen(self) -> list[Any]:
         listeners: list[Any] = await trio.open_tcp_listeners(self.settings.port,
@@ -387,9 +345,7 @@ class FeedServer:
         if self._priming:
             self._backlog.extend(envelopes)
             return
-        self._observe_latencies()
         for envelope in envelopes:
-            self._events.labels(envelope["event"]).inc()
             if self.board.apply(envelope):
                 self._board_changed = True
         if self._clients:
@@ -478,20 +434,6 @@ class FeedServer:
                         name=client.session.identity and client.session.identity.name,
                         queued=client.queued)
         return False
-
-    def _observe_latencies(self) -> None:
-        # The outbox keeps the last 10,000 capture->durable figures in a deque; the newest ones
-        # since the last call are those to the right of the float object seen last time.
-        latencies = self.outbox.durable_latencies
-        fresh = []
-        for value in reversed(latencies):
-            if value is self._last_latency:
-                break
-            fresh.append(value)
-        if latencies:
-            self._last_latency = latencies[-1]
-        for value in fresh:
-            self._durable.observe(value)
 
     def _delta_message(self, changes: list[Change]) -> str:
         return dumps({"type": "alerts_delta", "time": rfc3339(time.time()),
@@ -589,7 +531,8 @@ class FeedServer:
     async def _route(self, target: str, remote: str) -> tuple[Any, ...]:
         """(status, body, content type[, extra headers]) for a plain GET or HEAD."""
         if target == "/health":
-            return 200, dumps(await self.health()).encode(), "application/json"
+            code, body = self.health()
+            return code, dumps(body).encode(), "application/json"
         if target == "/feed":
             # A plain GET of the feed's URL: how a page learns why its WebSocket handshake
             # failed (browsers hide the status): 429 while this address is blocked.
@@ -601,7 +544,7 @@ class FeedServer:
             return 426, b"the feed is a WebSocket: send Upgrade: websocket\n", "text/plain", \
                 [(b"upgrade", b"websocket")]
         if target == "/metrics":
-            return 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
+            return 200, self.monitor.metrics(), METRICS_TYPE
         name = "index.html" if target in ("/", "/index.html") else (
             target.removeprefix("/static/") if target.startswith("/static/") else None)
         # Only files listed from the static directory at start: no client path reaches open().
@@ -611,26 +554,9 @@ class FeedServer:
                 CONTENT_TYPES.get(path.suffix, "application/octet-stream")
         return 404, b"not found\n", "text/plain"
 
-    async def health(self) -> dict[str, Any]:
-        """What GET /health returns: ok, or degraded when the uplink is down or the backlog big."""
-        uplink = dict(self.status().get("uplink") or {})
-        depth = self.outbox.depth()
-        degraded = uplink.get("connected") is False or depth > self.settings.degraded_depth
-        return {"status": "degraded" if degraded else "ok", "version": __version__,
-                "time": rfc3339(time.time()), "uplink": uplink,
-                "outbox": {"depth": depth, "oldest_undelivered_s": await self._oldest_undelivered(),
-                           "last_seq": self.outbox.last_seq,
-                           "delivered_seq": self.outbox.delivered_seq},
-                "feed": {"clients": len(self._clients)}}
-
-    async def _oldest_undelivered(self) -> float:
-        if self.outbox.depth() <= 0:
-            return 0.0
-        rows = await self.outbox.read_after(self.outbox.delivered_seq, 1)
-        if not rows:
-            return 0.0
-        stamp = dt.datetime.fromisoformat(decode_envelope(rows[0][1])["timestamp"])
-        return round(max(0.0, time.time() - stamp.timestamp()), 3)
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """What GET /health returns (gateway/monitor.py), with the feed's own figures."""
+        return self.monitor.health({"feed": {"clients": len(self._clients)}})
 
     # -- WebSocket -------------------------------------------------------------------------------
 
@@ -710,6 +636,7 @@ class FeedServer:
                 await ws.send_message(dumps(action.message))
             elif isinstance(action, AuthFailed):
                 self._limiter.record(remote, trio.current_time())
+                self.monitor.auth_failures.inc()
                 log.warning("feed authentication failed", client=remote)
             elif isinstance(action, Close):
                 await ws.aclose(action.code, action.reason)

@@ -13,25 +13,10 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
-from .live import CHROMIUM, CHROMIUM_ARGS, OUTPUT, BusyFloor, LiveFeed, need_browser
+from .live import OUTPUT, BusyFloor, LiveFeed
 from .taps import RECORD_TAPS, tap_like_a_person
 
 TAP_SECONDS = float(os.environ.get("BOARD_TAP_SECONDS", "20"))
-
-
-@pytest.fixture
-def browser():
-    need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def log_in(page, url: str, token: str = "attendant-token") -> None:

@@ -424,17 +424,29 @@ async def test_health(start_feed):
         status, headers, body = await http_get(feed.port, "/health")
         health = json.loads(body)
         assert (status, headers[b"content-type"]) == (200, b"application/json")
-        assert health["status"] == "ok"
+        assert (health["status"], health["reasons"]) == ("ok", [])
         assert health["version"] and health["time"].endswith("Z")
         assert health["outbox"] == {"depth": 0, "oldest_undelivered_s": 0.0, "last_seq": 0,
-                                    "delivered_seq": 0}
+                                    "delivered_seq": 0, "intake_stopped": False}
         await feed.append("betPlaced", {"wager_credits": 1})
-        feed.status["uplink"] = {"connected": False, "since": 1_700_000_000.0}
-        health = json.loads((await http_get(feed.port, "/health"))[2])
-        assert health["status"] == "degraded"
+        # Down for longer than the limit (60 s by default): 503, and why.
+        feed.status["uplink_status"] = {"state": "down", "connected": False,
+                                        "since": time.time() - 90, "reason": "refused"}
+        status, _, body = await http_get(feed.port, "/health")
+        health = json.loads(body)
+        assert (status, health["status"]) == (503, "degraded")
         assert health["uplink"]["connected"] is False
+        [reason] = health["reasons"]
+        assert reason.startswith("uplink down for 9") and reason.endswith("(limit 60 s): refused")
         assert health["outbox"]["depth"] == 1
         assert 0 <= health["outbox"]["oldest_undelivered_s"] < 10
+        # Down for less than the limit is not yet worth a page.
+        feed.status["uplink_status"]["since"] = time.time() - 5
+        assert (await http_get(feed.port, "/health"))[0] == 200
+        feed.status["uplink_status"] = {"state": "frozen", "connected": False,
+                                        "since": time.time() - 5, "reason": "no acks"}
+        status, _, body = await http_get(feed.port, "/health")
+        assert (status, json.loads(body)["reasons"]) == (503, ["uplink frozen: no acks"])
 
 
 async def test_health_degraded_by_backlog(start_feed):
@@ -442,7 +454,8 @@ async def test_health_degraded_by_backlog(start_feed):
         feed = await start_feed(degraded_depth=2)
         for n in range(3):
             await feed.append("betPlaced", {"wager_credits": n})
-        assert json.loads((await http_get(feed.port, "/health"))[2])["status"] == "degraded"
+        status, _, body = await http_get(feed.port, "/health")
+        assert (status, json.loads(body)["reasons"]) == (503, ["3 events undelivered (limit 2)"])
 
 
 async def test_metrics(start_feed):

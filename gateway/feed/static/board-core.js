@@ -246,7 +246,7 @@
     let text = frozen ? "Platform not answering" : never
       ? "Platform not connected since the gateway started" : "Platform connection lost";
     const since = uplink.since ? parseTime(uplink.since) : null;
-    if (since !== null) text += " since " + clockTime(since, timeZone);
+    if (since !== null) text += (never ? " at " : " since ") + clockTime(since, timeZone);
     text += " (" + uplinkCause(uplink.reason) + ")";
     if (since !== null) text += ", " + formatAge((nowMs - since) / 1000) + " ago";
     return {

@@ -472,6 +472,7 @@
       empty.remove();
     }
     sortedAt = Date.now();
+    document.body.dataset.sortedAt = String(sortedAt);
     needsSort = false;
     $("sort").disabled = true;
   }
