@@ -15,6 +15,11 @@ object per line in each direction:
 Tracing never slows a port: frames go to each subscriber through a bounded queue, and a subscriber
 that falls behind loses frames (it is told how many with {"dropped": n}). With nobody tracing, the
 cost per frame is one dictionary lookup.
+
+Group members are trusted to read, not to send well-formed input or to behave: a request line is
+parsed within gateway.bounded's budgets (`parse_request`), at most 16 connections are served at
+once (8 per peer uid), one that sends no request within 10 s is closed, and running out of
+descriptors backs off accepting instead of stopping the daemon (gateway/accepting.py).
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import shutil
 import socket
 import sqlite3
 import stat
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +51,11 @@ from drivers.sas import messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.crc import check_crc
 from drivers.sas.errors import SasRemoteProtocolError
+from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
 from gateway.errors import ConfigError
+from gateway.feed.guard import Admission, LogThrottle
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -68,6 +77,9 @@ __all__ = [
 log = structlog.get_logger("gateway.control")
 
 MAX_REQUEST_BYTES = 65536
+MAX_CONNECTIONS = 16            # diag sessions at once; a tool looping on connect gets refused
+MAX_CONNECTIONS_PER_USER = 8    # per peer uid, so one user cannot lock out another
+REQUEST_TIMEOUT_S = 10.0        # to send a request line, and to take each answer
 TRACE_QUEUE = 1000
 RATE_WINDOW_S = 300.0
 
@@ -387,6 +399,10 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                    "last_error": up.get("last_error"), "url": gw.config.uplink.url},
         "key": {"kid": signer.kid, "public_key": public.hex(),
                 "fingerprint": key_fingerprint(public)},
+        "feed": None if gw.feed is None else {
+            "port": gw.feed.port, "listening": gw.feed.port is not None,
+            "bind_error": gw.feed.bind_error, "bind_failures": gw.feed.bind_failures,
+            "clients": gw.feed.client_count},
     }
 
 
@@ -405,6 +421,12 @@ class ControlServer:
         self.gw = gw
         self.path = path
         self._listener: trio.SocketListener | None = None
+        self._admission = Admission(total=MAX_CONNECTIONS, per_address=MAX_CONNECTIONS_PER_USER,
+                                    unauthenticated=MAX_CONNECTIONS,
+                                    unauthenticated_per_address=MAX_CONNECTIONS_PER_USER)
+        self._throttle = LogThrottle(60.0)
+        self.refused = 0
+        self.errors = 0
 
     async def open(self) -> None:
         """Bind the socket. ConfigError (fatal, names gateway.control_socket) when another
@@ -446,9 +468,11 @@ class ControlServer:
             async with trio.open_nursery() as nursery:
                 log.info("control socket listening", path=str(self.path))
                 task_status.started(self.path)
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._serve, stream)
+                nursery.start_soon(partial(
+                    summarize_suppressed, self._throttle,
+                    "control: repeated warnings not logged one by one", listener="control"))
+                # Out of descriptors is not fatal here either (a diag during a flood was).
+                await serve_accepting(listener, self._admit, nursery, name="control")
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
@@ -456,6 +480,35 @@ class ControlServer:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+    async def _admit(self, stream: trio.SocketStream) -> None:
+        """Apply the connection caps (per peer uid), then serve."""
+        user = _peer_user(stream)
+        ticket = self._admission.admit(user)
+        if isinstance(ticket, str):
+            self.refused += 1
+            suppressed = self._throttle.admit(ticket, trio.current_time())
+            if suppressed is not None:
+                log.warning("control connection refused: too many at once", user=user,
+                            reason=ticket, repeated=suppressed)
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.send_all(_encode({"ok": False, "error": "too many diag "
+                                                   "connections at once; try again"}))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await self._serve(stream)
+        except* Exception as group:
+            # A bulkhead, deliberately: a bug reached from a diag request must not stop the
+            # floor. Logged with its traceback (once a minute at most); the connection closes.
+            self.errors += 1
+            if self._throttle.admit("handler_bug", trio.current_time()) is not None:
+                log.error("control request failed: a bug, please report it", exc_info=group)
+        finally:
+            ticket.release()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         buffer = b""
@@ -467,9 +520,11 @@ class ControlServer:
                             await stream.send_all(_encode({"ok": False,
                                                            "error": "request too long"}))
                             return
-                        data = await stream.receive_some(65536)
+                        data = None
+                        with trio.move_on_after(REQUEST_TIMEOUT_S):
+                            data = await stream.receive_some(65536)
                         if not data:
-                            return
+                            return  # hung up, or idle too long
                         buffer += data
                     line, _, buffer = buffer.partition(b"\n")
                     if line.strip() and not await self._request(stream, line):
@@ -541,6 +596,16 @@ def parse_request(line: bytes) -> tuple[str, str | None]:
         raise InputRejected('trace: port must be a string, like {"cmd": "trace", "port": '
                             '"port1"}')
     return cmd, port if isinstance(port, str) else None
+
+
+def _peer_user(stream: trio.SocketStream) -> str:
+    """The connecting process's uid (SO_PEERCRED), the "address" the caps count per."""
+    try:
+        creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         struct.calcsize("3i"))
+        return f"uid:{struct.unpack('3i', creds)[1]}"
+    except (OSError, AttributeError, struct.error):
+        return "unknown"
 
 
 async def _answers(path: Path) -> bool:

@@ -55,7 +55,7 @@ from gateway.control import (
     traced_opener,
 )
 from gateway.errors import ConfigError
-from gateway.feed.protocol import TokenEntry, TokenTable
+from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
@@ -331,16 +331,14 @@ def reload_config(gw: Gateway) -> dict[str, list[str]]:
     if "feed.tokens" in changed and old.feed is not None and new.feed is not None:
         assert gw.feed is not None
         entries = tuple(TokenEntry(t.name, t.role, t.sha256) for t in new.feed.tokens)
-        # FeedServer reads its token table for each new connection; sessions already
-        # authenticated keep their identity until they disconnect.
-        gw.feed.settings = dataclasses.replace(gw.feed.settings, tokens=entries)
-        gw.feed._tokens = TokenTable(entries)
+        # New connections use the new table; sessions whose token is gone are closed.
+        revoked = gw.feed.replace_tokens(entries)
         running = dataclasses.replace(running, feed=dataclasses.replace(
             running.feed, tokens=new.feed.tokens))  # type: ignore[arg-type]
         before = {t.name for t in old.feed.tokens}
         after = {t.name for t in new.feed.tokens}
         log.info("SIGHUP: feed tokens reloaded", added=sorted(after - before),
-                 removed=sorted(before - after), tokens=len(entries))
+                 removed=sorted(before - after), tokens=len(entries), sessions_closed=revoked)
         result["applied"].append("feed.tokens")
     if "commands.allowed" in changed:
         gw.commands.settings = dataclasses.replace(gw.commands.settings,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 import termios
 from collections.abc import Callable
@@ -165,7 +166,8 @@ async def _trace(path: Path, port: str, count: int | None, out: TextIO, as_json:
         if as_json:
             print(json.dumps(head), file=out, flush=True)
         else:
-            print(f"tracing {port} ({head.get('device')}); Ctrl-C to stop", file=out, flush=True)
+            print(sanitize(f"tracing {port} ({head.get('device')}); Ctrl-C to stop"), file=out,
+                  flush=True)
         seen = 0
         while count is None or seen < count:
             item = await lines.next()
@@ -184,12 +186,39 @@ async def _trace(path: Path, port: str, count: int | None, out: TextIO, as_json:
 
 
 def format_frame(frame: dict[str, Any]) -> str:
+    frame = _scrub(frame)
     clock = datetime.fromtimestamp(frame["t"]).strftime("%H:%M:%S.%f")[:-3]
     arrow = "->" if frame["dir"] == "tx" else "<-"
     return f"{clock} {arrow} {frame['hex']:<24} {frame['text']}"
 
 
 # -- rendering -------------------------------------------------------------------------------------
+
+# C0 and C1 controls, DEL, and the Unicode format characters that reorder text (bidi overrides).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def sanitize(text: str) -> str:
+    """Text from machines, the platform or the daemon made safe for a terminal: every control
+    character shown as an escape (\\x1b, \\n), so a serial number or an error message can neither
+    send escape sequences to the technician's terminal nor forge a line of the report."""
+    return _UNSAFE.sub(lambda m: "\\" + _ESCAPES.get(m.group(), f"x{ord(m.group()):02x}")
+                       if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+_ESCAPES = {"\n": "n", "\r": "r", "\t": "t"}
+
+
+def _scrub(value: Any) -> Any:
+    """`sanitize` applied to every string in a snapshot or report, keys included."""
+    if isinstance(value, str):
+        return sanitize(value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
 
 def _dash(value: Any, fmt: Callable[[Any], str] = str) -> str:
     return "-" if value is None else fmt(value)
@@ -216,6 +245,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_status(s: dict[str, Any]) -> str:
+    s = _scrub(s)
     g = s["gateway"]
     out = [f"gateway {g['id']}  version {g['version']}  pid {g['pid']}  "
            f"up {format_duration(g['uptime_s'] or 0)}  "
@@ -466,6 +496,7 @@ def _advise(report: dict[str, Any]) -> None:
 
 
 def render_probe(report: dict[str, Any]) -> str:
+    report = _scrub(report)
     out = [f"probe {report['device']} address {report['address']}"]
     if "error" in report:
         out.append(f"  cannot open: {report['error']}")
@@ -489,7 +520,7 @@ def _run(fn: Callable[[], Any]) -> int:
     try:
         result: int = trio.run(fn)
     except ControlClientError as err:
-        print(f"casino-gateway diag: {err}", file=sys.stderr)
+        print(f"casino-gateway diag: {sanitize(str(err))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 0

@@ -31,3 +31,14 @@ def test_unit_has_the_promised_settings():
                     "RestrictAddressFamilies=", "SystemCallFilter="):
         assert setting in text, setting
     assert "PrivateDevices=yes" not in text  # it would hide the serial ports
+
+
+def test_unit_gives_descriptors_far_above_the_connection_caps():
+    """Issue 15: 1,100 half-open feed requests used all of the default 1,024 descriptors."""
+    from gateway.feed.server import FeedSettings
+
+    limits = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+              if line.startswith("LimitNOFILE=")]
+    assert len(limits) == 1
+    settings = FeedSettings()
+    assert int(limits[0]) >= 8 * (settings.max_connections + 16)

@@ -92,22 +92,36 @@ class TokenTable:
         self._entries = tuple(entries)
 
     def authenticate(self, token: object) -> Identity | None:
+        entry = self.entry_for(token)
+        return None if entry is None else Identity(entry.name, entry.role)
+
+    def entry_for(self, token: object) -> TokenEntry | None:
+        """The configured entry this token matches, or None."""
         if not isinstance(token, str) or not token:
             return None
         digest = hash_token(token).encode("ascii")
         found = None
         for entry in self._entries:
             if hmac.compare_digest(digest, entry.sha256.encode("ascii")) and found is None:
-                found = Identity(entry.name, entry.role)
+                found = entry
         return found
+
+    def holds(self, entry: TokenEntry) -> bool:
+        """True if `entry` (name, role and hash) is still configured: a session authenticated
+        with it may stay after a reload."""
+        return entry in self._entries
 
 
 class FailureLimiter:
-    """Failed authentications per remote address in a sliding minute. `now` is monotonic seconds."""
+    """Authentication attempts per remote address: failures in a sliding minute plus attempts
+    still in flight (a WebSocket connected and not yet authenticated). Counting those in flight
+    means opening 200 connections first buys no more guesses than opening them one by one.
+    `now` is monotonic seconds."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._failures: dict[str, deque[float]] = {}
+        self._in_flight: dict[str, int] = {}
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.get(address)
@@ -120,12 +134,26 @@ class FailureLimiter:
         return times
 
     def blocked(self, address: str, now: float) -> bool:
-        return len(self._recent(address, now)) >= self.per_minute
+        attempts = len(self._recent(address, now)) + self._in_flight.get(address, 0)
+        return attempts >= self.per_minute
 
     def retry_after(self, address: str, now: float) -> int:
-        """Whole seconds until the oldest counted failure leaves the window."""
+        """Whole seconds until the oldest counted failure leaves the window (1 while only
+        attempts in flight fill the budget)."""
         times = self._recent(address, now)
-        return max(1, int(times[0] + 60.0 - now) + 1) if times else 0
+        return max(1, int(times[0] + 60.0 - now) + 1) if times else 1
+
+    def begin(self, address: str) -> None:
+        """An attempt starts (counted until `end`)."""
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
+
+    def end(self, address: str) -> None:
+        """The attempt is over: authenticated, failed (also `record`) or disconnected."""
+        left = self._in_flight.get(address, 0) - 1
+        if left > 0:
+            self._in_flight[address] = left
+        else:
+            self._in_flight.pop(address, None)
 
     def record(self, address: str, now: float) -> None:
         # Prune everyone now and then so a scan from many addresses cannot grow the table forever.
@@ -273,6 +301,7 @@ class FeedSession:
         self._commands_enabled = commands_enabled
         self._max_bytes = max_message_bytes
         self.identity: Identity | None = None
+        self.entry: TokenEntry | None = None   # the token entry it authenticated with
         self.filter = Filter()
 
     def wants(self, envelope: dict[str, Any]) -> bool:
@@ -280,12 +309,13 @@ class FeedSession:
 
     def authenticate(self, token: str) -> list[Action]:
         """Authenticate with a token (from the first message or from the subprotocol)."""
-        identity = self._tokens.authenticate(token)
-        if identity is None:
+        entry = self._tokens.entry_for(token)
+        if entry is None:
             return [AuthFailed(), Send(error("auth_failed", "unknown token")),
                     Close(POLICY_VIOLATION, "authentication failed")]
-        self.identity = identity
-        return [Authenticated(identity)]
+        self.entry = entry
+        self.identity = Identity(entry.name, entry.role)
+        return [Authenticated(self.identity)]
 
     def receive(self, frame: str | bytes) -> list[Action]:
         if isinstance(frame, bytes):

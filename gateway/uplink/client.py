@@ -19,6 +19,7 @@ deadline on every step. The token is read from its file on each connect and neve
 
 from __future__ import annotations
 
+import errno
 import math
 import random as _random
 import ssl
@@ -137,6 +138,11 @@ def _read_token(path: Path) -> str:
     try:
         token = path.read_text().strip()
     except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            # The process (or the box) is out of descriptors for a moment, e.g. during a
+            # connection flood on the feed: not a refusal, so no 300 s backoff.
+            raise UplinkUnavailableError(f"cannot read token file {path}: {err.strerror}; "
+                                         "retrying soon") from None
         raise UplinkRejectedError(f"cannot read token file {path}: {err.strerror}") from None
     if not token:
         raise UplinkRejectedError(f"token file {path} is empty")

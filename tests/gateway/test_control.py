@@ -20,7 +20,7 @@ import trio.lowlevel
 from drivers.link import TxFrame
 from drivers.link.memory import memory_link_pair
 from drivers.sim.fleet import SimFleet, serve_fleet
-from gateway import daemon
+from gateway import control, daemon
 from gateway.bounded import InputRejected
 from gateway.config import Config, GatewaySection, LogSection, PortSection, UplinkSection
 from gateway.control import (
@@ -338,3 +338,42 @@ def test_requests_parse():
     assert parse_request(b'{"cmd":"status"}') == ("status", None)
     assert parse_request(b'{"cmd":"trace","port":"port1"}') == ("trace", "port1")
     assert parse_request(b'{"cmd":"reboot"}') == ("reboot", None)
+
+
+async def test_connection_caps_and_idle_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 15: the control socket had no cap; idle connections held descriptors forever."""
+    from gateway.control import MAX_CONNECTIONS_PER_USER
+
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            idle = [await trio.open_unix_socket(str(run.socket))
+                    for _ in range(MAX_CONNECTIONS_PER_USER)]
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply == {"ok": False,
+                             "error": "too many diag connections at once; try again"}
+            for stream in idle:
+                await stream.aclose()
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply["ok"] is True
+            assert reply["status"]["feed"] is None   # no feed configured here
+            # A connection that never sends its request is closed after request_timeout_s.
+            monkeypatch.setattr(control, "REQUEST_TIMEOUT_S", 0.2)
+            silent = await trio.open_unix_socket(str(run.socket))
+            assert await silent.receive_some(100) == b""
+            await silent.aclose()
+            # A bug reached from a request closes that connection, not the daemon.
+            real = control.snapshot
+
+            async def broken(gw: daemon.Gateway) -> dict[str, Any]:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(control, "snapshot", broken)
+            stream = await trio.open_unix_socket(str(run.socket))
+            await stream.send_all(b'{"cmd": "status"}\n')
+            assert await stream.receive_some(100) == b""
+            await stream.aclose()
+            monkeypatch.setattr(control, "snapshot", real)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply["ok"] is True

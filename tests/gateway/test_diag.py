@@ -62,7 +62,7 @@ async def test_diag_json_is_the_snapshot(tmp_path: Path, capsys):
             assert await cli("diag", "--json", "--socket", str(run.socket)) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["ports"]["port1"]["machines"][0]["state"] == "online"
-    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key"}
+    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key", "feed"}
 
 
 async def test_diag_takes_the_socket_from_the_config(tmp_path: Path, capsys):
@@ -191,3 +191,45 @@ async def test_probe_refuses_while_the_gateway_runs(tmp_path: Path, capsys):
                              "--socket", str(run.socket))
     assert code == 1
     assert "the gateway is running" in capsys.readouterr().err
+
+
+ESC = "\x1b[2J\x1b]0;pwned\x07"
+
+
+def _snapshot_with(text: str) -> dict:
+    machine = {"address": 1, "state": "online", "serial": text, "asset": text,
+               "last_response_age_s": 0.1, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0,
+               "polls": 1, "timeouts": 0, "crc_errors": 0, "nacks": 0,
+               "last_event": {"type": text, "seq": 1, "age_s": 1.0}}
+    return {"gateway": {"id": text, "version": "0", "pid": 1, "uptime_s": 1.0,
+                        "watchdog": {"alive": True}, "status": text},
+            "ports": {"port1": {"device": text, "state": text, "failures": 0,
+                                "machines": [machine]}},
+            "outbox": {"depth": 0, "delivered_seq": 0, "last_seq": 0,
+                       "oldest_undelivered_age_s": None, "disk_free_bytes": None,
+                       "db_bytes": None, "bytes_per_event": None, "events_per_s": 0.0,
+                       "outage_hours_left": None, "intake_stopped": False, "error": text},
+            "uplink": {"state": "backoff", "connected": False, "since": None, "down_for_s": 1.0,
+                       "last_ack_seq": None, "lag_events": 0, "lag_s": None, "reconnects": 1,
+                       "last_error": "platform error 4002: " + text, "url": text},
+            "key": {"kid": text, "fingerprint": text}}
+
+
+def _printable(text: str) -> bool:
+    return all(c == "\n" or (c.isprintable() and c != "\x7f") for c in text)
+
+
+def test_diag_output_never_carries_control_characters_from_data():
+    """Issue 15: diag printed raw ANSI escapes from machine data and platform errors."""
+    from gateway.diag import format_frame, render_probe, render_status, sanitize
+
+    status = render_status(_snapshot_with(ESC + "\n\u202efake line"))
+    assert _printable(status) and "\\x1b[2J" in status
+    assert "\nfake line" not in status          # a newline in data cannot forge a line
+    frame = format_frame({"t": 0.0, "dir": "rx", "hex": ESC, "text": ESC})
+    assert _printable(frame)
+    probe = render_probe({"device": ESC, "address": 1, "opened_ms": 1, "ok": False,
+                          "advice": [ESC], "steps": [{"poll": "1F", "what": "x", "result": ESC,
+                                                      "data": {"serial": ESC}}]})
+    assert _printable(probe)
+    assert sanitize("ok\tcolumn") == "ok\\tcolumn" and sanitize("plain") == "plain"
