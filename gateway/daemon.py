@@ -273,11 +273,12 @@ def health_limits(config: Config) -> HealthLimits:
 
 
 async def watch_uplink(gw: Gateway) -> None:
-    """Sample the uplink tracker every second, so a frozen platform is noticed (and its start
-    dated) whether or not anyone is looking at /health or the board."""
+    """Feed the uplink tracker every change of the uplink task, and once a second (a frozen
+    platform is a matter of time), whether or not anyone is looking at /health or the board."""
     while True:
         gw.uplink_view()
-        await trio.sleep(1.0)
+        with trio.move_on_after(1.0):
+            await gw.uplink.wait_changed()
 
 
 async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,

@@ -75,6 +75,8 @@ class UplinkTracker:
                                     f"acknowledged nothing for over {self.frozen_after_s:g} s",
                                     wall, since=wall - stuck_for)
             return self._become("up", True, "connected, events acknowledged", wall)
+        if uplink.get("reconnects"):
+            self._ever_up = True    # an outage after a connection this tracker did not see
         error = uplink.get("last_error") or (
             "connecting" if uplink.get("state") == "connecting" else "not connected")
         if not self._ever_up:

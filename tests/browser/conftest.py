@@ -30,9 +30,9 @@ def page_problems():
     def watch(page):
         page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
         page.on("console", lambda msg: problems.append(msg.text)
-                if "Content Security Policy" in msg.text or msg.type == "error"
+                if "Content Security Policy" in msg.text or (msg.type == "error"
                 and "429" not in msg.text and "WebSocket" not in msg.text
-                and "Failed to load resource" not in msg.text else None)
+                and "Failed to load resource" not in msg.text) else None)
         return page
 
     watch.problems = problems  # type: ignore[attr-defined]

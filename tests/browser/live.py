@@ -84,7 +84,7 @@ class LiveFeed:
     def _main(self) -> None:
         try:
             trio.run(self._run)
-        except BaseException as err:  # noqa: BLE001 - reported to the test thread
+        except BaseException as err:
             self._failure = err
             self._ready.set()
 
@@ -257,3 +257,51 @@ class BusyFloor:
         out += [c for c in (self.closer() for _ in range(self.closes_per_s)) if c is not None]
         self.rng.shuffle(out)
         return out
+
+
+class TrioThread:
+    """Runs `main(nursery)` in a trio thread of its own until the block ends; `value` is what
+    it returned, `call(fn, *args)` runs an async function there and returns its result."""
+
+    def __init__(self, main: Callable[[trio.Nursery], Any]) -> None:
+        self._main_fn = main
+        self.value: Any = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._run)
+        except BaseException as err:
+            self._failure = err
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self.value = await self._main_fn(nursery)
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    def __enter__(self) -> TrioThread:
+        self._thread.start()
+        self._ready.wait(60)
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None and self._token is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)

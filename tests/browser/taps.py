@@ -98,3 +98,22 @@ def tap_like_a_person(page: Any, seconds: float, seed: int = 5) -> TapReport:
         report.confirmed.append({"read": target["alert"], "under": under["alert"],
                                  "named": named})
     return report
+
+
+def tap_acknowledge(page, tile: str) -> None:
+    """Tap a tile's Acknowledge and wait for the confirmation. A tap just after the board
+    re-sorted or the tile changed is refused ("tap again"): a person taps again, so does this."""
+    for _ in range(5):
+        before = int(page.evaluate("Number(document.body.dataset.refused || 0)"))
+        page.locator(f"{tile} .ack-button").click()
+        outcome = page.wait_for_function(
+            "(before) => !document.getElementById('confirm').hidden ? 'confirm'"
+            " : Number(document.body.dataset.refused || 0) > before ? 'refused' : null",
+            arg=before).json_value()
+        if outcome == "confirm":
+            return
+        # As a person would: read the toast, look again, tap again once the board is still.
+        page.wait_for_function(
+            "(tile) => Date.now() - Math.max(Number(document.body.dataset.sortedAt || 0),"
+            " Number(document.querySelector(tile).dataset.changedAt || 0)) > 1100", arg=tile)
+    raise AssertionError("every tap was refused: " + page.evaluate("document.body.dataset.refusedWhy"))

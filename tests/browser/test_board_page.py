@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .live import LiveFeed
+from .taps import tap_acknowledge
 
 HERE = Path(__file__).parent
 NODE = shutil.which("node")
@@ -33,24 +34,6 @@ def test_board_logic_under_node():
 
 def text(page, selector: str) -> str:
     return page.locator(selector).first.text_content()
-
-
-def tap_acknowledge(page, tile: str) -> None:
-    """Tap a tile's Acknowledge and wait for the confirmation. A tap just after the board
-    re-sorted or the tile changed is refused ("tap again"): a person taps again, so does this."""
-    for _ in range(5):
-        before = int(page.evaluate("Number(document.body.dataset.refused || 0)"))
-        page.locator(f"{tile} .ack-button").click()
-        outcome = page.wait_for_function(
-            "(before) => !document.getElementById('confirm').hidden ? 'confirm'"
-            " : Number(document.body.dataset.refused || 0) > before ? 'refused' : null",
-            arg=before).json_value()
-        if outcome == "confirm":
-            return
-        # As a person would: read the toast, look again, tap again once the board is still.
-        page.wait_for_function("() => Date.now() - Number(document.body.dataset.sortedAt || 0)"
-                               " > 1100")
-    raise AssertionError("every tap was refused: " + page.evaluate("document.body.dataset.refusedWhy"))
 
 
 def test_board_in_headless_chromium(browser, page_problems, tmp_path):

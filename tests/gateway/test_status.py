@@ -65,3 +65,12 @@ def test_a_quiet_floor_is_not_frozen():
 def test_no_uplink_is_unknown():
     view = UplinkTracker(START).observe({}, delivered_seq=0, depth=0, now=0.0, wall=START)
     assert (view.state, view.connected) == ("unknown", None) and view.reason
+
+
+def test_a_connection_between_samples_still_counts():
+    tracker = UplinkTracker(START)
+    sample(tracker, 0.1, state="connecting")
+    stats = {"state": "backoff", "connected": False, "since": START + 2, "reconnects": 1,
+             "last_error": "connection closed: 1006"}
+    view = tracker.observe(stats, delivered_seq=0, depth=0, now=2.0, wall=START + 2.0)
+    assert (view.state, view.reason) == ("down", "connection closed: 1006")

@@ -391,6 +391,7 @@
     if (seq !== tile.seq) {
       tile.seq = seq;
       tile.changedAt = Date.now();
+      tile.node.dataset.changedAt = String(tile.changedAt);
       if (tile.shownKind !== (worst && worst.kind)) needsSort = true;
     }
     const node = tile.node;
@@ -463,13 +464,6 @@
       const node = tiles.get(machine).node;
       if (board.children[position] !== node) board.insertBefore(node, board.children[position]);
       position += 1;
-    }
-    let empty = board.querySelector(".empty");
-    if (!tiles.size && !empty) {
-      empty = el("p", "empty", "No open alerts.");
-      board.appendChild(empty);
-    } else if (tiles.size && empty) {
-      empty.remove();
     }
     sortedAt = Date.now();
     document.body.dataset.sortedAt = String(sortedAt);
@@ -588,6 +582,8 @@
 
   function renderCounts() {
     const open = model.alerts.size;
+    // Not a tile: the message floats over the board, so it never takes a tile's place.
+    $("empty").hidden = open > 0 || model.identity === null;
     const handpays = [...model.alerts.values()].filter((a) => a.kind === "handpay").length;
     setText($("count"), (open === 1 ? "1 open alert" : open + " open alerts") +
       (handpays ? " \u00B7 " + handpays + " handpay" + (handpays === 1 ? "" : "s") : ""));
@@ -597,7 +593,7 @@
       banks.set(bank, (banks.get(bank) || 0) + 1);
     }
     const nav = $("filters");
-    nav.hidden = banks.size < 2 && bankFilter === null;
+    nav.hidden = model.identity === null;
     const wanted = [null, ...[...banks.keys()].sort()];
     if (bankFilter !== null && !banks.has(bankFilter)) wanted.push(bankFilter);
     const existing = new Map([...nav.children].map((b) => [b.dataset.bank || "", b]));
@@ -697,6 +693,7 @@
     model.byMachine = new Map();
     tiles.clear();
     $("board").replaceChildren();
+    $("empty").hidden = true;
     if (pending) closeConfirm();
     $("machine").hidden = true;
     showLogin(problem);
