@@ -47,7 +47,8 @@ def test_taps_on_a_busy_board_acknowledge_exactly_the_alert_under_the_pointer(br
             rate = (floor.opened - started) / (time.monotonic() - began)
         open_now = len(live.server.board.alerts)
     acked = [seq for seq, by in live.acks]
-    print(f"\ntaps {report.taps}, confirmed {len(report.confirmed)}, refused {report.refused} {report.refusals}, "
+    print(f"\ntaps {report.taps}, confirmed {len(report.confirmed)}, "
+          f"refused {report.refused} {report.refusals}, "
           f"changed before the tap {report.changed_before_tap}, scrolls {report.scrolls}, "
           f"new alerts {rate:.1f}/s, open at the end {open_now}")
     assert rate >= 5 and open_now >= 500, (rate, open_now)

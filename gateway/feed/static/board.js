@@ -9,7 +9,8 @@
 //   placeholder, and tiles have a fixed size, so no tile moves while someone uses the board;
 // - the board is re-sorted (severity, then age) only after HOLD_MS without a touch, or when the
 //   Sort button is pressed; a tap within GUARD_MS of a re-sort, or of a change of what the tapped
-//   tile shows, is refused ("check and tap again") instead of being taken;
+//   tile shows, is refused ("check and tap again") instead of being taken (GUARD_MS is well
+//   above the 150-300 ms between reading a tile and the finger landing);
 // - Acknowledge opens a confirmation naming the alert by kind, machine and time; only "Yes"
 //   sends it, for the alert named, whatever the board has done meanwhile.
 "use strict";
@@ -19,7 +20,7 @@
   const TOKEN_KEY = "casino-feed-token";
   const LOGIN_AT_KEY = "casino-feed-login-at";
   const HOLD_MS = 15000;
-  const GUARD_MS = 1000;
+  const GUARD_MS = 800;
   const CONFIRM_ARM_MS = 300;
   const $ = (id) => document.getElementById(id);
 
@@ -280,7 +281,10 @@
     model.uplink = state.uplink;
     const first = tiles.size === 0;
     for (const machine of touched) patchMachine(machine);
-    if (first) resort();
+    if (first) {
+      resort();
+      hold();  // someone is looking at a board that just appeared: leave it still
+    }
     renderBanner();
     renderCounts();
   }
