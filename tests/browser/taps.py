@@ -41,6 +41,17 @@ PICK = """(r) => {
           y: rc.top + rc.height / 2};
 }"""
 
+# Resolves once the page has not scrolled for a few animation frames (wheel scrolling is smooth).
+SCROLL_SETTLED = """() => new Promise((resolve) => {
+  let last = -1, still = 0;
+  const frame = () => {
+    still = window.scrollY === last ? still + 1 : 0;
+    last = window.scrollY;
+    if (still >= 5) resolve(true); else requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+})"""
+
 OUTCOME = """(before) => {
   const box = document.getElementById('confirm');
   if (!box.hidden && !document.getElementById('confirm-yes').disabled) return 'confirm';
@@ -70,7 +81,7 @@ def tap_like_a_person(page: Any, seconds: float, seed: int = 5) -> TapReport:
         if target is None:
             page.mouse.wheel(0, 700)
             report.scrolls += 1
-            page.wait_for_function("() => true")  # one round trip: let the scroll land
+            page.evaluate(SCROLL_SETTLED)  # as a person does: read once the page stops moving
             continue
         # A person's reaction time between reading the tile and the finger landing: this is
         # the behaviour under test, not a wait for something to happen.
