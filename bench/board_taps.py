@@ -52,7 +52,8 @@ def main() -> int:
     wrong = sum(1 for seq, c in zip(acked, report.confirmed, strict=False) if seq != c["under"])
     wrong += abs(len(acked) - len(report.confirmed))
     print(f"{elapsed:.0f} s of taps: {report.taps} taps, {len(report.confirmed)} acknowledged, "
-          f"{report.refused} refused {report.refusals}, {report.scrolls} scrolls")
+          f"{report.refused} refused {report.refusals}, {report.cleared_meanwhile} cleared by "
+          f"the machine while confirming, {report.scrolls} scrolls")
     print(f"new alerts {opened / elapsed:.1f}/s, open alerts at the end {open_now}")
     print(f"acknowledged the alert under the pointer: {len(report.confirmed) - wrong}; "
           f"another alert: {wrong}; tile under the pointer moved after reading: "

@@ -70,6 +70,12 @@ class TapReport:
     wrong_dialog: int = 0           # the confirmation named another alert than the pointer's
     scrolls: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    cleared_meanwhile: int = 0      # the machine cleared the alert while it was being confirmed
+
+
+def center(page: Any, selector: str) -> tuple[float, float]:
+    box = page.locator(selector).bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
 
 def tap_like_a_person(page: Any, seconds: float, seed: int = 5) -> TapReport:
@@ -103,9 +109,20 @@ def tap_like_a_person(page: Any, seconds: float, seed: int = 5) -> TapReport:
         named = int(page.get_attribute("#confirm", "data-alert"))
         if named != under["alert"]:
             report.wrong_dialog += 1
-        page.locator("#confirm-yes").click()
-        page.wait_for_function("() => document.getElementById('confirm').hidden",
-                               timeout=10000)
+        # The alert can be cleared by its machine while the confirmation is open: then "Yes"
+        # is disabled and says so, and the person cancels.
+        if page.evaluate("!document.getElementById('confirm-yes').disabled"):
+            page.mouse.click(*center(page, "#confirm-yes"))
+        done = page.wait_for_function(
+            "() => { const yes = document.getElementById('confirm-yes');"
+            " if (document.getElementById('confirm').hidden) return 'sent';"
+            " return yes.disabled && yes.textContent !== 'Sending…' ? 'cleared' : null; }",
+            timeout=10000).json_value()
+        if done == "cleared":
+            page.click("#confirm-no")
+            page.wait_for_function("() => document.getElementById('confirm').hidden")
+            report.cleared_meanwhile += 1
+            continue
         report.confirmed.append({"read": target["alert"], "under": under["alert"],
                                  "named": named})
     return report
