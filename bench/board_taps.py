@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.browser.live import CHROMIUM, CHROMIUM_ARGS, BusyFloor, LiveFeed  # noqa: E402
-from tests.browser.taps import RECORD_TAPS, tap_like_a_person  # noqa: E402
+from tests.browser.live import CHROMIUM, CHROMIUM_ARGS, BusyFloor, LiveFeed
+from tests.browser.taps import RECORD_TAPS, tap_like_a_person
 
 
 def main() -> int:

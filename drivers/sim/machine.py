@@ -107,7 +107,7 @@ class PlayModel:
                 self.handpay_cents = 120_000
                 return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
             roll -= chance
-        if roll < 0.6 or self.credits >= 5 and roll < 0.8:
+        if roll < 0.6 or (self.credits >= 5 and roll < 0.8):
             return self._game()
         if roll < 0.95 or self.credits < 5:
             return [self._bill(rte)]
