@@ -288,6 +288,7 @@ class FeedServer:
         self._pending: list[dict[str, Any]] = []   # committed, not yet fanned out
         self._board_changed = False
         self._wake = trio.Event()
+        self._urgent = trio.Event()   # the board changed: do not wait out the batching pause
         self._flush_lock = trio.Lock()
         self._encoded = self._flushes = self._frames_queued = self._frames_sent = 0
         self._dropped_count = 0
@@ -439,6 +440,8 @@ class FeedServer:
             for seq, body in rows:
                 self.board.apply(decode_envelope(body))
                 after = seq
+        # The rebuilt board is every client's starting snapshot: its changes are not news.
+        self.board.drain()
         self._priming = False
         backlog, self._backlog = self._backlog, []
         if backlog:
@@ -455,6 +458,7 @@ class FeedServer:
         for envelope in envelopes:
             if self.board.apply(envelope):
                 self._board_changed = True
+                self._urgent.set()
         if self._clients:
             self._pending.extend(envelopes)
         self._wake.set()
@@ -467,7 +471,16 @@ class FeedServer:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await trio.sleep(_pause(await self._flush(), self.settings))
+            frames = await self._flush()
+            # The frame budget is always kept; the rest of the pause (the batching of routine
+            # events) is cut short by a change to the alert board: staff see alerts first.
+            budget = frames / self.settings.max_frames_per_s
+            await trio.sleep(budget)
+            rest = _pause(frames, self.settings) - budget
+            if rest > 0 and not self._board_changed:
+                with trio.move_on_after(rest):
+                    await self._urgent.wait()
+            self._urgent = trio.Event()
 
     async def _flush(self) -> int:
         """Hand everything committed so far to the clients' queues, in seq order. The lock keeps

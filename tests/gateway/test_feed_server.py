@@ -638,3 +638,16 @@ async def test_uplink_status_changes_are_pushed(start_feed):
             pushed = await recv_type(ws, "status")
             assert pushed["uplink"] == {"state": "down", "connected": False,
                                         "since": "2023-11-14T22:15:00.000Z", "reason": "refused"}
+
+
+async def test_the_rebuilt_board_is_not_sent_again_as_deltas(start_feed):
+    with trio.fail_after(10):
+        first = await start_feed()
+        for port in ("p1", "p2", "p3"):
+            await first.append("tilt", {"kind": "reel"}, port=port)
+        second = await start_feed()   # rebuilds the board from the outbox
+        async with open_websocket_url(second.url) as ws:
+            assert (await auth(ws, "viewer-token"))["state"]["version"] == 3
+            door = await second.append("doorOpened", {"door": "main"})
+            delta = await recv_type(ws, "alerts_delta")
+            assert (delta["base"], [c["alert"]["seq"] for c in delta["changes"]]) == (3, [door])
