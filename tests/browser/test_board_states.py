@@ -128,3 +128,19 @@ def test_platform_down_gateway_down_and_too_many_failed_logins(browser, page_pro
         assert other.get_attribute("#login-error", "role") == "alert"
         shot(other, "board-429.png")
         assert page_problems.problems == []
+
+
+def test_a_shared_tablet_session_expires(browser, page_problems, tmp_path):
+    with LiveFeed(tmp_path, session_max_s=2.0) as live:
+        live.append("tilt", {"kind": "bill_jam"}, port="bank-a-01")
+        page = page_problems(browser.new_page(viewport={"width": 800, "height": 1280}))
+        log_in(page, live.url)
+        page.wait_for_selector(".tile")
+        error = page.wait_for_function(
+            "() => { const t = document.getElementById('login-error').textContent;"
+            " return t.startsWith('Your session has ended') ? t : null; }",
+            timeout=10000).json_value()
+        assert "log out after" in error
+        assert page.evaluate("sessionStorage.getItem('casino-feed-token')") is None
+        assert page.locator(".tile").count() == 0
+        assert page_problems.problems == []

@@ -651,3 +651,15 @@ async def test_the_rebuilt_board_is_not_sent_again_as_deltas(start_feed):
             door = await second.append("doorOpened", {"door": "main"})
             delta = await recv_type(ws, "alerts_delta")
             assert (delta["base"], [c["alert"]["seq"] for c in delta["changes"]]) == (3, [door])
+
+
+async def test_plain_get_of_the_feed_says_why_a_login_would_fail(start_feed):
+    """A browser cannot see a failed handshake's status: the page asks GET /feed instead."""
+    with trio.fail_after(10):
+        feed = await start_feed(auth_failures_per_minute=1)
+        status, headers, _ = await http_get(feed.port, "/feed")
+        assert (status, headers[b"upgrade"]) == (426, b"websocket")
+        async with open_websocket_url(feed.url) as ws:
+            assert (await auth(ws, "wrong-token"))["code"] == "auth_failed"
+        status, headers, body = await http_get(feed.port, "/feed")
+        assert status == 429 and 1 <= int(headers[b"retry-after"]) <= 61

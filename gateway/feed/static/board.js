@@ -651,7 +651,7 @@
     const loginAt = Number(sessionStorage.getItem(LOGIN_AT_KEY));
     if (model.identity && loginAt && Date.now() - loginAt > model.sessionMaxMs) {
       logout("Your session has ended (shared tablets log out after " +
-        Math.round(model.sessionMaxMs / 3600000) + " h). Log in again.");
+        core.formatAge(model.sessionMaxMs / 1000) + "). Log in again.");
     }
   }
 
