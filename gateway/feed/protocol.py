@@ -116,12 +116,19 @@ class FailureLimiter:
     """Authentication attempts per remote address: failures in a sliding minute plus attempts
     still in flight (a WebSocket connected and not yet authenticated). Counting those in flight
     means opening 200 connections first buys no more guesses than opening them one by one.
+
+    Guesses spread over many addresses (20 addresses x 10 each) are bounded too: once all
+    addresses together failed `global_per_minute` times in the last minute, each address gets
+    one attempt at a time and is blocked by its first failure. Staff typing the right token
+    still get in at the first try, so nobody is locked out; only mistakes cost a minute then.
     `now` is monotonic seconds."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, global_per_minute: int | None = None) -> None:
         self.per_minute = per_minute
+        self.global_per_minute = global_per_minute or 3 * per_minute
         self._failures: dict[str, deque[float]] = {}
         self._in_flight: dict[str, int] = {}
+        self._all: deque[float] = deque(maxlen=100_000)   # every failure, for the global budget
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.get(address)
@@ -133,9 +140,15 @@ class FailureLimiter:
             del self._failures[address]
         return times
 
+    def under_attack(self, now: float) -> bool:
+        """True while failures from all addresses together exceed the global budget."""
+        while self._all and self._all[0] <= now - 60.0:
+            self._all.popleft()
+        return len(self._all) >= self.global_per_minute
+
     def blocked(self, address: str, now: float) -> bool:
         attempts = len(self._recent(address, now)) + self._in_flight.get(address, 0)
-        return attempts >= self.per_minute
+        return attempts >= (1 if self.under_attack(now) else self.per_minute)
 
     def retry_after(self, address: str, now: float) -> int:
         """Whole seconds until the oldest counted failure leaves the window (1 while only
@@ -161,6 +174,7 @@ class FailureLimiter:
             for other in list(self._failures):
                 self._recent(other, now)
         self._failures.setdefault(address, deque()).append(now)
+        self._all.append(now)
 
 
 def _json_ready(value: Any) -> Any:

@@ -343,3 +343,23 @@ async def test_a_bug_reached_from_one_connection_does_not_stop_the_server(start_
         assert "gateway_feed_handler_errors_total 1.0" in body.decode()
     assert [e["log_level"] for e in logs if e["event"].startswith("feed connection failed")] \
         == ["error"]
+
+
+def test_guesses_spread_over_many_addresses_are_bounded_without_locking_anyone_out():
+    """Issue 15: 20 addresses x 10 guesses got 200 guesses and no 429."""
+    limiter = FailureLimiter(10)           # global budget: 30 a minute
+    guesses = 0
+    for n in range(20):
+        address = f"10.0.0.{n}"
+        while not limiter.blocked(address, 1.0):
+            limiter.begin(address)
+            limiter.record(address, 1.0)
+            limiter.end(address)
+            guesses += 1
+    assert guesses <= 30 + 20 - 3          # three addresses at 10, then one each
+    assert limiter.under_attack(1.0)
+    assert not limiter.blocked("10.9.9.9", 1.0)       # staff elsewhere: first try allowed
+    limiter.begin("10.9.9.9")
+    assert limiter.blocked("10.9.9.9", 1.0)           # but one at a time
+    limiter.end("10.9.9.9")
+    assert not limiter.under_attack(62.0) and not limiter.blocked("10.0.0.0", 62.0)

@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+import trio
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.bounded import InputRejected, check_plain, loads_json
@@ -146,3 +147,58 @@ def test_command_plans_refuse_rather_than_raise(name: str, target: Any, args: An
                  {"sas0": object()})  # type: ignore[dict-item]
     if not plan.refusal:
         msgpack.packb({"target": plan.target, "args": plan.args})  # what the store writes
+
+
+http_heads = st.builds(
+    lambda method, target, headers, tail: method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + tail,
+    st.sampled_from([b"GET", b"HEAD", b"POST", b"G\x00T", b""]),
+    st.sampled_from([b"/", b"/health", b"/metrics", b"/feed", b"/static/../x", b"*", b"/%00"]),
+    st.lists(st.tuples(st.sampled_from([b"Host", b"Upgrade", b"Connection", b"Content-Length",
+                                        b"Sec-WebSocket-Key", b"Sec-WebSocket-Version",
+                                        b"Transfer-Encoding", b"Origin", b"X"]),
+                       st.sampled_from([b"x", b"websocket", b"Upgrade", b"close", b"13",
+                                        b"dGhlIHNhbXBsZSBub25jZQ==", b"chunked", b"-1",
+                                        b"99999999999999999999", b"a" * 3000])), max_size=8),
+    st.binary(max_size=200))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=500) | http_heads | st.lists(http_heads, min_size=2, max_size=4)
+       .map(b"".join))
+@example(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+@example(b"GET /feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         b"\x81\x05hello")
+def test_feed_http_any_bytes_get_an_answer_or_a_close(make_outbox, data: bytes) -> None:
+    """The feed's HTTP side (h11, the head limit, the upgrade hand-over) over an in-memory
+    stream: whatever arrives, the connection ends with no unexpected error."""
+    from trio.testing import MockClock, memory_stream_pair
+
+    from gateway.feed.server import FeedServer, FeedSettings
+
+    server = FeedServer(FeedSettings(), _outbox(make_outbox), dict)
+
+    async def exchange() -> None:
+        client, served = memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server._serve_connection, served)
+            await client.send_all(data)
+            await client.send_eof()
+            while await client.receive_some(65536):
+                pass
+
+    trio.run(exchange, clock=MockClock(autojump_threshold=0))
+    assert server._handler_errors._value.get() == 0
+
+
+_OUTBOXES: dict[int, Any] = {}
+
+
+def _outbox(make_outbox: Any) -> Any:
+    """One outbox per test run, not per example (the fixture is the same for every example)."""
+    if id(make_outbox) not in _OUTBOXES:
+        _OUTBOXES.clear()
+        _OUTBOXES[id(make_outbox)] = make_outbox()
+    return _OUTBOXES[id(make_outbox)]
