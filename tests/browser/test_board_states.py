@@ -144,3 +144,26 @@ def test_a_shared_tablet_session_expires(browser, page_problems, tmp_path):
         assert page.evaluate("sessionStorage.getItem('casino-feed-token')") is None
         assert page.locator(".tile").count() == 0
         assert page_problems.problems == []
+
+
+def test_a_missed_delta_makes_the_page_resync(browser, page_problems, tmp_path):
+    with LiveFeed(tmp_path) as live:
+        live.append("tilt", {"kind": "bill_jam"}, port="bank-a-01")
+        page = page_problems(browser.new_page(viewport={"width": 800, "height": 1280}))
+        received: list[str] = []
+        page.on("websocket", lambda ws: ws.on(
+            "framereceived", lambda payload: received.append(str(payload))))
+        log_in(page, live.url)
+        page.wait_for_selector(".tile")
+
+        async def lose_a_change() -> None:   # as if a delta had gone missing on the way
+            live.server.board.version += 1
+
+        live.call(lose_a_change)
+        live.append("doorOpened", {"door": "main"}, port="bank-z-01")
+        # The delta's base is above the page's version: it asks for the whole state, and the
+        # door arrives with the snapshot.
+        page.wait_for_selector('.tile.kind-door[data-machine="bank-z-01/1"]')
+        assert any('"type":"alerts_snapshot"' in frame for frame in received)
+        assert page.locator(".tile").count() == 2
+        assert page_problems.problems == []
