@@ -661,5 +661,5 @@ async def test_plain_get_of_the_feed_says_why_a_login_would_fail(start_feed):
         assert (status, headers[b"upgrade"]) == (426, b"websocket")
         async with open_websocket_url(feed.url) as ws:
             assert (await auth(ws, "wrong-token"))["code"] == "auth_failed"
-        status, headers, body = await http_get(feed.port, "/feed")
+        status, headers, _ = await http_get(feed.port, "/feed")
         assert status == 429 and 1 <= int(headers[b"retry-after"]) <= 61

@@ -91,7 +91,7 @@ async def test_a_token_file_guards_the_listener(make_outbox, nursery, tmp_path: 
 def test_a_non_loopback_bind_needs_a_token_file():
     base = {"gateway": {"id": "gw", "key_file": "k"}, "uplink": {"url": "wss://x",
                                                                  "token_file": "t"}}
-    with pytest.raises(ConfigError, match="monitor.token_file"):
+    with pytest.raises(ConfigError, match=r"monitor\.token_file"):
         parse_config({**base, "monitor": {"host": "0.0.0.0"}})
     with pytest.raises(ValueError, match="token_file"):
         MonitorSettings(host="10.0.0.5")
