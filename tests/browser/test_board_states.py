@@ -100,6 +100,17 @@ def test_platform_down_gateway_down_and_too_many_failed_logins(browser, page_pro
         assert text.startswith("Platform not connected since the gateway started at ")
         assert "(no answer from the platform), 5 min ago" in text
         shot(page, "board-uplink-down.png")
+        # Frozen: connected but acknowledging nothing; pushed as a `status` message.
+        live.status["uplink_status"] = {
+            "state": "frozen", "connected": False, "since": time.time() - 20,
+            "reason": "connected, but the platform has acknowledged nothing for over 10 s"}
+        page.wait_for_selector("#uplink-banner.frozen")
+        assert page.locator("#uplink-text").text_content().startswith(
+            "Platform not answering since ")
+        live.status["uplink_status"] = {
+            "state": "down", "connected": False, "since": time.time() - 300,
+            "reason": "never connected since start: connect timed out during tls handshake"}
+        page.wait_for_selector("#uplink-banner:not(.frozen)")
 
         # The gateway goes away: the whole page says so; nothing on the board can be pressed.
         live.stop_feed()
