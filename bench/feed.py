@@ -183,6 +183,7 @@ async def board_main(args: argparse.Namespace) -> None:
             opened: list[tuple[str, int]] = []
             interval, next_at = 1.0 / args.rate, trio.current_time()
             wall, cpu = time.monotonic(), time.process_time()
+            outbox.durable_latencies.clear()
             async with trio.open_nursery() as pacing:
                 for i in range(int(args.rate * args.seconds)):
                     next_at += interval
@@ -190,6 +191,7 @@ async def board_main(args: argparse.Namespace) -> None:
                     pacing.start_soon(outbox.append,
                                       board_draft(i, args.rate, args.alerts_per_s, opened))
             wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+            durable = sorted(v * 1000 for v in outbox.durable_latencies)
             await trio.sleep(0.5)   # let the last flush go out before asking for the count
             changes = server.board.version - version
             await child.send(f"{changes}\n")
@@ -200,6 +202,7 @@ async def board_main(args: argparse.Namespace) -> None:
     rates = sorted(report["bytes_per_s"])
     print(f"board changes {changes} in {wall:.1f} s ({changes / wall:.1f}/s), "
           f"{len(server.board.alerts)} open at the end; gateway CPU {cpu / wall:.2f} s/s")
+    print(f"capture->durable p50/p95/p99 {fmt3(durable)} ms (the outbox alone, all events)")
     print(f"capture->board p50/p95/p99 {fmt3(lat)} ms ({len(lat):,} samples on "
           f"{report['probes']} boards); complete {report['complete']}/{args.clients}; "
           f"closed: {report['closed'] or 'none'}")
