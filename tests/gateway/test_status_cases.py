@@ -79,10 +79,16 @@ class Site:
         handle.store.register(GATEWAY_ID, TOKEN, bytes(self.signer.verify_key).hex())
         return handle
 
-    async def gateway(self, config: Config, scope: trio.CancelScope) -> daemon.Gateway:
+    async def gateway(self, config: Config, scope: trio.CancelScope,
+                      done: trio.Event | None = None) -> daemon.Gateway:
+        """Start the daemon under `scope`; `done` is set once it has stopped (outbox closed)."""
         async def run(*, task_status: trio.TaskStatus[daemon.Gateway]) -> None:
-            with scope:
-                await daemon.run(config, handle_signals_=False, task_status=task_status)
+            try:
+                with scope:
+                    await daemon.run(config, handle_signals_=False, task_status=task_status)
+            finally:
+                if done is not None:
+                    done.set()
         return await self.nursery.start(run)
 
 
@@ -185,7 +191,8 @@ async def test_restart_while_the_platform_is_down_is_not_reported_connected(tmp_
         async with site(tmp_path) as s:
             receiver_scope, gateway_scope = trio.CancelScope(), trio.CancelScope()
             receiver = await s.receiver(receiver_scope)
-            gw = await s.gateway(s.config(receiver.url), gateway_scope)
+            stopped = trio.Event()
+            gw = await s.gateway(s.config(receiver.url), gateway_scope, stopped)
             while not gw.uplink.statistics()["connected"]:
                 await gw.uplink.wait_changed()
             await settled(gw)
@@ -195,7 +202,7 @@ async def test_restart_while_the_platform_is_down_is_not_reported_connected(tmp_
             gateway_scope.cancel()
             receiver_scope.cancel()
             url = receiver.url
-            await trio.testing.wait_all_tasks_blocked(0.05)
+            await stopped.wait()
             restarted = await s.gateway(s.config(url), trio.CancelScope())
             assert (await uplink_events(restarted))[-1][0] == "uplinkUp", \
                 "the trap: the last uplink event in the outbox says up"
