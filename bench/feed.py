@@ -20,6 +20,14 @@ thread alone), and for the client phases capture -> feed client p50/p95/p99 (the
 time minus the event's timestamp, which has millisecond resolution; measured on `--probes`
 clients, the others only count), the latency the feed adds over capture -> durable, events/s
 delivered, frames/s, and how many clients were dropped and why.
+
+    .venv/bin/python bench/feed.py --board [--clients 200] [--rate 200] [--alerts-per-s 5]
+
+The floor's case instead: `--clients` alert boards (subscribed to no events: the welcome's
+snapshot, then `alerts_delta` messages) on a board preloaded with `--open` (520) open alerts, while
+`--rate` events/s are paced of which `--alerts-per-s` open or close an alert. It prints, per board
+change, capture -> client p50/p95/p99 (the change's own timestamp to its arrival, on `--probes`
+clients) and the bytes per second each client received (mean and max).
 """
 
 from __future__ import annotations
@@ -54,7 +62,8 @@ from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import Signer
 
 TOKEN = "bench-token"
-CHANNELS = {"all": ["game", "cash", "alerts", "system", "player"], "alerts": ["alerts"]}
+CHANNELS = {"all": ["game", "cash", "alerts", "system", "player"], "alerts": ["alerts"],
+            "board": []}
 
 
 def draft(i: int, alert_every: int):
@@ -126,6 +135,83 @@ async def phase(name: str, outbox: Outbox, server: FeedServer, port: int,
     return {"durable": durable, "cpu": cpu / wall}
 
 
+def board_draft(i: int, rate: int, alerts_per_s: int, opened: list[tuple[str, int]]):
+    """Event `i` of the busy floor: every (rate / alerts_per_s)-th an alert event (four in five
+    open a door on a machine with none open, one in five closes the oldest), the rest bets."""
+    every = max(1, rate // alerts_per_s)
+    if i % every:
+        return system_draft("betPlaced", {"wager_credits": i % 50}, now=time.time(),
+                            monotonic=trio.current_time(),
+                            machine=MachineRef(f"bank-{i % 8:02d}", 1 + i % 16))
+    n = i // every
+    if n % 5 == 4 and opened:
+        port, address = opened.pop(0)
+        return system_draft("doorClosed", {"door": "main"}, now=time.time(),
+                            monotonic=trio.current_time(), machine=MachineRef(port, address))
+    machine = (f"bank-{chr(97 + n % 8)}-{n // 8 % 100:02d}", 1 + n // 800)
+    opened.append(machine)
+    return system_draft("doorOpened", {"door": "main"}, now=time.time(),
+                        monotonic=trio.current_time(), machine=MachineRef(*machine))
+
+
+async def board_main(args: argparse.Namespace) -> None:
+    """The floor's case: alert boards on a busy floor (see the module docstring)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    signer = Signer(nacl.signing.SigningKey.generate())
+    with tempfile.TemporaryDirectory() as tmp:
+        outbox = Outbox.open(OutboxSettings(path=Path(tmp) / "feed.db", gateway_id="bench"),
+                             signer)
+        # Every client connects from 127.0.0.1: lift the per-address caps (gateway/feed/guard.py).
+        settings = FeedSettings(tokens=(TokenEntry("bench", "viewer", hash_token(TOKEN)),),
+                                max_connections=1024, max_connections_per_address=1024,
+                                max_unauthenticated=1024, max_unauthenticated_per_address=1024,
+                                auth_failures_per_minute=10_000)
+        server = FeedServer(settings, outbox, dict)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            for n in range(args.open):   # the open alerts already on the board
+                await outbox.append(system_draft(
+                    "tilt", {"kind": "bill_jam"}, now=time.time(), monotonic=trio.current_time(),
+                    machine=MachineRef(f"pit-{n % 40:02d}", 1 + n // 40)))
+            port = await nursery.start(server.run)
+            print(f"board benchmark: {args.clients} boards, {len(server.board.alerts)} open "
+                  f"alerts, {args.rate}/s events of which {args.alerts_per_s}/s alert events, "
+                  f"{args.seconds:g} s; {os.cpu_count()} cores, load average "
+                  f"{os.getloadavg()[0]:.1f} at start")
+            child = await nursery.start(_client_process, port, args, "board")
+            version = server.board.version
+            opened: list[tuple[str, int]] = []
+            interval, next_at = 1.0 / args.rate, trio.current_time()
+            wall, cpu = time.monotonic(), time.process_time()
+            outbox.durable_latencies.clear()
+            async with trio.open_nursery() as pacing:
+                for i in range(int(args.rate * args.seconds)):
+                    next_at += interval
+                    await trio.sleep_until(next_at)
+                    pacing.start_soon(outbox.append,
+                                      board_draft(i, args.rate, args.alerts_per_s, opened))
+            wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+            durable = sorted(v * 1000 for v in outbox.durable_latencies)
+            await trio.sleep(0.5)   # let the last flush go out before asking for the count
+            changes = server.board.version - version
+            await child.send(f"{changes}\n")
+            report = json.loads(await child.receive())
+            nursery.cancel_scope.cancel()
+        await outbox.aclose()
+    lat = report["latencies_ms"]
+    rates = sorted(report["bytes_per_s"])
+    print(f"board changes {changes} in {wall:.1f} s ({changes / wall:.1f}/s), "
+          f"{len(server.board.alerts)} open at the end; gateway CPU {cpu / wall:.2f} s/s")
+    print(f"capture->durable p50/p95/p99 {fmt3(durable)} ms (the outbox alone, all events)")
+    print(f"capture->board p50/p95/p99 {fmt3(lat)} ms ({len(lat):,} samples on "
+          f"{report['probes']} boards); complete {report['complete']}/{args.clients}; "
+          f"closed: {report['closed'] or 'none'}")
+    if rates:
+        print(f"bytes per board: mean {sum(rates) / len(rates) / 1024:.2f} KiB/s, max "
+              f"{rates[-1] / 1024:.2f} KiB/s (welcome snapshot of "
+              f"{report['welcome_bytes'] / 1024:.0f} KiB not counted)")
+
+
 async def main(args: argparse.Namespace) -> None:
     # Not measured here: 200 "client joined" lines and one "too slow" warning per dropped client.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -133,7 +219,11 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         outbox = Outbox.open(OutboxSettings(path=Path(tmp) / "feed.db", gateway_id="bench"),
                              signer)
-        settings = FeedSettings(tokens=(TokenEntry("bench", "viewer", hash_token(TOKEN)),))
+        # Every client connects from 127.0.0.1: lift the per-address caps (gateway/feed/guard.py).
+        settings = FeedSettings(tokens=(TokenEntry("bench", "viewer", hash_token(TOKEN)),),
+                                max_connections=1024, max_connections_per_address=1024,
+                                max_unauthenticated=1024, max_unauthenticated_per_address=1024,
+                                auth_failures_per_minute=10_000)
         server = FeedServer(settings, outbox, dict)
         print(f"feed benchmark: {args.clients} clients, {args.rate:,} events/s for "
               f"{args.seconds:g} s per phase, one frame per client per "
@@ -281,9 +371,13 @@ def _close_reason(opcode: int, payload: bytes) -> str:
     return "1006 connection cut" if opcode in (-1, 8) else f"opcode {opcode}"
 
 
-async def _join(ws: LeanSocket, channels: list[str]) -> None:
+async def _join(ws: LeanSocket, channels: list[str], sizes: list[int] | None = None) -> None:
     await ws.send_text(json.dumps({"type": "auth", "token": TOKEN}))
-    await ws.receive_json()
+    opcode, payload = await ws.receive()
+    if opcode != 1:
+        raise ConnectionError(_close_reason(opcode, payload))
+    if sizes is not None:
+        sizes[0] = len(payload)
     await ws.send_text(json.dumps({"type": "subscribe", "channels": channels}))
     while (await ws.receive_json())["type"] != "subscribed":
         pass
@@ -294,6 +388,9 @@ async def client_main(args: argparse.Namespace) -> None:
     # measure, so they take the CPU only when the gateway does not want it.
     os.nice(10)
     channels = CHANNELS[args.mode]
+    board = args.mode == "board"
+    received = [0] * args.clients
+    welcome_bytes = [0]
     counts = [0] * args.clients
     connected = [False] * args.clients
     latencies: list[float] = []
@@ -316,7 +413,7 @@ async def client_main(args: argparse.Namespace) -> None:
         try:
             ws = await LeanSocket.connect(args.client)
             async with ws.stream:
-                await _join(ws, channels)
+                await _join(ws, channels, welcome_bytes)
                 connected[index] = True
                 ready.set()
                 while True:
@@ -324,6 +421,26 @@ async def client_main(args: argparse.Namespace) -> None:
                     if opcode != 1:
                         closed[_close_reason(opcode, payload)] += 1
                         return
+                    if board:
+                        received[index] += len(payload)
+                        if not payload.startswith(b'{"type":"alerts_delta"'):
+                            continue
+                        now = time.time()
+                        delta = json.loads(payload)
+                        for change in delta["changes"]:
+                            if probe:
+                                alert = change.get("alert") or {}
+                                at = change.get("at") or alert.get("acknowledged_at") \
+                                    if change["op"] in ("closed", "acknowledged") else \
+                                    alert.get("last") or alert.get("opened")
+                                latencies.append((now - stamp(at.encode())) * 1000)
+                        counts[index] += len(delta["changes"])
+                        if not first_at:
+                            first_at.append(now)
+                        last_at[0] = now
+                        if expect[0] is not None and counts[index] >= expect[0]:
+                            changed.set()
+                        continue
                     if not payload.startswith(b'{"type":"events"'):
                         continue
                     now = time.time()
@@ -399,6 +516,8 @@ async def client_main(args: argparse.Namespace) -> None:
             "events": events, "events_per_s": events / span if span > 0 else 0.0,
             "complete": sum(1 for c in counts if c >= wanted), "closed": dict(closed),
             "latencies_ms": latencies, "probes": min(args.probes, args.clients),
+            "bytes_per_s": [r / span for r in received] if span > 0 else [],
+            "welcome_bytes": welcome_bytes[0],
             "stalled": stalled_closed[0]}), flush=True)
         nursery.cancel_scope.cancel()
 
@@ -414,7 +533,13 @@ if __name__ == "__main__":
                         help="clients that time every event they get (the rest only count)")
     parser.add_argument("--stalled", action=argparse.BooleanOptionalAction, default=True,
                         help="also connect one client that never reads (default: yes)")
+    parser.add_argument("--board", action="store_true",
+                        help="the floor's case: alert boards on a busy floor (see above)")
+    parser.add_argument("--alerts-per-s", type=int, default=5)
+    parser.add_argument("--open", type=int, default=520, help="open alerts before the run")
     parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=sorted(CHANNELS), help=argparse.SUPPRESS)
     parsed = parser.parse_args()
-    trio.run(client_main if parsed.client else main, parsed)
+    if parsed.board and not parsed.client:
+        parsed.stalled = False
+    trio.run(client_main if parsed.client else board_main if parsed.board else main, parsed)

@@ -143,6 +143,8 @@ class UplinkSection:
         "check": lambda v: _check(1 <= v <= 120, "between 1 and 120 s")})
     rejected_backoff_s: float = field(default=300.0, metadata={
         "check": lambda v: _check(5 <= v <= 3600, "between 5 and 3600 s")})
+    # Connected but nothing acknowledged while events wait this long: reported "frozen".
+    frozen_after_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:
@@ -198,6 +200,15 @@ class FeedTokenSection:
         v in ("viewer", "attendant", "supervisor"), "one of viewer, attendant, supervisor")})
 
 
+def _zone_exists(name: str) -> bool:
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class FeedSection:
     """The local staff feed and alert page (gateway/feed, docs/feed-protocol.md)."""
@@ -222,6 +233,12 @@ class FeedSection:
         "check": lambda v: _check(0 <= v <= 10_000_000, "between 0 and 10000000")})
     degraded_depth: int = field(default=10_000, metadata={
         "check": lambda v: _check(v >= 1, "at least 1")})
+    # The board's clock (IANA name, e.g. "America/Chicago"; "" = the tablet's own zone) and how
+    # long a login on a shared tablet lasts.
+    time_zone: str = field(default="", metadata={"check": lambda v: _check(
+        v == "" or _zone_exists(v), "an IANA time zone name such as Europe/London")})
+    session_max_s: float = field(default=8 * 3600, metadata={
+        "check": lambda v: _check(60 <= v <= 7 * 86400, "between 60 s and 7 days")})
     tokens: tuple[FeedTokenSection, ...] = ()
 
     def __post_init__(self) -> None:
@@ -240,6 +257,20 @@ class FeedSection:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSection:
+    """/health and /metrics on their own listener (gateway/monitor.py, docs/operations.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=9464, metadata={
+        "check": lambda v: _check(0 <= v <= 65535, "a TCP port 0-65535")})
+    token_file: Path | None = None   # required when host is not loopback
+    uplink_down_s: float = 60.0      # /health: degraded when the uplink is down longer
+    undelivered_s: float = 300.0     # ... or the oldest undelivered event is older
+    degraded_depth: int = field(default=10_000, metadata={
+        "check": lambda v: _check(v >= 1, "at least 1")})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewaySection
     uplink: UplinkSection
@@ -248,6 +279,7 @@ class Config:
     commands: CommandsSection = CommandsSection()
     log: LogSection = LogSection()
     feed: FeedSection | None = None
+    monitor: MonitorSection | None = None
 
     @property
     def outbox_path(self) -> Path:
@@ -354,6 +386,12 @@ def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Conf
             if not 1 <= address <= 127:
                 problems.append(ConfigError(f"ports[{i}].addresses[{j}]",
                                             f"expected a SAS address 1-127, got {address}"))
+    monitor = config.monitor
+    if monitor is not None and monitor.token_file is None and monitor.host not in (
+            "127.0.0.1", "::1", "localhost"):
+        problems.append(ConfigError("monitor.token_file", f"required when monitor.host "
+                                    f"({monitor.host}) is not loopback: /health and /metrics "
+                                    "are not for everyone"))
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     if base_dir is not None:

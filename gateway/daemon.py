@@ -58,8 +58,10 @@ from gateway.control import (
 from gateway.errors import ConfigError
 from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
+from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
+from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
 
@@ -157,6 +159,8 @@ class Gateway:
     commands: CommandRouter
     feed: FeedServer | None = None
     feed_port: int | None = None
+    monitor: Monitor | None = None
+    monitor_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
     port_errors: dict[str, str] = field(default_factory=dict)  # why a port is down, for diag
@@ -168,6 +172,16 @@ class Gateway:
     uplink_down_since: float | None = field(default_factory=time.time)
     # One per supervised port: a clean stop ends machine intake before gatewayStopping.
     port_scopes: list[trio.CancelScope] = field(default_factory=list)
+    tracker: UplinkTracker | None = None
+
+    def uplink_view(self) -> UplinkView:
+        """The uplink as everything reports it (gateway/status.py): one tracker, one answer."""
+        if self.tracker is None:
+            self.tracker = UplinkTracker(self.started_at, self.config.uplink.frozen_after_s)
+        return self.tracker.observe(self.uplink.statistics(),
+                                    delivered_seq=self.outbox.delivered_seq,
+                                    depth=self.outbox.depth(), now=time.monotonic(),
+                                    wall=time.time())
 
     def status(self) -> dict[str, Any]:
         """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
@@ -176,6 +190,7 @@ class Gateway:
         for name, driver in self.drivers.items():
             machines = driver.statistics().machines
             ports[name] = {
+                "state": driver.statistics().state,
                 "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
                 "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
                 "resent_after_reset": sum(m.get("resent_after_reset", 0)
@@ -183,16 +198,16 @@ class Gateway:
                 "failures": self.port_failures.get(name, 0),
                 "machines": {str(a): dict(m) for a, m in machines.items()},
             }
-        return {"uplink": dict(up), "ports": ports, "outbox": self.outbox.statistics()}
+        return {"uplink": dict(up), "uplink_status": self.uplink_view().as_dict(),
+                "ports": ports, "outbox": self.outbox.statistics()}
 
     def uplink_down_for(self) -> float | None:
-        """Seconds since the uplink was last connected (since start if never), None while up."""
-        if self.uplink.statistics().get("connected"):
-            self.uplink_down_since = None
+        """Seconds the uplink has not been delivering (down or frozen; since start if it never
+        connected), None while up."""
+        view = self.uplink_view()
+        if view.connected or view.since is None:
             return None
-        if self.uplink_down_since is None:
-            self.uplink_down_since = time.time()
-        return time.time() - self.uplink_down_since
+        return max(0.0, time.time() - view.since)
 
     def status_line(self) -> str:
         """'12/14 machines online, uplink down 4m, 3,211 queued'."""
@@ -200,7 +215,8 @@ class Gateway:
                      for m in d.statistics().machines.values() if m.get("online"))
         total = sum(len(p.addresses) for p in self.config.ports)
         down = self.uplink_down_for()
-        uplink = "uplink up" if down is None else f"uplink down {format_duration(down)}"
+        state = "frozen" if self.uplink_view().state == "frozen" else "down"
+        uplink = "uplink up" if down is None else f"uplink {state} {format_duration(down)}"
         line = f"{online}/{total} machines online, {uplink}, {self.outbox.depth():,} queued"
         if self.outbox.intake_stopped:
             line += ", DISK FULL: intake stopped"
@@ -282,6 +298,26 @@ async def stoppable_port(gw: Gateway, name: str, *,
         await supervise_port(gw, name, task_status=_Status())  # type: ignore[arg-type]
     if not reported:
         task_status.started()
+
+
+def health_limits(config: Config) -> HealthLimits:
+    """When /health says degraded: [monitor] settings, else the defaults (and the feed's
+    degraded_depth, which predates [monitor])."""
+    if config.monitor is not None:
+        return HealthLimits(config.monitor.uplink_down_s, config.monitor.undelivered_s,
+                            config.monitor.degraded_depth)
+    if config.feed is not None:
+        return HealthLimits(depth=config.feed.degraded_depth)
+    return HealthLimits()
+
+
+async def watch_uplink(gw: Gateway) -> None:
+    """Feed the uplink tracker every change of the uplink task, and once a second (a frozen
+    platform is a matter of time), whether or not anyone is looking at /health or the board."""
+    while True:
+        gw.uplink_view()
+        with trio.move_on_after(1.0):
+            await gw.uplink.wait_changed()
 
 
 async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,
@@ -462,12 +498,13 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                  control_path=control_socket_path(config.gateway), config_path=config_path)
     outbox.commit_listeners.append(gw.activity.on_commit)
     control: ControlServer | None = ControlServer(gw, gw.control_path)
+    gw.monitor = Monitor(outbox, gw.status, health_limits(config))
     if config.feed is not None:
         async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
             return await router.handle(request, f"staff:{requested_by}")
 
         gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
-                             command_handler=staff_command)
+                             command_handler=staff_command, monitor=gw.monitor)
         router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
     try:
         # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
@@ -486,6 +523,11 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
             if gw.feed is not None:
                 # The floor works without the platform: the feed starts before the uplink.
                 gw.feed_port = await nursery.start(gw.feed.run)
+            if config.monitor is not None:
+                gw.monitor_port = await nursery.start(serve_monitor, MonitorSettings(
+                    config.monitor.host, config.monitor.port, config.monitor.token_file),
+                    gw.monitor)
+            nursery.start_soon(watch_uplink, gw)
             for port in config.ports:
                 await nursery.start(stoppable_port, gw, port.name)
             await nursery.start(uplink.run)

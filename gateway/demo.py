@@ -135,7 +135,8 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
             certfile=base / "receiver.pem", keyfile=base / "receiver.key"))
         receiver.store.register(GATEWAY_ID, made["token"], bytes(made["signer"].verify_key).hex())
         fleet = await nursery.start(partial(serve_fleet, machines, rte=True,
-                                            seed=secrets.randbits(32), events_per_second=rate))
+                                            seed=secrets.randbits(32), events_per_second=rate,
+                                            profile="floor"))  # alerts at realistic rates
         port_names = [f"port{i + 1}" for i in range(machines)]
         config = Config(
             gateway=GatewaySection(id=GATEWAY_ID, key_file=made["key_file"],

@@ -11,6 +11,7 @@ import trio
 
 from drivers.sim.faults import FAULT_KINDS
 from drivers.sim.fleet import serve_fleet
+from drivers.sim.machine import PROFILES
 
 __all__ = ["add_commands"]
 
@@ -32,6 +33,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--rte", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate", type=float, default=2.0, metavar="EVENTS_PER_S")
+    p.add_argument("--profile", choices=PROFILES, default="storm",
+                   help="storm: alerts in every tenth event (load tests); floor: realistic "
+                   "per-machine-hour alert rates (drivers/sim/machine.py)")
     p.add_argument("--faults", type=_faults, default=[],
                    help="comma-separated: " + ",".join(FAULTS))
     p.add_argument("--fault-probability", type=float, default=0.02, metavar="P",
@@ -54,7 +58,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
             fleet = await nursery.start(lambda task_status: serve_fleet(
                 args.machines, rte=args.rte, seed=args.seed, events_per_second=args.rate,
                 faults=args.faults, fault_probability=args.fault_probability,
-                task_status=task_status))
+                profile=args.profile, task_status=task_status))
             for path in fleet.device_paths:
                 print(path)
             sys.stdout.flush()

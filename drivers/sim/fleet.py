@@ -75,7 +75,7 @@ def _open_pty() -> tuple[int, int, str]:
 
 async def serve_fleet(count: int, *, rte: bool = True, seed: int = 0,
                       events_per_second: float = 2.0, faults: Sequence[str] = (),
-                      fault_probability: float = 0.02,
+                      fault_probability: float = 0.02, profile: str = "storm",
                       task_status: trio.TaskStatus[SimFleet] = trio.TASK_STATUS_IGNORED) -> None:
     """Run `count` simulated machines on fresh ptys until cancelled; `rte` False makes them ignore
     LP 0E (no RTE support). `faults` names fault kinds (faults.FAULT_KINDS) injected with
@@ -91,7 +91,7 @@ async def serve_fleet(count: int, *, rte: bool = True, seed: int = 0,
                 fds += (master, slave)
                 play = PlayModel(seed * 1000 + n, events_per_second,
                                  denom_cents=DENOMINATION_CENTS[config.denomination_code],
-                                 start=trio.current_time())
+                                 start=trio.current_time(), profile=profile)
                 egm = SasEgm(1, Ledger(on_change=fleet._ledger_changed), play=play, config=config,
                              serial=f"SIM{seed:03d}{n:04d}", rte_capable=rte,
                              faults=FaultPlan(frozenset(faults), fault_probability,

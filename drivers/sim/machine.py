@@ -12,7 +12,18 @@ import random
 from drivers.sas import bcd
 from drivers.sas.codes import Exc
 
-__all__ = ["PlayModel"]
+__all__ = ["FLOOR_RATES_PER_HOUR", "PROFILES", "PlayModel"]
+
+PROFILES = ("storm", "floor")
+# The "floor" profile: what one machine raises per hour of operation, drawn as Poisson processes
+# of their own (independent of the play rate). These are ASSUMPTIONS, order-of-magnitude figures
+# from slot-floor operating practice, not measurements: a door is opened for a drop, a fill or a
+# service call a few times a day; bill jams and printer/reel/battery faults are each roughly one
+# per machine per day or two of play; a handpay (a jackpot over the tax-reporting threshold, or a
+# cancelled credit) about one in ten hours on a busy machine. A venue's own event history (the
+# outbox) is the source to replace them with. The "storm" profile (the default, for load tests)
+# makes doors 12 % of events, tilts 4 % and handpays 3 %: ~290 tilts an hour at 2 events/s.
+FLOOR_RATES_PER_HOUR = {"door": 0.2, "bill_jam": 0.04, "tilt": 0.04, "handpay": 0.1}
 
 _DOORS = (0x11, 0x13, 0x15, 0x19, 0x1D)
 _TILTS = (0x20, 0x28, 0x2B, 0x60, 0x61, 0x3B)
@@ -24,7 +35,10 @@ class PlayModel:
     """Games with wager and win, bills, doors, and the occasional handpay or tilt."""
 
     def __init__(self, seed: int, events_per_second: float, *, denom_cents: int = 1,
-                 start: float = 0.0) -> None:
+                 start: float = 0.0, profile: str = "storm") -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
+        self.profile = profile
         self._rng = random.Random(seed)
         self.rate = events_per_second
         self.denom_cents = denom_cents
@@ -61,6 +75,8 @@ class PlayModel:
 
     def _one(self, rte: bool) -> list[tuple[int, bytes]]:
         roll = self._rng.random()
+        if self.profile == "floor":
+            return self._floor(roll, rte)
         if roll < 0.55:
             return self._game()
         if roll < 0.75 or self.credits < 5:
@@ -74,6 +90,28 @@ class PlayModel:
             return [(self._rng.choice(_TILTS), b"")]
         self.handpay_cents = 120_000
         return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
+
+    def _floor(self, roll: float, rte: bool) -> list[tuple[int, bytes]]:
+        """Play (games, bills, game selection) at the play rate, and each kind of alert with
+        its chance per event set so that it comes FLOOR_RATES_PER_HOUR times an hour."""
+        for kind, per_hour in FLOOR_RATES_PER_HOUR.items():
+            chance = per_hour / 3600 / self.rate
+            if roll < chance:
+                if kind == "door":
+                    door = self._rng.choice(_DOORS)
+                    return [(door, b""), (door + 1, b"")]
+                if kind == "bill_jam":
+                    return [(Exc.BILL_JAM, b"")]
+                if kind == "tilt":
+                    return [(self._rng.choice(_TILTS), b"")]
+                self.handpay_cents = 120_000
+                return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
+            roll -= chance
+        if roll < 0.6 or (self.credits >= 5 and roll < 0.8):
+            return self._game()
+        if roll < 0.95 or self.credits < 5:
+            return [self._bill(rte)]
+        return [(Exc.GAME_SELECTED, bcd.encode(self._rng.randint(1, 20), 2))]
 
     def meters(self) -> dict[str, int]:
         """Lifetime meters by the names of messages.METER_NAMES (credits / counts)."""

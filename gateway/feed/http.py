@@ -23,7 +23,7 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-cache"),
     (b"content-security-policy",
-     b"default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'"),
+     b"default-src 'self'; connect-src 'self'; frame-ancestors 'none'"),
 ]
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

@@ -30,8 +30,10 @@ __all__ = [
     "Command",
     "FailureLimiter",
     "FeedSession",
+    "History",
     "Identity",
     "Replay",
+    "Resync",
     "Send",
     "TokenEntry",
     "TokenTable",
@@ -260,7 +262,21 @@ class Command:
     identity: Identity
 
 
-Action = Send | Close | Authenticated | AuthFailed | Replay | Acknowledge | Command
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Send the whole alert state again (the client missed an `alerts_delta`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Send a machine's open and recently closed alerts."""
+
+    machine: str
+    ref: Any = None
+
+
+Action = Send | Close | Authenticated | AuthFailed | Replay | Acknowledge | Command | Resync \
+    | History
 
 
 @dataclass(slots=True)
@@ -337,7 +353,8 @@ class FeedSession:
             return self.authenticate(message.get("token"))  # type: ignore[arg-type]
         handler = {"auth": self._again, "subscribe": self._subscribe,
                    "unsubscribe": self._subscribe, "replay": self._replay, "ack": self._ack,
-                   "command": self._command}.get(kind)
+                   "command": self._command, "resync": self._resync,
+                   "history": self._history}.get(kind)
         if handler is None:
             return [Send(error("unknown_type", f"unknown message type {kind!r}", ref))]
         try:
@@ -368,6 +385,17 @@ class FeedSession:
             self.filter.events -= events
             self.filter.machines -= machines
         return [Send({"type": "subscribed", **self.filter.as_dict()})]
+
+    @staticmethod
+    def _resync(message: dict[str, Any], identity: Identity) -> list[Action]:
+        return [Resync()]
+
+    @staticmethod
+    def _history(message: dict[str, Any], identity: Identity) -> list[Action]:
+        machine = message.get("machine")
+        if not isinstance(machine, str) or not _MACHINE.match(machine):
+            raise _BadRequest("machine must be a machine as 'port/address'")
+        return [History(machine, message.get("id"))]
 
     @staticmethod
     def _replay(message: dict[str, Any], identity: Identity) -> list[Action]:

@@ -21,7 +21,6 @@ browser never slows the outbox (design.md sections 7 and 10; docs/feed-protocol.
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
 import math
 import resource
@@ -37,8 +36,7 @@ import h11
 import structlog
 import trio
 import trio_websocket
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import Counter, Gauge
 
 from drivers.base import MachineRef
 from gateway import __version__
@@ -74,7 +72,9 @@ from gateway.feed.protocol import (
     Command,
     FailureLimiter,
     FeedSession,
+    History,
     Replay,
+    Resync,
     Send,
     TokenEntry,
     TokenTable,
@@ -83,7 +83,8 @@ from gateway.feed.protocol import (
     error,
     events_frame,
 )
-from gateway.feed.state import AlertBoard
+from gateway.feed.state import AlertBoard, Change
+from gateway.monitor import METRICS_TYPE, HealthLimits, Monitor
 from gateway.signing import decode_envelope
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0       # how long a closing handshake (or a "too slow" close) may take
 SHUTDOWN_CLOSE_S = 0.25     # per client, while the daemon stops
 REPLAY_PAGE = 500
+STATUS_INTERVAL_S = 1.0     # how often the uplink status is checked for a change to push
 FANOUT_CHUNK = 16           # clients served in one go during a flush ...
 FANOUT_GAP_S = 0.001        # ... then the trio thread idles this long (see _flush)
 
@@ -122,6 +124,8 @@ class FeedSettings:
     replay_max: int = 10_000
     history_events: int = 50_000
     degraded_depth: int = 10_000
+    time_zone: str = ""
+    session_max_s: float = 8 * 3600
     # Not in the configuration file: tuning knobs for tests and benchmarks.
     batch_interval_s: float = 0.05      # at most one events frame per client per interval
     max_frames_per_s: int = 2000        # and all clients together about this many frames a second
@@ -160,7 +164,8 @@ class FeedSettings:
             max_message_bytes=section.max_message_bytes, client_queue=section.client_queue,
             auth_failures_per_minute=section.auth_failures_per_minute,
             auth_timeout_s=section.auth_timeout_s, replay_max=section.replay_max,
-            history_events=section.history_events, degraded_depth=section.degraded_depth)
+            history_events=section.history_events, degraded_depth=section.degraded_depth,
+            time_zone=section.time_zone, session_max_s=section.session_max_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,41 +254,6 @@ class FeedStatistics:
     dropped: int            # clients dropped as too slow
 
 
-class _Collector:
-    """Figures read at scrape time from the outbox and the daemon's `status()`."""
-
-    def __init__(self, server: FeedServer) -> None:
-        self._server = server
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Any:
-        server = self._server
-        outbox = server.outbox
-        yield GaugeMetricFamily("gateway_outbox_depth", "Events not yet acknowledged by the "
-                                "platform.", value=outbox.depth())
-        yield GaugeMetricFamily("gateway_outbox_last_seq", "Seq of the newest durable event.",
-                                value=outbox.last_seq)
-        status = server.status()
-        uplink = status.get("uplink") or {}
-        yield GaugeMetricFamily("gateway_uplink_connected", "1 while the platform uplink is up.",
-                                value=1.0 if uplink.get("connected") else 0.0)
-        if isinstance(uplink.get("reconnects"), int | float):
-            yield CounterMetricFamily("gateway_uplink_reconnects", "Uplink reconnect attempts.",
-                                      value=uplink["reconnects"])
-        ports = status.get("ports") or {}
-        for key, name, text in (("timeouts", "gateway_port_timeouts", "Polls unanswered."),
-                                ("crc_errors", "gateway_port_crc_errors", "Frames with a bad "
-                                 "CRC."),
-                                ("resent_after_reset", "gateway_port_resent_after_reset",
-                                 "Exceptions a machine re-sent after a reset cut off their ACK, "
-                                 "acknowledged without a second record.")):
-            family = CounterMetricFamily(name, text, labels=["port"])
-            for port, figures in sorted(ports.items()):
-                if isinstance(figures, dict) and isinstance(figures.get(key), int | float):
-                    family.add_metric([str(port)], figures[key])
-            yield family
 
 
 class FeedServer:
@@ -296,7 +266,8 @@ class FeedServer:
     """
 
     def __init__(self, settings: FeedSettings, outbox: Outbox, status: Callable[[], dict[str, Any]],
-                 command_handler: CommandHandler | None = None) -> None:
+                 command_handler: CommandHandler | None = None, *,
+                 monitor: Monitor | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
         self.status = status
@@ -317,21 +288,21 @@ class FeedServer:
         self._pending: list[dict[str, Any]] = []   # committed, not yet fanned out
         self._board_changed = False
         self._wake = trio.Event()
+        self._urgent = trio.Event()   # the board changed: do not wait out the batching pause
         self._flush_lock = trio.Lock()
         self._encoded = self._flushes = self._frames_queued = self._frames_sent = 0
         self._dropped_count = 0
-        self._last_latency: float | None = None
         self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
-        self.registry = CollectorRegistry()
-        self._events = Counter("gateway_events", "Events made durable, by type.", ["type"],
-                               registry=self.registry)
+        self._own_monitor = monitor is None
+        self.monitor = monitor or Monitor(outbox, status, HealthLimits(
+            depth=settings.degraded_depth))
+        self.registry = self.monitor.registry
         self._clients_gauge = Gauge("gateway_feed_clients", "Authenticated staff feed clients.",
                                     registry=self.registry)
         self._clients_gauge.set_function(lambda: len(self._clients))
         self._dropped = Counter("gateway_feed_dropped_clients", "Feed clients dropped as too slow.",
                                 registry=self.registry)
-        self._auth_failures = Counter("gateway_feed_auth_failures", "Feed logins with an unknown "
-                                      "token.", registry=self.registry)
+        self._auth_failures = self.monitor.auth_failures
         self._rate_limited = Counter("gateway_feed_rate_limited", "Feed logins answered 429: too "
                                      "many attempts from the address.", registry=self.registry)
         self._refused = Counter("gateway_feed_refused_connections", "Feed connections closed at "
@@ -345,11 +316,6 @@ class FeedServer:
         connections = Gauge("gateway_feed_connections", "Open feed connections (HTTP and "
                             "WebSocket).", registry=self.registry)
         connections.set_function(lambda: self._admission.open)
-        self._durable = Histogram(
-            "gateway_capture_to_durable_seconds", "From capture to committed in the outbox.",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry)
-        self.registry.register(_Collector(self))
 
     @property
     def client_count(self) -> int:
@@ -367,12 +333,11 @@ class FeedServer:
         """Rebuild the alert board from recent history, bind, report the port, serve forever."""
         self.outbox.commit_listeners.append(self._on_commit)
         try:
-            latencies = self.outbox.durable_latencies
-            self._last_latency = latencies[-1] if latencies else None
             await self._prime()
             self._warn_if_clear()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fanout)
+                nursery.start_soon(self._watch_status)
                 nursery.start_soon(partial(summarize_suppressed, self._throttle,
                                            "feed: repeated warnings not logged one by one",
                                            listener="feed"))
@@ -383,6 +348,8 @@ class FeedServer:
                         on_full=self._accept_full.inc))
         finally:
             self.outbox.commit_listeners.remove(self._on_commit)
+            if self._own_monitor:
+                self.monitor.close()
 
     async def _listen_or_retry(self, task_status: trio.TaskStatus[int]) -> list[Any]:
         """Bind; report the port. A port in use (another program, an old gateway still
@@ -473,6 +440,8 @@ class FeedServer:
             for seq, body in rows:
                 self.board.apply(decode_envelope(body))
                 after = seq
+        # The rebuilt board is every client's starting snapshot: its changes are not news.
+        self.board.drain()
         self._priming = False
         backlog, self._backlog = self._backlog, []
         if backlog:
@@ -486,11 +455,10 @@ class FeedServer:
         if self._priming:
             self._backlog.extend(envelopes)
             return
-        self._observe_latencies()
         for envelope in envelopes:
-            self._events.labels(envelope["event"]).inc()
             if self.board.apply(envelope):
                 self._board_changed = True
+                self._urgent.set()
         if self._clients:
             self._pending.extend(envelopes)
         self._wake.set()
@@ -503,18 +471,29 @@ class FeedServer:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await trio.sleep(_pause(await self._flush(), self.settings))
+            frames = await self._flush()
+            # The frame budget is always kept; the rest of the pause (the batching of routine
+            # events) is cut short by a change to the alert board: staff see alerts first.
+            budget = frames / self.settings.max_frames_per_s
+            await trio.sleep(budget)
+            rest = _pause(frames, self.settings) - budget
+            if rest > 0 and not self._board_changed:
+                with trio.move_on_after(rest):
+                    await self._urgent.wait()
+            self._urgent = trio.Event()
 
     async def _flush(self) -> int:
         """Hand everything committed so far to the clients' queues, in seq order. The lock keeps
         two flushes (the fan-out task's and an acknowledgement's) from interleaving."""
         async with self._flush_lock:
             envelopes, self._pending = self._pending, []
-            changed, self._board_changed = self._board_changed, False
-            if not self._clients or (not envelopes and not changed):
+            self._board_changed = False
+            # Drained even with nobody connected: a client that joins gets a snapshot.
+            changes = self.board.drain()
+            if not self._clients or (not envelopes and not changes):
                 return 0
             self._flushes += 1
-            alerts = self._alerts_message() if changed else None
+            alerts = self._delta_message(changes) if changes else None
             groups: dict[Any, list[_Client]] = {}
             for client in list(self._clients):
                 groups.setdefault(client.session.filter.key(), []).append(client)
@@ -576,34 +555,42 @@ class FeedServer:
                         queued=client.queued)
         return False
 
-    def _observe_latencies(self) -> None:
-        # The outbox keeps the last 10,000 capture->durable figures in a deque; the newest ones
-        # since the last call are those to the right of the float object seen last time.
-        latencies = self.outbox.durable_latencies
-        fresh = []
-        for value in reversed(latencies):
-            if value is self._last_latency:
-                break
-            fresh.append(value)
-        if latencies:
-            self._last_latency = latencies[-1]
-        for value in fresh:
-            self._durable.observe(value)
+    def _delta_message(self, changes: list[Change]) -> str:
+        return dumps({"type": "alerts_delta", "time": rfc3339(time.time()),
+                      "base": changes[0].version - 1, "version": changes[-1].version,
+                      "changes": [c.as_dict() for c in changes]})
 
-    def _alerts_message(self) -> str:
-        return dumps({"type": "alerts", "time": rfc3339(time.time()), "state": self._state()})
+    def _snapshot_message(self) -> str:
+        return dumps({"type": "alerts_snapshot", "time": rfc3339(time.time()),
+                      "state": self._state()})
+
+    def uplink(self) -> dict[str, Any]:
+        """The uplink as the page and /health show it: the daemon's one tracker
+        (gateway/status.py), never the last uplink event in the outbox."""
+        view = dict(self.status().get("uplink_status") or {})
+        if not view:
+            return {"state": "unknown", "connected": None, "since": None,
+                    "reason": "no uplink status reported"}
+        since = view.get("since")
+        view["since"] = rfc3339(since) if isinstance(since, int | float) else None
+        return view
 
     def _state(self) -> dict[str, Any]:
-        state = self.board.snapshot()
-        if state["uplink"]["connected"] is None:
-            # No uplinkUp/uplinkDown seen yet: say what the uplink task reports right now.
-            uplink = self.status().get("uplink") or {}
-            if "connected" in uplink:
-                since = uplink.get("since")
-                state["uplink"] = {"connected": bool(uplink["connected"]),
-                                   "since": rfc3339(since) if isinstance(since, int | float)
-                                   else None, "reason": uplink.get("reason")}
-        return state
+        return {**self.board.snapshot(), "uplink": self.uplink()}
+
+    async def _watch_status(self) -> None:
+        """Push the uplink status to every client when it changes: checked every
+        STATUS_INTERVAL_S (a frozen platform is a matter of time, not of an event)."""
+        last = self.uplink()
+        while True:
+            await trio.sleep(STATUS_INTERVAL_S)
+            now = self.uplink()
+            if now != last:
+                last = now
+                message = dumps({"type": "status", "time": rfc3339(time.time()),
+                                 "uplink": now})
+                for client in list(self._clients):
+                    self._offer(client, ("text", message))
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -670,17 +657,30 @@ class FeedServer:
             if upgrade:
                 await self._upgrade(conn, stream, request, target, remote, ticket)
                 return
-            status, body, ctype = await self._route(target)
-            await respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
+            status, body, ctype, *extra = await self._route(target, remote)
+            await respond(conn, stream, status, body, ctype, *extra,
+                          head=request.method == b"HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
-    async def _route(self, target: str) -> tuple[int, bytes, str]:
+    async def _route(self, target: str, remote: str) -> tuple[Any, ...]:
+        """(status, body, content type[, extra headers]) for a plain GET or HEAD."""
         if target == "/health":
-            return 200, dumps(await self.health()).encode(), "application/json"
+            code, body = self.health()
+            return code, dumps(body).encode(), "application/json"
+        if target == "/feed":
+            # A plain GET of the feed's URL: how a page learns why its WebSocket handshake
+            # failed (browsers hide the status): 429 while this address is blocked.
+            now = trio.current_time()
+            if self._limiter.blocked(remote, now):
+                retry = self._limiter.retry_after(remote, now)
+                return 429, b"too many failed authentications\n", "text/plain", \
+                    [(b"retry-after", str(retry).encode())]
+            return 426, b"the feed is a WebSocket: send Upgrade: websocket\n", "text/plain", \
+                [(b"upgrade", b"websocket")]
         if target == "/metrics":
-            return 200, generate_latest(self.registry), "text/plain; version=0.0.4; charset=utf-8"
+            return 200, self.monitor.metrics(), METRICS_TYPE
         name = "index.html" if target in ("/", "/index.html") else (
             target.removeprefix("/static/") if target.startswith("/static/") else None)
         # Only files listed from the static directory at start: no client path reaches open().
@@ -690,27 +690,11 @@ class FeedServer:
                 CONTENT_TYPES.get(path.suffix, "application/octet-stream")
         return 404, b"not found\n", "text/plain"
 
-    async def health(self) -> dict[str, Any]:
-        """What GET /health returns: ok, or degraded when the uplink is down or the backlog big."""
-        uplink = dict(self.status().get("uplink") or {})
-        depth = self.outbox.depth()
-        degraded = uplink.get("connected") is False or depth > self.settings.degraded_depth
-        return {"status": "degraded" if degraded else "ok", "version": __version__,
-                "time": rfc3339(time.time()), "uplink": uplink,
-                "outbox": {"depth": depth, "oldest_undelivered_s": await self._oldest_undelivered(),
-                           "last_seq": self.outbox.last_seq,
-                           "delivered_seq": self.outbox.delivered_seq},
-                "feed": {"clients": len(self._clients), "connections": self._admission.open,
-                         "bind_failures": self.bind_failures}}
-
-    async def _oldest_undelivered(self) -> float:
-        if self.outbox.depth() <= 0:
-            return 0.0
-        rows = await self.outbox.read_after(self.outbox.delivered_seq, 1)
-        if not rows:
-            return 0.0
-        stamp = dt.datetime.fromisoformat(decode_envelope(rows[0][1])["timestamp"])
-        return round(max(0.0, time.time() - stamp.timestamp()), 3)
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """What GET /health returns (gateway/monitor.py), with the feed's own figures."""
+        return self.monitor.health({"feed": {"clients": len(self._clients),
+                                             "connections": self._admission.open,
+                                             "bind_failures": self.bind_failures}})
 
     # -- WebSocket -------------------------------------------------------------------------------
 
@@ -819,7 +803,8 @@ class FeedServer:
                     "type": "welcome", "name": identity.name, "role": identity.role,
                     "server": {"version": __version__, "gateway_id": self.outbox.gateway_id,
                                "epoch": self.outbox.epoch, "last_seq": self.outbox.last_seq},
-                    "time": rfc3339(time.time()), "state": self._state()})))
+                    "time": rfc3339(time.time()), "time_zone": self.settings.time_zone or None,
+                    "session_max_s": self.settings.session_max_s, "state": self._state()})))
                 self._clients.add(client)
                 log.info("feed client joined", client=remote, name=identity.name,
                          role=identity.role)
@@ -856,6 +841,14 @@ class FeedServer:
             self._offer(client, ("text", dumps(result)))
         elif isinstance(action, Command):
             self._offer(client, ("text", dumps(await self._command(action))))
+        elif isinstance(action, Resync):
+            # Queued behind what the client already has: deltas after it at or below the
+            # snapshot's version are skipped by the client (their `v` is not above it).
+            self._offer(client, ("text", self._snapshot_message()))
+        elif isinstance(action, History):
+            self._offer(client, ("text", dumps({
+                "type": "history", "machine": action.machine, "ref": action.ref,
+                "alerts": self.board.history(action.machine)})))
 
     async def _acknowledge(self, ack: Acknowledge) -> dict[str, Any]:
         refusal = self.board.ack_refusal(ack.alert_seq)

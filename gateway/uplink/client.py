@@ -223,6 +223,7 @@ class UplinkClient:
         self._window_changed = trio.Event()
         self._changed = trio.Event()
         self._was_up = False
+        self._outage_recorded = False  # an uplinkDown was recorded for the current outage
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -290,6 +291,12 @@ class UplinkClient:
                 down_since = trio.current_time()
                 await self.outbox.append_system("uplinkDown", {"reason": str(err)})
                 self._reconnects += 1
+            elif not self._outage_recorded:
+                # An outage that began before the first connection is an outage too: recorded
+                # once, at its start, so the record does not depend on the platform coming back.
+                await self.outbox.append_system(
+                    "uplinkDown", {"reason": f"never connected since start: {err}"})
+            self._outage_recorded = True
             previous_error, self._last_error = self._last_error, str(err)
             if isinstance(err, UplinkRejectedError):
                 self._set_state("rejected")
@@ -367,6 +374,7 @@ class UplinkClient:
                     await self.outbox.mark_delivered(welcome.high_water)
                 self._last_ack_seq = welcome.high_water
                 self._was_up = True
+                self._outage_recorded = False
                 down_for = round(max(0.0, trio.current_time() - down_since), 3)
                 up: dict[str, Any] = {"down_for_s": down_for}
                 if (synchronised := clock_synchronised()) is not None:

@@ -26,12 +26,76 @@ test("alerts are grouped by machine, newest group and newest alert first", () =>
   assert.deepEqual(groups[2].alerts.map((a) => a.seq), [5, 3]);
 });
 
-test("only new handpays and tilts are loud, and never on the first state", () => {
+test("only new handpays are loud, and never on the first state", () => {
   const before = [alert(1, "tilt", "p1/1")];
   const after = [alert(1, "tilt", "p1/1"), alert(2, "handpay", "p2/1"), alert(3, "door", "p1/1"),
     alert(4, "tilt", "p3/1")];
   assert.deepEqual(core.newLoudAlerts(null, after), []);
-  assert.deepEqual(core.newLoudAlerts(before, after), [2, 4]);
+  assert.deepEqual(core.newLoudAlerts(before, after), [2]);
+});
+
+test("a tile shows its machine's worst alert: needing action, then severity, then oldest", () => {
+  const tilt = alert(3, "tilt", "p1/1");
+  const door = alert(5, "door", "p1/1");
+  const ackedHandpay = alert(2, "handpay", "p1/1", { acknowledged_by: "ann" });
+  assert.equal(core.worstAlert([tilt, door, ackedHandpay]).seq, 5);
+  assert.equal(core.worstAlert([tilt, ackedHandpay]).seq, 3);
+  assert.equal(core.worstAlert([ackedHandpay]).seq, 2);
+  assert.equal(core.worstAlert([]), null);
+  assert.equal(core.worstAlert([alert(9, "tilt", "p"), alert(4, "tilt", "p")]).seq, 4);
+});
+
+test("tiles are ordered by severity, then needing action, then age", () => {
+  const worst = new Map([
+    ["p1/1", alert(10, "tilt", "p1/1")], ["p2/1", alert(11, "handpay", "p2/1")],
+    ["p3/1", alert(3, "tilt", "p3/1")], ["p4/1", alert(2, "handpay", "p4/1",
+      { acknowledged_by: "ann" })], ["p5/1", alert(7, "door", "p5/1")],
+  ]);
+  assert.deepEqual(core.tileOrder(worst), ["p2/1", "p4/1", "p5/1", "p3/1", "p1/1"]);
+});
+
+test("deltas apply above the client's version, and a gap asks for a resync", () => {
+  const alerts = new Map([[1, alert(1, "tilt", "p1/1")]]);
+  const delta = { base: 1, version: 3, changes: [
+    { v: 2, op: "opened", alert: alert(4, "door", "p2/1") },
+    { v: 3, op: "closed", seq: 1, machine: "p1/1" }] };
+  const done = core.applyDelta(alerts, 1, delta);
+  assert.deepEqual([done.resync, done.version], [false, 3]);
+  assert.deepEqual([...alerts.keys()], [4]);
+  assert.deepEqual(done.machines.sort(), ["p1/1", "p2/1"]);
+  // The same delta again (a resync overlapped it) changes nothing.
+  assert.equal(core.applyDelta(alerts, 3, delta).version, 3);
+  assert.deepEqual([...alerts.keys()], [4]);
+  const gap = core.applyDelta(alerts, 3, { base: 5, version: 6, changes: [] });
+  assert.equal(gap.resync, true);
+});
+
+test("machines and banks in plain words", () => {
+  assert.equal(core.bankOf("bank-a-05/1"), "bank-a");
+  assert.equal(core.bankOf("pit3/2"), "pit");
+  assert.equal(core.bankOf("lobby/1"), "lobby");
+  assert.equal(core.bankOf(null), "gateway");
+  assert.equal(core.bankName("bank-a"), "Bank A");
+  assert.equal(core.machineName("bank-a-05/1"), "Bank A 05 \u00B7 #1");
+  assert.equal(core.machineName("bank-a-05/1", { asset: "12345" }),
+    "Bank A 05 \u00B7 #1 (asset 12345)");
+  assert.equal(core.words("printer_comm_error"), "Printer not responding");
+  assert.equal(core.words("something_new"), "Something new");
+  assert.equal(core.words("exception_7f"), "Code 7f");
+});
+
+test("frozen and never-connected uplinks are said as such", () => {
+  const since = "2026-11-21T06:00:00.000Z";
+  const frozen = core.uplinkBanner({ connected: false, state: "frozen", since,
+    reason: "connected, but the platform has acknowledged nothing for over 10 s" },
+  Date.parse(since) + 30000);
+  assert.match(frozen.text, /^Platform not answering since .*\(the platform stopped answering\)/);
+  const never = core.uplinkBanner({ connected: false, state: "down", since,
+    reason: "never connected since start: connection refused" }, Date.parse(since) + 5000);
+  assert.match(never.text, /^Platform not connected since the gateway started at 06:00|^Platform not connected since the gateway started at \\d\\d:\\d\\d/);
+  assert.match(never.text, /\(network\)/);
+  assert.equal(core.clockTime(Date.parse(since), "UTC"), "06:00");
+  assert.equal(core.clockTime(Date.parse(since), "America/Chicago"), "00:00");
 });
 
 test("reconnect backoff is capped with full jitter", () => {
@@ -84,8 +148,10 @@ test("technical uplink reasons become words floor staff understand", () => {
 test("descriptions and who may acknowledge", () => {
   assert.equal(core.describe(alert(1, "handpay", "p", { data: { amount: { minor: 123456789,
     currency: "USD" } } })), "1,234,567.89 USD");
-  assert.equal(core.describe(alert(1, "door", "p", { data: { door: "main" } })), "main door");
-  assert.equal(core.describe(alert(1, "tilt", "p", { data: { kind: "reel" } })), "reel");
+  assert.equal(core.describe(alert(1, "door", "p", { data: { door: "main" } })), "Main door");
+  assert.equal(core.describe(alert(1, "tilt", "p", { data: { kind: "reel" } })), "Reel fault");
+  assert.equal(core.describe(alert(1, "tilt", "p", { data: { kind: "bill_jam" }, count: 3 })),
+    "Bill jam (3 times)");
   assert.equal(core.canAcknowledge("viewer", alert(1, "tilt", "p")), false);
   assert.equal(core.canAcknowledge("attendant", alert(1, "tilt", "p")), true);
   assert.equal(core.canAcknowledge("supervisor", alert(1, "tilt", "p", { acknowledged_by: "x" })),

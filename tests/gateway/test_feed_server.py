@@ -53,6 +53,8 @@ def start_feed(make_outbox, nursery):
             outbox = make_outbox()
             await nursery.start(outbox.run_writer)
         status = {"uplink": {"connected": True, "since": 1_700_000_000.0, "reconnects": 2},
+                  "uplink_status": {"state": "up", "connected": True, "since": 1_700_000_000.0,
+                                    "reason": "connected, events acknowledged"},
                   "ports": {"p1": {"timeouts": 3, "crc_errors": 1,
                            "resent_after_reset": 2}}}
         settings = replace(FeedSettings(tokens=TOKENS), **overrides)
@@ -119,8 +121,11 @@ async def test_first_message_auth_gets_welcome_with_current_alerts(start_feed):
             ("door", "p1/1"), ("handpay", "p2/1")]
         assert state["alerts"][1]["seq"] == handpay
         assert state["alerts"][1]["data"]["amount"] == {"minor": 250000, "currency": "USD"}
-        assert state["uplink"]["connected"] is False
-        assert state["uplink"]["reason"] == "platform unreachable"
+        # The uplink's live state, not the last uplink event in the outbox, is what is shown.
+        assert state["uplink"] == {"state": "up", "connected": True,
+                                   "since": "2023-11-14T22:13:20.000Z",
+                                   "reason": "connected, events acknowledged"}
+        assert state["version"] == 2 and state["seq"] == 3
 
 
 async def test_alert_state_survives_a_restart_of_the_feed(start_feed, nursery):
@@ -132,7 +137,7 @@ async def test_alert_state_survives_a_restart_of_the_feed(start_feed, nursery):
         async with open_websocket_url(second.url) as ws:
             state = (await auth(ws, "viewer-token"))["state"]
         assert [a["kind"] for a in state["alerts"]] == ["offline", "tilt"]
-        assert state["uplink"]["connected"] is True, "from status() while no uplink event is seen"
+        assert state["uplink"]["connected"] is True
 
 
 async def test_first_message_must_be_auth(start_feed):
@@ -271,14 +276,17 @@ async def test_attendant_ack_is_recorded_and_comes_back_on_the_feed(start_feed):
             # The event and the new alert state are fanned out as soon as the acknowledgement is
             # durable, before the server answers the request itself.
             got = [await recv(ws) for _ in range(3)]
-            assert [m["type"] for m in got] == ["events", "alerts", "ack_result"]
-            [ack], alerts, result = got[0]["events"], got[1], got[2]
+            assert [m["type"] for m in got] == ["events", "alerts_delta", "ack_result"]
+            [ack], delta, result = got[0]["events"], got[1], got[2]
             assert result["ok"] and result["alert_seq"] == tilt
             assert ack["seq"] == result["seq"] == feed.outbox.last_seq
             assert ack["data"] == {"alert_seq": tilt, "by": "ann", "role": "attendant",
                                    "note": "reset done"}
             assert ack["machine"]["port"] == "p4" and ack["machine"]["address"] == 2
-            assert alerts["state"]["alerts"] == [], "an acknowledged tilt is cleared"
+            # An acknowledged tilt is cleared: one `closed` change, the next version.
+            assert (delta["base"], delta["version"]) == (1, 2)
+            assert delta["changes"] == [{"v": 2, "op": "closed", "seq": tilt, "machine": "p4/2",
+                                         "at": ack["timestamp"]}]
 
             await ws.send_message(json.dumps({"type": "ack", "alert_seq": tilt}))
             again = await recv_type(ws, "ack_result")
@@ -416,17 +424,29 @@ async def test_health(start_feed):
         status, headers, body = await http_get(feed.port, "/health")
         health = json.loads(body)
         assert (status, headers[b"content-type"]) == (200, b"application/json")
-        assert health["status"] == "ok"
+        assert (health["status"], health["reasons"]) == ("ok", [])
         assert health["version"] and health["time"].endswith("Z")
         assert health["outbox"] == {"depth": 0, "oldest_undelivered_s": 0.0, "last_seq": 0,
-                                    "delivered_seq": 0}
+                                    "delivered_seq": 0, "intake_stopped": False}
         await feed.append("betPlaced", {"wager_credits": 1})
-        feed.status["uplink"] = {"connected": False, "since": 1_700_000_000.0}
-        health = json.loads((await http_get(feed.port, "/health"))[2])
-        assert health["status"] == "degraded"
+        # Down for longer than the limit (60 s by default): 503, and why.
+        feed.status["uplink_status"] = {"state": "down", "connected": False,
+                                        "since": time.time() - 90, "reason": "refused"}
+        status, _, body = await http_get(feed.port, "/health")
+        health = json.loads(body)
+        assert (status, health["status"]) == (503, "degraded")
         assert health["uplink"]["connected"] is False
+        [reason] = health["reasons"]
+        assert reason.startswith("uplink down for 9") and reason.endswith("(limit 60 s): refused")
         assert health["outbox"]["depth"] == 1
         assert 0 <= health["outbox"]["oldest_undelivered_s"] < 10
+        # Down for less than the limit is not yet worth a page.
+        feed.status["uplink_status"]["since"] = time.time() - 5
+        assert (await http_get(feed.port, "/health"))[0] == 200
+        feed.status["uplink_status"] = {"state": "frozen", "connected": False,
+                                        "since": time.time() - 5, "reason": "no acks"}
+        status, _, body = await http_get(feed.port, "/health")
+        assert (status, json.loads(body)["reasons"]) == (503, ["uplink frozen: no acks"])
 
 
 async def test_health_degraded_by_backlog(start_feed):
@@ -434,7 +454,8 @@ async def test_health_degraded_by_backlog(start_feed):
         feed = await start_feed(degraded_depth=2)
         for n in range(3):
             await feed.append("betPlaced", {"wager_credits": n})
-        assert json.loads((await http_get(feed.port, "/health"))[2])["status"] == "degraded"
+        status, _, body = await http_get(feed.port, "/health")
+        assert (status, json.loads(body)["reasons"]) == (503, ["3 events undelivered (limit 2)"])
 
 
 async def test_metrics(start_feed):
@@ -570,3 +591,75 @@ def test_settings_refuse_what_cannot_work():
         FeedSettings(client_queue=1)
     with pytest.raises(ValueError, match="together"):
         FeedSettings(certfile=Path("/etc/cert.pem"))
+
+
+# -- incremental alert state ----------------------------------------------------------------------
+
+async def test_alert_state_is_a_snapshot_then_versioned_deltas_and_resync(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        door = await feed.append("doorOpened", {"door": "main"})
+        async with open_websocket_url(feed.url) as ws:
+            welcome = await auth(ws, "viewer-token")
+            assert welcome["state"]["version"] == 1
+            tilt = await feed.append("tilt", {"kind": "reel_tilt"}, port="p2")
+            await feed.append("betPlaced")                       # changes nothing on the board
+            await feed.append("doorClosed", {"door": "main"})
+            changes: list[dict[str, Any]] = []
+            version = welcome["state"]["version"]
+            while version < 3:
+                delta = await recv_type(ws, "alerts_delta")
+                assert delta["base"] <= version, "no delta missed"
+                changes += [c for c in delta["changes"] if c["v"] > version]
+                version = delta["version"]
+            assert [(c["v"], c["op"]) for c in changes] == [(2, "opened"), (3, "closed")]
+            assert changes[0]["alert"]["seq"] == tilt and changes[1]["seq"] == door
+            # A client that lost track asks again and gets the whole state at the current version.
+            await ws.send_message(json.dumps({"type": "resync"}))
+            snapshot = await recv_type(ws, "alerts_snapshot")
+            assert snapshot["state"]["version"] == 3
+            assert [a["seq"] for a in snapshot["state"]["alerts"]] == [tilt]
+            await ws.send_message(json.dumps({"type": "history", "machine": "p1/1", "id": "h"}))
+            history = await recv_type(ws, "history")
+            assert (history["machine"], history["ref"]) == ("p1/1", "h")
+            assert [(a["seq"], a["closed"] is not None) for a in history["alerts"]] == [
+                (door, True)]
+            await ws.send_message(json.dumps({"type": "history", "machine": "nonsense"}))
+            assert (await recv_type(ws, "error"))["code"] == "bad_request"
+
+
+async def test_uplink_status_changes_are_pushed(start_feed):
+    with trio.fail_after(10):
+        feed = await start_feed()
+        async with open_websocket_url(feed.url) as ws:
+            assert (await auth(ws, "viewer-token"))["state"]["uplink"]["state"] == "up"
+            feed.status["uplink_status"] = {"state": "down", "connected": False,
+                                            "since": 1_700_000_100.0, "reason": "refused"}
+            pushed = await recv_type(ws, "status")
+            assert pushed["uplink"] == {"state": "down", "connected": False,
+                                        "since": "2023-11-14T22:15:00.000Z", "reason": "refused"}
+
+
+async def test_the_rebuilt_board_is_not_sent_again_as_deltas(start_feed):
+    with trio.fail_after(10):
+        first = await start_feed()
+        for port in ("p1", "p2", "p3"):
+            await first.append("tilt", {"kind": "reel"}, port=port)
+        second = await start_feed()   # rebuilds the board from the outbox
+        async with open_websocket_url(second.url) as ws:
+            assert (await auth(ws, "viewer-token"))["state"]["version"] == 3
+            door = await second.append("doorOpened", {"door": "main"})
+            delta = await recv_type(ws, "alerts_delta")
+            assert (delta["base"], [c["alert"]["seq"] for c in delta["changes"]]) == (3, [door])
+
+
+async def test_plain_get_of_the_feed_says_why_a_login_would_fail(start_feed):
+    """A browser cannot see a failed handshake's status: the page asks GET /feed instead."""
+    with trio.fail_after(10):
+        feed = await start_feed(auth_failures_per_minute=1)
+        status, headers, _ = await http_get(feed.port, "/feed")
+        assert (status, headers[b"upgrade"]) == (426, b"websocket")
+        async with open_websocket_url(feed.url) as ws:
+            assert (await auth(ws, "wrong-token"))["code"] == "auth_failed"
+        status, headers, _ = await http_get(feed.port, "/feed")
+        assert status == 429 and 1 <= int(headers[b"retry-after"]) <= 61

@@ -63,20 +63,81 @@ def test_acknowledged_handpay_stays_open_and_says_by_whom():
     assert not board.apply(env(3, "alertAcknowledged", {"alert_seq": 99, "by": "ann"}))
 
 
-def test_offline_until_online_and_uplink_status():
+def test_offline_until_online_and_uplink_events_are_not_board_state():
     board = AlertBoard()
     board.apply(env(1, "deviceOffline"))
     assert not board.apply(env(2, "deviceOffline")), "still the same outage"
-    assert board.apply(env(3, "uplinkDown", {"reason": "timeout"}, port=None))
-    assert not board.apply(env(4, "uplinkDown", {"reason": "again"}, port=None))
+    # The uplink's status comes from its live state (gateway/status.py), not from the stream.
+    assert not board.apply(env(3, "uplinkDown", {"reason": "timeout"}, port=None))
     snap = board.snapshot()
-    assert snap["uplink"] == {"connected": False, "since": "2026-11-21T06:00:03.000Z",
-                              "reason": "timeout"}
     assert [a["kind"] for a in snap["alerts"]] == ["offline"]
     board.apply(env(5, "deviceOnline"))
-    board.apply(env(6, "uplinkUp", {"down_for_s": 3.0}, port=None))
-    assert board.snapshot() == {"seq": 6, "alerts": [], "uplink": {
-        "connected": True, "since": "2026-11-21T06:00:06.000Z", "reason": None}}
+    assert board.snapshot() == {"version": 2, "seq": 5, "alerts": []}
+
+
+def test_every_change_is_a_numbered_delta():
+    board = AlertBoard()
+    board.apply(env(1, "handpayPending", {"amount": {"minor": 5000, "currency": "USD"}}))
+    board.apply(env(2, "tilt", {"kind": "reel_tilt"}, port="p2"))
+    first = [c.as_dict() for c in board.drain()]
+    assert [(c["v"], c["op"], c["alert"]["seq"]) for c in first] == [
+        (1, "opened", 1), (2, "opened", 2)]
+    assert board.drain() == [], "drained once"
+    board.apply(env(3, "tilt", {"kind": "reel_tilt"}, port="p2"))      # the same fault again
+    board.apply(env(4, "alertAcknowledged", {"alert_seq": 1, "by": "ann"}))
+    board.apply(env(5, "alertAcknowledged", {"alert_seq": 2, "by": "ann"}))
+    board.apply(env(6, "handpayReset"))
+    changes = [c.as_dict() for c in board.drain()]
+    assert [(c["v"], c["op"]) for c in changes] == [
+        (3, "changed"), (4, "acknowledged"), (5, "closed"), (6, "closed")]
+    assert changes[0]["alert"]["count"] == 2
+    assert changes[0]["alert"]["last"] == "2026-11-21T06:00:03.000Z"
+    assert changes[1]["alert"]["acknowledged_by"] == "ann"
+    assert changes[2] == {"v": 5, "op": "closed", "seq": 2, "machine": "p2/1",
+                          "at": "2026-11-21T06:00:05.000Z"}
+    assert board.version == 6 and board.snapshot()["alerts"] == []
+
+
+def test_a_client_that_applies_the_deltas_has_the_snapshot():
+    """The client's rule (docs/feed-protocol.md): apply changes with v above your version."""
+    import random
+
+    rng = random.Random(7)
+    board = AlertBoard()
+    mirror: dict[int, dict[str, Any]] = {}
+    version = 0
+    for seq in range(1, 400):
+        event = rng.choice(["tilt", "doorOpened", "doorClosed", "handpayPending", "handpayReset",
+                            "deviceOffline", "deviceOnline", "alertAcknowledged", "betPlaced"])
+        data = {"kind": rng.choice(["a", "b"]), "door": "main",
+                "alert_seq": rng.randrange(1, seq + 1), "by": "ann"}
+        board.apply(env(seq, event, data, address=rng.randrange(1, 5)))
+        if rng.random() < 0.3:
+            for change in (c.as_dict() for c in board.drain()):
+                assert change["v"] == version + 1, "no gap, no repeat"
+                version = change["v"]
+                if change["op"] == "closed":
+                    mirror.pop(change["seq"], None)
+                else:
+                    mirror[change["alert"]["seq"]] = change["alert"]
+    for change in (c.as_dict() for c in board.drain()):
+        if change["op"] == "closed":
+            mirror.pop(change["seq"], None)
+        else:
+            mirror[change["alert"]["seq"]] = change["alert"]
+    assert sorted(mirror.values(), key=lambda a: -a["seq"]) == board.snapshot()["alerts"]
+
+
+def test_machine_history_lists_open_then_recently_closed():
+    board = AlertBoard()
+    board.apply(env(1, "doorOpened", {"door": "main"}))
+    board.apply(env(2, "doorClosed", {"door": "main"}))
+    board.apply(env(3, "handpayPending"))
+    board.apply(env(4, "tilt", {"kind": "reel_tilt"}))
+    history = board.history("p1/1")
+    assert [(a["seq"], a["kind"], a["closed"]) for a in history] == [
+        (3, "handpay", None), (4, "tilt", None), (1, "door", "2026-11-21T06:00:02.000Z")]
+    assert board.history("p9/1") == []
 
 
 def test_replayed_envelopes_are_ignored():
@@ -94,7 +155,7 @@ def test_snapshot_lists_newest_first_with_everything_a_page_needs():
     alerts = board.snapshot()["alerts"]
     assert [a["seq"] for a in alerts] == [3, 2, 1]
     assert set(alerts[0]) == {"seq", "kind", "event", "machine", "machine_info", "opened", "data",
-                              "acknowledged_by", "acknowledged_at", "ack_note"}
+                              "acknowledged_by", "acknowledged_at", "ack_note", "count", "last"}
     assert alerts[0]["machine"] == "p1/3"
 
 

@@ -167,7 +167,9 @@ async def test_wrong_token_backs_off_long(tmp_path: Path, pki: Pki,
     assert "HTTP 403" in stats["last_error"]
     assert 2 <= stats["attempts"] <= 5
     assert handle.store.figures()["received"] == 0
-    assert outbox.system == []  # never up, so never down either
+    # Never up is an outage from the start: recorded once when it began, not once per attempt.
+    assert outbox.system == [("uplinkDown", {"reason": "never connected since start: platform "
+                                             "refused the connection: HTTP 403"})]
 
 
 async def test_token_of_another_gateway_is_refused_4001(tmp_path: Path) -> None:

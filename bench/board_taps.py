@@ -1,0 +1,66 @@
+"""The alert board's acceptance run: 60 s of a person tapping Acknowledge on a busy board.
+
+    .venv/bin/python bench/board_taps.py [--seconds 60] [--opens 6]
+
+The same harness as tests/browser/test_board_floor.py (which runs 20 s in CI): a feed server on a
+floor of 160 machines with 520 open alerts and `--opens` new alerts a second, Debian's chromium
+driven by Playwright at 800x1280. Each tap reads a tile's alert and position, waits 150-300 ms,
+clicks that point with page.mouse.click, confirms, and the alert acknowledged is compared with the
+one under the pointer. Prints the counts; exits 1 if any tap acknowledged another alert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.browser.live import CHROMIUM, CHROMIUM_ARGS, BusyFloor, LiveFeed
+from tests.browser.taps import RECORD_TAPS, tap_like_a_person
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--opens", type=int, default=6, help="new alerts a second")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    floor = BusyFloor(machines=160, opens_per_s=args.opens, closes_per_s=args.opens // 2)
+    with tempfile.TemporaryDirectory() as tmp, LiveFeed(Path(tmp)) as live, \
+            sync_playwright() as playwright:
+        live.preload(floor, 520)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 800, "height": 1280})
+        page.add_init_script(RECORD_TAPS)
+        page.goto(live.url)
+        page.fill("#token", "attendant-token")
+        page.click("#login-form button")
+        page.wait_for_function("() => document.querySelectorAll('.tile').length >= 100")
+        with live.busy(floor):
+            started, began = floor.opened, time.monotonic()
+            report = tap_like_a_person(page, args.seconds)
+            elapsed = time.monotonic() - began
+            opened = floor.opened - started
+        open_now = len(live.server.board.alerts)
+        browser.close()
+    acked = [seq for seq, _ in live.acks]
+    wrong = sum(1 for seq, c in zip(acked, report.confirmed, strict=False) if seq != c["under"])
+    wrong += abs(len(acked) - len(report.confirmed))
+    print(f"{elapsed:.0f} s of taps: {report.taps} taps, {len(report.confirmed)} acknowledged, "
+          f"{report.refused} refused {report.refusals}, {report.cleared_meanwhile} cleared by "
+          f"the machine while confirming, {report.scrolls} scrolls")
+    print(f"new alerts {opened / elapsed:.1f}/s, open alerts at the end {open_now}")
+    print(f"acknowledged the alert under the pointer: {len(report.confirmed) - wrong}; "
+          f"another alert: {wrong}; tile under the pointer moved after reading: "
+          f"{report.moved_before_tap}; tile's alert changed after reading (refused): "
+          f"{report.changed_before_tap}")
+    return 1 if wrong or report.wrong_dialog or report.moved_before_tap else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""/health and /metrics for the people who page on them, on a listener of their own.
+
+`Monitor` holds the Prometheus registry and decides health; the staff feed (gateway/feed) serves
+the same two endpoints from the same `Monitor`, and `serve_monitor` serves them on their own
+port, with or without the feed: loopback by default with no authentication, and a non-loopback
+bind only with a bearer token file (docs/operations.md "Monitoring").
+
+Health is one function of the daemon's `status()` (`assess`), so /health, the metrics and the
+board cannot disagree: `degraded` (HTTP 503) with one reason per problem, `ok` (200) without.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h11
+import structlog
+import trio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from gateway import __version__
+from gateway.events import rfc3339
+
+if TYPE_CHECKING:
+    from gateway.outbox import Outbox
+
+__all__ = ["HealthLimits", "Monitor", "MonitorSettings", "assess", "serve_monitor"]
+
+log = structlog.get_logger(__name__)
+
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UPLINK_STATES = ("up", "frozen", "down", "unknown")
+MAX_HEAD = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class HealthLimits:
+    """When /health turns `degraded`."""
+
+    uplink_down_s: float = 60.0        # the uplink not delivering for longer than this
+    undelivered_s: float = 300.0       # the oldest undelivered event older than this
+    depth: int = 10_000                # more undelivered events than this
+
+
+def assess(status: dict[str, Any], limits: HealthLimits, *, wall: float) -> list[str]:
+    """Why the gateway is degraded, one plain sentence per problem; [] when it is ok."""
+    reasons: list[str] = []
+    view = status.get("uplink_status") or {}
+    since = view.get("since")
+    if view.get("state") == "frozen":
+        reasons.append(f"uplink frozen: {view.get('reason')}")
+    elif view.get("connected") is False and isinstance(since, int | float) \
+            and wall - since > limits.uplink_down_s:
+        reasons.append(f"uplink down for {wall - since:.0f} s (limit {limits.uplink_down_s:g} s):"
+                       f" {view.get('reason')}")
+    outbox = status.get("outbox") or {}
+    oldest = outbox.get("oldest_undelivered_s")
+    if isinstance(oldest, int | float) and oldest > limits.undelivered_s:
+        reasons.append(f"oldest undelivered event is {oldest:.0f} s old "
+                       f"(limit {limits.undelivered_s:g} s)")
+    depth = outbox.get("depth")
+    if isinstance(depth, int) and depth > limits.depth:
+        reasons.append(f"{depth} events undelivered (limit {limits.depth})")
+    if outbox.get("intake_stopped"):
+        reasons.append("disk floor reached: the outbox stopped taking events")
+    for name, port in sorted((status.get("ports") or {}).items()):
+        if port.get("state") not in (None, "running"):
+            reasons.append(f"port {name} down ({port.get('state')})")
+            continue
+        offline = sorted(int(a) for a, m in (port.get("machines") or {}).items()
+                         if not m.get("online"))
+        if offline:
+            reasons.append(f"port {name}: machine(s) {', '.join(map(str, offline))} offline")
+    return reasons
+
+
+class _StatusCollector:
+    """Figures read at scrape time from the daemon's `status()`."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        monitor = self._monitor
+        status = monitor.snapshot()
+        outbox = monitor.outbox
+        info = GaugeMetricFamily("gateway_build_info", "The gateway's version (value is 1).",
+                                 labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1.0)
+        yield info
+        reasons = assess(status, monitor.limits, wall=time.time())
+        yield GaugeMetricFamily("gateway_health_degraded", "1 while /health says degraded.",
+                                value=1.0 if reasons else 0.0)
+        yield GaugeMetricFamily("gateway_outbox_depth", "Events not yet acknowledged by the "
+                                "platform.", value=outbox.depth())
+        yield GaugeMetricFamily("gateway_outbox_last_seq", "Seq of the newest durable event.",
+                                value=outbox.last_seq)
+        yield GaugeMetricFamily("gateway_outbox_delivered_seq", "Highest seq the platform "
+                                "acknowledged.", value=outbox.delivered_seq)
+        yield GaugeMetricFamily("gateway_outbox_oldest_undelivered_age_seconds",
+                                "Age of the oldest event not yet acknowledged (0 if none).",
+                                value=outbox.oldest_undelivered_s() or 0.0)
+        yield GaugeMetricFamily("gateway_outbox_intake_stopped", "1 while the disk floor "
+                                "stops intake.", value=1.0 if outbox.intake_stopped else 0.0)
+        view = status.get("uplink_status") or {"state": "unknown"}
+        yield GaugeMetricFamily("gateway_uplink_up", "1 while the platform is connected and "
+                                "acknowledging (state up).",
+                                value=1.0 if view.get("state") == "up" else 0.0)
+        yield GaugeMetricFamily("gateway_uplink_connected", "Same as gateway_uplink_up (kept "
+                                "for existing dashboards).",
+                                value=1.0 if view.get("state") == "up" else 0.0)
+        state = GaugeMetricFamily("gateway_uplink_state", "1 for the uplink's current state.",
+                                  labels=["state"])
+        for name in UPLINK_STATES:
+            state.add_metric([name], 1.0 if view.get("state") == name else 0.0)
+        yield state
+        if isinstance(view.get("since"), int | float):
+            yield GaugeMetricFamily("gateway_uplink_state_since_seconds", "Unix time the "
+                                    "current uplink state began.", value=view["since"])
+        uplink = status.get("uplink") or {}
+        if isinstance(uplink.get("attempts"), int):
+            yield CounterMetricFamily("gateway_uplink_connect_attempts", "Connection attempts "
+                                      "to the platform.", value=uplink["attempts"])
+        if isinstance(uplink.get("reconnects"), int):
+            yield CounterMetricFamily("gateway_uplink_reconnects", "Connections to the platform "
+                                      "lost after being up (each followed by reconnecting).",
+                                      value=uplink["reconnects"])
+        yield from _port_families(status.get("ports") or {})
+
+
+_PORT_COUNTERS = (
+    ("polls", "polls", "Polls sent."),
+    ("timeouts", "timeouts", "Polls unanswered."),
+    ("crc_errors", "crc_errors", "Frames with a bad CRC."),
+    ("resent_after_reset", "resent_after_reset", "Exceptions a machine re-sent after a reset "
+     "cut off their ACK, acknowledged without a second record."),
+)
+
+
+def _port_families(ports: dict[str, Any]) -> Any:
+    up = GaugeMetricFamily("gateway_port_up", "1 while the port's driver runs.", labels=["port"])
+    failures = CounterMetricFamily("gateway_port_failures", "Times the port's driver failed "
+                                   "and was restarted.", labels=["port"])
+    machine_up = GaugeMetricFamily("gateway_machine_up", "1 while the machine answers polls.",
+                                   labels=["port", "address"])
+    per_port = {key: CounterMetricFamily(f"gateway_port_{name}", text, labels=["port"])
+                for key, name, text in _PORT_COUNTERS}
+    per_machine = {key: CounterMetricFamily(f"gateway_machine_{name}", text,
+                                            labels=["port", "address"])
+                   for key, name, text in _PORT_COUNTERS}
+    for port, figures in sorted(ports.items()):
+        if not isinstance(figures, dict):
+            continue
+        up.add_metric([port], 1.0 if figures.get("state", "running") == "running" else 0.0)
+        failures.add_metric([port], figures.get("failures", 0))
+        machines = figures.get("machines") or {}
+        for key in per_port:
+            total = figures.get(key)
+            if total is None:
+                total = sum(m.get(key, 0) for m in machines.values())
+            per_port[key].add_metric([port], total)
+        for address, m in sorted(machines.items(), key=lambda item: int(item[0])):
+            machine_up.add_metric([port, str(address)], 1.0 if m.get("online") else 0.0)
+            for key in per_machine:
+                per_machine[key].add_metric([port, str(address)], m.get(key, 0))
+    yield up
+    yield failures
+    yield from per_port.values()
+    yield machine_up
+    yield from per_machine.values()
+
+
+class Monitor:
+    """The registry and the health verdict, shared by the feed and the monitor listener."""
+
+    def __init__(self, outbox: Outbox, status: Callable[[], dict[str, Any]],
+                 limits: HealthLimits | None = None) -> None:
+        self.outbox = outbox
+        self.status = status
+        self.limits = limits or HealthLimits()
+        self.registry = CollectorRegistry()
+        self._events = Counter("gateway_events", "Events made durable, by type.", ["type"],
+                               registry=self.registry)
+        self.auth_failures = Counter("gateway_feed_auth_failures", "Failed staff logins on the "
+                                     "feed.", registry=self.registry)
+        self._durable = Histogram(
+            "gateway_capture_to_durable_seconds", "From capture to committed in the outbox.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry)
+        self.registry.register(_StatusCollector(self))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        latencies = outbox.durable_latencies
+        self._last_latency: float | None = latencies[-1] if latencies else None
+        outbox.commit_listeners.append(self._on_commit)
+
+    def close(self) -> None:
+        if self._on_commit in self.outbox.commit_listeners:
+            self.outbox.commit_listeners.remove(self._on_commit)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The daemon's status(), with the outbox's own figures when it has none."""
+        status = dict(self.status())
+        status.setdefault("outbox", self.outbox.statistics())
+        return status
+
+    def _on_commit(self, envelopes: list[dict[str, Any]]) -> None:
+        for envelope in envelopes:
+            self._events.labels(envelope["event"]).inc()
+        # The outbox keeps the last 10,000 capture->durable figures in a deque; the newest ones
+        # since the last call are those to the right of the float object seen last time.
+        latencies = self.outbox.durable_latencies
+        fresh = []
+        for value in reversed(latencies):
+            if value is self._last_latency:
+                break
+            fresh.append(value)
+        if latencies:
+            self._last_latency = latencies[-1]
+        for value in fresh:
+            self._durable.observe(value)
+
+    def metrics(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def health(self, extra: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of GET /health: 200 ok, 503 degraded with its reasons."""
+        status = self.snapshot()
+        wall = time.time()
+        reasons = assess(status, self.limits, wall=wall)
+        view = dict(status.get("uplink_status") or {"state": "unknown", "connected": None,
+                                                     "since": None,
+                                                     "reason": "no uplink status reported"})
+        if isinstance(view.get("since"), int | float):
+            view["since"] = rfc3339(view["since"])
+        outbox = self.outbox
+        ports = {name: {"state": p.get("state", "running"),
+                        "machines_online": sum(1 for m in (p.get("machines") or {}).values()
+                                               if m.get("online")),
+                        "machines": len(p.get("machines") or {})}
+                 for name, p in sorted((status.get("ports") or {}).items())}
+        body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "version": __version__, "time": rfc3339(wall), "uplink": view,
+                "outbox": {"depth": outbox.depth(),
+                           "oldest_undelivered_s": round(outbox.oldest_undelivered_s() or 0.0, 3),
+                           "last_seq": outbox.last_seq, "delivered_seq": outbox.delivered_seq,
+                           "intake_stopped": bool(outbox.intake_stopped)},
+                "ports": ports, **(extra or {})}
+        return (503 if reasons else 200), body
+
+
+# -- the listener ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    token_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not _loopback(self.host) and self.token_file is None:
+            raise ValueError(f"monitor.host {self.host} is not loopback: set monitor.token_file "
+                             "(scrapers then send Authorization: Bearer <token>)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve_monitor(settings: MonitorSettings, monitor: Monitor, *,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve GET /health and /metrics on their own port until cancelled; reports the port."""
+    token = None
+    if settings.token_file is not None:
+        token = (await trio.Path(settings.token_file).read_text()).strip().encode()
+        if not token:
+            raise ValueError(f"monitor.token_file {settings.token_file} is empty")
+    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    port = listeners[0].socket.getsockname()[1]
+    log.info("monitor listening", host=settings.host, port=port, auth=token is not None)
+    task_status.started(port)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(10):
+                await _serve_one(stream, monitor, token)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _serve_one(stream: trio.SocketStream, monitor: Monitor, token: bytes | None) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(MAX_HEAD)
+            if not data:
+                return
+            conn.receive_data(data)
+            continue
+        break
+    if not isinstance(event, h11.Request):
+        return
+    path = event.target.split(b"?", 1)[0]
+    presented = b""
+    for name, value in event.headers:
+        if name == b"authorization" and value.startswith(b"Bearer "):
+            presented = value[len(b"Bearer "):].strip()
+    if event.method not in (b"GET", b"HEAD"):
+        status, body, ctype = 405, b"method not allowed\n", "text/plain"
+    elif token is not None and not hmac.compare_digest(presented, token):
+        status, body, ctype = 401, b"bearer token required\n", "text/plain"
+    elif path == b"/health":
+        status, data = monitor.health()
+        body, ctype = _json(data), "application/json"
+    elif path == b"/metrics":
+        status, body, ctype = 200, monitor.metrics(), METRICS_TYPE
+    else:
+        status, body, ctype = 404, b"not found: /health and /metrics are here\n", "text/plain"
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),
+               (b"cache-control", b"no-cache"), (b"connection", b"close")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+    if event.method != b"HEAD":
+        await stream.send_all(conn.send(h11.Data(data=body)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _json(data: Any) -> bytes:
+    import json
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
