@@ -20,7 +20,8 @@ from pathlib import Path
 
 from drivers.link import LinkError
 
-__all__ = ["DeviceBusyError", "DeviceLock", "default_lock_dir", "lock_path", "lock_holder"]
+__all__ = ["DeviceBusyError", "DeviceLock", "default_lock_dir", "describe_process", "lock_holder",
+           "lock_path"]
 
 _SERVICE_RUN_DIR = Path("/run/casino-gateway")
 
@@ -47,7 +48,7 @@ def lock_path(device: str, lock_dir: Path | None = None) -> Path:
     return (lock_dir or default_lock_dir()) / f"casino-gateway-tty{real.replace('/', '_')}.lock"
 
 
-def _describe(pid: int) -> str:
+def describe_process(pid: int) -> str:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -103,7 +104,7 @@ class DeviceLock:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise DeviceBusyError(f"cannot lock {self.device} ({self.path}): {exc}") from exc
-            who = _describe(pid) if pid else "another process"
+            who = describe_process(pid) if pid else "another process"
             raise DeviceBusyError(f"{self.device} is in use by {who} (lock {self.path}); "
                                   "only one program may poll a SAS line") from exc
         os.ftruncate(fd, 0)
