@@ -4,6 +4,8 @@ dead; the wait for an answer follows the port's measured latency, not a fixed 10
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 
@@ -78,7 +80,7 @@ async def test_dead_addresses_do_not_starve_the_live_machine(
     # An idle RTE machine's silent GPs are "nothing to report", never a missed poll.
     assert stats[1]["timeouts"] <= 3
     dead = [t for t, a in window if a == 7]
-    gaps = [b - a for a, b in zip(dead, dead[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(dead)]
     # At most the cap, plus the exchange that held the line when it came due (an idle RTE
     # machine's GP series: the GP and its silence retries, one interval apart).
     assert max(gaps) <= HostConfig().offline_backoff_max_s + 2 * INTERVAL + 0.1
@@ -91,7 +93,7 @@ def test_dead_address_backoff_doubles_from_the_interval() -> None:
     pair = Pair(host, [SasEgm(1, Ledger())])
     pair.run_until(60.0)
     times = [t for t, wire in pair.sent_at if wire[0] & 0x7F == 2]
-    gaps = [round(b - a, 1) for a, b in zip(times, times[1:], strict=False)]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(times)]
     # The restart probe, discovery's first poll, then 0.4, 0.8, ... s apart.
     assert gaps[:6] == pytest.approx([0.2, 0.2, 0.4, 0.8, 1.6, 3.2], abs=0.15)
     assert set(gaps[7:]) == {5.0}

@@ -89,7 +89,7 @@ async def test_probe_resumes_from_the_journal_and_acknowledges_nothing_unrecorde
     journal = PollJournal(tmp_path / "port1.journal")
     egm = _rte_machine_with_an_unrecorded_event(journal)
     with trio.fail_after(30):
-        async with machine_on_pty(egm) as (device, link):
+        async with machine_on_pty(egm) as (device, _):
             report = await diag.probe(device, 1, timeout_s=0.1, journal=journal)
             assert report["resumed_from"] == "81"
             assert report["pending"]["address"] == 1
@@ -108,7 +108,7 @@ async def test_an_event_seen_mid_probe_is_left_for_the_gateway(tmp_path: Path) -
     egm.rte = egm.synced = True
     egm.raise_exception(Exc.SLOT_DOOR_OPENED, b"", 0.0)
     with trio.fail_after(30):
-        async with machine_on_pty(egm) as (device, link):
+        async with machine_on_pty(egm) as (device, _):
             report = await diag.probe(device, 1, timeout_s=0.1, journal=journal)
             [step] = report["steps"]
             assert step["poll"] == "LP 1F" and step["event"] == Exc.SLOT_DOOR_OPENED
