@@ -242,6 +242,9 @@ def render_status(s: dict[str, Any]) -> str:
                 str(m["timeouts"]), str(m["crc_errors"]), str(m["nacks"]),
                 "-" if last is None else f"{last['type']} ({_ago(last['age_s'])})"])
     out += _table(rows)
+    out += [f"  ! {name}/{m['address']} offline: {m['offline_reason']}"
+            for name, port in s["ports"].items() for m in port["machines"]
+            if m["state"] == "offline" and m.get("offline_reason")]
     out.append("")
     out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS"]] + [
         [name, p["device"], p["state"], str(p["failures"])] for name, p in s["ports"].items()])

@@ -256,6 +256,12 @@ class _Collector:
             yield CounterMetricFamily("gateway_uplink_reconnects", "Uplink reconnect attempts.",
                                       value=uplink["reconnects"])
         ports = status.get("ports") or {}
+        online = GaugeMetricFamily("gateway_machines_online", "Machines answering, per port "
+                                   "(0 while the port is down).", labels=["port"])
+        for port, figures in sorted(ports.items()):
+            if isinstance(figures, dict) and isinstance(figures.get("machines_online"), int):
+                online.add_metric([str(port)], figures["machines_online"])
+        yield online
         for key, name, text in (("timeouts", "gateway_port_timeouts", "Polls unanswered."),
                                 ("crc_errors", "gateway_port_crc_errors", "Frames with a bad "
                                  "CRC."),
@@ -267,6 +273,21 @@ class _Collector:
                 if isinstance(figures, dict) and isinstance(figures.get(key), int | float):
                     family.add_metric([str(port)], figures[key])
             yield family
+
+
+def _machines_summary(ports: dict[str, Any]) -> dict[str, Any]:
+    """/health's view of the floor, from the same figures diag shows: machines online of
+    configured, and each offline one with why (its port down, or missed polls)."""
+    out: dict[str, Any] = {"online": 0, "total": 0, "offline": []}
+    for name, port in sorted(ports.items()):
+        for address, m in (port.get("machines") or {}).items():
+            out["total"] += 1
+            if m.get("online"):
+                out["online"] += 1
+            else:
+                out["offline"].append({"machine": f"{name}/{address}",
+                                       "reason": m.get("offline_reason")})
+    return out
 
 
 class FeedServer:
@@ -578,7 +599,8 @@ class FeedServer:
                 "outbox": {"depth": depth, "oldest_undelivered_s": await self._oldest_undelivered(),
                            "last_seq": self.outbox.last_seq,
                            "delivered_seq": self.outbox.delivered_seq},
-                "feed": {"clients": len(self._clients)}}
+                "feed": {"clients": len(self._clients)},
+                "machines": _machines_summary(self.status().get("ports") or {})}
 
     async def _oldest_undelivered(self) -> float:
         if self.outbox.depth() <= 0:

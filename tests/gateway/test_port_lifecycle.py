@@ -5,6 +5,7 @@ never jumps while bytes are still in the kernel's pty buffers."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,3 +138,55 @@ async def test_reopen_backoff_is_the_jittered_helper_starting_short() -> None:
               for n in range(8)]
     assert delays[0] <= 1.0 and max(delays) <= daemon.PORT_RETRY_MAX_S
     assert delays == sorted(delays)
+
+
+async def test_health_diag_board_and_metrics_agree_when_a_device_vanishes(
+        tmp_path: Path) -> None:
+    # The whole daemon on real time (its outbox, uplink and control socket), one pluggable
+    # device: when it vanishes, every view says port1/1 is offline, and why.
+    from prometheus_client import generate_latest
+
+    from gateway.control import snapshot
+    from gateway.feed.server import FeedServer, FeedSettings, decode_envelope
+    from gateway.feed.state import AlertBoard
+    from gateway.receiver.server import ReceiverSettings, serve_receiver
+    from gateway.signing import write_signing_key
+    from tests.gateway.test_control import GATEWAY_ID, gateway_config, short_dir, wait_until
+
+    device = tmp_path / "serial-by-id-port1"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            signer = write_signing_key(tmp_path / "gw.key")
+            (tmp_path / "token").write_text("control-test-token\n")
+            (tmp_path / "token").chmod(0o600)
+            receiver = await nursery.start(serve_receiver, ReceiverSettings(
+                host="127.0.0.1", port=0, db_path=tmp_path / "rx.db"))
+            receiver.store.register(GATEWAY_ID, "control-test-token",
+                                    bytes(signer.verify_key).hex())
+            port = PluggablePort(device, nursery)
+            await port.plug([SasEgm(1, Ledger(), serial="AAA", asset=111)])
+            config = gateway_config(tmp_path, [str(device)], receiver.url,
+                                    short_dir(tmp_path) / "control.sock")
+            gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
+            machine = gw.drivers["port1"].statistics
+
+            await wait_until(gw, lambda: machine().machines[1]["online"])
+            await port.unplug()
+            await wait_until(gw, lambda: not machine().machines[1]["online"])
+            feed = FeedServer(FeedSettings(), gw.outbox, gw.status)
+            health = await feed.health()
+            metrics = generate_latest(feed.registry).decode()
+            diag = await snapshot(gw)
+            rows = await gw.outbox.read_after(0, 1000)
+            nursery.cancel_scope.cancel()
+    board = AlertBoard()
+    for _, body in rows:
+        board.apply(decode_envelope(body))
+    [offline] = [a for a in board.alerts if a.kind == "offline"]
+    assert offline.machine == "port1/1" and offline.data["reason"].startswith("link down")
+    [m] = diag["ports"]["port1"]["machines"]
+    assert m["state"] == "offline" and m["offline_reason"] == offline.data["reason"]
+    assert diag["ports"]["port1"]["state"] == "down"
+    assert health["machines"] == {"online": 0, "total": 1, "offline": [
+        {"machine": "port1/1", "reason": offline.data["reason"]}]}
+    assert 'gateway_machines_online{port="port1"} 0.0' in metrics
