@@ -74,6 +74,18 @@ poll is outstanding is counted (`chirps`) and reported as a `LinkNote`; during a
 discarded as garbage. Either way it never reaches the framer.
 Poll interval: `poll_interval_s` per machine, never below `min_poll_interval_s` (40 ms, the fast
 polling floor of reference 2.1) nor above 5 s; `timer_slack_s` (1 ms) early at most.
+Line scheduling: an offline address that meets a poll with silence gets that one attempt and is
+polled again after one interval, then 2x, 4x ... up to `offline_backoff_max_s`; any answer resets
+it. Online machines never back off (a silent RTE GP is "nothing to report"). The wait for the
+first byte of an answer is the wire time of the frames sent + `answer_window_s` (reference 2.1)
++ `port_latency_s` (p90 of recent first-byte delays less wire time), capped by
+`response_timeout_s`, which is also the wait until a first answer was measured.
+Port lifecycle: `link_down()` (the driver calls it when the link breaks or will not open) reports
+every machine not known offline (`deviceOffline` with the reason), fails queued commands, and
+arms restart probes and discovery for the reconnect. Identity (serial from LP 54, asset from LP
+74, game from LP 1F) is forgotten while a machine is offline; when discovery has read it again,
+a difference from the identity confirmed before (parts both sides report) is a `machineReplaced`
+report, and a serial or asset another online address has is a `LinkNote` "address conflict".
 """
 
 from __future__ import annotations
