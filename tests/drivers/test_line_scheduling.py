@@ -118,3 +118,27 @@ def test_the_answer_wait_is_wire_time_plus_window_plus_measured_latency() -> Non
     assert len(waits) == 3
     for wait in waits:
         assert wait == pytest.approx(2 * BYTE_TIME_S + 0.020 + latency, abs=0.001)
+
+
+def test_two_addresses_answering_as_one_machine_are_reported() -> None:
+    # One machine set up to answer at two addresses (or two with one identity): after
+    # discovery the second address reports the serial and asset the first already has.
+    from drivers.sas.host import LinkNote
+
+    twins = [SasEgm(a, Ledger(), serial="SAME1", asset=77) for a in (1, 2)]
+    host = SasHost("p", [1, 2, 3], HostConfig(rte=False))
+    notes: list[LinkNote] = []
+    next_event = host.next_event
+
+    def watched() -> object:
+        event = next_event()
+        if isinstance(event, LinkNote):
+            notes.append(event)
+        return event
+
+    host.next_event = watched  # type: ignore[method-assign]
+    pair = Pair(host, [*twins, SasEgm(3, Ledger())])
+    pair.run_until(10.0)
+    assert notes
+    assert {frozenset((n.address, int(n.kind.rsplit(" ", 1)[1]))) for n in notes} == {
+        frozenset((1, 2))}  # the machine at 3 is not involved
