@@ -107,8 +107,11 @@ class DeviceLock:
             who = describe_process(pid) if pid else "another process"
             raise DeviceBusyError(f"{self.device} is in use by {who} (lock {self.path}); "
                                   "only one program may poll a SAS line") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Overwrite in place, then cut: a reader never sees an empty file (the first token is
+        # always a whole PID; any tail of an older, longer one follows the newline).
+        content = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, content, 0)
+        os.ftruncate(fd, len(content))
         self._fd = fd
 
     def release(self) -> None:

@@ -201,6 +201,10 @@ async def open_tty_link(path: str, *, mode: str = "auto", lock_dir: Path | None 
     has it, LinkBrokenError if it cannot be opened or configured."""
     if mode not in ("auto", "pty", "serial"):
         raise ValueError(f"unknown link mode {mode!r}")
+    try:
+        os.stat(path)  # no lock file for a device that is not there
+    except FileNotFoundError as missing:
+        raise LinkBrokenError(f"cannot open {path}: {missing}") from missing
     lock = DeviceLock(path, lock_dir)
     lock.acquire()
     try:

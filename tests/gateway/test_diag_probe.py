@@ -58,10 +58,10 @@ async def machine_on_pty(egm: SasEgm) -> AsyncIterator[tuple[str, StampedEgmLink
         os.close(slave)
 
 
-def _rte_machine_with_an_unrecorded_event(journal: PollJournal) -> SasEgm:
+def _rte_machine_with_an_unrecorded_event(journal: PollJournal, ledger: Ledger) -> SasEgm:
     """What a gateway killed at the wrong moment leaves: an RTE machine that answered the
     journaled GP with an event the gateway never recorded (nor acknowledged)."""
-    egm = SasEgm(1, Ledger(), chirp=False)
+    egm = SasEgm(1, ledger, chirp=False)
     egm.raise_exception(Exc.BILL_ACCEPTED, bytes.fromhex("010200000007"), 0.0)
     for poll in (messages.general_poll(2), messages.rte_mode(1, True), messages.general_poll(1)):
         wire = poll.wire()
@@ -71,9 +71,9 @@ def _rte_machine_with_an_unrecorded_event(journal: PollJournal) -> SasEgm:
     return egm
 
 
-async def _gateway_collects(device: str, journal: PollJournal, egm: SasEgm) -> RecordingSink:
-    sink = RecordingSink()
-    egm.ledger.on_change = sink.waiter.poke
+async def _gateway_collects(device: str, journal: PollJournal, egm: SasEgm,
+                            sink: RecordingSink) -> None:
+    """The gateway starts on the line the probe left: `egm`'s ledger must wake `sink`."""
     driver = SasDriver("port1", lambda: open_link(device), [1],
                        SasSettings(poll_interval_s=0.05, response_timeout_s=0.1),
                        journal=journal)
@@ -81,13 +81,13 @@ async def _gateway_collects(device: str, journal: PollJournal, egm: SasEgm) -> R
         await nursery.start(driver.run, sink)
         await sink.waiter.until(lambda: not egm.ledger.pending())
         nursery.cancel_scope.cancel()
-    return sink
 
 
 async def test_probe_resumes_from_the_journal_and_acknowledges_nothing_unrecorded(
         tmp_path: Path) -> None:
     journal = PollJournal(tmp_path / "port1.journal")
-    egm = _rte_machine_with_an_unrecorded_event(journal)
+    sink = RecordingSink()
+    egm = _rte_machine_with_an_unrecorded_event(journal, Ledger(sink.waiter.poke))
     with trio.fail_after(30):
         async with machine_on_pty(egm) as (device, _):
             report = await diag.probe(device, 1, timeout_s=0.1, journal=journal)
@@ -97,14 +97,15 @@ async def test_probe_resumes_from_the_journal_and_acknowledges_nothing_unrecorde
             assert report["steps"] == [] and not report["ok"]
             assert any("stopped without acknowledging" in a for a in report["advice"])
             assert egm.ledger.pending()  # still the machine's, unacknowledged
-            sink = await _gateway_collects(device, journal, egm)
+            await _gateway_collects(device, journal, egm, sink)
     assert [(e.source.code, e.source.payload) for e in sink.exceptions()] == [
         (Exc.BILL_ACCEPTED, bytes.fromhex("010200000007"))]
 
 
 async def test_an_event_seen_mid_probe_is_left_for_the_gateway(tmp_path: Path) -> None:
     journal = PollJournal(tmp_path / "port1.journal")
-    egm = SasEgm(1, Ledger(), chirp=False)
+    sink = RecordingSink()
+    egm = SasEgm(1, Ledger(sink.waiter.poke), chirp=False)
     egm.rte = egm.synced = True
     egm.raise_exception(Exc.SLOT_DOOR_OPENED, b"", 0.0)
     with trio.fail_after(30):
@@ -117,7 +118,7 @@ async def test_an_event_seen_mid_probe_is_left_for_the_gateway(tmp_path: Path) -
             # The journal's last frame is the probe's LP 1F: the gateway's first poll repeats
             # it (implied NACK), the machine re-sends the event, and it is recorded.
             assert max(journal.entries().values())[1] == bytes.fromhex("011f")
-            sink = await _gateway_collects(device, journal, egm)
+            await _gateway_collects(device, journal, egm, sink)
     assert [e.source.code for e in sink.exceptions()] == [Exc.SLOT_DOOR_OPENED]
 
 

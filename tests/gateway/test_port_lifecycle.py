@@ -171,8 +171,11 @@ async def test_health_diag_board_and_metrics_agree_when_a_device_vanishes(
             machine = gw.drivers["port1"].statistics
 
             await wait_until(gw, lambda: machine().machines[1]["online"])
+            committed: list[str] = []
+            gw.outbox.commit_listeners.append(
+                lambda envelopes: committed.extend(e["event"] for e in envelopes))
             await port.unplug()
-            await wait_until(gw, lambda: not machine().machines[1]["online"])
+            await wait_until(gw, lambda: "deviceOffline" in committed)
             feed = FeedServer(FeedSettings(), gw.outbox, gw.status)
             health = await feed.health()
             metrics = generate_latest(feed.registry).decode()
