@@ -6,6 +6,10 @@ Scenarios (each one process, real trio clock, RTE on, 0.1 exceptions/s per machi
   memory-1000  1,000 machines, one SasDriver + simulated EGM per memory link, 200 ms interval
   memory-256     256 machines on memory links, 40 ms interval
   pty-16          16 machines on pseudo-terminals (PARMRK encoding), 40 ms interval
+  drop-1+12       multi-drop: ONE pty line, 1 live machine and 12 dead addresses, 200 ms
+  drop-8          multi-drop: one pty line with 8 live machines, 200 ms, RTE (idle machines
+                  answer GPs with silence, held for the implied-NACK repeats)
+  drop-8-normal   the same 8 with RTE off (every GP answered with one byte)
 For each: polls/s achieved against the configured rate (machines / interval; every poll to a
 machine's own address counts: GPs, long polls, retries), CPU share of one core (process CPU
 time / wall time; it includes the simulated machines, so the driver alone costs less),
@@ -14,6 +18,15 @@ response-handling latency p99 (memory: from the machine writing its answer to th
 host having it; pty: the host's poll-to-answer latency, which includes the pty round trip).
 Targets: >= 98 % of the configured rate, 1,000 @ 200 ms within 75 % of one core, jitter p99
 <= 10 ms.
+Multi-drop rows report each live machine's achieved rate against its configured one (target for
+drop-1+12: >= 95 %), the line's measured latency (the host's port_latency_s: what the pty and
+the event loop add to an answer) and `bound_pct`: what line physics allows, 100 % capped by
+(line time available) / (line time the configured polls need). A GP exchange holds the line
+for its wire time and either the answer (+ the quiet gap after a one-byte answer) or, for a
+silent GP, the answer wait (wire + 20 ms + latency); an idle RTE machine's GP is repeated
+`rte_silence_retries` times one poll interval apart with the line held in between (any other
+poll would be an implied ACK of an event answer that may have been lost), so per machine and
+interval it needs (1 + retries) intervals of line time for 1 + retries polls.
 
 `--gc-threshold` (default 100000,100,1000) sets gc.set_threshold first; "default" keeps Python's
 700,10,10, whose frequent collections over thousands of live objects stall the event loop for
@@ -29,6 +42,7 @@ import pathlib
 import sys
 import time
 from collections import deque
+from functools import partial
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -37,9 +51,11 @@ import trio
 from drivers.link import EgmLink, SasLink, TxFrame, open_link
 from drivers.link.memory import memory_link_pair
 from drivers.sas.driver import SasDriver, SasSettings
+from drivers.sas.host import BYTE_TIME_S
 from drivers.sim.egm import SasEgm
 from drivers.sim.fleet import serve_fleet
 from drivers.sim.ledger import Ledger
+from drivers.sim.line import PluggablePort
 from drivers.sim.machine import PlayModel
 from drivers.sim.runner import run_egm
 
@@ -203,11 +219,97 @@ async def bench_pty(machines: int, interval: float, seconds: float) -> dict[str,
     return await _measure(f"pty-{machines}", machines, interval, seconds, 3.0, start_all)
 
 
+class _LineCounter(SasLink):
+    """Counts frames per address on one line while measuring."""
+
+    def __init__(self, inner: SasLink) -> None:
+        self.inner = inner
+        self.measuring = False
+        self.counts: dict[int, int] = {}
+
+    async def send(self, frame: TxFrame) -> None:
+        if self.measuring and frame.data:
+            a = frame.data[0] & 0x7F
+            self.counts[a] = self.counts.get(a, 0) + 1
+        await self.inner.send(frame)
+
+    async def receive_some(self) -> bytes:
+        return await self.inner.receive_some()
+
+    async def receive_words(self) -> list[int]:
+        return await self.inner.receive_words()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def bench_multidrop(live: int, dead: int, interval: float, seconds: float, *,
+                          rte: bool = True, name: str = "") -> dict[str, object]:
+    """`live` machines and `dead` empty addresses on ONE pty line, one SasDriver."""
+    import tempfile
+
+    addresses = list(range(1, live + dead + 1))
+    settings = SasSettings(poll_interval_s=interval, response_timeout_s=0.1,
+                           inter_byte_gap_s=0.005, rte=rte)
+    with tempfile.TemporaryDirectory() as tmp:
+        device = pathlib.Path(tmp) / "line"
+        counter: _LineCounter | None = None
+
+        async def opener() -> SasLink:
+            nonlocal counter
+            counter = _LineCounter(await open_link(str(device), lock_dir=pathlib.Path(tmp)))
+            return counter
+
+        sink = _CountingSink()
+        driver = SasDriver("line", opener, addresses, settings)
+        async with trio.open_nursery() as nursery:
+            port = PluggablePort(device, nursery)
+            egms = [SasEgm(a, Ledger(), play=PlayModel(a, RATE, start=trio.current_time()),
+                           serial=f"L{a}", rte_capable=rte) for a in range(1, live + 1)]
+            await port.plug(egms)
+            await nursery.start(driver.run, sink)
+            await trio.sleep(8.0)  # discovery, and dead addresses reach their backoff cap
+            assert counter is not None
+            counter.measuring = True
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            await trio.sleep(seconds)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            counter.measuring = False
+            stats = driver.statistics().machines
+            nursery.cancel_scope.cancel()  # the port's machines close their pty on the way out
+    rates = [counter.counts.get(a, 0) / wall for a in range(1, live + 1)]
+    configured = 1 / interval
+    latency = stats[1]["port_latency_s"] or 0.0
+    # Line physics (see the module docstring): the line time one interval of polling needs.
+    silent_wait = BYTE_TIME_S + settings.answer_window_s + latency
+    retries = settings.rte_silence_retries if rte else 0
+    need = live * (retries * interval + silent_wait if rte else
+                   2 * BYTE_TIME_S + latency + settings.inter_byte_gap_s)
+    per_cycle = (1 + retries) * interval if rte else interval
+    bound = min(100.0, 100.0 * per_cycle / need) if need else 100.0
+    return {"scenario": name or f"drop-{live}+{dead}", "live": live, "dead": dead, "rte": rte,
+            "interval_ms": interval * 1000, "wall_s": round(wall, 2),
+            "configured_per_machine_per_s": configured,
+            "achieved_per_s": [round(r, 2) for r in rates],
+            "rate_pct_min": round(100 * min(rates) / configured, 1),
+            "rate_pct_mean": round(100 * sum(rates) / len(rates) / configured, 1),
+            "bound_pct": round(bound, 1),
+            "dead_polls_per_s": round(sum(counter.counts.get(a, 0)
+                                          for a in range(live + 1, live + dead + 1)) / wall, 2),
+            "port_latency_ms": _ms(latency),
+            "latency_p99_ms": _ms(max((stats[a]["latency_p99_s"] or 0.0)
+                                      for a in range(1, live + 1))),
+            "timeouts_live": sum(stats[a]["timeouts"] for a in range(1, live + 1)),
+            "online": sum(bool(stats[a]["online"]) for a in stats),
+            "cpu_pct_one_core": round(100 * cpu / wall, 1), "recorded": sink.recorded}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--only", default="memory-1000,memory-256,pty-16")
+    parser.add_argument("--only",
+                        default="memory-1000,memory-256,pty-16,drop-1+12,drop-8,drop-8-normal")
     parser.add_argument("--gc-threshold", default="100000,100,1000")
     args = parser.parse_args()
     if args.gc_threshold != "default":
@@ -215,7 +317,13 @@ def main() -> int:
     print(json.dumps({"gc_threshold": gc.get_threshold()}))
     runs = {"memory-1000": (bench_memory, 1000, 0.2), "memory-256": (bench_memory, 256, 0.04),
             "pty-16": (bench_pty, 16, 0.04)}
+    drops = {"drop-1+12": (1, 12, True), "drop-8": (8, 0, True), "drop-8-normal": (8, 0, False)}
     for name in args.only.split(","):
+        if name in drops:
+            live, dead, rte = drops[name]
+            print(json.dumps(trio.run(partial(bench_multidrop, live, dead, 0.2, args.seconds,
+                                              rte=rte, name=name))), flush=True)
+            continue
         func, machines, interval = runs[name]
         print(json.dumps(trio.run(func, machines, interval, args.seconds)), flush=True)
     return 0

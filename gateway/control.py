@@ -345,7 +345,8 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                 state = "offline"
             last = gw.activity.last.get(f"{section.name}/{address}")
             machines.append({
-                "address": address, "state": state, "serial": m.get("serial"),
+                "address": address, "state": state, "offline_reason": m.get("offline_reason"),
+                "serial": m.get("serial"),
                 "asset": m.get("asset"), "sas_version": m.get("sas_version"),
                 "rte": m.get("rte"),
                 "last_response_age_s": _age(m.get("last_response_at"), now_trio),

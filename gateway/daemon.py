@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import itertools
+import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,7 @@ import trio
 import gateway
 from drivers.base import Driver, EventSink, MachineEvent, MachineRef, SourceRef
 from drivers.link import LinkError, open_link
+from drivers.link.lock import describe_process, lock_holder
 from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
@@ -64,6 +67,7 @@ from gateway.signing import load_signing_key
 from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
+from gateway.uplink.protocol import backoff_delay
 
 __all__ = ["Gateway", "PipelineHealth", "WatchedSink", "build_driver", "format_duration",
            "reload_config", "report_status", "run"]
@@ -72,6 +76,13 @@ log = structlog.get_logger("gateway.daemon")
 
 # What a port supervisor restarts after; anything else is a bug and stops the daemon.
 RECOVERABLE = (LinkError, SasRemoteProtocolError, OSError)
+# Reopening a broken port: full-jitter exponential backoff (the uplink's backoff_delay) from
+# 0.5 s, capped at 5 s: an open() is cheap, and a replugged adapter should be polled again
+# within seconds. A link that stayed up this long counts as recovered: the next failure
+# starts the backoff from the beginning again.
+PORT_RETRY_INITIAL_S = 0.5
+PORT_RETRY_MAX_S = 5.0
+PORT_STABLE_S = 10.0
 
 
 class PipelineHealth:
@@ -188,9 +199,11 @@ class Gateway:
         up = self.uplink.statistics()
         ports = {}
         for name, driver in self.drivers.items():
-            machines = driver.statistics().machines
+            stats = driver.statistics()
+            machines = stats.machines
             ports[name] = {
-                "state": driver.statistics().state,
+                "state": stats.state,
+                "machines_online": sum(1 for m in machines.values() if m.get("online")),
                 "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
                 "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
                 "resent_after_reset": sum(m.get("resent_after_reset", 0)
@@ -239,45 +252,71 @@ def build_driver(port: PortSection, config: Config, trace: TraceHub | None = Non
 
 
 async def supervise_port(gw: Gateway, name: str, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run one port's driver forever; a broken port is retried with capped backoff. Reports
-    started after the first attempt, successful or not, so one dead port cannot hold READY."""
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                         jitter: Callable[[], float] = random.random) -> None:
+    """Run one port's driver forever; a broken port is reopened with jittered backoff (the
+    driver has reported its machines offline by then). Logs once when the port goes down
+    (again when the error changes) and once when it is back. Reports started after the first
+    attempt, successful or not, so one dead port cannot hold READY."""
     driver = gw.drivers[name]
-    backoff, reported = 1.0, False
-    down_since: float | None = None  # trio time of the first failure of the current outage
-    failures = 0  # in the current outage
+    failures, reported = 0, False
+    down_since: float | None = None
+    last_error = ""
     while True:
-        began = trio.current_time()
+        opened_at: float | None = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(driver.run, gw.sink)
+                opened_at = trio.current_time()
                 if down_since is not None:
-                    # Every "down" has its recovery line, so the journal shows how long.
-                    log.info("port recovered", port=name, attempts=failures,
-                             down_for_s=round(trio.current_time() - down_since, 1))
-                    down_since, failures = None, 0
+                    log.info("port recovered", port=name,
+                             down_for_s=round(opened_at - down_since, 3), attempts=failures)
+                    down_since, last_error = None, ""
                     gw.port_errors.pop(name, None)
                 if not reported:
                     reported = True
                     task_status.started()
         except* RECOVERABLE as group:
             gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
-            failures += 1
-            if down_since is None:
-                down_since = trio.current_time()
             error = group.exceptions[0]
             gw.port_errors[name] = str(error)
-            # A port that ran for a minute starts its backoff again; decided before the log
-            # line, so retry_in_s is the delay really slept.
-            if trio.current_time() - began > 60:
-                backoff = 1.0
-            log.warning("port failed; will retry", port=name, error=str(error),
-                        error_type=type(error).__name__, retry_in_s=backoff, attempt=failures)
+            now = trio.current_time()
+            if opened_at is not None and now - opened_at >= PORT_STABLE_S:
+                failures = 0
+            # Decided before the log line, so retry_in_s is the delay really slept.
+            delay = backoff_delay(failures, initial=PORT_RETRY_INITIAL_S,
+                                  maximum=PORT_RETRY_MAX_S, random=jitter)
+            text = f"{type(error).__name__}: {error}"
+            if down_since is None:
+                down_since = now
+                log.warning("port down; machines on it marked offline", port=name,
+                            error=str(error), error_type=type(error).__name__,
+                            retry_in_s=round(delay, 3))
+            elif text != last_error:
+                log.warning("port still down", port=name, error=str(error),
+                            error_type=type(error).__name__,
+                            down_for_s=round(now - down_since, 3), retry_in_s=round(delay, 3))
+            last_error = text
+        else:
+            delay = backoff_delay(failures, initial=PORT_RETRY_INITIAL_S,
+                                  maximum=PORT_RETRY_MAX_S, random=jitter)
         if not reported:
             reported = True
             task_status.started()
-        await trio.sleep(backoff)
-        backoff = min(backoff * 2, 30.0)
+        failures += 1
+        await trio.sleep(delay)
+
+
+def check_devices_free(config: Config) -> None:
+    """ConfigError (exit 78) naming the holder if another process holds a configured device's
+    lock: a second gateway on a line would take its answers (docs/sas.md, "Port lifecycle")."""
+    for i, port in enumerate(config.ports):
+        holder = lock_holder(str(port.device))
+        if holder is not None and holder != os.getpid():
+            who = describe_process(holder) if holder > 0 else "another process"
+            raise ConfigError(f"ports[{i}].device",
+                              f"{port.device} is in use by {who}; is another gateway running? "
+                              "Only one program may poll a SAS line")
 
 
 async def stoppable_port(gw: Gateway, name: str, *,
@@ -461,6 +500,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     # Polling makes many short-lived objects: with the default generation-0 threshold (700) the
     # collector cost 10% of the poll rate at 1,000 machines (bench/sas_poll.py, docs/sas.md).
     gc.set_threshold(100_000, 100, 1_000)
+    check_devices_free(config)  # before anything is opened: a second gateway touches nothing
     notifier = notifier or Notifier()
     interval = notifier.watchdog_interval()
     signer = load_signing_key(config.gateway.key_file)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import re
 import sys
 import termios
@@ -29,10 +30,13 @@ from typing import Any, TextIO
 import trio
 
 from drivers.link import LinkBrokenError, SasLink, TxFrame, open_link
+from drivers.link.lock import DeviceBusyError
+from drivers.link.tty import adapter_latency_timer_ms
 from drivers.sas import bcd, framing, messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.errors import SasRemoteProtocolError
-from gateway.config import load_config
+from drivers.sas.journal import PollJournal
+from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
 from gateway.daemon import format_duration
 from gateway.errors import EXIT_FAILURE, ConfigError
@@ -90,7 +94,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="wait this long for each answer (default 200)")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.add_argument("--force", action="store_true",
-                   help="probe even though a gateway answers on the control socket")
+                   help="probe even though a gateway answers on the control socket, or "
+                        "without the port's poll journal (a device that is locked by a "
+                        "running gateway is never probed)")
+    q.add_argument("--spacing-ms", type=int, default=200,
+                   help="minimum time between two polls to one machine (default 200, the "
+                        "SAS poll interval; 40 for machines that allow fast polling)")
     _socket_options(q, argparse.SUPPRESS)
     q.set_defaults(func=_cmd_probe)
 
@@ -281,6 +290,9 @@ def render_status(s: dict[str, Any]) -> str:
                 "-" if last is None else f"{last['type']} ({_ago(last['age_s'])})",
                 machine_why(port, m) or "-"])
     out += _table(rows)
+    out += [f"  ! {name}/{m['address']} offline: {m['offline_reason']}"
+            for name, port in s["ports"].items() for m in port["machines"]
+            if m["state"] == "offline" and m.get("offline_reason")]
     out.append("")
     out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS", "WHY"]] + [
         [name, p["device"], p["state"], str(p["failures"]), port_why(p) or "-"]
@@ -437,6 +449,9 @@ _PROBES: list[tuple[str, int, dict[str, Any]]] = [
     ("meter: total coin in", 0x11, {"length": 8}),
     ("meter: games played", 0x15, {"length": 8}),
 ]
+# An FTDI latency timer above this holds a short answer back for most of the 20 ms answer
+# window (reference 2.1): the default 16 ms makes timeouts out of slow-ish machines.
+LATENCY_TIMER_WARN_MS = 4
 
 
 def _decode(command: int, frame: bytes, address: int) -> dict[str, Any]:
@@ -453,36 +468,115 @@ def _decode(command: int, frame: bytes, address: int) -> dict[str, Any]:
     return {"meter": bcd.decode(frame[2:6])}
 
 
-async def _exchange(link: SasLink, wire: bytes, expect: framing.Expectation,
-                    timeout_s: float) -> tuple[framing.Answer | None, float, int]:
-    """Send one poll; return (answer or None, seconds until it was complete, bytes seen)."""
-    framer = framing.Framer()
-    await link.send(TxFrame(wire))
-    sent = trio.current_time()
-    deadline = sent + timeout_s
-    seen = 0
-    while True:
-        with trio.move_on_at(deadline):
-            data = await link.receive_some()
-            seen += len(data)
-            framer.feed(data)
-            answer = framer.next_answer(expect)
-            if answer is not None:
-                return answer, trio.current_time() - sent, seen
-            deadline = trio.current_time() + 0.02  # inter-byte gap: the rest of the frame
-            continue
-        answer = framer.next_answer(expect, quiet=True)
-        return answer, trio.current_time() - sent, seen
+def _expectation(wire: bytes) -> framing.Expectation:
+    """What may answer `wire`: a GP either way (an exception byte or an RTE event)."""
+    address = wire[0] & 0x7F
+    if len(wire) == 1:
+        return framing.Expectation(address, None, rte=True)
+    spec = messages.POLL_SPECS.get(wire[1])
+    answer = spec.answer if spec is not None else "ack"
+    return framing.Expectation(address, wire[1], True,
+                               length=answer if isinstance(answer, int) else None,
+                               length_byte=answer == "length")
 
 
-async def probe(device: str, address: int, *, mode: str = "auto",
-                timeout_s: float = 0.2) -> dict[str, Any]:
-    """Probe one machine; never raises for what the line or the machine does."""
+class _ProbeLine:
+    """The probe's side of the line: every frame is journaled before it is written (as the
+    driver does, so the gateway's restart probe repeats the probe's last poll), and polls to
+    one machine keep `spacing_s` apart (reference 2.1)."""
+
+    def __init__(self, link: SasLink, journal: PollJournal | None, spacing_s: float) -> None:
+        self.link, self.journal, self.spacing_s = link, journal, spacing_s
+        self._last: dict[int, float] = {}
+
+    async def exchange(self, wire: bytes, expect: framing.Expectation, timeout_s: float,
+                       ) -> tuple[framing.Answer | None, float, int]:
+        """Send one poll; return (answer or None, seconds until it was complete, bytes seen)."""
+        address = wire[0] & 0x7F
+        if address in self._last:
+            await trio.sleep_until(self._last[address] + self.spacing_s)
+        framer = framing.Framer()
+        if self.journal is not None:
+            self.journal.record(wire)
+        await self.link.send(TxFrame(wire))
+        sent = self._last[address] = trio.current_time()
+        deadline = sent + timeout_s
+        seen = 0
+        while True:
+            with trio.move_on_at(deadline):
+                data = await self.link.receive_some()
+                seen += len(data)
+                framer.feed(data)
+                answer = framer.next_answer(expect)
+                if answer is not None:
+                    return answer, trio.current_time() - sent, seen
+                deadline = trio.current_time() + 0.02  # inter-byte gap: the rest of the frame
+                continue
+            answer = framer.next_answer(expect, quiet=True)
+            return answer, trio.current_time() - sent, seen
+
+
+def _pending(answer: framing.Answer | None, seen: int) -> str | None:
+    """Why an answer may hold something unrecorded (None: nothing to lose by moving on)."""
+    match answer:
+        case framing.ExceptionByte(code) if code != 0:
+            return f"exception {code:02X} ({_exc_name(code)})"
+        case framing.Event(code, _):
+            return f"event {code:02X} ({_exc_name(code)})"
+        case framing.Corrupt() | framing.Busy():
+            return "an answer that could not be read"
+        case None if seen:
+            return f"{seen} bytes that make no answer"
+    return None
+
+
+def _adapter(report: dict[str, Any], device: str) -> None:
+    """USB adapter facts for the report: description, stable names, latency timer."""
+    real = os.path.realpath(device)
+    try:
+        from serial.tools import list_ports
+
+        port = next((p for p in list_ports.comports() if os.path.realpath(p.device) == real),
+                    None)
+    except (ImportError, OSError):
+        port = None
+    if port is not None and port.vid is not None:
+        report["adapter"] = {"description": port.description, "hwid": port.hwid,
+                             "serial_number": port.serial_number}
+    by_id = Path("/dev/serial/by-id")
+    stable = sorted(str(p) for p in by_id.glob("*") if os.path.realpath(p) == real) \
+        if by_id.is_dir() else []
+    if stable:
+        report["stable_names"] = stable
+    timer = adapter_latency_timer_ms(device)
+    if timer is not None:
+        report["latency_timer_ms"] = timer
+        if timer > LATENCY_TIMER_WARN_MS:
+            name = os.path.basename(real)
+            report["advice"].append(
+                f"the USB adapter's latency timer is {timer} ms: it holds answers back for "
+                "most of the machine's 20 ms answer window (timeouts, slow polling); set it to "
+                f"1 ms: echo 1 > /sys/bus/usb-serial/devices/{name}/latency_timer (a udev rule "
+                "makes it permanent)")
+
+
+async def probe(device: str, address: int, *, mode: str = "auto", timeout_s: float = 0.2,
+                journal: PollJournal | None = None, spacing_s: float = 0.2,
+                lock_dir: Path | None = None) -> dict[str, Any]:
+    """Probe one machine; never raises for what the line or the machine does. With `journal`
+    (the port's poll journal) the first frame repeats the line's last journaled frame, and
+    the probe stops, acknowledging nothing, at the first answer that may be unrecorded."""
     report: dict[str, Any] = {"device": device, "address": address, "steps": [], "advice": [],
                               "ok": False}
     started = trio.current_time()
     try:
-        link = await open_link(device, mode=mode)
+        link = await open_link(device, mode=mode, lock_dir=lock_dir)
+    except DeviceBusyError as err:
+        report["error"] = str(err)
+        report["busy"] = True
+        report["advice"].append("a gateway (or another program) polls this port: stop it first "
+                                "(systemctl stop casino-gateway); a probe never shares a line")
+        return report
     except LinkBrokenError as err:
         report["error"] = str(err)
         report["advice"].append(_open_advice(err.__cause__, device))
@@ -492,40 +586,75 @@ async def probe(device: str, address: int, *, mode: str = "auto",
         report["advice"].append(f"{device} is not a serial port")
         return report
     report["opened_ms"] = round((trio.current_time() - started) * 1000, 2)
+    _adapter(report, device)
     async with link:
-        # A machine ignores polls to itself until it sees one to another address (reference
-        # 2.3). The sync GP also acknowledges whatever the machine last answered.
-        # Address 127 (126 when probing 127) is rarely given to a machine.
-        sync = 127 if address != 127 else 126
-        await link.send(TxFrame(messages.general_poll(sync).wire()))
-        with trio.move_on_after(timeout_s):
-            stray = await link.receive_some()
-            report["advice"].append(
-                f"bytes answered a poll to address {sync} ({stray.hex()}): another machine on "
-                "this line uses it, or something else is polling this port")
-        for label, command, kwargs in _PROBES:
-            step = await _probe_step(link, address, label, command, kwargs, timeout_s)
-            report["steps"].append(step)
-            if step.get("event"):
+        line = _ProbeLine(link, journal, spacing_s)
+        try:
+            if not await _resume(line, report, journal, timeout_s):
+                return report
+            # A machine ignores polls to itself until it sees one to another address
+            # (reference 2.3). Address 127 (126 when probing 127) is rarely given to a machine.
+            sync = 127 if address != 127 else 126
+            _, _, seen = await line.exchange(messages.general_poll(sync).wire(),
+                                             framing.Expectation(sync), timeout_s)
+            if seen:
                 report["advice"].append(
-                    "the machine answered with an event (RTE mode, events queued): the probe "
-                    "stopped so as not to acknowledge it. Start the gateway to collect it.")
-                break
+                    f"bytes answered a poll to address {sync}: another machine on this line "
+                    "uses it, or something else is polling this port")
+            for label, command, kwargs in _PROBES:
+                step = await _probe_step(line, address, label, command, kwargs, timeout_s)
+                report["steps"].append(step)
+                if step.get("unreadable"):
+                    report["advice"].append(
+                        "the last answer could not be read: it may have been an event, so the "
+                        "probe stopped rather than acknowledge it with another poll")
+                    break
+                if step.get("event") is not None:
+                    report["advice"].append(
+                        "the machine answered with an event: the probe stopped there and left "
+                        "it unacknowledged (nothing was sent after it; the gateway's first "
+                        "poll repeats the probe's last one, an implied NACK, and collects it). "
+                        "Start the gateway.")
+                    break
+        except LinkBrokenError as err:
+            report["error"] = f"link broke: {err}"
     _advise(report)
     return report
 
 
-async def _probe_step(link: SasLink, address: int, label: str, command: int,
+async def _resume(line: _ProbeLine, report: dict[str, Any], journal: PollJournal | None,
+                  timeout_s: float) -> bool:
+    """Open with the line's last journaled frame (an implied NACK to whoever got it). False
+    (stop) if the answer may hold something the gateway never recorded."""
+    if journal is None:
+        return True
+    entries = journal.entries()
+    if not entries:
+        return True
+    last_address = max(entries, key=lambda a: entries[a][0])
+    wire = entries[last_address][1]
+    if not wire:
+        return True
+    answer, _, seen = await line.exchange(wire, _expectation(wire), timeout_s)
+    report["resumed_from"] = wire.hex()
+    why = _pending(answer, seen)
+    if why is None:
+        return True
+    report["pending"] = {"address": last_address, "answer": why}
+    report["advice"].append(
+        f"address {last_address} answered the gateway's last poll again with {why}: it may "
+        "not be recorded yet, so the probe stopped without acknowledging it. Start the "
+        "gateway to collect it, then stop it and probe again.")
+    return False
+
+
+async def _probe_step(line: _ProbeLine, address: int, label: str, command: int,
                       kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     wire = messages.long_poll(address, command).wire()
     expect = framing.Expectation(address, command, **kwargs)
     step: dict[str, Any] = {"poll": f"LP {command:02X}", "what": label, "ok": False}
     for attempt in (1, 2):
-        try:
-            answer, took, seen = await _exchange(link, wire, expect, timeout_s)
-        except LinkBrokenError as err:
-            step["result"] = f"link broke: {err}"
-            return step
+        answer, took, seen = await line.exchange(wire, expect, timeout_s)
         step["attempts"] = attempt
         step["latency_ms"] = round(took * 1000, 2)
         match answer:
@@ -561,6 +690,8 @@ async def _probe_step(link: SasLink, address: int, label: str, command: int,
                 step["garbage"] = seen > 0
                 # An identical second poll is an implied NACK: the machine resends.
                 continue
+    # Still unreadable after the implied NACK: any other poll would acknowledge it.
+    step["unreadable"] = bool(step.get("crc_error") or step.get("garbage"))
     return step
 
 
@@ -675,10 +806,50 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                   "polls the ports; stop it first (systemctl stop casino-gateway) or use --force",
                   file=sys.stderr)
             return EXIT_FAILURE
-    report = trio.run(lambda: probe(args.device, args.address, mode=args.link,
-                                    timeout_s=args.timeout_ms / 1000))
+    try:
+        journal = _port_journal(args)
+    except ConfigError as err:
+        print(f"casino-gateway diag: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        report = trio.run(lambda: probe(args.device, args.address, mode=args.link,
+                                        timeout_s=args.timeout_ms / 1000, journal=journal,
+                                        spacing_s=args.spacing_ms / 1000))
+    finally:
+        if journal is not None:
+            journal.close()
     print(json.dumps(report) if args.json else render_probe(report))
     return 0 if report["ok"] else EXIT_FAILURE
+
+
+def _port_journal(args: argparse.Namespace) -> PollJournal | None:
+    """The poll journal of the configured port on `args.device` (None: no such port). The
+    probe records its frames there too, so the gateway resumes from the probe's last poll."""
+    path = Path(args.config) if args.config is not None else DEFAULT_CONFIG
+    try:
+        config: Config | None = load_config(path)
+    except ConfigError as err:
+        if args.config is not None:
+            raise
+        config = None
+        if path.exists() and not args.force:
+            raise ConfigError("", f"cannot read {path} ({err}) to find this port's poll "
+                                  "journal: run diag as the service user (sudo -u "
+                                  "casino-gateway ...), or --force to probe without it")
+    if config is None:
+        return None
+    real = os.path.realpath(args.device)
+    port = next((p for p in config.ports if os.path.realpath(p.device) == real), None)
+    if port is None:
+        return None
+    try:
+        return PollJournal(config.gateway.state_dir / "polls" / f"{port.name}.journal")
+    except OSError as err:
+        if args.force:
+            return None
+        raise ConfigError("", f"cannot open the poll journal of {port.name}: {err}: run diag "
+                              "as the service user (sudo -u casino-gateway ...), or --force "
+                              "to probe without it") from None
 
 
 async def _gateway_running(path: Path) -> bool:

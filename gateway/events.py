@@ -68,8 +68,20 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"reason": STR}),
     EventSpec("deviceOnline", "system", "1.0.0", "A machine answered after silence or at start.",
               "first valid answer"),
-    EventSpec("deviceOffline", "system", "1.0.0", "A machine missed the configured number of polls.",
-              "missed polls"),
+    EventSpec("deviceOffline", "system", "1.1.0",
+              "A machine stopped answering: it missed the configured number of polls, or its "
+              "port broke or would not open (reason says which).",
+              "missed polls, port I/O error", fields={"reason": STR}),
+    EventSpec("machineReplaced", "system", "1.0.0",
+              "Discovery found another machine at this port and address: its serial, asset "
+              "number or game differs from the one confirmed before (changed lists which). "
+              "`machine` is the new identity, as on every later event.",
+              "LP 54, LP 74, LP 1F after a reconnect or offline",
+              fields={"changed": {"type": "array", "items": {"enum": ["serial", "asset", "game"]}},
+                      "previous_serial": {"type": ["string", "null"]},
+                      "previous_asset": {"type": ["string", "null"]},
+                      "previous_game": {"type": ["string", "null"]},
+                      "game": {"type": ["string", "null"]}}, required=("changed",)),
     EventSpec("powerLost", "system", "1.0.0", "The machine reported AC power lost.", "exc 18"),
     EventSpec("powerApplied", "system", "1.0.0", "The machine reported AC power applied.", "exc 17"),
     EventSpec("uplinkDown", "system", "1.0.0", "The platform connection was lost.",

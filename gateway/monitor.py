@@ -263,8 +263,24 @@ class Monitor:
                            "oldest_undelivered_s": round(outbox.oldest_undelivered_s() or 0.0, 3),
                            "last_seq": outbox.last_seq, "delivered_seq": outbox.delivered_seq,
                            "intake_stopped": bool(outbox.intake_stopped)},
-                "ports": ports, **(extra or {})}
+                "ports": ports, "machines": _machines_summary(status.get("ports") or {}),
+                **(extra or {})}
         return (503 if reasons else 200), body
+
+
+def _machines_summary(ports: dict[str, Any]) -> dict[str, Any]:
+    """/health's view of the floor, from the same figures diag shows: machines online of
+    configured, and each offline one with why (its port down, or missed polls)."""
+    out: dict[str, Any] = {"online": 0, "total": 0, "offline": []}
+    for name, port in sorted(ports.items()):
+        for address, m in (port.get("machines") or {}).items():
+            out["total"] += 1
+            if m.get("online"):
+                out["online"] += 1
+            else:
+                out["offline"].append({"machine": f"{name}/{address}",
+                                       "reason": m.get("offline_reason")})
+    return out
 
 
 # -- the listener ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -77,9 +78,11 @@ class EgmLink(trio.abc.AsyncResource):
         await self.send(bytes(w & 0xFF for w in words))
 
 
-async def open_link(device_path: str, *, mode: str = "auto") -> SasLink:
+async def open_link(device_path: str, *, mode: str = "auto",
+                    lock_dir: Path | None = None) -> SasLink:
     """Open the host end on a tty. `mode` "auto" detects a pseudo-terminal (PARMRK byte encoding);
-    "pty" forces that encoding; "serial" forces MARK/SPACE stick parity."""
+    "pty" forces that encoding; "serial" forces MARK/SPACE stick parity. The device is locked
+    while open (drivers/link/lock.py; `lock_dir` defaults to the runtime directory)."""
     from drivers.link.tty import open_tty_link
 
-    return await open_tty_link(device_path, mode=mode)
+    return await open_tty_link(device_path, mode=mode, lock_dir=lock_dir)

@@ -10,16 +10,20 @@ ninth bit set (a chirp) arrives as `FF 00 b`, exactly the pty encoding.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import termios
 import tty
+from pathlib import Path
 
 import trio
 
 from drivers.link import EgmLink, LinkBrokenError, LinkClosedError, SasLink, TxFrame, parmrk
+from drivers.link.lock import DeviceBusyError, DeviceLock
 
-__all__ = ["FdChannel", "PtyEgmLink", "TtyHostLink", "is_pty", "open_tty_link"]
+__all__ = ["FdChannel", "PtyEgmLink", "TtyHostLink", "adapter_latency_timer_ms", "is_pty",
+           "open_tty_link"]
 
 # Linux: CMSPAR is missing from Python's termios module; value from <asm-generic/termbits.h>.
 CMSPAR = getattr(termios, "CMSPAR", 0o10000000000)
@@ -91,10 +95,11 @@ class FdChannel:
 class TtyHostLink(SasLink):
     """Host end on a tty; `stick_parity` selects MARK/SPACE switching, else PARMRK encoding."""
 
-    def __init__(self, fd: int, *, stick_parity: bool) -> None:
+    def __init__(self, fd: int, *, stick_parity: bool, lock: DeviceLock | None = None) -> None:
         self._io = FdChannel(fd)
         self._stick = stick_parity
         self._decoder = parmrk.ParmrkDecoder()
+        self._lock = lock
 
     async def send(self, frame: TxFrame) -> None:
         if not self._stick:
@@ -125,7 +130,16 @@ class TtyHostLink(SasLink):
                 return words
 
     async def aclose(self) -> None:
-        await self._io.aclose()
+        if not self._io.closed:
+            try:
+                fcntl.ioctl(self._io.fd, termios.TIOCNXCL)
+            except OSError:
+                pass  # the device is gone: nothing left to release
+        try:
+            await self._io.aclose()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 class PtyEgmLink(EgmLink):
@@ -170,14 +184,40 @@ def _configure_serial(fd: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-async def open_tty_link(path: str, *, mode: str = "auto") -> TtyHostLink:
+def adapter_latency_timer_ms(path: str) -> int | None:
+    """The USB adapter's latency timer (FTDI `latency_timer` in sysfs), None where there is none.
+    It holds back short answers for up to this long (default 16 ms): most of the 20 ms answer
+    window of reference 2.1."""
+    name = os.path.basename(os.path.realpath(path))
+    try:
+        return int(Path(f"/sys/class/tty/{name}/device/latency_timer").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def open_tty_link(path: str, *, mode: str = "auto", lock_dir: Path | None = None,
+                        ) -> TtyHostLink:
+    """Open and lock the host end (drivers/link/lock.py): DeviceBusyError if another process
+    has it, LinkBrokenError if it cannot be opened or configured."""
     if mode not in ("auto", "pty", "serial"):
         raise ValueError(f"unknown link mode {mode!r}")
     try:
+        os.stat(path)  # no lock file for a device that is not there
+    except FileNotFoundError as missing:
+        raise LinkBrokenError(f"cannot open {path}: {missing}") from missing
+    lock = DeviceLock(path, lock_dir)
+    lock.acquire()
+    try:
         fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
+        lock.release()
+        if exc.errno == errno.EBUSY:
+            raise DeviceBusyError(f"{path} is in use by another program (opened exclusively; "
+                                  f"lsof {path} names it)") from exc
         raise LinkBrokenError(f"cannot open {path}: {exc}") from exc
     try:
+        # Exclusive: a second open() fails with EBUSY (root excepted: hence the lock file).
+        fcntl.ioctl(fd, termios.TIOCEXCL)
         stick = mode == "serial" or (mode == "auto" and not is_pty(fd))
         if stick:
             _configure_serial(fd)
@@ -187,8 +227,9 @@ async def open_tty_link(path: str, *, mode: str = "auto") -> TtyHostLink:
         termios.tcflush(fd, termios.TCIFLUSH)
     except OSError as exc:
         os.close(fd)
+        lock.release()
         if exc.errno == errno.ENOTTY:
             raise LinkBrokenError(f"{path} is not a terminal") from exc
         raise LinkBrokenError(f"cannot configure {path}: {exc}") from exc
     await trio.lowlevel.checkpoint()
-    return TtyHostLink(fd, stick_parity=stick)
+    return TtyHostLink(fd, stick_parity=stick, lock=lock)

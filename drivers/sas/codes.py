@@ -178,6 +178,7 @@ class LongPoll(enum.IntEnum):
     VALIDATION_NUMBER = 0x58
     EXTENDED_METERS = 0x6F
     EXTENDED_METERS_ALT = 0xAF
+    AFT_STATUS = 0x74  # AFT game lock and status; interrogate-only reads the asset number
     READ_CLOCK = 0x7E
     SET_CLOCK = 0x7F
     REMOTE_HANDPAY_RESET = 0x94

@@ -26,7 +26,7 @@ from drivers.base import (
     MachineEvent,
     PortStatistics,
 )
-from drivers.link import SasLink
+from drivers.link import LinkError, SasLink
 from drivers.sas import messages
 from drivers.sas.codes import LongPoll
 from drivers.sas.errors import SasLocalProtocolError
@@ -94,7 +94,13 @@ class SasDriver:
 
     async def run(self, sink: EventSink, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        link = await self._open_link()
+        """One life of the link: raises LinkError when it breaks or will not open, after its
+        machines were reported offline (docs/sas.md, "Port lifecycle"); call again to reopen."""
+        try:
+            link = await self._open_link()
+        except (LinkError, OSError) as exc:
+            await self._link_lost(sink, str(exc))
+            raise
         async with link:
             self._state = "running"
             task_status.started()
@@ -104,13 +110,25 @@ class SasDriver:
                 spread = zlib.crc32(self.port.encode()) % 1000 / 1000
                 await trio.sleep(spread * self.settings.interval_s)
                 await self._loop(link, sink)
+            except (LinkError, OSError) as exc:
+                await self._link_lost(sink, str(exc))
+                raise
             finally:
-                self._state = "stopped"
+                if self._state != "down":
+                    self._state = "stopped"
                 # Commands still waiting will never get an answer from this run.
                 for ticket, waiter in self._waiters.items():
                     self._finished[ticket] = CommandFinished(ticket, False, "driver stopped")
                     waiter.set()
                 self._waiters.clear()
+
+    async def _link_lost(self, sink: EventSink, reason: str) -> None:
+        """Machines offline now (deviceOffline with `reason`), not after missed polls: the
+        host forgets the line state, and its next polls are restart probes and discovery."""
+        self._state = "down"
+        self._host.link_down(trio.current_time(), reason)
+        while (event := self._host.next_event()) is not None:
+            await self._deliver(event, sink)
 
     async def _loop(self, link: SasLink, sink: EventSink) -> None:
         host = self._host
@@ -161,6 +179,10 @@ class SasDriver:
             case CommandFinished(ticket):
                 self._finished[ticket] = event
                 self._waiters.pop(ticket).set()
+            case LinkNote(address, kind) if kind.startswith("address conflict"):
+                log.warning("%s: address %d: %s (same serial or asset number): one machine "
+                            "answers both, or two machines share an address", self.port,
+                            address, kind)
             case LinkNote(address, kind):
                 log.info("%s: %s from address %d", self.port, kind, address)
 

@@ -74,6 +74,18 @@ poll is outstanding is counted (`chirps`) and reported as a `LinkNote`; during a
 discarded as garbage. Either way it never reaches the framer.
 Poll interval: `poll_interval_s` per machine, never below `min_poll_interval_s` (40 ms, the fast
 polling floor of reference 2.1) nor above 5 s; `timer_slack_s` (1 ms) early at most.
+Line scheduling: an offline address that meets a poll with silence gets that one attempt and is
+polled again after one interval, then 2x, 4x ... up to `offline_backoff_max_s`; any answer resets
+it. Online machines never back off (a silent RTE GP is "nothing to report"). The wait for the
+first byte of an answer is the wire time of the frames sent + `answer_window_s` (reference 2.1)
++ `port_latency_s` (p90 of recent first-byte delays less wire time), capped by
+`response_timeout_s`, which is also the wait until a first answer was measured.
+Port lifecycle: `link_down()` (the driver calls it when the link breaks or will not open) reports
+every machine not known offline (`deviceOffline` with the reason), fails queued commands, and
+arms restart probes and discovery for the reconnect. Identity (serial from LP 54, asset from LP
+74, game from LP 1F) is forgotten while a machine is offline; when discovery has read it again,
+a difference from the identity confirmed before (parts both sides report) is a `machineReplaced`
+report, and a serial or asset another online address has is a `LinkNote` "address conflict".
 """
 
 from __future__ import annotations
@@ -124,6 +136,12 @@ class HostConfig:
     # event loop's timers are about 1 ms coarse (epoll), and waking late on every poll would cost
     # 2-3 % of the poll rate at 40 ms. Two polls to one machine may be this much closer.
     timer_slack_s: float = 0.001
+    # How long to wait for the first byte of an answer (see "Line scheduling"): the poll's wire
+    # time + the machine's answer window (reference 2.1: 20 ms) + the port's measured latency,
+    # never more than response_timeout_s.
+    answer_window_s: float = 0.020
+    # An offline address is polled once per round, then at doubling intervals up to this.
+    offline_backoff_max_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.meter_polls not in ("6F", "1C"):
@@ -174,6 +192,10 @@ class LinkNote:
 
 
 _LATENCY_WINDOW = 1000
+# 11 bits per byte at 19,200 baud (reference 1).
+BYTE_TIME_S = 11 / 19200
+# First-byte delays kept to estimate the port's latency (adapter, pty, event loop).
+_DELAY_WINDOW = 64
 # Busy answers in a row to one poll before it is treated like a missed poll.
 _MAX_BUSY = 10
 
@@ -181,6 +203,8 @@ HostEvent = Report | Acknowledged | CommandFinished | LinkNote
 
 _BILL_EXCEPTIONS = frozenset(BILL_CODE_CENTS) | {Exc.BILL_ACCEPTED}
 _LEGACY_METERS = (LongPoll.METERS_1C, LongPoll.METERS_0F)
+# Long polls many machines do not support (LP 74 needs AFT): silence to them is no missed poll.
+_OPTIONAL = frozenset({LongPoll.AFT_STATUS})
 
 
 def _expectation(poll: messages.Poll, rte: bool) -> framing.Expectation:
@@ -255,6 +279,14 @@ class _Machine:
     last_handpay: dict[str, Any] | None = None
     last_bill: dict[str, Any] | None = None
     probe: bool = True  # the first poll after a (re)start: see "Restart" in the module docstring
+    # Line scheduling: the current wait between polls to an offline address (0: not backing
+    # off), and why the machine is offline (None while online or never seen).
+    backoff_s: float = 0.0
+    offline_reason: str | None = None
+    # Identity (serial, asset, game) as last confirmed by a finished discovery; a new one that
+    # differs is a replacement (see "Port lifecycle").
+    identity: tuple[str | None, str | None, str | None] | None = None
+    game: str | None = None
     # The last exception (code, payload) whose implied ACK went out but is not yet known to have
     # reached the machine, the line's frame number of that ACK, and what happened since: a
     # frame to another address (which could have resynchronised a machine that had reset) and
@@ -285,6 +317,7 @@ class _InFlight:
     busy: int = 0
     resend_at: float | None = None
     probe: bool = False
+    wire_s: float = 0.0  # time the frames of this attempt take on the wire
 
 
 class SasHost:
@@ -309,20 +342,12 @@ class SasHost:
         self._sync_poll = messages.general_poll(sync).wire()
         self._machines = {a: _Machine(a, MachineRef(port, a), meter_mode=self.config.meter_polls)
                           for a in addresses}
-        self._probes = {a: p for a, wire in (last_polls or {}).items()
-                        if a in self._machines and (p := _poll_from_wire(a, wire)) is not None}
         for m in self._machines.values():
             self._queue_discovery(m)
         self._replay: bytes | None = None
-        if first_probe in self._machines:
-            # The last frame on the line went to this machine: its answer is the only one a
-            # probe can still NACK (any other poll first would be its implied ACK).
-            self._machines[first_probe].next_due = -1.0
-        elif first_probe is not None and (last_polls or {}).get(first_probe) == \
-                messages.general_poll(first_probe).wire():
-            # It was the sync GP (an ACK), journaled but perhaps never sent: send it first, so
-            # the machine it acknowledged is acknowledged either way, as the journal says.
-            self._replay = messages.general_poll(first_probe).wire()
+        self._arm_probes(last_polls or {}, first_probe, 0.0)
+        self._last_to: dict[int, bytes] = {}
+        self._delays: deque[float] = deque(maxlen=_DELAY_WINDOW)
         self._framer = framing.Framer()
         self._inflight: _InFlight | None = None
         self._frames: list[TxFrame] = []
@@ -343,6 +368,8 @@ class SasHost:
         if f is None:
             self._framer.clear()
             return
+        if not f.received:
+            self._delays.append(max(0.0, now - f.sent_at - f.wire_s))
         f.received = f.ever_received = True
         answer = self._framer.next_answer(f.expect)
         if answer is not None:
@@ -381,7 +408,8 @@ class SasHost:
                 f.resend_at = None
                 self._framer.clear()
                 self._send(f.poll.wire())
-                f.sent_at, f.deadline = now, now + self.config.response_timeout_s
+                f.sent_at, f.wire_s = now, len(f.poll.wire()) * BYTE_TIME_S
+                f.deadline = now + self._answer_wait(f.wire_s)
             elif now >= f.deadline:
                 # Bytes arrived while waiting to resend (a late answer) and then the line went
                 # quiet: take them if they make an answer, else drop them and keep waiting.
@@ -422,6 +450,41 @@ class SasHost:
             m.ack_frame = self._frame_no + 1
             m.foreign_since_ack = m.silent_since_ack = m.rte_sent_since_ack = False
 
+    def link_down(self, now: float, reason: str) -> None:
+        """The link broke or would not open (see "Port lifecycle"): every machine not already
+        known offline is reported offline with `reason`, commands waiting for an answer fail,
+        and the next poll to each machine is a restart probe, followed by discovery."""
+        self._inflight = None
+        self._frames.clear()
+        self._framer.clear()
+        failed: set[int] = set()
+        for m in self._machines.values():
+            for r in m.queue:
+                for ticket in (r.ticket, r.read.ticket if r.read is not None else None):
+                    if ticket is not None and ticket not in failed:
+                        failed.add(ticket)
+                        self._events.append(CommandFinished(ticket, False, f"link down: {reason}"))
+            m.queue.clear()
+            if m.online or m.offline_reason is None:
+                self._offline(m, now, f"link down: {reason}")
+            else:
+                self._queue_discovery(m)
+                self._forget_identity(m)
+            m.misses, m.backoff_s = 0, 0.0
+        last = self._last_wire
+        self._arm_probes(self._last_to, None if last is None else last[0] & 0x7F, now)
+        self._need_sync = True
+
+    @property
+    def port_latency_s(self) -> float | None:
+        """What the port adds to a machine's answer time (adapter latency timer, pty, event
+        loop): the 90th percentile of recent first-byte delays less the poll's wire time. It
+        includes the machine's own turnaround, so the wait built on it errs long."""
+        if not self._delays:
+            return None
+        ordered = sorted(self._delays)
+        return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
     def request(self, address: int, command: int, data: bytes = b"") -> int:
         """Queue long poll `command` for `address`; a `CommandFinished` with the returned ticket
         follows."""
@@ -456,7 +519,9 @@ class SasHost:
         slack = self.config.timer_slack_s
         f = self._inflight
         if f is not None:
-            return f.deadline - slack if f.resend_at is not None else f.deadline
+            # Waiting to resend: wake for the resend (slack early) or, if late bytes arrived
+            # meanwhile, for the quiet gap that ends them (handle_timer acts on either exactly).
+            return f.deadline if f.resend_at is None else min(f.resend_at - slack, f.deadline)
         return min(m.next_due for m in self._machines.values()) - slack
 
     def is_online(self, address: int) -> bool:
@@ -471,7 +536,9 @@ class SasHost:
             s = m.stats
             lat = sorted(s.latencies)
             out[a] = {
-                "online": m.online, "serial": m.ref.serial, "sas_version": m.sas_version,
+                "online": m.online, "offline_reason": m.offline_reason,
+                "serial": m.ref.serial, "asset": m.ref.asset, "game": m.game,
+                "poll_backoff_s": m.backoff_s, "sas_version": m.sas_version,
                 "denomination_code": m.denom_code, "rte": m.rte_on, "credits": m.credits,
                 "game_count": m.game_count, "games": list(m.games), "features": m.features,
                 "machine_clock": m.clock, "machine_clock_read_at": m.clock_read_at,
@@ -485,6 +552,7 @@ class SasHost:
                 "last_response_at": s.last_response_at,
                 "latency_p50_s": _percentile(lat, 0.50), "latency_p99_s": _percentile(lat, 0.99),
                 "garbage_bytes": self._framer.discarded,
+                "port_latency_s": self.port_latency_s,
             }
         return out
 
@@ -501,7 +569,8 @@ class SasHost:
         return [_Request(messages.long_poll(a, LongPoll.GAME_CONFIGURATION)),
                 _Request(messages.long_poll(a, LongPoll.VERSION_AND_SERIAL)),
                 _Request(messages.enabled_features(a, 0)),
-                _Request(messages.long_poll(a, LongPoll.GAME_COUNT))]
+                _Request(messages.long_poll(a, LongPoll.GAME_COUNT)),
+                _Request(messages.aft_status(a))]
 
     def _queue_discovery(self, m: _Machine) -> None:
         discovery = self._discovery(m)
@@ -541,6 +610,7 @@ class SasHost:
         self._last_wire = wire
         self._frame_no += 1
         address = wire[0] & 0x7F
+        self._last_to[address] = wire
         for m in self._machines.values():
             if m.unconfirmed is None or self._frame_no <= m.ack_frame:
                 continue
@@ -562,8 +632,9 @@ class SasHost:
             self._send(poll.wire())
             m.stats.polls += 1
             m.last_was_gp = poll.command is None
+            wire_s = self._queued_wire_s()
             self._inflight = _InFlight(m, poll, None, _expectation(poll, m.rte_on), now,
-                                       now + self.config.response_timeout_s, probe=True)
+                                       now + self._answer_wait(wire_s), probe=True, wire_s=wire_s)
             return
         if not m.queue:
             self._periodic(m, now)
@@ -576,8 +647,21 @@ class SasHost:
         self._send(wire)
         m.stats.polls += 1
         m.last_was_gp = poll.command is None
+        wire_s = self._queued_wire_s()
         self._inflight = _InFlight(m, poll, request, _expectation(poll, m.rte_on), now,
-                                   now + self.config.response_timeout_s)
+                                   now + self._answer_wait(wire_s), wire_s=wire_s)
+
+    def _queued_wire_s(self) -> float:
+        """Wire time of the frames handed out with this poll (replay, sync GP, the poll)."""
+        return sum(len(frame.data) for frame in self._frames) * BYTE_TIME_S
+
+    def _answer_wait(self, wire_s: float) -> float:
+        """How long to wait for the first byte of an answer (see "Line scheduling")."""
+        cfg = self.config
+        latency = self.port_latency_s
+        if latency is None:
+            return cfg.response_timeout_s
+        return min(cfg.response_timeout_s, wire_s + cfg.answer_window_s + latency)
 
     def _finish(self, f: _InFlight, now: float) -> None:
         self._inflight = None
@@ -590,17 +674,19 @@ class SasHost:
             self._need_sync = True
             self._framer.clear()
             return self._finish(f, now)
-        m.misses += 1
+        if not (m.online and f.poll.command in _OPTIONAL and not f.ever_received):
+            m.misses += 1
         if f.received:
             self._heard(m)  # garbled, but an answer: the machine is up
         if m.online and m.misses >= self.config.offline_after_misses:
-            m.online = False
-            self._queue_discovery(m)
+            self._offline(m, now, f"no answer to {m.misses} polls")
             self._need_sync = True
-            self._events.append(Report(MachineEvent("deviceOffline", m.ref, monotonic=now)))
         self._framer.clear()
         limit = self.config.max_attempts_answering if f.received else self.config.max_attempts
-        if f.attempts < max(limit, self.config.max_attempts):
+        # An offline address that stays silent holds no answer for us: one attempt, then the
+        # line moves on (see "Line scheduling").
+        dead = not m.online and not f.ever_received
+        if f.attempts < (1 if dead else max(limit, self.config.max_attempts)):
             m.stats.retries += 1
             return self._resend(f, now)
         self._need_sync = True
@@ -614,6 +700,10 @@ class SasHost:
             if f.request.ticket is not None:
                 self._events.append(CommandFinished(f.request.ticket, False, "no answer"))
         self._finish(f, now)
+        if dead:
+            cfg = self.config
+            m.backoff_s = min(cfg.offline_backoff_max_s, max(cfg.interval_s, 2 * m.backoff_s))
+            m.next_due = now + m.backoff_s
 
     def _resend(self, f: _InFlight, now: float, *, count: bool = True) -> None:
         """Identical retransmission = implied NACK: the machine resends the same data. It keeps
@@ -698,6 +788,10 @@ class SasHost:
                         {METER_CODES[c]: v for c, v in meters.items() if c in METER_CODES})
             case messages.GameConfig(denomination_code=denom) if f.poll.command == 0x1F:
                 m.denom_code = denom
+                m.game = f"{value.game_id}/{value.paytable_id}".strip()
+            case messages.AftStatus(asset):
+                # Asset 0 is "not set" (SAS has no other way to say so).
+                m.ref = replace(m.ref, asset=str(asset) if asset else None)
             case messages.VersionInfo(version, serial):
                 m.sas_version = version
                 m.ref = replace(m.ref, serial=serial or None)
@@ -740,6 +834,8 @@ class SasHost:
               unsupported: bool = False) -> None:
         """`request` is done (answered, or given up on)."""
         m.queue = deque(r for r in m.queue if r is not request)
+        if request.poll.command == LongPoll.AFT_STATUS and request.ticket is None:
+            self._settle_identity(m, now)
         read = request.read
         if read is None:
             return
@@ -793,13 +889,69 @@ class SasHost:
     def _alive(self, m: _Machine, f: _InFlight, now: float) -> None:
         self._heard(m)
         m.misses = 0
+        m.backoff_s = 0.0
         m.stats.last_response_at = now
         m.stats.latencies.append(now - f.sent_at)
         if not m.online:
             m.online = True
+            m.offline_reason = None
             m.meters_due = now + self.config.meters_every_s
             m.clock_due = now + self.config.clock_every_s
             self._events.append(Report(MachineEvent("deviceOnline", m.ref, monotonic=now)))
+
+    def _offline(self, m: _Machine, now: float, reason: str) -> None:
+        """Report `m` offline (with the identity it had) and forget who it is until discovery
+        has run again: whatever answers next at this address may be another machine."""
+        m.online = False
+        m.offline_reason = reason
+        self._events.append(Report(MachineEvent("deviceOffline", m.ref, {"reason": reason},
+                                                monotonic=now)))
+        self._queue_discovery(m)
+        self._forget_identity(m)
+
+    @staticmethod
+    def _forget_identity(m: _Machine) -> None:
+        m.ref = MachineRef(m.ref.port, m.address)
+        m.game = None
+
+    def _settle_identity(self, m: _Machine, now: float) -> None:
+        """Discovery read the identity (LP 1F game, LP 54 serial, LP 74 asset): compare it with
+        the one confirmed before; a part either side could not report is not compared."""
+        new = (m.ref.serial, m.ref.asset, m.game)
+        old, m.identity = m.identity, new
+        others = [o.address for o in self._machines.values() if o is not m and o.online and any(
+            a is not None and a == b for a, b in zip(new[:2], (o.ref.serial, o.ref.asset),
+                                                     strict=True))]
+        for other in others:
+            # One machine behind two addresses, or two set to one address (see "Port lifecycle").
+            self._events.append(LinkNote(m.address, f"address conflict with {other}", now))
+        if old is None:
+            return
+        changed = [name for name, a, b in zip(("serial", "asset", "game"), old, new, strict=True)
+                   if a is not None and b is not None and a != b]
+        if changed:
+            self._events.append(Report(MachineEvent(
+                "machineReplaced", m.ref,
+                {"changed": changed, "previous_serial": old[0], "previous_asset": old[1],
+                 "previous_game": old[2], "game": new[2]}, monotonic=now)))
+
+    def _arm_probes(self, last_polls: Mapping[int, bytes], first_probe: int | None,
+                    now: float) -> None:
+        """Make the next poll to each machine a restart probe (see "Restart")."""
+        self._probes = {a: p for a, wire in last_polls.items()
+                        if a in self._machines and (p := _poll_from_wire(a, wire)) is not None}
+        for m in self._machines.values():
+            m.probe = True
+            m.next_due = now
+        if first_probe in self._machines:
+            # The last frame on the line went to this machine: its answer is the only one a
+            # probe can still NACK (any other poll first would be its implied ACK).
+            self._machines[first_probe].next_due = now - 1.0
+        elif first_probe is not None and last_polls.get(first_probe) == \
+                messages.general_poll(first_probe).wire():
+            # It was the sync GP (an ACK), journaled but perhaps never sent: send it first, so
+            # the machine it acknowledged is acknowledged either way, as the journal says.
+            self._replay = messages.general_poll(first_probe).wire()
 
     def _hold(self, m: _Machine, event: MachineEvent, code: int, *, gp: bool,
               resent: bool = False) -> None:

@@ -17,13 +17,13 @@ from drivers.sas.crc import append_crc, check_crc
 from drivers.sas.errors import SasLocalProtocolError, SasRemoteProtocolError
 
 __all__ = [
-    "POLL_SPECS", "Acked", "BillAccepted", "CardHeld", "CashoutTicket", "EnabledFeatures",
+    "POLL_SPECS", "Acked", "AftStatus", "BillAccepted", "CardHeld", "CashoutTicket", "EnabledFeatures",
     "EnabledGames", "EnhancedValidationRecord", "EventData", "GameConfig", "GameCount",
     "GameEnded", "GameRecall", "GameSelectedData", "GameStarted", "HandpayInfo",
     "HandpayResetResult", "LastBill", "LegacyBonus", "LongPollAnswer", "MachineClock",
     "MeterReading", "NoData", "PendingCashout", "Poll", "PollSpec", "ReelStopped",
     "RomSignature", "SelectedGame", "SelectedMeters", "ValidationId", "ValidationStatus",
-    "VersionInfo", "decode_answer", "decode_clock", "decode_current_credits", "decode_event",
+    "VersionInfo", "aft_status", "decode_answer", "decode_clock", "decode_current_credits", "decode_event",
     "decode_event_data", "decode_game_config", "decode_rom_signature", "decode_version",
     "enabled_features", "encode_answer", "encode_current_credits", "encode_event",
     "encode_event_data", "encode_game_config", "encode_version", "enhanced_validation",
@@ -199,6 +199,7 @@ POLL_SPECS: dict[int, PollSpec] = {
     0x53: PollSpec("M", 2, 26), 0x54: PollSpec("R", 0, "length"), 0x55: PollSpec("R", 0, 6),
     0x56: PollSpec("R", 0, "length"), 0x57: PollSpec("R", 0, 10), 0x58: PollSpec("S", 9, 5),
     0x6F: PollSpec("M", None, "length"), 0xAF: PollSpec("M", None, "length"),
+    0x74: PollSpec("S", 4, "length"),
     0x7E: PollSpec("R", 0, 11), 0x7F: PollSpec("S", 7, "ack"), 0x94: PollSpec("S", 0, 5),
     0xA0: PollSpec("M", 2, 15), 0xB0: PollSpec("S", None, "length"),
 }
@@ -266,6 +267,12 @@ def set_clock(address: int, when: dt.datetime) -> Poll:
     """LP 7F; address 0 makes it the global broadcast (type G, nobody answers)."""
     return long_poll(address, LongPoll.SET_CLOCK, _encode_date(when.date()) + _encode_time(
         when.time()))
+
+
+def aft_status(address: int) -> Poll:
+    """LP 74 with lock code FF (interrogate only: locks nothing), condition 00, timeout 0000:
+    the answer carries the machine's asset number (reference 6)."""
+    return long_poll(address, LongPoll.AFT_STATUS, b"\xff\x00\x00\x00")
 
 
 def enabled_features(address: int, game: int = 0) -> Poll:
@@ -420,6 +427,17 @@ class EnabledFeatures:
 
 
 @dataclass(frozen=True, slots=True)
+class AftStatus:
+    """LP 74 answer (`a 74 len(23) asset(4, LSB first) lock-status ...`): the asset number
+    (0 = none set) and the game lock status (FF not locked, 40 pending, 00 locked). The rest of
+    the 35 bytes (AFT amounts and limits) is kept raw: a monitoring host does not use it."""
+
+    asset_number: int
+    lock_status: int = 0xFF
+    rest: bytes = bytes(30)
+
+
+@dataclass(frozen=True, slots=True)
 class Acked:
     """The lone address byte (type S polls without data in their answer)."""
 
@@ -427,7 +445,8 @@ class Acked:
 LongPollAnswer = (MeterReading | HandpayInfo | GameConfig | RomSignature | SelectedMeters
                   | CashoutTicket | LastBill | ValidationId | EnhancedValidationRecord
                   | GameCount | VersionInfo | SelectedGame | EnabledGames | PendingCashout
-                  | ValidationStatus | MachineClock | HandpayResetResult | EnabledFeatures | Acked)
+                  | ValidationStatus | MachineClock | HandpayResetResult | EnabledFeatures
+                  | AftStatus | Acked)
 
 # BCD size of each LP 2F meter (ref 5: mostly 4, 5 for cents meters [unsure]).
 _2F_CENTS_METERS = frozenset({0x0D, 0x0E, 0x0F, 0x10, *range(0x80, 0x94, 2), *range(0xA0, 0xBE, 2)})
@@ -538,6 +557,10 @@ def decode_answer(command: int, frame: bytes, address: int) -> LongPollAnswer:
             return HandpayResetResult(p[0])
         case 0xA0:
             return EnabledFeatures(bcd.decode(p[0:2]), p[2:5])
+        case 0x74:
+            if p[0] != 0x23 or len(p) != 36:
+                raise SasRemoteProtocolError(f"LP 74 answer of length {p[0]:02X}")
+            return AftStatus(int.from_bytes(p[1:5], "little"), p[5], bytes(p[6:]))
     raise SasLocalProtocolError(f"no decoder for LP {command:02X}")  # pragma: no cover
 
 
@@ -622,6 +645,9 @@ def encode_answer(address: int, command: int, answer: LongPollAnswer) -> bytes:
             body = bcd.encode(game, 2) + features[:3].ljust(3, b"\x00") + bytes(6)
         case RomSignature(signature):
             body = signature.to_bytes(2, "little")
+        case AftStatus(asset, lock, rest):
+            body = bytes([0x23]) + asset.to_bytes(4, "little") + bytes([lock]) + rest[:30].ljust(
+                30, b"\x00")
         case _:  # pragma: no cover
             raise SasLocalProtocolError(f"cannot encode {answer!r}")
     return append_crc(head + body)

@@ -65,8 +65,10 @@ class SasEgm:
                  sas_version: str = "602", fifo_size: int = 20,
                  rte_capable: bool = True, faults: FaultPlan | None = None,
                  chirp: bool = True, chirp_after_s: float = 5.0,
-                 unsupported: frozenset[int] = frozenset()) -> None:
+                 unsupported: frozenset[int] = frozenset(), asset: int | None = 0) -> None:
         self.address = address
+        # LP 74 (interrogate) reports it (0: none set); None: no AFT, LP 74 gets silence.
+        self.asset = asset
         self.ledger = ledger
         self.play = play
         self.config = config or messages.GameConfig()
@@ -275,6 +277,8 @@ class SasEgm:
                 return messages.encode_game_config(a, self.config), None
             case LongPoll.VERSION_AND_SERIAL:
                 return messages.encode_version(a, self.version), None
+            case LongPoll.AFT_STATUS if self.asset is not None:
+                return messages.encode_answer(a, command, messages.AftStatus(self.asset)), None
             case LongPoll.RTE_MODE if self.rte_capable:
                 self.rte = data == b"\x01"
             case LongPoll.ROM_SIGNATURE:

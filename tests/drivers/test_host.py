@@ -41,12 +41,15 @@ def _online_host(*, rte: bool) -> SasHost:
     host.handle_timer(0.82)
     assert _frames(host) == ["0151"]
     host.receive_data(messages.encode_answer(A, 0x51, messages.GameCount(0)), 0.83)
+    host.handle_timer(1.03)
+    assert _frames(host) == ["0174ff0000001af9"]  # LP 74 interrogate: the asset number
+    host.receive_data(messages.encode_answer(A, 0x74, messages.AftStatus(1234)), 1.035)
     if rte:
-        host.handle_timer(1.05)
+        host.handle_timer(1.25)
         assert _frames(host) == ["010e0145d1"]
-        host.receive_data(b"\x01", 1.04)
-        assert host.get_timer() == pytest.approx(1.05)  # lone ACK completes after the gap
-        host.handle_timer(1.05)
+        host.receive_data(b"\x01", 1.26)
+        assert host.get_timer() == pytest.approx(1.27)  # lone ACK completes after the gap
+        host.handle_timer(1.27)
     assert [e.event.type for e in _events(host)] == ["deviceOnline"]
     return host
 
