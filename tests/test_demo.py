@@ -48,7 +48,8 @@ def test_demo_ctrl_c_prints_a_clean_summary(tmp_path: Path):
         for line in proc.stdout:
             if line.startswith("demo: state in"):
                 break
-        # Wait (on the outbox's own writes) until the machines' play was recorded.
+        # Wait (on the outbox's own writes) until the machines' play was recorded: exceptions,
+        # not the deviceOnline and identity events that a machine's discovery records first.
         outbox = tmp_path / "gateway" / "outbox.db"
         watch = DirectoryWatch(outbox.parent, prefix=outbox.name)
         try:
@@ -56,7 +57,7 @@ def test_demo_ctrl_c_prints_a_clean_summary(tmp_path: Path):
                 conn = open_readonly(outbox)
                 try:
                     played = conn.execute(
-                        "SELECT count(*) FROM events WHERE machine IS NOT NULL").fetchone()[0]
+                        "SELECT count(*) FROM events WHERE source_code IS NOT NULL").fetchone()[0]
                 finally:
                     conn.close()
                 if played >= 2:

@@ -269,7 +269,7 @@ def test_a_second_gateway_on_the_same_device_exits_and_the_first_runs_on(
         systemd.wait_for(lambda m: m.startswith("READY=1"), timeout=30)
         systemd.wait_for(lambda m: m.startswith("STATUS=")
                          and f"{MACHINES}/{MACHINES} machines online" in m, timeout=20)
-        other = tmp_path / "second.toml"
+        other = plant["base"] / "second.toml"  # beside the first: its relative paths hold
         other.write_text(plant["config"].read_text().replace(
             'state_dir = "state"', f'state_dir = "{tmp_path / "state2"}"').replace(
             str(plant["control"]), str(tmp_path / "control2.sock")))

@@ -79,7 +79,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
                         "requested_by": "platform", "target": {"port": "sas0", "address": 1},
                         "result": "ok"},
     "lossMarker": {"reason": "shed", "count": 4, "detail": "meterSnapshot shed under disk floor"},
-    "deviceOffline": {},
+    "deviceOffline": {"reason": "missed 3 polls"},
+    "machineReplaced": {"changed": ["serial"], "previous_serial": "S-1000",
+                        "previous_asset": "111", "previous_game": None, "game": None},
     "uplinkDown": {"reason": "platform did not answer a ping within 30 s"},
     "keyRotated": {},  # filled in with the second key
     "gatewayStopping": {"reason": "SIGTERM"},
@@ -88,7 +90,7 @@ MACHINE_TYPES = frozenset({
     "deviceOnline", "deviceOffline", "powerLost", "powerApplied", "machineException",
     "gameSelected", "betPlaced", "gameEnded", "billAccepted", "ticketPrinted", "ticketInserted",
     "meterSnapshot", "doorOpened", "doorClosed", "tilt", "handpayPending", "handpayReset",
-    "bufferOverflow", "commandExecuted"})
+    "bufferOverflow", "commandExecuted", "machineReplaced"})
 
 
 def signers() -> tuple[Signer, Signer]:

@@ -45,7 +45,7 @@ async def _lifecycle(tmp_path: Path, swap: bool,
     device = tmp_path / "serial-by-id-port1"
     driver = SasDriver("port1", lambda: open_link(str(device), lock_dir=tmp_path), [1],
                        SasSettings(poll_interval_s=INTERVAL, rte=False))
-    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={})
+    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={}, port_errors={})
     marks: dict[str, float] = {}
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -116,7 +116,7 @@ async def test_a_device_missing_at_start_marks_its_machines_offline(
     sink = RecordingSink()
     driver = SasDriver("port1", lambda: open_link(str(tmp_path / "absent"), lock_dir=tmp_path),
                        [1, 2], SasSettings(poll_interval_s=INTERVAL))
-    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={})
+    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={}, port_errors={})
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.supervise_port, gw, "port1")
         await trio.sleep(30)
@@ -144,10 +144,9 @@ async def test_health_diag_board_and_metrics_agree_when_a_device_vanishes(
         tmp_path: Path) -> None:
     # The whole daemon on real time (its outbox, uplink and control socket), one pluggable
     # device: when it vanishes, every view says port1/1 is offline, and why.
-    from prometheus_client import generate_latest
 
     from gateway.control import snapshot
-    from gateway.feed.server import FeedServer, FeedSettings, decode_envelope
+    from gateway.feed.server import decode_envelope
     from gateway.feed.state import AlertBoard
     from gateway.receiver.server import ReceiverSettings, serve_receiver
     from gateway.signing import write_signing_key
@@ -176,9 +175,8 @@ async def test_health_diag_board_and_metrics_agree_when_a_device_vanishes(
                 lambda envelopes: committed.extend(e["event"] for e in envelopes))
             await port.unplug()
             await wait_until(gw, lambda: "deviceOffline" in committed)
-            feed = FeedServer(FeedSettings(), gw.outbox, gw.status)
-            health = await feed.health()
-            metrics = generate_latest(feed.registry).decode()
+            code, health = gw.monitor.health()
+            metrics = gw.monitor.metrics().decode()
             diag = await snapshot(gw)
             rows = await gw.outbox.read_after(0, 1000)
             nursery.cancel_scope.cancel()
@@ -192,4 +190,5 @@ async def test_health_diag_board_and_metrics_agree_when_a_device_vanishes(
     assert diag["ports"]["port1"]["state"] == "down"
     assert health["machines"] == {"online": 0, "total": 1, "offline": [
         {"machine": "port1/1", "reason": offline.data["reason"]}]}
-    assert 'gateway_machines_online{port="port1"} 0.0' in metrics
+    assert code == 503 and health["status"] == "degraded"
+    assert 'gateway_machine_up{address="1",port="port1"} 0.0' in metrics

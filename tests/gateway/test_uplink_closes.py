@@ -182,7 +182,9 @@ async def test_a_welcome_mark_beyond_the_last_seq_is_refused_never_jumped(tmp_pa
     assert outbox.delivered_seq == 0  # nothing marked delivered: no silent jump
     stats = client.statistics()
     assert stats["state"] == "rejected" and "beyond" in stats["last_error"]
-    assert [t for t, _ in outbox.system] == []  # never counted as up
+    # Never counted as up; the outage since start is recorded once (the floor issue's rule).
+    assert [t for t, _ in outbox.system] == ["uplinkDown"]
+    assert outbox.system[0][1]["reason"].startswith("never connected since start")
 
 
 async def silent_tls_peer(stream: trio.SocketStream) -> None:

@@ -82,7 +82,9 @@ async def test_hello_names_the_outbox_and_a_missing_welcome_is_a_timeout(
     assert hellos[0] == proto.Hello(outbox.gateway_id, outbox.epoch, tuple(outbox.kids))
     assert "no welcome within 10 s" in error
     assert 10 <= waited <= 11
-    assert outbox.system == []  # never up: no uplinkUp, no uplinkDown
+    # Never up: no uplinkUp; the outage since start is recorded once, with why.
+    assert [t for t, _ in outbox.system] == ["uplinkDown"]
+    assert "no welcome within 10 s" in outbox.system[0][1]["reason"]
 
 
 def test_every_gateway_rule_names_a_test_that_exists() -> None:
