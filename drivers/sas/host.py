@@ -78,8 +78,10 @@ Line scheduling: an offline address that meets a poll with silence gets that one
 polled again after one interval, then 2x, 4x ... up to `offline_backoff_max_s`; any answer resets
 it. Online machines never back off (a silent RTE GP is "nothing to report"). The wait for the
 first byte of an answer is the wire time of the frames sent + `answer_window_s` (reference 2.1)
-+ `port_latency_s` (p90 of recent first-byte delays less wire time), capped by
-`response_timeout_s`, which is also the wait until a first answer was measured.
++ `port_latency_s` (p90 of the last 64 first-byte delays less wire time), capped by
+`response_timeout_s`, which is also the wait until a first answer was measured. (The driver,
+woken more than 5 ms after a deadline by a busy event loop, first reads what already arrived:
+an answer in the kernel's buffer must not be retried over.)
 Port lifecycle: `link_down()` (the driver calls it when the link breaks or will not open) reports
 every machine not known offline (`deviceOffline` with the reason), fails queued commands, and
 arms restart probes and discovery for the reconnect. Identity (serial from LP 54, asset from LP
@@ -478,8 +480,8 @@ class SasHost:
     @property
     def port_latency_s(self) -> float | None:
         """What the port adds to a machine's answer time (adapter latency timer, pty, event
-        loop): the 90th percentile of recent first-byte delays less the poll's wire time. It
-        includes the machine's own turnaround, so the wait built on it errs long."""
+        loop): the 90th percentile of the last 64 first-byte delays less the poll's wire time.
+        It includes the machine's own turnaround, so the wait built on it errs long."""
         if not self._delays:
             return None
         ordered = sorted(self._delays)
