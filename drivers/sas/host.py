@@ -105,12 +105,24 @@ class HostConfig:
     offline_after_misses: int = 5
     rte: bool = True
     credits_every_s: float = 5.0
+    # Silent transmissions of one poll in a row before it is given up, to a machine that was
+    # offline when the poll went out (nothing of it can be in doubt)...
     max_attempts: int = 3
+    # ...and to an online one. A silence may be a lost answer: the machine re-sends on the
+    # repeat, and its final identical poll is silent and keeps the exception queued (reference
+    # 2.3), so the run ends on a final silence unless every answer in it was lost. A lost busy
+    # answer (the machine took no poll) shifts the chain, hence three chains, not one.
+    give_up_after_silences: int = 9
+    # A machine silent this long (not one byte) may have been reset: see "Machine resets". On a
+    # noisy line shorter silences happen while it is up, and taking one for a reset would turn
+    # its next genuine data-less exception into a "re-send" (a loss).
+    reset_silence_s: float = 1.5
     sync_address: int | None = None
-    # While the machine keeps answering (garbled, NACK) it has not taken our last attempt as the
-    # final one, and a different poll would ACK an answer we never decoded: keep repeating until
-    # it falls silent, up to this many transmissions.
-    max_attempts_answering: int = 6
+    # While the machine keeps answering (garbled, ambiguous) it has not taken our last attempt as
+    # the final one, and a different poll would ACK an answer we never decoded: keep repeating
+    # until it falls silent or answers cleanly, up to this many transmissions; giving up then
+    # records a lossMarker (see "Undecoded answers" in the module docstring).
+    max_attempts_answering: int = 20
     # In RTE mode silence after a GP means "no activity" -- or a lost event answer. Repeating the
     # GP (implied NACK) makes the machine resend a lost event, and on the final identical poll it
     # keeps the event queued (reference 2.3), so 2 closes the gap; 0 trusts the first silence.
@@ -217,6 +229,8 @@ class _Stats:
     polls: int = 0
     timeouts: int = 0
     crc_errors: int = 0
+    ambiguous: int = 0
+    loss_markers: int = 0
     nacks: int = 0
     busy: int = 0
     retries: int = 0
@@ -255,6 +269,10 @@ class _Machine:
     last_handpay: dict[str, Any] | None = None
     last_bill: dict[str, Any] | None = None
     probe: bool = True  # the first poll after a (re)start: see "Restart" in the module docstring
+    # RTE mode: the last poll to it was a GP met with silence on every attempt; the next GP may
+    # repeat it as is (see "RTE silence" in the module docstring).
+    idle_gp: bool = False
+    bytes_at: float = -math.inf  # when it last sent any byte in answer to a poll
     # The last exception (code, payload) whose implied ACK went out but is not yet known to have
     # reached the machine, the line's frame number of that ACK, and what happened since: a
     # frame to another address (which could have resynchronised a machine that had reset) and
@@ -263,7 +281,6 @@ class _Machine:
     ack_frame: int = 0
     foreign_since_ack: bool = False
     silent_since_ack: bool = False
-    rte_sent_since_ack: bool = False
     stats: _Stats = field(default_factory=_Stats)
 
     @property
@@ -282,6 +299,9 @@ class _InFlight:
     attempts: int = 1
     received: bool = False
     ever_received: bool = False
+    silent_run: int = 0      # transmissions in a row met with silence
+    was_online: bool = False
+    doubt: bool = False      # an attempt drew bytes that decoded to no answer
     busy: int = 0
     resend_at: float | None = None
     probe: bool = False
@@ -344,6 +364,7 @@ class SasHost:
             self._framer.clear()
             return
         f.received = f.ever_received = True
+        f.machine.bytes_at = now
         answer = self._framer.next_answer(f.expect)
         if answer is not None:
             self._answered(f, answer, now)
@@ -379,17 +400,22 @@ class SasHost:
         if f is not None and f.resend_at is not None:
             if now + self.config.timer_slack_s >= f.resend_at:
                 f.resend_at = None
+                f.received = False
                 self._framer.clear()
                 self._send(f.poll.wire())
                 f.sent_at, f.deadline = now, now + self.config.response_timeout_s
             elif now >= f.deadline:
                 # Bytes arrived while waiting to resend (a late answer) and then the line went
                 # quiet: take them if they make an answer, else drop them and keep waiting.
+                # Only a CRC-checked frame: a bare byte here is the tail of the answer that
+                # failed (an answer split by a gap), not an answer of its own.
                 answer = self._framer.next_answer(f.expect, quiet=True)
-                if answer is not None:
+                if isinstance(answer, framing.Event | framing.Data | framing.Nack):
                     f.resend_at = None
                     self._answered(f, answer, now)
                 else:
+                    # The machine did answer that attempt: not a silence after all.
+                    f.silent_run, f.doubt = 0, True
                     self._framer.clear()
                     f.deadline = f.resend_at
         elif f is not None and now >= f.deadline:
@@ -400,13 +426,16 @@ class SasHost:
                 # RTE mode: a silent GP means "no activity", not a missed poll (bytes that made no
                 # answer are a broken event: retried like any other error).
                 self._framer.clear()
-                if f.attempts <= min(self.config.rte_silence_retries, self.config.max_attempts - 1):
+                f.silent_run += 1
+                if f.silent_run <= self.config.rte_silence_retries:
                     self._resend(f, now)
                 else:
+                    f.machine.idle_gp = True
                     self._finish(f, now)
             else:
                 if not f.probe:  # a silent restart probe is expected, not a fault
                     f.machine.stats.timeouts += 1
+                f.doubt = f.doubt or f.received  # bytes that made no answer
                 self._failed(f, now)
         if self._inflight is None and not self._held:
             self._poll_next(now)
@@ -420,7 +449,7 @@ class SasHost:
             # The next frame on the line is this exception's implied ACK.
             m.unconfirmed = (event.source.code, event.source.payload)
             m.ack_frame = self._frame_no + 1
-            m.foreign_since_ack = m.silent_since_ack = m.rte_sent_since_ack = False
+            m.foreign_since_ack = m.silent_since_ack = False
 
     def request(self, address: int, command: int, data: bytes = b"") -> int:
         """Queue long poll `command` for `address`; a `CommandFinished` with the returned ticket
@@ -456,7 +485,9 @@ class SasHost:
         slack = self.config.timer_slack_s
         f = self._inflight
         if f is not None:
-            return f.deadline - slack if f.resend_at is not None else f.deadline
+            # Waiting to resend: early by the slack for the resend, on time for the quiet gap
+            # after late bytes (which moved the deadline before it).
+            return min(f.deadline, f.resend_at - slack) if f.resend_at is not None else f.deadline
         return min(m.next_due for m in self._machines.values()) - slack
 
     def is_online(self, address: int) -> bool:
@@ -479,6 +510,7 @@ class SasHost:
                 "meter_polls": m.meter_mode, "last_handpay": m.last_handpay,
                 "last_bill": m.last_bill, "poll_interval_s": self.config.interval_s,
                 "polls": s.polls, "timeouts": s.timeouts, "crc_errors": s.crc_errors,
+                "ambiguous": s.ambiguous, "loss_markers": s.loss_markers,
                 "nacks": s.nacks, "busy": s.busy, "retries": s.retries, "chirps": s.chirps,
                 "meter_reads": s.meter_reads,
                 "exceptions": s.exceptions, "resent_after_reset": s.resent_after_reset,
@@ -546,8 +578,6 @@ class SasHost:
                 continue
             if m.address != address:
                 m.foreign_since_ack = True
-            elif len(wire) > 1 and wire[1] == LongPoll.RTE_MODE:
-                m.rte_sent_since_ack = True
 
     def _poll_next(self, now: float) -> None:
         m = min(self._machines.values(), key=lambda x: x.next_due)
@@ -570,14 +600,15 @@ class SasHost:
         request = m.queue[0] if m.queue else None
         poll = request.poll if request else messages.general_poll(m.address)
         wire = poll.wire()
-        if self._need_sync or wire == self._last_wire:
+        continuing, m.idle_gp = m.idle_gp and wire == self._last_wire, False
+        if self._need_sync or (wire == self._last_wire and not continuing):
             self._send(self._sync_poll)
             self._need_sync = False
         self._send(wire)
         m.stats.polls += 1
         m.last_was_gp = poll.command is None
         self._inflight = _InFlight(m, poll, request, _expectation(poll, m.rte_on), now,
-                                   now + self.config.response_timeout_s)
+                                   now + self.config.response_timeout_s, was_online=m.online)
 
     def _finish(self, f: _InFlight, now: float) -> None:
         self._inflight = None
@@ -590,7 +621,11 @@ class SasHost:
             self._need_sync = True
             self._framer.clear()
             return self._finish(f, now)
-        m.misses += 1
+        f.silent_run = 0 if f.received else f.silent_run + 1
+        if f.silent_run <= self.config.max_attempts:
+            # (Silences beyond max_attempts in a row are the machine's doubt being waited out,
+            # not evidence that it is down: see "Undecoded answers".)
+            m.misses += 1
         if f.received:
             self._heard(m)  # garbled, but an answer: the machine is up
         if m.online and m.misses >= self.config.offline_after_misses:
@@ -599,15 +634,21 @@ class SasHost:
             self._need_sync = True
             self._events.append(Report(MachineEvent("deviceOffline", m.ref, monotonic=now)))
         self._framer.clear()
-        limit = self.config.max_attempts_answering if f.received else self.config.max_attempts
-        if f.attempts < max(limit, self.config.max_attempts):
+        cfg = self.config
+        # Only an answer that can carry an exception (a GP's; in RTE mode any) can be in doubt,
+        # and only from a machine that was online or answered anything in this series.
+        doubtful = (f.poll.command is None or f.expect.rte) and (f.was_online or f.ever_received)
+        settled = f.silent_run >= (cfg.give_up_after_silences if doubtful else cfg.max_attempts)
+        if not settled and f.attempts < self.config.max_attempts_answering:
             m.stats.retries += 1
             return self._resend(f, now)
+        if f.doubt and not settled and (f.poll.command is None or m.rte_on):
+            self._loss_marker(f, now)
         self._need_sync = True
-        if not f.ever_received:
-            m.silent_since_ack = True  # not one byte to any attempt: down, or resetting
+        if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
+            m.silent_since_ack = True  # not one byte for that long: down, or resetting
         if f.request is not None and (
-                f.request.ticket is not None or (m.online and not f.ever_received)):
+                f.request.ticket is not None or (f.was_online and not f.ever_received)):
             # An online machine that stays silent does not support this long poll (reference
             # 2.2): give up on it. Garbled answers and offline machines get it again later.
             self._drop(m, f.request, now, unsupported=not f.ever_received)
@@ -632,12 +673,18 @@ class SasHost:
                 return self._failed(f, now)
             case framing.Corrupt():
                 m.stats.crc_errors += 1
+                f.doubt = True
+                return self._failed(f, now)
+            case framing.Ambiguous():
+                m.stats.ambiguous += 1
+                f.doubt = True
                 return self._failed(f, now)
             case framing.Busy():
                 # The machine did not take the poll: send the very same one again later. Any
                 # other poll (even the sync GP) would acknowledge its previous answer, which may
                 # have been lost on the line.
                 m.stats.busy += 1
+                f.silent_run = 0  # the machine started no repeat chain for this attempt
                 self._alive(m, f, now)
                 self._framer.clear()
                 f.busy += 1
@@ -648,6 +695,7 @@ class SasHost:
             self._accept(f, answer, now)
         except SasRemoteProtocolError:
             m.stats.crc_errors += 1
+            f.doubt = True
             return self._failed(f, now)
         self._framer.clear()
         self._finish(f, now)
@@ -665,7 +713,7 @@ class SasHost:
                     m.queue.append(_Request(messages.rte_mode(m.address, True)))
                 event = None if code in SILENT_CODES else exception_event(
                     m.ref, code, data, m.denom_cents, now)
-                resent = self._resent_after_reset(m, event, rte_frame=m.rte_on)
+                resent = self._resent_after_reset(m, event)
                 self._alive(m, f, now)
                 if f.request is not None and f.request.confirm:
                     self._drop(m, f.request, now)  # answered: its work is done
@@ -764,16 +812,14 @@ class SasHost:
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
                 {"meters": dict(read.meters)}))
 
-    def _resent_after_reset(self, m: _Machine, event: MachineEvent | None, *,
-                            rte_frame: bool) -> bool:
+    def _resent_after_reset(self, m: _Machine, event: MachineEvent | None) -> bool:
         """Whether the exception just answered re-sends m.unconfirmed (see "Machine resets").
         The first queued exception after the ACK settles the question either way."""
         if m.unconfirmed is None or event is None or event.source is None:
             return False
         source = event.source
         unconfirmed, m.unconfirmed = m.unconfirmed, None
-        if (rte_frame and not m.rte_sent_since_ack) or not (
-                m.foreign_since_ack and m.silent_since_ack):
+        if not (m.foreign_since_ack and m.silent_since_ack):
             return False  # the machine was up all along: it heard the ACK
         code, payload = unconfirmed
         if source.code == code and (not source.payload or source.payload == payload):
@@ -782,6 +828,19 @@ class SasHost:
         if source.priority:
             m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
         return False
+
+    @staticmethod
+    def _loss_marker(self, f: _InFlight, now: float) -> None:
+        """The poll is given up while the machine still answers what we cannot decode: the next
+        poll is its implied ACK, and what it held may be lost. Say so, signed, in the record."""
+        m = f.machine
+        m.stats.loss_markers += 1
+        detail = (f"address {m.address} answered poll {f.poll.wire().hex(' ')} "
+                  f"{f.attempts} times with bytes that made no answer; the next poll "
+                  f"acknowledges what it sent")
+        self._events.append(Report(MachineEvent(
+            "lossMarker", m.ref, {"reason": "undecodedAnswer", "count": 1, "detail": detail},
+            monotonic=now)))
 
     @staticmethod
     def _heard(m: _Machine) -> None:

@@ -1,0 +1,72 @@
+"""The simulator's ledger against what the gateway recorded: the verdict of a fault run.
+
+Pure (no I/O): `judge(entries, recorded, loss_markers)` pairs each recorded exception with the
+earliest unpaired ledger entry of the same code (one the machine kept before one it dropped),
+and the same data unless it came bare (normal mode carries no data on the wire). What cannot be
+paired is a duplicate (an equal entry was paired already) or an invention (none exists). An
+entry the machine saw acknowledged and nobody recorded is missing; a `lossMarker` from the line
+may account for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from drivers.sim.ledger import LedgerEntry
+
+__all__ = ["Verdict", "judge"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    raised: int
+    recorded: int
+    invented: int
+    duplicates_with_data: int
+    # Data-less exceptions recorded twice: the machine re-sent one after a power cycle cut off
+    # its implied ACK, and a bare code cannot be told apart from a new one.
+    duplicates_dataless: int
+    missing: int          # acknowledged by the machine, never recorded
+    lost_by_overflow: int
+    loss_markers: int
+
+    @property
+    def missing_unmarked(self) -> int:
+        return max(0, self.missing - self.loss_markers)
+
+    @property
+    def spurious_markers(self) -> int:
+        return max(0, self.loss_markers - self.missing)
+
+    @property
+    def ok(self) -> bool:
+        return (self.invented == 0 and self.duplicates_with_data == 0
+                and self.missing_unmarked == 0 and self.spurious_markers == 0)
+
+
+def judge(entries: Sequence[LedgerEntry], recorded: Iterable[tuple[int, bytes]],
+          loss_markers: int = 0) -> Verdict:
+    """`recorded`: (code, payload) of each exception the gateway recorded, in order."""
+    paired = [False] * len(entries)
+    invented = dup_data = dup_bare = count = 0
+    for code, payload in recorded:
+        count += 1
+        same = [i for i, e in enumerate(entries)
+                if e.code == code and (not payload or e.data == payload)]
+        # An entry the machine dropped from its full FIFO may have gone out before: pair with
+        # one it kept first, so that a dropped one never hides a kept one from the count.
+        free = next((i for i in same if not paired[i] and not entries[i].lost),
+                    next((i for i in same if not paired[i]), None))
+        if free is not None:
+            paired[free] = True
+        elif not same:
+            invented += 1
+        elif payload:
+            dup_data += 1
+        else:
+            dup_bare += 1
+    missing = sum(1 for e, p in zip(entries, paired, strict=True)
+                  if not p and e.acknowledged_at is not None and not e.lost)
+    return Verdict(len(entries), count, invented, dup_data, dup_bare, missing,
+                   sum(e.lost for e in entries), loss_markers)
