@@ -73,9 +73,11 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"down_for_s": {"type": ["number", "null"]}}),
     EventSpec("lossMarker", "system", "1.0.0",
               "Events were lost or shed; says what and why (reason: bufferOverflow, shed, "
-              "quarantine, database-corrupt). For quarantine, first_seq..last_seq are the seqs "
-              "moved aside and this event takes the seq after them.",
-              "exc 70, shedding, quarantine",
+              "quarantine, database-corrupt, undecodedAnswer: a machine's answer could not be "
+              "decoded and the next poll acknowledged it; detail names the poll). For "
+              "quarantine, first_seq..last_seq are the seqs moved aside and this event takes "
+              "the seq after them.",
+              "exc 70, shedding, quarantine, SAS line",
               fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
                       "last_seq": INT}, required=("reason",)),
     EventSpec("keyRotated", "system", "1.0.0",

@@ -829,7 +829,6 @@ class SasHost:
             m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
         return False
 
-    @staticmethod
     def _loss_marker(self, f: _InFlight, now: float) -> None:
         """The poll is given up while the machine still answers what we cannot decode: the next
         poll is its implied ACK, and what it held may be lost. Say so, signed, in the record."""

@@ -251,6 +251,7 @@ class SasEgm:
         f = self.faults
         if f.roll("silence"):
             return b""
+        clean = answer
         long = len(answer) >= 2
         if long and f.roll("crc"):
             answer = f.corrupt(answer)
@@ -261,7 +262,12 @@ class SasEgm:
         if long and f.roll("garbage"):
             answer = f.garbage(self.address) + answer
         if len(answer) >= 2 and f.roll("split"):
-            self.answer_split = (f.split_point(answer), f.plan.split_gap_s)
+            cut = f.split_point(answer)
+            self.answer_split = (cut, f.plan.split_gap_s)
+            if cut == 1 and answer[:1] != clean[:1]:
+                # A lone well-formed byte, then silence, standing in for the answer: no host can
+                # tell it from a one-byte answer (docs/sas.md, "Residual risk").
+                self.ledger.lone_bytes += 1
         if f.roll("slow"):
             self.answer_delay = f.plan.slow_s
         return answer

@@ -35,6 +35,9 @@ class LedgerEntry:
 class Ledger:
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.entries: list[LedgerEntry] = []
+        # Answers whose first part on the line was one byte that was not the answer's, alone
+        # before a gap: what no host can tell from a one-byte answer.
+        self.lone_bytes = 0
         self._on_change = on_change
 
     def _changed(self) -> None:

@@ -169,7 +169,9 @@ class Pair:
         entries = [e for egm in self.egms for e in egm.ledger.entries]
         recorded = [(e.source.code, e.source.payload) for e in self.recorded
                     if e.source is not None]
-        return judge(entries, recorded, len(self.loss_markers()))
+        resent = sum(1 for e in self.resent if e.source is not None and not e.source.payload)
+        return judge(entries, recorded, len(self.loss_markers()), resent_dataless=resent,
+                     lone_bytes=sum(egm.ledger.lone_bytes for egm in self.egms))
 
     def run_until(self, t: float) -> None:
         while self.now < t:

@@ -128,3 +128,35 @@ def test_profiles_are_named_and_distinct() -> None:
     assert set(PROFILES) == {"default", "rte_after_power", "silence_fresh",
                              "rte_after_power+silence_fresh"}
     assert len({p for p in itertools.chain(PROFILES.values())}) == 4
+
+
+def test_a_machine_that_keeps_answering_undecodably_gets_a_loss_marker() -> None:
+    """The host repeats the poll while the machine answers with bytes it cannot decode (the
+    machine has not given up on its answer); at max_attempts_answering it must move on, and
+    the next poll acknowledges what the machine sent: a lossMarker names machine, poll, why."""
+    pair = _pair(rte=False)
+    pair.run_until(5.0)
+    egm = pair.egms[0]
+    egm.raise_exception(Exc.HANDPAY_PENDING, b"", pair.now)
+    handpay = bytes([Exc.HANDPAY_PENDING])
+    pair.mangle.extend([lambda r: b"\x4c" + r if r == handpay else None] * 40)
+    pair.egms[0].profile = EgmProfile()
+    egm.faults.plan = FaultPlan()
+    # The simulator's final identical poll is silent: make this machine answer every repeat.
+    original = egm._process
+
+    def answer_every_repeat(msg: bytes, now: float) -> bytes:
+        out = original(msg, now)
+        last = egm._last
+        if last is not None and last.entry is not None:
+            last.repeats = 0
+        return out
+
+    egm._process = answer_every_repeat  # type: ignore[method-assign]
+    pair.run_until(pair.now + 10.0)
+    [marker] = pair.loss_markers()
+    assert marker.data["reason"] == "undecodedAnswer" and marker.machine.address == 1
+    assert "81" in marker.data["detail"]  # the poll, on the wire
+    assert pair.host.statistics()[1]["loss_markers"] == 1
+    verdict = pair.verdict()
+    assert verdict.missing == 1 and verdict.missing_unmarked == 0 and verdict.invented == 0
