@@ -8,7 +8,7 @@ poll interval has passed it gets the head of that queue, or else a general poll 
 
 Implied ACK (reference 2.3). The machine learns that its answer arrived when the next poll it sees
 differs from the last one; an identical poll is an implied NACK and makes it resend. So:
-  * an identical poll is only ever sent as a retry (at most `max_attempts` transmissions);
+  * an identical poll is only ever sent as a retry, or as the next idle GP in RTE mode;
   * any other time the next poll would equal the last frame on the line, the host first sends a
     GP to an unused "sync" address, which is an implied ACK and sends nothing back;
   * after a non-zero exception to a GP the follow-up is LP 1A (the ACK, and a credits read);
@@ -19,18 +19,34 @@ Durable before acknowledged (design.md section 4 rule 1). An exception is report
 `Report(event, token)`; from then on the host sends nothing on the whole line (any poll would ACK
 it) until `durable(token)` is called. The next frames handed out by `frames_to_send()` are the
 implied ACK, and `Acknowledged(event)` is queued right after them.
-Failures. A timeout, bad CRC, NACK or bytes that make no answer lead to a retry of the identical
-poll (after the minimum poll interval); after the last attempt the poll is abandoned, the line is
-resynchronised (sync GP) and the machine polled later. The last attempt is the one the machine
-met with silence (its sign that it keeps the data, reference 2.3): while it still answers, up to
-`max_attempts_answering` transmissions are sent, since the resync poll would be an implied ACK.
-Every failed attempt is a missed poll; `offline_after_misses` in a row make the machine offline,
-the first valid answer online again.
+Undecoded answers (the answer contract, docs/sas.md). The host never sends a poll the machine
+can take as an implied ACK unless the answer it acknowledges was decoded unambiguously and is
+durable. Ambiguous bytes -- a bare byte with anything before or after it or without the quiet
+gap (framing.Ambiguous), a bad CRC, a frame cut short, bytes that make no answer -- get the
+identical poll again (implied NACK), after the minimum poll interval, and the machine re-sends.
+A silence may be a lost answer too: a poll whose answer could carry an exception (a GP; in RTE
+mode any poll) to a machine that was online, or that answered anything in this series, is
+repeated until `give_up_after_silences` (9) silences in a row -- the machine's final identical
+poll is silent and keeps the exception queued (reference 2.3); three such chains survive a lost
+busy answer shifting the count. Other polls, and machines that were offline, give up after
+`max_attempts` (3) silences. While bytes keep coming the poll is repeated up to
+`max_attempts_answering` (20) transmissions; giving up then, on a poll that could carry an
+exception, records a `lossMarker` (reason `undecodedAnswer`, the poll in `detail`): the next
+poll acknowledges what the machine sent. Late bytes after a failed attempt count only as a
+CRC-checked frame (a lone byte there is the tail of a split answer). A give-up resynchronises
+the line (sync GP). The first `max_attempts` silences of a run, and every garbled attempt, are
+missed polls; `offline_after_misses` in a row make the machine offline, the first valid answer
+online again.
 Busy (`addr 00`) gets the identical poll again after the poll interval: any other poll would ACK
 the previous answer, which may have been lost.
-RTE mode. A silent GP means "no activity" -- or a lost event answer, so it is repeated
+RTE silence. A silent GP means "no activity" -- or a lost event answer, so it is repeated
 `rte_silence_retries` times first (the machine resends a lost event, and keeps it queued after the
-final identical poll). Liveness in RTE mode comes from the periodic LP 1A.
+final identical poll). While the host has nothing else for that machine, the next GP repeats it
+as is, with no sync GP in between: some machines start no repeat chain on a silent poll and
+answer the next identical one as a fresh poll, so an event answered to the last GP of a series
+and lost would otherwise be acknowledged by the sync GP. Liveness in RTE mode comes from the
+periodic LP 1A. (When another poll falls due right after such a lost answer, no host can know:
+docs/sas.md, "Residual risk".)
 Synchronisation. A machine ignores its own address after power-up or link loss until it sees a
 poll to another address, so the sync GP is also sent at start and after any machine goes offline.
 Restart. The first poll to each machine after the host starts repeats the last frame the previous
@@ -49,12 +65,13 @@ Machine resets. A machine deletes an exception only on its implied ACK (referenc
 off before the ACK poll reached it, it reports the same exception again after power-up. So the
 host keeps the last acknowledged exception `unconfirmed` until the machine shows it heard the ACK:
 any bytes in answer to a poll sent after the ACK with no frame to another address in between (a
-machine that reset ignores its address until such a frame resynchronises it), or an RTE event
-while no LP 0E went out since (a reset ends RTE mode). In RTE mode the ACK (the sync GP) is
-therefore followed by LP 1A, whose answer, credits or the next event, confirms at once. If the
-machine instead fell silent (a poll abandoned without one byte) and was resynchronised, its first
-queued exception settles it: the same code (and data, unless it came bare, out of RTE mode) is
-the re-send, reported as `Report(..., resent=True)` and acknowledged without a second record;
+machine that reset ignores its address until such a frame resynchronises it). In RTE mode the
+ACK (the sync GP) is therefore followed by LP 1A, whose answer, credits or the next event,
+confirms at once. If the machine instead fell silent -- a poll abandoned without one byte, and
+no byte from it for `reset_silence_s` (1.5 s; shorter silences happen on a noisy line while it
+is up) -- and was resynchronised, its first queued exception settles it: the same code (and
+data, unless it came bare) is the re-send, in RTE mode as well as out of it (some machines
+restore RTE after power-up), reported as `Report(..., resent=True)` and acknowledged without a second record;
 anything else is new. Left ambiguous: a reset in the milliseconds between the ACK and the
 confirming answer, followed by a genuine identical exception (counted, `resent_after_reset`).
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
@@ -163,9 +180,11 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Acknowledged:
-    """The implied ACK for `event` was among the frames just handed out."""
+    """The implied ACK for `event` was among the frames just handed out; `token` is the one it
+    was reported with, so the driver can find its own copy of the event without an id() map."""
 
     event: MachineEvent
+    token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +367,7 @@ class SasHost:
         self._frames: list[TxFrame] = []
         self._events: deque[HostEvent] = deque()
         self._held: dict[int, MachineEvent] = {}
-        self._to_ack: list[MachineEvent] = []
+        self._to_ack: list[tuple[MachineEvent, int]] = []
         self._tokens = itertools.count(1)
         self._tickets = itertools.count(1)
         self._need_sync = True
@@ -443,7 +462,7 @@ class SasHost:
     def durable(self, token: int) -> None:
         """The event reported with `token` is durable: the machine may now be acknowledged."""
         event = self._held.pop(token)
-        self._to_ack.append(event)
+        self._to_ack.append((event, token))
         m = self._machines[event.machine.address]
         if event.source is not None:
             # The next frame on the line is this exception's implied ACK.
@@ -472,7 +491,7 @@ class SasHost:
     def frames_to_send(self) -> list[TxFrame]:
         frames, self._frames = self._frames, []
         if frames and self._to_ack:
-            self._events.extend(Acknowledged(e) for e in self._to_ack)
+            self._events.extend(Acknowledged(e, t) for e, t in self._to_ack)
             self._to_ack.clear()
         return frames
 

@@ -67,7 +67,7 @@ def test_exception_is_acknowledged_only_after_durable() -> None:
     host.durable(report.token)
     host.handle_timer(5.0)
     assert _frames(host) == ["011a"]  # the follow-up long poll is the implied ACK
-    assert _events(host) == [Acknowledged(report.event)]
+    assert _events(host) == [Acknowledged(report.event, report.token)]
 
 
 def test_no_activity_then_gp_again_goes_through_the_sync_address() -> None:
