@@ -253,10 +253,15 @@ class SasEgm:
             return b""
         clean = answer
         long = len(answer) >= 2
+        # Could a host take one byte alone for this poll's answer (a GP's, or a lone ACK)?
+        spec = None if msg[0] & 0x80 else messages.POLL_SPECS.get(msg[1])
+        one_byte = spec is None or spec.answer == "ack"
         if long and f.roll("crc"):
             answer = f.corrupt(answer)
         if long and f.roll("truncate"):
             answer = f.truncate(answer)
+            if len(answer) == 1 and one_byte:
+                self.ledger.lone_bytes += 1  # e.g. the address alone: a lone ACK to the host
         if f.roll("junk"):
             answer = f.junk(answer)
         if long and f.roll("garbage"):
@@ -264,7 +269,7 @@ class SasEgm:
         if len(answer) >= 2 and f.roll("split"):
             cut = f.split_point(answer)
             self.answer_split = (cut, f.plan.split_gap_s)
-            if cut == 1 and answer[:1] != clean[:1]:
+            if cut == 1 and answer[:1] != clean and one_byte:
                 # A lone well-formed byte, then silence, standing in for the answer: no host can
                 # tell it from a one-byte answer (docs/sas.md, "Residual risk").
                 self.ledger.lone_bytes += 1

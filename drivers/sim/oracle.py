@@ -62,7 +62,10 @@ def judge(entries: Sequence[LedgerEntry], recorded: Iterable[tuple[int, bytes]],
     """`recorded`: (code, payload) of each exception the gateway recorded, in order."""
     paired = [False] * len(entries)
     invented = dup_data = dup_bare = count = 0
-    for code, payload in recorded:
+    # Records with data first: a bare one (normal mode) fits any entry of its code, and must
+    # not take the one entry a record with data can only be.
+    ordered = sorted(recorded, key=lambda r: not r[1])
+    for code, payload in ordered:
         count += 1
         same = [i for i, e in enumerate(entries)
                 if e.code == code and (not payload or e.data == payload)]
