@@ -30,7 +30,7 @@ repeated until `give_up_after_silences` (9) silences in a row -- the machine's f
 poll is silent and keeps the exception queued (reference 2.3); three such chains survive a lost
 busy answer shifting the count. Other polls, and machines that were offline, give up after
 `max_attempts` (3) silences. While bytes keep coming the poll is repeated up to
-`max_attempts_answering` (20) transmissions; giving up then, on a poll that could carry an
+`max_attempts_answering` (60) transmissions; giving up then, on a poll that could carry an
 exception, records a `lossMarker` (reason `undecodedAnswer`, the poll in `detail`): the next
 poll acknowledges what the machine sent. Late bytes after a failed attempt count only as a
 CRC-checked frame (a lone byte there is the tail of a split answer). A give-up resynchronises
@@ -139,7 +139,7 @@ class HostConfig:
     # the final one, and a different poll would ACK an answer we never decoded: keep repeating
     # until it falls silent or answers cleanly, up to this many transmissions; giving up then
     # records a lossMarker (see "Undecoded answers" in the module docstring).
-    max_attempts_answering: int = 20
+    max_attempts_answering: int = 60
     # In RTE mode silence after a GP means "no activity" -- or a lost event answer. Repeating the
     # GP (implied NACK) makes the machine resend a lost event, and on the final identical poll it
     # keeps the event queued (reference 2.3), so 2 closes the gap; 0 trusts the first silence.
@@ -384,6 +384,10 @@ class SasHost:
             return
         f.received = f.ever_received = True
         f.machine.bytes_at = now
+        if f.resend_at is not None:
+            # Late bytes: the attempt taken for a silence was answered after all (even if the
+            # framer throws every byte away as junk).
+            f.silent_run, f.doubt = 0, True
         answer = self._framer.next_answer(f.expect)
         if answer is not None:
             self._answered(f, answer, now)
@@ -661,7 +665,7 @@ class SasHost:
         if not settled and f.attempts < self.config.max_attempts_answering:
             m.stats.retries += 1
             return self._resend(f, now)
-        if f.doubt and not settled and (f.poll.command is None or m.rte_on):
+        if f.doubt and not settled and (f.poll.command is None or f.expect.rte):
             self._loss_marker(f, now)
         self._need_sync = True
         if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:

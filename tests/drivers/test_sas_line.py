@@ -135,11 +135,12 @@ def test_a_machine_that_keeps_answering_undecodably_gets_a_loss_marker() -> None
     machine has not given up on its answer); at max_attempts_answering it must move on, and
     the next poll acknowledges what the machine sent: a lossMarker names machine, poll, why."""
     pair = _pair(rte=False)
+    pair.host = SasHost("line", [1], HostConfig(rte=False, max_attempts_answering=20))
     pair.run_until(5.0)
     egm = pair.egms[0]
     egm.raise_exception(Exc.HANDPAY_PENDING, b"", pair.now)
     handpay = bytes([Exc.HANDPAY_PENDING])
-    pair.mangle.extend([lambda r: b"\x4c" + r if r == handpay else None] * 40)
+    pair.mangle.extend([lambda r: b"\x4c" + r if r == handpay else None] * 20)
     pair.egms[0].profile = EgmProfile()
     egm.faults.plan = FaultPlan()
     # The simulator's final identical poll is silent: make this machine answer every repeat.
