@@ -25,13 +25,15 @@ durable. Ambiguous bytes -- a bare byte with anything before or after it or with
 gap (framing.Ambiguous), a bad CRC, a frame cut short, bytes that make no answer -- get the
 identical poll again (implied NACK), after the minimum poll interval, and the machine re-sends.
 A silence may be a lost answer too: a poll whose answer could carry an exception (a GP; in RTE
-mode any poll) to a machine that was online, or that answered anything in this series, is
-repeated until `give_up_after_silences` (9) silences in a row -- the machine's final identical
+mode any poll) to a machine that was online -- or any poll the machine answered at all in this
+series (it may be in RTE mode unbeknown to the host) -- is repeated until
+`give_up_after_silences` (9) silences in a row -- the machine's final identical
 poll is silent and keeps the exception queued (reference 2.3); three such chains survive a lost
 busy answer shifting the count. Other polls, and machines that were offline, give up after
 `max_attempts` (3) silences. While bytes keep coming the poll is repeated up to
-`max_attempts_answering` (60) transmissions; giving up then, on a poll that could carry an
-exception, records a `lossMarker` (reason `undecodedAnswer`, the poll in `detail`): the next
+`max_attempts_answering` (60) transmissions; giving up then, on a poll whose answer could carry
+an exception (a GP's, any in RTE mode, or one where an event frame's start was seen), records a
+`lossMarker` (reason `undecodedAnswer`, the poll in `detail`): the next
 poll acknowledges what the machine sent. Late bytes after a failed attempt count only as a
 CRC-checked frame (a lone byte there is the tail of a split answer). A give-up resynchronises
 the line (sync GP). The first `max_attempts` silences of a run, and every garbled attempt, are
@@ -321,6 +323,8 @@ class _InFlight:
     silent_run: int = 0      # transmissions in a row met with silence
     was_online: bool = False
     doubt: bool = False      # an attempt drew bytes that decoded to no answer
+    saw_event: bool = False  # `addr FF` among them: an event frame, whatever mode we assumed
+    last_byte: int = -1
     busy: int = 0
     resend_at: float | None = None
     probe: bool = False
@@ -384,6 +388,9 @@ class SasHost:
             return
         f.received = f.ever_received = True
         f.machine.bytes_at = now
+        if bytes((f.machine.address, 0xFF)) in bytes((f.last_byte & 0xFF,)) + data:
+            f.saw_event = True
+        f.last_byte = data[-1] if data else f.last_byte
         if f.resend_at is not None:
             # Late bytes: the attempt taken for a silence was answered after all (even if the
             # framer throws every byte away as junk).
@@ -658,14 +665,16 @@ class SasHost:
             self._events.append(Report(MachineEvent("deviceOffline", m.ref, monotonic=now)))
         self._framer.clear()
         cfg = self.config
-        # Only an answer that can carry an exception (a GP's; in RTE mode any) can be in doubt,
-        # and only from a machine that was online or answered anything in this series.
-        doubtful = (f.poll.command is None or f.expect.rte) and (f.was_online or f.ever_received)
+        # An answer that can carry an exception (a GP's; in RTE mode any) from a machine that
+        # was online may be in doubt; and any answer at all in this series is: a machine can
+        # be in RTE mode while the host believes it is not (some restore it after power-up).
+        doubtful = f.ever_received or (
+            (f.poll.command is None or f.expect.rte) and f.was_online)
         settled = f.silent_run >= (cfg.give_up_after_silences if doubtful else cfg.max_attempts)
         if not settled and f.attempts < self.config.max_attempts_answering:
             m.stats.retries += 1
             return self._resend(f, now)
-        if f.doubt and not settled and (f.poll.command is None or f.expect.rte):
+        if f.doubt and not settled and (f.poll.command is None or f.expect.rte or f.saw_event):
             self._loss_marker(f, now)
         self._need_sync = True
         if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
