@@ -161,3 +161,30 @@ def test_a_machine_that_keeps_answering_undecodably_gets_a_loss_marker() -> None
     assert pair.host.statistics()[1]["loss_markers"] == 1
     verdict = pair.verdict()
     assert verdict.missing == 1 and verdict.missing_unmarked == 0 and verdict.invented == 0
+
+
+@pytest.mark.parametrize("journaled", [True, False])
+def test_another_poller_left_an_rte_event_unacknowledged(journaled: bool) -> None:
+    """Finding 5, the RTE part, from the host's side: another poller (diag probe, with the
+    gateway stopped) sent LP 1A and got an RTE event instead, which it left unacknowledged.
+    The gateway's first poll decides its fate: repeating the poller's last frame (the journal
+    entry diag must leave) is an implied NACK and the event is recorded; any other first poll
+    (here the plain GP of a host with no journal entry) acknowledges it unseen. The host keeps
+    its side of the contract; `diag probe` must journal its last frame (issue 13, `ports`)."""
+    egm = SasEgm(1, Ledger(), play=PlayModel(1, 0.0))
+    egm.synced, egm.rte = True, True
+    egm.raise_exception(Exc.GAME_ENDED, _GAME_ENDED_WIN, 0.0)
+    lp_1a = bytes.fromhex("011a")
+    answer = egm.receive_words([lp_1a[0] | 0x100, *lp_1a[1:]], 0.1)
+    assert answer[1] == 0xFF  # the event, in place of the credits; the poller stops here
+    host = SasHost("line", [1], HostConfig(rte=True),
+                   last_polls={1: lp_1a} if journaled else None,
+                   first_probe=1 if journaled else None)
+    pair = Pair(host, [egm])
+    pair.now, pair.check_durable = 1.0, False
+    pair.run_until(10.0)
+    recorded = [e.source.payload for e in pair.recorded]
+    if journaled:
+        assert recorded == [_GAME_ENDED_WIN] and pair.verdict().ok
+    else:
+        assert recorded == [] and pair.verdict().missing == 1  # what diag must prevent
