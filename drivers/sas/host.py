@@ -324,6 +324,7 @@ class _InFlight:
     was_online: bool = False
     doubt: bool = False      # an attempt drew bytes that decoded to no answer
     saw_event: bool = False  # `addr FF` among them: an event frame, whatever mode we assumed
+    failed_silent: bool = False  # the last failed attempt drew no byte before it timed out
     last_byte: int = -1
     busy: int = 0
     resend_at: float | None = None
@@ -437,10 +438,12 @@ class SasHost:
             elif now >= f.deadline:
                 # Bytes arrived while waiting to resend (a late answer) and then the line went
                 # quiet: take them if they make an answer, else drop them and keep waiting.
-                # Only a CRC-checked frame: a bare byte here is the tail of the answer that
-                # failed (an answer split by a gap), not an answer of its own.
+                # After an attempt that drew bytes, only a CRC-checked frame: a bare byte then
+                # is the tail of the answer that failed (split by a gap), not an answer of its
+                # own. After a silent attempt it is a slow machine's (or adapter's) answer.
                 answer = self._framer.next_answer(f.expect, quiet=True)
-                if isinstance(answer, framing.Event | framing.Data | framing.Nack):
+                if answer is not None and (f.failed_silent or isinstance(
+                        answer, framing.Event | framing.Data | framing.Nack)):
                     f.resend_at = None
                     self._answered(f, answer, now)
                 else:
@@ -452,11 +455,13 @@ class SasHost:
             answer = self._framer.next_answer(f.expect, quiet=True)
             if answer is not None:
                 self._answered(f, answer, now)
-            elif f.poll.command is None and f.expect.rte and not f.received:
+            elif f.poll.command is None and f.expect.rte and not f.ever_received:
                 # RTE mode: a silent GP means "no activity", not a missed poll (bytes that made no
-                # answer are a broken event: retried like any other error).
+                # answer are a broken event: retried like any other error, and silences after
+                # them are waited out like any doubt).
                 self._framer.clear()
                 f.silent_run += 1
+                f.failed_silent = True
                 if f.silent_run <= self.config.rte_silence_retries:
                     self._resend(f, now)
                 else:
@@ -652,6 +657,7 @@ class SasHost:
             self._framer.clear()
             return self._finish(f, now)
         f.silent_run = 0 if f.received else f.silent_run + 1
+        f.failed_silent = not f.received
         if f.silent_run <= self.config.max_attempts:
             # (Silences beyond max_attempts in a row are the machine's doubt being waited out,
             # not evidence that it is down: see "Undecoded answers".)

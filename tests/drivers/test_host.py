@@ -157,13 +157,14 @@ def test_late_bytes_while_a_retry_waits_leave_no_deadline_behind() -> None:
     host.receive_data(b"\x01", 2.15)  # a late byte, could still be the start of an event frame
     now = 2.15 + host.config.inter_byte_gap_s
     host.handle_timer(now)
-    # A bare byte after the attempt failed may be the tail of a split answer: not taken; the
-    # identical poll goes out as planned (the machine re-sends), and the timer moved on.
-    assert _events(host) == []
+    # The attempt drew no byte before it timed out: a lone late byte is a slow answer.
+    [report] = _events(host)  # the late byte was the answer: exception 01
+    assert report.event.source.code == 0x01
+    assert host.get_timer() is None  # holding the line until durable
+    host.durable(report.token)
+    host.handle_timer(now)
     timer = host.get_timer()
     assert timer is not None and timer > now
-    host.handle_timer(2.2)
-    assert _frames(host) == ["81"]
 
 
 def test_bare_exception_byte_in_rte_mode_means_the_machine_left_rte() -> None:
@@ -180,3 +181,18 @@ def test_bare_exception_byte_in_rte_mode_means_the_machine_left_rte() -> None:
     host.durable(report.token)
     host.handle_timer(2.2)
     assert _frames(host)[-1] == "010e0145d1"  # RTE asked for again (and the ACK of the 11)
+
+
+def test_a_late_lone_byte_after_a_garbled_attempt_is_not_an_answer() -> None:
+    """An attempt that drew bytes and failed may have been an answer split by a gap: a lone
+    byte arriving after it is its tail, not an answer; the identical poll goes out as planned."""
+    host = _online_host(rte=True)
+    host.handle_timer(2.0)
+    assert _frames(host) == ["81"]
+    host.receive_data(bytes.fromhex("01ff7f00"), 2.01)  # an event frame cut short by a gap
+    host.handle_timer(2.02)   # quiet: no answer, the attempt failed with bytes
+    host.receive_data(b"\x20", 2.05)  # a lone byte, then quiet again
+    host.handle_timer(2.06)
+    assert _events(host) == []
+    host.handle_timer(2.2)
+    assert _frames(host) == ["81"]
