@@ -2,8 +2,8 @@
 
 `OutboxSink` is the `drivers.base.EventSink` every driver gets. `record` turns a `MachineEvent`
 into a draft and returns only once the outbox has committed it -- the driver acknowledges the
-machine after that (design.md section 4 rule 1). It also answers the redelivery question
-(rule 3) from what the outbox remembered of each machine's last, unacknowledged event.
+machine after that (design.md section 4 rule 1). It also asks the redelivery question
+(rule 3) of `Outbox.redelivery`, whose rules live in drivers/redelivery.py.
 """
 
 from __future__ import annotations
@@ -53,28 +53,16 @@ class OutboxSink:
             self._outbox.note_acknowledged(key, seq)
 
     def settle_restart(self, port: str, counter_at_open: int | None) -> int:
-        """Before `port`'s driver starts: drop the redelivery check for each of its machines
-        whose last recorded exception was followed by another frame on the line (the journal's
-        counter moved past the eliciting poll's): that frame was its implied ACK, so the machine
-        will not re-send it, and an identical exception from it is a new one. Without a journal
-        (`None`) or a stored counter the check stays armed. Returns how many were settled."""
-        if counter_at_open is None:
-            return 0
-        settled = 0
-        outbox = self._outbox
-        for key in [k for k in outbox.unacknowledged if k.startswith(f"{port}/")]:
-            counter = outbox.unacknowledged_counter.get(key)
-            if counter is None or counter == counter_at_open:
-                continue
-            outbox.unacknowledged.pop(key, None)
-            seq = outbox.unacknowledged_seq.pop(key, 0)
-            if seq:
-                outbox.note_acknowledged(key, seq)
-            settled += 1
+        """Before `port`'s driver starts: drop the redelivery question for each of its machines
+        whose last recorded exception was followed by another frame on the line (the rule:
+        drivers/redelivery.py), and mark those acknowledged. Returns how many were settled."""
+        settled = self._outbox.redelivery.settle_restart(port, counter_at_open)
+        for key, seq in settled:
+            self._outbox.note_acknowledged(key, seq)
             log.info("exception acknowledged before the restart (later frames on the line); "
                      "no redelivery expected", machine=key, seq=seq,
-                     poll_counter=counter, journal_counter=counter_at_open)
-        return settled
+                     journal_counter=counter_at_open)
+        return len(settled)
 
     async def redelivered(self, event: MachineEvent) -> None:
         """The machine re-sent its last recorded exception in answer to a new poll (after a
@@ -89,21 +77,14 @@ class OutboxSink:
                                                  source.code, source.payload)
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
-        # A machine re-sends its unacknowledged exception before anything else from its queue,
-        # so the first queued exception after a restart settles the question for that machine;
-        # a priority exception (sent ahead of the queue) may come first and does not.
         key = _key(machine)
-        last = self._outbox.unacknowledged.get(key)
-        if last is None:
+        seq = self._outbox.redelivery.check(key, (source.code, source.payload),
+                                            priority=source.priority)
+        if seq is None:
             return False
-        if last != (source.code, source.payload):
-            if not source.priority:
-                self._outbox.unacknowledged.pop(key, None)
-            return False
-        self._outbox.unacknowledged.pop(key, None)
         # The acknowledgement about to go out is for the event already recorded: mark that seq
         # (or a second crash would ask the question again about an exception long gone).
-        self._last_seq[key] = self._outbox.unacknowledged_seq.pop(key, 0)
+        self._last_seq[key] = seq
         self.redeliveries += 1
         log.info("redelivered exception recognised; acknowledged without recording again",
                  machine=key, code=f"{source.code:02X}")

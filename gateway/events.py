@@ -94,10 +94,11 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
                       "clock_synchronised": BOOL}, required=("down_for_s",)),
     EventSpec("lossMarker", "system", "1.0.0",
               "Events were lost or shed; says what and why (reason: shed, quarantine, "
-              "database-corrupt). For quarantine, first_seq..last_seq are the seqs moved aside "
-              "and this event takes the seq after them. (A machine's own queue overflow, "
-              "exception 70, is the bufferOverflow event.)",
-              "shedding, quarantine, unreadable outbox",
+              "database-corrupt, undecodedAnswer: a machine's answer could not be decoded and "
+              "the next poll acknowledged it; detail names the poll). For quarantine, "
+              "first_seq..last_seq are the seqs moved aside and this event takes the seq after "
+              "them. (A machine's own queue overflow, exception 70, is the bufferOverflow event.)",
+              "shedding, quarantine, unreadable outbox, SAS line",
               fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
                       "last_seq": INT}, required=("reason",)),
     EventSpec("keyRotated", "system", "1.0.0",

@@ -35,6 +35,7 @@ import nacl.exceptions
 import structlog
 import trio
 
+from drivers.redelivery import RedeliveryBook, Unacknowledged
 from gateway.errors import StoreError
 from gateway.events import Draft, system_draft
 from gateway.signing import (
@@ -438,13 +439,24 @@ class Outbox:
         # the key to recognising a redelivered exception (design.md section 4 rule 3).
         rows = conn.execute("SELECT machine, last_seq, last_code, last_payload, acked_seq, "
                             "last_counter FROM machine_state").fetchall()
-        pending = [row for row in rows if row[2] is not None and row[4] < row[1]]
-        self.unacknowledged: dict[str, tuple[int, bytes]] = {
-            m: (code, payload or b"") for m, _, code, payload, _, _ in pending}
-        self.unacknowledged_seq: dict[str, int] = {m: last for m, last, *_ in pending}
-        # The poll-journal counter of the poll that elicited each one (None: no journal).
-        self.unacknowledged_counter: dict[str, int | None] = {
-            m: counter for m, *_, counter in pending}
+        # The rules live in drivers/redelivery.py; the outbox only loads and persists them.
+        self.redelivery = RedeliveryBook({
+            m: Unacknowledged(last, (code, payload or b""), counter)
+            for m, last, code, payload, acked, counter in rows
+            if code is not None and acked < last})
+
+    # Read-only views of `redelivery` (what is still in question after the restart).
+    @property
+    def unacknowledged(self) -> dict[str, tuple[int, bytes]]:
+        return {m: u.key for m, u in self.redelivery.pending().items()}
+
+    @property
+    def unacknowledged_seq(self) -> dict[str, int]:
+        return {m: u.seq for m, u in self.redelivery.pending().items()}
+
+    @property
+    def unacknowledged_counter(self) -> dict[str, int | None]:
+        return {m: u.counter for m, u in self.redelivery.pending().items()}
 
     @property
     def kids(self) -> list[str]:
@@ -553,7 +565,7 @@ class Outbox:
         until then a restart cannot tell a redelivery from a new identical exception."""
         if seq > self._acked.get(machine, 0):
             self._acked[machine] = seq
-            self.unacknowledged.pop(machine, None)
+            self.redelivery.acknowledged(machine, seq)
             self._flush_wanted = True
             self._wake()
 

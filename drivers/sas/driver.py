@@ -175,7 +175,7 @@ class SasDriver:
                     # journal's counter is that poll's (docs/sas.md, "Restart safety").
                     stamped = replace(stamped, source=replace(
                         stamped.source, poll_counter=self._journal.counter))
-                self._stamped[id(raw)] = stamped
+                self._stamped[token] = stamped
                 if resent:
                     # Re-sent after a machine reset cut off its ACK (host.py, "Machine resets").
                     log.info("%s: address %d re-sent exception %02X after a reset; acknowledged "
@@ -186,8 +186,8 @@ class SasDriver:
                 else:
                     await sink.record(stamped)
                 self._host.durable(token)
-            case Acknowledged(raw):
-                sink.acknowledged(self._stamped.pop(id(raw)))
+            case Acknowledged(_, token):
+                sink.acknowledged(self._stamped.pop(token))
             case CommandFinished(ticket):
                 self._finished[ticket] = event
                 self._waiters.pop(ticket).set()

@@ -7,10 +7,13 @@ framer decides when an answer is complete. Any expected answer may instead be a 
 busy (`addr 00`) or, in RTE mode, an event frame (`addr FF code data crc`). Bytes that cannot start
 an answer are discarded (resync), and counted.
 
-The two answers without a CRC that start like a longer frame, a lone ACK (`addr`) and busy
-(`addr 00`), count only once the line has been quiet for the inter-byte gap (`quiet=True`) and only
-if nothing was discarded before them: otherwise the tail of a corrupted event frame could pass for
-one, and the next poll would acknowledge an event nobody recorded.
+The answers without a CRC -- a normal-mode general-poll answer (one bare byte), a lone ACK
+(`addr`) and busy (`addr 00`) -- count only once the line has been quiet for the inter-byte gap
+(`quiet=True`), and only if they are all there was: no byte discarded before them, none after.
+Otherwise junk on the line could pass for one (`3C 2A 7E` is not exception 3C), or the tail of a
+corrupted frame could, and the next poll would acknowledge the real answer nobody recorded. Such
+bytes are `Ambiguous`: the host answers them like a bad CRC, with the identical poll (implied
+NACK), and the machine re-sends. A CRC-checked frame is taken even with junk around it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from drivers.sas.crc import check_crc
 
 __all__ = [
     "Ack",
+    "Ambiguous",
     "Answer",
     "Busy",
     "Corrupt",
@@ -92,7 +96,15 @@ class Corrupt:
     frame: bytes
 
 
-Answer = ExceptionByte | Event | Ack | Data | Nack | Busy | Corrupt
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    """Bytes that may hold an answer without a CRC but do not make exactly one: extra bytes
+    around a one-byte answer, or no quiet gap after it. Nobody can say what the machine sent."""
+
+    frame: bytes
+
+
+Answer = ExceptionByte | Event | Ack | Data | Nack | Busy | Corrupt | Ambiguous
 
 
 class Framer:
@@ -135,22 +147,29 @@ class Framer:
             return Corrupt(frame)
         return Event(frame[2], frame[3:-2]) if ok is Event else Data(frame)
 
+    def _ambiguous(self) -> Ambiguous:
+        frame = self._take(len(self._buf))
+        self.discarded += len(frame)
+        self._dirty = False
+        return Ambiguous(frame)
+
     def next_answer(self, exp: Expectation, *, quiet: bool = False) -> Answer | None:
         """The complete answer at the head of the buffer, or None if more bytes are needed.
         `quiet` means the line has been silent for the inter-byte gap, which completes a lone ACK."""
         buf = self._buf
         addr = exp.address
         if exp.command is None and not exp.rte:
-            # Normal mode: one bare byte. But a machine may still be in RTE mode when we think it
-            # is not (after a link loss), so the address followed by FF is an event frame.
+            # Normal mode: one bare byte, alone on the line until the gap. But a machine may still
+            # be in RTE mode when we think it is not (after a link loss), so the address followed
+            # by FF is an event frame.
             if not buf:
                 return None
-            if buf[0] != addr:
-                return ExceptionByte(self._take(1)[0])
-            if len(buf) == 1:
-                return ExceptionByte(self._take(1)[0]) if quiet else None
-            if buf[1] != 0xFF:
-                return ExceptionByte(self._take(1)[0])
+            if not (buf[0] == addr and len(buf) > 1 and buf[1] == 0xFF):
+                if not quiet:
+                    return None
+                if len(buf) == 1 and not self._dirty:
+                    return ExceptionByte(self._take(1)[0])
+                return self._ambiguous()
         if (exp.command is None and exp.rte and len(buf) == 1 and not self._dirty
                 and buf[0] not in (addr, addr | 0x80)):
             # RTE mode, yet one bare byte answers the GP: the machine has left RTE mode (power

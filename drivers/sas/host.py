@@ -8,7 +8,7 @@ poll interval has passed it gets the head of that queue, or else a general poll 
 
 Implied ACK (reference 2.3). The machine learns that its answer arrived when the next poll it sees
 differs from the last one; an identical poll is an implied NACK and makes it resend. So:
-  * an identical poll is only ever sent as a retry (at most `max_attempts` transmissions);
+  * an identical poll is only ever sent as a retry, or as the next idle GP in RTE mode;
   * any other time the next poll would equal the last frame on the line, the host first sends a
     GP to an unused "sync" address, which is an implied ACK and sends nothing back;
   * after a non-zero exception to a GP the follow-up is LP 1A (the ACK, and a credits read);
@@ -19,18 +19,36 @@ Durable before acknowledged (design.md section 4 rule 1). An exception is report
 `Report(event, token)`; from then on the host sends nothing on the whole line (any poll would ACK
 it) until `durable(token)` is called. The next frames handed out by `frames_to_send()` are the
 implied ACK, and `Acknowledged(event)` is queued right after them.
-Failures. A timeout, bad CRC, NACK or bytes that make no answer lead to a retry of the identical
-poll (after the minimum poll interval); after the last attempt the poll is abandoned, the line is
-resynchronised (sync GP) and the machine polled later. The last attempt is the one the machine
-met with silence (its sign that it keeps the data, reference 2.3): while it still answers, up to
-`max_attempts_answering` transmissions are sent, since the resync poll would be an implied ACK.
-Every failed attempt is a missed poll; `offline_after_misses` in a row make the machine offline,
-the first valid answer online again.
+Undecoded answers (the answer contract, docs/sas.md). The host never sends a poll the machine
+can take as an implied ACK unless the answer it acknowledges was decoded unambiguously and is
+durable. Ambiguous bytes -- a bare byte with anything before or after it or without the quiet
+gap (framing.Ambiguous), a bad CRC, a frame cut short, bytes that make no answer -- get the
+identical poll again (implied NACK), after the minimum poll interval, and the machine re-sends.
+A silence may be a lost answer too: a poll whose answer could carry an exception (a GP; in RTE
+mode any poll) to a machine that was online -- or any poll the machine answered at all in this
+series (it may be in RTE mode unbeknown to the host) -- is repeated until
+`give_up_after_silences` (9) silences in a row -- the machine's final identical
+poll is silent and keeps the exception queued (reference 2.3); three such chains survive a lost
+busy answer shifting the count. Other polls, and machines that were offline, give up after
+`max_attempts` (3) silences. While bytes keep coming the poll is repeated up to
+`max_attempts_answering` (60) transmissions; giving up then, on a poll whose answer could carry
+an exception (a GP's, any in RTE mode, or one where an event frame's start was seen), records a
+`lossMarker` (reason `undecodedAnswer`, the poll in `detail`): the next
+poll acknowledges what the machine sent. Late bytes after a failed attempt count only as a
+CRC-checked frame (a lone byte there is the tail of a split answer). A give-up resynchronises
+the line (sync GP). The first `max_attempts` silences of a run, and every garbled attempt, are
+missed polls; `offline_after_misses` in a row make the machine offline, the first valid answer
+online again.
 Busy (`addr 00`) gets the identical poll again after the poll interval: any other poll would ACK
 the previous answer, which may have been lost.
-RTE mode. A silent GP means "no activity" -- or a lost event answer, so it is repeated
+RTE silence. A silent GP means "no activity" -- or a lost event answer, so it is repeated
 `rte_silence_retries` times first (the machine resends a lost event, and keeps it queued after the
-final identical poll). Liveness in RTE mode comes from the periodic LP 1A.
+final identical poll). While the host has nothing else for that machine, the next GP repeats it
+as is, with no sync GP in between: some machines start no repeat chain on a silent poll and
+answer the next identical one as a fresh poll, so an event answered to the last GP of a series
+and lost would otherwise be acknowledged by the sync GP. Liveness in RTE mode comes from the
+periodic LP 1A. (When another poll falls due right after such a lost answer, no host can know:
+docs/sas.md, "Residual risk".)
 Synchronisation. A machine ignores its own address after power-up or link loss until it sees a
 poll to another address, so the sync GP is also sent at start and after any machine goes offline.
 Restart. The first poll to each machine after the host starts repeats the last frame the previous
@@ -49,12 +67,13 @@ Machine resets. A machine deletes an exception only on its implied ACK (referenc
 off before the ACK poll reached it, it reports the same exception again after power-up. So the
 host keeps the last acknowledged exception `unconfirmed` until the machine shows it heard the ACK:
 any bytes in answer to a poll sent after the ACK with no frame to another address in between (a
-machine that reset ignores its address until such a frame resynchronises it), or an RTE event
-while no LP 0E went out since (a reset ends RTE mode). In RTE mode the ACK (the sync GP) is
-therefore followed by LP 1A, whose answer, credits or the next event, confirms at once. If the
-machine instead fell silent (a poll abandoned without one byte) and was resynchronised, its first
-queued exception settles it: the same code (and data, unless it came bare, out of RTE mode) is
-the re-send, reported as `Report(..., resent=True)` and acknowledged without a second record;
+machine that reset ignores its address until such a frame resynchronises it). In RTE mode the
+ACK (the sync GP) is therefore followed by LP 1A, whose answer, credits or the next event,
+confirms at once. If the machine instead fell silent -- a poll abandoned without one byte, and
+no byte from it for `reset_silence_s` (1.5 s; shorter silences happen on a noisy line while it
+is up) -- and was resynchronised, its first queued exception settles it: the same code (and
+data, unless it came bare) is the re-send, in RTE mode as well as out of it (some machines
+restore RTE after power-up), reported as `Report(..., resent=True)` and acknowledged without a second record;
 anything else is new. Left ambiguous: a reset in the milliseconds between the ACK and the
 confirming answer, followed by a genuine identical exception (counted, `resent_after_reset`).
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
@@ -119,12 +138,24 @@ class HostConfig:
     offline_after_misses: int = 5
     rte: bool = True
     credits_every_s: float = 5.0
+    # Silent transmissions of one poll in a row before it is given up, to a machine that was
+    # offline when the poll went out (nothing of it can be in doubt)...
     max_attempts: int = 3
+    # ...and to an online one. A silence may be a lost answer: the machine re-sends on the
+    # repeat, and its final identical poll is silent and keeps the exception queued (reference
+    # 2.3), so the run ends on a final silence unless every answer in it was lost. A lost busy
+    # answer (the machine took no poll) shifts the chain, hence three chains, not one.
+    give_up_after_silences: int = 9
+    # A machine silent this long (not one byte) may have been reset: see "Machine resets". On a
+    # noisy line shorter silences happen while it is up, and taking one for a reset would turn
+    # its next genuine data-less exception into a "re-send" (a loss).
+    reset_silence_s: float = 1.5
     sync_address: int | None = None
-    # While the machine keeps answering (garbled, NACK) it has not taken our last attempt as the
-    # final one, and a different poll would ACK an answer we never decoded: keep repeating until
-    # it falls silent, up to this many transmissions.
-    max_attempts_answering: int = 6
+    # While the machine keeps answering (garbled, ambiguous) it has not taken our last attempt as
+    # the final one, and a different poll would ACK an answer we never decoded: keep repeating
+    # until it falls silent or answers cleanly, up to this many transmissions; giving up then
+    # records a lossMarker (see "Undecoded answers" in the module docstring).
+    max_attempts_answering: int = 60
     # In RTE mode silence after a GP means "no activity" -- or a lost event answer. Repeating the
     # GP (implied NACK) makes the machine resend a lost event, and on the final identical poll it
     # keeps the event queued (reference 2.3), so 2 closes the gap; 0 trusts the first silence.
@@ -171,9 +202,11 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Acknowledged:
-    """The implied ACK for `event` was among the frames just handed out."""
+    """The implied ACK for `event` was among the frames just handed out; `token` is the one it
+    was reported with, so the driver can find its own copy of the event without an id() map."""
 
     event: MachineEvent
+    token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +276,8 @@ class _Stats:
     polls: int = 0
     timeouts: int = 0
     crc_errors: int = 0
+    ambiguous: int = 0
+    loss_markers: int = 0
     nacks: int = 0
     busy: int = 0
     retries: int = 0
@@ -289,6 +324,10 @@ class _Machine:
     # differs is a replacement (see "Port lifecycle").
     identity: tuple[str | None, str | None, str | None] | None = None
     game: str | None = None
+    # RTE mode: the last poll to it was a GP met with silence on every attempt; the next GP may
+    # repeat it as is (see "RTE silence" in the module docstring).
+    idle_gp: bool = False
+    bytes_at: float = -math.inf  # when it last sent any byte in answer to a poll
     # The last exception (code, payload) whose implied ACK went out but is not yet known to have
     # reached the machine, the line's frame number of that ACK, and what happened since: a
     # frame to another address (which could have resynchronised a machine that had reset) and
@@ -297,7 +336,6 @@ class _Machine:
     ack_frame: int = 0
     foreign_since_ack: bool = False
     silent_since_ack: bool = False
-    rte_sent_since_ack: bool = False
     stats: _Stats = field(default_factory=_Stats)
 
     @property
@@ -316,6 +354,12 @@ class _InFlight:
     attempts: int = 1
     received: bool = False
     ever_received: bool = False
+    silent_run: int = 0      # transmissions in a row met with silence
+    was_online: bool = False
+    doubt: bool = False      # an attempt drew bytes that decoded to no answer
+    saw_event: bool = False  # `addr FF` among them: an event frame, whatever mode we assumed
+    failed_silent: bool = False  # the last failed attempt drew no byte before it timed out
+    last_byte: int = -1
     busy: int = 0
     resend_at: float | None = None
     probe: bool = False
@@ -355,7 +399,7 @@ class SasHost:
         self._frames: list[TxFrame] = []
         self._events: deque[HostEvent] = deque()
         self._held: dict[int, MachineEvent] = {}
-        self._to_ack: list[MachineEvent] = []
+        self._to_ack: list[tuple[MachineEvent, int]] = []
         self._tokens = itertools.count(1)
         self._tickets = itertools.count(1)
         self._need_sync = True
@@ -373,6 +417,14 @@ class SasHost:
         if not f.received:
             self._delays.append(max(0.0, now - f.sent_at - f.wire_s))
         f.received = f.ever_received = True
+        f.machine.bytes_at = now
+        if bytes((f.machine.address, 0xFF)) in bytes((f.last_byte & 0xFF,)) + data:
+            f.saw_event = True
+        f.last_byte = data[-1] if data else f.last_byte
+        if f.resend_at is not None:
+            # Late bytes: the attempt taken for a silence was answered after all (even if the
+            # framer throws every byte away as junk).
+            f.silent_run, f.doubt = 0, True
         answer = self._framer.next_answer(f.expect)
         if answer is not None:
             self._answered(f, answer, now)
@@ -408,6 +460,7 @@ class SasHost:
         if f is not None and f.resend_at is not None:
             if now + self.config.timer_slack_s >= f.resend_at:
                 f.resend_at = None
+                f.received = False
                 self._framer.clear()
                 self._send(f.poll.wire())
                 f.sent_at, f.wire_s = now, len(f.poll.wire()) * BYTE_TIME_S
@@ -415,28 +468,39 @@ class SasHost:
             elif now >= f.deadline:
                 # Bytes arrived while waiting to resend (a late answer) and then the line went
                 # quiet: take them if they make an answer, else drop them and keep waiting.
+                # After an attempt that drew bytes, only a CRC-checked frame: a bare byte then
+                # is the tail of the answer that failed (split by a gap), not an answer of its
+                # own. After a silent attempt it is a slow machine's (or adapter's) answer.
                 answer = self._framer.next_answer(f.expect, quiet=True)
-                if answer is not None:
+                if answer is not None and (f.failed_silent or isinstance(
+                        answer, framing.Event | framing.Data | framing.Nack)):
                     f.resend_at = None
                     self._answered(f, answer, now)
                 else:
+                    # The machine did answer that attempt: not a silence after all.
+                    f.silent_run, f.doubt = 0, True
                     self._framer.clear()
                     f.deadline = f.resend_at
         elif f is not None and now >= f.deadline:
             answer = self._framer.next_answer(f.expect, quiet=True)
             if answer is not None:
                 self._answered(f, answer, now)
-            elif f.poll.command is None and f.expect.rte and not f.received:
+            elif f.poll.command is None and f.expect.rte and not f.ever_received:
                 # RTE mode: a silent GP means "no activity", not a missed poll (bytes that made no
-                # answer are a broken event: retried like any other error).
+                # answer are a broken event: retried like any other error, and silences after
+                # them are waited out like any doubt).
                 self._framer.clear()
-                if f.attempts <= min(self.config.rte_silence_retries, self.config.max_attempts - 1):
+                f.silent_run += 1
+                f.failed_silent = True
+                if f.silent_run <= self.config.rte_silence_retries:
                     self._resend(f, now)
                 else:
+                    f.machine.idle_gp = True
                     self._finish(f, now)
             else:
                 if not f.probe:  # a silent restart probe is expected, not a fault
                     f.machine.stats.timeouts += 1
+                f.doubt = f.doubt or f.received  # bytes that made no answer
                 self._failed(f, now)
         if self._inflight is None and not self._held:
             self._poll_next(now)
@@ -444,13 +508,13 @@ class SasHost:
     def durable(self, token: int) -> None:
         """The event reported with `token` is durable: the machine may now be acknowledged."""
         event = self._held.pop(token)
-        self._to_ack.append(event)
+        self._to_ack.append((event, token))
         m = self._machines[event.machine.address]
         if event.source is not None:
             # The next frame on the line is this exception's implied ACK.
             m.unconfirmed = (event.source.code, event.source.payload)
             m.ack_frame = self._frame_no + 1
-            m.foreign_since_ack = m.silent_since_ack = m.rte_sent_since_ack = False
+            m.foreign_since_ack = m.silent_since_ack = False
 
     def link_down(self, now: float, reason: str) -> None:
         """The link broke or would not open (see "Port lifecycle"): every machine not already
@@ -508,7 +572,7 @@ class SasHost:
     def frames_to_send(self) -> list[TxFrame]:
         frames, self._frames = self._frames, []
         if frames and self._to_ack:
-            self._events.extend(Acknowledged(e) for e in self._to_ack)
+            self._events.extend(Acknowledged(e, t) for e, t in self._to_ack)
             self._to_ack.clear()
         return frames
 
@@ -548,6 +612,7 @@ class SasHost:
                 "meter_polls": m.meter_mode, "last_handpay": m.last_handpay,
                 "last_bill": m.last_bill, "poll_interval_s": self.config.interval_s,
                 "polls": s.polls, "timeouts": s.timeouts, "crc_errors": s.crc_errors,
+                "ambiguous": s.ambiguous, "loss_markers": s.loss_markers,
                 "nacks": s.nacks, "busy": s.busy, "retries": s.retries, "chirps": s.chirps,
                 "meter_reads": s.meter_reads,
                 "exceptions": s.exceptions, "resent_after_reset": s.resent_after_reset,
@@ -618,8 +683,6 @@ class SasHost:
                 continue
             if m.address != address:
                 m.foreign_since_ack = True
-            elif len(wire) > 1 and wire[1] == LongPoll.RTE_MODE:
-                m.rte_sent_since_ack = True
 
     def _poll_next(self, now: float) -> None:
         m = min(self._machines.values(), key=lambda x: x.next_due)
@@ -643,7 +706,8 @@ class SasHost:
         request = m.queue[0] if m.queue else None
         poll = request.poll if request else messages.general_poll(m.address)
         wire = poll.wire()
-        if self._need_sync or wire == self._last_wire:
+        continuing, m.idle_gp = m.idle_gp and wire == self._last_wire, False
+        if self._need_sync or (wire == self._last_wire and not continuing):
             self._send(self._sync_poll)
             self._need_sync = False
         self._send(wire)
@@ -651,7 +715,8 @@ class SasHost:
         m.last_was_gp = poll.command is None
         wire_s = self._queued_wire_s()
         self._inflight = _InFlight(m, poll, request, _expectation(poll, m.rte_on), now,
-                                   now + self._answer_wait(wire_s), wire_s=wire_s)
+                                   now + self._answer_wait(wire_s), wire_s=wire_s,
+                                   was_online=m.online)
 
     def _queued_wire_s(self) -> float:
         """Wire time of the frames handed out with this poll (replay, sync GP, the poll)."""
@@ -676,7 +741,13 @@ class SasHost:
             self._need_sync = True
             self._framer.clear()
             return self._finish(f, now)
-        if not (m.online and f.poll.command in _OPTIONAL and not f.ever_received):
+        f.silent_run = 0 if f.received else f.silent_run + 1
+        f.failed_silent = not f.received
+        # Silences beyond max_attempts in a row are the machine's doubt being waited out, not
+        # evidence that it is down (see "Undecoded answers"); nor is an optional long poll that
+        # an online machine never answers (see "Line scheduling").
+        if f.silent_run <= self.config.max_attempts and not (
+                m.online and f.poll.command in _OPTIONAL and not f.ever_received):
             m.misses += 1
         if f.received:
             self._heard(m)  # garbled, but an answer: the machine is up
@@ -684,18 +755,27 @@ class SasHost:
             self._offline(m, now, f"no answer to {m.misses} polls")
             self._need_sync = True
         self._framer.clear()
-        limit = self.config.max_attempts_answering if f.received else self.config.max_attempts
-        # An offline address that stays silent holds no answer for us: one attempt, then the
-        # line moves on (see "Line scheduling").
-        dead = not m.online and not f.ever_received
-        if f.attempts < (1 if dead else max(limit, self.config.max_attempts)):
+        cfg = self.config
+        # An answer that can carry an exception (a GP's; in RTE mode any) from a machine that
+        # was online may be in doubt; and any answer at all in this series is: a machine can
+        # be in RTE mode while the host believes it is not (some restore it after power-up).
+        doubtful = f.ever_received or (
+            (f.poll.command is None or f.expect.rte) and f.was_online)
+        # An address that was offline and stays silent holds no answer for us: one attempt,
+        # then the line moves on (see "Line scheduling").
+        dead = not f.was_online and not f.ever_received
+        settled = dead or f.silent_run >= (
+            cfg.give_up_after_silences if doubtful else cfg.max_attempts)
+        if not settled and f.attempts < cfg.max_attempts_answering:
             m.stats.retries += 1
             return self._resend(f, now)
+        if f.doubt and not settled and (f.poll.command is None or f.expect.rte or f.saw_event):
+            self._loss_marker(f, now)
         self._need_sync = True
-        if not f.ever_received:
-            m.silent_since_ack = True  # not one byte to any attempt: down, or resetting
+        if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
+            m.silent_since_ack = True  # not one byte for that long: down, or resetting
         if f.request is not None and (
-                f.request.ticket is not None or (m.online and not f.ever_received)):
+                f.request.ticket is not None or (f.was_online and not f.ever_received)):
             # An online machine that stays silent does not support this long poll (reference
             # 2.2): give up on it. Garbled answers and offline machines get it again later.
             self._drop(m, f.request, now, unsupported=not f.ever_received)
@@ -724,12 +804,18 @@ class SasHost:
                 return self._failed(f, now)
             case framing.Corrupt():
                 m.stats.crc_errors += 1
+                f.doubt = True
+                return self._failed(f, now)
+            case framing.Ambiguous():
+                m.stats.ambiguous += 1
+                f.doubt = True
                 return self._failed(f, now)
             case framing.Busy():
                 # The machine did not take the poll: send the very same one again later. Any
                 # other poll (even the sync GP) would acknowledge its previous answer, which may
                 # have been lost on the line.
                 m.stats.busy += 1
+                f.silent_run = 0  # the machine started no repeat chain for this attempt
                 self._alive(m, f, now)
                 self._framer.clear()
                 f.busy += 1
@@ -740,6 +826,7 @@ class SasHost:
             self._accept(f, answer, now)
         except SasRemoteProtocolError:
             m.stats.crc_errors += 1
+            f.doubt = True
             return self._failed(f, now)
         self._framer.clear()
         self._finish(f, now)
@@ -757,7 +844,7 @@ class SasHost:
                     m.queue.append(_Request(messages.rte_mode(m.address, True)))
                 event = None if code in SILENT_CODES else exception_event(
                     m.ref, code, data, m.denom_cents, now)
-                resent = self._resent_after_reset(m, event, rte_frame=m.rte_on)
+                resent = self._resent_after_reset(m, event)
                 self._alive(m, f, now)
                 if f.request is not None and f.request.confirm:
                     self._drop(m, f.request, now)  # answered: its work is done
@@ -862,16 +949,14 @@ class SasHost:
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
                 {"meters": dict(read.meters), "denomination_cents": m.denom_cents}))
 
-    def _resent_after_reset(self, m: _Machine, event: MachineEvent | None, *,
-                            rte_frame: bool) -> bool:
+    def _resent_after_reset(self, m: _Machine, event: MachineEvent | None) -> bool:
         """Whether the exception just answered re-sends m.unconfirmed (see "Machine resets").
         The first queued exception after the ACK settles the question either way."""
         if m.unconfirmed is None or event is None or event.source is None:
             return False
         source = event.source
         unconfirmed, m.unconfirmed = m.unconfirmed, None
-        if (rte_frame and not m.rte_sent_since_ack) or not (
-                m.foreign_since_ack and m.silent_since_ack):
+        if not (m.foreign_since_ack and m.silent_since_ack):
             return False  # the machine was up all along: it heard the ACK
         code, payload = unconfirmed
         if source.code == code and (not source.payload or source.payload == payload):
@@ -880,6 +965,18 @@ class SasHost:
         if source.priority:
             m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
         return False
+
+    def _loss_marker(self, f: _InFlight, now: float) -> None:
+        """The poll is given up while the machine still answers what we cannot decode: the next
+        poll is its implied ACK, and what it held may be lost. Say so, signed, in the record."""
+        m = f.machine
+        m.stats.loss_markers += 1
+        detail = (f"address {m.address} answered poll {f.poll.wire().hex(' ')} "
+                  f"{f.attempts} times with bytes that made no answer; the next poll "
+                  f"acknowledges what it sent")
+        self._events.append(Report(MachineEvent(
+            "lossMarker", m.ref, {"reason": "undecodedAnswer", "count": 1, "detail": detail},
+            monotonic=now)))
 
     @staticmethod
     def _heard(m: _Machine) -> None:

@@ -9,6 +9,7 @@ import sys
 
 import trio
 
+from drivers.sim.egm import PROFILES as MACHINE_PROFILES
 from drivers.sim.faults import FAULT_KINDS
 from drivers.sim.fleet import serve_fleet
 from drivers.sim.machine import PROFILES
@@ -40,6 +41,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="comma-separated: " + ",".join(FAULTS))
     p.add_argument("--fault-probability", type=float, default=0.02, metavar="P",
                    help="chance per answer (or per exception) of each chosen fault")
+    p.add_argument("--machine-profile", choices=sorted(MACHINE_PROFILES), default="default",
+                   help="machine behaviours the reference leaves to the vendor (docs/sas.md)")
     p.set_defaults(func=_simulate)
 
 
@@ -58,7 +61,8 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
             fleet = await nursery.start(lambda task_status: serve_fleet(
                 args.machines, rte=args.rte, seed=args.seed, events_per_second=args.rate,
                 faults=args.faults, fault_probability=args.fault_probability,
-                profile=args.profile, task_status=task_status))
+                profile=args.profile, machine_profile=args.machine_profile,
+                task_status=task_status))
             for path in fleet.device_paths:
                 print(path)
             sys.stdout.flush()

@@ -11,8 +11,11 @@ general poll is that one byte, a long poll's length follows from its command (re
     final attempt) gets silence, as Aristocrat's EGM does, and the exception stays queued
     (reference 2.3). Anything else, including any poll to another address, ACKs the last answer,
     and an exception it carried leaves the queue.
-  * Faults (faults.py) corrupt, drop, delay or prefix garbage to CRC-protected answers, answer
-    busy, power-cycle the machine, duplicate or burst exceptions.
+  * Faults (faults.py) corrupt, drop, truncate, split, delay answers, put junk around or inside
+    them (one-byte ones too), answer busy, power-cycle the machine, duplicate or burst exceptions.
+  * Profile (`EgmProfile`, the behaviours the reference leaves to the vendor): whether a power
+    cycle keeps RTE mode, and whether a poll met with silence starts a repeat chain (the repeat
+    gets the stored silence) or not (every repeat of a silent poll is a fresh poll).
   * Exceptions wait in a FIFO of `fifo_size` (20); on overflow the oldest unsent one is lost
     and 70 is reported ahead of the queue.
   * RTE mode (LP 0E): a GP or any long poll is answered with the oldest pending event as
@@ -38,13 +41,38 @@ from drivers.sim.faults import FaultInjector, FaultPlan
 from drivers.sim.ledger import Ledger, LedgerEntry
 from drivers.sim.machine import PlayModel
 
-__all__ = ["SasEgm"]
+__all__ = ["PROFILES", "EgmProfile", "SasEgm"]
 
 _WAKEUP = 0x100
 _S_TYPE = {c for c, spec in messages.POLL_SPECS.items() if spec.kind != "R"}
 _CLOCK_EPOCH = dt.datetime(2026, 1, 1)
 _CHIRP_EVERY_S = 0.2
 _BILL_CENTS = {0x00: 100, 0x02: 500, 0x03: 1000, 0x04: 2000}
+
+
+@dataclass(frozen=True, slots=True)
+class EgmProfile:
+    """Machine behaviours that vary by vendor (sas-reference.md 2.3, "Where real machines and
+    lines differ"); a host must be correct for every combination.
+
+    `rte_after_power`: the machine comes back from a power cycle still in RTE mode (else in
+    normal mode). `silence_fresh`: a poll the machine met with silence starts no repeat chain,
+    so an identical poll after it is a fresh poll and gets whatever is pending by then (else the
+    repeat gets the stored silence, and the third identical poll is the final one)."""
+
+    rte_after_power: bool = False
+    silence_fresh: bool = False
+
+    @property
+    def name(self) -> str:
+        flags = [n for n, on in (("rte_after_power", self.rte_after_power),
+                                 ("silence_fresh", self.silence_fresh)) if on]
+        return "+".join(flags) or "default"
+
+
+PROFILES = {p.name: p for p in (EgmProfile(), EgmProfile(rte_after_power=True),
+                                EgmProfile(silence_fresh=True),
+                                EgmProfile(rte_after_power=True, silence_fresh=True))}
 
 
 @dataclass(slots=True)
@@ -65,7 +93,8 @@ class SasEgm:
                  sas_version: str = "602", fifo_size: int = 20,
                  rte_capable: bool = True, faults: FaultPlan | None = None,
                  chirp: bool = True, chirp_after_s: float = 5.0,
-                 unsupported: frozenset[int] = frozenset(), asset: int | None = 0) -> None:
+                 unsupported: frozenset[int] = frozenset(), asset: int | None = 0,
+                 profile: EgmProfile | None = None) -> None:
         self.address = address
         # LP 74 (interrogate) reports it (0: none set); None: no AFT, LP 74 gets silence.
         self.asset = asset
@@ -84,7 +113,10 @@ class SasEgm:
         self._msg: list[int] | None = None
         self.polls_seen = 0
         self.nacks_sent = 0
+        self.profile = profile or EgmProfile()
         self.faults = FaultInjector(faults or FaultPlan())
+        # (index, gap_s): the runner sends the next answer in two parts ("split" fault).
+        self.answer_split: tuple[int, float] | None = None
         # Seconds the runner should hold the next answer back ("slow" fault); consumed by it.
         self.answer_delay = 0.0
         self.powered_until: float | None = None
@@ -117,13 +149,16 @@ class SasEgm:
         return entry
 
     def power_cycle(self, now: float) -> None:
-        """Power off for `power_off_s`: silent, then unsynced, RTE off, 18 and 17 queued. The
-        FIFO is in NVRAM and survives; an unacknowledged answer is simply not acknowledged."""
+        """Power off for `power_off_s`: silent, then unsynced, RTE off (kept with the profile's
+        `rte_after_power`), 18 and 17 queued. The FIFO is in NVRAM and survives; an
+        unacknowledged answer is simply not acknowledged, and the ledger notes the cut."""
         self.powered_until = now + self.faults.plan.power_off_s
+        if self._last is not None and self._last.entry is not None:
+            self.ledger.cut_by_power(self._last.entry)
         self._last = None
         self._msg = None
         self.synced = False
-        self.rte = False
+        self.rte = self.rte and self.profile.rte_after_power
         self._enqueue(Exc.AC_POWER_LOST, b"", now)
         self._enqueue(Exc.AC_POWER_APPLIED, b"", now)
 
@@ -211,15 +246,35 @@ class SasEgm:
                 return b""
             self.powered_until = None
         answer = self._process(msg, now)
-        if len(answer) < 2:
+        if not answer:
             return answer
+        if self._last is not None and self._last.entry is not None:
+            self._last.entry.sent += 1
         f = self.faults
         if f.roll("silence"):
             return b""
-        if f.roll("crc"):
+        clean = answer
+        long = len(answer) >= 2
+        # Could a host take one byte alone for this poll's answer (a GP's, or a lone ACK)?
+        spec = None if msg[0] & 0x80 else messages.POLL_SPECS.get(msg[1])
+        one_byte = spec is None or spec.answer == "ack"
+        if long and f.roll("crc"):
             answer = f.corrupt(answer)
-        if f.roll("garbage"):
+        if long and f.roll("truncate"):
+            answer = f.truncate(answer)
+            if len(answer) == 1 and one_byte:
+                self.ledger.lone_bytes += 1  # e.g. the address alone: a lone ACK to the host
+        if f.roll("junk"):
+            answer = f.junk(answer)
+        if long and f.roll("garbage"):
             answer = f.garbage(self.address) + answer
+        if len(answer) >= 2 and f.roll("split"):
+            cut = f.split_point(answer)
+            self.answer_split = (cut, f.plan.split_gap_s)
+            if cut == 1 and answer[:1] != clean and one_byte:
+                # A lone well-formed byte, then silence, standing in for the answer: no host can
+                # tell it from a one-byte answer (docs/sas.md, "Residual risk").
+                self.ledger.lone_bytes += 1
         if f.roll("slow"):
             self.answer_delay = f.plan.slow_s
         return answer
@@ -255,7 +310,8 @@ class SasEgm:
         self._ack_last(now)
         data = msg[2:-2] if command in _S_TYPE else b""
         answer, entry = self._answer(command, data, now)
-        self._last = _Last(key, answer, entry)
+        if answer or not self.profile.silence_fresh:
+            self._last = _Last(key, answer, entry)
         return answer
 
     def _answer(self, command: int | None, data: bytes,

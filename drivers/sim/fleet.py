@@ -17,6 +17,7 @@ import trio
 from drivers.link.tty import PtyEgmLink
 from drivers.sas.codes import DENOMINATION_CENTS
 from drivers.sas.messages import GameConfig
+from drivers.sim.egm import PROFILES as MACHINE_PROFILES
 from drivers.sim.egm import SasEgm
 from drivers.sim.faults import FaultPlan
 from drivers.sim.ledger import Ledger
@@ -76,11 +77,13 @@ def _open_pty() -> tuple[int, int, str]:
 async def serve_fleet(count: int, *, rte: bool = True, seed: int = 0,
                       events_per_second: float = 2.0, faults: Sequence[str] = (),
                       fault_probability: float = 0.02, profile: str = "storm",
+                      machine_profile: str = "default",
                       task_status: trio.TaskStatus[SimFleet] = trio.TASK_STATUS_IGNORED) -> None:
     """Run `count` simulated machines on fresh ptys until cancelled; `rte` False makes them ignore
     LP 0E (no RTE support). `faults` names fault kinds (faults.FAULT_KINDS) injected with
-    `fault_probability`. The slave fds stay open here so that a master never reads EIO while no
-    gateway has the device open."""
+    `fault_probability`; `profile` names the play profile (machine.PROFILES: storm or floor)
+    and `machine_profile` the vendor behaviours (egm.PROFILES). The slave fds stay
+    open here so that a master never reads EIO while no gateway has the device open."""
     fleet = SimFleet()
     fds: list[int] = []
     config = GameConfig(denomination_code=0x01)
@@ -95,7 +98,8 @@ async def serve_fleet(count: int, *, rte: bool = True, seed: int = 0,
                 egm = SasEgm(1, Ledger(on_change=fleet._ledger_changed), play=play, config=config,
                              serial=f"SIM{seed:03d}{n:04d}", rte_capable=rte,
                              faults=FaultPlan(frozenset(faults), fault_probability,
-                                              seed=seed * 1000 + n))
+                                              seed=seed * 1000 + n),
+                             profile=MACHINE_PROFILES[machine_profile])
                 fleet.machines.append(egm)
                 fleet.device_paths.append(path)
                 nursery.start_soon(run_egm, egm, PtyEgmLink(master))

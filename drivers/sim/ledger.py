@@ -1,6 +1,9 @@
-"""Every exception a simulated machine raised, and when (if ever) the host acknowledged it.
+"""Every exception a simulated machine raised, and what became of it: acknowledged by the host
+(the machine saw an implied ACK for it), dropped by the machine's own FIFO overflow, or still
+pending; how often it went out, and whether a power cycle cut off its acknowledgement.
 
-Tests compare it with what the gateway recorded to prove that nothing was lost or doubled.
+It is the oracle: tests and bench/sas_faults.py compare it with what the gateway recorded to
+prove that nothing was invented, lost or doubled.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ class LedgerEntry:
     raised_at: float
     acknowledged_at: float | None = None
     lost: bool = False
+    # Times it went out as an answer, and whether a power cycle hit while it was the machine's
+    # answer awaiting its implied ACK (the machine then re-sends it after power-up).
+    sent: int = 0
+    power_cut: bool = False
 
 
 class Ledger:
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.entries: list[LedgerEntry] = []
+        # Answers whose first part on the line was one byte that was not the answer's, alone
+        # before a gap: what no host can tell from a one-byte answer.
+        self.lone_bytes = 0
         self._on_change = on_change
 
     def _changed(self) -> None:
@@ -48,6 +58,9 @@ class Ledger:
     def lose(self, entry: LedgerEntry) -> None:
         entry.lost = True
         self._changed()
+
+    def cut_by_power(self, entry: LedgerEntry) -> None:
+        entry.power_cut = True
 
     def pending(self) -> list[LedgerEntry]:
         return [e for e in self.entries if e.acknowledged_at is None and not e.lost]

@@ -31,4 +31,9 @@ async def run_egm(egm: SasEgm, link: EgmLink, *,
             if egm.answer_delay:
                 delay, egm.answer_delay = egm.answer_delay, 0.0
                 await trio.sleep(delay)
+            if egm.answer_split is not None:
+                (cut, gap), egm.answer_split = egm.answer_split, None
+                await link.send(out[:cut])
+                await trio.sleep(gap)
+                out = out[cut:]
             await link.send(out)

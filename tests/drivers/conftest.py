@@ -15,6 +15,7 @@ from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.host import Acknowledged, CommandFinished, Report, SasHost
 from drivers.sas.journal import PollJournal
 from drivers.sim.egm import SasEgm
+from drivers.sim.oracle import Verdict, judge
 from drivers.sim.runner import run_egm
 
 
@@ -104,6 +105,9 @@ class Pair:
         self.sent_at: list[tuple[float, bytes]] = []
         self.check_durable = True
         self.drop_to_host = 0
+        # Rewrite answers on their way to the host (junk, cuts): the first function rewrites the
+        # first answer for which it returns bytes (None: not this one), then the next one.
+        self.mangle: list[Callable[[bytes], bytes | None]] = []
 
     def _acked_count(self) -> int:
         return sum(e.acknowledged_at is not None for egm in self.egms
@@ -122,10 +126,20 @@ class Pair:
                 words = [frame.data[0] | 0x100, *frame.data[1:]]
                 for egm in self.egms:
                     reply = egm.receive_words(words, self.now)
+                    if reply and self.mangle and (new := self.mangle[0](reply)) is not None:
+                        self.mangle.pop(0)
+                        reply = new
                     if reply and self.drop_to_host:
                         self.drop_to_host -= 1
                     elif reply:
                         self.now += self.latency
+                        if egm.answer_split is not None:
+                            # Two parts with a gap: the host's timer runs in between.
+                            (cut, gap), egm.answer_split = egm.answer_split, None
+                            host.receive_data(reply[:cut], self.now)
+                            self.now += gap
+                            host.handle_timer(self.now)
+                            reply = reply[cut:]
                         host.receive_data(reply, self.now)
             while (event := host.next_event()) is not None:
                 progressed = True
@@ -145,6 +159,19 @@ class Pair:
         self.now = max(self.now, min(timers))
         for egm in self.egms:
             egm.handle_timer(self.now)
+
+    def loss_markers(self) -> list[MachineEvent]:
+        return [e.event for e in self.other
+                if isinstance(e, Report) and e.event.type == "lossMarker"]
+
+    def verdict(self) -> Verdict:
+        """The simulator's ledger against what the host reported (drivers/sim/oracle.py)."""
+        entries = [e for egm in self.egms for e in egm.ledger.entries]
+        recorded = [(e.source.code, e.source.payload) for e in self.recorded
+                    if e.source is not None]
+        resent = sum(1 for e in self.resent if e.source is not None and not e.source.payload)
+        return judge(entries, recorded, len(self.loss_markers()), resent_dataless=resent,
+                     lone_bytes=sum(egm.ledger.lone_bytes for egm in self.egms))
 
     def run_until(self, t: float) -> None:
         while self.now < t:

@@ -307,10 +307,10 @@ def test_journal_survives_the_process_and_rejects_torn_slots(tmp_path) -> None:
 
 def test_priority_exception_does_not_settle_a_pending_redelivery(tmp_path) -> None:
     from drivers.base import MachineRef, SourceRef
+    from drivers.redelivery import RedeliveryBook, Unacknowledged
 
     class Outbox:
-        unacknowledged = {"p/1": (0x7E, b"\x01")}
-        unacknowledged_seq = {"p/1": 9}
+        redelivery = RedeliveryBook({"p/1": Unacknowledged(9, (0x7E, b"\x01"), None)})
 
     from gateway.capture import OutboxSink
     sink = OutboxSink(Outbox(), currency="USD")  # type: ignore[arg-type]

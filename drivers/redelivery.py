@@ -1,0 +1,84 @@
+"""The redelivery rules, in one place: after a restart, is this exception one we already have?
+
+Sans-I/O, driver-neutral (no trio, no SQL). A machine that was never told its exception arrived
+(no implied ACK, or an ACK a reset cut off) sends it again; the gateway must acknowledge that
+re-send without a second record (design rule 3 of section 4, docs/architecture.md). The
+question is asked per machine about its *last recorded* exception only, and it is answered by
+comparing the driver contract's redelivery key -- `RedeliveryKey`, what `SourceRef` carries
+(code and payload): the gateway compares it for equality and stores it, never looks inside.
+
+`RedeliveryBook` holds, per machine, the last recorded exception that was not known to be
+acknowledged when the gateway started (`Unacknowledged`: its seq, its key, and the line counter
+of the poll that elicited it, see drivers/sas/journal.py) and decides:
+  * `settle_restart(port, counter_at_open)`: if the line's journal moved past the eliciting
+    poll's counter, a later frame was the implied ACK, the machine will not re-send, and the
+    question is dropped (returned so the caller persists the ack mark);
+  * `check(machine, key, priority)`: the first queued exception after the restart settles it --
+    equal key: a redelivery (returns the seq it duplicates), other key: a new exception, and
+    the question is dropped; a priority exception (sent ahead of the queue) settles nothing;
+  * `acknowledged(machine, seq)`: the machine was told about seq: nothing left to ask.
+The outbox loads and persists it (gateway/outbox.py, table machine_state); gateway/capture.py
+asks it; the SAS host decides what the line shows (a re-send after a machine reset,
+drivers/sas/host.py "Machine resets") and the driver reports that as a redelivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["RedeliveryBook", "RedeliveryKey", "Unacknowledged"]
+
+# (code, payload) of drivers.base.SourceRef: opaque to the gateway, compared for equality.
+RedeliveryKey = tuple[int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Unacknowledged:
+    seq: int
+    key: RedeliveryKey
+    counter: int | None  # poll counter of the eliciting poll; None: no journal (stays armed)
+
+
+class RedeliveryBook:
+    def __init__(self, pending: Mapping[str, Unacknowledged] | None = None) -> None:
+        self._pending: dict[str, Unacknowledged] = dict(pending or {})
+
+    def pending(self) -> dict[str, Unacknowledged]:
+        """machine -> what is still in question (a copy)."""
+        return dict(self._pending)
+
+    def settle_restart(self, port: str, counter_at_open: int | None) -> list[tuple[str, int]]:
+        """Drop the question for each machine of `port` whose exception was followed by another
+        frame on the line; returns (machine, seq) of each, to be marked acknowledged. Without
+        a journal (`counter_at_open` None) or a stored counter the question stays."""
+        if counter_at_open is None:
+            return []
+        settled = [(m, u.seq) for m, u in self._pending.items()
+                   if m.startswith(f"{port}/") and u.counter is not None
+                   and u.counter != counter_at_open]
+        for machine, _ in settled:
+            del self._pending[machine]
+        return settled
+
+    def check(self, machine: str, key: RedeliveryKey, *, priority: bool) -> int | None:
+        """The seq `key` re-sends if it is the machine's unacknowledged exception, else None.
+        Either answer settles the question, unless a priority exception came first."""
+        last = self._pending.get(machine)
+        if last is None:
+            return None
+        if last.key != key:
+            if not priority:
+                del self._pending[machine]
+            return None
+        del self._pending[machine]
+        return last.seq
+
+    def acknowledged(self, machine: str, seq: int) -> None:
+        last = self._pending.get(machine)
+        if last is not None and seq >= last.seq:
+            del self._pending[machine]
+
+    def forget(self, machines: Iterable[str]) -> None:
+        for machine in machines:
+            self._pending.pop(machine, None)
