@@ -175,6 +175,9 @@ class HostConfig:
     answer_window_s: float = 0.020
     # An offline address is polled once per round, then at doubling intervals up to this.
     offline_backoff_max_s: float = 5.0
+    # An offline address that has sent no byte for this long (or never did) gets one attempt a
+    # turn; one heard more recently (back from a power cut, say) gets the full series.
+    dead_after_silence_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.meter_polls not in ("6F", "1C"):
@@ -761,10 +764,14 @@ class SasHost:
         # be in RTE mode while the host believes it is not (some restore it after power-up).
         doubtful = f.ever_received or (
             (f.poll.command is None or f.expect.rte) and f.was_online)
-        # An address that was offline and stays silent holds no answer for us: one attempt,
-        # then the line moves on (see "Line scheduling").
+        # An address that was offline and stays silent is backed off (see "Line scheduling").
+        # Once it has sent no byte for dead_after_silence_s (or never did) it gets one attempt a
+        # turn, so dead addresses cannot starve live ones. Until then it gets the full series: a
+        # machine back from a power cut may be answering, and a lost answer followed by a frame
+        # to another address would be an implied ACK of an exception never seen.
         dead = not f.was_online and not f.ever_received
-        settled = dead or f.silent_run >= (
+        long_dead = dead and now - m.bytes_at >= cfg.dead_after_silence_s
+        settled = long_dead or f.silent_run >= (
             cfg.give_up_after_silences if doubtful else cfg.max_attempts)
         if not settled and f.attempts < cfg.max_attempts_answering:
             m.stats.retries += 1
