@@ -47,8 +47,17 @@ constraints:
 	  build/constraints-venv/bin/pip freeze --exclude casino-edge-gateway; } > constraints.txt
 	rm -rf build/constraints-venv
 
-# Debian package for venue installs (docs/operations.md section 1): build/casino-gateway_*.deb.
-deb:
+# Debian package for venue installs (docs/operations.md section 1). Rebuilt only when a file
+# that goes into it changed; the version is gateway/__init__.py's.
+VERSION  := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' gateway/__init__.py)
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB      := build/casino-gateway_$(VERSION)_$(DEB_ARCH).deb
+DEB_SRC  := $(shell find gateway drivers docs config systemd packaging -type f \
+                -not -path '*/__pycache__/*' 2>/dev/null)
+
+deb: $(DEB)
+
+$(DEB): setup.cfg pyproject.toml constraints.txt README.md $(DEB_SRC)
 	packaging/build-deb build
 
 clean:
