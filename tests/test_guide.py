@@ -33,6 +33,7 @@ GUIDE = ROOT / "docs" / "operations.md"
 USER = "casino-gateway"
 UNIT = Path("/lib/systemd/system/casino-gateway.service")
 CONFIG = Path("/etc/casino-gateway/gateway.toml")
+KEY = Path("/etc/casino-gateway/keys/signing.key")
 
 system_wide = pytest.mark.skipif(
     os.geteuid() != 0 or not (os.environ.get("CI") or os.environ.get("GUIDE_TEST")),
@@ -198,6 +199,26 @@ class Guide:
                         stream.close()
 
 
+def newer_version(deb: Path, work: Path) -> Path:
+    """The same package as version X+guide1, for the upgrade step."""
+    tree = work / "newer"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    text = control.read_text()
+    version = re.search(r"^Version: (.*)$", text, re.M).group(1)
+    control.write_text(text.replace(f"Version: {version}", f"Version: {version}+guide1"))
+    out = work / f"casino-gateway_{version}+guide1_{deb.name.rsplit('_', 1)[1]}"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", str(tree),
+                    str(out)], check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return out
+
+
+def _installed_version() -> str:
+    return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "casino-gateway"],
+                          capture_output=True, text=True, check=True).stdout
+
+
 def _purge() -> None:
     env = dict(os.environ, CASINO_GATEWAY_PURGE_DATA="yes", DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["dpkg", "--purge", "casino-gateway"], env=env, capture_output=True)
@@ -230,10 +251,18 @@ def test_the_operations_guide_runs_as_written(request):
                 continue
             if block.code.startswith("sudo CASINO_GATEWAY_PURGE_DATA"):
                 guide.stop()  # the package's prerm stops the unit under systemd
-            if "apt-get install -y ./casino-gateway_*.deb" in block.code \
-                    and not list(work.glob("casino-gateway_*.deb")):
-                shutil.copy(deb, work)  # "copy it to the gateway box"
+            upgrade = False
+            if "apt-get install -y ./casino-gateway_*.deb" in block.code:
+                # "Copy it to the gateway box": the first time the package, then a newer one.
+                for old in work.glob("casino-gateway_*.deb"):
+                    old.unlink()
+                    upgrade = True
+                newer_version(deb, work) if upgrade else shutil.copy(deb, work)
+                kept = {p: p.read_bytes() for p in (CONFIG, KEY) if p.exists()}
             outputs[block.line] = guide.run_block(block)
+            if upgrade:  # the configuration and the key survive an upgrade untouched
+                assert _installed_version().endswith("+guide1")
+                assert {p: p.read_bytes() for p in (CONFIG, KEY)} == kept
     finally:
         guide.kill_all()
         _purge()
