@@ -257,9 +257,15 @@ def test_the_operations_guide_runs_as_written(request):
                 for old in work.glob("casino-gateway_*.deb"):
                     old.unlink()
                     upgrade = True
-                newer_version(deb, work) if upgrade else shutil.copy(deb, work)
+                if upgrade:
+                    newer_version(deb, work)
+                else:
+                    shutil.copy(deb, work)
                 kept = {p: p.read_bytes() for p in (CONFIG, KEY) if p.exists()}
             outputs[block.line] = guide.run_block(block)
+            if block.code.startswith("sudo CASINO_GATEWAY_PURGE_DATA"):
+                assert not [p for p in (CONFIG.parent, Path("/var/lib/casino-gateway"),
+                                        Path("/opt/casino-gateway")) if p.exists()]
             if upgrade:  # the configuration and the key survive an upgrade untouched
                 assert _installed_version().endswith("+guide1")
                 assert {p: p.read_bytes() for p in (CONFIG, KEY)} == kept
