@@ -5,13 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench crash certify clean
+.PHONY: demo test lint bench crash certify clean constraints deb
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,6 +36,29 @@ crash: $(STAMP)
 # 30+ minutes; report in bench/results/certify-<timestamp>/. The short version runs in make test.
 certify: $(STAMP)
 	$(BIN)/python bench/certify.py
+
+# constraints.txt pins the dependency set the tests ran with; `make test` and `make deb` install
+# exactly it. To move to newer dependencies: make constraints, then make test, then commit both.
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install --quiet '.[test,dev]'
+	{ echo '# The tested dependency set (make constraints; see the Makefile). Do not edit by hand.'; \
+	  build/constraints-venv/bin/pip freeze --exclude casino-edge-gateway; } > constraints.txt
+	rm -rf build/constraints-venv
+
+# Debian package for venue installs (docs/operations.md section 1). Rebuilt only when a file
+# that goes into it changed; the version is gateway/__init__.py's.
+VERSION  := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' gateway/__init__.py)
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB      := build/casino-gateway_$(VERSION)_$(DEB_ARCH).deb
+DEB_SRC  := $(shell find gateway drivers docs config systemd packaging -type f \
+                -not -path '*/__pycache__/*' 2>/dev/null)
+
+deb: $(DEB)
+
+$(DEB): setup.cfg pyproject.toml constraints.txt README.md $(DEB_SRC)
+	packaging/build-deb build
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache test-output

@@ -10,6 +10,8 @@ object per line in each direction:
     <- {"ok": true, "trace": "port1", "device": "/dev/ttyS0"}
     <- {"frame": {"t": 1763700000.123, "dir": "tx", "hex": "81", "text": "GP to 1"}}
     <- ...                                         until the client hangs up
+    -> {"cmd": "rotate-key"}                       root or the service user only
+    <- {"ok": true, "rotated": {"old_kid": ..., "new_kid": ..., "seq": 812}}
     <- {"ok": false, "error": "..."}               any refused request
 
 Tracing never slows a port: frames go to each subscriber through a bounded queue, and a subscriber
@@ -553,10 +555,42 @@ class ControlServer:
                     return True
                 await self._trace(stream, port)
                 return False
+            case "rotate-key":
+                await stream.send_all(_encode(await self._rotate_key(stream)))
+                return True
             case other:
                 await stream.send_all(_encode({"ok": False, "error": f"unknown command {other!r}; "
-                                               "expected status or trace"}))
+                                               "expected status, trace or rotate-key"}))
                 return True
+
+    async def _rotate_key(self, stream: trio.SocketStream) -> dict[str, Any]:
+        """`casino-gateway keys rotate`: announce `<key_file>.next` (keyRotated, signed by the
+        current key) and sign with it from the next event on; the command then swaps the files.
+        Only root or the service user may ask (the socket is open to the group): peer
+        credentials, not the file mode, decide."""
+        from gateway.signing import KeyFileError, load_signing_key
+
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                       struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", raw)
+        if uid not in (0, os.geteuid()):
+            return {"ok": False, "error": "only root or the service user may rotate the key"}
+        key_file = self.gw.config.gateway.key_file
+        next_path = key_file.with_name(key_file.name + ".next")
+        try:
+            new = load_signing_key(next_path)
+        except KeyFileError as err:
+            return {"ok": False, "error": str(err)}
+        except PermissionError:
+            return {"ok": False, "error": f"the gateway cannot read {next_path}: it must belong "
+                    "to the service user (keys rotate does that when run as root)"}
+        outbox = self.gw.outbox
+        old_kid = outbox.signer.kid
+        if new.kid == old_kid:
+            return {"ok": True, "rotated": {"old_kid": None, "new_kid": new.kid, "seq": None}}
+        seq = await outbox.rotate_key(new)
+        log.info("signing key rotated", old_kid=old_kid, new_kid=new.kid, seq=seq)
+        return {"ok": True, "rotated": {"old_kid": old_kid, "new_kid": new.kid, "seq": seq}}
 
     async def _trace(self, stream: trio.SocketStream, port: str) -> None:
         device = next(str(p.device) for p in self.gw.config.ports if p.name == port)

@@ -1,5 +1,5 @@
 """`casino-gateway keys ...` and `casino-gateway outbox ...`: the signing key and the outbox,
-offline (the daemon need not run; `keys rotate` needs it stopped). Wired into gateway/cli.py by
+offline (the daemon need not run; `keys rotate` goes through it when it does). Wired into gateway/cli.py by
 `add_commands`. docs/outbox.md describes the export file format."""
 
 from __future__ import annotations
@@ -43,12 +43,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _key_file(k)
     k.add_argument("--out", type=Path, default=None,
                    help="write to this file (default: standard output)")
-    k = keys.add_parser("rotate", help="replace the key, announcing the new one (gateway "
-                        "stopped)", description=inspect.cleandoc(_rotate.__doc__ or ""),
+    k = keys.add_parser("rotate", help="replace the key, announcing the new one (running "
+                        "or stopped gateway)", description=inspect.cleandoc(_rotate.__doc__ or ""),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _key_file(k)
+    k.add_argument("--config", type=Path, default=None,
+                   help="the gateway's configuration (key file, outbox, control socket)")
+    k.add_argument("--key-file", type=Path, default=None,
+                   help="without --config: the private key file (with --db, gateway stopped)")
     k.add_argument("--db", type=Path, default=None,
-                   help="the outbox that records the keyRotated event (gateway stopped)")
+                   help="without --config: the outbox that records keyRotated")
+    retired = k.add_mutually_exclusive_group()
+    retired.add_argument("--archive-dir", type=Path, default=None,
+                         help="where the retired private key goes (default: "
+                         "STATE_DIR/retired-keys, outside /etc)")
+    retired.add_argument("--destroy", action="store_true",
+                         help="overwrite and delete the retired private key instead")
     p.set_defaults(func=_cmd_keys)
 
     p = sub.add_parser("outbox", help="inspect, verify, export or replay the outbox offline",
@@ -106,7 +115,9 @@ def _json(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _trust(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--public-key", type=Path, help="public key file (hex) to verify against")
+    p.add_argument("--public-key", type=Path, action="append", default=[],
+                   help="public key file (hex) to verify against (repeatable: the keys "
+                   "before a rotation)")
     p.add_argument("--key-file", type=Path, help="or the private key file")
 
 
@@ -159,70 +170,196 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    """Offline rotation (the gateway stopped; the outbox lock enforces it):
-      1. the new key is written to KEY.next (0600) -- or taken from there if a previous
-         attempt was interrupted;
-      2. the outbox records keyRotated, signed by the current key, naming the new kid and
-         carrying its public key;
-      3. KEY becomes KEY.previous and KEY.next becomes KEY.
-    A crash between any two steps is finished by running the command again."""
+    """Rotate the signing key in one command, as root or as the service user:
+      1. a new key is written to KEY.next (0600, owned like KEY: made by root, it is given to
+         the key's owner), or taken from there if an earlier attempt was interrupted;
+      2. keyRotated is recorded, signed by the current key and carrying the new public key (the
+         platform learns the key from it): by the running gateway through its control socket,
+         which signs with the new key from the next event on (no restart, no downtime), or,
+         with the gateway stopped, in the outbox directly;
+      3. KEY.next becomes KEY (an atomic rename) and the retired private key leaves the key
+         directory: archived in STATE_DIR/retired-keys (--archive-dir) or destroyed (--destroy).
+    Running it again finishes an interrupted rotation."""
+    from gateway.config import load_config
+    from gateway.control import control_socket_path
+    from gateway.signing import install_next_key, load_signing_key, retire_key_file
+
+    socket_path = None
+    if args.config is not None:
+        config = load_config(args.config)
+        path, db = config.gateway.key_file, config.outbox_path
+        socket_path = control_socket_path(config.gateway)
+        archive = config.gateway.state_dir / "retired-keys"
+    elif args.key_file is not None and args.db is not None:
+        path, db = args.key_file, args.db
+        archive = db.resolve().parent / "retired-keys"
+    else:
+        print("keys rotate needs --config FILE (or --key-file KEY and --db OUTBOX with the "
+              "gateway stopped): the outbox records the keyRotated event that tells the "
+              "platform about the new key", file=sys.stderr)
+        return 2
+    archive = None if args.destroy else (args.archive_dir or archive)
+    next_path = path.with_name(path.name + ".next")
+    retired = path.with_name(path.name + ".retired")
+    if retired.exists():  # left by an interrupted run: finish it first
+        if retired.samefile(path):
+            retired.unlink()
+        else:
+            retire_key_file(retired, archive)
+    old = load_signing_key(path)
+    new = _prepare_next_key(path, next_path)
+    chain_kid = _chain_kid(db) or old.kid
+    if chain_kid == new.kid:
+        seq, how = _announced_at(db, new.kid), "earlier"
+    elif chain_kid != old.kid:
+        print(f"casino-gateway: cannot rotate: the outbox {db} is signed by {chain_kid}, which "
+              f"is neither {path} ({old.kid}) nor {next_path} ({new.kid})", file=sys.stderr)
+        return EXIT_FAILURE
+    else:
+        answer = _ask_running_gateway(socket_path) if socket_path is not None else None
+        if answer is not None and not answer.get("ok"):
+            print(f"casino-gateway: cannot rotate: the running gateway says: {answer['error']}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        if answer is not None:
+            seq, how = answer["rotated"]["seq"], "by the running gateway, which signs with " \
+                "the new key from the next event on: no restart needed"
+        else:
+            seq = _record_offline(db, old, new)
+            if seq is None:
+                return EXIT_FAILURE
+            how = "in the outbox (the gateway was stopped): start it again"
+    _owned_like_the_outbox(db)
+    retired = install_next_key(path, next_path)
+    kept = retire_key_file(retired, archive)
+    recorded = (f"keyRotated (signed by the old key) was already recorded at seq {seq}"
+                if how == "earlier" else
+                f"keyRotated recorded at seq {seq} (signed by the old key) {how}")
+    print(f"rotated {old.kid} -> {new.kid}\n{recorded}\n"
+          + (f"old private key archived as {kept} (outside {path.parent}; delete it when no "
+             f"export needs re-signing, or rotate with --destroy)\n" if kept else
+             "old private key destroyed\n")
+          + f"new public key: {bytes(new.verify_key).hex()}\nthe platform learns it from "
+          f"keyRotated; to register it by hand: keys export-public --key-file {path}")
+    return 0
+
+
+def _prepare_next_key(path: Path, next_path: Path) -> Any:
+    """KEY.next, made now or by an interrupted run, owned like KEY (root makes it for the
+    key's owner: the gateway must read it, and a root-owned key stopped the next start)."""
+    from gateway.signing import load_signing_key, write_signing_key
+
+    new = load_signing_key(next_path) if next_path.exists() else write_signing_key(next_path)
+    owner = path.stat()
+    if os.geteuid() == 0:
+        os.chown(next_path, owner.st_uid, owner.st_gid)
+    return new
+
+
+def _chain_kid(db: Path) -> str | None:
+    """The key the outbox's chain is signed with now (None: no outbox or no event yet)."""
+    from gateway.signing import decode_envelope
+
+    if not db.exists():
+        return None
+    conn = open_db(db)
+    try:
+        last = conn.execute("SELECT body FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    if last is None:
+        return None
+    env = decode_envelope(last[0])
+    return (env.get("data") or {}).get("new_kid") if env.get("event") == "keyRotated" \
+        else env.get("kid")
+
+
+def _owned_like_the_outbox(db: Path) -> None:
+    """Run as root, opening the outbox can leave root-owned -wal/-shm files the service user
+    then cannot open: give them to the outbox's owner."""
+    if os.geteuid() != 0 or not db.exists():
+        return
+    st = db.stat()
+    for side in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if side.exists():
+            os.chown(side, st.st_uid, st.st_gid)
+
+
+def _announced_at(db: Path, kid: str) -> int | None:
+    """The seq of the keyRotated event that announced `kid`."""
+    from gateway.signing import decode_envelope
+
+    conn = open_db(db)
+    try:
+        for seq, body in conn.execute("SELECT seq, body FROM events WHERE type = 'keyRotated' "
+                                      "ORDER BY seq DESC"):
+            if (decode_envelope(body).get("data") or {}).get("new_kid") == kid:
+                return seq
+    finally:
+        conn.close()
+    return None
+
+
+def _ask_running_gateway(socket_path: Path) -> dict[str, Any] | None:
+    """The control socket's answer to rotate-key, or None when no gateway serves it."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    try:
+        sock.connect(str(socket_path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    with sock:
+        sock.sendall(b'{"cmd": "rotate-key"}\n')
+        reply = b""
+        while not reply.endswith(b"\n"):
+            data = sock.recv(65536)
+            if not data:
+                raise StoreError(f"the gateway at {socket_path} closed the control socket "
+                                 "without answering the rotation")
+            reply += data
+    return json.loads(reply)
+
+
+def _record_offline(db: Path, old: Any, new: Any) -> int | None:
+    """Record keyRotated in a stopped gateway's outbox (its lock refuses a running one)."""
     import trio
 
     from gateway.outbox import Outbox, OutboxSettings, open_readonly
-    from gateway.signing import (
-        decode_envelope,
-        install_next_key,
-        load_signing_key,
-        write_signing_key,
-    )
+    from gateway.signing import decode_envelope
 
-    path: Path = args.key_file
-    if args.db is None:
-        print("keys rotate needs --db OUTBOX: the outbox records the keyRotated event that "
-              "tells the platform about the new key", file=sys.stderr)
-        return 2
-    old = load_signing_key(path)
-    next_path = path.with_name(path.name + ".next")
-    new = load_signing_key(next_path) if next_path.exists() else write_signing_key(next_path)
-    conn = open_readonly(args.db)
+    conn = open_readonly(db)
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        last = conn.execute("SELECT seq, body FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        last = conn.execute("SELECT body FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     finally:
         conn.close()
-    last_env = decode_envelope(last[1]) if last else {}
-    already = last_env.get("event") == "keyRotated" and \
-        (last_env.get("data") or {}).get("new_kid") == new.kid
-    seq = last[0] if already else 0
-    if not already:
-        settings = OutboxSettings(path=args.db, gateway_id=meta["gateway_id"],
-                                  venue=last_env.get("venue", ""),
-                                  region=last_env.get("region", ""), min_free_mb=0)
-        try:
-            outbox = Outbox.open(settings, old)
-        except StoreError as err:
-            print(f"casino-gateway: cannot rotate: {err}\n(stop the gateway first, e.g. "
-                  f"systemctl stop casino-gateway)", file=sys.stderr)
-            return EXIT_FAILURE
+    last_env = decode_envelope(last[0]) if last else {}
+    settings = OutboxSettings(path=db, gateway_id=meta["gateway_id"],
+                              venue=last_env.get("venue", ""),
+                              region=last_env.get("region", ""), min_free_mb=0)
+    try:
+        outbox = Outbox.open(settings, old)
+    except StoreError as err:
+        print(f"casino-gateway: cannot rotate: {err}\n(rotate through the running gateway with "
+              f"--config FILE, or stop the gateway first, e.g. systemctl stop casino-gateway)",
+              file=sys.stderr)
+        return None
 
-        async def record() -> int:
-            with trio.fail_after(30):
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(outbox.run_writer)
-                    committed = await outbox.rotate_key(new)
-                    nursery.cancel_scope.cancel()
-            return committed
+    async def record() -> int:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(outbox.run_writer)
+                committed = await outbox.rotate_key(new)
+                nursery.cancel_scope.cancel()
+        return committed
 
-        try:
-            seq = trio.run(record)
-        finally:
-            outbox.close()
-    previous = install_next_key(path, next_path)
-    print(f"rotated {old.kid} -> {new.kid}\nkeyRotated recorded at seq {seq} "
-          f"(signed by the old key)\nold key kept as {previous}\n"
-          f"new public key: {bytes(new.verify_key).hex()}\n"
-          f"register it with the platform (keys export-public); start the gateway again")
-    return 0
+    try:
+        return trio.run(record)
+    finally:
+        outbox.close()
 
 
 # -- outbox ---------------------------------------------------------------------------------------
@@ -328,13 +465,10 @@ def _replay(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
 def _trusted_keys(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.signing import key_id, load_signing_key, load_verify_key
 
-    if args.public_key:
-        verify_key = load_verify_key(args.public_key)
-    elif args.key_file:
-        verify_key = load_signing_key(args.key_file).verify_key
-    else:
-        return {}
-    return {key_id(verify_key): verify_key}
+    keys = [load_verify_key(p) for p in args.public_key]
+    if args.key_file:
+        keys.append(load_signing_key(args.key_file).verify_key)
+    return {key_id(k): k for k in keys}
 
 
 def _export_rows(conn: sqlite3.Connection, args: argparse.Namespace
@@ -500,8 +634,36 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         text = (f"BROKEN at seq {report.break_at}: {report.reason} "
                 f"({report.checked:,} events verified before it)")
+        if report.reason.startswith("unknown-key: "):
+            result["needs_kid"] = needed = report.reason.removeprefix("unknown-key: ")
+            text += "\n" + _explain_unknown_key(conn, needed, keys, report.break_at)
     print(json.dumps(result) if args.json else text)
     return 0 if result["ok"] else EXIT_FAILURE
+
+
+def _explain_unknown_key(conn: sqlite3.Connection, needed: str, keys: dict[str, Any],
+                         seq: int | None) -> str:
+    """Why a kid is unknown and where its public key is (a rotation is the usual reason)."""
+    from gateway.signing import decode_envelope
+
+    given = ", ".join(sorted(keys))
+    text = (f"seq {seq} is signed by key {needed}, which is not among the keys given ({given}). "
+            f"verify needs the public key the range starts with; the keys after it are learned "
+            f"from the keyRotated events, which carry them.")
+    has_type = any(row[1] == "type" for row in conn.execute("PRAGMA table_info(events)"))
+    if has_type:
+        for seq_, body in conn.execute("SELECT seq, body FROM events WHERE type = 'keyRotated' "
+                                       "ORDER BY seq"):
+            data = decode_envelope(body).get("data") or {}
+            if data.get("new_kid") in keys:
+                text += (f" The key you gave, {data['new_kid']}, was rotated in at seq {seq_}: "
+                         f"the events before are signed by an older key.")
+                break
+    archived = needed.replace(":", "-") + ".key"
+    return (text + f" Give {needed}'s public key too (--public-key is repeatable): the one "
+            f"registered with the platform before the rotation, or from the archived key with "
+            f"`casino-gateway keys export-public --key-file "
+            f"/var/lib/casino-gateway/retired-keys/{archived}`.")
 
 
 def _verify_key_hex(hex_key: str) -> Any:

@@ -49,6 +49,7 @@ __all__ = [
     "key_id",
     "load_signing_key",
     "load_verify_key",
+    "retire_key_file",
     "seal",
     "seal_parts",
     "write_signing_key",
@@ -326,18 +327,55 @@ def write_signing_key(path: Path) -> Signer:
 
 
 def install_next_key(path: Path, next_path: Path) -> Path:
-    """Finish a rotation: the current key becomes `<path>.previous` (replacing an older one; a
-    retired private key signs nothing any more) and `next_path` becomes `path`. Both renames are
-    atomic and the directory is synced, so a crash leaves either the old or the new layout."""
-    previous = path.with_name(path.name + ".previous")
-    os.replace(path, previous)
+    """Finish a rotation: `next_path` becomes `path`, and the current key is kept as
+    `<path>.retired` (a hard link made first) for `retire_key_file` to archive or destroy.
+    The rename is atomic and the directory synced, so a crash leaves the old or the new key."""
+    retired = path.with_name(path.name + ".retired")
+    if not retired.exists():
+        os.link(path, retired)
     os.replace(next_path, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync_dir(path.parent)
+    return retired
+
+
+def retire_key_file(retired: Path, archive_dir: Path | None) -> Path | None:
+    """Move a retired private key out of the key directory: into `archive_dir` (0700, named
+    by its kid, owned like the key) or, with None, overwritten and deleted. Returns the
+    archived path (None when destroyed)."""
+    st = retired.stat()
+    archived = None
+    if archive_dir is not None:
+        signer = load_signing_key(retired)
+        archive_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        archived = archive_dir / (signer.kid.replace(":", "-") + ".key")
+        tmp = archived.with_name(archived.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(bytes(signer.key).hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.chown(archive_dir, st.st_uid, st.st_gid)
+        os.replace(tmp, archived)
+        _sync_dir(archive_dir)
+    else:
+        with open(retired, "r+b") as f:  # the bytes, not only the name (best effort on flash)
+            f.write(bytes(st.st_size))
+            f.flush()
+            os.fsync(f.fileno())
+    retired.unlink()
+    _sync_dir(retired.parent)
+    return archived
+
+
+def _sync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return previous
 
 
 def load_signing_key(path: Path) -> Signer:

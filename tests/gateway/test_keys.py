@@ -145,9 +145,11 @@ def test_cli_rotate_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = capsys.readouterr().out
     new = load_signing_key(key_file)
     assert new.kid != old.kid and f"{old.kid} -> {new.kid}" in out and "seq 4" in out
-    previous = tmp_path / "signing.key.previous"
+    # The retired key is archived beside the outbox (outside the key directory), not kept there.
+    previous = tmp_path / "retired-keys" / (old.kid.replace(":", "-") + ".key")
     assert load_signing_key(previous).kid == old.kid
     assert previous.stat().st_mode & 0o777 == 0o600 and key_file.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "signing.key.retired").exists()
     assert not (tmp_path / "signing.key.next").exists()
     rotated = decode_envelope(stored(db)[-1][1])
     assert (rotated["kid"], rotated["data"]["new_kid"], rotated["venue"]) == (old.kid, new.kid,
