@@ -26,8 +26,8 @@ answered "rejected" only.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import math
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -41,8 +41,12 @@ import trio
 
 from drivers.base import CommandOutcome, CommandResult, Driver, MachineCommand, MachineRef
 from drivers.link import LinkError
+from gateway.bounded import INT_MAX, InputRejected, check_plain
 from gateway.errors import GatewayError, StoreError
 from gateway.events import Draft, system_draft
+from gateway.feed.state import OPENING_EVENTS
+from gateway.meters import meters_result
+from gateway.signing import decode_envelope
 
 __all__ = [
     "COMMAND_NAMES",
@@ -90,12 +94,25 @@ class CommandSettings:
 
     allowed: frozenset[str] = frozenset({"acknowledgeAlert", "requestMeters"})
     db_path: Path
+    currency: str = "USD"  # for requestMeters money (gateway.meters)
 
 
 class AuditOutbox(Protocol):
-    """What the router needs of gateway.outbox.Outbox: a durable append."""
+    """What the router needs of gateway.outbox.Outbox: a durable append and a read."""
 
     async def append(self, draft: Draft) -> int: ...
+
+    async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]: ...
+
+
+class AlertLookup(Protocol):
+    """The feed's alert board (gateway.feed.state.AlertBoard): why an alert cannot be
+    acknowledged now, or None if it can."""
+
+    def ack_refusal(self, alert_seq: int) -> str | None: ...
+
+
+NO_SUCH_ALERT = "no alert has that seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,23 +131,19 @@ def _answer(command_id: str, result: str, reason: str = "",
     return {"id": command_id, "result": result, "reason": reason, "data": dict(data or {})}
 
 
-def _is_plain(value: Any, depth: int = 0) -> bool:
-    """JSON-shaped (str keys, scalars, lists, maps), so it can be audited and shown on the feed."""
-    if depth > 8:
+def _is_plain(value: Any) -> bool:
+    """JSON-shaped within budget (str keys, 64-bit ints, finite floats, at most 8 deep), so it
+    can be stored, audited and shown on the feed: an integer like 2**70 fits neither SQLite nor
+    msgpack and would raise OverflowError in the store."""
+    try:
+        check_plain(value, max_depth=8, max_items=1000)
+    except InputRejected:
         return False
-    if value is None or isinstance(value, str | bool | int):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_is_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
-    return False
+    return True
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT_MAX
 
 
 def _plan(request: Mapping[str, Any], allowed: frozenset[str],
@@ -189,10 +202,12 @@ class CommandRouter:
     `handle(request, "platform")`."""
 
     def __init__(self, settings: CommandSettings, outbox: AuditOutbox,
-                 drivers: Mapping[str, Driver]) -> None:
+                 drivers: Mapping[str, Driver], alerts: AlertLookup | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
         self.drivers = drivers
+        # The feed's board when the feed runs (the daemon sets it); else the outbox is asked.
+        self.alerts = alerts
         self._running: dict[str, trio.Event] = {}
         self._limiter = trio.CapacityLimiter(1)  # one thread on the connection at a time
         self.executions = 0
@@ -268,6 +283,10 @@ class CommandRouter:
     async def _first(self, command_id: str, request: Mapping[str, Any],
                      requested_by: str) -> dict[str, Any]:
         plan = _plan(request, self.settings.allowed, self.drivers)
+        if plan.name == "acknowledgeAlert" and not plan.refusal:
+            refusal = await self._alert_refusal(plan.target["alert_seq"])
+            if refusal is not None:
+                plan = dataclasses.replace(plan, refusal=refusal)
         audit: dict[str, Any] = {"command_id": command_id, "name": plan.name,
                                  "requested_by": requested_by}
         if plan.target is not None:
@@ -315,6 +334,20 @@ class CommandRouter:
                         (time.time(), command_id))
         return _answer(command_id, result, reason, data)
 
+    async def _alert_refusal(self, alert_seq: int) -> str | None:
+        """Why `alert_seq` cannot be acknowledged: the feed's board knows open alerts and who
+        acknowledged them; without it, the seq must at least hold an event that opens one."""
+        if self.alerts is not None:
+            return self.alerts.ack_refusal(alert_seq)
+        rows = await self.outbox.read_after(alert_seq - 1, 1)
+        if not rows or rows[0][0] != alert_seq:
+            return NO_SUCH_ALERT
+        try:
+            event = decode_envelope(rows[0][1]).get("event")
+        except ValueError:  # a damaged row: msgpack's errors are all ValueErrors
+            return "that seq cannot be read"
+        return None if event in OPENING_EVENTS else NO_SUCH_ALERT
+
     async def _execute(self, plan: _Plan, requested_by: str) -> CommandOutcome:
         self.executions += 1
         if plan.name == "acknowledgeAlert":
@@ -336,4 +369,8 @@ class CommandRouter:
         if not _is_plain(dict(outcome.data)):
             return CommandOutcome(outcome.result, outcome.reason,
                                   {"unrepresentable": repr(dict(outcome.data))[:1000]})
+        if plan.name == "requestMeters" and outcome.result == CommandResult.OK:
+            return CommandOutcome(CommandResult.OK, outcome.reason, meters_result(
+                dict(outcome.data.get("meters") or {}), outcome.data.get("denomination_cents"),
+                self.settings.currency))
         return CommandOutcome(CommandResult(outcome.result), outcome.reason, outcome.data)

@@ -18,8 +18,9 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
-__all__ = ["CommandsSection", "Config", "FeedSection", "FeedTokenSection", "GatewaySection", "LogSection",
-           "OutboxSection", "PortSection", "UplinkSection", "load_config", "parse_config"]
+__all__ = ["CommandsSection", "Config", "ConfigProblems", "FeedSection", "FeedTokenSection",
+           "GatewaySection", "LogSection", "OutboxSection", "PortSection", "UplinkSection",
+           "load_config", "parse_config", "problems_of"]
 
 GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -89,20 +90,68 @@ def _check_droppable(types_: tuple[str, ...]) -> str | None:
     return None
 
 
+def _check_uplink_url(url: str) -> str | None:
+    """wss:// anywhere; ws:// only to a loopback peer, since the bearer token would cross the
+    network in clear."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "a wss://host[:port]/path URL with a valid port"
+    if parts.scheme == "wss" and parts.hostname:
+        return None
+    if parts.scheme == "ws" and parts.hostname and _is_loopback(parts.hostname):
+        return None
+    return ("a wss:// URL (ws:// sends the bearer token in clear, so it is accepted only for a "
+            "loopback test peer: 127.0.0.1, ::1 or localhost)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class UplinkSection:
-    url: str = field(metadata={"check": lambda v: _check(
-        v.startswith(("wss://", "ws://")), "a wss:// URL (ws:// only for a loopback test peer)")})
+    url: str = field(metadata={"check": _check_uplink_url})
     token_file: Path
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    batch_max: int = 200
-    window: int = 8
-    heartbeat_s: float = 10.0
-    dead_after_s: float = 30.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    batch_max: int = field(default=200, metadata={
+        "check": lambda v: _check(1 <= v <= 10_000, "between 1 and 10000 events per frame")})
+    window: int = field(default=8, metadata={
+        "check": lambda v: _check(1 <= v <= 1024, "between 1 and 1024 frames in flight")})
+    heartbeat_s: float = field(default=10.0, metadata={
+        "check": lambda v: _check(0 < v <= 3600, "between 0 and 3600 seconds (not 0)")})
+    dead_after_s: float = field(default=30.0, metadata={
+        "check": lambda v: _check(0 < v <= 3600, "between 0 and 3600 seconds (not 0)")})
+    backoff_initial_s: float = field(default=0.5, metadata={
+        "check": lambda v: _check(0 < v <= 3600, "between 0 and 3600 seconds (not 0)")})
+    backoff_max_s: float = field(default=30.0, metadata={
+        "check": lambda v: _check(0 < v <= 86_400, "between 0 and 86400 seconds (not 0)")})
+    # One deadline over TCP, TLS, upgrade and hello -> welcome; and the wait after a refusal.
+    connect_timeout_s: float = field(default=10.0, metadata={
+        "check": lambda v: _check(1 <= v <= 120, "between 1 and 120 s")})
+    rejected_backoff_s: float = field(default=300.0, metadata={
+        "check": lambda v: _check(5 <= v <= 3600, "between 5 and 3600 s")})
+
+    def __post_init__(self) -> None:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("uplink.backoff_max_s", f"expected at least backoff_initial_s "
+                              f"({self.backoff_initial_s:g}), got {self.backoff_max_s:g}")
+        if self.dead_after_s <= self.heartbeat_s:
+            raise ConfigError("uplink.dead_after_s", f"expected more than heartbeat_s "
+                              f"({self.heartbeat_s:g}): a pong must have time to come back, "
+                              f"got {self.dead_after_s:g}")
 
 
 COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",
@@ -127,14 +176,24 @@ class LogSection:
         v in ("auto", "json", "console"), "one of auto, json, console")})
 
 
+def _check_token_hash(digest: str) -> str | None:
+    from gateway.tokens import is_weak_token_hash
+
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return "64 lowercase hex digits (as printed by: casino-gateway tokens new)"
+    if is_weak_token_hash(digest):
+        return ("the hash of a strong token: this one is a well-known weak token; make one "
+                "with: casino-gateway tokens new --role ROLE")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class FeedTokenSection:
     """One staff token: who holds it, their role, and the SHA-256 (hex) of the token itself.
     Only the hash is configured, so the file does not hold a usable secret."""
 
     name: str
-    sha256: str = field(metadata={"check": lambda v: _check(
-        bool(re.fullmatch(r"[0-9a-f]{64}", v)), "64 lowercase hex digits (sha256sum of the token)")})
+    sha256: str = field(metadata={"check": lambda v: _check_token_hash(v)})
     role: str = field(default="viewer", metadata={"check": lambda v: _check(
         v in ("viewer", "attendant", "supervisor"), "one of viewer, attendant, supervisor")})
 
@@ -236,40 +295,67 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(where, f"unsupported type {tp}")  # a bug in this module's declarations
 
 
+class ConfigProblems(ConfigError):
+    """Several fields are wrong at once: `problems` holds one ConfigError per field, so an
+    operator fixes them all in one pass (`field` and the message are the first one's)."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(first.field, str(first).removeprefix(f"{first.field}: ") + more)
+        self.problems = tuple(problems)
+
+
+def problems_of(err: ConfigError) -> tuple[ConfigError, ...]:
+    """Every problem an error stands for, one per line to print."""
+    return err.problems if isinstance(err, ConfigProblems) else (err,)
+
+
 def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
+    problems: list[ConfigError] = []
     for key in table:
         if key not in known:
-            raise ConfigError(f"{prefix}.{key}".lstrip("."),
-                              f"unknown field (expected one of: {', '.join(sorted(known))})")
+            problems.append(ConfigError(f"{prefix}.{key}".lstrip("."), f"unknown field "
+                                        f"(expected one of: {', '.join(sorted(known))})"))
     kwargs = {}
     for name, f in known.items():
         where = f"{prefix}.{name}".lstrip(".")
         if name not in table:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(where, "required field is missing")
+                problems.append(ConfigError(where, "required field is missing"))
             continue
-        value = _convert(table[name], hints[name], where)
+        try:
+            value = _convert(table[name], hints[name], where)
+        except ConfigError as err:
+            problems += problems_of(err)
+            continue
         check = f.metadata.get("check")
         if check is not None and (problem := check(value)) is not None:
-            raise ConfigError(where, f"expected {problem}, got {table[name]!r}")
+            problems.append(ConfigError(where, f"expected {problem}, got {table[name]!r}"))
+            continue
         kwargs[name] = value
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     return cls(**kwargs)
 
 
 def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML table. Relative paths are taken relative to `base_dir`."""
     config = _build(Config, table, "")
+    problems: list[ConfigError] = []
     names = [p.name for p in config.ports]
     for i, name in enumerate(names):
         if names.index(name) != i:
-            raise ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}")
+            problems.append(ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}"))
     for i, port in enumerate(config.ports):
         for j, address in enumerate(port.addresses):
             if not 1 <= address <= 127:
-                raise ConfigError(f"ports[{i}].addresses[{j}]",
-                                  f"expected a SAS address 1-127, got {address}")
+                problems.append(ConfigError(f"ports[{i}].addresses[{j}]",
+                                            f"expected a SAS address 1-127, got {address}"))
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     return config

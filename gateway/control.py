@@ -15,6 +15,11 @@ object per line in each direction:
 Tracing never slows a port: frames go to each subscriber through a bounded queue, and a subscriber
 that falls behind loses frames (it is told how many with {"dropped": n}). With nobody tracing, the
 cost per frame is one dictionary lookup.
+
+Group members are trusted to read, not to send well-formed input or to behave: a request line is
+parsed within gateway.bounded's budgets (`parse_request`), at most 16 connections are served at
+once (8 per peer uid), one that sends no request within 10 s is closed, and running out of
+descriptors backs off accepting instead of stopping the daemon (gateway/accepting.py).
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import shutil
 import socket
 import sqlite3
 import stat
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +51,11 @@ from drivers.sas import messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.crc import check_crc
 from drivers.sas.errors import SasRemoteProtocolError
+from gateway.accepting import serve_accepting, summarize_suppressed
+from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
 from gateway.errors import ConfigError
+from gateway.feed.guard import Admission, LogThrottle
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -59,6 +69,7 @@ __all__ = [
     "control_socket_path",
     "describe_answer",
     "describe_poll",
+    "parse_request",
     "snapshot",
     "traced_opener",
 ]
@@ -66,6 +77,9 @@ __all__ = [
 log = structlog.get_logger("gateway.control")
 
 MAX_REQUEST_BYTES = 65536
+MAX_CONNECTIONS = 16            # diag sessions at once; a tool looping on connect gets refused
+MAX_CONNECTIONS_PER_USER = 8    # per peer uid, so one user cannot lock out another
+REQUEST_TIMEOUT_S = 10.0        # to send a request line, and to take each answer
 TRACE_QUEUE = 1000
 RATE_WINDOW_S = 300.0
 
@@ -348,6 +362,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
             })
         ports[section.name] = {"device": str(section.device), "state": stats.state,
                                "failures": gw.port_failures.get(section.name, 0),
+                               "last_error": gw.port_errors.get(section.name),
                                "machines": machines}
 
     outbox = gw.outbox
@@ -386,6 +401,10 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                    "last_error": up.get("last_error"), "url": gw.config.uplink.url},
         "key": {"kid": signer.kid, "public_key": public.hex(),
                 "fingerprint": key_fingerprint(public)},
+        "feed": None if gw.feed is None else {
+            "port": gw.feed.port, "listening": gw.feed.port is not None,
+            "bind_error": gw.feed.bind_error, "bind_failures": gw.feed.bind_failures,
+            "clients": gw.feed.client_count},
     }
 
 
@@ -404,6 +423,12 @@ class ControlServer:
         self.gw = gw
         self.path = path
         self._listener: trio.SocketListener | None = None
+        self._admission = Admission(total=MAX_CONNECTIONS, per_address=MAX_CONNECTIONS_PER_USER,
+                                    unauthenticated=MAX_CONNECTIONS,
+                                    unauthenticated_per_address=MAX_CONNECTIONS_PER_USER)
+        self._throttle = LogThrottle(60.0)
+        self.refused = 0
+        self.errors = 0
 
     async def open(self) -> None:
         """Bind the socket. ConfigError (fatal, names gateway.control_socket) when another
@@ -445,9 +470,11 @@ class ControlServer:
             async with trio.open_nursery() as nursery:
                 log.info("control socket listening", path=str(self.path))
                 task_status.started(self.path)
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._serve, stream)
+                nursery.start_soon(partial(
+                    summarize_suppressed, self._throttle,
+                    "control: repeated warnings not logged one by one", listener="control"))
+                # Out of descriptors is not fatal here either (a diag during a flood was).
+                await serve_accepting(listener, self._admit, nursery, name="control")
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
@@ -455,6 +482,35 @@ class ControlServer:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+    async def _admit(self, stream: trio.SocketStream) -> None:
+        """Apply the connection caps (per peer uid), then serve."""
+        user = _peer_user(stream)
+        ticket = self._admission.admit(user)
+        if isinstance(ticket, str):
+            self.refused += 1
+            suppressed = self._throttle.admit(ticket, trio.current_time())
+            if suppressed is not None:
+                log.warning("control connection refused: too many at once", user=user,
+                            reason=ticket, repeated=suppressed)
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.send_all(_encode({"ok": False, "error": "too many diag "
+                                                   "connections at once; try again"}))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await self._serve(stream)
+        except* Exception as group:
+            # A bulkhead, deliberately: a bug reached from a diag request must not stop the
+            # floor. Logged with its traceback (once a minute at most); the connection closes.
+            self.errors += 1
+            if self._throttle.admit("handler_bug", trio.current_time()) is not None:
+                log.error("control request failed: a bug, please report it", exc_info=group)
+        finally:
+            ticket.release()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         buffer = b""
@@ -466,9 +522,11 @@ class ControlServer:
                             await stream.send_all(_encode({"ok": False,
                                                            "error": "request too long"}))
                             return
-                        data = await stream.receive_some(65536)
+                        data = None
+                        with trio.move_on_after(REQUEST_TIMEOUT_S):
+                            data = await stream.receive_some(65536)
                         if not data:
-                            return
+                            return  # hung up, or idle too long
                         buffer += data
                     line, _, buffer = buffer.partition(b"\n")
                     if line.strip() and not await self._request(stream, line):
@@ -479,20 +537,16 @@ class ControlServer:
     async def _request(self, stream: trio.SocketStream, line: bytes) -> bool:
         """Answer one request; False when the connection is done (after a trace)."""
         try:
-            request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            request = None
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            await stream.send_all(_encode({"ok": False, "error": 'expected one JSON object per '
-                                           'line, like {"cmd": "status"}'}))
+            cmd, port = parse_request(line)
+        except InputRejected as err:
+            await stream.send_all(_encode({"ok": False, "error": str(err)}))
             return True
-        match request["cmd"]:
+        match cmd:
             case "status":
                 await stream.send_all(_encode({"ok": True, "status": await snapshot(self.gw)}))
                 return True
             case "trace":
-                port = request.get("port")
-                if port not in self.gw.drivers:
+                if port is None or port not in self.gw.drivers:
                     await stream.send_all(_encode({
                         "ok": False, "error": f"no port {port!r}; ports: "
                         + ", ".join(self.gw.drivers)}))
@@ -526,6 +580,34 @@ class ControlServer:
                         reported = sub.dropped
                     await stream.send_all(_encode({"frame": frame}))
         log.info("trace stopped", port=port)
+
+
+def parse_request(line: bytes) -> tuple[str, str | None]:
+    """One request line as (cmd, port); InputRejected (within gateway.bounded's budgets) for
+    anything else. Group members are trusted to read, not to send well-formed input: a list
+    where a port name belongs, or 5,000 levels of nesting, is refused here, not raised later."""
+    expected = 'expected one JSON object per line, like {"cmd": "status"}'
+    try:
+        request = loads_json(line, max_bytes=MAX_REQUEST_BYTES)
+    except InputRejected as err:
+        raise InputRejected(f"{expected} ({err})") from None
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        raise InputRejected(expected)
+    cmd, port = request["cmd"], request.get("port")
+    if cmd == "trace" and not isinstance(port, str):
+        raise InputRejected('trace: port must be a string, like {"cmd": "trace", "port": '
+                            '"port1"}')
+    return cmd, port if isinstance(port, str) else None
+
+
+def _peer_user(stream: trio.SocketStream) -> str:
+    """The connecting process's uid (SO_PEERCRED), the "address" the caps count per."""
+    try:
+        creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         struct.calcsize("3i"))
+        return f"uid:{struct.unpack('3i', creds)[1]}"
+    except (OSError, AttributeError, struct.error):
+        return "unknown"
 
 
 async def _answers(path: Path) -> bool:

@@ -47,6 +47,7 @@ from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 from gateway.capture import OutboxSink
+from gateway.clock import clock_synchronised
 from gateway.commands import CommandRouter, CommandSettings
 from gateway.config import Config, PortSection, load_config
 from gateway.control import (
@@ -58,7 +59,7 @@ from gateway.control import (
     traced_opener,
 )
 from gateway.errors import ConfigError
-from gateway.feed.protocol import TokenEntry, TokenTable
+from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key
@@ -169,12 +170,15 @@ class Gateway:
     feed_port: int | None = None
     started_at: float = field(default_factory=time.time)
     port_failures: dict[str, int] = field(default_factory=dict)
+    port_errors: dict[str, str] = field(default_factory=dict)  # why a port is down, for diag
     trace: TraceHub = field(default_factory=TraceHub)
     activity: Activity = field(default_factory=Activity)
     health: PipelineHealth = field(default_factory=lambda: PipelineHealth(15.0))
     control_path: Path | None = None
     config_path: Path | None = None
     uplink_down_since: float | None = field(default_factory=time.time)
+    # One per supervised port: a clean stop ends machine intake before gatewayStopping.
+    port_scopes: list[trio.CancelScope] = field(default_factory=list)
 
     def status(self) -> dict[str, Any]:
         """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
@@ -236,13 +240,14 @@ async def supervise_port(gw: Gateway, name: str, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          jitter: Callable[[], float] = random.random) -> None:
     """Run one port's driver forever; a broken port is reopened with jittered backoff (the
-    driver has reported its machines offline by then). Logs once when the port goes down
-    (again when the error changes) and once when it is back. Reports started after the first
-    attempt, successful or not, so one dead port cannot hold READY."""
+    driver has reported its machines offline by then). Every `port failed; will retry` line
+    (retry_in_s: the delay really slept) has its `port recovered` line. Reports started after
+    the first attempt, successful or not, so one dead port cannot hold READY."""
     driver = gw.drivers[name]
-    failures, reported = 0, False
-    down_since: float | None = None
-    last_error = ""
+    reported = False
+    down_since: float | None = None  # trio time of the first failure of the current outage
+    failures = 0  # in the current outage
+    streak = 0  # failures since the link last stayed up PORT_STABLE_S: the backoff exponent
     while True:
         opened_at: float | None = None
         try:
@@ -250,35 +255,36 @@ async def supervise_port(gw: Gateway, name: str, *,
                 await nursery.start(driver.run, gw.sink)
                 opened_at = trio.current_time()
                 if down_since is not None:
-                    log.info("port recovered", port=name,
-                             down_for_s=round(opened_at - down_since, 3), attempts=failures)
-                    down_since, last_error = None, ""
+                    # Every "down" has its recovery line, so the journal shows how long.
+                    log.info("port recovered", port=name, attempts=failures,
+                             down_for_s=round(opened_at - down_since, 3))
+                    down_since, failures = None, 0
+                    gw.port_errors.pop(name, None)
                 if not reported:
                     reported = True
                     task_status.started()
         except* RECOVERABLE as group:
             gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
-            error = group.exceptions[0]
             now = trio.current_time()
-            if opened_at is not None and now - opened_at >= PORT_STABLE_S:
-                failures = 0
-            text = f"{type(error).__name__}: {error}"
+            failures += 1
             if down_since is None:
                 down_since = now
-                log.warning("port down; machines on it marked offline", port=name,
-                            error=str(error), error_type=type(error).__name__)
-            elif text != last_error:
-                log.warning("port still down", port=name, error=str(error),
-                            error_type=type(error).__name__,
-                            down_for_s=round(now - down_since, 3))
-            last_error = text
+            if opened_at is not None and now - opened_at >= PORT_STABLE_S:
+                streak = 0
+            error = group.exceptions[0]
+            gw.port_errors[name] = str(error)
+            # Decided before the log line, so retry_in_s is the delay really slept.
+            delay = backoff_delay(streak, initial=PORT_RETRY_INITIAL_S,
+                                  maximum=PORT_RETRY_MAX_S, random=jitter)
+            streak += 1
+            log.warning("port failed; will retry", port=name, error=str(error),
+                        error_type=type(error).__name__, retry_in_s=round(delay, 3),
+                        attempt=failures)
+        else:
+            delay = 0.0  # the driver returned (it does not, but a return is no failure)
         if not reported:
             reported = True
             task_status.started()
-        delay = backoff_delay(failures, initial=PORT_RETRY_INITIAL_S, maximum=PORT_RETRY_MAX_S,
-                              random=jitter)
-        failures += 1
-        log.debug("port reopen scheduled", port=name, retry_in_s=round(delay, 3))
         await trio.sleep(delay)
 
 
@@ -294,6 +300,26 @@ def check_devices_free(config: Config) -> None:
                               "Only one program may poll a SAS line")
 
 
+async def stoppable_port(gw: Gateway, name: str, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """`supervise_port` under a scope of its own, so a clean stop ends machine intake before
+    gatewayStopping (`record_stopping`). Reports started even when stopped before the port
+    did, so a stop during start-up is no error."""
+    reported = False
+
+    class _Status:
+        def started(self, value: None = None) -> None:
+            nonlocal reported
+            reported = True
+            task_status.started(value)
+
+    with trio.CancelScope() as stop:
+        gw.port_scopes.append(stop)
+        await supervise_port(gw, name, task_status=_Status())  # type: ignore[arg-type]
+    if not reported:
+        task_status.started()
+
+
 async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.CancelScope, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Started first, so a SIGTERM or SIGHUP during a slow start-up is handled, not fatal."""
@@ -305,8 +331,31 @@ async def handle_signals(gw: Gateway, notifier: Notifier, cancel_scope: trio.Can
                 continue
             log.info("stopping", signal=signal.Signals(signum).name)
             notifier.stopping()
+            await record_stopping(gw, signal.Signals(signum).name)
             cancel_scope.cancel()
             return
+
+
+# How long a clean stop may take to record gatewayStopping and hand it to a connected platform.
+STOPPING_GRACE_S = 2.0
+
+
+async def record_stopping(gw: Gateway, reason: str) -> None:
+    """A clean stop: machine intake ends (a machine keeps what was not acknowledged, as on any
+    stop), a signed `gatewayStopping` becomes the outbox's last event, and while the platform
+    is connected it gets the chance to ack it, so the platform can tell a stop from a crash.
+    Bounded: a stuck writer (a full disk) or a slow platform must not hold up the stop."""
+    for scope in gw.port_scopes:
+        scope.cancel()
+    seq = 0
+    with trio.move_on_after(STOPPING_GRACE_S):
+        seq = await gw.outbox.append_system("gatewayStopping", {"reason": reason})
+        if gw.uplink.statistics()["connected"]:
+            while gw.outbox.delivered_seq < seq:
+                await gw.uplink.wait_changed()
+    if not seq:
+        log.warning("stopping without a gatewayStopping event: the outbox did not commit it "
+                    f"within {STOPPING_GRACE_S:g} s")
 
 
 # What SIGHUP can apply to the running daemon; any other change needs a restart.
@@ -345,16 +394,14 @@ def reload_config(gw: Gateway) -> dict[str, list[str]]:
     if "feed.tokens" in changed and old.feed is not None and new.feed is not None:
         assert gw.feed is not None
         entries = tuple(TokenEntry(t.name, t.role, t.sha256) for t in new.feed.tokens)
-        # FeedServer reads its token table for each new connection; sessions already
-        # authenticated keep their identity until they disconnect.
-        gw.feed.settings = dataclasses.replace(gw.feed.settings, tokens=entries)
-        gw.feed._tokens = TokenTable(entries)
+        # New connections use the new table; sessions whose token is gone are closed.
+        revoked = gw.feed.replace_tokens(entries)
         running = dataclasses.replace(running, feed=dataclasses.replace(
             running.feed, tokens=new.feed.tokens))  # type: ignore[arg-type]
         before = {t.name for t in old.feed.tokens}
         after = {t.name for t in new.feed.tokens}
         log.info("SIGHUP: feed tokens reloaded", added=sorted(after - before),
-                 removed=sorted(before - after), tokens=len(entries))
+                 removed=sorted(before - after), tokens=len(entries), sessions_closed=revoked)
         result["applied"].append("feed.tokens")
     if "commands.allowed" in changed:
         gw.commands.settings = dataclasses.replace(gw.commands.settings,
@@ -379,6 +426,7 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
     interval = notifier.watchdog_interval()
     last = ""
     withheld = False
+    next_ping = trio.current_time()
     while True:
         now = trio.current_time()
         line = gw.status_line()
@@ -388,7 +436,8 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
         if line != last:
             notifier.status(line)
             last = line
-        if interval is not None:
+        if interval is not None and now >= next_ping:
+            next_ping = now + interval
             if alive:
                 notifier.watchdog()
                 if withheld:
@@ -399,7 +448,9 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
                           waited_s=round(gw.health.stalled_for(now), 1),
                           limit_s=gw.health.stall_after_s)
                 withheld = True
-        await trio.sleep(min(interval or 5.0, 5.0))
+        # STATUS= every 5 s at most; WATCHDOG=1 every half WatchdogSec (docs/operations.md).
+        wake = now + 5.0 if interval is None else min(now + 5.0, next_ping)
+        await trio.sleep_until(wake)
 
 
 async def run(config: Config, *, notifier: Notifier | None = None, handle_signals_: bool = True,
@@ -426,14 +477,16 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     trace = TraceHub()
     drivers: dict[str, Driver] = {p.name: build_driver(p, config, trace) for p in config.ports}
     router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
-                                           db_path=config.gateway.state_dir / "commands.db"),
+                                           db_path=config.gateway.state_dir / "commands.db",
+                                           currency=config.gateway.currency),
                            outbox, drivers)
     up = config.uplink
     uplink = UplinkClient(UplinkSettings(
         url=up.url, token_file=up.token_file, ca_file=up.ca_file, client_cert=up.client_cert,
         client_key=up.client_key, batch_max=up.batch_max, window=up.window,
         heartbeat_s=up.heartbeat_s, dead_after_s=up.dead_after_s,
-        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s), outbox,
+        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s,
+        connect_timeout_s=up.connect_timeout_s, rejected_backoff_s=up.rejected_backoff_s), outbox,
         command_handler=router.handle)
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)
@@ -452,6 +505,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
 
         gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
                              command_handler=staff_command)
+        router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
     try:
         # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
         try:
@@ -470,7 +524,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                 # The floor works without the platform: the feed starts before the uplink.
                 gw.feed_port = await nursery.start(gw.feed.run)
             for port in config.ports:
-                await nursery.start(supervise_port, gw, port.name)
+                await nursery.start(stoppable_port, gw, port.name)
             await nursery.start(uplink.run)
             nursery.start_soon(report_status, gw, notifier)
             gc.freeze()  # what start-up built lives for the whole run: keep it out of collections
@@ -486,6 +540,11 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
 
 
 def _started_data(config: Config) -> dict[str, Any]:
-    return {"version": gateway.__version__,
-            "ports": [{"name": p.name, "device": str(p.device), "addresses": list(p.addresses)}
-                      for p in config.ports]}
+    data: dict[str, Any] = {
+        "version": gateway.__version__,
+        "ports": [{"name": p.name, "device": str(p.device), "addresses": list(p.addresses)}
+                  for p in config.ports]}
+    synchronised = clock_synchronised()
+    if synchronised is not None:
+        data["clock_synchronised"] = synchronised
+    return data

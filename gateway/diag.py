@@ -1,7 +1,10 @@
 """`casino-gateway diag`: what a technician runs to find why machine 14 is silent.
 
     diag [--watch [S]] [--json]       per port and machine: state, serial, last answer, latency,
-                                      timeouts, CRC errors, NACKs, last event; outbox, uplink, key
+                                      timeouts, CRC errors, NACKs, last event, why it is down;
+                                      outbox, uplink, key
+    diag --check                      one line for monitoring, Nagios plugin exit codes:
+                                      0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     diag trace PORT [--count N]       every poll and answer on PORT, live
     diag probe --device DEV [-a A]    with the gateway stopped: sync, LP 1F, 54, 1A and meters on
                                       one port, with timings and what a failure usually means
@@ -16,6 +19,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 import termios
 from collections.abc import Callable
@@ -37,14 +41,21 @@ from gateway.control import RUN_DIR_SOCKET
 from gateway.daemon import format_duration
 from gateway.errors import EXIT_FAILURE, ConfigError
 
-__all__ = ["ControlClientError", "add_commands", "fetch_status", "probe", "render_status"]
+__all__ = ["ControlClientError", "GatewayNotRunningError", "add_commands", "assess",
+           "fetch_status", "machine_why", "port_why", "probe", "render_check", "render_status"]
 
 DEFAULT_SOCKET = RUN_DIR_SOCKET
+EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = Path("/etc/casino-gateway/gateway.toml")
 
 
 class ControlClientError(Exception):
     """The control socket cannot be used; the message says why in plain words."""
+
+
+class GatewayNotRunningError(ControlClientError):
+    """Nothing serves the control socket: the gateway is stopped (CRITICAL for monitoring,
+    where a permission problem is UNKNOWN)."""
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +66,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     _socket_options(p, argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
-                   help="refresh in place every SECONDS (default 2)")
+                   help="refresh in place every SECONDS (default 2); Ctrl-C exits 130")
+    p.add_argument("--check", action="store_true",
+                   help="monitoring: one status line and Nagios plugin exit codes (0 OK, "
+                        "1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
+    p.add_argument("--uplink-warning", type=float, default=120.0, metavar="SECONDS",
+                   help="--check: uplink down this long is a WARNING (default 120)")
+    p.add_argument("--uplink-critical", type=float, default=900.0, metavar="SECONDS",
+                   help="--check: uplink down this long is CRITICAL (default 900)")
     p.set_defaults(func=_cmd_status, socket=None, config=None)
     sub = p.add_subparsers(dest="diag_command", metavar="{trace,probe}")
 
@@ -135,9 +153,9 @@ async def _connect(path: Path) -> trio.SocketStream:
         with trio.fail_after(5):
             return await trio.open_unix_socket(str(path))
     except FileNotFoundError:
-        raise ControlClientError(f"the gateway is not running (no control socket at {path})")
+        raise GatewayNotRunningError(f"the gateway is not running (no control socket at {path})")
     except ConnectionRefusedError:
-        raise ControlClientError(f"the gateway is not running (nothing answers on {path}; the "
+        raise GatewayNotRunningError(f"the gateway is not running (nothing answers on {path}; the "
                                  "socket was left by a gateway that stopped abruptly)")
     except PermissionError:
         raise ControlClientError(
@@ -174,7 +192,8 @@ async def _trace(path: Path, port: str, count: int | None, out: TextIO, as_json:
         if as_json:
             print(json.dumps(head), file=out, flush=True)
         else:
-            print(f"tracing {port} ({head.get('device')}); Ctrl-C to stop", file=out, flush=True)
+            print(sanitize(f"tracing {port} ({head.get('device')}); Ctrl-C to stop"), file=out,
+                  flush=True)
         seen = 0
         while count is None or seen < count:
             item = await lines.next()
@@ -193,12 +212,39 @@ async def _trace(path: Path, port: str, count: int | None, out: TextIO, as_json:
 
 
 def format_frame(frame: dict[str, Any]) -> str:
+    frame = _scrub(frame)
     clock = datetime.fromtimestamp(frame["t"]).strftime("%H:%M:%S.%f")[:-3]
     arrow = "->" if frame["dir"] == "tx" else "<-"
     return f"{clock} {arrow} {frame['hex']:<24} {frame['text']}"
 
 
 # -- rendering -------------------------------------------------------------------------------------
+
+# C0 and C1 controls, DEL, and the Unicode format characters that reorder text (bidi overrides).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def sanitize(text: str) -> str:
+    """Text from machines, the platform or the daemon made safe for a terminal: every control
+    character shown as an escape (\\x1b, \\n), so a serial number or an error message can neither
+    send escape sequences to the technician's terminal nor forge a line of the report."""
+    return _UNSAFE.sub(lambda m: "\\" + _ESCAPES.get(m.group(), f"x{ord(m.group()):02x}")
+                       if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+_ESCAPES = {"\n": "n", "\r": "r", "\t": "t"}
+
+
+def _scrub(value: Any) -> Any:
+    """`sanitize` applied to every string in a snapshot or report, keys included."""
+    if isinstance(value, str):
+        return sanitize(value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
 
 def _dash(value: Any, fmt: Callable[[Any], str] = str) -> str:
     return "-" if value is None else fmt(value)
@@ -225,13 +271,14 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_status(s: dict[str, Any]) -> str:
+    s = _scrub(s)
     g = s["gateway"]
     out = [f"gateway {g['id']}  version {g['version']}  pid {g['pid']}  "
            f"up {format_duration(g['uptime_s'] or 0)}  "
            f"watchdog {'ok' if g['watchdog']['alive'] else 'WITHHELD (outbox stalled)'}",
            f"status  {g['status']}", ""]
     rows = [["PORT", "ADDR", "STATE", "SERIAL", "ASSET", "LAST ANSWER", "P50 ms", "P99 ms",
-             "POLLS", "TIMEOUTS", "CRC", "NACKS", "LAST EVENT"]]
+             "POLLS", "TIMEOUTS", "CRC", "NACKS", "LAST EVENT", "WHY"]]
     for name, port in s["ports"].items():
         for m in port["machines"]:
             last = m["last_event"]
@@ -240,14 +287,13 @@ def render_status(s: dict[str, Any]) -> str:
                 _ago(m["last_response_age_s"]), _dash(m["latency_p50_ms"], lambda v: f"{v:.1f}"),
                 _dash(m["latency_p99_ms"], lambda v: f"{v:.1f}"), str(m["polls"]),
                 str(m["timeouts"]), str(m["crc_errors"]), str(m["nacks"]),
-                "-" if last is None else f"{last['type']} ({_ago(last['age_s'])})"])
+                "-" if last is None else f"{last['type']} ({_ago(last['age_s'])})",
+                machine_why(port, m) or "-"])
     out += _table(rows)
-    out += [f"  ! {name}/{m['address']} offline: {m['offline_reason']}"
-            for name, port in s["ports"].items() for m in port["machines"]
-            if m["state"] == "offline" and m.get("offline_reason")]
     out.append("")
-    out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS"]] + [
-        [name, p["device"], p["state"], str(p["failures"])] for name, p in s["ports"].items()])
+    out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS", "WHY"]] + [
+        [name, p["device"], p["state"], str(p["failures"]), port_why(p) or "-"]
+        for name, p in s["ports"].items()])
     o = s["outbox"]
     hours = o["outage_hours_left"]
     capacity = ("no events lately, so no estimate" if hours is None
@@ -274,8 +320,105 @@ def render_status(s: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def port_why(port: dict[str, Any]) -> str | None:
+    """Why a port's driver is not polling, in words (None while it runs)."""
+    if port["state"] == "running":
+        return None
+    error = port.get("last_error")
+    if error:
+        return f"{error} (retrying)"
+    return "starting" if port["state"] == "idle" else "stopped (retrying)"
+
+
+def machine_why(port: dict[str, Any], m: dict[str, Any]) -> str | None:
+    """Why a machine is not online, in words (None while it is)."""
+    if m["state"] == "online":
+        return None
+    if port["state"] != "running":
+        return "port down: " + (port_why(port) or "")
+    if m["state"] != "offline":
+        return None  # not polled yet: the port just started
+    if m["last_response_age_s"] is None:
+        return ("never answered: cabling, SAS address or adapter parity "
+                "(diag probe with the gateway stopped)")
+    if m["crc_errors"] and m["crc_errors"] >= m["timeouts"]:
+        return "garbled answers (CRC errors): noise, cable or baud/parity"
+    return f"no answer for {format_duration(m['last_response_age_s'])}: machine off, cable or address"
+
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+NAGIOS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+
+def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
+           uplink_critical_s: float = 900.0) -> tuple[int, list[str]]:
+    """A status snapshot judged for monitoring: (Nagios code, one line per problem, worst
+    first). CRITICAL: nothing polled, outbox stalled, disk full, uplink down past the critical
+    limit. WARNING: a port or machine down, the outbox unreadable, the uplink down a while."""
+    found: list[tuple[int, str]] = []
+    machines = [(name, p, m) for name, p in s["ports"].items() for m in p["machines"]]
+    online = sum(m["state"] == "online" for _, _, m in machines)
+    for name, port in s["ports"].items():
+        why = port_why(port)
+        if why is not None and (port["state"] != "idle" or port.get("last_error")):
+            found.append((WARNING, f"port {name} down: {why}"))
+    for name, port, m in machines:
+        why = machine_why(port, m)
+        if why is not None and not why.startswith("port down"):
+            found.append((WARNING, f"{name}/{m['address']} offline: {why}"))
+    polled = any(m["state"] != "not polled yet" for _, _, m in machines)
+    if machines and online == 0 and polled:
+        found.append((CRITICAL, f"no machine online (0/{len(machines)})"))
+    watchdog = s["gateway"]["watchdog"]
+    if not watchdog["alive"]:
+        found.append((CRITICAL, f"outbox stalled {watchdog['oldest_in_flight_s']:.0f}s: "
+                                "events do not become durable (disk?)"))
+    o = s["outbox"]
+    if o.get("intake_stopped"):
+        found.append((CRITICAL, "disk full: outbox intake stopped, machines hold their events"))
+    if o.get("error"):
+        found.append((WARNING, f"cannot read the outbox file: {o['error']}"))
+    u = s["uplink"]
+    down = u.get("down_for_s")
+    if not u["connected"] and down is not None and down >= uplink_warning_s:
+        level = CRITICAL if down >= uplink_critical_s else WARNING
+        found.append((level, f"uplink down {format_duration(down)} ({u['state']})"
+                             + (f": {u['last_error']}" if u.get("last_error") else "")))
+    found.sort(key=lambda item: -item[0])
+    return max((level for level, _ in found), default=OK), [text for _, text in found]
+
+
+def render_check(s: dict[str, Any], code: int, problems: list[str]) -> str:
+    """Nagios plugin output: status line with performance data, then one line per problem."""
+    machines = [m for p in s["ports"].values() for m in p["machines"]]
+    online = sum(m["state"] == "online" for m in machines)
+    u, o = s["uplink"], s["outbox"]
+    summary = s["gateway"]["status"] if not problems else f"{problems[0]}; {s['gateway']['status']}"
+    perf = (f"online={online};;;0;{len(machines)} queued={o['depth']};;;0 "
+            f"uplink_down_s={0 if u['connected'] else round(u.get('down_for_s') or 0)}s;;;0")
+    return "\n".join([f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}", *problems[1:]])
+
+
 def _clock(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _check(path: Path, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        status = await fetch_status(path)
+        code, problems = assess(status, uplink_warning_s=args.uplink_warning,
+                                uplink_critical_s=args.uplink_critical)
+        text = render_check(status, code, problems)
+    except GatewayNotRunningError as err:
+        print(f"CASINO-GATEWAY CRITICAL - {err}", file=out)
+        return CRITICAL
+    except (ControlClientError, OSError, ValueError, KeyError, TypeError,
+            trio.TooSlowError) as err:
+        # A monitoring check never ends in a traceback: whatever made no sense is UNKNOWN.
+        print(f"CASINO-GATEWAY UNKNOWN - {type(err).__name__}: {err}", file=out)
+        return UNKNOWN
+    print(text, file=out)
+    return code
 
 
 async def _status(path: Path, as_json: bool, watch: float | None, out: TextIO) -> int:
@@ -597,6 +740,7 @@ def _advise(report: dict[str, Any]) -> None:
 
 
 def render_probe(report: dict[str, Any]) -> str:
+    report = _scrub(report)
     out = [f"probe {report['device']} address {report['address']}"]
     if "error" in report:
         out.append(f"  cannot open: {report['error']}")
@@ -620,14 +764,28 @@ def _run(fn: Callable[[], Any]) -> int:
     try:
         result: int = trio.run(fn)
     except ControlClientError as err:
-        print(f"casino-gateway diag: {err}", file=sys.stderr)
+        print(f"casino-gateway diag: {sanitize(str(err))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 0
+        return EXIT_INTERRUPTED  # --watch and trace end with Ctrl-C (docs/operations.md)
     return result
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.check:
+        if args.watch is not None or args.json:
+            print("casino-gateway diag: --check is one line for monitoring; it does not go "
+                  "with --watch or --json", file=sys.stderr)
+            return 2
+        try:
+            path = socket_path(args)
+        except ConfigError as err:
+            print(f"CASINO-GATEWAY UNKNOWN - configuration error: {err}")
+            return UNKNOWN
+        try:
+            return trio.run(_check, path, args, sys.stdout)
+        except KeyboardInterrupt:
+            return UNKNOWN
     path = socket_path(args)
     return _run(lambda: _status(path, args.json, args.watch, sys.stdout))
 

@@ -57,9 +57,14 @@ class EventSpec:
 
 CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     # system
-    EventSpec("gatewayStarted", "system", "1.0.0", "The gateway process started.",
-              fields={"version": STR, "ports": {"type": "array"}}, required=("version",)),
-    EventSpec("gatewayStopping", "system", "1.0.0", "The gateway is shutting down cleanly.",
+    EventSpec("gatewayStarted", "system", "1.1.0",
+              "The gateway process started. clock_synchronised: whether the system clock was "
+              "synchronised (absent: unknown); when false, timestamps may be off.",
+              fields={"version": STR, "ports": {"type": "array"}, "clock_synchronised": BOOL},
+              required=("version",)),
+    EventSpec("gatewayStopping", "system", "1.0.0",
+              "The gateway is stopping cleanly (reason: the signal, e.g. SIGTERM); the last event "
+              "before a clean stop. A gatewayStarted without one before it follows a crash.",
               fields={"reason": STR}),
     EventSpec("deviceOnline", "system", "1.0.0", "A machine answered after silence or at start.",
               "first valid answer"),
@@ -81,13 +86,18 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     EventSpec("powerApplied", "system", "1.0.0", "The machine reported AC power applied.", "exc 17"),
     EventSpec("uplinkDown", "system", "1.0.0", "The platform connection was lost.",
               fields={"reason": STR}, required=("reason",)),
-    EventSpec("uplinkUp", "system", "1.0.0", "The platform connection is (re-)established.",
-              fields={"down_for_s": {"type": ["number", "null"]}}),
+    EventSpec("uplinkUp", "system", "1.1.0",
+              "The platform connection is (re-)established; down_for_s: seconds since the "
+              "previous connection was lost (since start-up for the first), 3 decimals; "
+              "clock_synchronised as in gatewayStarted, at this moment.",
+              fields={"down_for_s": {"type": "number", "minimum": 0},
+                      "clock_synchronised": BOOL}, required=("down_for_s",)),
     EventSpec("lossMarker", "system", "1.0.0",
-              "Events were lost or shed; says what and why (reason: bufferOverflow, shed, "
-              "quarantine, database-corrupt). For quarantine, first_seq..last_seq are the seqs "
-              "moved aside and this event takes the seq after them.",
-              "exc 70, shedding, quarantine",
+              "Events were lost or shed; says what and why (reason: shed, quarantine, "
+              "database-corrupt). For quarantine, first_seq..last_seq are the seqs moved aside "
+              "and this event takes the seq after them. (A machine's own queue overflow, "
+              "exception 70, is the bufferOverflow event.)",
+              "shedding, quarantine, unreadable outbox",
               fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
                       "last_seq": INT}, required=("reason",)),
     EventSpec("keyRotated", "system", "1.0.0",
@@ -140,7 +150,10 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"amount": MONEY, "validation_number": STR}),
     EventSpec("ticketInserted", "cash", "1.0.0", "A ticket was inserted.", "exc 67",
               fields={"amount": MONEY, "validation_number": STR}),
-    EventSpec("meterSnapshot", "cash", "1.0.0", "A periodic read of the machine's meters.",
+    EventSpec("meterSnapshot", "cash", "1.0.0",
+              "A periodic read of the machine's meters: coin_in, coin_out, drop, jackpot, "
+              "cancelled_credits and current_credits count credits (times denomination.minor "
+              "gives minor units); every other meter is a count (games, bills, ...).",
               "LP 1A, 0F, 1C, 6F", droppable=True,
               fields={"meters": {"type": "object", "additionalProperties": INT},
                       "denomination": MONEY}, required=("meters",)),

@@ -1,4 +1,6 @@
 """Logging setup: structlog, JSON lines under systemd (journal) or when asked, readable on a tty.
+On the journal stream each line carries its syslog priority (`<4>` for a warning), so
+`journalctl -p warning` filters.
 
 Secrets never reach a log call: token and key contents are read where they are used and only
 their file paths are ever mentioned.
@@ -6,24 +8,62 @@ their file paths are ever mentioned.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "journal_prefix", "under_journal"]
 
 _HANDLER_NAME = "casino-gateway"
+# syslog priorities (sd-daemon(3)): journald reads a leading "<N>" on a stream line as the line's
+# priority, so `journalctl -p warning` shows warnings and worse only.
+PRIORITY = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "warn": 4, "error": 3,
+            "exception": 3, "critical": 2}
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", *, stream=None) -> None:
+def under_journal(stream: TextIO) -> bool:
+    """True if `stream` is the journal stream systemd connected (JOURNAL_STREAM names its
+    device and inode; a redirected stderr under systemd is not the journal)."""
+    wanted = os.environ.get("JOURNAL_STREAM")
+    if not wanted:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return wanted == f"{st.st_dev}:{st.st_ino}"
+
+
+def journal_prefix(level: str, stream: TextIO) -> str:
+    """'<3>' for an error line on the journal stream, '' anywhere else."""
+    return f"<{PRIORITY.get(level, 6)}>" if under_journal(stream) else ""
+
+
+class _Prioritised:
+    """Wraps a renderer: each line starts with its syslog priority, for journald."""
+
+    def __init__(self, renderer: Any) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> str:
+        level = event_dict.get("level", method_name)
+        return f"<{PRIORITY.get(level, 6)}>{self._renderer(logger, method_name, event_dict)}"
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", *,
+                      stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     if fmt == "auto":
         under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
         fmt = "json" if under_systemd or not stream.isatty() else "console"
     renderer = (structlog.processors.JSONRenderer() if fmt == "json"
                 else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    if under_journal(stream):
+        renderer = _Prioritised(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -489,7 +489,13 @@ class Outbox:
         return return_value
 
     def close(self) -> None:
-        """Close the connections and release the outbox lock (the writer must have stopped)."""
+        """Close the connections and release the outbox lock (the writer must have stopped).
+        Acks heard since the writer's last commit are persisted first: the next start must not
+        resend what the platform already confirmed."""
+        if self.delivered_seq != self._delivered_persisted:
+            self._conn.execute("UPDATE meta SET value=? WHERE key='delivered_seq'",
+                               (str(self.delivered_seq),))  # autocommit
+            self._delivered_persisted = self.delivered_seq
         self._conn.close()
         self._read.close()
         if self._lock_fd is not None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
+import os
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,47 +19,102 @@ from typing import Any
 
 from gateway.errors import EXIT_FAILURE, StoreError
 
-__all__ = ["EXPORT_FORMAT", "add_commands", "export_range", "read_export"]
+__all__ = ["EXPORT_FORMAT", "add_commands", "export_range", "open_db", "read_export"]
 
 EXPORT_FORMAT = "casino-gateway-export/1"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("keys", help="the gateway's Ed25519 signing key")
-    p.add_argument("action", choices=["init", "show", "rotate", "export-public"])
-    p.add_argument("--key-file", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="export-public: write to this file")
-    p.add_argument("--db", type=Path, default=None,
-                   help="rotate: the outbox that records the keyRotated event (gateway stopped)")
+    p = sub.add_parser("keys", help="the gateway's Ed25519 signing key",
+                       description="Create, show, export and rotate the gateway's Ed25519 "
+                       "signing key (the platform verifies every event with its public key).")
+    keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = keys.add_parser("init", help="create a new private key file (mode 0600)",
+                        description="Create a new private key file, mode 0600; refuses to "
+                        "overwrite one (the platform knows this gateway by it).")
+    _key_file(k)
+    k = keys.add_parser("show", help="print the key id and public key",
+                        description="Print the key id (kid) and the public key of a private "
+                        "key file.")
+    _key_file(k)
+    k = keys.add_parser("export-public", help="write the public key for the platform",
+                        description="Write the public key and its kid (one line, hex) for "
+                        "the platform to register this gateway with.")
+    _key_file(k)
+    k.add_argument("--out", type=Path, default=None,
+                   help="write to this file (default: standard output)")
+    k = keys.add_parser("rotate", help="replace the key, announcing the new one (gateway "
+                        "stopped)", description=inspect.cleandoc(_rotate.__doc__ or ""),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _key_file(k)
+    k.add_argument("--db", type=Path, default=None,
+                   help="the outbox that records the keyRotated event (gateway stopped)")
     p.set_defaults(func=_cmd_keys)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, help="the outbox database file")
-    common.add_argument("--json", action="store_true",
-                        help="stats: one JSON object; replay: JSON lines")
-    common.add_argument("-n", "--lines", type=int, default=20, help="tail: events to show")
-    common.add_argument("-f", "--follow", action="store_true", help="tail: keep following")
-    common.add_argument("--public-key", type=Path, help="verify/export: public key file (hex)")
-    common.add_argument("--key-file", type=Path, help="verify/export: or the private key file")
-    common.add_argument("--from", dest="from_seq", type=int, default=None,
-                        help="export: first seq")
-    common.add_argument("--to", dest="to_seq", type=int, default=None, help="export: last seq")
-    common.add_argument("--since", type=_timestamp, default=None,
-                        help="export/replay: from this UTC time (ISO 8601, 2026-11-21T06:00Z)")
-    common.add_argument("--until", type=_timestamp, default=None,
-                        help="export/replay: up to (not including) this UTC time")
-    p = sub.add_parser("outbox", help="inspect, verify, export or replay the outbox offline")
+    p = sub.add_parser("outbox", help="inspect, verify, export or replay the outbox offline",
+                       description="Read the outbox database offline (the daemon may run). "
+                       "The file is readable by the service user only: run these as that "
+                       "user (sudo -u casino-gateway ...); `casino-gateway diag` shows the "
+                       "outbox figures to the service's group.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("stats", parents=[common], help="depth, delivered, oldest undelivered")
-    actions.add_parser("tail", parents=[common], help="the last events [-f: and follow]")
-    verify = actions.add_parser("verify", parents=[common],
-                                help="check every signature and link [FILE: outbox or export]")
-    verify.add_argument("file", nargs="?", type=Path, default=None)
-    export = actions.add_parser("export", parents=[common],
-                                help="write a self-contained, verifiable file of a range")
-    export.add_argument("file", nargs="?", type=Path, default=None)
-    actions.add_parser("replay", parents=[common], help="events between --since and --until")
+    a = actions.add_parser("stats", help="depth, delivered, oldest undelivered",
+                           description="Depth, delivered mark, oldest undelivered event.")
+    _db(a, required=True)
+    _json(a, "one JSON object")
+    a = actions.add_parser("tail", help="the last events [-f: and follow]",
+                           description="The last events, oldest first; -f keeps following "
+                           "the file as the daemon commits.")
+    _db(a, required=True)
+    a.add_argument("-n", "--lines", type=int, default=20, help="events to show (default 20)")
+    a.add_argument("-f", "--follow", action="store_true", help="keep following")
+    _json(a, "one JSON object per event (bytes as hex)")
+    a = actions.add_parser("verify", help="check every signature and link [FILE: outbox or "
+                           "export]", description="Check every event's hash, signature and "
+                           "link to the one before. FILE is an outbox or an export; exit 0 "
+                           "OK, 1 BROKEN.")
+    a.add_argument("file", nargs="?", type=Path, default=None)
+    _db(a, required=False)
+    _trust(a)
+    _json(a, "the report as one JSON object")
+    a = actions.add_parser("export", help="write a self-contained, verifiable file of a range",
+                           description="Write a self-contained file of a range of events, "
+                           "with the public keys needed to verify it.")
+    a.add_argument("file", nargs="?", type=Path, default=None)
+    _db(a, required=True)
+    _trust(a)
+    a.add_argument("--from", dest="from_seq", type=int, default=None, help="first seq")
+    a.add_argument("--to", dest="to_seq", type=int, default=None, help="last seq")
+    _time_range(a)
+    a = actions.add_parser("replay", help="events between --since and --until",
+                           description="Events committed between --since and --until.")
+    _db(a, required=True)
+    _time_range(a)
+    _json(a, "one JSON object per event (bytes as hex)")
     p.set_defaults(func=_cmd_outbox, file=None)
+
+
+def _key_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", type=Path, required=True, help="the private key file")
+
+
+def _db(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--db", type=Path, required=required, help="the outbox database file")
+
+
+def _json(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=what)
+
+
+def _trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-key", type=Path, help="public key file (hex) to verify against")
+    p.add_argument("--key-file", type=Path, help="or the private key file")
+
+
+def _time_range(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=_timestamp, default=None,
+                   help="from this UTC time (ISO 8601, 2026-11-21T06:00Z)")
+    p.add_argument("--until", type=_timestamp, default=None,
+                   help="up to (not including) this UTC time")
 
 
 def _timestamp(text: str) -> float:
@@ -169,15 +227,58 @@ def _rotate(args: argparse.Namespace) -> int:
 
 # -- outbox ---------------------------------------------------------------------------------------
 
+def open_db(path: Path) -> sqlite3.Connection:
+    """open_readonly, with what stops this user reading the file said in one line (a StoreError,
+    which the CLI prints and exits 1 with) instead of a traceback."""
+    from gateway.outbox import open_readonly
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StoreError(f"no outbox at {path}") from None
+    except PermissionError:
+        raise StoreError(f"cannot reach {path}: permission denied on its directory; run as the "
+                         "service user (sudo -u casino-gateway ...), or use casino-gateway "
+                         "diag, which shows the outbox to the service's group") from None
+    if not os.access(path, os.R_OK):
+        raise StoreError(
+            f"cannot read {path}: permission denied (mode {stat.S_IMODE(st.st_mode):04o}, owner "
+            f"{_owner(st.st_uid)}); run as the service user (sudo -u {_owner(st.st_uid)} "
+            "casino-gateway outbox ...), or use casino-gateway diag, which shows the outbox "
+            "to the service's group")
+    conn = open_readonly(path)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        raise StoreError(f"cannot read {path}: {err} (the WAL files beside it must be "
+                         "readable and writable too: run as the service user)") from None
+    return conn
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _json_envelope(body: bytes) -> str:
+    from gateway.signing import decode_envelope
+
+    env = decode_envelope(body)
+    return json.dumps({k: v.hex() if isinstance(v, bytes) else v for k, v in env.items()},
+                      sort_keys=True)
+
+
 def _cmd_outbox(args: argparse.Namespace) -> int:
-    from gateway.outbox import describe, iter_envelopes, open_readonly, outbox_figures
+    from gateway.outbox import describe, iter_envelopes, outbox_figures
 
     if args.action == "verify":
         return _verify(args)
-    if args.db is None:
-        print(f"outbox {args.action} needs --db OUTBOX", file=sys.stderr)
-        return 2
-    conn = open_readonly(args.db)
+    conn = open_db(args.db)
     if args.action == "stats":
         figures = outbox_figures(conn)
         if args.json:
@@ -199,7 +300,7 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
         while True:
             printed = False
             for seq, body in iter_envelopes(conn, after):
-                print(describe(body), flush=True)
+                print(_json_envelope(body) if args.json else describe(body), flush=True)
                 after, printed = seq, True
             if watch is None:
                 return 0
@@ -216,17 +317,11 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
 
 def _replay(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
     from gateway.outbox import describe, iter_time_range
-    from gateway.signing import decode_envelope
 
     since = args.since if args.since is not None else 0.0
     until = args.until if args.until is not None else float("inf")
     for _, body in iter_time_range(conn, since, until):
-        if args.json:
-            env = decode_envelope(body)
-            print(json.dumps({k: v.hex() if isinstance(v, bytes) else v for k, v in env.items()},
-                             sort_keys=True))
-        else:
-            print(describe(body))
+        print(_json_envelope(body) if args.json else describe(body))
     return 0
 
 
@@ -361,14 +456,14 @@ def progress_bar(total: int, stream: Any = None) -> Callable[[int], None] | None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.outbox import iter_envelopes, open_readonly
+    from gateway.outbox import iter_envelopes
     from gateway.verify import verify_events
 
     path = args.file or args.db
     if path is None:
         print("outbox verify needs a FILE (an outbox or an export) or --db", file=sys.stderr)
         return 2
-    conn = open_readonly(path)
+    conn = open_db(path)
     export = read_export(conn)
     keys = _trusted_keys(args)
     first_prev = None
@@ -383,26 +478,30 @@ def _verify(args: argparse.Namespace) -> int:
         print("give --public-key FILE (or --key-file FILE) to verify against", file=sys.stderr)
         return 2
     total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    show = progress_bar(total)
+    show = None if args.json else progress_bar(total)
     report = verify_events(iter_envelopes(conn), keys, progress=show, first_prev=first_prev)
     if show is not None:
         show(report.checked)
         print(file=sys.stderr)
+    result = {"ok": report.ok, "checked": report.checked, "first_seq": report.first_seq,
+              "last_seq": report.last_seq, "break_at": report.break_at, "reason": report.reason,
+              "kids": list(report.kids)}
     if report.ok and export is not None and (
             report.checked != export["count"] or report.first_seq != export["first_seq"]
             or report.last_seq != export["last_seq"]):
-        print(f"BROKEN: the export says seq {export['first_seq']}..{export['last_seq']} "
-              f"({export['count']:,} events) but holds seq {report.first_seq}..{report.last_seq} "
-              f"({report.checked:,} events)")
-        return EXIT_FAILURE
-    if report.ok:
+        text = (f"BROKEN: the export says seq {export['first_seq']}..{export['last_seq']} "
+                f"({export['count']:,} events) but holds seq {report.first_seq}.."
+                f"{report.last_seq} ({report.checked:,} events)")
+        result.update(ok=False, reason="export-mismatch")
+    elif report.ok:
         rotated = f"; keys {', '.join(report.kids)}" if len(report.kids) > 1 else ""
-        print(f"OK: {report.checked:,} events verified (seq {report.first_seq}..{report.last_seq})"
-              f"{rotated}")
-        return 0
-    print(f"BROKEN at seq {report.break_at}: {report.reason} "
-          f"({report.checked:,} events verified before it)")
-    return EXIT_FAILURE
+        text = (f"OK: {report.checked:,} events verified (seq {report.first_seq}.."
+                f"{report.last_seq}){rotated}")
+    else:
+        text = (f"BROKEN at seq {report.break_at}: {report.reason} "
+                f"({report.checked:,} events verified before it)")
+    print(json.dumps(result) if args.json else text)
+    return 0 if result["ok"] else EXIT_FAILURE
 
 
 def _verify_key_hex(hex_key: str) -> Any:

@@ -1,4 +1,4 @@
-"""Canonical bytes, the hash chain and Ed25519 signatures (design.md section 6).
+"""Canonical bytes, the hash chain and Ed25519 signatures (docs/uplink-protocol.md section 4).
 
 An envelope is a dict. Its canonical bytes are deterministic msgpack (maps with sorted keys, bytes as
 bin). For the event at `seq`:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import struct
 import subprocess
@@ -202,7 +203,10 @@ class SignerProcess:
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.signing", "--serve"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, close_fds=True)
+            stdout=subprocess.PIPE, close_fds=True,
+            # Its own process group: a terminal's Ctrl-C goes to the foreground group and would
+            # interrupt the child, even while it is still importing (see _serve).
+            process_group=0)
         self._seed: bytes | None = None
 
     def request(self, signer: Signer, digests: list[bytes]) -> None:
@@ -256,6 +260,10 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    # Ctrl-C at the terminal used to reach the child too, and its KeyboardInterrupt traceback
+    # landed in the middle of the demo's summary. The child runs in its own process group, and
+    # ignores a SIGINT sent to it anyway: the parent stops it (EOF on stdin).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     key: nacl.signing.SigningKey | None = None
     while op := stdin.read(1):
         if op == b"K":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_demo_conserves_every_event():
@@ -28,3 +31,45 @@ def test_help_names_every_command():
                             text=True, timeout=30)
     for command in ("run", "demo", "keys", "outbox", "receiver", "simulate"):
         assert command in result.stdout
+
+
+def test_demo_ctrl_c_prints_a_clean_summary(tmp_path: Path):
+    """README: `make demo`, then Ctrl-C. The terminal sends SIGINT to the whole process group,
+    the signing child included; nothing but the summary may appear."""
+    from gateway.filewatch import DirectoryWatch
+    from gateway.outbox import open_readonly
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "demo", "--machines", "2", "--rate", "4",
+         "--feed-port", "0", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("demo: state in"):
+                break
+        # Wait (on the outbox's own writes) until the machines' play was recorded.
+        outbox = tmp_path / "gateway" / "outbox.db"
+        watch = DirectoryWatch(outbox.parent, prefix=outbox.name)
+        try:
+            while True:
+                conn = open_readonly(outbox)
+                try:
+                    played = conn.execute(
+                        "SELECT count(*) FROM events WHERE machine IS NOT NULL").fetchone()[0]
+                finally:
+                    conn.close()
+                if played >= 2:
+                    break
+                watch.wait(recheck_s=1.0)
+        finally:
+            watch.close()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at the terminal does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert "demo: OK - every exception recorded once" in out, out
+    assert proc.returncode == 0

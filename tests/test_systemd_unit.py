@@ -31,3 +31,27 @@ def test_unit_has_the_promised_settings():
                     "RestrictAddressFamilies=", "SystemCallFilter="):
         assert setting in text, setting
     assert "PrivateDevices=yes" not in text  # it would hide the serial ports
+
+
+def test_unit_gives_descriptors_far_above_the_connection_caps():
+    """Issue 15: 1,100 half-open feed requests used all of the default 1,024 descriptors."""
+    from gateway.feed.server import FeedSettings
+
+    limits = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+              if line.startswith("LimitNOFILE=")]
+    assert len(limits) == 1
+    settings = FeedSettings()
+    assert int(limits[0]) >= 8 * (settings.max_connections + 16)
+
+
+def test_unit_checks_the_configuration_before_starting():
+    lines = UNIT.read_text().splitlines()
+    pre = [line for line in lines if line.startswith("ExecStartPre=")]
+    start = next(line for line in lines if line.startswith("ExecStart="))
+    config = start.split("--config ", 1)[1]
+    # Non-strict (a late USB adapter is a warning), on the same file ExecStart runs, and with
+    # '-': run repeats the check and exits 78, which RestartPreventExitStatus honours; a failing
+    # ExecStartPre would be restarted in a loop instead.
+    assert pre == ["ExecStartPre=-/opt/casino-gateway/bin/casino-gateway check --config "
+                   + config]
+    assert "--strict" not in pre[0]

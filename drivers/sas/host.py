@@ -860,7 +860,7 @@ class SasHost:
         if read.ticket is not None:
             self._events.append(CommandFinished(
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
-                {"meters": dict(read.meters)}))
+                {"meters": dict(read.meters), "denomination_cents": m.denom_cents}))
 
     def _resent_after_reset(self, m: _Machine, event: MachineEvent | None, *,
                             rte_frame: bool) -> bool:

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.bounded import InputRejected, loads_json
 from gateway.events import CATALOGUE, CHANNELS
 
 __all__ = [
@@ -89,22 +90,43 @@ class TokenTable:
         self._entries = tuple(entries)
 
     def authenticate(self, token: object) -> Identity | None:
+        entry = self.entry_for(token)
+        return None if entry is None else Identity(entry.name, entry.role)
+
+    def entry_for(self, token: object) -> TokenEntry | None:
+        """The configured entry this token matches, or None."""
         if not isinstance(token, str) or not token:
             return None
         digest = hash_token(token).encode("ascii")
         found = None
         for entry in self._entries:
             if hmac.compare_digest(digest, entry.sha256.encode("ascii")) and found is None:
-                found = Identity(entry.name, entry.role)
+                found = entry
         return found
+
+    def holds(self, entry: TokenEntry) -> bool:
+        """True if `entry` (name, role and hash) is still configured: a session authenticated
+        with it may stay after a reload."""
+        return entry in self._entries
 
 
 class FailureLimiter:
-    """Failed authentications per remote address in a sliding minute. `now` is monotonic seconds."""
+    """Authentication attempts per remote address: failures in a sliding minute plus attempts
+    still in flight (a WebSocket connected and not yet authenticated). Counting those in flight
+    means opening 200 connections first buys no more guesses than opening them one by one.
 
-    def __init__(self, per_minute: int) -> None:
+    Guesses spread over many addresses (20 addresses x 10 each) are bounded too: once all
+    addresses together failed `global_per_minute` times in the last minute, each address gets
+    one attempt at a time and is blocked by its first failure. Staff typing the right token
+    still get in at the first try, so nobody is locked out; only mistakes cost a minute then.
+    `now` is monotonic seconds."""
+
+    def __init__(self, per_minute: int, global_per_minute: int | None = None) -> None:
         self.per_minute = per_minute
+        self.global_per_minute = global_per_minute or 3 * per_minute
         self._failures: dict[str, deque[float]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._all: deque[float] = deque(maxlen=100_000)   # every failure, for the global budget
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.get(address)
@@ -116,13 +138,33 @@ class FailureLimiter:
             del self._failures[address]
         return times
 
+    def under_attack(self, now: float) -> bool:
+        """True while failures from all addresses together exceed the global budget."""
+        while self._all and self._all[0] <= now - 60.0:
+            self._all.popleft()
+        return len(self._all) >= self.global_per_minute
+
     def blocked(self, address: str, now: float) -> bool:
-        return len(self._recent(address, now)) >= self.per_minute
+        attempts = len(self._recent(address, now)) + self._in_flight.get(address, 0)
+        return attempts >= (1 if self.under_attack(now) else self.per_minute)
 
     def retry_after(self, address: str, now: float) -> int:
-        """Whole seconds until the oldest counted failure leaves the window."""
+        """Whole seconds until the oldest counted failure leaves the window (1 while only
+        attempts in flight fill the budget)."""
         times = self._recent(address, now)
-        return max(1, int(times[0] + 60.0 - now) + 1) if times else 0
+        return max(1, int(times[0] + 60.0 - now) + 1) if times else 1
+
+    def begin(self, address: str) -> None:
+        """An attempt starts (counted until `end`)."""
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
+
+    def end(self, address: str) -> None:
+        """The attempt is over: authenticated, failed (also `record`) or disconnected."""
+        left = self._in_flight.get(address, 0) - 1
+        if left > 0:
+            self._in_flight[address] = left
+        else:
+            self._in_flight.pop(address, None)
 
     def record(self, address: str, now: float) -> None:
         # Prune everyone now and then so a scan from many addresses cannot grow the table forever.
@@ -130,6 +172,7 @@ class FailureLimiter:
             for other in list(self._failures):
                 self._recent(other, now)
         self._failures.setdefault(address, deque()).append(now)
+        self._all.append(now)
 
 
 def _json_ready(value: Any) -> Any:
@@ -250,10 +293,13 @@ class Filter:
 class FeedSession:
     """One client's protocol state: unauthenticated until a valid token, then its filter."""
 
-    def __init__(self, tokens: TokenTable, *, commands_enabled: bool) -> None:
+    def __init__(self, tokens: TokenTable, *, commands_enabled: bool,
+                 max_message_bytes: int = 65536) -> None:
         self._tokens = tokens
         self._commands_enabled = commands_enabled
+        self._max_bytes = max_message_bytes
         self.identity: Identity | None = None
+        self.entry: TokenEntry | None = None   # the token entry it authenticated with
         self.filter = Filter()
 
     def wants(self, envelope: dict[str, Any]) -> bool:
@@ -261,12 +307,13 @@ class FeedSession:
 
     def authenticate(self, token: str) -> list[Action]:
         """Authenticate with a token (from the first message or from the subprotocol)."""
-        identity = self._tokens.authenticate(token)
-        if identity is None:
+        entry = self._tokens.entry_for(token)
+        if entry is None:
             return [AuthFailed(), Send(error("auth_failed", "unknown token")),
                     Close(POLICY_VIOLATION, "authentication failed")]
-        self.identity = identity
-        return [Authenticated(identity)]
+        self.entry = entry
+        self.identity = Identity(entry.name, entry.role)
+        return [Authenticated(self.identity)]
 
     def receive(self, frame: str | bytes) -> list[Action]:
         if isinstance(frame, bytes):
@@ -274,8 +321,10 @@ class FeedSession:
                 return self._need_auth()
             return [Send(error("bad_request", "send JSON in text frames, not binary"))]
         try:
-            message = json.loads(frame)
-        except ValueError:
+            # Size, depth and number budgets (gateway/bounded.py): a hostile frame is an
+            # InputRejected here, never a RecursionError or an OverflowError further on.
+            message = loads_json(frame, max_bytes=self._max_bytes)
+        except InputRejected:
             message = None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             if self.identity is None:

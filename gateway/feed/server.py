@@ -22,11 +22,14 @@ browser never slows the outbox (design.md sections 7 and 10; docs/feed-protocol.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import math
+import resource
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +42,28 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from drivers.base import MachineRef
 from gateway import __version__
+from gateway.accepting import CAPACITY_ERRNOS, serve_accepting, summarize_suppressed
 from gateway.errors import GatewayError, StoreError
 from gateway.events import rfc3339, system_draft
+from gateway.feed.guard import Admission, LogThrottle, Ticket
+from gateway.feed.http import (
+    CONTENT_TYPES,
+    MAX_HEADER_BYTES,
+    REASONS,
+    Prefixed,
+    header,
+    is_loopback,
+    linger,
+    next_event,
+    refuse,
+    remote_address,
+    request_bytes,
+    respond,
+    same_origin,
+)
 from gateway.feed.protocol import (
     EVENTS_FRAME_OVERHEAD,
+    POLICY_VIOLATION,
     SUBPROTOCOL,
     TOKEN_PREFIX,
     Acknowledge,
@@ -76,24 +97,12 @@ log = structlog.get_logger(__name__)
 CommandHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 STATIC_DIR = Path(__file__).parent / "static"
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
-                 ".png": "image/png", ".ico": "image/x-icon", ".json": "application/json"}
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"cache-control", b"no-cache"),
-    (b"content-security-policy",
-     b"default-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'"),
-]
-HEADER_TIMEOUT_S = 30.0     # a slow or idle HTTP client gets this long to send a request
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0       # how long a closing handshake (or a "too slow" close) may take
 SHUTDOWN_CLOSE_S = 0.25     # per client, while the daemon stops
 REPLAY_PAGE = 500
 FANOUT_CHUNK = 16           # clients served in one go during a flush ...
 FANOUT_GAP_S = 0.001        # ... then the trio thread idles this long (see _flush)
-MAX_HEADER_BYTES = 16_384   # request line and headers; more is answered with 431
-_REASONS = {431: b"Request Header Fields Too Large"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,14 @@ class FeedSettings:
     batch_interval_s: float = 0.05      # at most one events frame per client per interval
     max_frames_per_s: int = 2000        # and all clients together about this many frames a second
     max_frame_bytes: int = 256 * 1024   # an events frame holds at most this much (or one event)
+    # Connection caps (gateway/feed/guard.py): far below LimitNOFILE, so a flood never takes the
+    # descriptors the outbox, the uplink, the serial ports and the control socket need.
+    max_connections: int = 256
+    max_connections_per_address: int = 32
+    max_unauthenticated: int = 64
+    max_unauthenticated_per_address: int = 8
+    header_timeout_s: float = 30.0      # an idle or slow HTTP client gets this long per request
+    bind_retry_s: float = 5.0           # the port is taken: try again this often, keep polling
 
     def __post_init__(self) -> None:
         if self.client_queue < 2:
@@ -127,6 +144,10 @@ class FeedSettings:
             raise ValueError("max_frames_per_s must be at least 1")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together: set both or neither")
+        if self.max_connections_per_address > self.max_connections or \
+                self.max_unauthenticated_per_address > self.max_unauthenticated:
+            raise ValueError("a per-address cap above its listener cap lets one address lock "
+                             "out the others")
 
     @classmethod
     def from_config(cls, section: FeedSection) -> FeedSettings:
@@ -172,6 +193,7 @@ class _Client:
     queue_size: int
     sender_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     too_slow: bool = False
+    closing: tuple[int, str] | None = None   # set by `close_soon`: the sender closes with it
     skip_through: int = 0
     queued: int = 0
 
@@ -194,6 +216,26 @@ class _Client:
         self.send.send_nowait(item)
         return True
 
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close ahead of anything still queued (its token was revoked)."""
+        if self.closing is None and not self.too_slow:
+            self.closing = (code, reason)
+            self.send.send_nowait(("close",))
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """An authentication attempt in flight, counted by the limiter until `done()`."""
+
+    limiter: FailureLimiter
+    remote: str
+    open: bool = True
+
+    def done(self) -> None:
+        if self.open:
+            self.open = False
+            self.limiter.end(self.remote)
+
 
 @dataclass(frozen=True, slots=True)
 class FeedStatistics:
@@ -205,31 +247,6 @@ class FeedStatistics:
     frames_queued: int      # events frames put into client queues
     frames_sent: int        # frames written by the senders (merged frames count once)
     dropped: int            # clients dropped as too slow
-
-
-class _Prefixed(trio.abc.Stream):
-    """A stream that first yields bytes already read by h11, so trio-websocket sees the upgrade
-    request as if it had read it itself."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class _Collector:
@@ -308,6 +325,12 @@ class FeedServer:
         self._command_handler = command_handler
         self._tokens = TokenTable(settings.tokens)
         self._limiter = FailureLimiter(settings.auth_failures_per_minute)
+        self._admission = _admission(settings, _descriptor_limit())
+        self._throttle = LogThrottle(60.0)
+        self.port: int | None = None        # once bound
+        self.listening = trio.Event()       # set once bound
+        self.bind_error: str | None = None  # while the port cannot be bound
+        self.bind_failures = 0
         self._clients: set[_Client] = set()
         self._acking: set[int] = set()
         self._priming = True
@@ -328,6 +351,21 @@ class FeedServer:
         self._clients_gauge.set_function(lambda: len(self._clients))
         self._dropped = Counter("gateway_feed_dropped_clients", "Feed clients dropped as too slow.",
                                 registry=self.registry)
+        self._auth_failures = Counter("gateway_feed_auth_failures", "Feed logins with an unknown "
+                                      "token.", registry=self.registry)
+        self._rate_limited = Counter("gateway_feed_rate_limited", "Feed logins answered 429: too "
+                                     "many attempts from the address.", registry=self.registry)
+        self._refused = Counter("gateway_feed_refused_connections", "Feed connections closed at "
+                                "once: a connection cap was reached.", ["reason"],
+                                registry=self.registry)
+        self._handler_errors = Counter("gateway_feed_handler_errors", "Feed connections "
+                                       "ended by an unexpected error (a bug).",
+                                       registry=self.registry)
+        self._accept_full = Counter("gateway_feed_accept_failures", "Accepts that failed for "
+                                    "lack of file descriptors or memory.", registry=self.registry)
+        connections = Gauge("gateway_feed_connections", "Open feed connections (HTTP and "
+                            "WebSocket).", registry=self.registry)
+        connections.set_function(lambda: self._admission.open)
         self._durable = Histogram(
             "gateway_capture_to_durable_seconds", "From capture to committed in the outbox.",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
@@ -353,18 +391,86 @@ class FeedServer:
             latencies = self.outbox.durable_latencies
             self._last_latency = latencies[-1] if latencies else None
             await self._prime()
-            listeners = await self._listen()
-            sock = getattr(listeners[0], "transport_listener", listeners[0]).socket
-            port = sock.getsockname()[1]
-            log.info("feed listening", host=self.settings.host, port=port,
-                     tls=self.settings.certfile is not None)
+            self._warn_if_clear()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fanout)
-                task_status.started(port)
-                await trio.serve_listeners(self._serve_connection, listeners,
-                                           handler_nursery=nursery)
+                nursery.start_soon(partial(summarize_suppressed, self._throttle,
+                                           "feed: repeated warnings not logged one by one",
+                                           listener="feed"))
+                listeners = await self._listen_or_retry(task_status)
+                for listener in listeners:
+                    nursery.start_soon(partial(
+                        serve_accepting, listener, self._serve_connection, nursery, name="feed",
+                        on_full=self._accept_full.inc))
         finally:
             self.outbox.commit_listeners.remove(self._on_commit)
+
+    async def _listen_or_retry(self, task_status: trio.TaskStatus[int]) -> list[Any]:
+        """Bind; report the port. A port in use (another program, an old gateway still
+        stopping) is not fatal: report started with None so the daemon goes on polling, say so
+        in the log (once a minute) and in `health()` / diag, and try again every
+        `bind_retry_s`. Other bind errors are configuration errors and raise."""
+        reported = False
+        while True:
+            try:
+                listeners = await self._listen()
+            except OSError as err:
+                if err.errno not in _RETRY_BIND_ERRNOS:
+                    raise
+                self.bind_failures += 1
+                self.bind_error = f"cannot listen on {self.settings.host}:{self.settings.port}: " \
+                                  f"{err.strerror or err}"
+                suppressed = self._throttle.admit("bind", trio.current_time())
+                if suppressed is not None:
+                    log.error("feed port unavailable; polling goes on, retrying",
+                              error=self.bind_error, retry_in_s=self.settings.bind_retry_s,
+                              repeated=suppressed)
+                if not reported:
+                    task_status.started(None)  # type: ignore[arg-type]
+                    reported = True
+                await trio.sleep(self.settings.bind_retry_s)
+                continue
+            sock = getattr(listeners[0], "transport_listener", listeners[0]).socket
+            self.port = sock.getsockname()[1]
+            if self.bind_error is not None:
+                log.warning("feed port bound after retrying", port=self.port,
+                            failures=self.bind_failures)
+            self.bind_error = None
+            self.listening.set()
+            log.info("feed listening", host=self.settings.host, port=self.port,
+                     tls=self.settings.certfile is not None)
+            if not reported:
+                task_status.started(self.port)
+            return listeners
+
+    def _warn_if_clear(self) -> None:
+        """Staff tokens over plain ws:// on an address others can reach travel in clear."""
+        if self.settings.certfile is None and self.settings.tokens \
+                and not is_loopback(self.settings.host):
+            log.error("STAFF TOKENS IN CLEAR: the feed listens without TLS on a non-loopback "
+                      "address; anyone on the LAN can read them. Set feed.certfile and "
+                      "feed.keyfile, or listen on 127.0.0.1 behind a TLS proxy",
+                      host=self.settings.host, tokens=len(self.settings.tokens))
+
+    def replace_tokens(self, entries: tuple[TokenEntry, ...]) -> int:
+        """The reloaded token list (SIGHUP). Sessions whose token is gone (or whose name or role
+        changed) are closed with 1008 "token revoked"; returns how many."""
+        self.settings = replace(self.settings, tokens=tuple(entries))
+        self._tokens = TokenTable(entries)
+        revoked = [c for c in self._clients
+                   if c.session.entry is not None and not self._tokens.holds(c.session.entry)]
+        for client in revoked:
+            self._clients.discard(client)
+            client.close_soon(POLICY_VIOLATION, "token revoked")
+            log.info("feed session closed: token revoked", client=client.remote,
+                     name=client.session.identity and client.session.identity.name)
+        return len(revoked)
+
+    def _note(self, message: str, kind: str, **fields: Any) -> None:
+        """A warning about a client, at most once a minute per kind, with the repeat count."""
+        suppressed = self._throttle.admit(kind, trio.current_time())
+        if suppressed is not None:
+            log.warning(message, repeated=suppressed, **fields)
 
     async def _listen(self) -> list[Any]:
         listeners: list[Any] = await trio.open_tcp_listeners(self.settings.port,
@@ -523,54 +629,70 @@ class FeedServer:
     # -- HTTP ------------------------------------------------------------------------------------
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
-        remote = _remote_address(stream)
+        remote = remote_address(stream)
+        ticket = self._admission.admit(remote)
+        if isinstance(ticket, str):
+            self._refused.labels(ticket).inc()
+            self._note("feed connection refused: cap reached", f"refused:{ticket}",
+                       client=remote, reason=ticket)
+            await refuse(stream)
+            return
         try:
-            await self._serve_http(stream, remote)
-            await _linger(stream)
+            await self._serve_http(stream, remote, ticket)
+            await linger(stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError,
                  trio_websocket.ConnectionClosed, h11.RemoteProtocolError):
             pass  # the client went away, sent garbage, or failed its TLS handshake
+        except* Exception as group:
+            # A bulkhead, deliberately: a bug reached from one client's input must not stop
+            # the polling of the floor. It is a bug all the same: counted, logged with its
+            # traceback (once a minute at most), and the connection is closed.
+            self._handler_errors.inc()
+            if self._throttle.admit("handler_bug", trio.current_time()) is not None:
+                log.error("feed connection failed: a bug, please report it", client=remote,
+                          exc_info=group)
         finally:
+            ticket.release()
             await trio.aclose_forcefully(stream)
 
-    async def _serve_http(self, stream: trio.abc.Stream, remote: str) -> None:
+    async def _serve_http(self, stream: trio.abc.Stream, remote: str, ticket: Ticket) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         while True:
             request = None
-            with trio.move_on_after(HEADER_TIMEOUT_S):
+            with trio.move_on_after(self.settings.header_timeout_s):
                 try:
-                    request = await _next_event(conn, stream)
+                    request = await next_event(conn, stream)
                 except h11.RemoteProtocolError as err:
                     # h11 will not frame a response to a request it could not parse: write
                     # the error by hand and close.
                     await stream.send_all(
                         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n"
                         b"content-length: 12\r\nconnection: close\r\n\r\nbad request\n"
-                        % (err.error_status_hint, _REASONS.get(err.error_status_hint,
-                                                              b"Bad Request")))
+                        % (err.error_status_hint, REASONS.get(err.error_status_hint,
+                                                             b"Bad Request")))
                     return
             if not isinstance(request, h11.Request):
                 return
             if request.method not in (b"GET", b"HEAD"):
-                await _respond(conn, stream, 405, b"method not allowed\n", "text/plain",
-                               [(b"allow", b"GET, HEAD")])
+                await respond(conn, stream, 405, b"method not allowed\n", "text/plain",
+                              [(b"allow", b"GET, HEAD")])
                 return
             target = request.target.split(b"?", 1)[0].decode("ascii", "replace")
-            upgrade = _header(request, b"upgrade").lower() == b"websocket"
+            upgrade = header(request, b"upgrade").lower() == b"websocket"
             # Read to the end of the request (a GET has no body); an upgrade request then
             # pauses h11, which leaves any bytes after it in `trailing_data`.
             end = None
-            with trio.move_on_after(HEADER_TIMEOUT_S):
-                end = await _next_event(conn, stream)
+            with trio.move_on_after(self.settings.header_timeout_s):
+                end = await next_event(conn, stream)
                 while end is not None and end is not h11.PAUSED and upgrade:
-                    end = await _next_event(conn, stream)
+                    end = await next_event(conn, stream)
             if end is None:
                 return
             if upgrade:
-                await self._upgrade(conn, stream, request, target, remote)
+                await self._upgrade(conn, stream, request, target, remote, ticket)
                 return
             status, body, ctype = await self._route(target)
-            await _respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
+            await respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -599,7 +721,8 @@ class FeedServer:
                 "outbox": {"depth": depth, "oldest_undelivered_s": await self._oldest_undelivered(),
                            "last_seq": self.outbox.last_seq,
                            "delivered_seq": self.outbox.delivered_seq},
-                "feed": {"clients": len(self._clients)},
+                "feed": {"clients": len(self._clients), "connections": self._admission.open,
+                         "bind_failures": self.bind_failures},
                 "machines": _machines_summary(self.status().get("ports") or {})}
 
     async def _oldest_undelivered(self) -> float:
@@ -614,33 +737,46 @@ class FeedServer:
     # -- WebSocket -------------------------------------------------------------------------------
 
     async def _upgrade(self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request,
-                       target: str, remote: str) -> None:
+                       target: str, remote: str, ticket: Ticket) -> None:
         if target != "/feed":
-            await _respond(conn, stream, 404, b"the feed is at /feed\n", "text/plain")
+            await respond(conn, stream, 404, b"the feed is at /feed\n", "text/plain")
             return
-        origin = _header(request, b"origin").decode("latin-1")
+        origin = header(request, b"origin").decode("latin-1")
         if origin and self.settings.allowed_origins and origin not in self.settings.allowed_origins \
-                and not _same_origin(origin, _header(request, b"host").decode("latin-1")):
-            await _respond(conn, stream, 403, b"origin not allowed\n", "text/plain")
+                and not same_origin(origin, header(request, b"host").decode("latin-1")):
+            await respond(conn, stream, 403, b"origin not allowed\n", "text/plain")
             return
         now = trio.current_time()
         if self._limiter.blocked(remote, now):
+            self._rate_limited.inc()
+            self._note("feed login refused: too many attempts (429)", "429", client=remote)
             retry = str(self._limiter.retry_after(remote, now)).encode()
-            await _respond(conn, stream, 429, b"too many failed authentications\n", "text/plain",
-                           [(b"retry-after", retry)])
+            await respond(conn, stream, 429, b"too many failed authentications\n", "text/plain",
+                          [(b"retry-after", retry)])
             return
-        offered = [p.strip() for p in _header(request, b"sec-websocket-protocol")
+        # Counted from here, before any checkpoint: attempts in flight use up the budget too.
+        self._limiter.begin(remote)
+        attempt = _Attempt(self._limiter, remote)
+        try:
+            await self._websocket(conn, stream, request, remote, ticket, attempt)
+        finally:
+            attempt.done()
+
+    async def _websocket(self, conn: h11.Connection, stream: trio.abc.Stream,
+                         request: h11.Request, remote: str, ticket: Ticket,
+                         attempt: _Attempt) -> None:
+        offered = [p.strip() for p in header(request, b"sec-websocket-protocol")
                    .decode("latin-1").split(",") if p.strip()]
         token = next((p[len(TOKEN_PREFIX):] for p in offered if p.startswith(TOKEN_PREFIX)), None)
         # A browser fails the handshake unless the server picks one of the offered protocols.
         chosen = SUBPROTOCOL if SUBPROTOCOL in offered else (
             TOKEN_PREFIX + token if token is not None else None)
-        raw = _request_bytes(request) + conn.trailing_data[0]
+        raw = request_bytes(request) + conn.trailing_data[0]
         async with trio.open_nursery() as nursery:
             ws = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
                 ws_request = await trio_websocket.wrap_server_stream(
-                    nursery, _Prefixed(stream, raw),
+                    nursery, Prefixed(stream, raw),
                     max_message_size=self.settings.max_message_bytes)
                 ws = await ws_request.accept(subprotocol=chosen)
             if ws is None:
@@ -648,7 +784,7 @@ class FeedServer:
                 return
             client: _Client | None = None
             try:
-                client = await self._serve_client(ws, remote, token)
+                client = await self._serve_client(ws, remote, token, ticket, attempt)
             finally:
                 # Still cancelled here means the server itself is stopping: say "going away".
                 stopping = trio.current_effective_deadline() == -math.inf
@@ -668,8 +804,10 @@ class FeedServer:
                 nursery.cancel_scope.cancel()
 
     async def _serve_client(self, ws: trio_websocket.WebSocketConnection, remote: str,
-                            token: str | None) -> _Client | None:
-        session = FeedSession(self._tokens, commands_enabled=self._command_handler is not None)
+                            token: str | None, ticket: Ticket,
+                            attempt: _Attempt) -> _Client | None:
+        session = FeedSession(self._tokens, commands_enabled=self._command_handler is not None,
+                              max_message_bytes=self.settings.max_message_bytes)
         client = _Client(session, remote, self.settings.client_queue)
         if token is not None:
             actions = session.authenticate(token)
@@ -688,13 +826,17 @@ class FeedServer:
                 await ws.send_message(dumps(action.message))
             elif isinstance(action, AuthFailed):
                 self._limiter.record(remote, trio.current_time())
-                log.warning("feed authentication failed", client=remote)
+                attempt.done()
+                self._auth_failures.inc()
+                self._note("feed authentication failed", "auth_failed", client=remote)
             elif isinstance(action, Close):
                 await ws.aclose(action.code, action.reason)
                 return None
             elif isinstance(action, Authenticated):
                 # No checkpoint between the snapshot and joining: no event is missed or doubled.
                 identity = action.identity
+                attempt.done()
+                ticket.authenticated()
                 client.offer(("text", dumps({
                     "type": "welcome", "name": identity.name, "role": identity.role,
                     "server": {"version": __version__, "gateway_id": self.outbox.gateway_id,
@@ -780,9 +922,11 @@ class FeedServer:
         with client.sender_scope:
             try:
                 held: _Item | None = None
-                while not client.too_slow:
+                while not client.too_slow and client.closing is None:
                     item = held if held is not None else await client.receive.receive()
                     held = None
+                    if item[0] == "close":
+                        break
                     client.queued -= _weight(item)
                     if item[0] == "events":
                         # Merge the events frames already waiting behind this one: a client that
@@ -811,6 +955,9 @@ class FeedServer:
                         await self._replay(ws, client, item[1], item[2])
                 if client.too_slow:
                     await ws.aclose(1008, "too slow")
+                elif client.closing is not None:
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await ws.aclose(*client.closing)
             except trio_websocket.ConnectionClosed:
                 pass
         done.cancel()
@@ -863,59 +1010,31 @@ def _live_frame(batches: list[_Batch], skip_through: int) -> str | None:
     return events_frame(texts) if texts else None
 
 
-def _remote_address(stream: trio.abc.Stream) -> str:
-    inner = getattr(stream, "transport_stream", stream)
-    try:
-        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return "unknown"
+# Descriptors kept for everything but feed connections: the outbox (database, WAL, shm), the
+# command store, the serial ports, the uplink, the signing child, the control socket and its
+# clients (16), the feed's listeners, logging, and a margin.
+FD_RESERVE = 96
 
 
-def _header(request: h11.Request, name: bytes) -> bytes:
-    values = [value for key, value in request.headers if key == name]
-    return b", ".join(values)
+def _descriptor_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _same_origin(origin: str, host: str) -> bool:
-    return bool(host) and origin.split("://", 1)[-1] == host
+def _admission(settings: FeedSettings, nofile: int) -> Admission:
+    """The configured caps, lowered if the process may open fewer descriptors than the feed
+    would need on top of FD_RESERVE: the feed may use at most half of what is left."""
+    budget = max(4, (nofile - FD_RESERVE) // 2) if nofile != resource.RLIM_INFINITY else 1 << 30
+    total = min(settings.max_connections, budget)
+    unauthenticated = min(settings.max_unauthenticated, total)
+    if total < settings.max_connections:
+        log.warning("feed connection caps lowered to fit the descriptor limit",
+                    limit_nofile=nofile, max_connections=total,
+                    max_unauthenticated=unauthenticated)
+    return Admission(
+        total=total, per_address=min(settings.max_connections_per_address, total),
+        unauthenticated=unauthenticated,
+        unauthenticated_per_address=min(settings.max_unauthenticated_per_address,
+                                        unauthenticated))
 
 
-def _request_bytes(request: h11.Request) -> bytes:
-    lines = [b"%s %s HTTP/%s" % (request.method, request.target, request.http_version)]
-    lines += [name + b": " + value for name, value in request.headers.raw_items()]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-async def _linger(stream: trio.abc.Stream) -> None:
-    """Half-close and read what the client still sends, briefly: closing a socket with unread
-    input makes the kernel send a reset, which can destroy the response before it is read."""
-    with trio.move_on_after(1.0):
-        if isinstance(stream, trio.SocketStream):
-            await stream.send_eof()
-        while await stream.receive_some(MAX_HEADER_BYTES):
-            pass
-
-
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
-    """The next h11 event, reading as needed; None once the peer has closed."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(MAX_HEADER_BYTES))
-            continue
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        return event
-
-
-async def _respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, body: bytes,
-                   content_type: str, extra: list[tuple[bytes, bytes]] | None = None, *,
-                   head: bool = False) -> None:
-    headers = [(b"content-type", content_type.encode()),
-               (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS, *(extra or [])]
-    if status >= 400:
-        headers.append((b"connection", b"close"))
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-    if body and not head:
-        await stream.send_all(conn.send(h11.Data(data=body)))
-    await stream.send_all(conn.send(h11.EndOfMessage()))
+_RETRY_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL}) | CAPACITY_ERRNOS

@@ -21,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["ALERT_KINDS", "Alert", "AlertBoard", "UplinkStatus", "machine_label"]
+__all__ = ["ALERT_KINDS", "OPENING_EVENTS", "Alert", "AlertBoard", "UplinkStatus",
+           "machine_label"]
 
 ALERT_KINDS = ("handpay", "door", "tilt", "offline", "bufferOverflow")
 
 _OPENERS = {"handpayPending": "handpay", "doorOpened": "door", "tilt": "tilt",
             "deviceOffline": "offline", "bufferOverflow": "bufferOverflow"}
+OPENING_EVENTS = frozenset(_OPENERS)
 # Alerts without a closing event from the machine: an acknowledgement is what clears them.
 _CLOSED_BY_ACK = frozenset({"tilt", "bufferOverflow"})
 

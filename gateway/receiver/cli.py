@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
 from gateway.receiver.server import COMMAND_CHECK_S, ReceiverSettings, serve_receiver
 from gateway.receiver.store import ReceiverStore
+from gateway.signing import key_id
 
 __all__ = ["add_commands"]
 
@@ -46,6 +49,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     register.add_argument("--token-file", type=Path, required=True)
     register.add_argument("--db", type=Path, required=True)
     register.set_defaults(func=_cmd_register)
+
+    revoke = sub.add_parser("revoke-key", help="revoke a compromised key id of a gateway "
+                                                "(effective for connections opened afterwards)")
+    revoke.add_argument("gateway_id")
+    revoke.add_argument("kid", help="ed25519:... as the gateway's events name it")
+    revoke.add_argument("--db", type=Path, required=True)
+    revoke.set_defaults(func=_cmd_revoke)
 
     stats = sub.add_parser("stats", help="counters: received, duplicates, bad signatures, gaps")
     stats.add_argument("--db", type=Path, required=True)
@@ -101,18 +111,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    store = ReceiverStore(args.db)
+    try:
+        known = store.revoke_key(args.gateway_id, args.kid)
+    finally:
+        store.close()
+    print(f"revoked {args.kid} of {args.gateway_id}"
+          + ("" if known else " (it was not registered; it can never be learnt now)"))
+    return 0
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
     try:
         token = args.token_file.read_text().strip()
-        pubkey = args.pubkey_file.read_text().split()[0]
+        words = args.pubkey_file.read_text().split()
+        pubkey = words[0]
     except (OSError, IndexError) as err:
         print(f"receiver register: {err}", file=sys.stderr)
         return 1
     if not token:
         print(f"receiver register: token file {args.token_file} is empty", file=sys.stderr)
         return 1
+    stated = words[1] if len(words) > 1 else None
+    try:
+        derived = key_id(VerifyKey(bytes.fromhex(pubkey)))
+    except (ValueError, CryptoError) as err:
+        print(f"receiver register: {args.pubkey_file} is not a hex Ed25519 public key: {err}",
+              file=sys.stderr)
+        return 1
+    if stated is not None and stated != derived:
+        # docs/uplink-protocol.md P-KEY-1: the kid is derived from the key, never taken on trust.
+        print(f"receiver register: {args.pubkey_file} names kid {stated}, but its key's kid is "
+              f"{derived}", file=sys.stderr)
+        return 1
     store = ReceiverStore(args.db)
     try:
+        if store.revoked(args.gateway_id, derived):
+            print(f"receiver register: key {derived} of {args.gateway_id} was revoked; "
+                  f"register a new key", file=sys.stderr)
+            return 1
         kid = store.register(args.gateway_id, token, pubkey)
     except ValueError as err:
         print(f"receiver register: {args.pubkey_file} is not a hex Ed25519 public key: {err}",

@@ -30,6 +30,7 @@ import trio
 from nacl.signing import VerifyKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from gateway.bounded import InputRejected, check_plain
 from gateway.receiver.store import Checked, ReceiverStore, verify_events
 from gateway.uplink import protocol as proto
 
@@ -100,7 +101,7 @@ async def _close(ws: WebSocketConnection, code: int, message: str) -> None:
             await ws.send_message(proto.encode(proto.Error(code, message)))
         except ConnectionClosed:
             pass
-        await ws.aclose(code, message[:120])
+        await ws.aclose(code, proto.close_reason(message))
 
 
 class _Receiver:
@@ -112,6 +113,7 @@ class _Receiver:
         self.verifiers = trio.CapacityLimiter(VERIFY_THREADS)
         self.commands_added = trio.Event()
         self.commands_done = trio.Event()
+        self.live: dict[str, _Live] = {}  # gateway id -> its current connection
 
     async def submit_command(self, gateway_id: str, name: str, target: dict[str, Any] | None,
                              args: dict[str, Any] | None, command_id: str | None) -> str:
@@ -217,21 +219,40 @@ class _Receiver:
         gid, epoch = hello.gateway_id, hello.epoch
         async with self.lock:
             allowed = self.store.check_token(gid, token)
-            keys = self.store.keys(gid)
-            high_water = self.store.high_water(gid, epoch)
         if not allowed:
             log.warning("receiver refused gateway", gateway_id=gid, reason="token mismatch")
             await _close(ws, proto.CLOSE_AUTH, "token does not belong to this gateway")
             return
-        await ws.send_message(proto.encode(proto.Welcome(epoch, high_water)))
-        log.info("receiver gateway connected", gateway_id=gid, epoch=epoch, high_water=high_water)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_commands, ws, gid)
-            try:
-                await self._stream(ws, gid, epoch, keys)
-            except ConnectionClosed:
-                pass
-            nursery.cancel_scope.cancel()
+        me = _Live(ws)
+        previous, self.live[gid] = self.live.get(gid), me
+        try:
+            if previous is not None:
+                # The newer connection takes over; the old one stops committing before the
+                # welcome's mark is read (docs/uplink-protocol.md P-TAKEOVER-1).
+                log.warning("receiver connection taken over", gateway_id=gid)
+                await previous.supersede()
+            async with self.lock:
+                keys = self.store.keys(gid)
+                high_water = self.store.high_water(gid, epoch)
+            await ws.send_message(proto.encode(proto.Welcome(epoch, high_water)))
+            log.info("receiver gateway connected", gateway_id=gid, epoch=epoch,
+                     high_water=high_water)
+            with me.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_commands, ws, gid)
+                    try:
+                        await self._stream(ws, gid, epoch, keys)
+                    except ConnectionClosed:
+                        pass
+                    nursery.cancel_scope.cancel()
+            me.done.set()  # commits nothing more: the newer connection may read the mark
+            if me.superseded:
+                await _close(ws, proto.CLOSE_SUPERSEDED,
+                             "a newer connection of this gateway took over")
+        finally:
+            if self.live.get(gid) is me:
+                del self.live[gid]
+            me.done.set()
 
     async def _stream(self, ws: WebSocketConnection, gid: str, epoch: str,
                       keys: dict[str, VerifyKey]) -> None:
@@ -254,6 +275,8 @@ class _Receiver:
                         message = proto.decode(data, max_events=MAX_EVENTS_PER_FRAME)
                         if not isinstance(message, proto.Events | proto.CommandResult):
                             raise proto.ProtocolViolation(f"unexpected {type(message).__name__}")
+                        if isinstance(message, proto.CommandResult):
+                            _check_result(message)
                     except proto.ProtocolViolation as violation:
                         # The frames before it are committed and acked first, then the close.
                         await send.send(_Frame([], violation=violation))
@@ -315,6 +338,35 @@ class _Receiver:
                     await _close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
+
+
+def _check_result(message: proto.CommandResult) -> None:
+    """A command_result is stored as JSON: its data must be JSON-shaped and within budget (a
+    bytes map key, which msgpack allows, raised TypeError in the store), else a violation."""
+    try:
+        check_plain(message.data, max_depth=16, max_items=10_000)
+    except InputRejected as err:
+        raise proto.ProtocolViolation(f"command_result: data {err}") from None
+    if len(message.id) > 256 or len(message.reason) > 4096:
+        raise proto.ProtocolViolation("command_result: id or reason too long")
+
+
+@dataclass(eq=False)
+class _Live:
+    """A gateway's current connection, so a newer one can take over."""
+
+    ws: WebSocketConnection
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    superseded: bool = False
+
+    async def supersede(self) -> None:
+        """Stop the old connection (it sends error + close 4004 itself) and return once it
+        commits nothing more: a commit in progress finishes, its worker thread is not
+        abandoned, and its ack is not sent."""
+        self.superseded = True
+        self.scope.cancel()
+        await self.done.wait()
 
 
 @dataclass(eq=False)

@@ -54,6 +54,12 @@ CREATE TABLE IF NOT EXISTS keys (
     public_key TEXT NOT NULL,
     PRIMARY KEY (gateway_id, kid)
 );
+CREATE TABLE IF NOT EXISTS revoked_keys (
+    gateway_id TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    revoked_at REAL NOT NULL,
+    PRIMARY KEY (gateway_id, kid)
+);
 CREATE TABLE IF NOT EXISTS events (
     gateway_id TEXT NOT NULL,
     epoch TEXT NOT NULL,
@@ -217,6 +223,8 @@ class ReceiverStore:
         """Register (or re-key) a gateway; return the key id of `public_key_hex`."""
         verify_key = nacl.signing.VerifyKey(bytes.fromhex(public_key_hex.strip()))
         kid = key_id(verify_key)
+        if self.revoked(gateway_id, kid):
+            raise ValueError(f"key {kid} of {gateway_id} was revoked; register a new key")
         with self._transaction():
             self._db.execute(
                 "INSERT INTO gateways VALUES (?, ?, ?) ON CONFLICT(gateway_id) DO UPDATE SET "
@@ -226,6 +234,21 @@ class ReceiverStore:
             self._db.execute("INSERT OR IGNORE INTO counters (gateway_id) VALUES (?)",
                              (gateway_id,))
         return kid
+
+    def revoke_key(self, gateway_id: str, kid: str) -> bool:
+        """A compromised key (docs/uplink-protocol.md section 14): events it signs are refused
+        on every connection opened from now on, and no keyRotated can bring it back. Returns
+        whether the key was registered."""
+        with self._transaction():
+            known = self._db.execute("DELETE FROM keys WHERE gateway_id = ? AND kid = ?",
+                                     (gateway_id, kid)).rowcount > 0
+            self._db.execute("INSERT OR IGNORE INTO revoked_keys VALUES (?, ?, ?)",
+                             (gateway_id, kid, time.time()))
+        return known
+
+    def revoked(self, gateway_id: str, kid: str) -> bool:
+        return self._db.execute("SELECT 1 FROM revoked_keys WHERE gateway_id = ? AND kid = ?",
+                                (gateway_id, kid)).fetchone() is not None
 
     def token_known(self, token: str) -> bool:
         row = self._db.execute("SELECT 1 FROM gateways WHERE token_sha256 = ?",
@@ -364,6 +387,10 @@ class ReceiverStore:
         if kid != data.get("new_kid"):
             log.warning("receiver keyRotated names a kid that is not its key's",
                         gateway_id=gateway_id, seq=env.get("seq"))
+            return
+        if self.revoked(gateway_id, kid):
+            log.warning("receiver keyRotated names a revoked key; not learnt",
+                        gateway_id=gateway_id, kid=kid, seq=env.get("seq"))
             return
         keys[kid] = verify_key
         self._db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",

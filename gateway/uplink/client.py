@@ -19,6 +19,7 @@ deadline on every step. The token is read from its file on each connect and neve
 
 from __future__ import annotations
 
+import errno
 import math
 import random as _random
 import ssl
@@ -39,6 +40,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from gateway.clock import clock_synchronised
 from gateway.errors import GatewayError
 from gateway.uplink import protocol as proto
 
@@ -84,6 +86,7 @@ class OutboxLike(Protocol):
     epoch: str
     kids: list[str]
     delivered_seq: int
+    last_seq: int
 
     async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]: ...
     async def wait_appended(self, after_seq: int) -> None: ...
@@ -137,6 +140,11 @@ def _read_token(path: Path) -> str:
     try:
         token = path.read_text().strip()
     except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            # The process (or the box) is out of descriptors for a moment, e.g. during a
+            # connection flood on the feed: not a refusal, so no 300 s backoff.
+            raise UplinkUnavailableError(f"cannot read token file {path}: {err.strerror}; "
+                                         "retrying soon") from None
         raise UplinkRejectedError(f"cannot read token file {path}: {err.strerror}") from None
     if not token:
         raise UplinkRejectedError(f"token file {path} is empty")
@@ -300,8 +308,8 @@ class UplinkClient:
                     retry_in_s=round(delay, 2), attempt=failures)
             await trio.sleep(delay)
 
-    async def _connect(self, nursery: trio.Nursery,
-                       ssl_ctx: ssl.SSLContext | None) -> WebSocketConnection:
+    async def _connect(self, nursery: trio.Nursery, ssl_ctx: ssl.SSLContext | None
+                       ) -> tuple[WebSocketConnection, trio.abc.Stream]:
         t = self._target
         token = _read_token(self.settings.token_file)
         phase = "tcp connect"
@@ -322,7 +330,7 @@ class UplinkClient:
                         extra_headers=[(b"authorization", f"Bearer {token}".encode())],
                         max_message_size=MAX_SERVER_FRAME)
                     watched.scope = None
-                    return ws
+                    return ws, stream
                 raise UplinkUnavailableError("the platform closed the connection during the "
                                              "websocket upgrade")
             except BaseException:
@@ -331,17 +339,19 @@ class UplinkClient:
                 raise
         assert scope.cancelled_caught
         if phase == "tls handshake":
+            # Silence is not a certificate problem (a failed check raises at once): the
+            # platform, or something on the way, accepted TCP and then stopped answering.
             raise UplinkUnavailableError(
-                f"TLS verification failed (no TLS handshake within "
-                f"{self.settings.connect_timeout_s:g} s)")
+                f"platform unresponsive: TCP connected but no TLS handshake within "
+                f"{self.settings.connect_timeout_s:g} s")
         raise UplinkUnavailableError(f"connect timed out during {phase} "
                                      f"({self.settings.connect_timeout_s:g} s)")
 
     async def _session(self, ssl_ctx: ssl.SSLContext | None, down_since: float) -> None:
         s = self.settings
         async with trio.open_nursery() as conn_nursery:
-            ws = await self._connect(conn_nursery, ssl_ctx)
-            close_code = proto.CLOSE_GOING_AWAY
+            ws, stream = await self._connect(conn_nursery, ssl_ctx)
+            close_code, close_reason = proto.CLOSE_GOING_AWAY, "gateway closing the connection"
             try:
                 await ws.send_message(proto.encode(proto.Hello(
                     self.outbox.gateway_id, self.outbox.epoch, tuple(self.outbox.kids))))
@@ -351,15 +361,20 @@ class UplinkClient:
                     raise UplinkUnavailableError(
                         f"no welcome within {s.connect_timeout_s:g} s of the hello")
                 welcome = self._expect_welcome(frame)
+                if welcome.high_water > self.outbox.last_seq:
+                    await self._refuse_mark(ws, welcome.high_water)
                 if welcome.high_water > self.outbox.delivered_seq:
                     await self.outbox.mark_delivered(welcome.high_water)
                 self._last_ack_seq = welcome.high_water
                 self._was_up = True
-                down_for = trio.current_time() - down_since
-                await self.outbox.append_system("uplinkUp", {"down_for_s": down_for})
+                down_for = round(max(0.0, trio.current_time() - down_since), 3)
+                up: dict[str, Any] = {"down_for_s": down_for}
+                if (synchronised := clock_synchronised()) is not None:
+                    up["clock_synchronised"] = synchronised
+                await self.outbox.append_system("uplinkUp", up)
                 self._set_state("connected")
                 log.info("uplink up", url=s.url, high_water=welcome.high_water,
-                         down_for_s=round(down_for, 3))
+                         down_for_s=down_for)
                 window = proto.Window(s.window, welcome.high_water)
                 self._ws = ws
                 async with trio.open_nursery() as tasks:
@@ -367,7 +382,7 @@ class UplinkClient:
                     tasks.start_soon(self._receiver, ws, window)
                     tasks.start_soon(self._heartbeat, ws)
             except proto.ProtocolViolation as violation:
-                close_code = violation.code
+                await _refuse(ws, violation.code, str(violation))
                 raise UplinkUnavailableError(f"platform broke the protocol: {violation}") from None
             finally:
                 if self._ws is ws:
@@ -375,9 +390,25 @@ class UplinkClient:
                 # When we are being cancelled the connection's reader task is too, so nobody
                 # will see the peer's close reply: send our close frame and do not wait for it.
                 grace = 0.05 if trio.current_effective_deadline() == -math.inf else 1.0
-                with trio.CancelScope(shield=True), trio.move_on_after(grace):
-                    await ws.aclose(close_code)
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(grace):
+                        await ws.aclose(close_code, close_reason)
+                    # trio-websocket leaves the TCP socket open after the closing handshake
+                    # (the peer's FIN sat in CLOSE-WAIT through a 300 s rejected backoff).
+                    await trio.aclose_forcefully(stream)
                 conn_nursery.cancel_scope.cancel()
+
+    async def _refuse_mark(self, ws: WebSocketConnection, high_water: int) -> None:
+        """The platform says it holds events of this epoch beyond the last one this outbox
+        wrote (an outbox restored from a backup, or the platform's store confused): never
+        jump over them silently. Error frame, close 4002, an alert, the long backoff."""
+        message = (f"welcome high_water {high_water} is beyond this gateway's last seq "
+                   f"{self.outbox.last_seq} of epoch {self.outbox.epoch}")
+        log.error("uplink platform mark beyond the outbox", high_water=high_water,
+                  last_seq=self.outbox.last_seq, epoch=self.outbox.epoch,
+                  action="refused; see docs/uplink-protocol.md section 5")
+        await _refuse(ws, proto.CLOSE_PROTOCOL, message)
+        raise UplinkRejectedError(f"refused the platform's welcome: {message}")
 
     def _expect_welcome(self, frame: bytes | str) -> proto.Welcome:
         message = proto.decode(frame)
@@ -412,8 +443,7 @@ class UplinkClient:
                 if isinstance(message, proto.Ack):
                     moved = window.acked(message.seq)
             except proto.ProtocolViolation as violation:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose(violation.code)
+                await _refuse(ws, violation.code, str(violation))
                 raise UplinkUnavailableError(
                     f"platform broke the protocol: {violation}") from None
             if isinstance(message, proto.Ack):
@@ -430,10 +460,9 @@ class UplinkClient:
                 self._last_error = f"platform error {message.code}: {message.message}"
                 log.error("uplink platform error", code=message.code, message=message.message)
             else:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose(proto.CLOSE_PROTOCOL)
-                raise UplinkUnavailableError(
-                    f"platform broke the protocol: unexpected {type(message).__name__}")
+                why = f"unexpected {type(message).__name__} frame from the platform"
+                await _refuse(ws, proto.CLOSE_PROTOCOL, why)
+                raise UplinkUnavailableError(f"platform broke the protocol: {why}")
 
     def _start_command(self, command: proto.Command) -> None:
         if not command.id:
@@ -467,8 +496,8 @@ class UplinkClient:
         await self._send_result(answer)
 
     async def _send_result(self, answer: dict[str, Any]) -> None:
-        result = proto.CommandResult(str(answer["id"]), str(answer["result"]),
-                                     str(answer.get("reason") or ""), dict(answer.get("data") or {}))
+        result = proto.command_result(str(answer["id"]), str(answer["result"]),
+                                      str(answer.get("reason") or ""), answer.get("data"))
         ws = self._ws
         if ws is None:
             # No connection now: the platform re-sends the command, which is answered from the
@@ -525,6 +554,17 @@ class _UpgradeWatch(trio.abc.Stream):
     def _ended(self) -> None:
         if self.scope is not None:
             self.scope.cancel()
+
+
+async def _refuse(ws: WebSocketConnection, code: int, message: str) -> None:
+    """Our own protocol close: an `error` frame saying why, then the close with `code` (the
+    close reason is cut to fit a control frame; the error frame carries the whole message)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        try:
+            await ws.send_message(proto.encode(proto.Error(code, message)))
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await ws.aclose(code, proto.close_reason(message))
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

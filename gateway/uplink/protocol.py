@@ -24,7 +24,8 @@ missing or not a non-empty string (the gateway answers that with a rejection, ne
 Close codes (RFC 6455 private range 4000-4999 for ours):
     1000 normal, 1001 going away, 1009 message too big,
     4001 auth refused (unknown gateway, wrong token), 4002 protocol violation,
-    4003 integrity failure (bad signature, bad hash, unknown key).
+    4003 integrity failure (bad signature, bad hash, unknown key),
+    4004 superseded (a newer connection of the same gateway took over; plain backoff).
 A refusal (HTTP 401/403 at the handshake, or 4001/4002/4003) is not cured by reconnecting at once:
 the gateway waits `rejected_backoff_s`. Everything else reconnects with capped exponential backoff
 and full jitter (`backoff_delay`).
@@ -45,6 +46,7 @@ __all__ = [
     "CLOSE_INTEGRITY",
     "CLOSE_NORMAL",
     "CLOSE_PROTOCOL",
+    "CLOSE_SUPERSEDED",
     "CLOSE_TOO_BIG",
     "COMMAND_RESULTS",
     "PROTO",
@@ -60,6 +62,8 @@ __all__ = [
     "Welcome",
     "Window",
     "backoff_delay",
+    "close_reason",
+    "command_result",
     "decode",
     "encode",
 ]
@@ -72,6 +76,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_AUTH = 4001
 CLOSE_PROTOCOL = 4002
 CLOSE_INTEGRITY = 4003
+CLOSE_SUPERSEDED = 4004  # platform: a newer connection of this gateway took over
 REFUSAL_CLOSE_CODES = frozenset({CLOSE_AUTH, CLOSE_PROTOCOL, CLOSE_INTEGRITY})
 
 
@@ -140,6 +145,16 @@ class CommandResult:
     result: str
     reason: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def command_result(command_id: str, result: str, reason: str = "",
+                   data: dict[str, Any] | None = None) -> CommandResult:
+    """The answer frame; a refusal or failure also says why in `data.reason`, so a platform
+    that stores only `data` still learns it."""
+    body = dict(data or {})
+    if result != "ok" and reason:
+        body.setdefault("reason", reason)
+    return CommandResult(command_id, result, reason, body)
 
 
 Message = Hello | Welcome | Events | Ack | Error | Command | CommandResult
@@ -238,6 +253,16 @@ def decode(frame: bytes | str, *, max_events: int | None = None) -> Message:
             raise ProtocolViolation("command_result: reason must be a string, data a map")
         return CommandResult(_field(body, "id", str), result, reason, data)
     raise ProtocolViolation(f"unknown message type {kind!r}")
+
+
+# A close frame's payload is at most 125 bytes: 2 for the code, the rest for the reason.
+CLOSE_REASON_MAX_BYTES = 123
+
+
+def close_reason(message: str) -> str:
+    """`message` cut to fit a close frame (UTF-8, at most 123 bytes, never a split character)."""
+    raw = message.encode("utf-8")[:CLOSE_REASON_MAX_BYTES]
+    return raw.decode("utf-8", errors="ignore")
 
 
 def backoff_delay(attempt: int, *, initial: float, maximum: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 import trio
 
-from drivers.base import CommandOutcome, CommandResult, MachineCommand
+from drivers.base import CommandOutcome, CommandResult, MachineCommand, MachineRef
 from drivers.link import LinkBrokenError
 from gateway.commands import INTERRUPTED, CommandRouter, CommandSettings
+from gateway.events import system_draft
+from gateway.feed.state import AlertBoard
 from gateway.outbox import Outbox
 from gateway.signing import decode_envelope
 from tests.gateway.uplink_fakes import FakeDriver
@@ -43,6 +46,12 @@ def router_for(tmp_path: Path, outbox: Outbox, driver: FakeDriver,
                          outbox, {driver.port: driver})
 
 
+async def append_tilt(outbox: Outbox) -> int:
+    return await outbox.append(system_draft("tilt", {"kind": "reel"}, now=time.time(),
+                                            monotonic=trio.current_time(),
+                                            machine=MachineRef("sas0", 1)))
+
+
 def request(command_id: str, name: str = "disableMachine", target: Any = MACHINE,
             args: Any = None) -> dict[str, Any]:
     return {"id": command_id, "name": name, "target": target, "args": args or {}}
@@ -71,7 +80,8 @@ async def test_executes_once_audits_once_answers_the_same(tmp_path: Path, make_o
 
 
 async def test_remembered_across_a_restart(tmp_path: Path, make_outbox) -> None:
-    driver = FakeDriver(outcome=CommandOutcome(CommandResult.OK, data={"meters": {"coin_in": 7}}))
+    driver = FakeDriver(outcome=CommandOutcome(CommandResult.OK, data={
+        "meters": {"coin_in": 7, "games_played": 2}, "denomination_cents": 5}))
     with trio.fail_after(10):
         async with running(make_outbox) as outbox:
             router = router_for(tmp_path, outbox, driver)
@@ -82,7 +92,10 @@ async def test_remembered_across_a_restart(tmp_path: Path, make_outbox) -> None:
             audits = await envelopes(outbox, "commandExecuted")
             restarted.close()
     assert first == again
-    assert first["data"] == {"meters": {"coin_in": 7}}
+    # Money exact (7 credits of 5 cents), counts with their unit (docs/uplink-protocol.md).
+    assert first["data"] == {"denomination": {"minor": 5, "currency": "USD"},
+                             "money": {"coin_in": {"minor": 35, "currency": "USD"}},
+                             "counts": {"games_played": {"value": 2, "unit": "games"}}}
     assert len(driver.executed) == 1 and len(audits) == 1
     assert audits[0]["data"]["requested_by"] == "staff:ann"
 
@@ -170,6 +183,14 @@ async def test_not_allowed_is_rejected_and_audited(tmp_path: Path, make_outbox) 
     (request("m-11", name="acknowledgeAlert", target={"alert_seq": 3}, args={"note": 5}),
      "malformed command: note must be a string"),
     ({"id": "m-12", "name": "disableMachine", "target": {"port": b"x", "address": 1}},
+     "malformed command: target must be a JSON object"),
+    # Numbers SQLite and msgpack cannot hold (issue 15: OverflowError in the store, exit 1).
+    (request("m-13", target={"port": "sas0", "address": 2**70}),
+     "malformed command: target must be a JSON object"),
+    (request("m-14", name="acknowledgeAlert", target={"alert_seq": 2**70}),
+     "malformed command: target must be a JSON object"),
+    (request("m-15", args={"n": -(2**64)}), "malformed command: args must be a JSON object"),
+    (request("m-16", target={"port": "sas0", "address": 1, "deep": [[[[[[[[[[1]]]]]]]]]]}),
      "malformed command: target must be a JSON object"),
 ])
 async def test_refusals_are_rejected_and_audited(tmp_path: Path, make_outbox,
@@ -259,19 +280,68 @@ async def test_acknowledge_alert_appends_the_acknowledgement(tmp_path: Path,
     with trio.fail_after(10):
         async with running(make_outbox) as outbox:
             router = router_for(tmp_path, outbox, driver)
+            tilt = await append_tilt(outbox)
             answer = await router.handle(
-                request("a-1", "acknowledgeAlert", {"alert_seq": 42}, {"note": "paid by hand"}),
+                request("a-1", "acknowledgeAlert", {"alert_seq": tilt}, {"note": "paid by hand"}),
                 "staff:bob")
             again = await router.handle(
-                request("a-1", "acknowledgeAlert", {"alert_seq": 42}, {"note": "paid by hand"}),
+                request("a-1", "acknowledgeAlert", {"alert_seq": tilt}, {"note": "paid by hand"}),
                 "staff:bob")
             acks = await envelopes(outbox, "alertAcknowledged")
             audits = await envelopes(outbox, "commandExecuted")
             router.close()
     assert answer == again == {"id": "a-1", "result": "ok", "reason": "",
                                "data": {"seq": acks[0]["seq"]}}
-    assert [a["data"] for a in acks] == [{"alert_seq": 42, "by": "staff:bob",
+    assert [a["data"] for a in acks] == [{"alert_seq": tilt, "by": "staff:bob",
                                           "note": "paid by hand"}]
     assert len(audits) == 1 and audits[0]["seq"] > acks[0]["seq"]
-    assert audits[0]["data"]["target"] == {"alert_seq": 42}
+    assert audits[0]["data"]["target"] == {"alert_seq": tilt}
     assert driver.executed == []
+
+
+async def test_acknowledge_alert_only_for_an_alert_that_exists(tmp_path: Path,
+                                                               make_outbox) -> None:
+    """Issue 15: acknowledgeAlert recorded an acknowledgement for any seq. Without the feed's
+    board the router checks the outbox: the seq must hold an event that opens an alert."""
+    driver = FakeDriver()
+    with trio.fail_after(10):
+        async with running(make_outbox) as outbox:
+            router = router_for(tmp_path, outbox, driver)
+            tilt = await append_tilt(outbox)
+            meters = await outbox.append(system_draft("gatewayStarted", {"version": "x",
+                                                                         "ports": []},
+                                                      now=time.time()))
+            missing = await router.handle(
+                request("n-1", "acknowledgeAlert", {"alert_seq": 10_000}), "platform")
+            not_alert = await router.handle(
+                request("n-2", "acknowledgeAlert", {"alert_seq": meters}), "platform")
+            ok = await router.handle(
+                request("n-3", "acknowledgeAlert", {"alert_seq": tilt}), "platform")
+            acks = await envelopes(outbox, "alertAcknowledged")
+            router.close()
+    assert (missing["result"], missing["reason"]) == ("rejected", "no alert has that seq")
+    assert (not_alert["result"], not_alert["reason"]) == ("rejected", "no alert has that seq")
+    assert ok["result"] == "ok"
+    assert [a["data"]["alert_seq"] for a in acks] == [tilt]
+
+
+async def test_acknowledge_alert_checks_the_board_when_there_is_one(tmp_path: Path,
+                                                                    make_outbox) -> None:
+    driver = FakeDriver()
+    board = AlertBoard()
+    with trio.fail_after(10):
+        async with running(make_outbox) as outbox:
+            outbox.commit_listeners.append(lambda envs: [board.apply(e) for e in envs])
+            router = router_for(tmp_path, outbox, driver)
+            router.alerts = board
+            door = await outbox.append(system_draft("doorOpened", {"door": "main"},
+                                                    now=time.time(),
+                                                    machine=MachineRef("sas0", 1)))
+            first = await router.handle(
+                request("b-1", "acknowledgeAlert", {"alert_seq": door}), "platform")
+            second = await router.handle(
+                request("b-2", "acknowledgeAlert", {"alert_seq": door}), "staff:ann")
+            router.close()
+    assert first["result"] == "ok"
+    assert (second["result"], second["reason"]) == ("rejected",
+                                                    "already acknowledged by platform")

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import load_config, parse_config, problems_of
 from gateway.errors import ConfigError
 
 MINIMAL = {
@@ -40,12 +41,30 @@ def test_minimal_config_gets_defaults():
     ("ports", {"addresses": [0]}, "ports[0].addresses[0]", "1-127"),
     ("ports", {"link": "usb"}, "ports[0].link", "auto, serial, pty"),
     ("uplink", {"url": "http://x"}, "uplink.url", "wss://"),
+    # Out-of-range uplink figures used to start a daemon that spun or never sent.
+    ("uplink", {"window": 0}, "uplink.window", "between 1 and 1024"),
+    ("uplink", {"batch_max": 0}, "uplink.batch_max", "between 1 and 10000"),
+    ("uplink", {"heartbeat_s": -1}, "uplink.heartbeat_s", "not 0"),
+    ("uplink", {"backoff_max_s": -5}, "uplink.backoff_max_s", "not 0"),
+    ("uplink", {"backoff_max_s": 0.1, "backoff_initial_s": 1}, "uplink.backoff_max_s",
+     "at least backoff_initial_s"),
+    ("uplink", {"dead_after_s": 5}, "uplink.dead_after_s", "more than heartbeat_s"),
+    # ws:// would carry the bearer token in clear across the network.
+    ("uplink", {"url": "ws://platform.example/v1/stream"}, "uplink.url", "in clear"),
+    ("uplink", {"url": "ws://10.0.0.5:8080/v1/stream"}, "uplink.url", "loopback"),
+    ("uplink", {"url": "wss://x:99999/"}, "uplink.url", "valid port"),
 ])
 def test_errors_name_the_field(section, changes, field, words):
     with pytest.raises(ConfigError) as caught:
         parse_config(with_changes(section, **changes))
     assert caught.value.field == field
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:9000/v1/stream", "ws://[::1]:9000/",
+                                 "ws://localhost/v1/stream", "wss://10.0.0.5/v1/stream"])
+def test_plain_ws_only_to_loopback(url):
+    assert parse_config(with_changes("uplink", url=url)).uplink.url == url
 
 
 def test_missing_required_field():
@@ -82,7 +101,7 @@ def test_example_config_is_valid():
 
 # -- [feed] ------------------------------------------------------------------------------------------
 
-SHA = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"  # sha256("password")
+SHA = hashlib.sha256(b"cgw_a-strong-token-made-by-tokens-new-for-this-test").hexdigest()
 
 
 def test_feed_is_optional_and_has_defaults():
@@ -110,6 +129,13 @@ def test_feed_tokens_parse():
     ({"tokens": [{"name": "a", "sha256": SHA}, {"name": "b", "sha256": SHA}]},
      "feed.tokens[1].sha256", "twice"),
     ({"certfile": "/etc/feed.pem"}, "feed.keyfile", "together"),
+    # The old example's attendant token, sha256("test"), and other well-known weak ones.
+    ({"tokens": [{"name": "a", "sha256": hashlib.sha256(b"test").hexdigest()}]},
+     "feed.tokens[0].sha256", "weak token"),
+    ({"tokens": [{"name": "a", "sha256": hashlib.sha256(b"Password1").hexdigest()}]},
+     "feed.tokens[0].sha256", "tokens new"),
+    ({"tokens": [{"name": "a", "sha256": hashlib.sha256(b"0042").hexdigest()}]},
+     "feed.tokens[0].sha256", "weak token"),
     ({"client_queue": 1}, "feed.client_queue", "between 10"),
     ({"tokenz": []}, "feed.tokenz", "unknown field"),
 ])
@@ -120,10 +146,15 @@ def test_feed_errors_name_the_field(feed, field, words):
     assert words in str(caught.value)
 
 
-def test_example_config_documents_the_feed():
+def test_example_config_documents_the_feed_without_a_working_credential():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     feed = load_config(example).feed
-    assert feed is not None and feed.tokens
+    # A copied example must not let anyone in: no token is configured, the file says how to
+    # make one, and the board stays on this box until the operator opens it up.
+    assert feed is not None and feed.tokens == ()
+    assert feed.host == "127.0.0.1"
+    text = example.read_text()
+    assert "casino-gateway tokens new" in text and "sha256 = \"" in text
 
 
 def test_outbox_disk_budget_defaults_and_values():
@@ -157,3 +188,28 @@ def test_example_config_documents_the_disk_budget():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     outbox = load_config(example).outbox
     assert outbox.min_free_mb == 64 and outbox.droppable_types == ("meterSnapshot",)
+
+
+def test_uplink_timeouts_are_validated_settings():
+    """docs/uplink-protocol.md calls connect_timeout_s and rejected_backoff_s settings."""
+    base = {"gateway": {"id": "gw-1", "key_file": "k"},
+            "uplink": {"url": "wss://platform.example/v1/stream", "token_file": "t",
+                       "connect_timeout_s": 15, "rejected_backoff_s": 60}}
+    config = parse_config(base)
+    assert (config.uplink.connect_timeout_s, config.uplink.rejected_backoff_s) == (15, 60)
+    for field_name, bad in (("connect_timeout_s", 0), ("rejected_backoff_s", 1)):
+        table = {**base, "uplink": {**base["uplink"], field_name: bad}}
+        with pytest.raises(ConfigError, match=f"uplink.{field_name}"):
+            parse_config(table)
+
+
+def test_every_wrong_field_is_reported_at_once():
+    table = with_changes("uplink", window=0, heartbeat_s=-1)
+    table["ports"][0].update(poll_interval_ms=1, link="usb")
+    table["gateway"]["typo"] = True
+    with pytest.raises(ConfigError) as caught:
+        parse_config(table)
+    fields = [p.field for p in problems_of(caught.value)]
+    assert sorted(fields) == sorted(["gateway.typo", "uplink.window", "uplink.heartbeat_s",
+                                     "ports[0].poll_interval_ms", "ports[0].link"])
+    assert "(and 4 more)" in str(caught.value)

@@ -20,7 +20,8 @@ import trio.lowlevel
 from drivers.link import TxFrame
 from drivers.link.memory import memory_link_pair
 from drivers.sim.fleet import SimFleet, serve_fleet
-from gateway import daemon
+from gateway import control, daemon
+from gateway.bounded import InputRejected
 from gateway.config import Config, GatewaySection, LogSection, PortSection, UplinkSection
 from gateway.control import (
     ControlServer,
@@ -31,6 +32,7 @@ from gateway.control import (
     describe_answer,
     describe_poll,
     key_fingerprint,
+    parse_request,
 )
 from gateway.errors import ConfigError
 from gateway.receiver.server import ReceiverHandle, ReceiverSettings, serve_receiver
@@ -209,6 +211,11 @@ async def test_bad_requests_are_answered_not_fatal(tmp_path: Path):
             assert reply["ok"] is False and "unknown command" in reply["error"]
             [reply] = await request(run.socket, {"cmd": "trace", "port": "nope"})
             assert reply["ok"] is False and "port1" in reply["error"]
+            # Unhashable ports and deep nesting (issue 15: each was exit 1).
+            for bad in ({"cmd": "trace", "port": []}, {"cmd": "trace", "port": {}},
+                        b'{"cmd":"status","x":' + b"[" * 5000 + b"]" * 5000 + b"}\n"):
+                [reply] = await request(run.socket, bad)
+                assert reply["ok"] is False
             [reply] = await request(run.socket, {"cmd": "status"})
             assert reply["ok"] is True
 
@@ -309,3 +316,64 @@ def test_default_socket_path(monkeypatch, tmp_path: Path):
     assert control_socket_path(section) == Path("/run/casino-gateway/control.sock")
     explicit = GatewaySection(id="g", key_file=tmp_path / "k", control_socket=tmp_path / "c.sock")
     assert control_socket_path(explicit) == tmp_path / "c.sock"
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    (b'{"cmd":"trace","port":[]}', "port must be a string"),
+    (b'{"cmd":"trace","port":{}}', "port must be a string"),
+    (b'{"cmd":"trace"}', "port must be a string"),
+    (b'{"cmd":"status","x":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested"),
+    (b'{"cmd":"status","x":' + b"9" * 400 + b"}", "out of range"),
+    (b"status", "expected one JSON object"),
+    (b"\xff\xfe", "expected one JSON object"),
+    (b'{"cmd":7}', "expected one JSON object"),
+    (b"[]", "expected one JSON object"),
+])
+def test_malformed_requests_are_a_typed_refusal(line: bytes, error: str):
+    with pytest.raises(InputRejected, match=error):
+        parse_request(line)
+
+
+def test_requests_parse():
+    assert parse_request(b'{"cmd":"status"}') == ("status", None)
+    assert parse_request(b'{"cmd":"trace","port":"port1"}') == ("trace", "port1")
+    assert parse_request(b'{"cmd":"reboot"}') == ("reboot", None)
+
+
+async def test_connection_caps_and_idle_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 15: the control socket had no cap; idle connections held descriptors forever."""
+    from gateway.control import MAX_CONNECTIONS_PER_USER
+
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, machines=1) as run:
+            idle = [await trio.open_unix_socket(str(run.socket))
+                    for _ in range(MAX_CONNECTIONS_PER_USER)]
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply == {"ok": False,
+                             "error": "too many diag connections at once; try again"}
+            for stream in idle:
+                await stream.aclose()
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply["ok"] is True
+            assert reply["status"]["feed"] is None   # no feed configured here
+            # A connection that never sends its request is closed after request_timeout_s.
+            monkeypatch.setattr(control, "REQUEST_TIMEOUT_S", 0.2)
+            silent = await trio.open_unix_socket(str(run.socket))
+            assert await silent.receive_some(100) == b""
+            await silent.aclose()
+            # A bug reached from a request closes that connection, not the daemon.
+            real = control.snapshot
+
+            async def broken(gw: daemon.Gateway) -> dict[str, Any]:
+                raise RuntimeError("a bug")
+
+            monkeypatch.setattr(control, "snapshot", broken)
+            stream = await trio.open_unix_socket(str(run.socket))
+            await stream.send_all(b'{"cmd": "status"}\n')
+            assert await stream.receive_some(100) == b""
+            await stream.aclose()
+            monkeypatch.setattr(control, "snapshot", real)
+            [reply] = await request(run.socket, {"cmd": "status"})
+            assert reply["ok"] is True

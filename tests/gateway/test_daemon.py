@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from gateway.daemon import (
     report_status,
 )
 from gateway.feed.protocol import hash_token
+from gateway.logs import configure_logging
 from gateway.outbox import open_readonly
 from gateway.receiver.server import ReceiverSettings, serve_receiver
 from gateway.signing import write_signing_key
@@ -231,3 +234,78 @@ async def test_a_full_disk_is_no_reason_for_a_restart(autojump_clock):
         await trio.sleep(15)
         assert pings(notifier, 30.5, 45) == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_watchdog_pings_every_half_watchdogsec_not_every_5s(autojump_clock):
+    # WatchdogSec=30 -> WATCHDOG_USEC/2 = 15 s: docs/operations.md promises a ping every 15 s
+    # (it came every 5 s); STATUS= still follows a change within 5 s.
+    notifier = FakeNotifier(interval=15.0)
+    gw = FakeGateway(PipelineHealth(stall_after_s=15.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report_status, gw, notifier)
+        await trio.sleep(61)
+        gw.line = "1/2 machines online, uplink up, 0 queued"
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    times = [t for t, msg in notifier.sent if msg == "WATCHDOG=1"]
+    assert times == [0.0, 15.0, 30.0, 45.0, 60.0]
+    changed = [t for t, msg in notifier.sent if msg.startswith("STATUS=1/2")]
+    assert len(changed) == 1 and 61 <= changed[0] <= 66
+
+
+class FlakyDriver:
+    """A port driver whose run follows a script: 'fail' raises at once, a number runs that
+    many seconds and then fails (the device unplugged), 'up' runs until cancelled."""
+
+    def __init__(self, script: list[object]) -> None:
+        self.script = list(script)
+        self.starts: list[float] = []
+
+    async def run(self, sink: object, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from drivers.link import LinkBrokenError
+
+        self.starts.append(trio.current_time())
+        step = self.script.pop(0)
+        if step == "fail":
+            raise LinkBrokenError("cannot open /dev/ttyUSB3: No such file or directory")
+        task_status.started()
+        if step == "up":
+            await trio.sleep_forever()
+        await trio.sleep(step)  # type: ignore[arg-type]
+        raise LinkBrokenError("read failed: [Errno 5] Input/output error")
+
+
+async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
+    import structlog.testing
+
+    driver = FlakyDriver(["fail", "fail", "fail", 100.0, "fail", "up"])
+
+    class Gw:
+        drivers = {"port1": driver}
+        port_failures: dict[str, int] = {}
+        port_errors: dict[str, str] = {}
+        sink = None
+
+    configure_logging("info", "json", stream=io.StringIO())  # whatever level a test left
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                # jitter 1.0: the top of each full-jitter range, so the delays are exact.
+                await nursery.start(partial(daemon.supervise_port, jitter=lambda: 1.0), Gw(),
+                                    "port1")
+                await trio.sleep(200)
+                nursery.cancel_scope.cancel()
+    finally:
+        configure_logging("warning", "console", stream=sys.__stderr__)
+    failed = [e for e in logs if e["event"] == "port failed; will retry"]
+    # Each retry_in_s is the gap to the next attempt: the uplink's jittered backoff_delay from
+    # 0.5 s (capped at 5 s). After 100 s of running, the backoff starts again at 0.5 s.
+    gaps = [b - a for a, b in zip(driver.starts, driver.starts[1:], strict=False)]
+    assert [e["retry_in_s"] for e in failed] == [0.5, 1.0, 2.0, 0.5, 1.0]
+    assert gaps == [0.5, 1.0, 2.0, 100.0 + 0.5, 1.0]
+    # Every outage ends with a recovery line saying how long and after how many attempts.
+    recovered = [(e["port"], e["attempts"], e["down_for_s"]) for e in logs
+                 if e["event"] == "port recovered"]
+    assert recovered == [("port1", 3, 3.5), ("port1", 2, 1.5)]
+    assert Gw.port_failures == {"port1": 5}
+    assert Gw.port_errors == {}  # cleared by the recovery; diag shows it while the port is down

@@ -15,9 +15,9 @@ import trio
 
 from drivers.sim.fleet import serve_fleet
 from gateway.cli import main
-from gateway.diag import _open_advice, _status, probe, render_probe
+from gateway.diag import _open_advice, _status, assess, probe, render_check, render_probe
 from gateway.logs import configure_logging
-from tests.gateway.test_control import all_online, running_gateway, wait_until
+from tests.gateway.test_control import all_online, running_gateway, short_dir, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ async def test_diag_json_is_the_snapshot(tmp_path: Path, capsys):
             assert await cli("diag", "--json", "--socket", str(run.socket)) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["ports"]["port1"]["machines"][0]["state"] == "online"
-    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key"}
+    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key", "feed"}
 
 
 async def test_diag_takes_the_socket_from_the_config(tmp_path: Path, capsys):
@@ -191,3 +191,208 @@ async def test_probe_refuses_while_the_gateway_runs(tmp_path: Path, capsys):
                              "--socket", str(run.socket))
     assert code == 1
     assert "the gateway is running" in capsys.readouterr().err
+
+
+ESC = "\x1b[2J\x1b]0;pwned\x07"
+
+
+def _snapshot_with(text: str) -> dict:
+    machine = {"address": 1, "state": "online", "serial": text, "asset": text,
+               "last_response_age_s": 0.1, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0,
+               "polls": 1, "timeouts": 0, "crc_errors": 0, "nacks": 0,
+               "last_event": {"type": text, "seq": 1, "age_s": 1.0}}
+    return {"gateway": {"id": text, "version": "0", "pid": 1, "uptime_s": 1.0,
+                        "watchdog": {"alive": True}, "status": text},
+            "ports": {"port1": {"device": text, "state": text, "failures": 0,
+                                "machines": [machine]}},
+            "outbox": {"depth": 0, "delivered_seq": 0, "last_seq": 0,
+                       "oldest_undelivered_age_s": None, "disk_free_bytes": None,
+                       "db_bytes": None, "bytes_per_event": None, "events_per_s": 0.0,
+                       "outage_hours_left": None, "intake_stopped": False, "error": text},
+            "uplink": {"state": "backoff", "connected": False, "since": None, "down_for_s": 1.0,
+                       "last_ack_seq": None, "lag_events": 0, "lag_s": None, "reconnects": 1,
+                       "last_error": "platform error 4002: " + text, "url": text},
+            "key": {"kid": text, "fingerprint": text}}
+
+
+def _printable(text: str) -> bool:
+    return all(c == "\n" or (c.isprintable() and c != "\x7f") for c in text)
+
+
+def test_diag_output_never_carries_control_characters_from_data():
+    """Issue 15: diag printed raw ANSI escapes from machine data and platform errors."""
+    from gateway.diag import format_frame, render_probe, render_status, sanitize
+
+    status = render_status(_snapshot_with(ESC + "\n\u202efake line"))
+    assert _printable(status) and "\\x1b[2J" in status
+    assert "\nfake line" not in status          # a newline in data cannot forge a line
+    frame = format_frame({"t": 0.0, "dir": "rx", "hex": ESC, "text": ESC})
+    assert _printable(frame)
+    probe = render_probe({"device": ESC, "address": 1, "opened_ms": 1, "ok": False,
+                          "advice": [ESC], "steps": [{"poll": "1F", "what": "x", "result": ESC,
+                                                      "data": {"serial": ESC}}]})
+    assert _printable(probe)
+    assert sanitize("ok\tcolumn") == "ok\\tcolumn" and sanitize("plain") == "plain"
+
+
+# -- diag --check (monitoring), the WHY column, Ctrl-C -----------------------------------------------
+
+def snapshot(**changes: object) -> dict:
+    """A status snapshot of a healthy two-machine gateway, with `changes` applied."""
+    machine = {"address": 1, "state": "online", "serial": "S1", "asset": None,
+               "last_response_age_s": 0.1, "latency_p50_ms": 0.5, "latency_p99_ms": 2.0,
+               "polls": 100, "timeouts": 0, "crc_errors": 0, "nacks": 0, "last_event": None}
+    s = {"gateway": {"id": "gw", "version": "0", "pid": 1, "uptime_s": 600,
+                     "status": "2/2 machines online, uplink up, 0 queued",
+                     "watchdog": {"alive": True, "paused": False, "events_in_flight": 0,
+                                  "oldest_in_flight_s": 0.0, "stall_after_s": 15}},
+         "ports": {name: {"device": f"/dev/tty{name}", "state": "running", "failures": 0,
+                          "last_error": None, "machines": [dict(machine)]}
+                   for name in ("port1", "port2")},
+         "outbox": {"depth": 0, "intake_stopped": False, "error": None},
+         "uplink": {"state": "connected", "connected": True, "down_for_s": None,
+                    "last_error": None}}
+    for path, value in changes.items():
+        target = s
+        *head, last = path.split("__")
+        for key in head:
+            target = target[key] if not key.isdigit() else target[int(key)]
+        target[last] = value
+    return s
+
+
+def test_check_ok_when_everything_runs():
+    code, problems = assess(snapshot())
+    assert (code, problems) == (0, [])
+    assert render_check(snapshot(), code, problems).startswith(
+        "CASINO-GATEWAY OK - 2/2 machines online, uplink up, 0 queued | online=2;;;0;2 ")
+
+
+@pytest.mark.parametrize(("changes", "code", "words"), [
+    # A machine that stopped answering: WARNING, and why.
+    ({"ports__port2__machines__0__state": "offline",
+      "ports__port2__machines__0__last_response_age_s": 45.0,
+      "ports__port2__machines__0__timeouts": 9}, 1, "port2/1 offline: no answer for 45s"),
+    ({"ports__port2__machines__0__state": "offline",
+      "ports__port2__machines__0__crc_errors": 30}, 1, "garbled answers (CRC errors)"),
+    ({"ports__port2__machines__0__state": "offline",
+      "ports__port2__machines__0__last_response_age_s": None}, 1, "never answered"),
+    # A port whose device went away: WARNING with the driver's error.
+    ({"ports__port2__state": "stopped", "ports__port2__failures": 3,
+      "ports__port2__machines__0__state": "offline",
+      "ports__port2__last_error": "cannot open /dev/ttyUSB1: No such file or directory"}, 1,
+     "port port2 down: cannot open /dev/ttyUSB1: No such file or directory (retrying)"),
+    # Nothing on the floor is polled: CRITICAL.
+    ({"ports__port1__machines__0__state": "offline",
+      "ports__port2__machines__0__state": "offline"}, 2, "no machine online (0/2)"),
+    ({"gateway__watchdog__alive": False, "gateway__watchdog__oldest_in_flight_s": 20.0}, 2,
+     "outbox stalled 20s"),
+    ({"outbox__intake_stopped": True}, 2, "disk full"),
+    ({"uplink__connected": False, "uplink__state": "backoff", "uplink__down_for_s": 300.0,
+      "uplink__last_error": "TLS verification failed"}, 1, "uplink down 5m (backoff): TLS"),
+    ({"uplink__connected": False, "uplink__state": "rejected", "uplink__down_for_s": 1000.0},
+     2, "uplink down 16m (rejected)"),
+])
+def test_check_levels_and_why(changes, code, words):
+    s = snapshot(**changes)
+    got, problems = assess(s)
+    assert got == code
+    first = render_check(s, got, problems).splitlines()[0]
+    assert first.startswith(f"CASINO-GATEWAY {('OK', 'WARNING', 'CRITICAL')[code]} - ")
+    assert words in first
+
+
+def test_a_short_uplink_outage_is_not_a_problem():
+    assert assess(snapshot(uplink__connected=False, uplink__down_for_s=30.0))[0] == 0
+    assert assess(snapshot(uplink__connected=False, uplink__down_for_s=30.0),
+                  uplink_warning_s=10)[0] == 1
+
+
+async def test_diag_check_against_the_daemon(tmp_path: Path, capsys):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path) as run:
+            await wait_until(run.gw, lambda: all_online(run.gw))
+            capsys.readouterr()
+            assert await cli("diag", "--check", "--socket", str(run.socket)) == 0
+    assert capsys.readouterr().out.startswith("CASINO-GATEWAY OK - 2/2 machines online")
+    # Stopped: CRITICAL (monitoring must page), not the plain diag's 1.
+    assert await cli("diag", "--check", "--socket", str(run.socket)) == 2
+    assert "CASINO-GATEWAY CRITICAL - the gateway is not running" in capsys.readouterr().out
+
+
+async def test_diag_check_unknown_when_the_answer_makes_no_sense(tmp_path: Path, capsys):
+    path = short_dir(tmp_path) / "odd.sock"
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(str(path))
+    listener.listen(1)
+
+    async def serve_garbage() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(100)
+            await conn.send(b"this is not json\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_garbage)
+        assert await cli("diag", "--check", "--socket", str(path)) == 3
+    listener.close()
+    assert capsys.readouterr().out.startswith("CASINO-GATEWAY UNKNOWN - ")
+
+
+async def test_why_a_port_is_down_in_the_table_and_the_check(tmp_path: Path, capsys):
+    from gateway import daemon
+    from gateway.receiver.server import ReceiverSettings, serve_receiver
+    from gateway.signing import write_signing_key
+    from tests.gateway.test_control import GATEWAY_ID, gateway_config
+
+    sock = short_dir(tmp_path) / "control.sock"
+    missing = "/dev/ttyUSB-unplugged-for-this-test"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            signer = write_signing_key(tmp_path / "gw.key")
+            (tmp_path / "token").write_text("control-test-token\n")
+            receiver = await nursery.start(serve_receiver, ReceiverSettings(
+                host="127.0.0.1", port=0, db_path=tmp_path / "rx.db"))
+            receiver.store.register(GATEWAY_ID, "control-test-token",
+                                    bytes(signer.verify_key).hex())
+            fleet = await nursery.start(partial(serve_fleet, 1, rte=True, seed=7))
+            config = gateway_config(tmp_path, [*fleet.device_paths, missing], receiver.url, sock)
+            # Every port has made its first attempt when run() reports started.
+            gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
+            await wait_until(gw, lambda: gw.drivers["port1"].statistics().machines[1].get(
+                "online"))
+            capsys.readouterr()
+            assert await cli("diag", "--socket", str(sock)) == 0
+            table = capsys.readouterr().out
+            assert await cli("diag", "--check", "--socket", str(sock)) == 1
+            check = capsys.readouterr().out
+            nursery.cancel_scope.cancel()
+    rows = [line.split(maxsplit=2) for line in table.splitlines() if line.startswith("port2 ")]
+    port_row = next(rest for _, second, rest in rows if second == missing)
+    assert f"cannot open {missing}" in port_row and "(retrying)" in port_row
+    machine_row = next(rest for _, second, rest in rows if second == "1")
+    assert "port down: cannot open" in machine_row
+    assert check.startswith(f"CASINO-GATEWAY WARNING - port port2 down: cannot open {missing}")
+
+
+async def test_diag_watch_exits_130_on_ctrl_c(tmp_path: Path):
+    # docs/operations.md: 130 = interrupted by Ctrl-C (interactive commands).
+    import signal
+    import subprocess
+
+    with trio.fail_after(60):
+        async with running_gateway(tmp_path, machines=1) as run:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "gateway.cli", "diag", "--watch", "0.2", "--socket",
+                 str(run.socket)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            seen = b""
+            while b"gateway control-test-gw" not in seen:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "diag --watch ended by itself"
+                seen += chunk
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 130
+            errors = await proc.stderr.receive_some(65536)
+            await proc.stdout.aclose()
+            await proc.stderr.aclose()
+    assert b"Traceback" not in errors

@@ -149,3 +149,29 @@ def test_envelope_bytes_become_hex():
     out = encode_envelope({"hash": b"\x01\xff", "data": {"nested": [b"\x02"]}, "seq": 3})
     assert out == {"hash": "01ff", "data": {"nested": ["02"]}, "seq": 3}
     json.dumps(out)
+
+
+DEEP = "[" * 1200 + "]" * 1200
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type":"auth","token":' + DEEP + "}",
+    '{"type":"auth","token":"a-secret","x":' + "{\"a\":" * 1200 + "1" + "}" * 1200 + "}",
+])
+def test_deep_json_before_auth_is_refused_not_raised(frame):
+    actions = FeedSession(TABLE, commands_enabled=False).receive(frame)
+    assert errors(actions) == ["auth_required"]
+    assert actions[-1] == Close(1008, "authentication required")
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type":"subscribe","channels":' + DEEP + "}",
+    DEEP,
+    '{"type":"ack","alert_seq":' + "9" * 5000 + "}",
+    '{"type":"ack","alert_seq":1e999}',
+    '{"type":"ack","alert_seq":NaN}',
+])
+def test_deep_or_oversized_json_after_login_is_an_error_not_a_crash(frame):
+    actions = session().receive(frame)
+    assert errors(actions) == ["bad_json"]
+    assert not any(isinstance(a, Close) for a in actions)

@@ -172,6 +172,14 @@ def test_cli_register_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[st
     pub.write_text("zz\n")
     assert run_cli("receiver", "register", "gw-2", str(pub), "--token-file", str(token),
                    "--db", str(db)) == 1
+    # P-KEY-1: a public key file naming a kid that is not its key's is refused.
+    pub.write_text(f"{bytes(outbox.signer.verify_key).hex()} ed25519:0000000000000000\n")
+    assert run_cli("receiver", "register", "gw-3", str(pub), "--token-file", str(token),
+                   "--db", str(db)) == 1
+    assert "is ed25519:" in capsys.readouterr().err
+    pub.write_text(f"{bytes(outbox.signer.verify_key).hex()} {outbox.signer.kid}\n")
+    assert run_cli("receiver", "register", "gw-3", str(pub), "--token-file", str(token),
+                   "--db", str(db)) == 0
 
 
 CLI_MAIN = """
@@ -252,3 +260,30 @@ def test_cli_command_queue_and_list(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("q-1", "acknowledgeAlert", {"alert_seq": 7}, {"note": "x"}, "pending"),
         ("q-2", "requestMeters", {"port": "sas0", "address": 2}, {}, "pending")]
     assert run_cli("receiver", "commands", "--db", str(tmp_path / "none.db")) == 1
+
+
+@pytest.mark.parametrize("data", [{b"key": 1}, {"a": {1: 2}}, {"n": [[[[[[[[[[[[[[[[[[[[[[[[[[[[
+    [[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, {"n": 2**64 - 1}])
+async def test_command_result_with_unstorable_data_is_a_protocol_error(tmp_path: Path,
+                                                                      data: dict) -> None:
+    """Issue 15: a bytes map key in a command_result's data raised TypeError in the store and the
+    receiver exited. Data must be JSON-shaped (gateway.bounded.check_plain), else close 4002; the
+    receiver then serves the next connection."""
+    import msgpack
+
+    outbox = FakeOutbox()
+    outbox.extend(1)
+    with trio.fail_after(10):
+        async with receiver(tmp_path) as handle:
+            register(handle.store, outbox, TOKEN)
+            async with peer(handle, outbox) as ws:
+                await receive(ws)
+                await ws.send_message(msgpack.packb({"type": "command_result", "id": "c-1",
+                                                     "result": "ok", "data": data}))
+                error = await receive(ws)
+                assert isinstance(error, proto.Error) and error.code == proto.CLOSE_PROTOCOL
+                with pytest.raises(ConnectionClosed):
+                    await ws.get_message()
+            async with peer(handle, outbox) as ws:
+                assert await receive(ws) == proto.Welcome(outbox.epoch, 0)
+                assert await send_events(ws, outbox.rows) == proto.Ack(outbox.epoch, 1)

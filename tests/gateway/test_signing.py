@@ -130,6 +130,27 @@ def test_signing_process_signs_like_in_process(signer):
         process.close()
 
 
+def test_signing_process_ignores_ctrl_c(signer, capfd):
+    # Ctrl-C at a terminal reaches the whole process group: the child used to die with a
+    # KeyboardInterrupt traceback in the middle of the demo's summary. The parent stops it.
+    import signal
+
+    from gateway.signing import SignerProcess
+
+    process = SignerProcess()
+    try:
+        # Its own process group: a terminal's Ctrl-C cannot reach it, even while it starts.
+        assert os.getpgid(process._proc.pid) == process._proc.pid != os.getpgid(0)
+        assert len(process.sign_many(signer, [bytes(32)])) == 1  # the child is serving
+        os.kill(process._proc.pid, signal.SIGINT)
+        digest = bytes([7]) * 32
+        assert process.sign_many(signer, [digest]) == [signer.key.sign(digest).signature]
+    finally:
+        process.close()
+    assert process._proc.returncode == 0
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+
+
 def test_seal_parts_and_finish_equal_seal(signer):
     from gateway.signing import finish_seal, seal_parts
 

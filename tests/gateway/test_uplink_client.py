@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
@@ -329,3 +331,46 @@ async def test_dead_platform_detected_by_heartbeat(tmp_path: Path,
     assert 39 <= detected_after <= 42  # first ping at 10 s, no pong by 40 s
     assert "did not answer a ping within 30 s" in stats["last_error"]
     assert [t for t, _ in outbox.system][:2] == ["uplinkUp", "uplinkDown"]
+
+
+@pytest.mark.parametrize(("code", "rejected"), [(errno.EMFILE, False), (errno.ENFILE, False),
+                                                (errno.EACCES, True), (errno.ENOENT, True)])
+def test_token_file_unreadable_for_lack_of_descriptors_is_not_a_refusal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, rejected: bool) -> None:
+    """Issue 15: "Too many open files" reading the token was classed as a platform refusal and
+    cost a 300 s outage. Out of descriptors is the box being full for a moment: retry soon."""
+    from gateway.uplink.client import UplinkRejectedError, UplinkUnavailableError, _read_token
+
+    def fail(self: Path, *args: object, **kwargs: object) -> str:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(Path, "read_text", fail)
+    with pytest.raises(UplinkRejectedError if rejected else UplinkUnavailableError):
+        _read_token(tmp_path / "token")
+
+
+async def test_emfile_on_the_token_retries_soon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    outbox = FakeOutbox()
+    outbox.extend(3)
+    original = Path.read_text
+    failures = [2]
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self.name == "token" and failures[0]:
+            failures[0] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            handle = await nursery.start(serve_receiver, receiver_settings(tmp_path, None))
+            register(handle.store, outbox, TOKEN)
+            client = UplinkClient(client_settings(handle, tmp_path, None,
+                                                  rejected_backoff_s=300.0), outbox)
+            states: list[str] = []
+            await nursery.start(client.run)
+            await until(client, lambda s: states.append(str(s["state"])) or bool(s["connected"]))
+            nursery.cancel_scope.cancel()
+    assert failures == [0] and "rejected" not in states

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ import msgpack
 import pytest
 import trio
 
-from drivers.base import MachineCommand
+from drivers.base import MachineCommand, MachineRef
 from gateway.commands import CommandRouter, CommandSettings
+from gateway.events import system_draft
 from gateway.outbox import Outbox
 from gateway.receiver import ReceiverHandle, ReceiverSettings, serve_receiver
 from gateway.receiver.cli import add_commands
@@ -165,15 +167,17 @@ async def test_not_allowed_is_rejected_and_audited(tmp_path: Path, make_outbox) 
 async def test_acknowledge_alert_from_the_platform(tmp_path: Path, make_outbox) -> None:
     with trio.fail_after(20):
         async with floor(tmp_path, make_outbox) as f:
+            tilt = await f.outbox.append(system_draft(
+                "tilt", {"kind": "reel"}, now=time.time(), machine=MachineRef("sas0", 1)))
             command_id = await f.handle.submit_command(
-                f.gateway_id, "acknowledgeAlert", {"alert_seq": 1}, {"note": "seen"})
+                f.gateway_id, "acknowledgeAlert", {"alert_seq": tilt}, {"note": "seen"})
             row = await f.handle.wait_command(command_id)
             await f.all_delivered()
     assert row["result"] == "ok" and isinstance(row["data"]["seq"], int)
     stored = dict(f.handle.store.events(f.gateway_id, f.outbox.epoch))
     ack = decode_envelope(stored[row["data"]["seq"]])
     assert ack["event"] == "alertAcknowledged"
-    assert ack["data"] == {"alert_seq": 1, "by": "platform", "note": "seen"}
+    assert ack["data"] == {"alert_seq": tilt, "by": "platform", "note": "seen"}
     f.assert_platform_has_everything_once()
 
 
@@ -255,9 +259,12 @@ async def test_cli_command_waits_for_the_result(tmp_path: Path, make_outbox,
             refused_out = capsys.readouterr().out
             await f.all_delivered()
     assert ok == 0
-    assert printed_result(ok_out) == {"id": "cli-1", "result": "ok", "reason": "", "data": {}}
+    assert printed_result(ok_out) == {"id": "cli-1", "result": "ok", "reason": "",
+                                      "data": {"money": {}, "counts": {}}}
     assert refused == 1
     assert printed_result(refused_out)["reason"] == "not allowed by configuration"
+    # A refusal says why in `data` too (docs/uplink-protocol.md section 10).
+    assert printed_result(refused_out)["data"] == {"reason": "not allowed by configuration"}
     assert [c.name for c in f.driver.executed] == ["requestMeters"]
     assert run_cli("receiver", "commands", "--db", db) == 0
     listing = [line for line in capsys.readouterr().out.splitlines() if f.gateway_id in line]
