@@ -79,7 +79,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
                         "requested_by": "platform", "target": {"port": "sas0", "address": 1},
                         "result": "ok"},
     "lossMarker": {"reason": "shed", "count": 4, "detail": "meterSnapshot shed under disk floor"},
-    "deviceOffline": {},
+    "deviceOffline": {"reason": "link down: read failed: [Errno 5] Input/output error"},
+    "machineReplaced": {"changed": ["serial", "asset"], "previous_serial": "SIM0001",
+                        "previous_asset": "1001", "previous_game": "AT/SIM001",
+                        "game": "AT/SIM001"},
     "uplinkDown": {"reason": "platform did not answer a ping within 30 s"},
     "keyRotated": {},  # filled in with the second key
     "gatewayStopping": {"reason": "SIGTERM"},
@@ -88,7 +91,7 @@ MACHINE_TYPES = frozenset({
     "deviceOnline", "deviceOffline", "powerLost", "powerApplied", "machineException",
     "gameSelected", "betPlaced", "gameEnded", "billAccepted", "ticketPrinted", "ticketInserted",
     "meterSnapshot", "doorOpened", "doorClosed", "tilt", "handpayPending", "handpayReset",
-    "bufferOverflow", "commandExecuted"})
+    "bufferOverflow", "commandExecuted", "machineReplaced"})
 
 
 def signers() -> tuple[Signer, Signer]:
