@@ -255,13 +255,14 @@ async def supervise_port(gw: Gateway, name: str, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          jitter: Callable[[], float] = random.random) -> None:
     """Run one port's driver forever; a broken port is reopened with jittered backoff (the
-    driver has reported its machines offline by then). Logs once when the port goes down
-    (again when the error changes) and once when it is back. Reports started after the first
-    attempt, successful or not, so one dead port cannot hold READY."""
+    driver has reported its machines offline by then). Every `port failed; will retry` line
+    (retry_in_s: the delay really slept) has its `port recovered` line. Reports started after
+    the first attempt, successful or not, so one dead port cannot hold READY."""
     driver = gw.drivers[name]
-    failures, reported = 0, False
-    down_since: float | None = None
-    last_error = ""
+    reported = False
+    down_since: float | None = None  # trio time of the first failure of the current outage
+    failures = 0  # in the current outage
+    streak = 0  # failures since the link last stayed up PORT_STABLE_S: the backoff exponent
     while True:
         opened_at: float | None = None
         try:
@@ -269,41 +270,36 @@ async def supervise_port(gw: Gateway, name: str, *,
                 await nursery.start(driver.run, gw.sink)
                 opened_at = trio.current_time()
                 if down_since is not None:
-                    log.info("port recovered", port=name,
-                             down_for_s=round(opened_at - down_since, 3), attempts=failures)
-                    down_since, last_error = None, ""
+                    # Every "down" has its recovery line, so the journal shows how long.
+                    log.info("port recovered", port=name, attempts=failures,
+                             down_for_s=round(opened_at - down_since, 3))
+                    down_since, failures = None, 0
                     gw.port_errors.pop(name, None)
                 if not reported:
                     reported = True
                     task_status.started()
         except* RECOVERABLE as group:
             gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
-            error = group.exceptions[0]
-            gw.port_errors[name] = str(error)
             now = trio.current_time()
-            if opened_at is not None and now - opened_at >= PORT_STABLE_S:
-                failures = 0
-            # Decided before the log line, so retry_in_s is the delay really slept.
-            delay = backoff_delay(failures, initial=PORT_RETRY_INITIAL_S,
-                                  maximum=PORT_RETRY_MAX_S, random=jitter)
-            text = f"{type(error).__name__}: {error}"
+            failures += 1
             if down_since is None:
                 down_since = now
-                log.warning("port down; machines on it marked offline", port=name,
-                            error=str(error), error_type=type(error).__name__,
-                            retry_in_s=round(delay, 3))
-            elif text != last_error:
-                log.warning("port still down", port=name, error=str(error),
-                            error_type=type(error).__name__,
-                            down_for_s=round(now - down_since, 3), retry_in_s=round(delay, 3))
-            last_error = text
-        else:
-            delay = backoff_delay(failures, initial=PORT_RETRY_INITIAL_S,
+            if opened_at is not None and now - opened_at >= PORT_STABLE_S:
+                streak = 0
+            error = group.exceptions[0]
+            gw.port_errors[name] = str(error)
+            # Decided before the log line, so retry_in_s is the delay really slept.
+            delay = backoff_delay(streak, initial=PORT_RETRY_INITIAL_S,
                                   maximum=PORT_RETRY_MAX_S, random=jitter)
+            streak += 1
+            log.warning("port failed; will retry", port=name, error=str(error),
+                        error_type=type(error).__name__, retry_in_s=round(delay, 3),
+                        attempt=failures)
+        else:
+            delay = 0.0  # the driver returned (it does not, but a return is no failure)
         if not reported:
             reported = True
             task_status.started()
-        failures += 1
         await trio.sleep(delay)
 
 

@@ -290,9 +290,6 @@ def render_status(s: dict[str, Any]) -> str:
                 "-" if last is None else f"{last['type']} ({_ago(last['age_s'])})",
                 machine_why(port, m) or "-"])
     out += _table(rows)
-    out += [f"  ! {name}/{m['address']} offline: {m['offline_reason']}"
-            for name, port in s["ports"].items() for m in port["machines"]
-            if m["state"] == "offline" and m.get("offline_reason")]
     out.append("")
     out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS", "WHY"]] + [
         [name, p["device"], p["state"], str(p["failures"]), port_why(p) or "-"]

@@ -56,6 +56,7 @@ def test_demo_ctrl_c_prints_a_clean_summary(tmp_path: Path):
             while True:
                 conn = open_readonly(outbox)
                 try:
+                    # Exceptions, not deviceOnline: that comes before any play.
                     played = conn.execute(
                         "SELECT count(*) FROM events WHERE source_code IS NOT NULL").fetchone()[0]
                 finally:

@@ -266,10 +266,11 @@ def test_a_second_gateway_on_the_same_device_exits_and_the_first_runs_on(
     # names the same serial devices. The device lock makes it exit 78 before it opens anything.
     gw = start_gateway(plant, systemd)
     try:
-        systemd.wait_for(lambda m: m.startswith("READY=1"), timeout=30)
-        systemd.wait_for(lambda m: m.startswith("STATUS=")
-                         and f"{MACHINES}/{MACHINES} machines online" in m, timeout=20)
-        other = plant["base"] / "second.toml"  # beside the first: its relative paths hold
+        ready = systemd.wait_for(lambda m: m.startswith("READY=1"), timeout=30)
+        polling = f"{MACHINES}/{MACHINES} machines online"  # both ports open and answered
+        if polling not in ready:
+            systemd.wait_for(lambda m: "STATUS=" in m and polling in m, timeout=20)
+        other = plant["base"] / "second.toml"  # relative paths resolve beside the first
         other.write_text(plant["config"].read_text().replace(
             'state_dir = "state"', f'state_dir = "{tmp_path / "state2"}"').replace(
             str(plant["control"]), str(tmp_path / "control2.sock")))

@@ -79,9 +79,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
                         "requested_by": "platform", "target": {"port": "sas0", "address": 1},
                         "result": "ok"},
     "lossMarker": {"reason": "shed", "count": 4, "detail": "meterSnapshot shed under disk floor"},
-    "deviceOffline": {"reason": "missed 3 polls"},
-    "machineReplaced": {"changed": ["serial"], "previous_serial": "S-1000",
-                        "previous_asset": "111", "previous_game": None, "game": None},
+    "deviceOffline": {"reason": "link down: read failed: [Errno 5] Input/output error"},
+    "machineReplaced": {"changed": ["serial", "asset"], "previous_serial": "SIM0001",
+                        "previous_asset": "1001", "previous_game": "AT/SIM001",
+                        "game": "AT/SIM001"},
     "uplinkDown": {"reason": "platform did not answer a ping within 30 s"},
     "keyRotated": {},  # filled in with the second key
     "gatewayStopping": {"reason": "SIGTERM"},

@@ -45,7 +45,8 @@ async def _lifecycle(tmp_path: Path, swap: bool,
     device = tmp_path / "serial-by-id-port1"
     driver = SasDriver("port1", lambda: open_link(str(device), lock_dir=tmp_path), [1],
                        SasSettings(poll_interval_s=INTERVAL, rte=False))
-    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={}, port_errors={})
+    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={},
+                         port_errors={})
     marks: dict[str, float] = {}
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -116,7 +117,8 @@ async def test_a_device_missing_at_start_marks_its_machines_offline(
     sink = RecordingSink()
     driver = SasDriver("port1", lambda: open_link(str(tmp_path / "absent"), lock_dir=tmp_path),
                        [1, 2], SasSettings(poll_interval_s=INTERVAL))
-    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={}, port_errors={})
+    gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={},
+                         port_errors={})
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.supervise_port, gw, "port1")
         await trio.sleep(30)
