@@ -155,10 +155,13 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                                  role="attendant"),)),
         )
         gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
+        board = (f"demo: alert board http://127.0.0.1:{gw.feed_port}/ "
+                 f"(attendant token: {attendant_token})" if gw.feed_port is not None else
+                 f"demo: alert board: port {feed_port} is in use, so no board this run (the "
+                 f"gateway retries it); run with --feed-port 0 for any free port")
         print(f"demo: {machines} simulated machines on {', '.join(fleet.device_paths)}\n"
               f"demo: receiver {receiver.url} (TLS, certificate made for this run)\n"
-              f"demo: alert board http://127.0.0.1:{gw.feed_port}/ "
-              f"(attendant token: {attendant_token})\n"
+              f"{board}\n"
               f"demo: state in {base}; "
               f"{f'playing for {duration:g}s' if duration else 'Ctrl-C to stop'}", file=out)
 

@@ -75,3 +75,22 @@ def test_demo_ctrl_c_prints_a_clean_summary(tmp_path: Path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     assert "demo: OK - every exception recorded once" in out, out
     assert proc.returncode == 0
+
+
+def test_demo_says_in_one_line_when_the_board_port_is_taken():
+    """README: the demo's board listens on 8080; when something else has it, the demo runs on
+    (machines, gateway, receiver) and says so in one line, instead of a board at port None."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "demo", "--machines", "1", "--duration", "3",
+             "--rate", "4", "--feed-port", str(port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("demo: alert board")]
+    assert line == (f"demo: alert board: port {port} is in use, so no board this run (the "
+                    "gateway retries it); run with --feed-port 0 for any free port")
+    assert "demo: OK - every exception recorded once" in result.stdout
