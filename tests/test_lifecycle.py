@@ -193,6 +193,45 @@ def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+def test_a_second_gateway_on_the_same_device_exits_and_the_first_runs_on(
+        plant: dict[str, Any], systemd: FakeSystemd, tmp_path: Path):
+    # Issue 13 finding 9: another configuration (its own outbox, its own control socket) that
+    # names the same serial devices. The device lock makes it exit 78 before it opens anything.
+    # (Placed before the SIGKILL test, which ends the plant's simulator.)
+    gw = start_gateway(plant, systemd)
+    try:
+        systemd.wait_for(lambda m: m.startswith("READY=1"), timeout=30)
+        # Both ports open (so their devices locked): checked at each watchdog ping.
+        for _ in range(40):
+            ports = control_status(plant["control"])["ports"].values()
+            if all(p["state"] == "running" for p in ports):
+                break
+            systemd.wait_for(lambda m: m == "WATCHDOG=1", timeout=5)
+        other = plant["base"] / "second.toml"  # relative paths resolve beside the first
+        other.write_text(plant["config"].read_text().replace(
+            'state_dir = "state"', f'state_dir = "{tmp_path / "state2"}"').replace(
+            str(plant["control"]), str(tmp_path / "control2.sock")))
+        second = subprocess.run([*CLI, "run", "--config", str(other)], capture_output=True,
+                                text=True, timeout=30, cwd=plant["base"],
+                                env=dict(os.environ, NOTIFY_SOCKET=str(systemd.path)))
+        assert second.returncode == 78
+        lines = [line for line in second.stderr.splitlines() if "configuration error" in line]
+        assert len(lines) == 1, second.stderr
+        assert "ports[0].device" in lines[0] and f"in use by process {gw.pid}" in lines[0]
+        assert not (tmp_path / "state2" / "outbox.db").exists()  # it touched nothing
+        # The first keeps polling: its pings go on and its status shows it answering.
+        systemd.wait_for(lambda m: m == "WATCHDOG=1", timeout=5)
+        status = control_status(plant["control"])
+        assert status["gateway"]["pid"] == gw.pid
+        assert all(p["state"] == "running" for p in status["ports"].values())
+        code, _ = stop(gw, systemd)
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()
+    assert code == 0
+
+
 def test_sigkill_and_restart_loses_nothing(plant: dict[str, Any], systemd: FakeSystemd):
     gw = start_gateway(plant, systemd)
     try:
@@ -259,37 +298,3 @@ def test_bad_config_exits_78_naming_the_field(plant: dict[str, Any], systemd: Fa
     assert f"configuration error: {field}:" in proc.stderr
     assert systemd.drain() == []  # never READY
 
-
-def test_a_second_gateway_on_the_same_device_exits_and_the_first_runs_on(
-        plant: dict[str, Any], systemd: FakeSystemd, tmp_path: Path):
-    # Issue 13 finding 9: another configuration (its own outbox, its own control socket) that
-    # names the same serial devices. The device lock makes it exit 78 before it opens anything.
-    gw = start_gateway(plant, systemd)
-    try:
-        ready = systemd.wait_for(lambda m: m.startswith("READY=1"), timeout=30)
-        polling = f"{MACHINES}/{MACHINES} machines online"  # both ports open and answered
-        if polling not in ready:
-            systemd.wait_for(lambda m: "STATUS=" in m and polling in m, timeout=20)
-        other = plant["base"] / "second.toml"  # relative paths resolve beside the first
-        other.write_text(plant["config"].read_text().replace(
-            'state_dir = "state"', f'state_dir = "{tmp_path / "state2"}"').replace(
-            str(plant["control"]), str(tmp_path / "control2.sock")))
-        second = subprocess.run([*CLI, "run", "--config", str(other)], capture_output=True,
-                                text=True, timeout=30, cwd=plant["base"],
-                                env=dict(os.environ, NOTIFY_SOCKET=str(systemd.path)))
-        assert second.returncode == 78
-        lines = [line for line in second.stderr.splitlines() if "configuration error" in line]
-        assert len(lines) == 1, second.stderr
-        assert "ports[0].device" in lines[0] and f"in use by process {gw.pid}" in lines[0]
-        assert not (tmp_path / "state2" / "outbox.db").exists()  # it touched nothing
-        # The first keeps polling: its pings go on and its status shows it answering.
-        systemd.wait_for(lambda m: m == "WATCHDOG=1", timeout=5)
-        status = control_status(plant["control"])
-        assert status["gateway"]["pid"] == gw.pid
-        assert all(p["state"] == "running" for p in status["ports"].values())
-        code, _ = stop(gw, systemd)
-    finally:
-        if gw.poll() is None:
-            gw.kill()
-            gw.wait()
-    assert code == 0
