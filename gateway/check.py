@@ -22,7 +22,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
-from gateway.config import Config
+from gateway.config import Config, is_loopback
 from gateway.control import control_socket_path
 
 __all__ = ["Problem", "check_config"]
@@ -84,7 +84,7 @@ def check_config(config: Config, *, strict: bool = False, starting: bool = False
     _check_control_socket(found, control_socket_path(g))
     _check_ports(found, config, strict)
     if config.feed is not None and config.feed.tokens and config.feed.certfile is None \
-            and config.feed.host not in ("127.0.0.1", "::1", "localhost"):
+            and not is_loopback(config.feed.host):
         found.append(Problem("feed.certfile", f"staff tokens would cross the network in clear "
                              f"(feed.host = {config.feed.host!r} without TLS): set certfile "
                              "and keyfile, or keep host = \"127.0.0.1\"", warning=True))

@@ -102,13 +102,14 @@ def _check_uplink_url(url: str) -> str | None:
         return "a wss://host[:port]/path URL with a valid port"
     if parts.scheme == "wss" and parts.hostname:
         return None
-    if parts.scheme == "ws" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "ws" and parts.hostname and is_loopback(parts.hostname):
         return None
     return ("a wss:// URL (ws:// sends the bearer token in clear, so it is accepted only for a "
             "loopback test peer: 127.0.0.1, ::1 or localhost)")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: where a clear-text or unauthenticated listener is acceptable."""
     import ipaddress
 
     if host == "localhost":
@@ -387,8 +388,7 @@ def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Conf
                 problems.append(ConfigError(f"ports[{i}].addresses[{j}]",
                                             f"expected a SAS address 1-127, got {address}"))
     monitor = config.monitor
-    if monitor is not None and monitor.token_file is None and monitor.host not in (
-            "127.0.0.1", "::1", "localhost"):
+    if monitor is not None and monitor.token_file is None and not is_loopback(monitor.host):
         problems.append(ConfigError("monitor.token_file", f"required when monitor.host "
                                     f"({monitor.host}) is not loopback: /health and /metrics "
                                     "are not for everyone"))

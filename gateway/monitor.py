@@ -12,7 +12,6 @@ board cannot disagree: `degraded` (HTTP 503) with one reason per problem, `ok` (
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import platform
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway import __version__
+from gateway.config import is_loopback
 from gateway.events import rfc3339
 
 if TYPE_CHECKING:
@@ -292,18 +292,9 @@ class MonitorSettings:
     token_file: Path | None = None
 
     def __post_init__(self) -> None:
-        if not _loopback(self.host) and self.token_file is None:
+        if not is_loopback(self.host) and self.token_file is None:
             raise ValueError(f"monitor.host {self.host} is not loopback: set monitor.token_file "
                              "(scrapers then send Authorization: Bearer <token>)")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve_monitor(settings: MonitorSettings, monitor: Monitor, *,

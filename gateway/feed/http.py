@@ -5,14 +5,13 @@ bytes on to trio-websocket. gateway/feed/server.py decides what to answer.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import h11
 import trio
 
 __all__ = ["CONTENT_TYPES", "MAX_HEADER_BYTES", "REASONS", "SECURITY_HEADERS", "Prefixed",
-           "header", "is_loopback", "linger", "next_event", "refuse", "remote_address",
+           "header", "linger", "next_event", "refuse", "remote_address",
            "request_bytes", "respond", "same_origin"]
 
 REASONS = {431: b"Request Header Fields Too Large"}
@@ -70,15 +69,6 @@ async def refuse(stream: trio.abc.Stream) -> None:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
     await trio.aclose_forcefully(stream)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def remote_address(stream: trio.abc.Stream) -> str:

@@ -41,6 +41,7 @@ from prometheus_client import Counter, Gauge
 from drivers.base import MachineRef
 from gateway import __version__
 from gateway.accepting import CAPACITY_ERRNOS, serve_accepting, summarize_suppressed
+from gateway.config import is_loopback
 from gateway.errors import GatewayError, StoreError
 from gateway.events import rfc3339, system_draft
 from gateway.feed.guard import Admission, LogThrottle, Ticket
@@ -50,7 +51,6 @@ from gateway.feed.http import (
     REASONS,
     Prefixed,
     header,
-    is_loopback,
     linger,
     next_event,
     refuse,
