@@ -383,7 +383,8 @@ def text_table(results: list[dict[str, Any]]) -> str:
 
 
 def slo_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """design.md section 9, row by row: the target and what this run shows for it."""
+    """The product's targets (docs/certification.md), row by row: each target and what this run
+    shows for it."""
     by = {r["name"]: r for r in results}
     steady = by.get("steady", {})
     ran = [r for r in results if "events" in r]
@@ -458,7 +459,7 @@ def markdown_report(report: dict[str, Any]) -> str:
            "(s); `reconn` = uplink drops the gateway recorded (uplinkDown); `lost` and `dup` "
            "after de-duplication; RSS = peak (VmHWM) over the role's processes, CPU = user+system "
            "seconds summed over them.", "",
-           "## Against design.md section 9", "", "| target | this run | verdict |",
+           "## Against the product's targets", "", "| target | this run | verdict |",
            "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in report["slo"]]
     for r in results:

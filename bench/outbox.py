@@ -3,7 +3,7 @@
     .venv/bin/python bench/outbox.py [--events 100000] [--rate 1000] [--seconds 10]
                                      [--restart-rows 10000000]
 
-Prints, each figure next to its design.md section 9 target:
+Prints, each figure next to its target (docs/certification.md):
   raw      sign + insert in batches of 500 with synchronous=FULL, no daemon, no trio (baseline)
   outbox   the same drafts through Outbox.append from --producers (512) concurrent producers
            (group commit; Ed25519 in the outbox's signing process, as the daemon runs it)

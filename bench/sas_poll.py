@@ -1,4 +1,4 @@
-"""Benchmark: the SAS driver polling many simulated machines in real time (design.md section 9).
+"""Benchmark: the SAS driver polling many simulated machines in real time (targets: docs/certification.md).
 
     .venv/bin/python bench/sas_poll.py [--seconds 10] [--only memory-1000,memory-256,pty-16]
 

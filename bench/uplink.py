@@ -1,4 +1,5 @@
-"""Uplink benchmark: backlog drain and capture -> platform-ack latency, real processes (design.md 9).
+"""Uplink benchmark: backlog drain and capture -> platform-ack latency, real processes (targets in
+docs/certification.md).
 
     .venv/bin/python bench/uplink.py [--events 1000000] [--rate 1000] [--seconds 10]
                                      [--plain] [--batch 200] [--window 8] [--quick]

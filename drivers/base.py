@@ -46,7 +46,7 @@ class MachineRef:
 class SourceRef:
     """What on the wire produced an event: protocol, code and raw payload.
 
-    `(code, payload)` is the redelivery key (design.md section 4 rule 3): after a gateway restart a
+    `(code, payload)` is the redelivery key (drivers/redelivery.py): after a gateway restart a
     machine re-sends the exception it never saw acknowledged, with the same code and payload.
     `priority` marks an exception the machine sends ahead of its queue (SAS P-flag, e.g. 70), so
     it can arrive before that re-sent one.

@@ -2,7 +2,7 @@
 
 `OutboxSink` is the `drivers.base.EventSink` every driver gets. `record` turns a `MachineEvent`
 into a draft and returns only once the outbox has committed it -- the driver acknowledges the
-machine after that (design.md section 4 rule 1). It also asks the redelivery question
+machine after that (docs/outbox.md, "Durability"). It also asks the redelivery question
 (rule 3) of `Outbox.redelivery`, whose rules live in drivers/redelivery.py.
 """
 

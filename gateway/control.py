@@ -1,4 +1,4 @@
-"""The local control socket: what `casino-gateway diag` talks to (design.md section 7).
+"""The local control socket: what `casino-gateway diag` talks to (docs/operations.md, section 4a).
 
 A Unix stream socket (default /run/casino-gateway/control.sock, in systemd's RuntimeDirectory),
 created mode 0660 so only the service user and its group can connect. The protocol is one JSON

@@ -1,6 +1,6 @@
 """The SQLite outbox: where every event becomes durable, gets its seq and its place in the chain.
 
-Durability contract (design.md section 4): `await outbox.append(draft)` returns only once the event
+Durability contract (docs/outbox.md section 2): `await outbox.append(draft)` returns only once the event
 is committed with `synchronous=FULL` in WAL mode. One writer task owns the write connection and
 commits in groups (every `commit_interval_s` or `batch_max` events, whichever first), so the fsync
 is shared by every port. Sequence numbers and the hash chain are assigned inside the writer, in
@@ -256,7 +256,7 @@ def _lock(path: Path) -> int:
 
 
 def envelope_for(settings: OutboxSettings, epoch: str, draft: Draft, seq: int) -> dict[str, Any]:
-    """The unsealed envelope of `draft` at `seq` (design.md section 5)."""
+    """The unsealed envelope of `draft` at `seq` (docs/uplink-protocol.md section 4)."""
     return {
         "event": draft.type, "channel": draft.channel, "schema_version": draft.schema_version,
         "id": f"{settings.gateway_id}:{epoch}:{seq}", "seq": seq, "epoch": epoch,
@@ -436,7 +436,7 @@ class Outbox:
                            (self.delivered_seq,)).fetchone()
         self._oldest_undelivered_at: float | None = row[0] if row else None
         # What each machine sent last and whether it was acknowledged before the last stop:
-        # the key to recognising a redelivered exception (design.md section 4 rule 3).
+        # the key to recognising a redelivered exception (drivers/redelivery.py).
         rows = conn.execute("SELECT machine, last_seq, last_code, last_payload, acked_seq, "
                             "last_counter FROM machine_state").fetchall()
         # The rules live in drivers/redelivery.py; the outbox only loads and persists them.

@@ -1,6 +1,6 @@
-"""The Linux PARMRK byte encoding of the ninth bit (design.md section 8): a byte with the bit set
-travels as `FF 00 b`, a literal `FF` as `FF FF`, everything else as itself. Used both ways on a
-pseudo-terminal, and on receive from a real UART with INPCK|PARMRK."""
+"""The Linux PARMRK byte encoding of the ninth bit (docs/sas.md, "Links and the ninth bit"): a byte
+with the bit set travels as `FF 00 b`, a literal `FF` as `FF FF`, everything else as itself. Used
+both ways on a pseudo-terminal, and on receive from a real UART with INPCK|PARMRK."""
 
 from __future__ import annotations
 

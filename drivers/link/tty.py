@@ -223,7 +223,7 @@ async def open_tty_link(path: str, *, mode: str = "auto", lock_dir: Path | None 
             _configure_serial(fd)
         else:
             tty.setraw(fd)
-        # Bytes left by a previous opener survive a close (design.md section 8).
+        # Bytes left by a previous opener survive a close (docs/sas.md, "Links and the ninth bit").
         termios.tcflush(fd, termios.TCIFLUSH)
     except OSError as exc:
         os.close(fd)

@@ -1,6 +1,6 @@
 """The trio shell around SasHost: owns the link and the clock, does nothing clever (house style 3.3).
 
-Durability (design.md section 4): each exception is recorded (or recognised as a redelivery)
+Durability (docs/outbox.md section 2): each exception is recorded (or recognised as a redelivery)
 before `host.durable()` lets the host send the next poll, which is the implied ACK; the sink hears
 `acknowledged()` only after that poll was written to the link.
 """

@@ -15,7 +15,7 @@ differs from the last one; an identical poll is an implied NACK and makes it res
     in RTE mode the sync GP is the ACK instead (an LP would be answered by the next event);
     after an RTE event in place of a long-poll answer that long poll stays queued, and re-sending
     it is preceded by the sync GP, so the event is ACKed and the poll re-issued.
-Durable before acknowledged (design.md section 4 rule 1). An exception is reported as
+Durable before acknowledged (docs/sas.md, "The answer contract"). An exception is reported as
 `Report(event, token)`; from then on the host sends nothing on the whole line (any poll would ACK
 it) until `durable(token)` is called. The next frames handed out by `frames_to_send()` are the
 implied ACK, and `Acknowledged(event)` is queued right after them.

@@ -1,4 +1,4 @@
-"""Fault scenarios for the simulated EGM (design.md section 8), decided by a seeded RNG.
+"""Fault scenarios for the simulated EGM (docs/sas.md, "Simulator"), decided by a seeded RNG.
 
 Answer faults hit the machine's answers on the way out; the machine's state is as if the answer
 had gone out intact, which is what the host sees on a noisy line:

@@ -1,7 +1,7 @@
 """A fleet of simulated machines on pseudo-terminals, for the demo and end-to-end tests.
 
 Each machine (address 1) runs on a pty master; a gateway opens the slave path like any serial
-device, and the PARMRK encoding carries the wakeup bit (design.md section 8).
+device, and the PARMRK encoding carries the wakeup bit (docs/sas.md, "Links and the ninth bit").
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ it (non-blocking) into each client's bounded queue, 16 clients at a time with an
 merging what is waiting into one frame. So the work per event is one encode, and the senders'
 work is bounded by the frame budget however many clients connect or however busy the floor is.
 A client whose queue passes `client_queue` messages is closed with 1008 "too slow", so a stalled
-browser never slows the outbox (design.md sections 7 and 10; docs/feed-protocol.md 7a).
+browser never slows the outbox (docs/feed-protocol.md 7a).
 """
 
 from __future__ import annotations
