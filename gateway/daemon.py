@@ -59,6 +59,7 @@ from gateway.control import (
     traced_opener,
 )
 from gateway.errors import ConfigError
+from gateway.feed.guard import LogThrottle
 from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
@@ -83,6 +84,7 @@ RECOVERABLE = (LinkError, SasRemoteProtocolError, OSError)
 PORT_RETRY_INITIAL_S = 0.5
 PORT_RETRY_MAX_S = 5.0
 PORT_STABLE_S = 10.0
+PORT_LOG_INTERVAL_S = 60.0  # one `port failed` line per error per minute
 
 
 class PipelineHealth:
@@ -255,14 +257,17 @@ async def supervise_port(gw: Gateway, name: str, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                          jitter: Callable[[], float] = random.random) -> None:
     """Run one port's driver forever; a broken port is reopened with jittered backoff (the
-    driver has reported its machines offline by then). Every `port failed; will retry` line
-    (retry_in_s: the delay really slept) has its `port recovered` line. Reports started after
-    the first attempt, successful or not, so one dead port cannot hold READY."""
+    driver has reported its machines offline by then). `port failed; will retry` (retry_in_s:
+    the delay really slept) is logged at most once a minute per error, with how many retries it
+    stands for, so a dead port cannot fill the journal; every outage ends with its `port
+    recovered` line. Reports started after the first attempt, successful or not, so one dead
+    port cannot hold READY."""
     driver = gw.drivers[name]
     reported = False
     down_since: float | None = None  # trio time of the first failure of the current outage
     failures = 0  # in the current outage
     streak = 0  # failures since the link last stayed up PORT_STABLE_S: the backoff exponent
+    throttle = LogThrottle(PORT_LOG_INTERVAL_S)
     while True:
         opened_at: float | None = None
         try:
@@ -292,9 +297,11 @@ async def supervise_port(gw: Gateway, name: str, *,
             delay = backoff_delay(streak, initial=PORT_RETRY_INITIAL_S,
                                   maximum=PORT_RETRY_MAX_S, random=jitter)
             streak += 1
-            log.warning("port failed; will retry", port=name, error=str(error),
-                        error_type=type(error).__name__, retry_in_s=round(delay, 3),
-                        attempt=failures)
+            repeats = throttle.admit(f"{type(error).__name__}: {error}", now)
+            if repeats is not None:
+                log.warning("port failed; will retry", port=name, error=str(error),
+                            error_type=type(error).__name__, retry_in_s=round(delay, 3),
+                            attempt=failures, repeated=repeats)
         else:
             delay = 0.0  # the driver returned (it does not, but a return is no failure)
         if not reported:

@@ -299,9 +299,14 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
         configure_logging("warning", "console", stream=sys.__stderr__)
     failed = [e for e in logs if e["event"] == "port failed; will retry"]
     # Each retry_in_s is the gap to the next attempt: the uplink's jittered backoff_delay from
-    # 0.5 s (capped at 5 s). After 100 s of running, the backoff starts again at 0.5 s.
+    # 0.5 s (capped at 5 s). After 100 s of running, the backoff starts again at 0.5 s. One line
+    # per error per minute: the 2nd and 3rd open failures are told by the next line's count.
     gaps = [b - a for a, b in zip(driver.starts, driver.starts[1:], strict=False)]
-    assert [e["retry_in_s"] for e in failed] == [0.5, 1.0, 2.0, 0.5, 1.0]
+    assert [(e["retry_in_s"], e["repeated"]) for e in failed] == [(0.5, 0), (0.5, 0), (1.0, 2)]
+    assert [e["error"] for e in failed] == [
+        "cannot open /dev/ttyUSB3: No such file or directory",
+        "read failed: [Errno 5] Input/output error",
+        "cannot open /dev/ttyUSB3: No such file or directory"]
     assert gaps == [0.5, 1.0, 2.0, 100.0 + 0.5, 1.0]
     # Every outage ends with a recovery line saying how long and after how many attempts.
     recovered = [(e["port"], e["attempts"], e["down_for_s"]) for e in logs
@@ -309,3 +314,35 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
     assert recovered == [("port1", 3, 3.5), ("port1", 2, 1.5)]
     assert Gw.port_failures == {"port1": 5}
     assert Gw.port_errors == {}  # cleared by the recovery; diag shows it while the port is down
+
+
+async def test_a_dead_port_logs_once_a_minute_not_every_retry(autojump_clock):
+    """A port dead for 10 minutes retries every <= 5 s (about 120 attempts); the journal gets
+    one `port failed` line a minute, each saying how many retries it stands for."""
+    import structlog.testing
+
+    driver = FlakyDriver(["fail"] * 1000)
+
+    class Gw:
+        drivers = {"port1": driver}
+        port_failures: dict[str, int] = {}
+        port_errors: dict[str, str] = {}
+        sink = None
+
+    configure_logging("info", "json", stream=io.StringIO())
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(daemon.supervise_port, jitter=lambda: 1.0), Gw(),
+                                    "port1")
+                await trio.sleep(600)
+                nursery.cancel_scope.cancel()
+    finally:
+        configure_logging("warning", "console", stream=sys.__stderr__)
+    failed = [e for e in logs if e["event"] == "port failed; will retry"]
+    attempts = len(driver.starts)
+    assert attempts > 100
+    assert 10 <= len(failed) <= 11
+    # Every attempt is accounted for: the logged ones plus the counts they carry.
+    told = len(failed) + sum(e["repeated"] for e in failed)
+    assert attempts - told <= 12  # the ones since the last line are told by the next
