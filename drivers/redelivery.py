@@ -24,7 +24,7 @@ drivers/sas/host.py "Machine resets") and the driver reports that as a redeliver
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["RedeliveryBook", "RedeliveryKey", "Unacknowledged"]
@@ -78,7 +78,3 @@ class RedeliveryBook:
         last = self._pending.get(machine)
         if last is not None and seq >= last.seq:
             del self._pending[machine]
-
-    def forget(self, machines: Iterable[str]) -> None:
-        for machine in machines:
-            self._pending.pop(machine, None)

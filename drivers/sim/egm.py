@@ -151,10 +151,8 @@ class SasEgm:
     def power_cycle(self, now: float) -> None:
         """Power off for `power_off_s`: silent, then unsynced, RTE off (kept with the profile's
         `rte_after_power`), 18 and 17 queued. The FIFO is in NVRAM and survives; an
-        unacknowledged answer is simply not acknowledged, and the ledger notes the cut."""
+        unacknowledged answer is simply not acknowledged."""
         self.powered_until = now + self.faults.plan.power_off_s
-        if self._last is not None and self._last.entry is not None:
-            self.ledger.cut_by_power(self._last.entry)
         self._last = None
         self._msg = None
         self.synced = False

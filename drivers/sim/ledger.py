@@ -26,10 +26,7 @@ class LedgerEntry:
     raised_at: float
     acknowledged_at: float | None = None
     lost: bool = False
-    # Times it went out as an answer, and whether a power cycle hit while it was the machine's
-    # answer awaiting its implied ACK (the machine then re-sends it after power-up).
-    sent: int = 0
-    power_cut: bool = False
+    sent: int = 0  # times it went out as an answer
 
 
 class Ledger:
@@ -58,9 +55,6 @@ class Ledger:
     def lose(self, entry: LedgerEntry) -> None:
         entry.lost = True
         self._changed()
-
-    def cut_by_power(self, entry: LedgerEntry) -> None:
-        entry.power_cut = True
 
     def pending(self) -> list[LedgerEntry]:
         return [e for e in self.entries if e.acknowledged_at is None and not e.lost]
