@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import nacl.signing
 
-from gateway.conformance.kit import Blocked, Closed, Failed, Kit, TimedOut
+from gateway.conformance.kit import Blocked, Closed, Conn, Failed, Kit, TimedOut
 from gateway.signing import Signer
 from gateway.uplink import protocol as proto
 
@@ -55,6 +55,15 @@ def check(rule: str, title: str, *, needs: tuple[str, ...] = (),
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise Failed(message)
+
+
+async def acked(conn: Conn, refused: str) -> int:
+    """The platform's next ack; `Failed` naming what was `refused` (and the close code) if it
+    closes instead. Most checks send something the spec says MUST be stored, then this."""
+    try:
+        return await conn.ack()
+    except Closed as closed:
+        raise Failed(f"{refused} (close {closed.code})") from None
 
 
 async def expect_close(conn_next: Callable[[], Awaitable[Closed]], code: int) -> None:
@@ -105,11 +114,9 @@ async def _verify(kit: Kit) -> None:
     stream = kit.stream()
     async with kit.session(stream) as (conn, _):
         await conn.send(proto.Events(tuple(stream.next(1))))
-        try:
-            await conn.ack()  # its value is P-ACK-1's business
-        except Closed as closed:
-            raise Failed(f"a correctly signed event was refused (close {closed.code}): "
-                         f"the signature is Ed25519 over the 32-byte hash") from None
+        # The ack's value is P-ACK-1's business.
+        await acked(conn, "a correctly signed event was refused: the signature is Ed25519 over "
+                          "the 32-byte hash")
     got = await mark(kit, stream.epoch)
     expect(got == 1, f"a correctly signed event was not stored (mark {got}): the signature "
                      f"is Ed25519 over the 32-byte hash")
@@ -166,10 +173,7 @@ async def _epochs(kit: Kit) -> None:
     async with kit.session(second) as (conn, welcome):
         expect(welcome.high_water == 0, f"a new epoch was welcomed at {welcome.high_water}")
         await conn.send(proto.Events(tuple(second.next(1))))
-        try:
-            seq = await conn.ack()
-        except Closed as closed:
-            raise Failed(f"seq 1 of a second epoch was refused ({closed.code})") from None
+        seq = await acked(conn, "seq 1 of a second epoch was refused")
         expect(seq == 1, f"ack {seq}")
 
 
@@ -213,10 +217,7 @@ async def _duplicates(kit: Kit) -> None:
         await conn.send(proto.Events(tuple(events)))
         await conn.ack()
         await conn.send(proto.Events(tuple(events[1:] + stream.next(1))))
-        try:
-            seq = await conn.ack()
-        except Closed as closed:
-            raise Failed(f"a frame with duplicates was refused ({closed.code})") from None
+        seq = await acked(conn, "a frame with duplicates was refused")
         expect(seq == 4, f"ack {seq} after duplicates 2-3 and new 4")
 
 
@@ -228,10 +229,7 @@ async def _gap(kit: Kit) -> None:
         await conn.ack()
         stream.skip(2)  # seq 2-3 never exist; seq 4 links to seq 1
         await conn.send(proto.Events(tuple(stream.next(1))))
-        try:
-            seq = await conn.ack()
-        except Closed as closed:
-            raise Failed(f"an authentic event after a gap was refused ({closed.code})") from None
+        seq = await acked(conn, "an authentic event after a gap was refused")
         expect(seq == 4, f"ack {seq} for seq 4 after a gap")
 
 
@@ -242,11 +240,7 @@ async def _link(kit: Kit) -> None:
         await conn.send(proto.Events(tuple(stream.next(1))))
         await conn.ack()
         await conn.send(proto.Events((stream.faulty("wrong-link"),)))
-        try:
-            seq = await conn.ack()
-        except Closed as closed:
-            raise Failed(f"an authentic event with a wrong prev_hash was refused "
-                         f"({closed.code})") from None
+        seq = await acked(conn, "an authentic event with a wrong prev_hash was refused")
         expect(seq == 2, f"ack {seq}")
 
 
@@ -303,11 +297,7 @@ async def _schema(kit: Kit) -> None:
         events = stream.next(1, "betPlaced", {"wager": "ten dollars"})
         events += stream.next(1, "kitFutureEvent", {"anything": [1, 2]})
         await conn.send(proto.Events(tuple(events)))
-        try:
-            seq = await conn.ack()
-        except Closed as closed:
-            raise Failed(f"authentic events were refused for their content ({closed.code})"
-                         ) from None
+        seq = await acked(conn, "authentic events were refused for their content")
         expect(seq == 2, f"ack {seq}")
 
 
@@ -321,17 +311,12 @@ async def _rotation(kit: Kit) -> None:
                                                 "new_public_key": bytes(new.verify_key).hex()})
         events += stream.next(1, signer=new)
         await conn.send(proto.Events(tuple(events)))
-        try:
-            expect(await conn.ack() == 3, "the rotation frame was not acked to 3")
-        except Closed as closed:
-            raise Failed(f"an event signed by the announced key was refused "
-                         f"({closed.code})") from None
+        expect(await acked(conn, "an event signed by the announced key was refused") == 3,
+               "the rotation frame was not acked to 3")
     async with kit.session(stream, kids=(new.kid,)) as (conn, _):
         await conn.send(proto.Events(tuple(stream.next(1, signer=new))))
-        try:
-            expect(await conn.ack() == 4, "not acked after reconnecting")
-        except Closed as closed:
-            raise Failed(f"the learnt key was forgotten on reconnect ({closed.code})") from None
+        expect(await acked(conn, "the learnt key was forgotten on reconnect") == 4,
+               "not acked after reconnecting")
 
 
 @check("P-SIZE-1", "a frame of 1,000 events", needs=FULL)
@@ -339,10 +324,7 @@ async def _big_frame(kit: Kit) -> None:
     stream = kit.stream()
     async with kit.session(stream) as (conn, _):
         await conn.send(proto.Events(tuple(stream.next(1000))))
-        try:
-            seq = await conn.ack()
-        except Closed as closed:
-            raise Failed(f"a 1,000-event frame was refused ({closed.code})") from None
+        seq = await acked(conn, "a 1,000-event frame was refused")
         expect(seq == 1000, f"ack {seq}")
 
 
@@ -366,10 +348,8 @@ async def _unknown_result(kit: Kit) -> None:
     async with kit.session(stream) as (conn, _):
         await conn.send(proto.CommandResult("kit-unknown-" + stream.epoch, "ok", "", {}))
         await conn.send(proto.Events(tuple(stream.next(1))))
-        try:
-            expect(await conn.ack() == 1, "no ack after the result")
-        except Closed as closed:
-            raise Failed(f"closed ({closed.code}) after a result for an unknown id") from None
+        expect(await acked(conn, "closed after a result for an unknown id") == 1,
+               "no ack after the result")
 
 
 def _commands_seen(kit: Kit) -> list[tuple[proto.Command, bool]]:
