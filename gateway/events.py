@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import MachineEvent, MachineRef
+from drivers.model import MachineEvent, MachineRef
 
 __all__ = [
     "CATALOGUE",
