@@ -68,6 +68,14 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def test_no_gateway_module_imports_a_protocol() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
+                                                  if n == "drivers.sas"
+                                                  or n.startswith("drivers.sas."))
+                 for p in sorted((ROOT / "gateway").rglob("*.py"))}
+    assert {p: n for p, n in offenders.items() if n} == {}
+
+
 def test_import_walk_sees_every_form(tmp_path: Path) -> None:
     probe = tmp_path / "m.py"
     probe.write_text("import drivers.sas.host\nfrom drivers.sas import messages\n"
