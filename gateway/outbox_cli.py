@@ -10,7 +10,6 @@ import inspect
 import json
 import os
 import sqlite3
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +18,7 @@ from typing import Any
 
 from gateway.errors import EXIT_FAILURE, StoreError
 
-__all__ = ["EXPORT_FORMAT", "add_commands", "export_range", "open_db", "read_export"]
-
-EXPORT_FORMAT = "casino-gateway-export/1"
+__all__ = ["add_commands", "progress_bar"]
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -258,20 +255,15 @@ def _prepare_next_key(path: Path, next_path: Path) -> Any:
 
 def _chain_kid(db: Path) -> str | None:
     """The key the outbox's chain is signed with now (None: no outbox or no event yet)."""
-    from gateway.signing import decode_envelope
+    from gateway.outbox import readers
 
     if not db.exists():
         return None
-    conn = open_db(db)
+    conn = readers.open_db(db)
     try:
-        last = conn.execute("SELECT body FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return readers.chain_kid(conn)
     finally:
         conn.close()
-    if last is None:
-        return None
-    env = decode_envelope(last[0])
-    return (env.get("data") or {}).get("new_kid") if env.get("event") == "keyRotated" \
-        else env.get("kid")
 
 
 def _owned_like_the_outbox(db: Path) -> None:
@@ -287,13 +279,12 @@ def _owned_like_the_outbox(db: Path) -> None:
 
 def _announced_at(db: Path, kid: str) -> int | None:
     """The seq of the keyRotated event that announced `kid`."""
-    from gateway.signing import decode_envelope
+    from gateway.outbox import readers
 
-    conn = open_db(db)
+    conn = readers.open_db(db)
     try:
-        for seq, body in conn.execute("SELECT seq, body FROM events WHERE type = 'keyRotated' "
-                                      "ORDER BY seq DESC"):
-            if (decode_envelope(body).get("data") or {}).get("new_kid") == kid:
+        for seq, env in readers.iter_key_rotations(conn, newest_first=True):
+            if (env.get("data") or {}).get("new_kid") == kid:
                 return seq
     finally:
         conn.close()
@@ -327,16 +318,16 @@ def _record_offline(db: Path, old: Any, new: Any) -> int | None:
     """Record keyRotated in a stopped gateway's outbox (its lock refuses a running one)."""
     import trio
 
-    from gateway.outbox import Outbox, OutboxSettings, open_readonly
+    from gateway.outbox import Outbox, OutboxSettings, readers
     from gateway.signing import decode_envelope
 
-    conn = open_readonly(db)
+    conn = readers.open_readonly(db)
     try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        last = conn.execute("SELECT body FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        meta = readers.read_meta(conn)
+        last = readers.last_event(conn)
     finally:
         conn.close()
-    last_env = decode_envelope(last[0]) if last else {}
+    last_env = decode_envelope(last[1]) if last else {}
     settings = OutboxSettings(path=db, gateway_id=meta["gateway_id"],
                               venue=last_env.get("venue", ""),
                               region=last_env.get("region", ""), min_free_mb=0)
@@ -364,44 +355,6 @@ def _record_offline(db: Path, old: Any, new: Any) -> int | None:
 
 # -- outbox ---------------------------------------------------------------------------------------
 
-def open_db(path: Path) -> sqlite3.Connection:
-    """open_readonly, with what stops this user reading the file said in one line (a StoreError,
-    which the CLI prints and exits 1 with) instead of a traceback."""
-    from gateway.outbox import open_readonly
-
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise StoreError(f"no outbox at {path}") from None
-    except PermissionError:
-        raise StoreError(f"cannot reach {path}: permission denied on its directory; run as the "
-                         "service user (sudo -u casino-gateway ...), or use casino-gateway "
-                         "diag, which shows the outbox to the service's group") from None
-    if not os.access(path, os.R_OK):
-        raise StoreError(
-            f"cannot read {path}: permission denied (mode {stat.S_IMODE(st.st_mode):04o}, owner "
-            f"{_owner(st.st_uid)}); run as the service user (sudo -u {_owner(st.st_uid)} "
-            "casino-gateway outbox ...), or use casino-gateway diag, which shows the outbox "
-            "to the service's group")
-    conn = open_readonly(path)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as err:
-        conn.close()
-        raise StoreError(f"cannot read {path}: {err} (the WAL files beside it must be "
-                         "readable and writable too: run as the service user)") from None
-    return conn
-
-
-def _owner(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def _json_envelope(body: bytes) -> str:
     from gateway.signing import decode_envelope
 
@@ -411,7 +364,7 @@ def _json_envelope(body: bytes) -> str:
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
-    from gateway.outbox import describe, iter_envelopes, outbox_figures
+    from gateway.outbox import describe, iter_envelopes, open_db, outbox_figures, readers
 
     if args.action == "verify":
         return _verify(args)
@@ -425,7 +378,7 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
                 print(f"{key:>22}: {value}")
         return 0
     if args.action == "tail":
-        last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        last = readers.last_seq(conn)
         after = max(0, last - args.lines)
         watch = None
         if args.follow:
@@ -489,77 +442,12 @@ def _export_rows(conn: sqlite3.Connection, args: argparse.Namespace
             yield seq, body
 
 
-def export_range(conn: sqlite3.Connection, out: Path, rows: Iterator[tuple[int, bytes]],
-                 keys: dict[str, Any]) -> dict[str, Any]:
-    """Write a self-contained export: the rows, the public keys (given, and announced by
-    keyRotated events in the range), gateway id, epoch and the first row's prev_hash.
-    Streams: memory stays flat however long the range."""
-    import nacl.signing
-
-    from gateway.signing import decode_envelope
-
-    if out.exists():
-        raise StoreError(f"{out} already exists; refusing to overwrite an export")
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    dst = sqlite3.connect(out, isolation_level=None)
-    try:
-        dst.executescript("""
-            CREATE TABLE export_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE keys (kid TEXT PRIMARY KEY, public_key TEXT NOT NULL);
-            CREATE TABLE events (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
-        """)
-        dst.execute("BEGIN")
-        first = last = None
-        first_prev = b""
-        count = 0
-        page: list[tuple[int, bytes]] = []
-        for seq, body in rows:
-            env = decode_envelope(body)
-            if first is None:
-                first, first_prev = seq, env["prev_hash"]
-            if env.get("event") == "keyRotated" and (env.get("data") or {}).get("new_public_key"):
-                public = env["data"]["new_public_key"]
-                keys.setdefault(env["data"]["new_kid"],
-                                nacl.signing.VerifyKey(bytes.fromhex(public)))
-            keys.setdefault(env["kid"], None)
-            page.append((seq, body))
-            last, count = seq, count + 1
-            if len(page) >= 1000:
-                dst.executemany("INSERT INTO events VALUES (?, ?)", page)
-                page.clear()
-        dst.executemany("INSERT INTO events VALUES (?, ?)", page)
-        dst.executemany("INSERT INTO keys VALUES (?, ?)",
-                        [(kid, bytes(k).hex()) for kid, k in keys.items() if k is not None])
-        figures = {"format": EXPORT_FORMAT, "gateway_id": meta.get("gateway_id", ""),
-                   "epoch": meta.get("epoch", ""), "first_seq": first, "last_seq": last,
-                   "count": count, "first_prev_hash": first_prev.hex(),
-                   "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                   "kids": sorted(keys)}
-        dst.executemany("INSERT INTO export_meta VALUES (?, ?)",
-                        [(k, json.dumps(v)) for k, v in figures.items()])
-        dst.execute("COMMIT")
-    except BaseException:
-        dst.close()
-        out.unlink(missing_ok=True)
-        raise
-    dst.close()
-    return figures
-
-
-def read_export(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    """The export's metadata, or None if `conn` is an outbox rather than an export."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='export_meta'").fetchone():
-        return None
-    meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM export_meta")}
-    if meta.get("format") != EXPORT_FORMAT:
-        raise StoreError(f"unknown export format {meta.get('format')!r}")
-    return meta
-
-
 def _export(conn: sqlite3.Connection, args: argparse.Namespace) -> int:
     if args.file is None:
         print("outbox export needs the FILE to write", file=sys.stderr)
         return 2
+    from gateway.outbox.export import export_range
+
     figures = export_range(conn, args.file, _export_rows(conn, args), _trusted_keys(args))
     if not figures["count"]:
         args.file.unlink()
@@ -590,7 +478,8 @@ def progress_bar(total: int, stream: Any = None) -> Callable[[int], None] | None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.outbox import iter_envelopes
+    from gateway.outbox import iter_envelopes, open_db, readers
+    from gateway.outbox.export import export_keys, read_export
     from gateway.verify import verify_events
 
     path = args.file or args.db
@@ -604,14 +493,13 @@ def _verify(args: argparse.Namespace) -> int:
     if export is not None:
         first_prev = bytes.fromhex(export["first_prev_hash"])
         if not keys:
-            keys = {kid: _verify_key_hex(hex_key) for kid, hex_key in
-                    conn.execute("SELECT kid, public_key FROM keys")}
+            keys = {kid: _verify_key_hex(hex_key) for kid, hex_key in export_keys(conn).items()}
             print("WARNING: no --public-key given; using the keys inside the file, which proves "
                   "the file is consistent, not that this gateway wrote it", file=sys.stderr)
     if not keys:
         print("give --public-key FILE (or --key-file FILE) to verify against", file=sys.stderr)
         return 2
-    total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    total = readers.count_events(conn)
     show = None if args.json else progress_bar(total)
     report = verify_events(iter_envelopes(conn), keys, progress=show, first_prev=first_prev)
     if show is not None:
@@ -644,21 +532,18 @@ def _verify(args: argparse.Namespace) -> int:
 def _explain_unknown_key(conn: sqlite3.Connection, needed: str, keys: dict[str, Any],
                          seq: int | None) -> str:
     """Why a kid is unknown and where its public key is (a rotation is the usual reason)."""
-    from gateway.signing import decode_envelope
+    from gateway.outbox import readers
 
     given = ", ".join(sorted(keys))
     text = (f"seq {seq} is signed by key {needed}, which is not among the keys given ({given}). "
             f"verify needs the public key the range starts with; the keys after it are learned "
             f"from the keyRotated events, which carry them.")
-    has_type = any(row[1] == "type" for row in conn.execute("PRAGMA table_info(events)"))
-    if has_type:
-        for seq_, body in conn.execute("SELECT seq, body FROM events WHERE type = 'keyRotated' "
-                                       "ORDER BY seq"):
-            data = decode_envelope(body).get("data") or {}
-            if data.get("new_kid") in keys:
-                text += (f" The key you gave, {data['new_kid']}, was rotated in at seq {seq_}: "
-                         f"the events before are signed by an older key.")
-                break
+    for seq_, env in readers.iter_key_rotations(conn):
+        data = env.get("data") or {}
+        if data.get("new_kid") in keys:
+            text += (f" The key you gave, {data['new_kid']}, was rotated in at seq {seq_}: "
+                     f"the events before are signed by an older key.")
+            break
     archived = needed.replace(":", "-") + ".key"
     return (text + f" Give {needed}'s public key too (--public-key is repeatable): the one "
             f"registered with the platform before the rotation, or from the archived key with "
