@@ -57,7 +57,7 @@ from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
 from gateway.errors import ConfigError
-from gateway.feed.guard import Admission, LogThrottle
+from gateway.limits import Admission, LogThrottle
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
