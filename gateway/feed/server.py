@@ -28,7 +28,14 @@ from gateway.feed import guard
 from gateway.feed.fanout import Fanout, FeedStatistics
 from gateway.feed.http import HttpFront
 from gateway.feed.metrics import FeedMetrics
-from gateway.feed.protocol import POLICY_VIOLATION, FailureLimiter, TokenEntry, TokenTable, dumps
+from gateway.feed.protocol import (
+    POLICY_VIOLATION,
+    FailureLimiter,
+    LoginBook,
+    TokenEntry,
+    TokenTable,
+    dumps,
+)
 from gateway.feed.session import Sessions
 from gateway.feed.settings import FeedSettings
 from gateway.feed.state import AlertBoard
@@ -68,6 +75,7 @@ class FeedServer:
         self.command_handler = command_handler
         self.tokens = TokenTable(settings.tokens)
         self.limiter = FailureLimiter(settings.auth_failures_per_minute)
+        self.logins = LoginBook(settings.session_max_s)
         self.admission = guard.admission(settings, guard.descriptor_limit())
         self.throttle = LogThrottle(60.0)
         self.port: int | None = None        # once bound

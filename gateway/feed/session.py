@@ -27,6 +27,7 @@ from gateway.feed.fanout import CLOSE_TIMEOUT_S, Batch, Client, Item, live_frame
 from gateway.feed.http import Prefixed, header, request_bytes, respond, same_origin
 from gateway.feed.protocol import (
     EVENTS_FRAME_OVERHEAD,
+    POLICY_VIOLATION,
     SUBPROTOCOL,
     TOKEN_PREFIX,
     Acknowledge,
@@ -38,6 +39,7 @@ from gateway.feed.protocol import (
     FailureLimiter,
     FeedSession,
     History,
+    Identity,
     Replay,
     Resync,
     Send,
@@ -162,25 +164,13 @@ class Sessions:
             actions = session.receive(frame) if frame is not None else [
                 Send(error("auth_required", "no auth message in time")),
                 Close(1008, "authentication timeout")]
-        for action in actions:
-            if isinstance(action, Send):
-                await ws.send_message(dumps(action.message))
-            elif isinstance(action, AuthFailed):
-                server.limiter.record(remote, trio.current_time())
-                attempt.done()
-                server.metrics.auth_failures.inc()
-                server.note("feed authentication failed", "auth_failed", client=remote)
-            elif isinstance(action, Close):
-                await ws.aclose(action.code, action.reason)
-                return None
-            elif isinstance(action, Authenticated):
-                # No checkpoint between the snapshot and joining: no event is missed or doubled.
-                attempt.done()
-                ticket.authenticated()
-                self._join(client, action)
+        ends = await self._authenticate(ws, client, actions, ticket, attempt)
+        if ends is None:
+            return None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender, ws, client, nursery.cancel_scope)
+                nursery.start_soon(self._expire, client, ends)
                 await self._reader(ws, client)
                 if not client.too_slow:
                     nursery.cancel_scope.cancel()
@@ -188,18 +178,59 @@ class Sessions:
             server.fanout.clients.discard(client)
         return client
 
-    def _join(self, client: Client, action: Authenticated) -> None:
+    async def _authenticate(self, ws: trio_websocket.WebSocketConnection, client: Client,
+                            actions: list[Action], ticket: Ticket,
+                            attempt: _Attempt) -> float | None:
+        """Carry out the session's answer to the first message: when the login ends (trio
+        time), or None once the connection is closed."""
+        server, ends = self.server, math.inf
+        for action in actions:
+            if isinstance(action, Send):
+                await ws.send_message(dumps(action.message))
+            elif isinstance(action, AuthFailed):
+                server.limiter.record(client.remote, trio.current_time())
+                attempt.done()
+                server.metrics.auth_failures.inc()
+                server.note("feed authentication failed", "auth_failed", client=client.remote)
+            elif isinstance(action, Close):
+                await ws.aclose(action.code, action.reason)
+                return None
+            elif isinstance(action, Authenticated):
+                attempt.done()
+                # The login's end is the server's to enforce, not only the page's.
+                granted = server.logins.begin(action.identity.name, action.login,
+                                              trio.current_time())
+                if granted is None:
+                    await ws.send_message(dumps(error(
+                        "session_expired", "this login has ended: log in again")))
+                    await ws.aclose(POLICY_VIOLATION, "session expired")
+                    return None
+                # No checkpoint between the snapshot and joining: no event is missed or doubled.
+                ticket.authenticated()
+                self._join(client, action.identity, *granted)
+                ends = granted[1]
+        return ends
+
+    def _join(self, client: Client, identity: Identity, login: str, ends: float) -> None:
         """Welcome the client (its starting snapshot) and add it to the fan-out."""
-        server, identity = self.server, action.identity
+        server = self.server
+        expires = time.time() + max(0.0, ends - trio.current_time())
         client.offer(("text", dumps({
             "type": "welcome", "name": identity.name, "role": identity.role,
             "server": {"version": __version__, "gateway_id": server.outbox.gateway_id,
                        "epoch": server.outbox.epoch, "last_seq": server.outbox.last_seq},
             "time": rfc3339(time.time()), "time_zone": server.settings.time_zone or None,
-            "session_max_s": server.settings.session_max_s, "state": server.state()})))
+            "session_max_s": server.settings.session_max_s, "login": login,
+            "session_expires": rfc3339(expires), "state": server.state()})))
         server.fanout.clients.add(client)
         log.info("feed client joined", client=client.remote, name=identity.name,
                  role=identity.role)
+
+    async def _expire(self, client: Client, ends: float) -> None:
+        """End the session when its login does: 1008 "session expired", after what is queued."""
+        await trio.sleep_until(ends)
+        self.server.fanout.clients.discard(client)
+        client.close_soon(POLICY_VIOLATION, "session expired")
 
     async def _reader(self, ws: trio_websocket.WebSocketConnection, client: Client) -> None:
         while True:
