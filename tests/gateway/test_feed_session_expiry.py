@@ -12,7 +12,10 @@ from trio_websocket import open_websocket_url
 
 from gateway.feed.protocol import LoginBook
 
-from .test_feed_server import auth, closed_with, recv, recv_type, start_feed  # noqa: F401 (fixture)
+from .test_feed_server import auth, closed_with, recv, recv_type
+from .test_feed_server import start_feed as _start_feed
+
+start_feed = _start_feed  # the fixture, shared
 
 SHIFT = 60.0   # session_max_s here; a shift of 8 h behaves the same
 
