@@ -53,7 +53,7 @@ from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
 from gateway.errors import ConfigError, StoreError
-from gateway.feed.guard import Admission, LogThrottle
+from gateway.limits import Admission, LogThrottle
 from gateway.outbox import readers
 
 if TYPE_CHECKING:

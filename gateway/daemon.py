@@ -58,9 +58,9 @@ from gateway.control import (
     control_socket_path,
 )
 from gateway.errors import ConfigError
-from gateway.feed.guard import LogThrottle
 from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
+from gateway.limits import LogThrottle
 from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.signing import load_signing_key

@@ -157,7 +157,7 @@ async def test_sighup_reload_applies_tokens_and_allow_list(tmp_path: Path):
                                              handle_signals_=False))
             await wait_until(gw, lambda: all_online(gw))
             assert gw.feed is not None
-            assert gw.feed._tokens.authenticate("old-token") is not None
+            assert gw.feed.tokens.authenticate("old-token") is not None
 
             # Unchanged file: nothing applied, nothing to restart.
             assert reload_config(gw) == {"applied": [], "restart_needed": []}
@@ -169,8 +169,8 @@ async def test_sighup_reload_applies_tokens_and_allow_list(tmp_path: Path):
             assert result == {"applied": ["feed.tokens", "commands.allowed"],
                               "restart_needed": ["uplink.batch_max"]}
             assert gw.commands.settings.allowed == {"requestMeters", "disableMachine"}
-            assert gw.feed._tokens.authenticate("new-token") is not None
-            assert gw.feed._tokens.authenticate("old-token") is None
+            assert gw.feed.tokens.authenticate("new-token") is not None
+            assert gw.feed.tokens.authenticate("old-token") is None
             # The running config now holds what was applied: a second SIGHUP only repeats
             # what still needs a restart.
             assert reload_config(gw) == {"applied": [], "restart_needed": ["uplink.batch_max"]}
