@@ -17,8 +17,8 @@ from drivers.sas.settings import SasPortSettings
 from gateway.capture import OutboxSink
 from gateway.config import PortSection, parse_config, problems_of
 from gateway.control import PortTap, TraceHub
-from gateway.daemon import build_driver
 from gateway.errors import ConfigError
+from gateway.ports import build_driver
 
 BASE = {
     "gateway": {"id": "gw-1", "key_file": "k"},
@@ -154,12 +154,12 @@ async def test_the_opaque_key_alone_identifies_a_redelivery(make_outbox, stored,
 @pytest.mark.parametrize("journal_moved_on", [True, False])
 async def test_the_daemon_settles_a_restart_through_the_protocols_journal(
         make_outbox, tmp_path: Path, journal_moved_on: bool) -> None:
-    """daemon.open_drivers opens each port's restart journal through its DriverSpec and settles
+    """ports.open_drivers opens each port's restart journal through its DriverSpec and settles
     the exceptions a later frame acknowledged, before the driver exists (no isinstance on a
     protocol's driver class)."""
     from drivers.sas.journal import PollJournal
     from drivers.sas.spec import poll_journal_path
-    from gateway.daemon import open_drivers
+    from gateway.ports import open_drivers
 
     config = parse_config({**BASE, "gateway": {**BASE["gateway"], "state_dir": str(tmp_path)},
                            "ports": [{"name": "p1", "device": "/dev/ttyS9"}]})

@@ -14,7 +14,7 @@ import trio.testing
 
 from drivers.base import MachineEvent, MachineRef, SourceRef
 from drivers.sim.fleet import serve_fleet
-from gateway import daemon
+from gateway import daemon, ports
 from gateway.config import load_config
 from gateway.daemon import (
     PipelineHealth,
@@ -291,7 +291,7 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
         with structlog.testing.capture_logs() as logs:
             async with trio.open_nursery() as nursery:
                 # jitter 1.0: the top of each full-jitter range, so the delays are exact.
-                await nursery.start(partial(daemon.supervise_port, jitter=lambda: 1.0), Gw(),
+                await nursery.start(partial(ports.supervise_port, jitter=lambda: 1.0), Gw(),
                                     "port1")
                 await trio.sleep(200)
                 nursery.cancel_scope.cancel()
@@ -333,7 +333,7 @@ async def test_a_dead_port_logs_once_a_minute_not_every_retry(autojump_clock):
     try:
         with structlog.testing.capture_logs() as logs:
             async with trio.open_nursery() as nursery:
-                await nursery.start(partial(daemon.supervise_port, jitter=lambda: 1.0), Gw(),
+                await nursery.start(partial(ports.supervise_port, jitter=lambda: 1.0), Gw(),
                                     "port1")
                 await trio.sleep(600)
                 nursery.cancel_scope.cancel()
