@@ -21,7 +21,7 @@ document.addEventListener('pointerdown', (event) => {
   const tile = hit && hit.closest('.tile');
   window.__taps.push({alert: tile && tile.dataset.alert ? Number(tile.dataset.alert) : null,
                       machine: tile ? tile.dataset.machine : null,
-                      button: Boolean(hit && hit.closest('.ack-button'))});
+                      button: Boolean(hit && hit.closest('.ack-button')), at: Date.now()});
 }, true);
 """
 

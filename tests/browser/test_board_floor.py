@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .live import OUTPUT, BusyFloor, LiveFeed
-from .taps import RECORD_TAPS, tap_like_a_person
+from .taps import RECORD_TAPS, center, tap_like_a_person
 
 TAP_SECONDS = float(os.environ.get("BOARD_TAP_SECONDS", "60"))
 
@@ -66,3 +66,60 @@ def test_taps_on_a_busy_board_acknowledge_exactly_the_alert_under_the_pointer(br
     # No tile moved between reading it and tapping it.
     assert report.moved_before_tap == 0
     assert all(by == "ann" for _, by in live.acks)
+
+
+def confirm_yes(page) -> None:
+    page.wait_for_function("() => !document.getElementById('confirm-yes').disabled")
+    page.mouse.click(*center(page, "#confirm-yes"))
+    page.wait_for_selector("#confirm", state="hidden")
+
+
+def test_a_tap_names_the_alert_its_tile_showed_when_the_finger_came_down(browser, tmp_path):
+    with LiveFeed(tmp_path) as live:
+        tilt = live.append("tilt", {"kind": "bill_jam"}, port="bank-a-01")
+        page = browser.new_page(viewport={"width": 800, "height": 1280})
+        page.add_init_script(RECORD_TAPS)
+        log_in(page, live.url)
+        tile = '.tile[data-machine="bank-a-01/1"]'
+        page.wait_for_selector(f'{tile}[data-alert="{tilt}"]')
+        page.mouse.move(*center(page, f"{tile} .ack-button"))
+        page.mouse.down()
+        # While the finger is down a handpay opens on that machine: the tile now shows it.
+        handpay = live.append("handpayPending", {"amount": {"minor": 250000, "currency": "USD"}},
+                              port="bank-a-01")
+        page.wait_for_selector(f'{tile}[data-alert="{handpay}"]')
+        page.mouse.up()
+        page.wait_for_selector("#confirm:not([hidden])", timeout=5000)  # or it was refused
+        assert page.get_attribute("#confirm", "data-alert") == str(tilt)
+        assert "Bill jam" in page.locator("#confirm-text").text_content()
+        confirm_yes(page)
+        page.wait_for_function("() => document.body.dataset.ackResult")
+        assert live.acks == [(tilt, "ann")]
+
+
+def test_a_tap_on_a_tile_that_just_changed_is_taken_not_refused(browser, tmp_path):
+    with LiveFeed(tmp_path) as live:
+        tilt = live.append("tilt", {"kind": "bill_jam"}, port="bank-b-02")
+        page = browser.new_page(viewport={"width": 800, "height": 1280})
+        page.add_init_script(RECORD_TAPS)
+        log_in(page, live.url)
+        tile = '.tile[data-machine="bank-b-02/1"]'
+        page.wait_for_selector(f'{tile}[data-alert="{tilt}"]')
+        door = live.append("doorOpened", {"door": "main"}, port="bank-b-02")
+        page.wait_for_selector(f'{tile}[data-alert="{door}"]')
+        page.mouse.click(*center(page, f"{tile} .ack-button"))   # at once: the tile just changed
+        page.wait_for_selector("#confirm:not([hidden])", timeout=5000)  # or it was refused
+        assert page.evaluate("Number(document.body.dataset.refused || 0)") == 0
+        assert page.get_attribute("#confirm", "data-alert") == str(door)
+        # Said so when the switch was under 0.5 s before the finger came down.
+        pressed_after = page.evaluate(
+            f"window.__taps[0].at - Number(document.querySelector('{tile}').dataset.changedAt)")
+        switched = page.get_attribute("#confirm", "data-switched") == "true"
+        assert switched == (pressed_after < 500), pressed_after
+        if switched:
+            assert page.locator("#confirm-note").text_content().startswith(
+                "This tile changed just before your tap")
+        confirm_yes(page)
+        page.wait_for_function("() => document.body.dataset.ackResult")
+        assert live.acks == [(door, "ann")]
+        assert live.server.board.get(door).acknowledged_by == "ann"
