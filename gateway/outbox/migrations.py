@@ -16,7 +16,6 @@ undone (docs/operations.md, "Upgrade and downgrade"). A newer version is refused
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import structlog
 
 from gateway.errors import ConfigError, StoreError
+from gateway.outbox.copy import copy_connection
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "OutboxTooNewError", "backup_path",
            "file_version", "migrate", "stored_version", "too_new_message"]
@@ -136,20 +136,13 @@ def _stamp(conn: sqlite3.Connection) -> None:
 
 
 def _backup(conn: sqlite3.Connection, path: Path, version: int) -> Path:
-    """A consistent copy of the database as it is (SQLite backup API), 0600, beside it."""
+    """A consistent copy of the database as it is, 0600, beside it."""
     target = backup_path(path, version)
-    target.unlink(missing_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    dst = sqlite3.connect(target)
     try:
-        conn.backup(dst)
+        copy_connection(conn, target)
     except sqlite3.Error as err:
-        dst.close()
-        target.unlink(missing_ok=True)
         raise StoreError(f"cannot back up {path} before upgrading its schema from version "
                          f"{version}: {err}; nothing was changed") from err
-    dst.close()
     return target
 
 
