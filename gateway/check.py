@@ -81,6 +81,7 @@ def check_config(config: Config, *, strict: bool = False, starting: bool = False
     if config.outbox.path is not None:
         _writable_dir(found, "outbox.path", config.outbox.path.parent)
     _existing_rw(found, "outbox.path", config.outbox_path)
+    _check_outbox_schema(found, config.outbox_path)
     _check_control_socket(found, control_socket_path(g))
     _check_ports(found, config, strict)
     if config.feed is not None and config.feed.tokens and config.feed.certfile is None \
@@ -263,6 +264,19 @@ def _existing_rw(found: list[Problem], where: str, path: Path) -> None:
     elif not os.access(path, os.R_OK | os.W_OK):
         found.append(Problem(where, f"{path} is not readable and writable by user {_user()} "
                              f"(owner {_owner(st.st_uid)}): chown {_user()} {path}"))
+
+
+def _check_outbox_schema(found: list[Problem], path: Path) -> None:
+    """An outbox a newer release upgraded is refused at open: say so here (from the file
+    header; the database is not opened)."""
+    from gateway.outbox.migrations import SCHEMA_VERSION, file_version, too_new_message
+
+    try:
+        version = file_version(path)
+    except OSError:
+        return  # missing (created at start) or unreadable (reported above)
+    if version is not None and version > SCHEMA_VERSION:
+        found.append(Problem("outbox.path", too_new_message(path, version)))
 
 
 def _check_control_socket(found: list[Problem], path: Path) -> None:

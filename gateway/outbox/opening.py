@@ -18,7 +18,8 @@ import structlog
 from gateway.errors import StoreError
 from gateway.events import system_draft
 from gateway.outbox.ledger import forget_recorded_from
-from gateway.outbox.schema import SCHEMA, connect, connect_raw, lock, read_meta
+from gateway.outbox.migrations import migrate
+from gateway.outbox.schema import connect, connect_raw, lock, read_meta
 from gateway.outbox.sealing import envelope_for
 from gateway.outbox.settings import OutboxSettings
 from gateway.outbox.tail import TailCheck, check_tail
@@ -46,19 +47,12 @@ def _insert_marker(conn: sqlite3.Connection, settings: OutboxSettings, epoch: st
                  (seq, draft.type, draft.channel, time.time(), sealed["hash"], body))
 
 
-def _ensure_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(machine_state)")}
-    if "last_counter" not in columns:  # an outbox from before the poll-journal counter
-        conn.execute("ALTER TABLE machine_state ADD COLUMN last_counter INTEGER")
-
-
 def _meta(conn: sqlite3.Connection, settings: OutboxSettings) -> dict[str, str]:
     """The outbox's identity, created on first open; another gateway's outbox is refused."""
     meta = read_meta(conn)
     if "epoch" not in meta:
         meta = {"epoch": os.urandom(8).hex(), "gateway_id": settings.gateway_id,
-                "created_at": str(time.time()), "delivered_seq": "0", "schema": "1"}
+                "created_at": str(time.time()), "delivered_seq": "0"}
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
     elif meta.get("gateway_id") != settings.gateway_id:
         raise StoreError(
@@ -86,7 +80,7 @@ def _open_checked(settings: OutboxSettings, signer: Signer) -> tuple[sqlite3.Con
     raw sqlite3 errors (the caller tells an unreadable file from other failures)."""
     conn = connect_raw(settings.path)
     try:
-        _ensure_schema(conn)
+        migrate(conn, settings.path)
         conn.execute("BEGIN IMMEDIATE")
         meta = _meta(conn, settings)
         tail = check_tail(conn, {signer.kid: signer.verify_key})

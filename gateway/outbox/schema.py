@@ -13,6 +13,8 @@ from gateway.errors import StoreError
 
 __all__ = ["SCHEMA", "connect", "connect_raw", "insert_events", "lock", "machine_key", "read_meta"]
 
+# The current layout, for readers of the code and for benches that build files by hand; files are
+# made and upgraded by the numbered steps in migrations.py (a test checks the two agree).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
