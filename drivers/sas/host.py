@@ -39,6 +39,10 @@ CRC-checked frame (a lone byte there is the tail of a split answer). A give-up r
 the line (sync GP). The first `max_attempts` silences of a run, and every garbled attempt, are
 missed polls; `offline_after_misses` in a row make the machine offline, the first valid answer
 online again.
+Late answers. A poll given up on a silence stays open for late bytes until the next frame goes
+out: bytes that arrive meanwhile (a slow machine or adapter, after the series ended) are its
+answer, taken as during a retry -- decoded, it is recorded; undecodable, the identical poll goes
+again. Thrown away, the next poll would acknowledge what they carried.
 Busy (`addr 00`) gets the identical poll again after the poll interval: any other poll would ACK
 the previous answer, which may have been lost.
 RTE silence. A silent GP means "no activity" -- or a lost event answer, so it is repeated
@@ -399,6 +403,8 @@ class SasHost:
         self._delays: deque[float] = deque(maxlen=_DELAY_WINDOW)
         self._framer = framing.Framer()
         self._inflight: _InFlight | None = None
+        # The poll given up on a silence, while no frame has followed it (see "Late answers").
+        self._given_up: _InFlight | None = None
         self._frames: list[TxFrame] = []
         self._events: deque[HostEvent] = deque()
         self._held: dict[int, MachineEvent] = {}
@@ -413,6 +419,8 @@ class SasHost:
 
     def receive_data(self, data: bytes, now: float) -> None:
         self._framer.feed(data)
+        if self._inflight is None and self._given_up is not None:
+            self._reopen(self._given_up, now)
         f = self._inflight
         if f is None:
             self._framer.clear()
@@ -500,6 +508,7 @@ class SasHost:
                 else:
                     f.machine.idle_gp = True
                     self._finish(f, now)
+                    self._given_up = f
             else:
                 if not f.probe:  # a silent restart probe is expected, not a fault
                     f.machine.stats.timeouts += 1
@@ -676,6 +685,7 @@ class SasHost:
             m.queue.append(_Request(messages.long_poll(m.address, LongPoll.CURRENT_CREDITS)))
 
     def _send(self, wire: bytes) -> None:
+        self._given_up = None  # any frame now decides the fate of a late answer
         self._frames.append(TxFrame(wire))
         self._last_wire = wire
         self._frame_no += 1
@@ -743,7 +753,10 @@ class SasHost:
             # Nothing held for us (or not synchronised yet): sync and poll normally.
             self._need_sync = True
             self._framer.clear()
-            return self._finish(f, now)
+            self._finish(f, now)
+            if not f.received:
+                self._given_up = f
+            return None
         f.silent_run = 0 if f.received else f.silent_run + 1
         f.failed_silent = not f.received
         # Silences beyond max_attempts in a row are the machine's doubt being waited out, not
@@ -789,10 +802,27 @@ class SasHost:
             if f.request.ticket is not None:
                 self._events.append(CommandFinished(f.request.ticket, False, "no answer"))
         self._finish(f, now)
+        if not f.received:
+            self._given_up = f
         if dead:
             cfg = self.config
             m.backoff_s = min(cfg.offline_backoff_max_s, max(cfg.interval_s, 2 * m.backoff_s))
             m.next_due = now + m.backoff_s
+
+    def _reopen(self, f: _InFlight, now: float) -> None:
+        """Bytes after `f` was given up on a silence, before any other frame: its late answer
+        (see "Late answers"). Wait for it as during a retry: decoded, it is the answer;
+        undecodable, the identical poll goes again (implied NACK), never another poll."""
+        self._given_up = None
+        self._inflight = f
+        m = f.machine
+        m.idle_gp = False
+        if f.request is not None and not any(r is f.request for r in m.queue):
+            f.request = None  # given up already: its work (a command's result) is settled
+        f.received = False
+        f.failed_silent = True
+        f.resend_at = max(now, f.sent_at + self.config.interval_s, m.next_due)
+        f.deadline = f.resend_at
 
     def _resend(self, f: _InFlight, now: float, *, count: bool = True) -> None:
         """Identical retransmission = implied NACK: the machine resends the same data. It keeps
