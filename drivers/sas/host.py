@@ -938,7 +938,7 @@ class SasHost:
                                   "partial_pay_cents": value.partial_pay_cents,
                                   "progressive_group": value.progressive_group,
                                   "reset_id": value.reset_id, "read_at": now}
-            case messages.LastBill():
+            case messages.BillAccepted():
                 m.last_bill = {"amount_cents": value.amount_cents, "count": value.count,
                                "denomination_code": value.denomination_code,
                                "country_code": value.country_code, "read_at": now}
