@@ -80,6 +80,8 @@ data, unless it came bare) is the re-send, in RTE mode as well as out of it (som
 restore RTE after power-up), reported as `Report(..., resent=True)` and acknowledged without a second record;
 anything else is new. Left ambiguous: a reset in the milliseconds between the ACK and the
 confirming answer, followed by a genuine identical exception (counted, `resent_after_reset`).
+The rule is decided in drivers/redelivery.py (`ResetWatch`, sans-I/O, beside the restart
+rule's `RedeliveryBook`); the host feeds it the frames, the bytes and the silences it sees.
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
 when the machine has games), then LP 0E when RTE is on; 3C re-reads all but LP 0E.
 Periodic long polls: a meter read (LP 6F/AF alternating, or LP 1C + 0F with `meter_polls="1C"`
@@ -124,6 +126,7 @@ from typing import Any
 
 from drivers.base import MachineEvent, MachineRef
 from drivers.link import TxFrame
+from drivers.redelivery import ResetWatch
 from drivers.sas import framing, messages
 from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, METER_CODES, Exc, LongPoll
 from drivers.sas.errors import SasLocalProtocolError, SasRemoteProtocolError
@@ -335,14 +338,9 @@ class _Machine:
     # repeat it as is (see "RTE silence" in the module docstring).
     idle_gp: bool = False
     bytes_at: float = -math.inf  # when it last sent any byte in answer to a poll
-    # The last exception (code, payload) whose implied ACK went out but is not yet known to have
-    # reached the machine, the line's frame number of that ACK, and what happened since: a
-    # frame to another address (which could have resynchronised a machine that had reset) and
-    # a poll the machine met with silence. See "Machine resets" in the module docstring.
-    unconfirmed: tuple[int, bytes] | None = None
-    ack_frame: int = 0
-    foreign_since_ack: bool = False
-    silent_since_ack: bool = False
+    # Did the machine hear the ACK of its last exception? (drivers/redelivery.py ResetWatch,
+    # "Machine resets" in the module docstring.)
+    reset: ResetWatch = field(default_factory=ResetWatch)
     stats: _Stats = field(default_factory=_Stats)
 
     @property
@@ -524,9 +522,7 @@ class SasHost:
         m = self._machines[event.machine.address]
         if event.source is not None:
             # The next frame on the line is this exception's implied ACK.
-            m.unconfirmed = (event.source.code, event.source.payload)
-            m.ack_frame = self._frame_no + 1
-            m.foreign_since_ack = m.silent_since_ack = False
+            m.reset.acknowledging((event.source.code, event.source.payload), self._frame_no + 1)
 
     def link_down(self, now: float, reason: str) -> None:
         """The link broke or would not open (see "Port lifecycle"): every machine not already
@@ -692,10 +688,7 @@ class SasHost:
         address = wire[0] & 0x7F
         self._last_to[address] = wire
         for m in self._machines.values():
-            if m.unconfirmed is None or self._frame_no <= m.ack_frame:
-                continue
-            if m.address != address:
-                m.foreign_since_ack = True
+            m.reset.frame_sent(self._frame_no, to_this_machine=m.address == address)
 
     def _poll_next(self, now: float) -> None:
         m = min(self._machines.values(), key=lambda x: x.next_due)
@@ -766,7 +759,7 @@ class SasHost:
                 m.online and f.poll.command in _OPTIONAL and not f.ever_received):
             m.misses += 1
         if f.received:
-            self._heard(m)  # garbled, but an answer: the machine is up
+            m.reset.heard()  # garbled, but an answer: the machine is up
         if m.online and m.misses >= self.config.offline_after_misses:
             self._offline(m, now, f"no answer to {m.misses} polls")
             self._need_sync = True
@@ -793,7 +786,7 @@ class SasHost:
             self._loss_marker(f, now)
         self._need_sync = True
         if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
-            m.silent_since_ack = True  # not one byte for that long: down, or resetting
+            m.reset.fell_silent()  # not one byte for that long: down, or resetting
         if f.request is not None and (
                 f.request.ticket is not None or (f.was_online and not f.ever_received)):
             # An online machine that stays silent does not support this long poll (reference
@@ -986,22 +979,17 @@ class SasHost:
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
                 {"meters": dict(read.meters), "denomination_cents": m.denom_cents}))
 
-    def _resent_after_reset(self, m: _Machine, event: MachineEvent | None) -> bool:
-        """Whether the exception just answered re-sends m.unconfirmed (see "Machine resets").
-        The first queued exception after the ACK settles the question either way."""
-        if m.unconfirmed is None or event is None or event.source is None:
+    @staticmethod
+    def _resent_after_reset(m: _Machine, event: MachineEvent | None) -> bool:
+        """Whether the exception just answered re-sends the one whose ACK a reset may have cut
+        off (see "Machine resets"; the rule is drivers/redelivery.py ResetWatch)."""
+        if event is None or event.source is None:
             return False
         source = event.source
-        unconfirmed, m.unconfirmed = m.unconfirmed, None
-        if not (m.foreign_since_ack and m.silent_since_ack):
-            return False  # the machine was up all along: it heard the ACK
-        code, payload = unconfirmed
-        if source.code == code and (not source.payload or source.payload == payload):
-            m.stats.resent_after_reset += 1
-            return True
-        if source.priority:
-            m.unconfirmed = unconfirmed  # sent ahead of the queue: the question stays open
-        return False
+        if not m.reset.is_resend((source.code, source.payload), priority=source.priority):
+            return False
+        m.stats.resent_after_reset += 1
+        return True
 
     def _loss_marker(self, f: _InFlight, now: float) -> None:
         """The poll is given up while the machine still answers what we cannot decode: the next
@@ -1015,15 +1003,8 @@ class SasHost:
             "lossMarker", m.ref, {"reason": "undecodedAnswer", "count": 1, "detail": detail},
             monotonic=now)))
 
-    @staticmethod
-    def _heard(m: _Machine) -> None:
-        """Bytes from `m`. With no frame to another address since the ACK it has not been
-        resynchronised since, so it was up and heard the ACK (see "Machine resets")."""
-        if not m.foreign_since_ack:
-            m.unconfirmed = None
-
     def _alive(self, m: _Machine, f: _InFlight, now: float) -> None:
-        self._heard(m)
+        m.reset.heard()
         m.misses = 0
         m.backoff_s = 0.0
         m.stats.last_response_at = now
