@@ -57,8 +57,10 @@ class AnswerFacts(HostCore):
                 self._completed(m, f, now, self._learn_from_answer(m, f, value, now))
 
     def _learn_from_answer(self, m: Machine, f: InFlight, value: messages.LongPollAnswer,
-                now: float) -> str | None:
-        """Keep what a long-poll answer tells; returns a failure reason for a command."""
+                           now: float) -> str | None:
+        """Keep what a long-poll answer tells (credits, meters into the read in progress,
+        identity, games, clock, handpay, bill), queue LP 56 when the machine has games; returns
+        a failure reason for a command."""
         match value:
             case messages.MeterReading(LongPoll.CURRENT_CREDITS, meters):
                 m.credits = meters["current_credits"]
@@ -115,8 +117,10 @@ class AnswerFacts(HostCore):
                                                     failure or ""))
 
     def _retire_request(self, m: Machine, request: Request, now: float, *,
-              unsupported: bool = False) -> None:
-        """`request` is done (answered, or given up on)."""
+                        unsupported: bool = False) -> None:
+        """`request` is done (answered, or given up on): take it off the queue, settle the
+        identity after discovery's LP 74, switch to LP 1C + 0F when 6F is `unsupported`, and
+        report a meter read whose last poll this was (meterSnapshot, CommandFinished)."""
         m.queue = deque(r for r in m.queue if r is not request)
         if request.poll.command == LongPoll.AFT_STATUS and request.ticket is None:
             self._settle_identity(m, now)
@@ -206,7 +210,10 @@ class AnswerFacts(HostCore):
                  "previous_game": old[2], "game": new[2]}, monotonic=now)))
 
     def _report_exception(self, m: Machine, event: MachineEvent, code: int, *, gp: bool,
-              resent: bool = False) -> None:
+                          resent: bool = False) -> None:
+        """Report `event` with a token (the line is held until `durable`), and queue its
+        follow-ups (reference 3), which go out after it is durable: each is its implied ACK or
+        comes after it."""
         m.stats.exceptions += 1
         token = next(self._tokens)
         self._held[token] = event
