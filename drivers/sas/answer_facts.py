@@ -11,7 +11,7 @@ from dataclasses import replace
 from drivers.base import MachineEvent, MachineRef
 from drivers.sas import framing, messages
 from drivers.sas.codes import METER_CODES, Exc, LongPoll
-from drivers.sas.host_api import CommandFinished, LinkNote, Report
+from drivers.sas.host_api import CommandFinished, IdentityConfirmed, LinkNote, Report
 from drivers.sas.line_state import (
     BILL_EXCEPTIONS,
     LEGACY_METERS,
@@ -199,15 +199,17 @@ class AnswerFacts(HostCore):
         for other in others:
             # One machine behind two addresses, or two set to one address (see "Port lifecycle").
             self._events.append(LinkNote(m.address, f"address conflict with {other}", now))
-        if old is None:
-            return
-        changed = [name for name, a, b in zip(("serial", "asset", "game"), old, new, strict=True)
+        changed = [name for name, a, b in zip(("serial", "asset", "game"), old or new, new,
+                                              strict=True)
                    if a is not None and b is not None and a != b]
-        if changed:
+        if old is not None and changed:
             self._events.append(Report(MachineEvent(
                 "machineReplaced", m.ref,
                 {"changed": changed, "previous_serial": old[0], "previous_asset": old[1],
                  "previous_game": old[2], "game": new[2]}, monotonic=now)))
+        if new != old:
+            # Kept by the driver across restarts, after the machineReplaced above is recorded.
+            self._events.append(IdentityConfirmed(m.address, new))
 
     def _report_exception(self, m: Machine, event: MachineEvent, code: int, *, gp: bool,
                           resent: bool = False) -> None:

@@ -113,12 +113,16 @@ arms restart probes and discovery for the reconnect. Identity (serial from LP 54
 74, game from LP 1F) is forgotten while a machine is offline; when discovery has read it again,
 a difference from the identity confirmed before (parts both sides report) is a `machineReplaced`
 report, and a serial or asset another online address has is a `LinkNote` "address conflict".
+A confirmed identity that differs from the one before is reported as `IdentityConfirmed`; the
+driver keeps it in the poll journal and passes it back at start (`identities`), so a machine
+swapped while the gateway was stopped is a `machineReplaced` at the first discovery too.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from drivers.base import MachineEvent, MachineRef
@@ -132,6 +136,8 @@ from drivers.sas.host_api import (
     CommandFinished,
     HostConfig,
     HostEvent,
+    Identity,
+    IdentityConfirmed,
     LinkNote,
     Report,
 )
@@ -147,7 +153,7 @@ from drivers.sas.line_state import (
 from drivers.sas.scheduling import LineScheduling
 
 __all__ = ["BYTE_TIME_S", "Acknowledged", "CommandFinished", "HostConfig", "HostEvent",
-           "LinkNote", "Report", "SasHost", "poll_from_wire"]
+           "Identity", "IdentityConfirmed", "LinkNote", "Report", "SasHost", "poll_from_wire"]
 
 
 class SasHost(AnswerContract, AnswerFacts, LineScheduling):
@@ -157,7 +163,8 @@ class SasHost(AnswerContract, AnswerFacts, LineScheduling):
     def __init__(self, port: str, addresses: list[int] | tuple[int, ...],
                  config: HostConfig | None = None, *,
                  last_polls: dict[int, bytes] | None = None,
-                 first_probe: int | None = None) -> None:
+                 first_probe: int | None = None,
+                 identities: Mapping[int, Identity] | None = None) -> None:
         if not addresses or len(set(addresses)) != len(addresses):
             raise SasLocalProtocolError("addresses must be distinct and non-empty")
         for a in addresses:
@@ -174,6 +181,9 @@ class SasHost(AnswerContract, AnswerFacts, LineScheduling):
                           for a in addresses}
         for m in self._machines.values():
             self._queue_discovery(m)
+        for a, identity in (identities or {}).items():
+            if a in self._machines:  # as confirmed before the restart (see "Port lifecycle")
+                self._machines[a].identity = identity
         self._replay: bytes | None = None
         self._arm_probes(last_polls or {}, first_probe, 0.0)
         self._last_to: dict[int, bytes] = {}

@@ -10,7 +10,8 @@ from typing import Any
 from drivers.base import MachineEvent
 from drivers.sas.errors import SasLocalProtocolError
 
-__all__ = ["Acknowledged", "CommandFinished", "HostConfig", "HostEvent", "LinkNote", "Report"]
+__all__ = ["Acknowledged", "CommandFinished", "HostConfig", "HostEvent", "Identity",
+           "IdentityConfirmed", "LinkNote", "Report"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,4 +115,19 @@ class LinkNote:
     at: float
 
 
-HostEvent = Report | Acknowledged | CommandFinished | LinkNote
+# (serial, asset, game) as discovery read them; None: the machine did not report that part.
+Identity = tuple[str | None, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfirmed:
+    """Discovery confirmed `identity` for the machine at `address` (after any `machineReplaced`
+    it caused). The driver keeps it across restarts (journal.PollJournal.record_identity) and
+    passes it back as `SasHost(identities=...)`: a machine swapped while the gateway was stopped
+    is reported at the first discovery after start."""
+
+    address: int
+    identity: Identity
+
+
+HostEvent = Report | Acknowledged | CommandFinished | LinkNote | IdentityConfirmed
