@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.conformance.run import add_commands as add_conformance_commands
     from gateway.diag import add_commands as add_diag_commands
     from gateway.outbox_cli import add_commands as add_outbox_commands
+    from gateway.platform.cli import add_commands as add_platform_commands
     from gateway.receiver.cli import add_commands as add_receiver_commands
 
+    add_platform_commands(sub)
     add_conformance_commands(sub)
     add_diag_commands(sub)
     add_outbox_commands(sub)

@@ -12,6 +12,8 @@ connection of the gateway advanced the mark: this one is closed 4004 (taken over
 from __future__ import annotations
 
 import hmac
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -142,9 +144,6 @@ class JetStreamBackend:
 
     async def complete_command(self, gateway_id: str, command_id: str, result: str, reason: str,
                                data: dict[str, Any]) -> bool:
-        import json
-        import time
-
         def done(row: dict[str, Any]) -> bool:
             if row["status"] == "done":
                 return False
@@ -210,4 +209,4 @@ def _channel(channel: str) -> str:
 
 
 def _event(event: str) -> str:
-    return event if names._TYPE.match(event) else "unknown"
+    return event if names.TYPE.match(event) else "unknown"

@@ -74,7 +74,7 @@ class LocalCluster:
                         f"nats://127.0.0.1:{self.route_ports[index]}", "--routes", routes]
         if self.cpu_list[index] is not None:
             command = ["taskset", "-c", str(self.cpu_list[index]), *command]
-        log = open(self.directory / f"n{index}.log", "ab")  # noqa: SIM115 - the child keeps it
+        log = open(self.directory / f"n{index}.log", "ab")  # the child keeps its own copy
         self.processes[index] = subprocess.Popen(command, stdout=log, stderr=log,
                                                  stdin=subprocess.DEVNULL)
         log.close()
@@ -112,7 +112,7 @@ class LocalCluster:
         self.wait_listening(index, timeout_s)
 
     def stop(self) -> None:
-        for index, process in enumerate(self.processes):
+        for process in self.processes:
             if process is not None and process.poll() is None:
                 process.terminate()
         for index, process in enumerate(self.processes):

@@ -22,7 +22,7 @@ COMMANDS = "casino-commands"   # <gateway>.<sha256(command id)[:40]> -> the comm
 TAKEOVER = "casinoctl.takeover"  # core NATS request: stop your connection of <gateway>
 
 CHANNELS = frozenset({"game", "cash", "alerts", "system", "player"})
-_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}\Z")
+TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
@@ -43,7 +43,7 @@ def label_ok(value: str) -> bool:
 
 def event_subject(region: str, venue: str, gateway_id: str, channel: str, event: str) -> str:
     channel = channel if channel in CHANNELS else "unknown"
-    event = event if _TYPE.match(event) else "unknown"
+    event = event if TYPE.match(event) else "unknown"
     return f"{ROOT}.{region}.{venue}.{token(gateway_id)}.{channel}.{event}"
 
 

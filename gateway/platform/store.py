@@ -51,7 +51,7 @@ class NatsSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     publish_timeout_s: float = 10.0     # one batch's acks; then the whole batch again
-    publish_attempts: int = 3           # then close 1011 and let the gateway retry
+    publish_attempts: int = 3           # x publish_timeout_s in all; then close 1011
     name: str = "casino-receiver"
 
 
@@ -236,7 +236,10 @@ class Platform:
                 if kid not in entry["revoked"]:
                     entry["keys"][kid] = hex_key
             if revoke is not None:
-                known = entry["keys"].pop(revoke, None) is not None
+                hex_key = entry["keys"].pop(revoke, None)
+                known = hex_key is not None
+                if hex_key is not None:  # what it signed before stays verifiable (evidence)
+                    entry.setdefault("revoked_keys", {})[revoke] = hex_key
                 entry["revoked"][revoke] = time.time()
             try:
                 await self.registry.update(key, _dump(entry), last=revision)
@@ -316,8 +319,15 @@ class Platform:
         raise BackendError(1011, "JetStream did not store the mark; retry")
 
     async def _publish_all(self, messages: list[tuple[str, bytes, str]]) -> int:
-        problem = ""
-        for attempt in range(self.settings.publish_attempts):
+        """Publish, pipelined, and wait for every ack. On a failure (no stream leader during
+        an election, a lost connection, acks later than `publish_timeout_s`) publish the whole
+        batch again after a short pause -- safe, each message keeps its Nats-Msg-Id -- for up
+        to `publish_attempts` x `publish_timeout_s` in all; then BackendError (close 1011)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout_s * self.settings.publish_attempts
+        pause, attempt, problem = 0.1, 0, ""
+        while True:
+            attempt += 1
             futures: list[asyncio.Future[Any]] = []
             try:
                 for subject, payload, msg_id in messages:
@@ -330,9 +340,12 @@ class Platform:
                 for future in futures:
                     future.cancel()
                 problem = str(err) or type(err).__name__
-                # Safe to publish the whole batch again: each message keeps its Nats-Msg-Id.
-                log.warning("receiver publish not acknowledged; again", error=problem,
-                            attempt=attempt + 1, messages=len(messages))
+                if loop.time() + pause > deadline:
+                    break
+                log.info("receiver publish not acknowledged; again", error=problem,
+                         attempt=attempt, messages=len(messages))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
         raise BackendError(1011, f"JetStream did not acknowledge the batch: {problem}")
 
     # -- commands -------------------------------------------------------------------------------
@@ -345,10 +358,9 @@ class Platform:
                 try:
                     watcher = await self.commands.watchall()
                     async for entry in watcher:
-                        if entry is not None:
-                            if entry.value:
-                                row = json.loads(entry.value)
-                                self.command_rows[row["id"]] = row
+                        if entry is not None and entry.value:
+                            row = json.loads(entry.value)
+                            self.command_rows[row["id"]] = row
                         changed()
                 except asyncio.CancelledError:
                     if watcher is not None:

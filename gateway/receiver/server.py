@@ -108,6 +108,17 @@ async def _close(ws: WebSocketConnection, code: int, message: str) -> None:
         await ws.aclose(code, proto.close_reason(message))
 
 
+async def _close_backend(ws: WebSocketConnection, err: BackendError) -> None:
+    """A 4xxx close (4004: taken over) gets its error frame first (P-CLOSE-1); a 1011 (the
+    store is unavailable for now) is a bare close: the gateway reads an error frame before
+    its welcome as a refusal (long backoff), and this one is cured by retrying soon."""
+    if err.code >= 4000:
+        await _close(ws, err.code, str(err))
+        return
+    with trio.move_on_after(1):
+        await ws.aclose(err.code, proto.close_reason(str(err)))
+
+
 class _Receiver:
     def __init__(self, backend: Backend, command_check_s: float = COMMAND_CHECK_S) -> None:
         self.backend = backend
@@ -229,14 +240,14 @@ class _Receiver:
                 release = await self.backend.claim(gid, me.supersede)
             except BackendError as err:
                 log.warning("receiver store unavailable", gateway_id=gid, error=str(err))
-                await _close(ws, err.code, str(err))
+                await _close_backend(ws, err)
                 return
             try:
                 try:
                     stream = await self.backend.open_stream(gid, epoch)
                 except BackendError as err:
                     log.warning("receiver store unavailable", gateway_id=gid, error=str(err))
-                    await _close(ws, err.code, str(err))
+                    await _close_backend(ws, err)
                     return
                 await ws.send_message(proto.encode(proto.Welcome(epoch, stream.high_water)))
                 log.info("receiver gateway connected", gateway_id=gid, epoch=epoch,
@@ -332,7 +343,7 @@ class _Receiver:
                 except BackendError as err:
                     log.warning("receiver cannot store", gateway_id=gid, epoch=epoch,
                                 error=str(err), code=err.code)
-                    await _close(ws, err.code, str(err))
+                    await _close_backend(ws, err)
                     stream_scope.cancel()
                     return
                 # Committed: now (and only now) the acks, one per frame.
