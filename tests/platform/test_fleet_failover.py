@@ -46,7 +46,7 @@ async def register(settings: NatsSettings, outboxes: list[FakeOutbox]) -> None:
 @contextmanager
 def receiver(tmp_path: Path, name: str, cluster: LocalCluster) -> Iterator[tuple[str, int]]:
     """`casino-gateway receiver run --jetstream ...` in its own process: (url, pid)."""
-    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / f"{name}.log", "wb")
     process = subprocess.Popen(
         [*CLI, "receiver", "run", "--listen", "127.0.0.1:0", "--jetstream",
          ",".join(cluster.urls), "--nats-timeout", "2"],
