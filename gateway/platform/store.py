@@ -268,10 +268,18 @@ class Platform:
         """Answer takeover requests for `gateway_id` by running `stop()` (blocking, in an
         executor thread: it waits for the trio side) and then replying."""
         loop = asyncio.get_running_loop()
+        running: set[asyncio.Task[None]] = set()
 
-        async def handler(msg: Any) -> None:
+        async def answer(msg: Any) -> None:
             await loop.run_in_executor(None, stop)
             await msg.respond(b"stopped")
+
+        async def handler(msg: Any) -> None:
+            # In a task of its own: stopping the connection unsubscribes this subscription,
+            # which cancels the subscription's callback task (and the answer with it).
+            task = loop.create_task(answer(msg))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
         return await self.nc.subscribe(f"{names.TAKEOVER}.{names.token(gateway_id)}",
                                        cb=handler)
@@ -381,6 +389,7 @@ class Platform:
             await self.commands.create(names.command_key(gateway_id, command_id), _dump(row))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise ValueError(f"command id {command_id!r} is already used") from None
+        self.command_rows.setdefault(command_id, row)  # the watch brings it too, a bit later
         return command_id
 
     async def command(self, gateway_id: str, command_id: str) -> tuple[dict[str, Any] | None, int]:

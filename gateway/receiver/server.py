@@ -133,13 +133,16 @@ class _Receiver:
 
     async def wait_command(self, command_id: str) -> dict[str, Any]:
         while True:
-            done = self.commands_done
+            # Answered here, or (JetStream) on another receiver: the backend says "changed".
+            done, changed = self.commands_done, self.backend.commands_changed()
             row = await self.backend.command(command_id)
             if row is None:
                 raise KeyError(command_id)
             if row["status"] == "done":
                 return row
-            await done.wait()
+            async with trio.open_nursery() as first:
+                for event in (done, changed):
+                    first.start_soon(_set_then_cancel, event, first.cancel_scope)
 
     async def _send_commands(self, ws: WebSocketConnection, gid: str) -> None:
         include_sent = True  # a new connection: what was sent before may never have arrived
@@ -360,6 +363,11 @@ class _Receiver:
                     await _close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _check_result(message: proto.CommandResult) -> None:

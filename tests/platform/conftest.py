@@ -26,3 +26,20 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 @pytest.fixture
 def nats_settings(cluster: LocalCluster) -> NatsSettings:
     return NatsSettings(servers=tuple(cluster.urls))
+
+
+async def register(settings: NatsSettings, gateway_id: str, token: str, public_hex: str,
+                   region: str = "eu", venue: str = "v1") -> str:
+    """`platform register`'s code, from a trio test (asyncio in a worker thread)."""
+    import trio
+
+    from gateway.receiver.store import token_digest
+
+    async def main() -> str:
+        platform = await Platform.open(settings)
+        try:
+            return await platform.register(gateway_id, token_digest(token), public_hex, region,
+                                           venue)
+        finally:
+            await platform.close()
+    return await trio.to_thread.run_sync(asyncio.run, main())
