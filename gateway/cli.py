@@ -151,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.diag import add_commands as add_diag_commands
     from gateway.keys_cli import add_commands as add_keys_commands
     from gateway.outbox_cli import add_commands as add_outbox_commands
+    from gateway.platform.cli import add_commands as add_platform_commands
     from gateway.receiver.cli import add_commands as add_receiver_commands
 
     add_backup_commands(sub)
+    add_platform_commands(sub)
     add_conformance_commands(sub)
     add_diag_commands(sub)
     add_keys_commands(sub)

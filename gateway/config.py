@@ -107,10 +107,15 @@ def _check_droppable(types_: tuple[str, ...]) -> str | None:
     return None
 
 
-def _check_uplink_url(url: str) -> str | None:
+def _check_uplink_url(url: str | tuple[str, ...]) -> str | None:
     """wss:// anywhere; ws:// only to a loopback peer, since the bearer token would cross the
-    network in clear."""
+    network in clear. A list: one or more such URLs, in the order to try (P-FAILOVER-1)."""
     import urllib.parse
+
+    if isinstance(url, tuple):
+        if not 1 <= len(url) <= 16:
+            return "one URL, or a list of 1 to 16 URLs"
+        return next(filter(None, map(_check_uplink_url, url)), None)
 
     parts = urllib.parse.urlsplit(url)
     try:
@@ -139,7 +144,7 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class UplinkSection:
-    url: str = field(metadata={"check": _check_uplink_url})
+    url: str | tuple[str, ...] = field(metadata={"check": _check_uplink_url})
     token_file: Path
     ca_file: Path | None = None
     client_cert: Path | None = None
@@ -316,7 +321,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(value, options[0], where)
+        lists = [a for a in options if typing.get_origin(a) is tuple]
+        return _convert(value, lists[0] if lists and isinstance(value, list) else options[0],
+                        where)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list):

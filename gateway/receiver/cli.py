@@ -16,6 +16,9 @@ import trio
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from gateway.errors import EXIT_CONFIG
+from gateway.platform.options import add_nats_options, nats_settings
+from gateway.receiver.backend import BackendError
 from gateway.receiver.server import COMMAND_CHECK_S, ReceiverSettings, serve_receiver
 from gateway.receiver.store import ReceiverStore
 from gateway.signing import key_id
@@ -38,7 +41,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="accept gateway uplinks until SIGINT/SIGTERM")
     run.add_argument("--listen", type=_listen, default=("127.0.0.1", 8765),
                      metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8765)")
-    run.add_argument("--db", type=Path, required=True, help="receiver SQLite database")
+    run.add_argument("--db", type=Path, help="receiver SQLite database (the embedded default)")
+    add_nats_options(run, flag="--jetstream", required=False)  # instead of --db: a platform
     run.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); omit for plain ws://")
     run.add_argument("--key", type=Path, help="TLS private key (PEM)")
     run.set_defaults(func=_cmd_run)
@@ -94,9 +98,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if (args.cert is None) != (args.key is None):
         print("receiver run: --cert and --key go together", file=sys.stderr)
         return 2
+    if (args.db is None) == (args.nats is None):
+        print("receiver run: give --db (SQLite) or --jetstream (a NATS platform)",
+              file=sys.stderr)
+        return 2
+    jetstream = None
+    if args.nats is not None:
+        try:
+            jetstream = nats_settings(args, "casino-receiver")
+        except ValueError as err:
+            print(f"receiver run: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+        except ImportError:
+            print("receiver run: --jetstream needs the platform extra: pip install "
+                  "'casino-edge-gateway[platform]'", file=sys.stderr)
+            return EXIT_CONFIG
     host, port = args.listen
     settings = ReceiverSettings(host=host, port=port, db_path=args.db, certfile=args.cert,
-                                keyfile=args.key)
+                                keyfile=args.key, jetstream=jetstream)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -107,7 +126,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     break
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        found, _ = group.split(BackendError)
+        if found is None:
+            raise
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        print(f"receiver run: {found}", file=sys.stderr)  # cannot reach NATS, or no stream
+        return EXIT_CONFIG
     return 0
 
 

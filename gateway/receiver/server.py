@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections import deque
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,7 @@ from nacl.signing import VerifyKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from gateway.bounded import InputRejected, check_plain
+from gateway.receiver.backend import Backend, BackendError, SqliteBackend, StreamSession
 from gateway.receiver.store import Checked, ReceiverStore, verify_events
 from gateway.uplink import protocol as proto
 
@@ -61,17 +63,19 @@ COMMAND_CHECK_S = 0.25
 class ReceiverSettings:
     host: str = "127.0.0.1"
     port: int = 0
-    db_path: Path
+    db_path: Path | None = None  # the SQLite store (required unless `jetstream` is set)
     certfile: Path | None = None
     keyfile: Path | None = None
     command_check_s: float = COMMAND_CHECK_S
+    # Set: a stateless receiver on NATS JetStream (gateway/platform), db_path unused.
+    jetstream: Any = None  # gateway.platform.backend.NatsSettings (nats-py is an extra)
 
 
 @dataclass(frozen=True)
 class ReceiverHandle:
     port: int
     url: str
-    store: ReceiverStore
+    store: ReceiverStore | None  # the SQLite store; None on JetStream
     receiver: _Receiver = field(repr=False)
 
     async def submit_command(self, gateway_id: str, name: str,
@@ -104,42 +108,48 @@ async def _close(ws: WebSocketConnection, code: int, message: str) -> None:
         await ws.aclose(code, proto.close_reason(message))
 
 
+async def _close_backend(ws: WebSocketConnection, err: BackendError) -> None:
+    """A 4xxx close (4004: taken over) gets its error frame first (P-CLOSE-1); a 1011 (the
+    store is unavailable for now) is a bare close: the gateway reads an error frame before
+    its welcome as a refusal (long backoff), and this one is cured by retrying soon."""
+    if err.code >= 4000:
+        await _close(ws, err.code, str(err))
+        return
+    with trio.move_on_after(1):
+        await ws.aclose(err.code, proto.close_reason(str(err)))
+
+
 class _Receiver:
-    def __init__(self, store: ReceiverStore, command_check_s: float = COMMAND_CHECK_S) -> None:
-        self.store = store
+    def __init__(self, backend: Backend, command_check_s: float = COMMAND_CHECK_S) -> None:
+        self.backend = backend
         self.command_check_s = command_check_s
-        self.lock = trio.Lock()  # one writer on the store at a time
-        self.limiter = trio.CapacityLimiter(1)
         self.verifiers = trio.CapacityLimiter(VERIFY_THREADS)
-        self.commands_added = trio.Event()
         self.commands_done = trio.Event()
         self.live: dict[str, _Live] = {}  # gateway id -> its current connection
 
     async def submit_command(self, gateway_id: str, name: str, target: dict[str, Any] | None,
                              args: dict[str, Any] | None, command_id: str | None) -> str:
-        async with self.lock:
-            command_id = self.store.add_command(gateway_id, name, target, args, command_id)
-        self.commands_added.set()
-        self.commands_added = trio.Event()
-        return command_id
+        return await self.backend.add_command(gateway_id, name, target, args, command_id)
 
     async def wait_command(self, command_id: str) -> dict[str, Any]:
         while True:
-            done = self.commands_done
-            row = self.store.command(command_id)
+            # Answered here, or (JetStream) on another receiver: the backend says "changed".
+            done, changed = self.commands_done, self.backend.commands_changed()
+            row = await self.backend.command(command_id)
             if row is None:
                 raise KeyError(command_id)
             if row["status"] == "done":
                 return row
-            await done.wait()
+            async with trio.open_nursery() as first:
+                for event in (done, changed):
+                    first.start_soon(_set_then_cancel, event, first.cancel_scope)
 
     async def _send_commands(self, ws: WebSocketConnection, gid: str) -> None:
         include_sent = True  # a new connection: what was sent before may never have arrived
         try:
             while True:
-                added = self.commands_added
-                async with self.lock:
-                    rows = self.store.open_commands(gid, include_sent=include_sent)
+                added = self.backend.commands_changed()
+                rows = await self.backend.open_commands(gid, include_sent)
                 include_sent = False
                 for row in rows:
                     await ws.send_message(proto.encode(proto.Command(
@@ -147,8 +157,7 @@ class _Receiver:
                     log.info("receiver command sent", gateway_id=gid, command_id=row["id"],
                              name=row["name"])
                 if rows:
-                    async with self.lock:
-                        self.store.mark_sent([row["id"] for row in rows])
+                    await self.backend.mark_sent(gid, [row["id"] for row in rows])
                 # Woken at once by submit_command; otherwise look again after command_check_s
                 # for rows another process inserted (see COMMAND_CHECK_S).
                 with trio.move_on_after(self.command_check_s):
@@ -157,9 +166,8 @@ class _Receiver:
             return  # the reading side sees the close too and ends the session
 
     async def _command_result(self, gid: str, message: proto.CommandResult) -> None:
-        async with self.lock:
-            stored = self.store.complete_command(gid, message.id, message.result, message.reason,
-                                                 message.data)
+        stored = await self.backend.complete_command(gid, message.id, message.result,
+                                                     message.reason, message.data)
         if stored:
             log.info("receiver command done", gateway_id=gid, command_id=message.id,
                      result=message.result, reason=message.reason)
@@ -191,8 +199,7 @@ class _Receiver:
             await request.reject(401, extra_headers=[(b"www-authenticate", b"Bearer")],
                                  body=b"bearer token required\n")
             return
-        async with self.lock:
-            known = self.store.token_known(token)
+        known = await self.backend.token_known(token)
         if not known:
             log.warning("receiver refused unknown token", remote=str(request.remote))
             await request.reject(403, body=b"forbidden\n")
@@ -217,8 +224,7 @@ class _Receiver:
             await _close(ws, violation.code, str(violation))
             return
         gid, epoch = hello.gateway_id, hello.epoch
-        async with self.lock:
-            allowed = self.store.check_token(gid, token)
+        allowed = await self.backend.check_token(gid, token)
         if not allowed:
             log.warning("receiver refused gateway", gateway_id=gid, reason="token mismatch")
             await _close(ws, proto.CLOSE_AUTH, "token does not belong to this gateway")
@@ -231,21 +237,36 @@ class _Receiver:
                 # welcome's mark is read (docs/uplink-protocol.md P-TAKEOVER-1).
                 log.warning("receiver connection taken over", gateway_id=gid)
                 await previous.supersede()
-            async with self.lock:
-                keys = self.store.keys(gid)
-                high_water = self.store.high_water(gid, epoch)
-            await ws.send_message(proto.encode(proto.Welcome(epoch, high_water)))
-            log.info("receiver gateway connected", gateway_id=gid, epoch=epoch,
-                     high_water=high_water)
-            with me.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._send_commands, ws, gid)
-                    try:
-                        await self._stream(ws, gid, epoch, keys)
-                    except ConnectionClosed:
-                        pass
-                    nursery.cancel_scope.cancel()
-            me.done.set()  # commits nothing more: the newer connection may read the mark
+            try:
+                # Another receiver of the same store may hold the gateway: it stops too.
+                await self.backend.take_over(gid)
+                release = await self.backend.claim(gid, me.supersede)
+            except BackendError as err:
+                log.warning("receiver store unavailable", gateway_id=gid, error=str(err))
+                await _close_backend(ws, err)
+                return
+            try:
+                try:
+                    stream = await self.backend.open_stream(gid, epoch)
+                except BackendError as err:
+                    log.warning("receiver store unavailable", gateway_id=gid, error=str(err))
+                    await _close_backend(ws, err)
+                    return
+                await ws.send_message(proto.encode(proto.Welcome(epoch, stream.high_water)))
+                log.info("receiver gateway connected", gateway_id=gid, epoch=epoch,
+                         high_water=stream.high_water)
+                with me.scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send_commands, ws, gid)
+                        try:
+                            await self._stream(ws, gid, epoch, stream)
+                        except ConnectionClosed:
+                            pass
+                        nursery.cancel_scope.cancel()
+            finally:
+                me.done.set()  # commits nothing more: the newer connection may read the mark
+                with trio.CancelScope(shield=True):
+                    await release()
             if me.superseded:
                 await _close(ws, proto.CLOSE_SUPERSEDED,
                              "a newer connection of this gateway took over")
@@ -255,7 +276,7 @@ class _Receiver:
             me.done.set()
 
     async def _stream(self, ws: WebSocketConnection, gid: str, epoch: str,
-                      keys: dict[str, VerifyKey]) -> None:
+                      stream: StreamSession) -> None:
         """Read frames and start verifying each at once; `_commit_frames` stores them in order.
 
         A pipeline, so both cores work: while one group of frames commits (and fsyncs), the
@@ -263,7 +284,7 @@ class _Receiver:
         ack goes out, is exactly as if each frame were handled alone, in order."""
         send, receive = trio.open_memory_channel[_Frame](PIPELINE_FRAMES)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._commit_frames, ws, gid, epoch, keys, receive,
+            nursery.start_soon(self._commit_frames, ws, gid, epoch, stream, receive,
                                nursery.cancel_scope)
             async with send:
                 while True:
@@ -285,11 +306,11 @@ class _Receiver:
                         await self._command_result(gid, message)
                         continue
                     frame = _Frame(list(message.events))
-                    nursery.start_soon(self._verify, frame, keys)
+                    nursery.start_soon(self._verify, frame, stream.keys)
                     await send.send(frame)
 
     async def _commit_frames(self, ws: WebSocketConnection, gid: str, epoch: str,
-                             keys: dict[str, VerifyKey],
+                             stream: StreamSession,
                              receive: trio.MemoryReceiveChannel[_Frame],
                              stream_scope: trio.CancelScope) -> None:
         """Commit verified frames in order, several per transaction when they are ready
@@ -320,10 +341,14 @@ class _Receiver:
                     group.append(waiting.popleft())
                 if any(frame.checked is None for frame in group):
                     return  # a verification failed (its error ends the stream's nursery)
-                async with self.lock:
-                    results = await trio.to_thread.run_sync(
-                        self.store.ingest_frames, gid, epoch,
-                        [frame.checked for frame in group], keys, limiter=self.limiter)
+                try:
+                    results = await stream.ingest([frame.checked for frame in group])
+                except BackendError as err:
+                    log.warning("receiver cannot store", gateway_id=gid, epoch=epoch,
+                                error=str(err), code=err.code)
+                    await _close_backend(ws, err)
+                    stream_scope.cancel()
+                    return
                 # Committed: now (and only now) the acks, one per frame.
                 try:
                     for result in results:
@@ -338,6 +363,11 @@ class _Receiver:
                     await _close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _check_result(message: proto.CommandResult) -> None:
@@ -388,9 +418,20 @@ async def serve_receiver(settings: ReceiverSettings, *,
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(str(settings.certfile),
                                 str(settings.keyfile) if settings.keyfile else None)
-    store = ReceiverStore(settings.db_path)
-    receiver = _Receiver(store, settings.command_check_s)
-    try:
+    store: ReceiverStore | None = None
+    async with AsyncExitStack() as stack:
+        backend: Backend
+        if settings.jetstream is not None:
+            from gateway.platform.backend import open_backend
+
+            backend = await stack.enter_async_context(open_backend(settings.jetstream))
+        else:
+            if settings.db_path is None:
+                raise ValueError("ReceiverSettings: db_path or jetstream is required")
+            store = ReceiverStore(settings.db_path)
+            stack.callback(store.close)
+            backend = SqliteBackend(store)
+        receiver = _Receiver(backend, settings.command_check_s)
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(
                 serve_websocket, receiver.handle, settings.host, settings.port, ssl_ctx,
@@ -399,7 +440,6 @@ async def serve_receiver(settings: ReceiverSettings, *,
             scheme = "wss" if ssl_ctx else "ws"
             handle = ReceiverHandle(port, f"{scheme}://{settings.host}:{port}{PATH}", store,
                                     receiver)
-            log.info("receiver listening", url=handle.url, db=str(settings.db_path))
+            log.info("receiver listening", url=handle.url,
+                     store="jetstream" if store is None else str(settings.db_path))
             task_status.started(handle)
-    finally:
-        store.close()

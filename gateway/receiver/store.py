@@ -4,7 +4,7 @@ WAL with synchronous=FULL: an ack is only sent after `ingest` / `ingest_frames` 
 are the whole per-frame decision (duplicate / next in chain / gap / bad) in one transaction (one
 for several frames when the server has more than one verified frame waiting: a group commit);
 synchronous, meant to run in a worker thread, one at a time (the server holds a lock around it).
-`verify_events` is the stateless part (decode, hash, signature) and is safe in parallel threads.
+`verify_events` and `decide` (gateway/receiver/verdict.py) are the checks; this module stores.
 """
 
 from __future__ import annotations
@@ -13,34 +13,29 @@ import hashlib
 import hmac
 import json
 import sqlite3
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import msgpack
 import nacl.exceptions
 import nacl.signing
 import structlog
 
-from gateway.signing import (
-    GENESIS,
-    INTEGRITY_FIELDS,
-    ChainBreak,
-    canonical,
-    chain_hash,
-    decode_envelope,
-    key_id,
+from gateway.receiver.verdict import (
+    COUNTERS,
+    Checked,
+    IngestResult,
+    check_stored,
+    decide,
+    verify_events,
 )
+from gateway.signing import GENESIS, key_id
 
-__all__ = ["COMMAND_FIELDS", "Checked", "IngestResult", "ReceiverStore", "token_digest",
-           "verify_events"]
+__all__ = ["COMMAND_FIELDS", "Checked", "IngestResult", "ReceiverStore", "check_stored",
+           "token_digest", "verify_events"]
 
 log = structlog.get_logger(__name__)
-
-COUNTERS = ("received", "duplicates", "bad_signatures", "chain_breaks", "gaps")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
@@ -106,98 +101,6 @@ COMMAND_FIELDS = ("id", "gateway_id", "name", "target", "args", "status", "resul
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass
-class IngestResult:
-    """What one batch did. `error` set means: reject the stream (close 4003 or 4002)."""
-
-    high_water: int
-    stored: int = 0
-    duplicates: int = 0
-    gaps: list[tuple[int, int]] = field(default_factory=list)  # (first missing, last missing)
-    error: str | None = None
-    error_code: int = 0
-
-
-class Checked(NamedTuple):
-    """One event after the stateless checks: decoded, hash and signature verified (or why not).
-    (A NamedTuple: made once per received event, and cheaper to make than a dataclass.)"""
-
-    raw: bytes
-    envelope: dict[str, Any] | None  # None: not a msgpack map
-    digest: bytes | None  # None: bad hash / bad signature / unknown key, see `problem`
-    problem: str | None = None
-
-
-def _recheck(item: Checked, keys: dict[str, nacl.signing.VerifyKey]) -> Checked:
-    assert item.envelope is not None
-    try:
-        return Checked(item.raw, item.envelope, check_stored(item.envelope, keys))
-    except ChainBreak as brk:
-        return Checked(item.raw, item.envelope, None, str(brk))
-
-
-_local = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    """This thread's Packer (a Packer is not thread-safe; making one per event costs more)."""
-    try:
-        return _local.packer  # type: ignore[no-any-return]
-    except AttributeError:
-        _local.packer = msgpack.Packer(use_bin_type=True)
-        return _local.packer  # type: ignore[no-any-return]
-
-
-def check_stored(envelope: dict[str, Any], keys: dict[str, nacl.signing.VerifyKey]) -> bytes:
-    """`gateway.signing.check_event(envelope, keys, None)` for an envelope decoded from the stored
-    (canonical) bytes, without sorting it again: return its hash or raise ChainBreak.
-
-    Decoding keeps the sent key order, so when the sender sent canonical bytes (it always does)
-    packing the decoded map minus hash and sig gives the canonical body with no sort; otherwise
-    the body is made by `canonical` as the spec says. Either way the body packs exactly the
-    decoded fields, so a good signature authenticates what is stored. Malformed integrity fields
-    are a ChainBreak, never another exception."""
-    prev, digest, sig, kid = (envelope.get("prev_hash"), envelope.get("hash"),
-                              envelope.get("sig"), envelope.get("kid"))
-    if not (isinstance(prev, bytes) and isinstance(digest, bytes) and isinstance(sig, bytes)):
-        missing = [k for k in ("prev_hash", "hash", "sig") if not isinstance(envelope.get(k), bytes)]
-        raise ChainBreak("bad-hash", f"{', '.join(missing)} missing or not bytes")
-    fields = dict(envelope)  # keeps the received order
-    del fields["hash"], fields["sig"]
-    if chain_hash(prev, _packer().pack(fields)) != digest:
-        try:
-            body = canonical(envelope, without=INTEGRITY_FIELDS)
-        except (TypeError, ValueError):  # map keys that do not sort (str and bytes mixed)
-            raise ChainBreak("bad-hash", f"seq {envelope.get('seq')}: no canonical form") from None
-        if chain_hash(prev, body) != digest:
-            raise ChainBreak("bad-hash", f"seq {envelope.get('seq')}")
-    verify_key = keys.get(kid) if isinstance(kid, str) else None
-    if verify_key is None:
-        raise ChainBreak("unknown-key", str(kid))
-    try:
-        verify_key.verify(digest, sig)
-    except (nacl.exceptions.BadSignatureError, ValueError):  # ValueError: not 64 bytes
-        raise ChainBreak("bad-signature", f"seq {envelope.get('seq')}") from None
-    return digest
-
-
-def verify_events(raws: list[bytes], keys: dict[str, nacl.signing.VerifyKey]) -> list[Checked]:
-    """Decode and verify each event alone (no chain link): safe to run in parallel threads
-    (the Ed25519 check, most of the time, runs in libsodium without the GIL)."""
-    out = []
-    for raw in raws:
-        try:
-            env = decode_envelope(raw)
-        except Exception as err:  # msgpack raises several unrelated types on garbage
-            out.append(Checked(raw, None, None, f"event is not a msgpack map: {err}"))
-            continue
-        try:
-            out.append(Checked(raw, env, check_stored(env, keys)))
-        except ChainBreak as brk:
-            out.append(Checked(raw, env, None, str(brk)))
-    return out
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -299,104 +202,30 @@ class ReceiverStore:
 
         One result per frame, each with the high-water mark after that frame (what its ack
         says); the list ends at the frame holding the first bad event, whose result carries the
-        error: the events before it, in that frame and the ones before, are committed."""
+        error: the events before it, in that frame and the ones before, are committed. Keys
+        learnt from keyRotated events are stored in the same transaction."""
         now = time.time()
-        counts = dict.fromkeys(COUNTERS, 0)
-        results: list[IngestResult] = []
         with self._transaction():
             row = self._db.execute(
                 "SELECT high_water, last_hash FROM chains WHERE gateway_id = ? AND epoch = ?",
                 (gateway_id, epoch)).fetchone()
             high_water, last_hash = (row[0], row[1]) if row else (0, GENESIS)
-            rows = []
-            for checked in frames:
-                result = IngestResult(high_water)
-                results.append(result)
-                stored_before = counts["received"]
-                duplicates_before = counts["duplicates"]
-                for item in checked:
-                    env = item.envelope
-                    if env is None:
-                        result.error, result.error_code = item.problem, 4002
-                        break
-                    seq = env.get("seq")
-                    if (not isinstance(seq, int) or isinstance(seq, bool) or seq < 1
-                            or env.get("gateway_id") != gateway_id or env.get("epoch") != epoch):
-                        result.error = (f"event {env.get('id')!r} does not belong to this stream "
-                                        f"({gateway_id}, {epoch}) or has no valid seq")
-                        result.error_code = 4002
-                        break
-                    if seq <= high_water:
-                        counts["duplicates"] += 1
-                        continue
-                    if (item.digest is None and item.problem
-                            and item.problem.startswith("unknown-key")):
-                        # Perhaps signed by a key announced earlier in this very stream.
-                        item = _recheck(item, keys)
-                    if item.digest is None:
-                        counts["bad_signatures"] += 1
-                        result.error, result.error_code = f"seq {seq}: {item.problem}", 4003
-                        break
-                    if seq != high_water + 1:
-                        counts["gaps"] += 1
-                        counts["chain_breaks"] += 1
-                        result.gaps.append((high_water + 1, seq - 1))
-                        log.warning("receiver gap", gateway_id=gateway_id, epoch=epoch,
-                                    missing_from=high_water + 1, missing_to=seq - 1)
-                    elif env["prev_hash"] != last_hash:
-                        # Authentic (signature good) but not linked to what we hold: keep it,
-                        # flag it.
-                        counts["chain_breaks"] += 1
-                        log.warning("receiver chain break", gateway_id=gateway_id, epoch=epoch,
-                                    seq=seq)
-                    rows.append((gateway_id, epoch, seq, str(env.get("event")), item.raw, now))
-                    counts["received"] += 1
-                    high_water, last_hash = seq, item.digest
-                    if env.get("event") == "keyRotated":
-                        self._learn_key(gateway_id, env, keys)
-                result.high_water = high_water
-                result.stored = counts["received"] - stored_before
-                result.duplicates = counts["duplicates"] - duplicates_before
-                if result.error:
-                    break
-            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            decision = decide(gateway_id, epoch, high_water, last_hash, frames, keys,
+                              lambda kid: self.revoked(gateway_id, kid))
+            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", [
+                (gateway_id, epoch, a.seq, a.event, a.raw, now) for a in decision.accepted])
+            self._db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", [
+                (gateway_id, kid, bytes(key).hex()) for kid, key in decision.learned.items()])
             self._db.execute(
                 "INSERT INTO chains VALUES (?, ?, ?, ?) ON CONFLICT(gateway_id, epoch) DO UPDATE "
                 "SET high_water = excluded.high_water, last_hash = excluded.last_hash",
-                (gateway_id, epoch, high_water, last_hash))
+                (gateway_id, epoch, decision.high_water, decision.last_hash))
             self._db.execute("INSERT OR IGNORE INTO counters (gateway_id) VALUES (?)",
                              (gateway_id,))
             self._db.execute(
                 "UPDATE counters SET " + ", ".join(f"{c} = {c} + ?" for c in COUNTERS)
-                + " WHERE gateway_id = ?", (*counts.values(), gateway_id))
-        return results
-
-    def _learn_key(self, gateway_id: str, env: dict[str, Any],
-                   keys: dict[str, nacl.signing.VerifyKey]) -> None:
-        """A verified keyRotated event (signed by a key we trust) names the gateway's next key:
-        trust it from here on, in `keys` (this connection) and in the keys table (durably, in
-        the batch's transaction)."""
-        data = env.get("data") or {}
-        try:
-            verify_key = nacl.signing.VerifyKey(bytes.fromhex(str(data.get("new_public_key"))))
-        except (ValueError, nacl.exceptions.CryptoError):
-            log.warning("receiver keyRotated without a usable public key", gateway_id=gateway_id,
-                        seq=env.get("seq"))
-            return
-        kid = key_id(verify_key)
-        if kid != data.get("new_kid"):
-            log.warning("receiver keyRotated names a kid that is not its key's",
-                        gateway_id=gateway_id, seq=env.get("seq"))
-            return
-        if self.revoked(gateway_id, kid):
-            log.warning("receiver keyRotated names a revoked key; not learnt",
-                        gateway_id=gateway_id, kid=kid, seq=env.get("seq"))
-            return
-        keys[kid] = verify_key
-        self._db.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",
-                         (gateway_id, kid, bytes(verify_key).hex()))
-        log.info("receiver learned rotated key", gateway_id=gateway_id, kid=kid,
-                 seq=env.get("seq"))
+                + " WHERE gateway_id = ?", (*decision.counts.values(), gateway_id))
+        return decision.results
 
     # -- figures -----------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ CommandHandler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True)
 class UplinkSettings:
-    url: str
+    url: str | tuple[str, ...]  # one platform URL, or several in order (P-FAILOVER-1)
     token_file: Path
     ca_file: Path | None = None
     client_cert: Path | None = None
@@ -79,6 +79,10 @@ class UplinkSettings:
     backoff_max_s: float = 30.0
     rejected_backoff_s: float = 300.0
     connect_timeout_s: float = 10.0
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url,) if isinstance(self.url, str) else tuple(self.url)
 
 
 class OutboxLike(Protocol):
@@ -213,7 +217,10 @@ class UplinkClient:
         self._commands_running = 0
         self._commands_nursery: trio.Nursery | None = None
         self._random = random
-        self._target = _parse_url(settings.url)
+        if not settings.urls:
+            raise ValueError("uplink: at least one platform url is required")
+        self._targets = [_parse_url(url) for url in settings.urls]
+        self._current = 0  # the URL in use: kept while it works, the next after a failure
         self.state = "idle"  # idle, connecting, connected, backoff, rejected
         self._since = time.time()
         self._reconnects = 0
@@ -234,6 +241,7 @@ class UplinkClient:
             "attempts": self._attempts,
             "last_ack_seq": self._last_ack_seq,
             "last_error": self._last_error,
+            "url": self.settings.urls[self._current],
         }
 
     async def wait_changed(self) -> None:
@@ -251,7 +259,8 @@ class UplinkClient:
         self._notify()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ssl_ctx = _ssl_context(self.settings) if self._target.secure else None
+        secure = any(target.secure for target in self._targets)
+        ssl_ctx = _ssl_context(self.settings) if secure else None
         async with trio.open_nursery() as commands:
             self._commands_nursery = commands
             task_status.started()
@@ -303,6 +312,10 @@ class UplinkClient:
                 delay = self.settings.rejected_backoff_s
                 log.error("uplink refused", reason=str(err), retry_in_s=round(delay, 1))
             else:
+                if not was_up:
+                    # P-FAILOVER-1: a failed attempt moves to the next URL; a refusal does not
+                    # (it is about the gateway), and a connection that worked is tried again.
+                    self._current = (self._current + 1) % len(self._targets)
                 self._set_state("backoff")
                 delay = proto.backoff_delay(failures, initial=self.settings.backoff_initial_s,
                                             maximum=self.settings.backoff_max_s,
@@ -317,14 +330,14 @@ class UplinkClient:
 
     async def _connect(self, nursery: trio.Nursery, ssl_ctx: ssl.SSLContext | None
                        ) -> tuple[WebSocketConnection, trio.abc.Stream]:
-        t = self._target
+        t = self._targets[self._current]
         token = _read_token(self.settings.token_file)
         phase = "tcp connect"
         with trio.move_on_after(self.settings.connect_timeout_s) as scope:
             stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
             stream = await trio.open_tcp_stream(t.host, t.port)
             try:
-                if ssl_ctx is not None:
+                if t.secure and ssl_ctx is not None:
                     phase = "tls handshake"
                     stream = trio.SSLStream(stream, ssl_ctx, server_hostname=t.host,
                                             https_compatible=True)
@@ -381,7 +394,7 @@ class UplinkClient:
                     up["clock_synchronised"] = synchronised
                 await self.outbox.append_system("uplinkUp", up)
                 self._set_state("connected")
-                log.info("uplink up", url=s.url, high_water=welcome.high_water,
+                log.info("uplink up", url=s.urls[self._current], high_water=welcome.high_water,
                          down_for_s=down_for)
                 window = proto.Window(s.window, welcome.high_water)
                 self._ws = ws

@@ -1,0 +1,46 @@
+"""A receiver whose store is unavailable for a moment (the JetStream backend during a NATS
+failover) closes 1011 without an error frame before the welcome: the gateway retries with the
+ordinary backoff, not the 300 s it keeps for a refusal."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import trio
+from trio_websocket import serve_websocket
+
+from gateway.receiver.backend import BackendError, SqliteBackend
+from gateway.receiver.server import PATH, _Receiver
+from gateway.receiver.store import ReceiverStore
+from gateway.uplink.client import UplinkClient, UplinkSettings
+from tests.gateway.uplink_fakes import FakeOutbox, register, write_token
+
+TOKEN = "backend-token-0123456789"
+
+
+class Unavailable(SqliteBackend):
+    async def open_stream(self, gateway_id: str, epoch: str):  # type: ignore[override]
+        raise BackendError(1011, "NATS unavailable: nats: timeout")
+
+
+async def test_a_store_unavailable_at_hello_is_backoff_not_a_refusal(tmp_path: Path) -> None:
+    outbox = FakeOutbox()
+    outbox.extend(3)
+    store = ReceiverStore(tmp_path / "p.db")
+    register(store, outbox, TOKEN)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(
+                serve_websocket, _Receiver(Unavailable(store)).handle, "127.0.0.1", 0, None))
+            client = UplinkClient(UplinkSettings(
+                url=f"ws://127.0.0.1:{server.port}{PATH}",
+                token_file=write_token(tmp_path, TOKEN), backoff_initial_s=0.01,
+                backoff_max_s=0.05), outbox)
+            await nursery.start(client.run)
+            while client.statistics()["attempts"] < 3:  # retried soon, again and again
+                await client.wait_changed()
+            assert client.state != "rejected"
+            assert "1011" in str(client.statistics()["last_error"])
+            nursery.cancel_scope.cancel()
+    store.close()
