@@ -8,6 +8,7 @@ pty behind the same path.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import tty
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import trio
 
+from drivers.cardreader.framing import KINDS
 from drivers.link.tty import FdChannel
-from drivers.sim.cardreader import SimReader
+from drivers.sim.cardreader import READER_FAULTS, SimReader
 
-__all__ = ["ReaderFleet", "run_reader", "serve_readers"]
+__all__ = ["ReaderFleet", "add_reader_arguments", "run_reader", "serve_readers",
+           "start_readers"]
 
 
 @dataclass(slots=True)
@@ -97,3 +100,37 @@ async def serve_readers(readers: Sequence[SimReader], *, directory: Path | None 
                 nursery.start_soon(_serve_one, reader, path, fleet, n, unplugged_s, first)
                 await first.wait()
             task_status.started(fleet)
+
+
+def _reader_faults(text: str) -> frozenset[str]:
+    names = frozenset(n for n in text.split(",") if n)
+    unknown = names - set(READER_FAULTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown reader faults: {', '.join(sorted(unknown))}")
+    return names
+
+
+def add_reader_arguments(p: argparse.ArgumentParser) -> None:
+    """`simulate --readers N`: player-card readers beside the first N machines."""
+    p.add_argument("--readers", type=int, default=0, metavar="N",
+                   help="a simulated player-card reader beside each of the first N machines, "
+                   "printed after the machines as 'reader PATH beside MACHINE_PATH'")
+    p.add_argument("--reader-kind", choices=KINDS, default="insert")
+    p.add_argument("--reader-faults", type=_reader_faults, default=frozenset(),
+                   help="comma-separated: " + ",".join(READER_FAULTS))
+    p.add_argument("--reader-rate", type=float, default=0.2, metavar="ACTIONS_PER_S")
+
+
+async def start_readers(nursery: trio.Nursery, args: argparse.Namespace,
+                        machine_paths: Sequence[str]) -> ReaderFleet | None:
+    """Start the readers `args` asks for and print their lines; None when it asks for none."""
+    count = min(args.readers, len(machine_paths))
+    if count <= 0:
+        return None
+    readers = [SimReader(args.reader_kind, seed=args.seed * 1000 + n, rate=args.reader_rate,
+                         faults=args.reader_faults) for n in range(count)]
+    fleet: ReaderFleet = await nursery.start(lambda task_status: serve_readers(
+        readers, task_status=task_status))
+    for path, machine in zip(fleet.device_paths, machine_paths, strict=False):
+        print(f"reader {path} beside {machine}")
+    return fleet
