@@ -67,7 +67,7 @@ class SimReader:
     ledger: Counter[str] = field(default_factory=Counter)
     unplug_requested: bool = False
     _rng: random.Random = field(init=False)
-    _pool: list[SimCard] = field(init=False)
+    pool: list[SimCard] = field(init=False)   # the venue's cards this reader sees
     _queue: list[tuple[float, int, bytes]] = field(init=False, default_factory=list)
     _order: itertools.count = field(init=False, default_factory=itertools.count)
     _next_action: float = field(init=False)
@@ -80,7 +80,7 @@ class SimReader:
         if unknown:
             raise ValueError(f"unknown reader faults: {', '.join(sorted(unknown))}")
         self._rng = random.Random(self.seed)
-        self._pool = [SimCard(f"6{self._rng.randrange(10**15):015d}",
+        self.pool = [SimCard(f"6{self._rng.randrange(10**15):015d}",
                               f"PLAYER/{n:03d}", self._rng.randbytes(7).hex().upper())
                       for n in range(self.cards)]
         self._next_action = self.start + self._gap()
@@ -88,6 +88,11 @@ class SimReader:
     def stop(self) -> None:
         """No new player actions (a seated card is still pulled in time)."""
         self._stopped = True
+
+    def play(self, now: float, *, first_in_s: float = 0.2) -> None:
+        """(Re)start player actions, the first one `first_in_s` from `now`."""
+        self._stopped = False
+        self._next_action = now + first_in_s
 
     def next_due(self) -> float:
         due = [self._queue[0][0]] if self._queue else []
@@ -127,7 +132,7 @@ class SimReader:
             noise = bytes(self._rng.choice(b"%;?=^\r\n\x00\xffE0123456789ABC")
                           for _ in range(self._rng.randrange(1, 24)))
             self._at(now, noise)
-        card = self._rng.choice(self._pool)
+        card = self._rng.choice(self.pool)
         if self.kind == "rfid":
             self.ledger["presented"] += 1
             self._at(now, rfid_line(card))

@@ -31,10 +31,19 @@ class ReaderFleet:
     device_paths: list[str] = field(default_factory=list)
     readers: list[SimReader] = field(default_factory=list)
     plugs: list[int] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
 
     def stop_play(self) -> None:
         for reader in self.readers:
             reader.stop()
+
+    def start_play(self) -> None:
+        """Players start (again) now: e.g. once the gateway has the readers' ports open (bytes
+        written before a port is opened are flushed by the opener)."""
+        for reader in self.readers:
+            reader.play(trio.current_time())
+        self.changed.set()
+        self.changed = trio.Event()
 
     def summary(self) -> dict[str, int]:
         total: dict[str, int] = {"unplugged": sum(p - 1 for p in self.plugs)}
@@ -44,12 +53,14 @@ class ReaderFleet:
         return total
 
 
-async def run_reader(reader: SimReader, channel: FdChannel) -> None:
+async def run_reader(reader: SimReader, channel: FdChannel, fleet: ReaderFleet) -> None:
     """Write what the reader says, when it says it, until it asks to be unplugged."""
     while not reader.unplug_requested:
         due = reader.next_due()
         if due > trio.current_time():
-            await trio.sleep_until(due)  # inf: stopped, sleeps until cancelled
+            with trio.move_on_at(due):  # inf: stopped, until play starts again
+                await fleet.changed.wait()
+            continue
         data = reader.take(trio.current_time())
         if data:
             await channel.write(data)
@@ -74,7 +85,7 @@ async def _serve_one(reader: SimReader, path: Path, fleet: ReaderFleet, index: i
         fleet.plugs[index] += 1
         first.set()
         try:
-            await run_reader(reader, channel)
+            await run_reader(reader, channel, fleet)
         finally:
             with trio.CancelScope(shield=True):
                 await channel.aclose()  # the gateway's side now reads EIO

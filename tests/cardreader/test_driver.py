@@ -126,3 +126,21 @@ async def test_pty_readers_are_read_and_come_back_after_an_unplug(tmp_path: Path
             nursery.cancel_scope.cancel()
     assert fleet.plugs[0] >= 2
     assert all(e.machine == BESIDE and e.source is None for e in sink.recorded)
+
+
+async def test_readers_play_only_once_started(tmp_path: Path) -> None:
+    # The demo starts play once the gateway has the port open: bytes before would be flushed.
+    sim = SimReader("swipe", seed=4, rate=50.0)
+    sim.stop()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            fleet = await nursery.start(lambda task_status: serve_readers(
+                [sim], directory=tmp_path, task_status=task_status))
+            link = await open_reader_link(fleet.device_paths[0], lock_dir=tmp_path)
+            async with link:
+                with trio.move_on_after(0.3) as quiet:
+                    await link.receive_some()
+                assert quiet.cancelled_caught, "a stopped reader wrote"
+                fleet.start_play()
+                assert (await link.receive_some())[:1] in (b"%", b";")
+            nursery.cancel_scope.cancel()

@@ -175,7 +175,7 @@ def test_simulated_readers_with_every_fault_never_leak_a_number(kind: str) -> No
         if data:
             core.receive(data, now)
         _run_timers(core, now)
-    events = _no_clear_number(core, sim._pool)
+    events = _no_clear_number(core, sim.pool)
     good = {"swipe": "cardRead", "insert": "cardInserted", "rfid": "cardRead"}[kind]
     assert sum(e.type == good for e in events) > 100
     if kind != "rfid":
