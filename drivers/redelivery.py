@@ -5,7 +5,7 @@ Sans-I/O, driver-neutral (no trio, no SQL). A machine that was never told its ex
 re-send without a second record (design rule 3 of section 4, docs/architecture.md). The
 question is asked per machine about its *last recorded* exception only, and it is answered by
 comparing the driver contract's redelivery key -- `RedeliveryKey`, what `SourceRef` carries
-(code and payload): the gateway compares it for equality and stores it, never looks inside.
+(code and `redelivery_key`): the gateway compares it for equality and stores it, never looks inside.
 
 `RedeliveryBook` holds, per machine, the last recorded exception that was not known to be
 acknowledged when the gateway started (`Unacknowledged`: its seq, its key, and the line counter
@@ -27,10 +27,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from drivers import model
+
 __all__ = ["RedeliveryBook", "RedeliveryKey", "Unacknowledged"]
 
-# (code, payload) of drivers.base.SourceRef: opaque to the gateway, compared for equality.
-RedeliveryKey = tuple[int, bytes]
+# (code, redelivery_key) of drivers.model.SourceRef: opaque to the gateway, compared for equality.
+RedeliveryKey = tuple[int, model.RedeliveryKey]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,10 @@
 into a draft and returns only once the outbox has committed it -- the driver acknowledges the
 machine after that (docs/outbox.md, "Durability"). It also asks the redelivery question
 (rule 3) of `Outbox.redelivery`, whose rules live in drivers/redelivery.py.
+
+Driver-neutral: a machine is `MachineRef.key`, and what identifies a re-sent exception is the
+pair (`SourceRef.code`, `SourceRef.redelivery_key`) -- the driver's opaque key, stored in the
+outbox's (last_code, last_payload) and compared for equality only, never looked inside.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 
 import structlog
 
-from drivers.base import MachineEvent, MachineRef, SourceRef
+from drivers.base import MachineEvent, MachineRef, RedeliveryKey, SourceRef
 from gateway.events import draft_from_machine
 from gateway.outbox import Outbox
 
@@ -23,8 +27,9 @@ __all__ = ["OutboxSink"]
 log = structlog.get_logger("gateway.capture")
 
 
-def _key(machine: MachineRef) -> str:
-    return f"{machine.port}/{machine.address}"
+def _identity(source: SourceRef) -> tuple[int, RedeliveryKey]:
+    """What the outbox stores of a recorded exception to recognise its re-send."""
+    return source.code, source.redelivery_key
 
 
 class OutboxSink:
@@ -41,13 +46,13 @@ class OutboxSink:
         draft = draft_from_machine(event, currency=self._currency, now=time.time())
         seq = await self._outbox.append(draft)
         if event.source is not None:
-            self._last_seq[_key(event.machine)] = seq
+            self._last_seq[event.machine.key] = seq
         self.counts[event.type] += 1
         if self._on_event is not None:
             self._on_event(event)
 
     def acknowledged(self, event: MachineEvent) -> None:
-        key = _key(event.machine)
+        key = event.machine.key
         seq = self._last_seq.get(key)
         if seq is not None:
             self._outbox.note_acknowledged(key, seq)
@@ -73,13 +78,12 @@ class OutboxSink:
         for acknowledged (docs/sas.md, "Restart safety" and "Machine resets")."""
         source = event.source
         if source is not None and source.poll_counter is not None:
-            await self._outbox.expect_redelivery(_key(event.machine), source.poll_counter,
-                                                 source.code, source.payload)
+            await self._outbox.expect_redelivery(event.machine.key, source.poll_counter,
+                                                 *_identity(source))
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
-        key = _key(machine)
-        seq = self._outbox.redelivery.check(key, (source.code, source.payload),
-                                            priority=source.priority)
+        key = machine.key
+        seq = self._outbox.redelivery.check(key, _identity(source), priority=source.priority)
         if seq is None:
             return False
         # The acknowledgement about to go out is for the event already recorded: mark that seq

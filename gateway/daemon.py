@@ -40,12 +40,11 @@ import structlog
 import trio
 
 import gateway
+from drivers import registry
 from drivers.base import Driver, EventSink, MachineEvent, MachineRef, SourceRef
-from drivers.link import LinkError, open_link
+from drivers.link import LinkError
 from drivers.link.lock import describe_process, lock_holder
-from drivers.sas.driver import SasDriver, SasSettings
-from drivers.sas.errors import SasRemoteProtocolError
-from drivers.sas.journal import PollJournal
+from drivers.registry import DriverEnv, RestartJournal
 from gateway.capture import OutboxSink
 from gateway.clock import clock_synchronised
 from gateway.commands import CommandRouter, CommandSettings
@@ -54,9 +53,9 @@ from gateway.control import (
     Activity,
     ControlServer,
     ControlUnavailableError,
+    PortTap,
     TraceHub,
     control_socket_path,
-    traced_opener,
 )
 from gateway.errors import ConfigError
 from gateway.feed.guard import LogThrottle
@@ -71,12 +70,13 @@ from gateway.uplink.client import UplinkClient, UplinkSettings
 from gateway.uplink.protocol import backoff_delay
 
 __all__ = ["Gateway", "PipelineHealth", "WatchedSink", "build_driver", "format_duration",
-           "reload_config", "report_status", "run"]
+           "open_drivers", "reload_config", "report_status", "run"]
 
 log = structlog.get_logger("gateway.daemon")
 
-# What a port supervisor restarts after; anything else is a bug and stops the daemon.
-RECOVERABLE = (LinkError, SasRemoteProtocolError, OSError)
+# What a port supervisor restarts after, with the errors its protocol registers
+# (`DriverSpec.recoverable`); anything else is a bug and stops the daemon.
+RECOVERABLE: tuple[type[BaseException], ...] = (LinkError, OSError)
 # Reopening a broken port: full-jitter exponential backoff (the uplink's backoff_delay) from
 # 0.5 s, capped at 5 s: an open() is cheap, and a replugged adapter should be polled again
 # within seconds. A link that stayed up this long counts as recovered: the next failure
@@ -238,24 +238,38 @@ class Gateway:
         return line
 
 
-def build_driver(port: PortSection, config: Config, trace: TraceHub | None = None) -> SasDriver:
-    """The SAS driver for one port; with `trace`, its link reports frames to the control socket."""
-    settings = SasSettings(
-        poll_interval_s=port.poll_interval_ms / 1000,
-        response_timeout_s=port.response_timeout_ms / 1000,
-        offline_after_misses=port.offline_after_misses,
-        rte=port.rte,
-    )
-    journal = PollJournal(config.gateway.state_dir / "polls" / f"{port.name}.journal")
-    opener = partial(open_link, str(port.device), mode=port.link)
-    if trace is not None:
-        opener = traced_opener(opener, port.name, trace)
-    return SasDriver(port.name, opener, port.addresses, settings, journal=journal)
+def build_driver(port: PortSection, config: Config, trace: TraceHub | None = None, *,
+                 journal: RestartJournal | None = None) -> Driver:
+    """The driver for one port, by its protocol (drivers/registry.py); with `trace`, its link
+    reports frames to the control socket; `journal` is the port's restart journal, if any."""
+    spec = registry.get(port.protocol)
+    tap = None if trace is None else PortTap(trace, port.name, spec.trace_decoder())
+    return spec.build(port.driver_config(),
+                      DriverEnv(config.gateway.state_dir, journal=journal, tap=tap))
+
+
+def open_drivers(config: Config, trace: TraceHub,
+                 capture: OutboxSink) -> dict[str, Driver]:
+    """Every port's driver. Before a driver starts, the exceptions its line acknowledged
+    before the restart (frames followed them, by its restart journal) are settled, so only
+    the others can be taken for redeliveries (drivers/redelivery.py)."""
+    drivers: dict[str, Driver] = {}
+    for port in config.ports:
+        journal = registry.get(port.protocol).open_journal(config.gateway.state_dir, port.name)
+        capture.settle_restart(port.name, None if journal is None else journal.counter_at_open)
+        drivers[port.name] = build_driver(port, config, trace, journal=journal)
+    return drivers
+
+
+def recoverable(protocol: str) -> tuple[type[BaseException], ...]:
+    """What a port of `protocol` is reopened after: link errors and the protocol's own."""
+    return (*RECOVERABLE, *registry.get(protocol).recoverable)
 
 
 async def supervise_port(gw: Gateway, name: str, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                         jitter: Callable[[], float] = random.random) -> None:
+                         jitter: Callable[[], float] = random.random,
+                         recoverable: tuple[type[BaseException], ...] = RECOVERABLE) -> None:
     """Run one port's driver forever; a broken port is reopened with jittered backoff (the
     driver has reported its machines offline by then). `port failed; will retry` (retry_in_s:
     the delay really slept) is logged at most once a minute per error, with how many retries it
@@ -283,7 +297,7 @@ async def supervise_port(gw: Gateway, name: str, *,
                 if not reported:
                     reported = True
                     task_status.started()
-        except* RECOVERABLE as group:
+        except* recoverable as group:
             gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
             now = trio.current_time()
             failures += 1
@@ -323,10 +337,12 @@ def check_devices_free(config: Config) -> None:
 
 
 async def stoppable_port(gw: Gateway, name: str, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                         errors: tuple[type[BaseException], ...] = RECOVERABLE) -> None:
     """`supervise_port` under a scope of its own, so a clean stop ends machine intake before
     gatewayStopping (`record_stopping`). Reports started even when stopped before the port
-    did, so a stop during start-up is no error."""
+    did, so a stop during start-up is no error. `errors`: what the port is reopened after
+    (`recoverable(protocol)`)."""
     reported = False
 
     class _Status:
@@ -337,7 +353,8 @@ async def stoppable_port(gw: Gateway, name: str, *,
 
     with trio.CancelScope() as stop:
         gw.port_scopes.append(stop)
-        await supervise_port(gw, name, task_status=_Status())  # type: ignore[arg-type]
+        await supervise_port(gw, name, task_status=_Status(),  # type: ignore[arg-type]
+                             recoverable=errors)
     if not reported:
         task_status.started()
 
@@ -517,7 +534,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     log.info("outbox open", path=str(config.outbox_path), epoch=outbox.epoch,
              last_seq=outbox.last_seq, undelivered=outbox.depth(), kid=signer.kid)
     trace = TraceHub()
-    drivers: dict[str, Driver] = {p.name: build_driver(p, config, trace) for p in config.ports}
+    capture = OutboxSink(outbox, currency=config.gateway.currency)
+    drivers = open_drivers(config, trace, capture)
     router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
                                            db_path=config.gateway.state_dir / "commands.db",
                                            currency=config.gateway.currency),
@@ -532,10 +550,6 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         command_handler=router.handle)
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)
-    capture = OutboxSink(outbox, currency=config.gateway.currency)
-    for name, driver in drivers.items():
-        if isinstance(driver, SasDriver):
-            capture.settle_restart(name, driver.journal_counter_at_open)
     gw = Gateway(config=config, outbox=outbox, sink=WatchedSink(capture, health),
                  drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
                  control_path=control_socket_path(config.gateway), config_path=config_path)
@@ -572,7 +586,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                     gw.monitor)
             nursery.start_soon(watch_uplink, gw)
             for port in config.ports:
-                await nursery.start(stoppable_port, gw, port.name)
+                await nursery.start(partial(stoppable_port, errors=recoverable(port.protocol)),
+                                    gw, port.name)
             await nursery.start(uplink.run)
             nursery.start_soon(report_status, gw, notifier)
             gc.freeze()  # what start-up built lives for the whole run: keep it out of collections

@@ -146,8 +146,7 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                                  ca_file=base / "ca.pem"),
             # 100 ms: one machine per line, so the gateway reads up to 10 exceptions a second
             # from each, twice the simulated play's average, and a burst rarely fills the queue.
-            ports=tuple(PortSection(name=name, device=Path(path), addresses=(1,),
-                                    poll_interval_ms=100)
+            ports=tuple(PortSection.of(name, Path(path), (1,), poll_interval_ms=100)
                         for name, path in zip(port_names, fleet.device_paths, strict=True)),
             log=LogSection(level="warning"),
             feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(

@@ -118,8 +118,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers.base import MachineEvent, MachineRef
-from drivers.link import TxFrame
+from drivers.model import MachineEvent, MachineRef, TxFrame
 from drivers.sas import framing, messages
 from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, METER_CODES, Exc, LongPoll
 from drivers.sas.errors import SasLocalProtocolError, SasRemoteProtocolError
