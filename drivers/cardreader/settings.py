@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import MachineRef
 from drivers.cardreader.framing import KINDS
 from drivers.cardreader.link import BAUD_RATES
 from drivers.cardreader.reader import ReaderSettings
+from drivers.model import MachineRef
 
 __all__ = ["CardReaderPortSettings"]
 

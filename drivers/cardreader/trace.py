@@ -2,12 +2,12 @@
 
 `redact` runs on every chunk before it is shown in any form: inside a track every character but
 the field separators `^` and `=` (and a first character B, the format code, or E, the reader's
-"could not read") becomes `*`, and so does the character after an end sentinel
-(an LRC says something about the content); outside tracks only sentinels, line ends, STX/ETX and
-the letters of the status words IN and OUT survive, so a UID line, a track whose start sentinel
-was lost, or a name, never shows. What is left is the shape of the traffic -- enough to see a
-reader that sends nothing, garbage, or tracks without their end. The state (inside a track or
-not) carries across chunks, as tracks arrive in pieces.
+"could not read") becomes `*`, and so does the character after an end sentinel (an LRC says
+something about the content); outside tracks only sentinels, line ends and STX/ETX survive (the
+status words show as `**` and `***`), so a UID line, a track whose start sentinel was lost, or a
+name, never shows -- also when tracing starts in the middle of a track. What is left is the
+shape of the traffic: enough to see a reader that sends nothing, garbage, or tracks without
+their end. The state (inside a track or not) carries across chunks, as tracks arrive in pieces.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["CardReaderTraceDecoder"]
 
 _STARTS = frozenset(b"%;")
 _END = ord("?")
-_KEEP_OUTSIDE = frozenset(b"%;?\r\n\x02\x03INOUT")
+_KEEP_OUTSIDE = frozenset(b"%;?\r\n\x02\x03")
 _KEEP_INSIDE = frozenset(b"^=")
 _MASK = ord("*")
 
