@@ -183,8 +183,13 @@ class MeterReading:
 
 class FrameTap(Protocol):
     """Where a driver reports the frames on its line, for `diag trace` (gateway/control.py).
-    Called for every frame; cheap when nobody traces. Drivers know nothing of tracing beyond
-    this: decoding and redaction are the protocol's `TraceDecoder` (drivers/registry.py)."""
+    `sent` is called for every host frame (the decoder's context); `received` only while
+    `active()`, so a driver converts nothing for a trace nobody reads. Drivers know nothing of
+    tracing beyond this: decoding and redaction are the protocol's `TraceDecoder`
+    (drivers/registry.py)."""
+
+    def active(self) -> bool:
+        """Someone traces this port now (one dictionary lookup)."""
 
     def sent(self, data: bytes) -> None:
         """The host wrote `data` to the line."""

@@ -146,6 +146,9 @@ class PortTap:
         self._port = port
         self._decoder = decoder
 
+    def active(self) -> bool:
+        return self._hub.active(self._port)
+
     def sent(self, data: bytes) -> None:
         self._decoder.sent(data)
         if self._hub.active(self._port):

@@ -28,14 +28,17 @@ class TappedLink(SasLink):
 
     async def receive_some(self) -> bytes:
         data = await self._inner.receive_some()
-        self._tap.received(data)
+        if self._tap.active():
+            self._tap.received(data)
         return data
 
     async def receive_words(self) -> list[int]:
         # Forwarded, not inherited: the fallback would go through receive_some and lose the
         # ninth bit the host needs to tell a chirp from data.
         words = await self._inner.receive_words()
-        self._tap.received(bytes(w & 0xFF for w in words), wakeup=any(w & 0x100 for w in words))
+        if self._tap.active():
+            self._tap.received(bytes(w & 0xFF for w in words),
+                               wakeup=any(w & 0x100 for w in words))
         return words
 
     async def aclose(self) -> None:

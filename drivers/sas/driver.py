@@ -186,13 +186,14 @@ class SasDriver:
             case Report(raw, None):
                 await sink.record(self._stamp(raw))
             case Report(raw, token, resent) if token is not None:
-                stamped = self._stamp(raw)
+                assert raw.source is not None
+                # The host sent nothing on the line since the poll this answered, so the
+                # journal's counter is that poll's (docs/sas.md, "Restart safety"). One copy
+                # of the event, stamped and with its counter.
+                stamped = replace(raw, observed_at=time.time(), source=raw.source if
+                                  self._journal is None else replace(
+                                      raw.source, poll_counter=self._journal.counter))
                 assert stamped.source is not None
-                if self._journal is not None:
-                    # The host sent nothing on the line since the poll this answered, so the
-                    # journal's counter is that poll's (docs/sas.md, "Restart safety").
-                    stamped = replace(stamped, source=replace(
-                        stamped.source, poll_counter=self._journal.counter))
                 self._stamped[token] = stamped
                 if resent:
                     # Re-sent after a machine reset cut off its ACK (host.py, "Machine resets").
