@@ -148,7 +148,8 @@ class CardReaderCore:
         return self._events.popleft() if self._events else None
 
     def statistics(self) -> dict[str, Any]:
-        return {"kind": self.settings.kind, "reader": "online" if self.online else "offline",
+        # `online` as for a machine (diag, /health, metrics): the reader is there and talking.
+        return {"kind": self.settings.kind, "online": self.online,
                 "card_present": self._inserted is not None, **self.counts}
 
     # -- decisions -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from drivers.sim.readers import serve_readers
 from gateway import daemon
 from gateway.config import Config, GatewaySection, LogSection, PortSection, UplinkSection
 from gateway.demo import _prepare
+from gateway.monitor import HealthLimits, assess
 
 
 async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
@@ -67,6 +69,8 @@ async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
             readers.start_play()
             await enough.wait()
             status = json.dumps(gw.status(), default=str)
+            # A reader that is plugged in is no "machine offline" on /health.
+            health = assess(gw.status(), HealthLimits(), wall=time.time())
             nursery.cancel_scope.cancel()
 
     assert {e["machine"]["port"] for e in committed} == {"egm-1"}
@@ -82,3 +86,5 @@ async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
         leaked = [s for s in secrets if s in text]
         assert not leaked, f"card data in the {where}: {leaked[:3]}"
     assert os.stat(made["venue_secret"]).st_mode & 0o077 == 0
+    # (The reader may be unplugged at that moment: "port reader-1 down" is then right.)
+    assert not [r for r in health if "reader-1: machine" in r], health

@@ -131,7 +131,7 @@ def test_a_lost_reader_ends_the_visit() -> None:
     core.link_down(3.0, "read failed: EIO")
     [_inserted, removed] = _events(core)
     assert removed.data["reason"] == "reader_offline"
-    assert core.statistics()["reader"] == "offline" and core.get_timer() is None
+    assert core.statistics()["online"] is False and core.get_timer() is None
 
 
 def test_rfid_reads_and_a_held_card() -> None:
