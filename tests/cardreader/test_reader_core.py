@@ -196,3 +196,23 @@ def test_fuzz_core_only_player_events(kind: str, chunks: list[tuple[bytes, float
     core.link_down(now + 1, "gone")
     for event in _events(core):
         assert event.type in {"cardRead", "cardInserted", "cardRemoved", "cardBadRead"}
+
+
+@pytest.mark.parametrize(("kind", "wire"), [
+    ("swipe", swipe_bytes(ANNA, lrc=True)),
+    ("insert", b"IN\r\n" + swipe_bytes(ANNA, lrc=True) + b"OUT\r\n"),
+    ("rfid", b"\x02" + ANNA.uid.encode() + b"\x03"),
+])
+def test_the_core_decides_the_same_however_the_bytes_are_cut(kind: str, wire: bytes) -> None:
+    def run(pieces: list[bytes]) -> list[tuple[str, dict]]:
+        core = _core(kind, lrc=True, debounce_s=0.0)
+        for piece in pieces:
+            core.receive(piece, 0.0)  # pieces within the swipe gap of each other
+        _run_timers(core, 10.0)
+        return [(e.type, dict(e.data)) for e in _events(core)]
+
+    whole = run([wire])
+    assert whole and whole == run([wire[i:i + 1] for i in range(len(wire))])
+    for cut in range(len(wire) + 1):
+        assert run([wire[:cut], wire[cut:]]) == whole, cut
+        assert run([b"\x00\xffgarbage\r\n" + wire[:cut], wire[cut:]]) == whole, cut
