@@ -56,6 +56,7 @@ DEFAULT_PROTOCOL = "sas"
 # Built-in protocols: name -> module whose SPEC is the DriverSpec (imported on first use).
 _BUILTIN: dict[str, str] = {
     "sas": "drivers.sas.spec",
+    "cardreader": "drivers.cardreader.spec",
 }
 _registered: dict[str, DriverSpec] = {}
 

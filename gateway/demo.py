@@ -25,7 +25,9 @@ import structlog
 import trio
 import trustme
 
+from drivers.sim.cardreader import SimReader
 from drivers.sim.fleet import serve_fleet
+from drivers.sim.readers import serve_readers
 from gateway import daemon
 from gateway.config import (
     Config,
@@ -69,7 +71,10 @@ def _prepare(base: Path) -> dict[str, Any]:
     server.private_key_pem.write_to_path(str(base / "receiver.key"))
     (base / "receiver.pem").write_bytes(b"".join(c.bytes() for c in server.cert_chain_pems))
     os.chmod(base / "receiver.key", 0o600)
-    return {"signer": signer, "token": token, "key_file": key_file}
+    # The venue secret the card readers' numbers are hashed with (docs/cardreader.md).
+    _write_secret(base / "venue.secret", secrets.token_hex(32) + "\n")
+    return {"signer": signer, "token": token, "key_file": key_file,
+            "venue_secret": base / "venue.secret"}
 
 
 def _outbox_figures(path: Path, port_names: list[str]) -> dict[str, Any]:
@@ -80,6 +85,27 @@ def _outbox_figures(path: Path, port_names: list[str]) -> dict[str, Any]:
     finally:
         conn.close()
     return {"durable": durable, "per_machine": per_machine}
+
+
+PLAYER_EVENTS = ("cardInserted", "cardRemoved", "cardRead", "cardBadRead")
+
+
+def _card_figures(receiver_db: Path, readers: Any) -> dict[str, int]:
+    """Player events the receiver stored, and how many of its stored bodies hold a simulated
+    card number or UID in clear (must be none: docs/cardreader.md)."""
+    conn = open_readonly(receiver_db)
+    try:
+        counts = dict(conn.execute(
+            "SELECT event, count(*) FROM events WHERE gateway_id = ? AND event IN "
+            f"({', '.join('?' * len(PLAYER_EVENTS))}) GROUP BY event",
+            (GATEWAY_ID, *PLAYER_EVENTS)).fetchall())
+        bodies = [body for (body,) in conn.execute("SELECT body FROM events")]
+    finally:
+        conn.close()
+    secrets_ = {s for r in readers.readers for c in r.pool for s in (c.number, c.uid)}
+    return {"card_events_received": sum(counts.values()),
+            "cards_inserted_received": counts.get("cardInserted", 0),
+            "card_numbers_in_clear": sum(1 for b in bodies for s in secrets_ if s.encode() in b)}
 
 
 def _summary(fleet: Any, receiver: Any, gw: daemon.Gateway, port_names: list[str]) -> dict:
@@ -136,6 +162,13 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                                             seed=secrets.randbits(32), events_per_second=rate,
                                             profile="floor"))  # alerts at realistic rates
         port_names = [f"port{i + 1}" for i in range(machines)]
+        # An insert card reader beside every machine; players start once the gateway has the
+        # readers' ports open (docs/cardreader.md, "Simulator").
+        readers = await nursery.start(partial(serve_readers, [
+            SimReader("insert", seed=secrets.randbits(32), rate=max(0.5, rate / 4),
+                      faults=frozenset({"misread", "bounce", "garbage"}))
+            for _ in range(machines)]))
+        readers.stop_play()
         config = Config(
             gateway=GatewaySection(id=GATEWAY_ID, key_file=made["key_file"],
                                    state_dir=base / "gateway", venue="Demo Casino",
@@ -145,18 +178,24 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
             # 100 ms: one machine per line, so the gateway reads up to 10 exceptions a second
             # from each, twice the simulated play's average, and a burst rarely fills the queue.
             ports=tuple(PortSection.of(name, Path(path), (1,), poll_interval_ms=100)
-                        for name, path in zip(port_names, fleet.device_paths, strict=True)),
+                        for name, path in zip(port_names, fleet.device_paths, strict=True))
+            + tuple(PortSection.of(f"reader{i + 1}", Path(path), protocol="cardreader",
+                                   machine=f"{name}/1", secret_file=str(made["venue_secret"]))
+                    for i, (name, path) in enumerate(zip(port_names, readers.device_paths,
+                                                         strict=True))),
             log=LogSection(level="warning"),
             feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(
                 FeedTokenSection(name="demo-attendant", sha256=hash_token(attendant_token),
                                  role="attendant"),)),
         )
         gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
+        readers.start_play()
         board = (f"demo: alert board http://127.0.0.1:{gw.feed_port}/ "
                  f"(attendant token: {attendant_token})" if gw.feed_port is not None else
                  f"demo: alert board: port {feed_port} is in use, so no board this run (the "
                  f"gateway retries it); run with --feed-port 0 for any free port")
-        print(f"demo: {machines} simulated machines on {', '.join(fleet.device_paths)}\n"
+        print(f"demo: {machines} simulated machines on {', '.join(fleet.device_paths)}, "
+              f"a card reader beside each\n"
               f"demo: receiver {receiver.url} (TLS, certificate made for this run)\n"
               f"{board}\n"
               f"demo: state in {base}; "
@@ -185,11 +224,13 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
         print("demo: stopping play; waiting for every exception to be acknowledged and the "
               "uplink to drain", file=out)
         fleet.stop_play()
+        readers.stop_play()
         with trio.move_on_after(60):
             await fleet.wait_all_acknowledged()
         with trio.move_on_after(60):
             await _wait_drained(gw, receiver)
         summary = _summary(fleet, receiver, gw, port_names)
+        summary.update(_card_figures(base / "receiver.db", readers))
         nursery.cancel_scope.cancel()
     return summary
 
@@ -205,7 +246,8 @@ def run_demo(*, machines: int, duration: float | None, as_json: bool, state_dir:
           and summary["acked_by_machines"] == summary["recorded"] > 0
           and summary["raised"] == summary["acked_by_machines"]
           + summary["dropped_by_machines_overflow"]
-          and summary["received"] == summary["durable"])
+          and summary["received"] == summary["durable"]
+          and summary["card_numbers_in_clear"] == 0)
     if as_json:
         print(json.dumps(summary))
     else:

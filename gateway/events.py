@@ -37,6 +37,10 @@ STR = {"type": "string"}
 NUM = {"type": "number"}
 BOOL = {"type": "boolean"}
 DOOR = {"enum": ["main", "drop", "card_cage", "cashbox", "belly"]}
+# Player cards: a keyed hash of the card number, never the number (docs/cardreader.md).
+CARD_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+KEY_ID = {"type": "string", "pattern": "^[0-9a-f]{8}$"}
+MEDIUM = {"enum": ["magstripe", "rfid"]}
 ANY = {}
 
 
@@ -158,6 +162,34 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               "LP 1A, 0F, 1C, 6F", droppable=True,
               fields={"meters": {"type": "object", "additionalProperties": INT},
                       "denomination": MONEY}, required=("meters",)),
+    # player (card readers beside machines: drivers/cardreader, docs/cardreader.md)
+    EventSpec("cardInserted", "player", "1.0.0",
+              "A player card was seated in the reader beside this machine (insert readers). "
+              "card_id is a keyed hash of the card number with the venue secret named by "
+              "key_id, never the number.", "card reader: IN + tracks",
+              fields={"card_id": CARD_ID, "key_id": KEY_ID, "medium": MEDIUM},
+              required=("card_id", "key_id", "medium")),
+    EventSpec("cardRemoved", "player", "1.0.0",
+              "The seated card came out (reason removed), another was seated without it "
+              "coming out (replaced), or the reader went away with it in (reader_offline: "
+              "presence unknown from then on); inserted_for_s: how long it was in.",
+              "card reader: OUT, link lost",
+              fields={"card_id": CARD_ID, "key_id": KEY_ID, "medium": MEDIUM,
+                      "inserted_for_s": {"type": "number", "minimum": 0},
+                      "reason": {"enum": ["removed", "replaced", "reader_offline"]}},
+              required=("card_id", "key_id", "reason")),
+    EventSpec("cardRead", "player", "1.0.0",
+              "A player card was swiped or presented (swipe and RFID readers, which cannot tell "
+              "when the player leaves); card_id and key_id as in cardInserted.",
+              "card reader: tracks or UID line",
+              fields={"card_id": CARD_ID, "key_id": KEY_ID, "medium": MEDIUM},
+              required=("card_id", "key_id", "medium")),
+    EventSpec("cardBadRead", "player", "1.0.0",
+              "A card could not be read (reason says why, never what was read); held_back: "
+              "bad reads not sent since the last one (at most one a second per reader).",
+              "card reader: %E? / ;E?, LRC, bad or truncated track",
+              fields={"medium": MEDIUM, "reason": STR, "held_back": INT},
+              required=("medium", "reason")),
 ]}
 
 

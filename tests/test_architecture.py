@@ -25,6 +25,8 @@ CORES = [
     "drivers.sas.mapping", "drivers.sim.egm", "drivers.sim.machine", "drivers.sim.ledger",
     "gateway.events", "gateway.meters", "gateway.uplink.protocol", "gateway.feed.protocol",
     "gateway.feed.state",
+    "drivers.cardreader.framing", "drivers.cardreader.reader", "drivers.cardreader.cardid",
+    "drivers.cardreader.trace", "drivers.sim.cardreader",
 ]
 # Libraries that do I/O or run an event loop; none may be loaded by importing a core.
 FORBIDDEN = {"trio", "trio_websocket", "serial", "asyncio", "socket", "ssl", "sqlite3", "h11",

@@ -13,6 +13,7 @@ from drivers.sim.egm import PROFILES as MACHINE_PROFILES
 from drivers.sim.faults import FAULT_KINDS
 from drivers.sim.fleet import serve_fleet
 from drivers.sim.machine import PROFILES
+from drivers.sim.readers import add_reader_arguments, start_readers
 
 __all__ = ["add_commands"]
 
@@ -43,6 +44,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="chance per answer (or per exception) of each chosen fault")
     p.add_argument("--machine-profile", choices=sorted(MACHINE_PROFILES), default="default",
                    help="machine behaviours the reference leaves to the vendor (docs/sas.md)")
+    add_reader_arguments(p)
     p.set_defaults(func=_simulate)
 
 
@@ -65,6 +67,7 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
                 task_status=task_status))
             for path in fleet.device_paths:
                 print(path)
+            readers = await start_readers(nursery, args, fleet.device_paths)
             sys.stdout.flush()
 
             async def announce_drained() -> None:
@@ -74,6 +77,8 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
             async for signum in signals:
                 if signum == signal.SIGUSR1:
                     fleet.stop_play()
+                    if readers is not None:
+                        readers.stop_play()
                     nursery.start_soon(announce_drained)
                     continue
                 break
@@ -85,4 +90,6 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
          "lost_by_overflow": sum(e.lost for e in egm.ledger.entries),
          "lost_codes": [e.code for e in egm.ledger.entries if e.lost]}
         for path, egm in zip(fleet.device_paths, fleet.machines, strict=True)]
+    if readers is not None:
+        summary["readers"] = readers.summary()
     return summary

@@ -51,6 +51,8 @@ ROLES = ("viewer", "attendant", "supervisor")
 SUBPROTOCOL = "casino-feed.v1"
 TOKEN_PREFIX = "token."
 NOTE_MAX = 500
+# Who may see which player is at which machine (the `player` channel): attendants and above.
+PLAYER_ROLE = "attendant"
 POLICY_VIOLATION = 1008
 _MACHINE = re.compile(r"^[^/]+/[0-9]{1,3}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -384,6 +386,10 @@ class FeedSession:
         events = _names(message, "events", lambda v: v in CATALOGUE, "an event type")
         machines = _names(message, "machines", lambda v: bool(_MACHINE.match(v)),
                           "a machine as 'port/address'")
+        if message["type"] == "subscribe" and not identity.may(PLAYER_ROLE) and (
+                "player" in channels or any(CATALOGUE[e].channel == "player" for e in events)):
+            return [Send(error("forbidden", f"role {identity.role} may not see players",
+                               message.get("id")))]
         if message["type"] == "subscribe":
             self.filter.channels |= channels
             self.filter.events |= events

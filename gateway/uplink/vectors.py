@@ -62,6 +62,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "ticketInserted": {"amount": _money(500), "validation_number": "009876543210987654"},
     "meterSnapshot": {"meters": {"coin_in": 5000, "coin_out": 3100, "drop": 500,
                                  "games_played": 42}, "denomination": _money(1)},
+    "cardInserted": {"card_id": "5d1c0e5f2b7a9c3e8d4f6a1b0c2e4d6f", "key_id": "1210c263",
+                     "medium": "magstripe"},
+    "cardRemoved": {"card_id": "5d1c0e5f2b7a9c3e8d4f6a1b0c2e4d6f", "key_id": "1210c263",
+                    "medium": "magstripe", "inserted_for_s": 1830.5, "reason": "removed"},
+    "cardRead": {"card_id": "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5", "key_id": "1210c263",
+                 "medium": "rfid"},
+    "cardBadRead": {"medium": "magstripe", "reason": "the reader reported a read error",
+                    "held_back": 2},
     "doorOpened": {"door": "main"},
     "doorClosed": {"door": "main"},
     "tilt": {"kind": "reel tilt"},
@@ -91,7 +99,8 @@ MACHINE_TYPES = frozenset({
     "deviceOnline", "deviceOffline", "powerLost", "powerApplied", "machineException",
     "gameSelected", "betPlaced", "gameEnded", "billAccepted", "ticketPrinted", "ticketInserted",
     "meterSnapshot", "doorOpened", "doorClosed", "tilt", "handpayPending", "handpayReset",
-    "bufferOverflow", "commandExecuted", "machineReplaced"})
+    "bufferOverflow", "commandExecuted", "machineReplaced", "cardInserted", "cardRemoved",
+    "cardRead", "cardBadRead"})
 
 
 def signers() -> tuple[Signer, Signer]:

@@ -157,3 +157,30 @@ test("descriptions and who may acknowledge", () => {
   assert.equal(core.canAcknowledge("supervisor", alert(1, "tilt", "p", { acknowledged_by: "x" })),
     false);
 });
+
+const card = (seq, event, machine, cardId, timestamp) => ({
+  seq, event, channel: "player", timestamp: timestamp || "2026-11-21T06:00:00.000Z",
+  machine: { port: machine.split("/")[0], address: Number(machine.split("/")[1]) },
+  data: cardId ? { card_id: cardId, key_id: "1210c263", medium: "magstripe" } : {},
+});
+
+test("the player view: seated cards until removed, reads for a while, each event once", () => {
+  assert.equal(core.canSeePlayers("viewer"), false);
+  assert.equal(core.canSeePlayers("attendant"), true);
+  const players = new Map();
+  const t0 = Date.parse("2026-11-21T06:00:00.000Z");
+  assert.equal(core.applyPlayerEvent(players, card(5, "cardInserted", "egm-10/1", "aa".repeat(16))), true);
+  assert.equal(core.applyPlayerEvent(players, card(6, "cardRead", "egm-2/1", "bb".repeat(16))), true);
+  assert.equal(core.applyPlayerEvent(players, card(5, "cardInserted", "egm-10/1", "aa".repeat(16))), false);
+  assert.equal(core.applyPlayerEvent(players, card(7, "cardBadRead", "egm-2/1", null)), false);
+  assert.deepEqual(core.playerRows(players, t0 + 125000).map((r) => [r.machine, r.text]), [
+    ["egm-2/1", "Player bbbbbbbb, card read 2 min ago"],
+    ["egm-10/1", "Player aaaaaaaa, card in for 2 min"],
+  ]);
+  // A read fades after READ_SHOWN_S; a seated card stays until it is removed.
+  const later = t0 + (core.READ_SHOWN_S + 1) * 1000;
+  assert.deepEqual(core.playerRows(players, later).map((r) => r.machine), ["egm-10/1"]);
+  assert.equal(core.applyPlayerEvent(players, card(9, "cardRemoved", "egm-10/1", "aa".repeat(16))), true);
+  assert.deepEqual(core.playerRows(players, later), []);
+  assert.equal(core.applyPlayerEvent(players, { channel: "alerts", event: "tilt", seq: 10 }), false);
+});

@@ -260,11 +260,59 @@
     return (role === "attendant" || role === "supervisor") && !alert.acknowledged_by;
   }
 
+  // -- players: who is at which machine (the player channel; docs/cardreader.md) --------------
+
+  // The server refuses the player channel below this role (gateway/feed/protocol.py PLAYER_ROLE).
+  function canSeePlayers(role) {
+    return role === "attendant" || role === "supervisor";
+  }
+
+  // A swipe or RFID reader cannot tell when the player leaves: a read is shown this long.
+  const READ_SHOWN_S = 30 * 60;
+
+  // Apply one player-channel envelope to `players` (machine -> {card, since, seated, seq});
+  // replayed and live copies of one event are applied once (by seq). Returns true on a change.
+  function applyPlayerEvent(players, env) {
+    if (!env || env.channel !== "player" || !env.machine) return false;
+    const machine = env.machine.port + "/" + env.machine.address;
+    const current = players.get(machine);
+    if (current && env.seq <= current.seq) return false;
+    const card = env.data && env.data.card_id ? String(env.data.card_id).slice(0, 8) : null;
+    const since = parseTime(env.timestamp);
+    switch (env.event) {
+      case "cardInserted":
+        players.set(machine, { card, since, seated: true, seq: env.seq });
+        return true;
+      case "cardRead":
+        players.set(machine, { card, since, seated: false, seq: env.seq });
+        return true;
+      case "cardRemoved":
+        if (!current) return false;
+        players.delete(machine);
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // Rows for the player view, by machine name; reads older than READ_SHOWN_S are left out.
+  function playerRows(players, nowMs) {
+    const rows = [];
+    for (const [machine, p] of players) {
+      const age = p.since === null ? 0 : (nowMs - p.since) / 1000;
+      if (!p.seated && age > READ_SHOWN_S) continue;
+      rows.push({ machine, card: p.card, seated: p.seated,
+        text: "Player " + p.card + (p.seated ? ", card in for " : ", card read ") +
+          formatAge(age) + (p.seated ? "" : " ago") });
+    }
+    return rows.sort((a, b) => a.machine.localeCompare(b.machine, undefined, { numeric: true }));
+  }
+
   const api = {
-    KIND_LABELS, KIND_SYMBOLS, LOUD_KINDS, SEVERITY, applyDelta, backoffDelay, bankName,
-    bankOf, canAcknowledge, clockTime, describe, formatAge, formatMoney, groupByMachine,
-    machineName, newLoudAlerts, parseTime, tileOrder, uplinkBanner, uplinkCause, words,
-    worstAlert,
+    KIND_LABELS, KIND_SYMBOLS, LOUD_KINDS, READ_SHOWN_S, SEVERITY, applyDelta,
+    applyPlayerEvent, backoffDelay, bankName, bankOf, canAcknowledge, canSeePlayers, clockTime,
+    describe, formatAge, formatMoney, groupByMachine, machineName, newLoudAlerts, parseTime,
+    playerRows, tileOrder, uplinkBanner, uplinkCause, words, worstAlert,
   };
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api;

@@ -41,7 +41,10 @@
     clockOffset: 0,         // gateway clock - browser clock, ms
     timeZone: null,
     sessionMaxMs: 8 * 3600 * 1000,
+    players: new Map(),     // machine -> player (core.applyPlayerEvent), for roles allowed
   };
+  // How far back the player view looks when it (re)connects: enough for a shift's visits.
+  const PLAYER_REPLAY = 5000;
   const tiles = new Map();  // machine -> tile (see makeTile)
   const flashing = new Map(); // alert seq -> until (ms)
   let heldUntil = 0;
@@ -225,6 +228,10 @@
         setStatus("Connected as " + message.name + " (" + message.role + ")", "up");
         setConnected(true);
         loadState(message.state, message.time);
+        watchPlayers(message.server && message.server.last_seq);
+        break;
+      case "events":
+        if (playerEvents(message.events)) renderPlayers();
         break;
       case "alerts_snapshot":
         loadState(message.state, message.time);
@@ -256,6 +263,38 @@
       default:
         break;
     }
+  }
+
+  // -- the player view: who is at which machine (attendants and supervisors) ---------------------
+
+  function watchPlayers(lastSeq) {
+    model.players = new Map();
+    const allowed = model.identity && core.canSeePlayers(model.identity.role);
+    $("players").hidden = !allowed;
+    if (!allowed) return;
+    send({ type: "subscribe", channels: ["player"] });
+    send({ type: "replay", from_seq: Math.max(1, (Number(lastSeq) || 0) - PLAYER_REPLAY) });
+    renderPlayers();
+  }
+
+  function playerEvents(envelopes) {
+    let changed = false;
+    for (const env of envelopes || []) {
+      if (core.applyPlayerEvent(model.players, env)) changed = true;
+    }
+    return changed;
+  }
+
+  function renderPlayers() {
+    const list = $("player-list");
+    const rows = core.playerRows(model.players, now());
+    list.replaceChildren(...rows.map((row) => {
+      const item = el("li", row.seated ? "player seated" : "player");
+      item.append(el("span", "machine-name", core.machineName(row.machine)),
+        el("span", "player-text", row.text));
+      return item;
+    }));
+    $("players-empty").hidden = rows.length > 0;
   }
 
   // -- the model ---------------------------------------------------------------------------------
@@ -704,6 +743,7 @@
       }
     }
     if (model.uplink && model.uplink.connected === false) renderBanner();
+    if (!$("players").hidden) renderPlayers();
     maybeResort();
     const loginAt = Number(sessionStorage.getItem(LOGIN_AT_KEY));
     if (model.identity && loginAt && Date.now() - loginAt > model.sessionMaxMs) {
