@@ -182,10 +182,14 @@ class AnswerContract(HostCore):
 
     def _resend(self, f: InFlight, now: float, *, count: bool = True) -> None:
         """Identical retransmission = implied NACK: the machine resends the same data. It keeps
-        the minimum poll interval; a late answer meanwhile is taken as the answer."""
+        the poll interval (an idle RTE GP's, `rte_repeat_spacing_s` if set); a late answer
+        meanwhile is taken as the answer."""
+        cfg = self.config
         f.attempts += count
         f.received = False
-        f.resend_at = f.sent_at + self.config.interval_s
+        idle_rte = f.poll.command is None and f.expect.rte and not f.ever_received
+        spacing = cfg.rte_repeat_spacing_s if idle_rte else None
+        f.resend_at = f.sent_at + (cfg.interval_s if spacing is None else spacing)
         f.deadline = f.resend_at
         self.handle_timer(now)
 

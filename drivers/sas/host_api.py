@@ -46,6 +46,13 @@ class HostConfig:
     # GP (implied NACK) makes the machine resend a lost event, and on the final identical poll it
     # keeps the event queued (reference 2.3), so 2 closes the gap; 0 trusts the first silence.
     rte_silence_retries: int = 2
+    # Spacing of those repeats (None: the poll interval). The line is held from the first to the
+    # last (a poll to another address would ACK an event answer that may have been lost), so
+    # on a line shared by idle RTE machines this is what limits their poll rate (docs/sas.md,
+    # "Line scheduling"). RTE needs fast polling, 40 ms (reference 2.1), the floor; set it only
+    # for machines that answer within the reference's 20 ms: an answer later than the spacing
+    # arrives after the series and may be acknowledged unseen or recorded twice.
+    rte_repeat_spacing_s: float | None = None
     meters_every_s: float = 60.0
     clock_every_s: float = 600.0
     # "6F": LP 6F/AF alternating with the codes of codes.METER_CODES; "1C": LP 1C then LP 0F.
@@ -70,6 +77,9 @@ class HostConfig:
             raise SasLocalProtocolError(f"meter_polls must be 6F or 1C, not {self.meter_polls}")
         if self.poll_interval_s > 5.0:
             raise SasLocalProtocolError("poll interval above 5 s (reference 2.1)")
+        if self.rte_repeat_spacing_s is not None and not (
+                self.min_poll_interval_s <= self.rte_repeat_spacing_s <= 5.0):
+            raise SasLocalProtocolError("rte_repeat_spacing_s outside 40 ms .. 5 s (reference 2.1)")
 
     @property
     def interval_s(self) -> float:

@@ -38,6 +38,7 @@ class Case:
     seconds: float = 60.0
     rate: float = 0.5
     seed: int = 1
+    rte_repeat_spacing_s: float | None = None  # HostConfig's; None: the poll interval
 
     @property
     def name(self) -> str:
@@ -64,7 +65,8 @@ class _Run:
         plan = FaultPlan(frozenset(case.kinds), probability=case.probability, seed=case.seed)
         self.egm = SasEgm(1, Ledger(), play=PlayModel(case.seed, case.rate), faults=plan,
                           profile=PROFILES[case.profile])
-        self.host = SasHost("matrix", [1], HostConfig(rte=case.rte))
+        self.host = SasHost("matrix", [1], HostConfig(
+            rte=case.rte, rte_repeat_spacing_s=case.rte_repeat_spacing_s))
         self.recorded: list[tuple[int, bytes]] = []
         self.markers = self.resent_dataless = 0
         self.now = 0.0

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from drivers.sas.codes import Exc
+from drivers.sas.errors import SasLocalProtocolError
 from drivers.sas.host import HostConfig, SasHost
 from drivers.sim.egm import PROFILES, EgmProfile, SasEgm
 from drivers.sim.faults import FaultPlan
@@ -249,3 +250,34 @@ def test_fault_matrix_cases_that_lost_a_late_answer(case: Case) -> None:
     up and before its next frame, and was dropped; that next frame acknowledged it."""
     v = run_case(case).verdict
     assert v.missing_unmarked == 0 and v.ok, v
+
+
+@pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))
+@pytest.mark.parametrize("after_gps", range(4))
+def test_idle_rte_repeats_at_a_shorter_spacing_keep_finding_3_fixed(after_gps: int,
+                                                                   profile: EgmProfile) -> None:
+    """`rte_repeat_spacing_s` (for lines shared by idle RTE machines) spaces the implied-NACK
+    repeats of a silent GP 40 ms apart instead of one poll interval; a lost event answer
+    anywhere in the series is still re-sent and recorded (machines that answer in time)."""
+    pair = _pair(rte=True, profile=profile)
+    pair.host = SasHost("line", [1], HostConfig(rte=True, credits_every_s=600.0,
+                                                rte_repeat_spacing_s=0.04))
+    pair.run_until(10.0)
+    gp = bytes([0x81])
+    series = [t for t, frame in pair.sent_at if frame == gp and t > 8.0]
+    gaps = sorted({round(b - a, 3) for a, b in itertools.pairwise(series)})
+    assert gaps[0] == pytest.approx(0.04, abs=0.002), gaps  # the repeats
+    assert gaps[-1] == pytest.approx(0.2, abs=0.03), gaps   # the next series, one interval on
+    seen = pair.frames.count(gp)
+    while pair.frames.count(gp) < seen + after_gps:
+        pair.step()
+    pair.egms[0].raise_exception(Exc.GAME_ENDED, _GAME_ENDED_WIN, pair.now)
+    pair.drop_to_host = 1
+    _settle(pair)
+    assert [e.source.payload for e in pair.recorded] == [_GAME_ENDED_WIN]
+    assert pair.verdict().ok
+
+
+def test_rte_repeat_spacing_below_the_fast_polling_floor_is_refused() -> None:
+    with pytest.raises(SasLocalProtocolError):
+        HostConfig(rte_repeat_spacing_s=0.01)
