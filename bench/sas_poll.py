@@ -245,6 +245,19 @@ class _LineCounter(SasLink):
         await self.inner.aclose()
 
 
+def _line_bound(settings: SasSettings, live: int, latency: float) -> float:
+    """Line physics (see the module docstring): the share of the configured polls the line can
+    carry, from the line time one interval of polling needs."""
+    interval, rte = settings.interval_s, settings.rte
+    silent_wait = BYTE_TIME_S + settings.answer_window_s + latency
+    retries = settings.rte_silence_retries if rte else 0
+    spacing = settings.rte_repeat_spacing_s or interval
+    need = live * (retries * spacing + silent_wait if rte else
+                   2 * BYTE_TIME_S + latency + settings.inter_byte_gap_s)
+    per_cycle = (1 + retries) * interval if rte else interval
+    return min(100.0, 100.0 * per_cycle / need) if need else 100.0
+
+
 async def bench_multidrop(live: int, dead: int, interval: float, seconds: float, *,
                           rte: bool = True, name: str = "",
                           spacing: float | None = None) -> dict[str, object]:
@@ -283,13 +296,7 @@ async def bench_multidrop(live: int, dead: int, interval: float, seconds: float,
     rates = [counter.counts.get(a, 0) / wall for a in range(1, live + 1)]
     configured = 1 / interval
     latency = stats[1]["port_latency_s"] or 0.0
-    # Line physics (see the module docstring): the line time one interval of polling needs.
-    silent_wait = BYTE_TIME_S + settings.answer_window_s + latency
-    retries = settings.rte_silence_retries if rte else 0
-    need = live * (retries * (spacing or interval) + silent_wait if rte else
-                   2 * BYTE_TIME_S + latency + settings.inter_byte_gap_s)
-    per_cycle = (1 + retries) * interval if rte else interval
-    bound = min(100.0, 100.0 * per_cycle / need) if need else 100.0
+    bound = _line_bound(settings, live, latency)
     return {"scenario": name or f"drop-{live}+{dead}", "live": live, "dead": dead, "rte": rte,
             "rte_repeat_spacing_ms": None if spacing is None else spacing * 1000,
             "interval_ms": interval * 1000, "wall_s": round(wall, 2),

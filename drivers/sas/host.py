@@ -238,7 +238,7 @@ class SasHost(AnswerContract, AnswerFacts, LineScheduling):
         """The link broke or would not open (see "Port lifecycle"): every machine not already
         known offline is reported offline with `reason`, commands waiting for an answer fail,
         and the next poll to each machine is a restart probe, followed by discovery."""
-        self._inflight = None
+        self._inflight = self._given_up = None
         self._frames.clear()
         self._framer.clear()
         failed: set[int] = set()

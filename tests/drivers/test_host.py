@@ -229,3 +229,18 @@ def test_a_late_lone_byte_after_a_garbled_attempt_is_not_an_answer() -> None:
     assert _events(host) == []
     host.handle_timer(2.2)
     assert _frames(host) == ["81"]
+
+
+def test_bytes_after_link_down_reopen_no_poll_of_the_old_link() -> None:
+    """A poll given up on a silence stays open for its late answer until the next frame
+    ("Late answers"); a link that went down ends that: bytes on the new link before its first
+    poll answer nothing the host sent."""
+    host = SasHost("p", [A], HostConfig(rte=False))
+    host.handle_timer(0.0)
+    assert _frames(host) == ["81"]  # restart probe
+    host.handle_timer(0.15)         # silent: given up, open for a late answer until 0.2
+    assert _frames(host) == []
+    host.link_down(0.16, "device gone")
+    _events(host)
+    host.receive_data(b"\x11", 0.17)
+    assert host._inflight is None and _events(host) == []
