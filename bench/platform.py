@@ -29,16 +29,16 @@ from pathlib import Path
 # standard library's `platform` (which attrs, under trio, imports): drop the folder.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse
-import asyncio
-import os
-import subprocess
-import tempfile
-import time
-from typing import Any
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
 
-import nacl.signing
-import trio
+import nacl.signing  # noqa: E402
+import trio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -290,7 +290,7 @@ async def bench(args: argparse.Namespace, work: Path, rx_cpu: str, other_cpu: st
                   f"({js_rate / sqlite_rate:.2f}x the SQLite rate); receiver {js_us:.1f} us "
                   f"CPU/event = {js_us - publish_us:.1f} verify + WebSocket + "
                   f"{publish_us:.1f} publish (nats-asyncio thread)")
-            print(f"           nats-server us CPU/event: "
+            print("           nats-server us CPU/event: "
                   + ", ".join(f"n{i} {us:.1f}" for i, us in enumerate(nodes))
                   + " (R3: every node stores every event; the stream leader does most)")
             ratio = js_us / sqlite_us
@@ -303,8 +303,9 @@ async def bench(args: argparse.Namespace, work: Path, rx_cpu: str, other_cpu: st
             print(f"scaling    one receiver core: {per_receiver:,.0f} ev/s; the cluster (busiest "
                   f"node on one core): {per_cluster:,.0f} ev/s")
             for n in (1, 2, 4, 8):
+                bound = n * per_receiver > per_cluster
                 print(f"           {n} receiver core(s): {min(n * per_receiver, per_cluster):,.0f} "
-                      f"ev/s{' (NATS-bound: add stream shards or cores per node)' if n * per_receiver > per_cluster else ''}")
+                      f"ev/s{' (NATS-bound: more cores per node, or streams)' if bound else ''}")
 
             # -- latency ---------------------------------------------------------------------
             box = MemoryOutbox(99, 0)
