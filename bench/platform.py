@@ -261,6 +261,13 @@ async def bench(args: argparse.Namespace, work: Path, rx_cpu: str, other_cpu: st
         cpu0 = _cpu(rx.pid)
         elapsed = await drain(url, boxes, work)
         sqlite_us = (_cpu(rx.pid) - cpu0) / total * 1e6
+        box = MemoryOutbox(98, 0)
+        (work / f"{box.gateway_id}.token").write_text(f"{box.gateway_id}-token-bench")
+        store = ReceiverStore(work / "receiver.db")
+        store.register(box.gateway_id, f"{box.gateway_id}-token-bench",
+                       bytes(box.signer.verify_key).hex())
+        store.close()
+        sqlite_latency = await paced(url, box, work, args.rate, args.seconds)
     finally:
         rx.terminate()
         rx.wait()
@@ -313,7 +320,9 @@ async def bench(args: argparse.Namespace, work: Path, rx_cpu: str, other_cpu: st
             await trio.to_thread.run_sync(asyncio.run, register_all(settings, [box]))
             p50, p99 = await paced(url, box, work, args.rate, args.seconds)
             print(f"latency    {args.rate:g} ev/s for {args.seconds:g} s, capture -> gateway ack "
-                  f"(after the stream ack): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+                  f"(after the stream ack): p50 {p50:.1f} ms, p99 {p99:.1f} ms; the SQLite "
+                  f"receiver (after its fsync): p50 {sqlite_latency[0]:.1f} ms, "
+                  f"p99 {sqlite_latency[1]:.1f} ms")
         finally:
             rx.terminate()
             rx.wait()
