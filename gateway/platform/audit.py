@@ -86,6 +86,8 @@ class Audit:
             copies = by_seq[seq]
             report.duplicates += len(copies) - 1
             subject, payload = copies[0]
+            if any(other != payload for _, other in copies[1:]):
+                report.bad.append(f"seq {seq}: copies that differ (a forked chain or a forgery)")
             report.events += 1
             env = decode_envelope(payload)
             expected = names.event_subject(entry["region"], entry["venue"], gateway_id,

