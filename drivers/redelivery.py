@@ -17,7 +17,7 @@ of the poll that elicited it, see drivers/sas/journal.py) and decides:
     equal key: a redelivery (returns the seq it duplicates), other key: a new exception, and
     the question is dropped; a priority exception (sent ahead of the queue) settles nothing;
   * `acknowledged(machine, seq)`: the machine was told about seq: nothing left to ask.
-The outbox loads and persists it (gateway/outbox.py, table machine_state); gateway/capture.py
+The outbox loads and persists it (gateway/outbox/ledger.py, table machine_state); gateway/capture.py
 asks it; the SAS host decides what the line shows (a re-send after a machine reset,
 drivers/sas/host.py "Machine resets") and the driver reports that as a redelivery.
 """

@@ -3,7 +3,7 @@
 `OutboxSink` is the `drivers.base.EventSink` every driver gets. `record` turns a `MachineEvent`
 into a draft and returns only once the outbox has committed it -- the driver acknowledges the
 machine after that (docs/outbox.md, "Durability"). It also asks the redelivery question
-(rule 3) of `Outbox.redelivery`, whose rules live in drivers/redelivery.py.
+(rule 3) of the outbox's machine ledger, whose rules live in drivers/redelivery.py.
 
 Driver-neutral: a machine is `MachineRef.key`, and what identifies a re-sent exception is the
 pair (`SourceRef.code`, `SourceRef.redelivery_key`) -- the driver's opaque key, stored in the
@@ -61,9 +61,8 @@ class OutboxSink:
         """Before `port`'s driver starts: drop the redelivery question for each of its machines
         whose last recorded exception was followed by another frame on the line (the rule:
         drivers/redelivery.py), and mark those acknowledged. Returns how many were settled."""
-        settled = self._outbox.redelivery.settle_restart(port, counter_at_open)
+        settled = self._outbox.settle_restart(port, counter_at_open)
         for key, seq in settled:
-            self._outbox.note_acknowledged(key, seq)
             log.info("exception acknowledged before the restart (later frames on the line); "
                      "no redelivery expected", machine=key, seq=seq,
                      journal_counter=counter_at_open)
@@ -83,7 +82,7 @@ class OutboxSink:
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         key = machine.key
-        seq = self._outbox.redelivery.check(key, _identity(source), priority=source.priority)
+        seq = self._outbox.redelivered_seq(key, _identity(source), priority=source.priority)
         if seq is None:
             return False
         # The acknowledgement about to go out is for the event already recorded: mark that seq

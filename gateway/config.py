@@ -70,7 +70,7 @@ class PortSection:
         """A port with its protocol's settings given by name, checked as in a file."""
         table = {"name": name, "device": str(device), "addresses": list(addresses),
                  "protocol": protocol, **settings}
-        port: PortSection = _build_port(table, "ports[0]")
+        port: PortSection = _build_port(table, f"ports[{name}]")
         return dataclasses.replace(port, device=device)
 
     def driver_config(self) -> registry.PortConfig:

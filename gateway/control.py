@@ -52,8 +52,9 @@ from drivers.registry import TraceDecoder
 from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
-from gateway.errors import ConfigError
-from gateway.feed.guard import Admission, LogThrottle
+from gateway.errors import ConfigError, StoreError
+from gateway.limits import Admission, LogThrottle
+from gateway.outbox import readers
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -217,19 +218,17 @@ def _outbox_files(path: Path, delivered_seq: int) -> dict[str, Any]:
         out["disk_free_bytes"] = shutil.disk_usage(path.parent).free
         out["db_bytes"] = sum(p.stat().st_size for p in (path, Path(f"{path}-wal"))
                               if p.exists())
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn = readers.open_readonly(path, busy_timeout_ms=2000)
         try:
-            conn.execute("PRAGMA busy_timeout=2000")
-            low, high = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
-            row = conn.execute("SELECT captured_at FROM events WHERE seq > ? ORDER BY seq "
-                               "LIMIT 1", (delivered_seq,)).fetchone()
+            low, high = readers.seq_bounds(conn)
+            oldest = readers.oldest_undelivered_at(conn, delivered_seq)
         finally:
             conn.close()
-    except (OSError, sqlite3.Error) as err:
+    except (OSError, sqlite3.Error, StoreError) as err:
         out["error"] = str(err)
         return out
-    out["rows"] = (high - low + 1) if low is not None else 0
-    out["oldest_undelivered_at"] = row[0] if row else None
+    out["rows"] = (high - low + 1) if low is not None and high is not None else 0
+    out["oldest_undelivered_at"] = oldest
     return out
 
 

@@ -40,7 +40,7 @@ from gateway.config import (
 )
 from gateway.feed.protocol import hash_token
 from gateway.logs import configure_logging
-from gateway.outbox import open_readonly
+from gateway.outbox import readers
 from gateway.receiver.server import ReceiverSettings, serve_receiver
 from gateway.signing import write_signing_key
 
@@ -78,12 +78,10 @@ def _prepare(base: Path) -> dict[str, Any]:
 
 
 def _outbox_figures(path: Path, port_names: list[str]) -> dict[str, Any]:
-    conn = open_readonly(path)
+    conn = readers.open_readonly(path)
     try:
-        durable = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        per_machine = {name: [code for (code,) in conn.execute(
-            "SELECT source_code FROM events WHERE machine = ? AND source_code IS NOT NULL "
-            "ORDER BY seq", (f"{name}/1",))] for name in port_names}
+        durable = readers.count_events(conn)
+        per_machine = {name: readers.recorded_codes(conn, f"{name}/1") for name in port_names}
     finally:
         conn.close()
     return {"durable": durable, "per_machine": per_machine}

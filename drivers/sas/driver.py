@@ -107,13 +107,6 @@ class SasDriver:
         self._waiters: dict[int, trio.Event] = {}
         self._finished: dict[int, CommandFinished] = {}
 
-    @property
-    def journal_counter_at_open(self) -> int | None:
-        """The poll journal's line counter as the previous process left it (None: no journal).
-        An exception recorded with this counter was never acknowledged to its machine; one with
-        a lower counter was (a later frame on the line was its implied ACK)."""
-        return self._journal.counter_at_open if self._journal is not None else None
-
     async def run(self, sink: EventSink, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """One life of the link: raises LinkError when it breaks or will not open, after its

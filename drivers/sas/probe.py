@@ -18,33 +18,45 @@ from drivers.link import LinkBrokenError, SasLink, TxFrame, open_link
 from drivers.link.advice import adapter_facts, open_advice
 from drivers.link.lock import DeviceBusyError
 from drivers.registry import ProbeReport, ProbeRequest
-from drivers.sas import bcd, framing, messages
+from drivers.sas import framing, messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 
 __all__ = ["probe", "probe_request"]
 
-# (what, long poll, answer shape); the meters last, as machines need not support them.
-_PROBES: list[tuple[str, int, dict[str, Any]]] = [
-    ("game configuration", LongPoll.GAME_CONFIGURATION, {"length": 24}),
-    ("SAS version and serial", LongPoll.VERSION_AND_SERIAL, {"length_byte": True}),
-    ("current credits", LongPoll.CURRENT_CREDITS, {"length": 8}),
-    ("meter: total coin in", 0x11, {"length": 8}),
-    ("meter: games played", 0x15, {"length": 8}),
+# (what, long poll); the meters last, as machines need not support them. Answer lengths and
+# decoding are messages.py's (POLL_SPECS, decode_answer).
+_PROBES: list[tuple[str, int]] = [
+    ("game configuration", LongPoll.GAME_CONFIGURATION),
+    ("SAS version and serial", LongPoll.VERSION_AND_SERIAL),
+    ("current credits", LongPoll.CURRENT_CREDITS),
+    ("meter: total coin in", LongPoll.COIN_IN),
+    ("meter: games played", LongPoll.GAMES_PLAYED),
 ]
+
+
+def _shape(command: int) -> dict[str, Any]:
+    """The answer's length as framing wants it, from messages.POLL_SPECS."""
+    answer = messages.POLL_SPECS[command].answer
+    return {"length": answer if isinstance(answer, int) else None,
+            "length_byte": answer == "length"}
+
+
 def _decode(command: int, frame: bytes, address: int) -> dict[str, Any]:
-    if command == LongPoll.GAME_CONFIGURATION:
-        game = messages.decode_game_config(frame, address)
-        return {"game_id": game.game_id, "denomination_code": game.denomination_code,
-                "max_bet": game.max_bet, "paytable": game.paytable_id}
-    if command == LongPoll.VERSION_AND_SERIAL:
-        info = messages.decode_version(frame, address)
-        return {"sas_version": info.sas_version, "serial": info.serial}
-    if command == LongPoll.CURRENT_CREDITS:
-        return {"credits": messages.decode_current_credits(frame, address)}
-    # Meters: `a cmd meter(4 BCD) crc`, like LP 1A.
-    return {"meter": bcd.decode(frame[2:6])}
+    """What the report shows of an answer (messages.decode_answer does the decoding)."""
+    match messages.decode_answer(command, frame, address):
+        case messages.GameConfig() as game:
+            return {"game_id": game.game_id, "denomination_code": game.denomination_code,
+                    "max_bet": game.max_bet, "paytable": game.paytable_id}
+        case messages.VersionInfo(sas_version=version, serial=serial):
+            return {"sas_version": version, "serial": serial}
+        case messages.MeterReading(LongPoll.CURRENT_CREDITS, meters):
+            return {"credits": meters["current_credits"]}
+        case messages.MeterReading(_, meters) if len(meters) == 1:
+            return {"meter": next(iter(meters.values()))}
+        case other:
+            return {"answer": repr(other)}
 
 
 def _expectation(wire: bytes) -> framing.Expectation:
@@ -150,8 +162,8 @@ async def probe(device: str, address: int, *, mode: str = "auto", timeout_s: flo
                 report["advice"].append(
                     f"bytes answered a poll to address {sync}: another machine on this line "
                     "uses it, or something else is polling this port")
-            for label, command, kwargs in _PROBES:
-                step = await _probe_step(line, address, label, command, kwargs, timeout_s)
+            for label, command in _PROBES:
+                step = await _probe_step(line, address, label, command, timeout_s)
                 report["steps"].append(step)
                 if step.get("unreadable"):
                     report["advice"].append(
@@ -198,9 +210,9 @@ async def _resume(line: _ProbeLine, report: dict[str, Any], journal: PollJournal
 
 
 async def _probe_step(line: _ProbeLine, address: int, label: str, command: int,
-                      kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+                      timeout_s: float) -> dict[str, Any]:
     wire = messages.long_poll(address, command).wire()
-    expect = framing.Expectation(address, command, **kwargs)
+    expect = framing.Expectation(address, command, **_shape(command))
     step: dict[str, Any] = {"poll": f"LP {command:02X}", "what": label, "ok": False}
     for attempt in (1, 2):
         answer, took, seen = await line.exchange(wire, expect, timeout_s)

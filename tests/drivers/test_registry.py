@@ -17,8 +17,8 @@ from drivers.sas.settings import SasPortSettings
 from gateway.capture import OutboxSink
 from gateway.config import PortSection, parse_config, problems_of
 from gateway.control import PortTap, TraceHub
-from gateway.daemon import build_driver
 from gateway.errors import ConfigError
+from gateway.ports import build_driver
 
 BASE = {
     "gateway": {"id": "gw-1", "key_file": "k"},
@@ -149,3 +149,36 @@ async def test_the_opaque_key_alone_identifies_a_redelivery(make_outbox, stored,
     sink = OutboxSink(make_outbox(), currency="USD")
     # The payload differs from the one recorded: only the driver's key decides.
     assert sink.is_redelivery(machine, SourceRef("toy", 7, b"other", key=asked)) is redelivery
+
+
+@pytest.mark.parametrize("journal_moved_on", [True, False])
+async def test_the_daemon_settles_a_restart_through_the_protocols_journal(
+        make_outbox, tmp_path: Path, journal_moved_on: bool) -> None:
+    """ports.open_drivers opens each port's restart journal through its DriverSpec and settles
+    the exceptions a later frame acknowledged, before the driver exists (no isinstance on a
+    protocol's driver class)."""
+    from drivers.sas.journal import PollJournal
+    from drivers.sas.spec import poll_journal_path
+    from gateway.ports import open_drivers
+
+    config = parse_config({**BASE, "gateway": {**BASE["gateway"], "state_dir": str(tmp_path)},
+                           "ports": [{"name": "p1", "device": "/dev/ttyS9"}]})
+    journal = PollJournal(poll_journal_path(tmp_path, "p1"))
+    counter = journal.record(bytes([0x81]))  # the GP that elicits the exception
+    if journal_moved_on:
+        journal.record(bytes([0x82]))  # a later, different frame: the implied ACK went out
+    journal.close()
+    machine = MachineRef("p1", 1)
+    outbox = make_outbox()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(outbox.run_writer)
+            await OutboxSink(outbox, currency="USD").record(MachineEvent(
+                "doorOpened", machine, {"door": "main"}, SourceRef("sas", 0x11,
+                                                                   poll_counter=counter)))
+            nursery.cancel_scope.cancel()
+    await outbox.aclose()
+    sink = OutboxSink(make_outbox(), currency="USD")
+    drivers = open_drivers(config, TraceHub(), sink)
+    assert list(drivers) == ["p1"]
+    assert sink.is_redelivery(machine, SourceRef("sas", 0x11)) is not journal_moved_on
