@@ -90,10 +90,10 @@ def _outbox_figures(path: Path, port_names: list[str]) -> dict[str, Any]:
 PLAYER_EVENTS = ("cardInserted", "cardRemoved", "cardRead", "cardBadRead")
 
 
-def _card_figures(receiver_db: Path, readers: Any) -> dict[str, int]:
+def _card_figures(receiver_db: Path, card_readers: Any) -> dict[str, int]:
     """Player events the receiver stored, and how many of its stored bodies hold a simulated
     card number or UID in clear (must be none: docs/cardreader.md)."""
-    conn = open_readonly(receiver_db)
+    conn = readers.open_readonly(receiver_db)
     try:
         counts = dict(conn.execute(
             "SELECT event, count(*) FROM events WHERE gateway_id = ? AND event IN "
@@ -102,7 +102,7 @@ def _card_figures(receiver_db: Path, readers: Any) -> dict[str, int]:
         bodies = [body for (body,) in conn.execute("SELECT body FROM events")]
     finally:
         conn.close()
-    secrets_ = {s for r in readers.readers for c in r.pool for s in (c.number, c.uid)}
+    secrets_ = {s for r in card_readers.readers for c in r.pool for s in (c.number, c.uid)}
     return {"card_events_received": sum(counts.values()),
             "cards_inserted_received": counts.get("cardInserted", 0),
             "card_numbers_in_clear": sum(1 for b in bodies for s in secrets_ if s.encode() in b)}
@@ -164,11 +164,11 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
         port_names = [f"port{i + 1}" for i in range(machines)]
         # An insert card reader beside every machine; players start once the gateway has the
         # readers' ports open (docs/cardreader.md, "Simulator").
-        readers = await nursery.start(partial(serve_readers, [
+        card_readers = await nursery.start(partial(serve_readers, [
             SimReader("insert", seed=secrets.randbits(32), rate=max(0.5, rate / 4),
                       faults=frozenset({"misread", "bounce", "garbage"}))
             for _ in range(machines)]))
-        readers.stop_play()
+        card_readers.stop_play()
         config = Config(
             gateway=GatewaySection(id=GATEWAY_ID, key_file=made["key_file"],
                                    state_dir=base / "gateway", venue="Demo Casino",
@@ -181,7 +181,7 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                         for name, path in zip(port_names, fleet.device_paths, strict=True))
             + tuple(PortSection.of(f"reader{i + 1}", Path(path), protocol="cardreader",
                                    machine=f"{name}/1", secret_file=str(made["venue_secret"]))
-                    for i, (name, path) in enumerate(zip(port_names, readers.device_paths,
+                    for i, (name, path) in enumerate(zip(port_names, card_readers.device_paths,
                                                          strict=True))),
             log=LogSection(level="warning"),
             feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(
@@ -189,7 +189,7 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                                  role="attendant"),)),
         )
         gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
-        readers.start_play()
+        card_readers.start_play()
         board = (f"demo: alert board http://127.0.0.1:{gw.feed_port}/ "
                  f"(attendant token: {attendant_token})" if gw.feed_port is not None else
                  f"demo: alert board: port {feed_port} is in use, so no board this run (the "
@@ -224,13 +224,13 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
         print("demo: stopping play; waiting for every exception to be acknowledged and the "
               "uplink to drain", file=out)
         fleet.stop_play()
-        readers.stop_play()
+        card_readers.stop_play()
         with trio.move_on_after(60):
             await fleet.wait_all_acknowledged()
         with trio.move_on_after(60):
             await _wait_drained(gw, receiver)
         summary = _summary(fleet, receiver, gw, port_names)
-        summary.update(_card_figures(base / "receiver.db", readers))
+        summary.update(_card_figures(base / "receiver.db", card_readers))
         nursery.cancel_scope.cancel()
     return summary
 

@@ -54,7 +54,7 @@ async def test_each_event_is_encoded_once_however_many_clients_want_it(feed_with
                 open_websocket_url(feed.url) as c, open_websocket_url(feed.url) as floor, \
                 open_websocket_url(feed.url) as bets:
             for ws in (a, b, c):
-                await auth(ws, "viewer-token")
+                await auth(ws, "attendant-token")  # every channel: the player one too
                 await subscribe(ws, channels=ALL)
             await auth(floor, "viewer-token")
             await subscribe(floor, channels=["alerts"])
@@ -159,7 +159,7 @@ async def test_a_stalled_client_is_dropped_and_the_pipeline_does_not_notice(feed
         feed = await feed_with(client_queue=50)
         alone = await storm(feed)    # the same work with nobody connected: the baseline
         async with open_websocket_url(feed.url) as stalled, open_websocket_url(feed.url) as ok:
-            await auth(stalled, "viewer-token")
+            await auth(stalled, "attendant-token")  # every channel: the player one too
             await subscribe(stalled, channels=ALL)
             await auth(ok, "viewer-token")
             await subscribe(ok, channels=["alerts"])
