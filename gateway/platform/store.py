@@ -55,6 +55,7 @@ class NatsSettings:
     publish_timeout_s: float = 10.0     # one batch's acks; then the whole batch again
     publish_attempts: int = 3           # x publish_timeout_s in all; then close 1011
     name: str = "casino-receiver"
+    connect_deadline_s: float = 15.0    # the first connection; later ones retry forever
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +97,14 @@ async def nats_connect(settings: NatsSettings) -> NATS:
         options["user_credentials"] = str(settings.creds_file)
     if settings.nkey_seed_file:
         options["nkeys_seed"] = str(settings.nkey_seed_file)
-    return await nats.connect(**options)
+    # nats-py retries the first connection forever too (max_reconnect_attempts=-1): a wrong CA,
+    # credentials or address would hang a CLI or a starting receiver. Bounded, one line.
+    try:
+        return await asyncio.wait_for(nats.connect(**options), settings.connect_deadline_s)
+    except (*NATS_ERRORS, ssl.SSLError) as err:
+        raise BackendError(1011, f"cannot connect to NATS {','.join(settings.servers)} within "
+                           f"{settings.connect_deadline_s:g} s: {err or type(err).__name__}"
+                           ) from None
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -122,11 +130,7 @@ class Platform:
     @classmethod
     async def open(cls, settings: NatsSettings) -> Platform:
         """Connect and bind to the stream and buckets (made by `casino-gateway platform init`)."""
-        try:
-            nc = await nats_connect(settings)
-        except NATS_ERRORS as err:
-            raise BackendError(1011, f"cannot connect to NATS {','.join(settings.servers)}: "
-                               f"{err or type(err).__name__}") from None
+        nc = await nats_connect(settings)
         self = cls(nc, settings)
         try:
             await self.js.stream_info(names.EVENTS_STREAM)
