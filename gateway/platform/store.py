@@ -103,7 +103,7 @@ async def nats_connect(settings: NatsSettings) -> NATS:
         return await asyncio.wait_for(nats.connect(**options), settings.connect_deadline_s)
     except (*NATS_ERRORS, ssl.SSLError) as err:
         raise BackendError(1011, f"cannot connect to NATS {','.join(settings.servers)} within "
-                           f"{settings.connect_deadline_s:g} s: {err or type(err).__name__}"
+                           f"{settings.connect_deadline_s:g} s: {str(err) or type(err).__name__}"
                            ) from None
 
 
