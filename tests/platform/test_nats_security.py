@@ -56,3 +56,33 @@ async def test_receiver_and_tools_over_tls(tmp_path: Path) -> None:
         verify = await trio.to_thread.run_sync(run, "verify", "--nats", url, "--nats-ca",
                                                str(pki.ca_file))
         assert verify.returncode == 0 and verify.stdout.startswith("OK"), verify.stdout
+
+
+async def test_nkey_authentication(tmp_path: Path) -> None:
+    """A server that admits one nkey user: the tools get in with its seed file (0600), not
+    without it, and refuse a seed file others can read."""
+    import os
+
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    conf = tmp_path / "auth.conf"
+    conf.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    seed_file = tmp_path / "receiver.nk"
+    seed_file.write_bytes(seed + b"\n")
+    seed_file.chmod(0o600)
+    with LocalCluster(tmp_path / "nats", nodes=1, extra_args=["-c", str(conf)]) as node:
+        cli = [sys.executable, "-m", "gateway", "platform", "init", "--replicas", "1",
+               "--nats", node.urls[0], "--nats-connect-timeout", "3"]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+
+        refused = await trio.to_thread.run_sync(run)
+        assert refused.returncode == 78 and "cannot connect to NATS" in refused.stderr
+        admitted = await trio.to_thread.run_sync(run, "--nats-nkey", str(seed_file))
+        assert admitted.returncode == 0, admitted.stderr[-2000:]
+        seed_file.chmod(0o644)
+        exposed = await trio.to_thread.run_sync(run, "--nats-nkey", str(seed_file))
+        assert exposed.returncode == 78 and "chmod 600" in exposed.stderr
