@@ -216,7 +216,13 @@ class _Receiver:
             await request.reject(401, extra_headers=[(b"www-authenticate", b"Bearer")],
                                  body=b"bearer token required\n")
             return
-        known = await self.backend.token_known(token)
+        try:
+            known = await self.backend.token_known(token)
+        except BackendError as err:
+            # Not a refusal (that would be 403 and a 300 s backoff): unavailable, retry soon.
+            log.warning("receiver store unavailable", error=str(err))
+            await request.reject(503, body=b"store unavailable, retry\n")
+            return
         if not known:
             log.warning("receiver refused unknown token", remote=str(request.remote))
             await request.reject(403, body=b"forbidden\n")
