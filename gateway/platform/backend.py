@@ -68,7 +68,7 @@ class JetStreamBackend:
         try:
             return await self.bridge.run(fn, *args)
         except NATS_ERRORS as err:
-            raise BackendError(1011, f"NATS unavailable: {err or type(err).__name__}") from None
+            raise BackendError(1011, f"NATS unavailable: {str(err) or type(err).__name__}") from None
 
     async def token_known(self, token: str) -> bool:
         return await self._run(self.platform.gateway_of_token, token_digest(token)) is not None

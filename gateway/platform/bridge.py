@@ -2,7 +2,7 @@
 
 Why a thread and not trio-asyncio: the receiver crosses into NATS once per group of frames
 (hundreds of events), not once per event, so a cross-thread hop (~20-40 us) is amortised to
-well under a microsecond per event (bench/platform.py measures it). nats-py then runs on its
+about a microsecond per event (bench/jetstream.py measures it). nats-py then runs on its
 own, unmodified, stock asyncio loop (the loop its authors test), its parsing and acks never
 delay the trio loop's WebSocket reads, and a bug in one world cannot wedge the other.
 trio-asyncio would run both in one loop through a compatibility layer that rewrites asyncio's
@@ -73,7 +73,7 @@ class AsyncioThread:
 
 def _name_os_thread(name: str) -> None:
     """The kernel's name for this thread (top -H, /proc/PID/task/TID/comm), so the CPU the
-    NATS side costs can be told from the receiver's own (bench/platform.py reads it)."""
+    NATS side costs can be told from the receiver's own (bench/jetstream.py reads it)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME

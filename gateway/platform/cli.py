@@ -270,16 +270,24 @@ async def read_stream(settings: Any, on_message: Any) -> int:
     from nats.js.api import DeliverPolicy
 
     from gateway.platform import names
-    from gateway.platform.store import nats_connect
+    from gateway.platform.store import NATS_ERRORS, nats_connect
 
     nc = await nats_connect(settings)
     try:
-        js = nc.jetstream(timeout=10)
-        info = await js.stream_info(names.EVENTS_STREAM)
-        total, last = info.state.messages, info.state.last_seq
-        if total:
-            sub = await js.subscribe(f"{names.ROOT}.>", ordered_consumer=True,
-                                     deliver_policy=DeliverPolicy.ALL, pending_msgs_limit=-1)
+        js = nc.jetstream(timeout=5)
+        for attempt in range(6):  # a node that just restarted: the API may time out a while
+            try:
+                info = await js.stream_info(names.EVENTS_STREAM)
+                total, last = info.state.messages, info.state.last_seq
+                sub = await js.subscribe(f"{names.ROOT}.>", stream=names.EVENTS_STREAM,
+                                         ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+                                         pending_msgs_limit=-1) if total else None
+                break
+            except NATS_ERRORS:
+                if attempt == 5:
+                    raise
+                await asyncio.sleep(0.5)
+        if sub is not None:
             async for msg in sub.messages:
                 on_message(msg.subject, msg.data)
                 if msg.metadata.sequence.stream >= last:

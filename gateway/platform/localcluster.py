@@ -47,6 +47,7 @@ class LocalCluster:
     route_ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     cpu_list: list[str | None] = field(default_factory=list)  # taskset -c per node (bench)
+    extra_args: list[str] = field(default_factory=list)  # e.g. --tls ... or -c auth.conf
 
     @property
     def urls(self) -> list[str]:
@@ -68,7 +69,7 @@ class LocalCluster:
         store.mkdir(parents=True, exist_ok=True)
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.route_ports)
         command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.client_ports[index]),
-                   "-n", f"n{index}", "-js", "-sd", str(store)]
+                   "-n", f"n{index}", "-js", "-sd", str(store), *self.extra_args]
         if self.nodes > 1:
             command += ["--cluster_name", "casino", "--cluster",
                         f"nats://127.0.0.1:{self.route_ports[index]}", "--routes", routes]

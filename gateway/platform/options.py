@@ -31,6 +31,9 @@ def add_nats_options(parser: argparse.ArgumentParser, *, flag: str = "--nats",
     parser.add_argument("--nats-ca", type=Path, metavar="FILE", help="CA of the NATS servers (TLS)")
     parser.add_argument("--nats-cert", type=Path, metavar="FILE", help="client certificate (TLS)")
     parser.add_argument("--nats-key", type=Path, metavar="FILE", help="client key (TLS)")
+    parser.add_argument("--nats-connect-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="give up on the first connection after this long (exit 78; "
+                             "later reconnections never give up; default 15)")
     parser.add_argument("--nats-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="wait this long for a batch's acks before publishing it again "
                              "(3 attempts, then close 1011: the gateway retries; default 10)")
@@ -55,4 +58,5 @@ def nats_settings(args: argparse.Namespace, name: str) -> Any:
     return NatsSettings(servers=args.nats, creds_file=args.nats_creds,
                         nkey_seed_file=args.nats_nkey, ca_file=args.nats_ca,
                         cert_file=args.nats_cert, key_file=args.nats_key, name=name,
-                        publish_timeout_s=args.nats_timeout)
+                        publish_timeout_s=args.nats_timeout,
+                        connect_deadline_s=args.nats_connect_timeout)

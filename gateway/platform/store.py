@@ -13,6 +13,7 @@ docs/platform.md describes the layout for the platform's own services.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import ssl
 import time
@@ -40,6 +41,7 @@ __all__ = ["NatsSettings", "Platform", "StreamLimits", "nats_connect"]
 log = structlog.get_logger(__name__)
 
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+DONE_KEPT = 10_000  # answered commands a receiver keeps in memory (the bucket keeps them all)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +55,7 @@ class NatsSettings:
     publish_timeout_s: float = 10.0     # one batch's acks; then the whole batch again
     publish_attempts: int = 3           # x publish_timeout_s in all; then close 1011
     name: str = "casino-receiver"
+    connect_deadline_s: float = 15.0    # the first connection; later ones retry forever
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +97,14 @@ async def nats_connect(settings: NatsSettings) -> NATS:
         options["user_credentials"] = str(settings.creds_file)
     if settings.nkey_seed_file:
         options["nkeys_seed"] = str(settings.nkey_seed_file)
-    return await nats.connect(**options)
+    # nats-py retries the first connection forever too (max_reconnect_attempts=-1): a wrong CA,
+    # credentials or address would hang a CLI or a starting receiver. Bounded, one line.
+    try:
+        return await asyncio.wait_for(nats.connect(**options), settings.connect_deadline_s)
+    except (*NATS_ERRORS, ssl.SSLError) as err:
+        raise BackendError(1011, f"cannot connect to NATS {','.join(settings.servers)} within "
+                           f"{settings.connect_deadline_s:g} s: {str(err) or type(err).__name__}"
+                           ) from None
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -113,17 +123,14 @@ class Platform:
         self.chains: KeyValue
         self.commands: KeyValue
         self.command_rows: dict[str, dict[str, Any]] = {}  # command id -> row (watched)
+        self._done: collections.deque[str] = collections.deque()
         self._watch_task: asyncio.Task[None] | None = None
         self._acks = _Acks(nc)
 
     @classmethod
     async def open(cls, settings: NatsSettings) -> Platform:
         """Connect and bind to the stream and buckets (made by `casino-gateway platform init`)."""
-        try:
-            nc = await nats_connect(settings)
-        except NATS_ERRORS as err:
-            raise BackendError(1011, f"cannot connect to NATS {','.join(settings.servers)}: "
-                               f"{err or type(err).__name__}") from None
+        nc = await nats_connect(settings)
         self = cls(nc, settings)
         try:
             await self.js.stream_info(names.EVENTS_STREAM)
@@ -325,6 +332,7 @@ class Platform:
             except NATS_ERRORS as err:
                 log.warning("receiver mark update failed; retrying", key=key,
                             error=str(err) or type(err).__name__, attempt=attempt + 1)
+                await asyncio.sleep(0.2 * (attempt + 1))  # a KV leader election, typically
         raise BackendError(1011, "JetStream did not store the mark; retry")
 
     async def _publish_all(self, messages: list[tuple[str, bytes, str]]) -> int:
@@ -370,8 +378,7 @@ class Platform:
                     watcher = await self.commands.watchall()
                     async for entry in watcher:
                         if entry is not None and entry.value:
-                            row = json.loads(entry.value)
-                            self.command_rows[row["id"]] = row
+                            self._remember(json.loads(entry.value))
                         changed()
                 except asyncio.CancelledError:
                     if watcher is not None:
@@ -382,6 +389,16 @@ class Platform:
                     await asyncio.sleep(0.5)
 
         self._watch_task = asyncio.get_running_loop().create_task(run())
+
+    def _remember(self, row: dict[str, Any]) -> None:
+        """Open commands all, answered ones only the last DONE_KEPT (for wait_command)."""
+        self.command_rows[row["id"]] = row
+        if row["status"] == "done":
+            self._done.append(row["id"])
+            while len(self._done) > DONE_KEPT:
+                old = self._done.popleft()
+                if self.command_rows.get(old, {}).get("status") == "done":
+                    del self.command_rows[old]
 
     async def add_command(self, gateway_id: str, name: str, target: dict[str, Any] | None,
                           args: dict[str, Any] | None, command_id: str) -> str:
@@ -432,7 +449,7 @@ class _Batch:
 class _Acks:
     """JetStream publish acks for whole batches: one reply subject per batch (attempt), acks
     counted, not matched one by one. nats-py's publish_async keeps a future, a random token
-    and a JSON parse per message: ~40% of the receiver's publish CPU (bench/platform.py)."""
+    and a JSON parse per message: ~40% of the receiver's publish CPU (bench/jetstream.py)."""
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc

@@ -1,7 +1,9 @@
 """The reference platform endpoint (sandbox / certification peer for the uplink).
 
 `serve_receiver(ReceiverSettings(...), task_status=...)` starts it and hands back a
-`ReceiverHandle` (`.port`, `.url`, `.store`, `await .submit_command(...)`, `await .wait_command(id)`);
+`ReceiverHandle` (`.port`, `.url`, `.store` (the SQLite store; None when
+`ReceiverSettings.jetstream` puts the receiver on NATS JetStream, docs/platform.md),
+`await .submit_command(...)`, `await .wait_command(id)`);
 `ReceiverStore.figures()` gives its counters, `ReceiverStore.commands()` the commands sent to
 gateways and their results.
 """

@@ -149,15 +149,25 @@ class _Receiver:
         try:
             while True:
                 added = self.backend.commands_changed()
-                rows = await self.backend.open_commands(gid, include_sent)
-                include_sent = False
+                try:
+                    rows = await self.backend.open_commands(gid, include_sent)
+                except BackendError as err:
+                    # Commands wait; the stream goes on (and this is tried again soon).
+                    log.warning("receiver cannot read commands", gateway_id=gid, error=str(err))
+                    rows = []
+                else:
+                    include_sent = False
                 for row in rows:
                     await ws.send_message(proto.encode(proto.Command(
                         row["id"], row["name"], row["target"], row["args"])))
                     log.info("receiver command sent", gateway_id=gid, command_id=row["id"],
                              name=row["name"])
                 if rows:
-                    await self.backend.mark_sent(gid, [row["id"] for row in rows])
+                    try:
+                        await self.backend.mark_sent(gid, [row["id"] for row in rows])
+                    except BackendError as err:  # still pending: sent again, answered once
+                        log.warning("receiver cannot mark commands sent", gateway_id=gid,
+                                    error=str(err))
                 # Woken at once by submit_command; otherwise look again after command_check_s
                 # for rows another process inserted (see COMMAND_CHECK_S).
                 with trio.move_on_after(self.command_check_s):
@@ -166,8 +176,15 @@ class _Receiver:
             return  # the reading side sees the close too and ends the session
 
     async def _command_result(self, gid: str, message: proto.CommandResult) -> None:
-        stored = await self.backend.complete_command(gid, message.id, message.result,
-                                                     message.reason, message.data)
+        try:
+            stored = await self.backend.complete_command(gid, message.id, message.result,
+                                                         message.reason, message.data)
+        except BackendError as err:
+            # Not stored: the command stays open and is re-sent on the next connection, where
+            # the gateway answers it from its record without running it again (G-CMD-2).
+            log.warning("receiver cannot store a command result", gateway_id=gid,
+                        command_id=message.id, error=str(err))
+            return
         if stored:
             log.info("receiver command done", gateway_id=gid, command_id=message.id,
                      result=message.result, reason=message.reason)
@@ -199,7 +216,13 @@ class _Receiver:
             await request.reject(401, extra_headers=[(b"www-authenticate", b"Bearer")],
                                  body=b"bearer token required\n")
             return
-        known = await self.backend.token_known(token)
+        try:
+            known = await self.backend.token_known(token)
+        except BackendError as err:
+            # Not a refusal (that would be 403 and a 300 s backoff): unavailable, retry soon.
+            log.warning("receiver store unavailable", error=str(err))
+            await request.reject(503, body=b"store unavailable, retry\n")
+            return
         if not known:
             log.warning("receiver refused unknown token", remote=str(request.remote))
             await request.reject(403, body=b"forbidden\n")
@@ -209,6 +232,14 @@ class _Receiver:
             await self._session(ws, token)
         except ConnectionClosed:
             pass
+        except (BackendError, BaseExceptionGroup) as err:
+            # The store failed where no caller handles it: this connection ends (1011, the
+            # gateway retries), never the receiver with it.
+            found = _only_backend_errors(err)
+            if found is None:
+                raise
+            log.warning("receiver store unavailable", error=str(found))
+            await _close_backend(ws, found)
 
     async def _session(self, ws: WebSocketConnection, token: str) -> None:
         with trio.move_on_after(HELLO_TIMEOUT_S) as scope:
@@ -363,6 +394,19 @@ class _Receiver:
                     await _close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
+
+
+def _only_backend_errors(err: BaseException) -> BackendError | None:
+    """`err` if it is a BackendError, or the first one of a group made only of them."""
+    if isinstance(err, BackendError):
+        return err
+    if isinstance(err, BaseExceptionGroup):
+        found, rest = err.split(BackendError)
+        if found is not None and rest is None:
+            while isinstance(found, BaseExceptionGroup):
+                found = found.exceptions[0]
+            return found  # type: ignore[return-value]
+    return None
 
 
 async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:

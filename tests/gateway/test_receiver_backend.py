@@ -44,3 +44,63 @@ async def test_a_store_unavailable_at_hello_is_backoff_not_a_refusal(tmp_path: P
             assert "1011" in str(client.statistics()["last_error"])
             nursery.cancel_scope.cancel()
     store.close()
+
+
+class CommandsUnavailable(SqliteBackend):
+    async def open_commands(self, gateway_id: str, include_sent: bool):  # type: ignore[override]
+        raise BackendError(1011, "NATS unavailable: nats: timeout")
+
+
+async def test_a_backend_failure_outside_ingest_does_not_stop_the_receiver(
+        tmp_path: Path) -> None:
+    """Commands unavailable (a NATS timeout while reading them) costs the commands, not the
+    receiver: events of two connections, one after the other, are still stored and acked."""
+    outbox = FakeOutbox()
+    outbox.extend(3)
+    store = ReceiverStore(tmp_path / "p.db")
+    register(store, outbox, TOKEN)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(
+                serve_websocket, _Receiver(CommandsUnavailable(store), 0.01).handle,
+                "127.0.0.1", 0, None))
+            for _ in range(2):
+                client = UplinkClient(UplinkSettings(
+                    url=f"ws://127.0.0.1:{server.port}{PATH}",
+                    token_file=write_token(tmp_path, TOKEN)), outbox)
+                async with trio.open_nursery() as inner:
+                    await inner.start(client.run)
+                    outbox.extend(2)
+                    await outbox.wait_delivered(outbox.last_seq)
+                    inner.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    assert store.high_water(outbox.gateway_id, outbox.epoch) == outbox.last_seq
+    store.close()
+
+
+class TokensUnavailable(SqliteBackend):
+    async def token_known(self, token: str) -> bool:
+        raise BackendError(1011, "NATS unavailable: nats: timeout")
+
+
+async def test_a_store_unavailable_at_the_upgrade_is_503_and_the_receiver_stays(
+        tmp_path: Path) -> None:
+    outbox = FakeOutbox()
+    store = ReceiverStore(tmp_path / "p.db")
+    register(store, outbox, TOKEN)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(
+                serve_websocket, _Receiver(TokensUnavailable(store)).handle, "127.0.0.1", 0,
+                None))
+            client = UplinkClient(UplinkSettings(
+                url=f"ws://127.0.0.1:{server.port}{PATH}",
+                token_file=write_token(tmp_path, TOKEN), backoff_initial_s=0.01,
+                backoff_max_s=0.05), outbox)
+            await nursery.start(client.run)
+            while client.statistics()["attempts"] < 3:  # the same receiver answers each time
+                await client.wait_changed()
+            assert client.state != "rejected"
+            assert "HTTP 503" in str(client.statistics()["last_error"])
+            nursery.cancel_scope.cancel()
+    store.close()

@@ -61,6 +61,9 @@ def receiver(tmp_path: Path, name: str, cluster: LocalCluster) -> Iterator[tuple
             process.terminate()
         process.wait(10)
         log.close()
+        # Shown by pytest only when the test fails: why a receiver ended, if it did.
+        print(f"--- {name} (exit {process.returncode}):",
+              (tmp_path / f"{name}.log").read_text()[-3000:])
 
 
 @asynccontextmanager

@@ -1,7 +1,10 @@
 """Platform benchmark: the receiver into NATS JetStream R3 against the receiver into SQLite, same run.
 
-    .venv/bin/python bench/platform.py [--gateways 4] [--events 15000] [--rate 1000]
-                                       [--seconds 10] [--quick]
+(Issue 20 calls it bench/platform.py: a script of that name in bench/ would shadow the standard
+library's `platform` module for every other bench script, e.g. certify.py.)
+
+    .venv/bin/python bench/jetstream.py [--gateways 4] [--events 15000] [--rate 1000]
+                                        [--seconds 10] [--quick]
 
 Processes (each pinned with `taskset`, so CPU figures are per core): this one (the gateways:
 `UplinkClient`s over in-memory outboxes of really signed events, and the measurements) and
@@ -22,23 +25,18 @@ Target (issue 20): receiver CPU per event on the JetStream path <= 1.25x the SQL
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-# Run as a script, this file's folder comes first on sys.path and this file would shadow the
-# standard library's `platform` (which attrs, under trio, imports): drop the folder.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import nacl.signing  # noqa: E402
-import trio  # noqa: E402
+import nacl.signing
+import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
