@@ -59,6 +59,14 @@ def _closure(requirement_names: list[Requirement]) -> set[str]:
     return seen
 
 
+def test_every_source_folder_is_a_package_the_wheel_includes():
+    """`packages = find:` skips folders without __init__.py; an editable install still imports
+    them as namespace packages, so only the installed wheel or deb would miss them."""
+    folders = {p.parent for top in ("gateway", "drivers") for p in (ROOT / top).rglob("*.py")}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert missing == []
+
+
 def test_constraints_pin_every_dependency_to_the_tested_version():
     pins = _constraints()
     top = [Requirement(r) for r in md.requires("casino-edge-gateway") or []]
