@@ -42,7 +42,7 @@ certify: $(STAMP)
 constraints:
 	rm -rf build/constraints-venv
 	$(PYTHON) -m venv build/constraints-venv
-	build/constraints-venv/bin/pip install --quiet '.[test,dev]'
+	build/constraints-venv/bin/pip install --quiet '.[test,dev,platform]'
 	{ echo '# The tested dependency set (make constraints; see the Makefile). Do not edit by hand.'; \
 	  build/constraints-venv/bin/pip freeze --exclude casino-edge-gateway; } > constraints.txt
 	rm -rf build/constraints-venv
