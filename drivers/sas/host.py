@@ -82,7 +82,12 @@ Periodic long polls: a meter read (LP 6F/AF alternating, or LP 1C + 0F with `met
 or once a machine has ignored 6F) every `meters_every_s`, the clock (LP 7E) every
 `clock_every_s`, LP 1A every `credits_every_s`. A periodic poll only goes out when the previous
 poll to that machine was a GP, so GPs get at least every other slot. A finished meter read is
-reported as a `meterSnapshot` (source None: not an exception, nothing to acknowledge).
+reported as a `meterSnapshot` (source None: not an exception, nothing to acknowledge), with
+`straddle`: how many exceptions were recorded between the read's first answer and the report --
+events the machine may have counted in the meters before the host heard of them. In RTE mode a
+meter answer means the queue was empty, so the snapshot is reported at once; in normal mode it
+is held until a GP is answered "no activity" (docs/reconciliation.md). Exception 17 (power
+applied) and a `machineReplaced` queue a meter read as 70 does.
 Exception follow-ups, queued when the exception is reported and sent after it is durable (the
 follow-up is the implied ACK, so never before): 51 -> LP 1B (result in `statistics()`
 `last_handpay`; the event stays the one `handpayPending`), 47-4E/50 and non-RTE 4F -> LP 48
@@ -121,9 +126,10 @@ from typing import Any
 from drivers.base import MachineEvent, MachineRef
 from drivers.link import TxFrame
 from drivers.sas import framing, messages
-from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, METER_CODES, Exc, LongPoll
+from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, Exc, LongPoll
 from drivers.sas.errors import SasLocalProtocolError, SasRemoteProtocolError
 from drivers.sas.mapping import SILENT_CODES, exception_event
+from drivers.sas.meters import METERS, READ_CHUNKS, digits_of
 
 __all__ = ["Acknowledged", "CommandFinished", "HostConfig", "LinkNote", "Report", "SasHost"]
 
@@ -162,7 +168,7 @@ class HostConfig:
     rte_silence_retries: int = 2
     meters_every_s: float = 60.0
     clock_every_s: float = 600.0
-    # "6F": LP 6F/AF alternating with the codes of codes.METER_CODES; "1C": LP 1C then LP 0F.
+    # "6F": LP 6F/AF alternating with the codes of meters.READ_CHUNKS; "1C": LP 1C, 0F, 1E.
     meter_polls: str = "6F"
     min_poll_interval_s: float = 0.04
     # A poll due within this much is sent now, and get_timer() asks to be woken this early: the
@@ -240,7 +246,7 @@ _MAX_BUSY = 10
 HostEvent = Report | Acknowledged | CommandFinished | LinkNote
 
 _BILL_EXCEPTIONS = frozenset(BILL_CODE_CENTS) | {Exc.BILL_ACCEPTED}
-_LEGACY_METERS = (LongPoll.METERS_1C, LongPoll.METERS_0F)
+_LEGACY_METERS = (LongPoll.METERS_1C, LongPoll.METERS_0F, LongPoll.BILL_COUNTS)
 # Long polls many machines do not support (LP 74 needs AFT): silence to them is no missed poll.
 _OPTIONAL = frozenset({LongPoll.AFT_STATUS})
 
@@ -263,6 +269,7 @@ class _MeterRead:
     remaining: int
     ticket: int | None = None
     meters: dict[str, int] = field(default_factory=dict)
+    started: bool = False  # a first answer came: count exceptions from here (`straddle`)
 
 
 @dataclass(slots=True)
@@ -340,6 +347,10 @@ class _Machine:
     foreign_since_ack: bool = False
     silent_since_ack: bool = False
     stats: _Stats = field(default_factory=_Stats)
+    # Exceptions recorded since the current meter read's first answer (None: no read open),
+    # and a finished read's snapshot waiting for "no activity" (see "Periodic long polls").
+    straddle: int | None = None
+    held: dict[str, Any] | None = None
 
     @property
     def denom_cents(self) -> int:
@@ -655,7 +666,8 @@ class SasHost:
         a = m.address
         if m.meter_mode == "6F":
             m.alternate = not m.alternate
-            polls = [messages.extended_meters(a, 0, list(METER_CODES), alternate=not m.alternate)]
+            polls = [messages.extended_meters(a, 0, list(chunk), alternate=not m.alternate)
+                     for chunk in READ_CHUNKS]
         else:
             polls = [messages.long_poll(a, c) for c in _LEGACY_METERS]
         read = _MeterRead(len(polls), ticket)
@@ -707,6 +719,9 @@ class SasHost:
         if not m.queue:
             self._periodic(m, now)
         request = m.queue[0] if m.queue else None
+        if request is not None and request.read is not None and request.read.started \
+                and not m.last_was_gp:
+            request = None  # a GP between the polls of one meter read, as between periodic ones
         poll = request.poll if request else messages.general_poll(m.address)
         wire = poll.wire()
         continuing, m.idle_gp = m.idle_gp and wire == self._last_wire, False
@@ -857,6 +872,8 @@ class SasHost:
                     self._drop(m, f.request, now)  # answered: its work is done
                 if event is not None:
                     self._hold(m, event, code, gp=f.poll.command is None, resent=resent)
+                elif not m.rte_on:
+                    self._release(m, now)  # "no activity": the queue is empty
             case framing.Ack():
                 self._alive(m, f, now)
                 self._completed(m, f, now)
@@ -877,11 +894,13 @@ class SasHost:
                 m.credits_at = now
             case messages.MeterReading(_, meters):
                 if f.request is not None and f.request.read is not None:
+                    self._read_answered(m, f.request.read)
                     f.request.read.meters.update(meters)
             case messages.SelectedMeters(_, _, meters):
                 if f.request is not None and f.request.read is not None:
+                    self._read_answered(m, f.request.read)
                     f.request.read.meters.update(
-                        {METER_CODES[c]: v for c, v in meters.items() if c in METER_CODES})
+                        {METERS[c].name: v for c, v in meters.items() if c in METERS})
             case messages.GameConfig(denomination_code=denom) if f.poll.command == 0x1F:
                 m.denom_code = denom
                 m.game = f"{value.game_id}/{value.paytable_id}".strip()
@@ -936,10 +955,13 @@ class SasHost:
         if read is None:
             return
         command = request.poll.command
-        if unsupported and command in (LongPoll.EXTENDED_METERS, LongPoll.EXTENDED_METERS_ALT):
+        six_f = (LongPoll.EXTENDED_METERS, LongPoll.EXTENDED_METERS_ALT)
+        if unsupported and command in six_f and m.meter_mode == "6F":
             # The machine ignores 6F/AF (reference 2.2: silence): use LP 1C + 0F from now on.
             m.meter_mode = "1C"
-            read.remaining += len(_LEGACY_METERS)
+            rest = [r for r in m.queue if r.read is read and r.poll.command in six_f]
+            m.queue = deque(r for r in m.queue if not any(r is x for x in rest))
+            read.remaining += len(_LEGACY_METERS) - len(rest)
             m.queue.extend(_Request(messages.long_poll(m.address, c), read=read)
                            for c in _LEGACY_METERS)
         read.remaining -= 1
@@ -948,13 +970,29 @@ class SasHost:
         if read.meters:
             m.stats.meter_reads += 1
             m.last_meters = dict(read.meters)
-            data = {"meters": dict(read.meters), "denomination_cents": m.denom_cents}
-            self._events.append(Report(MachineEvent("meterSnapshot", m.ref, data,
-                                                    monotonic=now)))
+            m.held = {"meters": dict(read.meters), "denomination_cents": m.denom_cents,
+                      "digits": {n: digits_of(n) for n in read.meters}}
+            if m.rte_on:  # the answer shows the queue was empty: nothing more can straddle
+                self._release(m, now)
         if read.ticket is not None:
             self._events.append(CommandFinished(
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
                 {"meters": dict(read.meters), "denomination_cents": m.denom_cents}))
+
+    @staticmethod
+    def _read_answered(m: _Machine, read: _MeterRead) -> None:
+        if not read.started:
+            # A new read: one still held merges into it (its window just gets longer).
+            read.started, m.straddle, m.held = True, 0, None
+
+    def _release(self, m: _Machine, now: float) -> None:
+        """Report the held snapshot: the machine's queue is known empty (see "Periodic long
+        polls"); every exception it counted before the read is recorded by now."""
+        if m.held is not None:
+            data, m.held = {**m.held, "straddle": m.straddle or 0}, None
+            m.straddle = None
+            self._events.append(Report(MachineEvent("meterSnapshot", m.ref, data,
+                                                    monotonic=now)))
 
     def _resent_after_reset(self, m: _Machine, event: MachineEvent | None) -> bool:
         """Whether the exception just answered re-sends m.unconfirmed (see "Machine resets").
@@ -1010,6 +1048,7 @@ class SasHost:
         has run again: whatever answers next at this address may be another machine."""
         m.online = False
         m.offline_reason = reason
+        m.held = m.straddle = None  # the next read after it is back spans the gap
         self._events.append(Report(MachineEvent("deviceOffline", m.ref, {"reason": reason},
                                                 monotonic=now)))
         self._queue_discovery(m)
@@ -1036,6 +1075,7 @@ class SasHost:
         changed = [name for name, a, b in zip(("serial", "asset", "game"), old, new, strict=True)
                    if a is not None and b is not None and a != b]
         if changed:
+            self._queue_meter_read(m)
             self._events.append(Report(MachineEvent(
                 "machineReplaced", m.ref,
                 {"changed": changed, "previous_serial": old[0], "previous_asset": old[1],
@@ -1062,6 +1102,8 @@ class SasHost:
     def _hold(self, m: _Machine, event: MachineEvent, code: int, *, gp: bool,
               resent: bool = False) -> None:
         m.stats.exceptions += 1
+        if m.straddle is not None and not resent:
+            m.straddle += 1
         token = next(self._tokens)
         self._held[token] = event
         self._events.append(Report(event, token, resent))
@@ -1071,7 +1113,7 @@ class SasHost:
             m.queue.append(_Request(messages.long_poll(a, LongPoll.HANDPAY_INFO)))
         elif code in _BILL_EXCEPTIONS and not m.rte_on:
             m.queue.append(_Request(messages.long_poll(a, LongPoll.LAST_BILL)))
-        elif code == Exc.BUFFER_OVERFLOW:
+        elif code in (Exc.BUFFER_OVERFLOW, Exc.AC_POWER_APPLIED):
             self._queue_meter_read(m)
         elif code == Exc.OPERATOR_CHANGED_OPTIONS:
             m.queue.extend(self._discovery(m))

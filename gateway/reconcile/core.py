@@ -104,6 +104,7 @@ class MachineReconciler:
         self.digits: dict[str, int] = {}
         self.day: _Day | None = None
         self.last_seq: int | None = None
+        self.reset_seen = False
 
     def observe(self, obs: Observation) -> list[Verdict]:
         if obs.type != "meterSnapshot":
@@ -156,6 +157,10 @@ class MachineReconciler:
         found: list[Verdict] = []
         deltas: dict[str, int] = {}
         rolled: list[str] = []
+        # A machine that resets its meters resets them all: one meter seen going backwards
+        # explains a mismatch of any other (that happened to stay above its old value).
+        self.reset_seen = any(self._went_back(m, self.baseline[m], meters[m])
+                              for m in RULES if m in meters and m in self.baseline)
         for meter, rule in RULES.items():
             if meter not in meters or meter not in self.baseline:
                 self.carry.pop(meter, None)
@@ -163,10 +168,10 @@ class MachineReconciler:
             pre = _add(self.carry.get(meter, (0, 0)), _sum(early, meter, denom))
             s = _sum(late, meter, denom)
             old, new = self.baseline[meter], meters[meter]
-            width = 10 ** max(self.digits.get(meter, 8), len(str(max(old, new))))
+            width = self._width(meter, old, new)
             if new >= old:
                 delta, wrapped = new - old, False
-            elif old >= width // 2 and new + width - old < width // 2:
+            elif not self._went_back(meter, old, new):
                 delta, wrapped = new + width - old, True
                 rolled.append(meter)
             else:
@@ -177,6 +182,10 @@ class MachineReconciler:
             if not rule.exact:
                 hi = None
             deltas[meter] = delta
+            if (delta < lo or (hi is not None and delta > hi)) and self.reset_seen:
+                found.append(self._reset(obs, meter, rule.source, pre, old, new, span))
+                self.carry[meter] = (0, s[1])
+                continue
             if delta < lo or (hi is not None and delta > hi):
                 found.append(self._mismatch(obs, meter, rule.source, (lo, hi), delta, wrapped,
                                             span))
@@ -195,6 +204,15 @@ class MachineReconciler:
         return [Verdict("meterReconciled", self.key, obs.machine, {
             **span, "deltas": deltas, "straddle": straddle, "unreported": unreported,
             "rolled_over": rolled})]
+
+    def _width(self, meter: str, old: int, new: int) -> int:
+        return 10 ** max(self.digits.get(meter, 8), len(str(max(old, new))))
+
+    def _went_back(self, meter: str, old: int, new: int) -> bool:
+        """Backwards and not a rollover (which needs the old value in the upper half of the
+        meter's width and a small wrapped delta)."""
+        width = self._width(meter, old, new)
+        return new < old and not (old >= width // 2 and new + width - old < width // 2)
 
     def _evidence(self, cause: Cause) -> list[int]:
         return [e.seq for e in self.events if e.seq is not None and _EVIDENCE.get(e.type) == cause]
