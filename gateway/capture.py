@@ -4,6 +4,8 @@
 into a draft and returns only once the outbox has committed it -- the driver acknowledges the
 machine after that (docs/outbox.md, "Durability"). It also asks the redelivery question
 (rule 3) of `Outbox.redelivery`, whose rules live in drivers/redelivery.py.
+With a `Reconciler`, every recorded event is shown to it once durable, and the verdicts it
+draws at a meter read (docs/reconciliation.md) are recorded right after that read.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Callable
 import structlog
 
 from drivers.base import MachineEvent, MachineRef, SourceRef
-from gateway.events import draft_from_machine
+from gateway.events import draft_from_machine, system_draft
 from gateway.outbox import Outbox
+from gateway.reconcile import Observation, Reconciler
 
 __all__ = ["OutboxSink"]
 
@@ -29,8 +32,10 @@ def _key(machine: MachineRef) -> str:
 
 class OutboxSink:
     def __init__(self, outbox: Outbox, *, currency: str,
-                 on_event: Callable[[MachineEvent], None] | None = None) -> None:
+                 on_event: Callable[[MachineEvent], None] | None = None,
+                 reconciler: Reconciler | None = None) -> None:
         self._outbox = outbox
+        self.reconciler = reconciler
         self._currency = currency
         self._on_event = on_event
         self._last_seq: dict[str, int] = {}
@@ -45,6 +50,23 @@ class OutboxSink:
         self.counts[event.type] += 1
         if self._on_event is not None:
             self._on_event(event)
+        if self.reconciler is not None:
+            await self._reconcile(event, seq)
+
+    async def _reconcile(self, event: MachineEvent, seq: int) -> None:
+        obs = Observation(_key(event.machine), event.type, event.data,
+                          exception=event.source is not None, seq=seq or None,
+                          at=event.observed_at or time.time(), machine=event.machine)
+        assert self.reconciler is not None
+        for verdict in self.reconciler.observe(obs):
+            machine = verdict.machine if isinstance(verdict.machine, MachineRef) else None
+            await self._outbox.append(system_draft(
+                verdict.type, verdict.data, now=time.time(), machine=machine,
+                currency=self._currency))
+            self.counts[verdict.type] += 1
+            if verdict.type == "meterDiscrepancy":
+                log.warning("meter discrepancy", machine=verdict.key, meter=verdict.data["meter"],
+                            cause=verdict.data["cause"], difference=verdict.data["difference"])
 
     def acknowledged(self, event: MachineEvent) -> None:
         key = _key(event.machine)

@@ -64,6 +64,7 @@ from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
+from gateway.reconcile import Reconciler
 from gateway.signing import load_signing_key
 from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
@@ -532,7 +533,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         command_handler=router.handle)
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)
-    capture = OutboxSink(outbox, currency=config.gateway.currency)
+    capture = OutboxSink(outbox, currency=config.gateway.currency, reconciler=Reconciler())
     for name, driver in drivers.items():
         if isinstance(driver, SasDriver):
             capture.settle_restart(name, driver.journal_counter_at_open)
