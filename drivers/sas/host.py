@@ -84,9 +84,11 @@ or once a machine has ignored 6F) every `meters_every_s`, the clock (LP 7E) ever
 poll to that machine was a GP, so GPs get at least every other slot. A finished meter read is
 reported as a `meterSnapshot` (source None: not an exception, nothing to acknowledge), with
 `straddle`: how many exceptions were recorded between the read's first answer and the report --
-events the machine may have counted in the meters before the host heard of them. In RTE mode a
-meter answer means the queue was empty, so the snapshot is reported at once; in normal mode it
-is held until a GP is answered "no activity" (docs/reconciliation.md). Exception 17 (power
+events the machine may have counted in the meters before the host heard of them. The snapshot
+is held until the machine shows an empty queue: a GP answered 00, or met with silence in RTE
+mode -- or the meter answer itself, in RTE mode, once the machine has sent an event frame since
+it last fell silent long enough to have reset (`reset_silence_s`): a machine back from a
+power-up may answer in normal mode, queue or not. See docs/reconciliation.md. Exception 17 (power
 applied) and a `machineReplaced` queue a meter read as 70 does.
 Exception follow-ups, queued when the exception is reported and sent after it is durable (the
 follow-up is the implied ACK, so never before): 51 -> LP 1B (result in `statistics()`
@@ -351,6 +353,9 @@ class _Machine:
     # and a finished read's snapshot waiting for "no activity" (see "Periodic long polls").
     straddle: int | None = None
     held: dict[str, Any] | None = None
+    # An event frame came since the machine last went silent long enough to have reset: its
+    # long-poll answers then mean an empty queue (reference 4; see "Periodic long polls").
+    rte_proven: bool = False
 
     @property
     def denom_cents(self) -> int:
@@ -504,6 +509,9 @@ class SasHost:
                 # answer are a broken event: retried like any other error, and silences after
                 # them are waited out like any doubt).
                 self._framer.clear()
+                self._release(f.machine, now)  # "no activity" (see "Periodic long polls")
+                if now - f.machine.bytes_at >= self.config.reset_silence_s:
+                    f.machine.rte_proven = False  # quiet, or off: it may come back in normal mode
                 f.silent_run += 1
                 f.failed_silent = True
                 if f.silent_run <= self.config.rte_silence_retries:
@@ -796,6 +804,7 @@ class SasHost:
         self._need_sync = True
         if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
             m.silent_since_ack = True  # not one byte for that long: down, or resetting
+            m.rte_proven = False
         if f.request is not None and (
                 f.request.ticket is not None or (f.was_online and not f.ever_received)):
             # An online machine that stays silent does not support this long poll (reference
@@ -861,6 +870,7 @@ class SasHost:
                 # The machine shows which mode it is in: trust that over what we last set, and
                 # ask for RTE again if it dropped out of it.
                 was_rte, m.rte_on = m.rte_on, isinstance(answer, framing.Event)
+                m.rte_proven = m.rte_proven and m.rte_on or isinstance(answer, framing.Event)
                 if was_rte and not m.rte_on and self.config.rte and not any(
                         r.poll.command == LongPoll.RTE_MODE for r in m.queue):
                     m.queue.append(_Request(messages.rte_mode(m.address, True)))
@@ -972,7 +982,7 @@ class SasHost:
             m.last_meters = dict(read.meters)
             m.held = {"meters": dict(read.meters), "denomination_cents": m.denom_cents,
                       "digits": {n: digits_of(n) for n in read.meters}}
-            if m.rte_on:  # the answer shows the queue was empty: nothing more can straddle
+            if m.rte_on and m.rte_proven:
                 self._release(m, now)
         if read.ticket is not None:
             self._events.append(CommandFinished(
@@ -1049,6 +1059,7 @@ class SasHost:
         m.online = False
         m.offline_reason = reason
         m.held = m.straddle = None  # the next read after it is back spans the gap
+        m.rte_proven = False
         self._events.append(Report(MachineEvent("deviceOffline", m.ref, {"reason": reason},
                                                 monotonic=now)))
         self._queue_discovery(m)
