@@ -4,80 +4,52 @@ A driver owns one port (one serial line, one or more machines on it). It turns w
 report into driver-neutral `MachineEvent`s, hands each to the gateway's `EventSink`, and only
 acknowledges the machine once `EventSink.record` has returned -- that return means "durable".
 Nothing in `drivers/` knows about the outbox, signing or the uplink.
+
+The neutral types (`MachineEvent`, `MachineRef`, `SourceRef`, commands, statistics, meters) live in
+drivers/model.py, which imports no trio, and are re-exported here; what a protocol registers
+(its settings, trace decoding, probe, journal) is drivers/registry.py. docs/drivers.md is the guide.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 
+from drivers.model import (
+    Capability,
+    CommandOutcome,
+    CommandResult,
+    FrameTap,
+    MachineCommand,
+    MachineEvent,
+    MachineRef,
+    MeterName,
+    MeterReading,
+    PortStatistics,
+    RedeliveryKey,
+    SourceRef,
+    TxFrame,
+)
+
 __all__ = [
+    "Capability",
     "CommandOutcome",
     "CommandResult",
     "Driver",
     "EventSink",
+    "FrameTap",
     "MachineCommand",
     "MachineEvent",
     "MachineRef",
+    "MeterName",
+    "MeterReading",
+    "MeterSource",
     "PortStatistics",
+    "RedeliveryKey",
     "SourceRef",
+    "TxFrame",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class MachineRef:
-    """Which machine an event is about. `serial`/`asset` are filled in once discovery read them."""
-
-    port: str
-    address: int
-    serial: str | None = None
-    asset: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"port": self.port, "address": self.address, "serial": self.serial,
-                "asset": self.asset}
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRef:
-    """What on the wire produced an event: protocol, code and raw payload.
-
-    `(code, payload)` is the redelivery key (drivers/redelivery.py): after a gateway restart a
-    machine re-sends the exception it never saw acknowledged, with the same code and payload.
-    `priority` marks an exception the machine sends ahead of its queue (SAS P-flag, e.g. 70), so
-    it can arrive before that re-sent one.
-    `poll_counter` is the line's poll-journal counter of the poll that elicited the exception
-    (drivers/sas/journal.py), None without a journal: committed with the event, it tells after a
-    restart whether any frame followed that poll, i.e. whether the machine was told.
-    """
-
-    protocol: str
-    code: int
-    payload: bytes = b""
-    priority: bool = False
-    poll_counter: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MachineEvent:
-    """One thing a machine reported, in the gateway's vocabulary.
-
-    `type` is a catalogue name (gateway/events.py, e.g. "doorOpened"). Money in `data` is always an
-    integer number of cents under a key ending in `_cents`; meters in credits under `_credits`.
-    `observed_at` is wall-clock UTC seconds when the driver saw it; `monotonic` the trio clock then
-    (for capture-to-durable latency).
-    """
-
-    type: str
-    machine: MachineRef
-    data: Mapping[str, Any] = field(default_factory=dict)
-    source: SourceRef | None = None
-    observed_at: float = 0.0
-    monotonic: float = 0.0
 
 
 class EventSink(Protocol):
@@ -101,38 +73,6 @@ class EventSink(Protocol):
         again, first. Returns once durable."""
 
 
-class CommandResult(enum.StrEnum):
-    OK = "ok"
-    REJECTED = "rejected"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class MachineCommand:
-    """A command for one machine: `name` is a catalogue command (disableMachine, enableMachine,
-    requestMeters, setClock, remoteHandpayReset)."""
-
-    name: str
-    address: int
-    args: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandOutcome:
-    result: CommandResult
-    reason: str = ""
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PortStatistics:
-    """Frozen snapshot for diag and metrics; `machines` maps address -> per-machine figures."""
-
-    port: str
-    state: str
-    machines: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
-
-
 @runtime_checkable
 class Driver(Protocol):
     """Every machine protocol implements this."""
@@ -149,3 +89,12 @@ class Driver(Protocol):
 
     def statistics(self) -> PortStatistics:
         """Current figures, cheap, no I/O."""
+
+
+@runtime_checkable
+class MeterSource(Protocol):
+    """A driver with `Capability.METERS` also implements this."""
+
+    async def read_meters(self, address: int) -> MeterReading:
+        """Read the machine's meters now, under `MeterName`s (only the ones it keeps). Raises
+        `LookupError` for an address not on this port, `ConnectionError` while it is offline."""

@@ -5,7 +5,7 @@ Sans-I/O, driver-neutral (no trio, no SQL). A machine that was never told its ex
 re-send without a second record (design rule 3 of section 4, docs/architecture.md). The
 question is asked per machine about its *last recorded* exception only, and it is answered by
 comparing the driver contract's redelivery key -- `RedeliveryKey`, what `SourceRef` carries
-(code and payload): the gateway compares it for equality and stores it, never looks inside.
+(code and `redelivery_key`): the gateway compares it for equality and stores it, never looks inside.
 
 `RedeliveryBook` holds, per machine, the last recorded exception that was not known to be
 acknowledged when the gateway started (`Unacknowledged`: its seq, its key, and the line counter
@@ -17,7 +17,7 @@ of the poll that elicited it, see drivers/sas/journal.py) and decides:
     equal key: a redelivery (returns the seq it duplicates), other key: a new exception, and
     the question is dropped; a priority exception (sent ahead of the queue) settles nothing;
   * `acknowledged(machine, seq)`: the machine was told about seq: nothing left to ask.
-The outbox loads and persists it (gateway/outbox.py, table machine_state); gateway/capture.py
+The outbox loads and persists it (gateway/outbox/ledger.py, table machine_state); gateway/capture.py
 asks it; the SAS host decides what the line shows (a re-send after a machine reset,
 drivers/sas/host.py "Machine resets") and the driver reports that as a redelivery.
 """
@@ -27,10 +27,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from drivers import model
+
 __all__ = ["RedeliveryBook", "RedeliveryKey", "Unacknowledged"]
 
-# (code, payload) of drivers.base.SourceRef: opaque to the gateway, compared for equality.
-RedeliveryKey = tuple[int, bytes]
+# (code, redelivery_key) of drivers.model.SourceRef: opaque to the gateway, compared for equality.
+RedeliveryKey = tuple[int, model.RedeliveryKey]
 
 
 @dataclass(frozen=True, slots=True)

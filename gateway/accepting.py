@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 import trio
 
-from gateway.feed.guard import LogThrottle
+from gateway.limits import LogThrottle
 
 __all__ = ["CAPACITY_ERRNOS", "serve_accepting", "summarize_suppressed"]
 

@@ -3,7 +3,11 @@
 `OutboxSink` is the `drivers.base.EventSink` every driver gets. `record` turns a `MachineEvent`
 into a draft and returns only once the outbox has committed it -- the driver acknowledges the
 machine after that (docs/outbox.md, "Durability"). It also asks the redelivery question
-(rule 3) of `Outbox.redelivery`, whose rules live in drivers/redelivery.py.
+(rule 3) of the outbox's machine ledger, whose rules live in drivers/redelivery.py.
+
+Driver-neutral: a machine is `MachineRef.key`, and what identifies a re-sent exception is the
+pair (`SourceRef.code`, `SourceRef.redelivery_key`) -- the driver's opaque key, stored in the
+outbox's (last_code, last_payload) and compared for equality only, never looked inside.
 With a `Reconciler`, every recorded event is shown to it once durable, and the verdicts it
 draws at a meter read (docs/reconciliation.md) are recorded right after that read.
 """
@@ -16,7 +20,7 @@ from collections.abc import Callable
 
 import structlog
 
-from drivers.base import MachineEvent, MachineRef, SourceRef
+from drivers.base import MachineEvent, MachineRef, RedeliveryKey, SourceRef
 from gateway.events import draft_from_machine, system_draft
 from gateway.outbox import Outbox
 from gateway.reconcile import Observation, Reconciler
@@ -26,8 +30,9 @@ __all__ = ["OutboxSink"]
 log = structlog.get_logger("gateway.capture")
 
 
-def _key(machine: MachineRef) -> str:
-    return f"{machine.port}/{machine.address}"
+def _identity(source: SourceRef) -> tuple[int, RedeliveryKey]:
+    """What the outbox stores of a recorded exception to recognise its re-send."""
+    return source.code, source.redelivery_key
 
 
 class OutboxSink:
@@ -46,7 +51,7 @@ class OutboxSink:
         draft = draft_from_machine(event, currency=self._currency, now=time.time())
         seq = await self._outbox.append(draft)
         if event.source is not None:
-            self._last_seq[_key(event.machine)] = seq
+            self._last_seq[event.machine.key] = seq
         self.counts[event.type] += 1
         if self._on_event is not None:
             self._on_event(event)
@@ -54,7 +59,7 @@ class OutboxSink:
             await self._reconcile(event, seq)
 
     async def _reconcile(self, event: MachineEvent, seq: int) -> None:
-        obs = Observation(_key(event.machine), event.type, event.data,
+        obs = Observation(event.machine.key, event.type, event.data,
                           exception=event.source is not None, seq=seq or None,
                           at=event.observed_at or time.time(), machine=event.machine)
         assert self.reconciler is not None
@@ -69,7 +74,7 @@ class OutboxSink:
                             cause=verdict.data["cause"], difference=verdict.data["difference"])
 
     def acknowledged(self, event: MachineEvent) -> None:
-        key = _key(event.machine)
+        key = event.machine.key
         seq = self._last_seq.get(key)
         if seq is not None:
             self._outbox.note_acknowledged(key, seq)
@@ -78,9 +83,8 @@ class OutboxSink:
         """Before `port`'s driver starts: drop the redelivery question for each of its machines
         whose last recorded exception was followed by another frame on the line (the rule:
         drivers/redelivery.py), and mark those acknowledged. Returns how many were settled."""
-        settled = self._outbox.redelivery.settle_restart(port, counter_at_open)
+        settled = self._outbox.settle_restart(port, counter_at_open)
         for key, seq in settled:
-            self._outbox.note_acknowledged(key, seq)
             log.info("exception acknowledged before the restart (later frames on the line); "
                      "no redelivery expected", machine=key, seq=seq,
                      journal_counter=counter_at_open)
@@ -95,13 +99,12 @@ class OutboxSink:
         for acknowledged (docs/sas.md, "Restart safety" and "Machine resets")."""
         source = event.source
         if source is not None and source.poll_counter is not None:
-            await self._outbox.expect_redelivery(_key(event.machine), source.poll_counter,
-                                                 source.code, source.payload)
+            await self._outbox.expect_redelivery(event.machine.key, source.poll_counter,
+                                                 *_identity(source))
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
-        key = _key(machine)
-        seq = self._outbox.redelivery.check(key, (source.code, source.payload),
-                                            priority=source.priority)
+        key = machine.key
+        seq = self._outbox.redelivered_seq(key, _identity(source), priority=source.priority)
         if seq is None:
             return False
         # The acknowledgement about to go out is for the event already recorded: mark that seq

@@ -148,11 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     from drivers.sim.cli import add_commands as add_sim_commands
     from gateway.conformance.run import add_commands as add_conformance_commands
     from gateway.diag import add_commands as add_diag_commands
+    from gateway.keys_cli import add_commands as add_keys_commands
     from gateway.outbox_cli import add_commands as add_outbox_commands
     from gateway.receiver.cli import add_commands as add_receiver_commands
 
     add_conformance_commands(sub)
     add_diag_commands(sub)
+    add_keys_commands(sub)
     add_outbox_commands(sub)
     add_receiver_commands(sub)
     add_sim_commands(sub)

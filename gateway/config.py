@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers import registry
 from gateway.errors import ConfigError
 
 __all__ = ["CommandsSection", "Config", "ConfigProblems", "FeedSection", "FeedTokenSection",
@@ -47,18 +48,34 @@ class GatewaySection:
 
 @dataclass(frozen=True, slots=True)
 class PortSection:
+    """One `[[ports]]` table: the fields every protocol has, and `settings`, the protocol's own
+    section (its keys sit in the same table; `DriverSpec.settings`, drivers/registry.py)."""
+
     name: str
     device: Path
     addresses: tuple[int, ...] = (1,)
-    link: str = field(default="auto", metadata={
-        "check": lambda v: _check(v in ("auto", "serial", "pty"), "one of auto, serial, pty")})
-    poll_interval_ms: int = field(default=200, metadata={
-        "check": lambda v: _check(40 <= v <= 5000, "between 40 and 5000 (SAS allows 40 ms-5 s)")})
-    response_timeout_ms: int = field(default=100, metadata={
-        "check": lambda v: _check(20 <= v <= 1000, "between 20 and 1000")})
-    offline_after_misses: int = field(default=5, metadata={
-        "check": lambda v: _check(1 <= v <= 100, "between 1 and 100")})
-    rte: bool = True
+    protocol: str = field(default=registry.DEFAULT_PROTOCOL, metadata={
+        "check": lambda v: _check(v in registry.protocols(),
+                                  "one of " + ", ".join(registry.protocols()))})
+    # Not a key of its own: built from the table's other keys (`_build_port`).
+    settings: Any = field(default=None, metadata={"table": False})
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            object.__setattr__(self, "settings", registry.get(self.protocol).settings())
+
+    @classmethod
+    def of(cls, name: str, device: Path, addresses: tuple[int, ...] = (1,), *,
+           protocol: str = registry.DEFAULT_PROTOCOL, **settings: Any) -> PortSection:
+        """A port with its protocol's settings given by name, checked as in a file."""
+        table = {"name": name, "device": str(device), "addresses": list(addresses),
+                 "protocol": protocol, **settings}
+        port: PortSection = _build_port(table, f"ports[{name}]")
+        return dataclasses.replace(port, device=device)
+
+    def driver_config(self) -> registry.PortConfig:
+        """What the port's driver gets (drivers/registry.py)."""
+        return registry.PortConfig(self.name, self.device, self.addresses, self.settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +331,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(where, f"expected a table, got {value!r}")
-        return _build(tp, value, where)
+        return _build_port(value, where) if tp is PortSection else _build(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(where, f"expected true or false, got {value!r}")
@@ -350,14 +367,15 @@ def problems_of(err: ConfigError) -> tuple[ConfigError, ...]:
     return err.problems if isinstance(err, ConfigProblems) else (err,)
 
 
-def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
+def _build(cls: Any, table: dict[str, Any], prefix: str, *,
+           also_known: frozenset[str] = frozenset()) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("table", True)}
     problems: list[ConfigError] = []
     for key in table:
-        if key not in known:
+        if key not in known and key not in also_known:
             problems.append(ConfigError(f"{prefix}.{key}".lstrip("."), f"unknown field "
-                                        f"(expected one of: {', '.join(sorted(known))})"))
+                                        f"(expected one of: {', '.join(sorted({*known, *also_known}))})"))
     kwargs = {}
     for name, f in known.items():
         where = f"{prefix}.{name}".lstrip(".")
@@ -380,6 +398,35 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _build_port(table: dict[str, Any], where: str) -> PortSection:
+    """A `[[ports]]` table: the generic fields, and the rest as the protocol's own settings,
+    checked by the same rules (and the protocol's `check_port`), all problems at once."""
+    problems: list[ConfigError] = []
+    protocol = table.get("protocol", registry.DEFAULT_PROTOCOL)
+    spec = registry.get(protocol) if protocol in registry.protocols() else None
+    own = frozenset(f.name for f in dataclasses.fields(spec.settings)) if spec else frozenset()
+    port: PortSection | None = None
+    try:
+        port = _build(PortSection, {k: v for k, v in table.items() if k not in own}, where,
+                      also_known=own)
+    except ConfigError as err:
+        problems += problems_of(err)
+    if spec is not None:
+        try:
+            settings = _build(spec.settings, {k: v for k, v in table.items() if k in own},
+                              where)
+        except ConfigError as err:
+            problems += problems_of(err)
+        else:
+            if port is not None:
+                port = dataclasses.replace(port, settings=settings)
+                problems += [ConfigError(f"{where}.{field}", message)
+                             for field, message in spec.check_port(port.driver_config())]
+    if problems or port is None:
+        raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
+    return port
+
+
 def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML table. Relative paths are taken relative to `base_dir`."""
     config = _build(Config, table, "")
@@ -388,11 +435,6 @@ def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Conf
     for i, name in enumerate(names):
         if names.index(name) != i:
             problems.append(ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}"))
-    for i, port in enumerate(config.ports):
-        for j, address in enumerate(port.addresses):
-            if not 1 <= address <= 127:
-                problems.append(ConfigError(f"ports[{i}].addresses[{j}]",
-                                            f"expected a SAS address 1-127, got {address}"))
     monitor = config.monitor
     if monitor is not None and monitor.token_file is None and not is_loopback(monitor.host):
         problems.append(ConfigError("monitor.token_file", f"required when monitor.host "

@@ -37,7 +37,7 @@ import stat
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,16 +48,13 @@ import structlog
 import trio
 
 import gateway
-from drivers.link import SasLink, TxFrame
-from drivers.sas import messages
-from drivers.sas.codes import Exc, LongPoll
-from drivers.sas.crc import check_crc
-from drivers.sas.errors import SasRemoteProtocolError
+from drivers.registry import TraceDecoder
 from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
-from gateway.errors import ConfigError
-from gateway.feed.guard import Admission, LogThrottle
+from gateway.errors import ConfigError, StoreError
+from gateway.limits import Admission, LogThrottle
+from gateway.outbox import readers
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -66,14 +63,11 @@ __all__ = [
     "Activity",
     "ControlServer",
     "ControlUnavailableError",
+    "PortTap",
     "TraceHub",
-    "TracingLink",
     "control_socket_path",
-    "describe_answer",
-    "describe_poll",
     "parse_request",
     "snapshot",
-    "traced_opener",
 ]
 
 log = structlog.get_logger("gateway.control")
@@ -106,68 +100,6 @@ def control_socket_path(section: GatewaySection) -> Path:
 
 
 # -- tracing ---------------------------------------------------------------------------------------
-
-def _name(enum_cls: Any, code: int) -> str:
-    try:
-        return str(enum_cls(code).name)
-    except ValueError:
-        return f"{code:02X}"
-
-
-def describe_poll(data: bytes) -> str:
-    """A host frame in words: 'GP to 3', 'LP 1F GAME_CONFIGURATION to 1'."""
-    if not data:
-        return "empty frame"
-    address = data[0] & 0x7F
-    if len(data) == 1:
-        return f"GP to {address}" if data[0] & 0x80 else f"byte {data[0]:02X}"
-    return f"LP {data[1]:02X} {_name(LongPoll, data[1])} to {address}"
-
-
-def describe_answer(data: bytes, last_poll: bytes | None) -> str:
-    """A chunk of machine bytes in words, read against the poll it answers (best effort: a chunk
-    may hold part of an answer; the hex is always there for the rest)."""
-    if not data:
-        return "nothing"
-    address = last_poll[0] & 0x7F if last_poll else None
-    command = last_poll[1] if last_poll and len(last_poll) > 1 else None
-    if len(data) == 1:
-        b = data[0]
-        if address is not None and b == address | 0x80:
-            return "NACK"
-        if address is not None and b == address and command is not None:
-            return f"ACK of LP {command:02X}"
-        if command is None:
-            return "no activity" if b == 0 else f"exception {b:02X} {_name(Exc, b)}"
-        return f"byte {b:02X}"
-    if address is not None and data[0] != address:
-        return f"{len(data)} bytes, not from address {address}"
-    if len(data) == 2 and data[1] == 0x00:
-        return "busy"
-    crc = "CRC ok" if check_crc(data) else "CRC bad or partial"
-    if data[1] == 0xFF and len(data) >= 3:
-        return f"RTE event {data[2]:02X} {_name(Exc, data[2])}, {crc}"
-    if command is not None and data[1] == command:
-        detail = _decode(data, command) if check_crc(data) else ""
-        return f"answer to LP {command:02X}, {len(data)} bytes, {crc}{detail}"
-    return f"{len(data)} bytes, {crc}"
-
-
-def _decode(frame: bytes, command: int) -> str:
-    try:
-        if command == LongPoll.CURRENT_CREDITS:
-            return f": {messages.decode_current_credits(frame, frame[0])} credits"
-        if command == LongPoll.VERSION_AND_SERIAL:
-            info = messages.decode_version(frame, frame[0])
-            return f": SAS {info.sas_version}, serial {info.serial!r}"
-        if command == LongPoll.GAME_CONFIGURATION:
-            game = messages.decode_game_config(frame, frame[0])
-            return (f": game {game.game_id}, denomination code {game.denomination_code:02X}, "
-                    f"paytable {game.paytable_id}")
-    except SasRemoteProtocolError as err:
-        return f": undecodable ({err})"
-    return ""
-
 
 @dataclass(eq=False)
 class _Subscriber:
@@ -205,56 +137,33 @@ class TraceHub:
             receive.close()
 
 
-class TracingLink(SasLink):
-    """Wraps a port's host link and reports every frame to the hub (only while someone traces)."""
+class PortTap:
+    """The `FrameTap` a port's driver reports to (drivers/model.py): while someone traces the
+    port, each frame goes to the hub redacted and in words by the protocol's `TraceDecoder`
+    (drivers/registry.py). Nobody tracing: the decoder only sees host frames (its context)."""
 
-    def __init__(self, inner: SasLink, port: str, hub: TraceHub) -> None:
-        self._inner = inner
-        self._port = port
+    def __init__(self, hub: TraceHub, port: str, decoder: TraceDecoder) -> None:
         self._hub = hub
-        self._last_poll: bytes | None = None
+        self._port = port
+        self._decoder = decoder
 
-    async def send(self, frame: TxFrame) -> None:
-        await self._inner.send(frame)
-        if frame.data and frame.data[0] & 0x7F != 0:
-            self._last_poll = frame.data
+    def active(self) -> bool:
+        return self._hub.active(self._port)
+
+    def sent(self, data: bytes) -> None:
+        self._decoder.sent(data)
         if self._hub.active(self._port):
-            self._hub.publish(self._port, {"t": time.time(), "dir": "tx", "hex": frame.data.hex(),
-                                           "text": describe_poll(frame.data)})
+            self._publish("tx", data, wakeup=False)
 
-    async def receive_some(self) -> bytes:
-        data = await self._inner.receive_some()
+    def received(self, data: bytes, *, wakeup: bool = False) -> None:
         if self._hub.active(self._port):
-            self._publish_rx(data, wakeup=False)
-        return data
+            self._publish("rx", data, wakeup=wakeup)
 
-    async def receive_words(self) -> list[int]:
-        # Forwarded, not inherited: the base class's fallback would go through receive_some and
-        # lose the ninth bit the host needs to tell a chirp from data.
-        words = await self._inner.receive_words()
-        if self._hub.active(self._port):
-            self._publish_rx(bytes(w & 0xFF for w in words),
-                             wakeup=any(w & 0x100 for w in words))
-        return words
-
-    def _publish_rx(self, data: bytes, *, wakeup: bool) -> None:
-        text = describe_answer(data, self._last_poll)
-        if wakeup:
-            text = f"with the wakeup bit (chirp): {text}"
-        self._hub.publish(self._port, {"t": time.time(), "dir": "rx", "hex": data.hex(),
-                                       "text": text})
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def traced_opener(open_link: Callable[[], Awaitable[SasLink]], port: str,
-                  hub: TraceHub) -> Callable[[], Awaitable[SasLink]]:
-    """`open_link` whose links report to `hub` (drivers know nothing of tracing)."""
-    async def opener() -> SasLink:
-        return TracingLink(await open_link(), port, hub)
-
-    return opener
+    def _publish(self, direction: str, data: bytes, *, wakeup: bool) -> None:
+        shown = self._decoder.redact(data)  # nothing unredacted leaves this method
+        self._hub.publish(self._port, {
+            "t": time.time(), "dir": direction, "hex": shown.hex(),
+            "text": self._decoder.describe(direction, shown, wakeup=wakeup)})
 
 
 # -- activity: last event per machine and the current event rate ------------------------------------
@@ -309,19 +218,17 @@ def _outbox_files(path: Path, delivered_seq: int) -> dict[str, Any]:
         out["disk_free_bytes"] = shutil.disk_usage(path.parent).free
         out["db_bytes"] = sum(p.stat().st_size for p in (path, Path(f"{path}-wal"))
                               if p.exists())
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn = readers.open_readonly(path, busy_timeout_ms=2000)
         try:
-            conn.execute("PRAGMA busy_timeout=2000")
-            low, high = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
-            row = conn.execute("SELECT captured_at FROM events WHERE seq > ? ORDER BY seq "
-                               "LIMIT 1", (delivered_seq,)).fetchone()
+            low, high = readers.seq_bounds(conn)
+            oldest = readers.oldest_undelivered_at(conn, delivered_seq)
         finally:
             conn.close()
-    except (OSError, sqlite3.Error) as err:
+    except (OSError, sqlite3.Error, StoreError) as err:
         out["error"] = str(err)
         return out
-    out["rows"] = (high - low + 1) if low is not None else 0
-    out["oldest_undelivered_at"] = row[0] if row else None
+    out["rows"] = (high - low + 1) if low is not None and high is not None else 0
+    out["oldest_undelivered_at"] = oldest
     return out
 
 

@@ -6,8 +6,8 @@
     +-- outbox writer       sole owner of the SQLite write connection (group commit)
     +-- control socket      `casino-gateway diag`: status snapshots and live poll traces
     +-- feed                the floor's alert board, WebSocket feed, /health, /metrics
-    +-- port supervisor xN  restarts its driver with backoff when the port breaks; never touches
-    |                       the other ports
+    +-- port supervisor xN  gateway/ports.py: restarts its driver with backoff when the port breaks;
+    |                       never touches the other ports
     +-- uplink              reconnect loop to the platform; platform commands -> CommandRouter
     +-- status              STATUS= lines; WATCHDOG=1 only while the pipeline is alive
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import itertools
-import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -41,52 +39,33 @@ import trio
 
 import gateway
 from drivers.base import Driver, EventSink, MachineEvent, MachineRef, SourceRef
-from drivers.link import LinkError, open_link
-from drivers.link.lock import describe_process, lock_holder
-from drivers.sas.driver import SasDriver, SasSettings
-from drivers.sas.errors import SasRemoteProtocolError
-from drivers.sas.journal import PollJournal
 from gateway.capture import OutboxSink
 from gateway.clock import clock_synchronised
 from gateway.commands import CommandRouter, CommandSettings
-from gateway.config import Config, PortSection, load_config
+from gateway.config import Config, load_config
 from gateway.control import (
     Activity,
     ControlServer,
     ControlUnavailableError,
     TraceHub,
     control_socket_path,
-    traced_opener,
 )
 from gateway.errors import ConfigError
-from gateway.feed.guard import LogThrottle
 from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
 from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
+from gateway.ports import check_devices_free, open_drivers, recoverable, stoppable_port
 from gateway.reconcile import Reconciler
 from gateway.signing import load_signing_key
 from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
-from gateway.uplink.protocol import backoff_delay
 
-__all__ = ["Gateway", "PipelineHealth", "WatchedSink", "build_driver", "format_duration",
-           "reload_config", "report_status", "run"]
+__all__ = ["Gateway", "PipelineHealth", "WatchedSink", "format_duration", "reload_config",
+           "report_status", "run"]
 
 log = structlog.get_logger("gateway.daemon")
-
-# What a port supervisor restarts after; anything else is a bug and stops the daemon.
-RECOVERABLE = (LinkError, SasRemoteProtocolError, OSError)
-# Reopening a broken port: full-jitter exponential backoff (the uplink's backoff_delay) from
-# 0.5 s, capped at 5 s: an open() is cheap, and a replugged adapter should be polled again
-# within seconds. A link that stayed up this long counts as recovered: the next failure
-# starts the backoff from the beginning again.
-PORT_RETRY_INITIAL_S = 0.5
-PORT_RETRY_MAX_S = 5.0
-PORT_STABLE_S = 10.0
-PORT_LOG_INTERVAL_S = 60.0  # one `port failed` line per error per minute
-
 
 class PipelineHealth:
     """Tracks machine events on their way into the outbox, for an honest watchdog: the pipeline
@@ -237,110 +216,6 @@ class Gateway:
         if self.outbox.intake_stopped:
             line += ", DISK FULL: intake stopped"
         return line
-
-
-def build_driver(port: PortSection, config: Config, trace: TraceHub | None = None) -> SasDriver:
-    """The SAS driver for one port; with `trace`, its link reports frames to the control socket."""
-    settings = SasSettings(
-        poll_interval_s=port.poll_interval_ms / 1000,
-        response_timeout_s=port.response_timeout_ms / 1000,
-        offline_after_misses=port.offline_after_misses,
-        rte=port.rte,
-    )
-    journal = PollJournal(config.gateway.state_dir / "polls" / f"{port.name}.journal")
-    opener = partial(open_link, str(port.device), mode=port.link)
-    if trace is not None:
-        opener = traced_opener(opener, port.name, trace)
-    return SasDriver(port.name, opener, port.addresses, settings, journal=journal)
-
-
-async def supervise_port(gw: Gateway, name: str, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                         jitter: Callable[[], float] = random.random) -> None:
-    """Run one port's driver forever; a broken port is reopened with jittered backoff (the
-    driver has reported its machines offline by then). `port failed; will retry` (retry_in_s:
-    the delay really slept) is logged at most once a minute per error, with how many retries it
-    stands for, so a dead port cannot fill the journal; every outage ends with its `port
-    recovered` line. Reports started after the first attempt, successful or not, so one dead
-    port cannot hold READY."""
-    driver = gw.drivers[name]
-    reported = False
-    down_since: float | None = None  # trio time of the first failure of the current outage
-    failures = 0  # in the current outage
-    streak = 0  # failures since the link last stayed up PORT_STABLE_S: the backoff exponent
-    throttle = LogThrottle(PORT_LOG_INTERVAL_S)
-    while True:
-        opened_at: float | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(driver.run, gw.sink)
-                opened_at = trio.current_time()
-                if down_since is not None:
-                    # Every "down" has its recovery line, so the journal shows how long.
-                    log.info("port recovered", port=name, attempts=failures,
-                             down_for_s=round(opened_at - down_since, 3))
-                    down_since, failures = None, 0
-                    gw.port_errors.pop(name, None)
-                if not reported:
-                    reported = True
-                    task_status.started()
-        except* RECOVERABLE as group:
-            gw.port_failures[name] = gw.port_failures.get(name, 0) + 1
-            now = trio.current_time()
-            failures += 1
-            if down_since is None:
-                down_since = now
-            if opened_at is not None and now - opened_at >= PORT_STABLE_S:
-                streak = 0
-            error = group.exceptions[0]
-            gw.port_errors[name] = str(error)
-            # Decided before the log line, so retry_in_s is the delay really slept.
-            delay = backoff_delay(streak, initial=PORT_RETRY_INITIAL_S,
-                                  maximum=PORT_RETRY_MAX_S, random=jitter)
-            streak += 1
-            repeats = throttle.admit(f"{type(error).__name__}: {error}", now)
-            if repeats is not None:
-                log.warning("port failed; will retry", port=name, error=str(error),
-                            error_type=type(error).__name__, retry_in_s=round(delay, 3),
-                            attempt=failures, repeated=repeats)
-        else:
-            delay = 0.0  # the driver returned (it does not, but a return is no failure)
-        if not reported:
-            reported = True
-            task_status.started()
-        await trio.sleep(delay)
-
-
-def check_devices_free(config: Config) -> None:
-    """ConfigError (exit 78) naming the holder if another process holds a configured device's
-    lock: a second gateway on a line would take its answers (docs/sas.md, "Port lifecycle")."""
-    for i, port in enumerate(config.ports):
-        holder = lock_holder(str(port.device))
-        if holder is not None and holder != os.getpid():
-            who = describe_process(holder) if holder > 0 else "another process"
-            raise ConfigError(f"ports[{i}].device",
-                              f"{port.device} is in use by {who}; is another gateway running? "
-                              "Only one program may poll a SAS line")
-
-
-async def stoppable_port(gw: Gateway, name: str, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """`supervise_port` under a scope of its own, so a clean stop ends machine intake before
-    gatewayStopping (`record_stopping`). Reports started even when stopped before the port
-    did, so a stop during start-up is no error."""
-    reported = False
-
-    class _Status:
-        def started(self, value: None = None) -> None:
-            nonlocal reported
-            reported = True
-            task_status.started(value)
-
-    with trio.CancelScope() as stop:
-        gw.port_scopes.append(stop)
-        await supervise_port(gw, name, task_status=_Status())  # type: ignore[arg-type]
-    if not reported:
-        task_status.started()
 
 
 def health_limits(config: Config) -> HealthLimits:
@@ -518,7 +393,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     log.info("outbox open", path=str(config.outbox_path), epoch=outbox.epoch,
              last_seq=outbox.last_seq, undelivered=outbox.depth(), kid=signer.kid)
     trace = TraceHub()
-    drivers: dict[str, Driver] = {p.name: build_driver(p, config, trace) for p in config.ports}
+    capture = OutboxSink(outbox, currency=config.gateway.currency, reconciler=Reconciler())
+    drivers = open_drivers(config, trace, capture)
     router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
                                            db_path=config.gateway.state_dir / "commands.db",
                                            currency=config.gateway.currency),
@@ -533,10 +409,6 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
         command_handler=router.handle)
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)
-    capture = OutboxSink(outbox, currency=config.gateway.currency, reconciler=Reconciler())
-    for name, driver in drivers.items():
-        if isinstance(driver, SasDriver):
-            capture.settle_restart(name, driver.journal_counter_at_open)
     gw = Gateway(config=config, outbox=outbox, sink=WatchedSink(capture, health),
                  drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
                  control_path=control_socket_path(config.gateway), config_path=config_path)
@@ -573,7 +445,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                     gw.monitor)
             nursery.start_soon(watch_uplink, gw)
             for port in config.ports:
-                await nursery.start(stoppable_port, gw, port.name)
+                await nursery.start(partial(stoppable_port, errors=recoverable(port.protocol)),
+                                    gw, port.name)
             await nursery.start(uplink.run)
             nursery.start_soon(report_status, gw, notifier)
             gc.freeze()  # what start-up built lives for the whole run: keep it out of collections

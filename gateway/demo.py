@@ -38,7 +38,7 @@ from gateway.config import (
 )
 from gateway.feed.protocol import hash_token
 from gateway.logs import configure_logging
-from gateway.outbox import open_readonly
+from gateway.outbox import readers
 from gateway.receiver.server import ReceiverSettings, serve_receiver
 from gateway.signing import write_signing_key
 
@@ -73,12 +73,10 @@ def _prepare(base: Path) -> dict[str, Any]:
 
 
 def _outbox_figures(path: Path, port_names: list[str]) -> dict[str, Any]:
-    conn = open_readonly(path)
+    conn = readers.open_readonly(path)
     try:
-        durable = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        per_machine = {name: [code for (code,) in conn.execute(
-            "SELECT source_code FROM events WHERE machine = ? AND source_code IS NOT NULL "
-            "ORDER BY seq", (f"{name}/1",))] for name in port_names}
+        durable = readers.count_events(conn)
+        per_machine = {name: readers.recorded_codes(conn, f"{name}/1") for name in port_names}
     finally:
         conn.close()
     return {"durable": durable, "per_machine": per_machine}
@@ -146,8 +144,7 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                                  ca_file=base / "ca.pem"),
             # 100 ms: one machine per line, so the gateway reads up to 10 exceptions a second
             # from each, twice the simulated play's average, and a burst rarely fills the queue.
-            ports=tuple(PortSection(name=name, device=Path(path), addresses=(1,),
-                                    poll_interval_ms=100)
+            ports=tuple(PortSection.of(name, Path(path), (1,), poll_interval_ms=100)
                         for name, path in zip(port_names, fleet.device_paths, strict=True)),
             log=LogSection(level="warning"),
             feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(

@@ -6,22 +6,21 @@
     diag --check                      one line for monitoring, Nagios plugin exit codes:
                                       0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
     diag trace PORT [--count N]       every poll and answer on PORT, live
-    diag probe --device DEV [-a A]    with the gateway stopped: sync, LP 1F, 54, 1A and meters on
-                                      one port, with timings and what a failure usually means
+    diag probe --device DEV [-a A]    with the gateway stopped: the port's protocol probe (SAS:
+                                      sync, LP 1F, 54, 1A and meters), with timings and what a
+                                      failure usually means
 
 The first two talk to the running daemon over its control socket (gateway/control.py); `probe`
-opens the serial port itself.
+opens the serial port itself, through the protocol's `DriverSpec.probe` (drivers/registry.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import re
 import sys
-import termios
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -29,20 +28,16 @@ from typing import Any, TextIO
 
 import trio
 
-from drivers.link import LinkBrokenError, SasLink, TxFrame, open_link
-from drivers.link.lock import DeviceBusyError
-from drivers.link.tty import adapter_latency_timer_ms
-from drivers.sas import bcd, framing, messages
-from drivers.sas.codes import Exc, LongPoll
-from drivers.sas.errors import SasRemoteProtocolError
-from drivers.sas.journal import PollJournal
+from drivers import registry
+from drivers.registry import ProbeRequest, RestartJournal
 from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
 from gateway.daemon import format_duration
 from gateway.errors import EXIT_FAILURE, ConfigError
 
 __all__ = ["ControlClientError", "GatewayNotRunningError", "add_commands", "assess",
-           "fetch_status", "machine_why", "port_why", "probe", "render_check", "render_status"]
+           "fetch_status", "machine_why", "port_why", "render_check", "render_probe",
+           "render_status"]
 
 DEFAULT_SOCKET = RUN_DIR_SOCKET
 EXIT_INTERRUPTED = 130
@@ -87,6 +82,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     q = sub.add_parser("probe", help="probe one machine with the gateway stopped")
     q.add_argument("--device", required=True, help="serial device, e.g. /dev/ttyS0")
     q.add_argument("--address", "-a", type=int, default=1, help="SAS address (default 1)")
+    q.add_argument("--protocol", choices=registry.protocols(), default=None,
+                   help="the device's protocol (default: its configured port's, else "
+                        f"{registry.DEFAULT_PROTOCOL})")
     q.add_argument("--link", choices=["auto", "serial", "pty"], default="auto",
                    help="auto: a pseudo-terminal uses byte-encoded wakeups, a real port "
                         "mark/space parity")
@@ -438,307 +436,6 @@ async def _status(path: Path, as_json: bool, watch: float | None, out: TextIO) -
 
 # -- probe -----------------------------------------------------------------------------------------
 
-# (what, long poll, answer shape); the meters last, as machines need not support them.
-_PROBES: list[tuple[str, int, dict[str, Any]]] = [
-    ("game configuration", LongPoll.GAME_CONFIGURATION, {"length": 24}),
-    ("SAS version and serial", LongPoll.VERSION_AND_SERIAL, {"length_byte": True}),
-    ("current credits", LongPoll.CURRENT_CREDITS, {"length": 8}),
-    ("meter: total coin in", 0x11, {"length": 8}),
-    ("meter: games played", 0x15, {"length": 8}),
-]
-# An FTDI latency timer above this holds a short answer back for most of the 20 ms answer
-# window (reference 2.1): the default 16 ms makes timeouts out of slow-ish machines.
-LATENCY_TIMER_WARN_MS = 4
-
-
-def _decode(command: int, frame: bytes, address: int) -> dict[str, Any]:
-    if command == LongPoll.GAME_CONFIGURATION:
-        game = messages.decode_game_config(frame, address)
-        return {"game_id": game.game_id, "denomination_code": game.denomination_code,
-                "max_bet": game.max_bet, "paytable": game.paytable_id}
-    if command == LongPoll.VERSION_AND_SERIAL:
-        info = messages.decode_version(frame, address)
-        return {"sas_version": info.sas_version, "serial": info.serial}
-    if command == LongPoll.CURRENT_CREDITS:
-        return {"credits": messages.decode_current_credits(frame, address)}
-    # Meters: `a cmd meter(4 BCD) crc`, like LP 1A.
-    return {"meter": bcd.decode(frame[2:6])}
-
-
-def _expectation(wire: bytes) -> framing.Expectation:
-    """What may answer `wire`: a GP either way (an exception byte or an RTE event)."""
-    address = wire[0] & 0x7F
-    if len(wire) == 1:
-        return framing.Expectation(address, None, rte=True)
-    spec = messages.POLL_SPECS.get(wire[1])
-    answer = spec.answer if spec is not None else "ack"
-    return framing.Expectation(address, wire[1], True,
-                               length=answer if isinstance(answer, int) else None,
-                               length_byte=answer == "length")
-
-
-class _ProbeLine:
-    """The probe's side of the line: every frame is journaled before it is written (as the
-    driver does, so the gateway's restart probe repeats the probe's last poll), and polls to
-    one machine keep `spacing_s` apart (reference 2.1)."""
-
-    def __init__(self, link: SasLink, journal: PollJournal | None, spacing_s: float) -> None:
-        self.link, self.journal, self.spacing_s = link, journal, spacing_s
-        self._last: dict[int, float] = {}
-
-    async def exchange(self, wire: bytes, expect: framing.Expectation, timeout_s: float,
-                       ) -> tuple[framing.Answer | None, float, int]:
-        """Send one poll; return (answer or None, seconds until it was complete, bytes seen)."""
-        address = wire[0] & 0x7F
-        if address in self._last:
-            await trio.sleep_until(self._last[address] + self.spacing_s)
-        framer = framing.Framer()
-        if self.journal is not None:
-            self.journal.record(wire)
-        await self.link.send(TxFrame(wire))
-        sent = self._last[address] = trio.current_time()
-        deadline = sent + timeout_s
-        seen = 0
-        while True:
-            with trio.move_on_at(deadline):
-                data = await self.link.receive_some()
-                seen += len(data)
-                framer.feed(data)
-                answer = framer.next_answer(expect)
-                if answer is not None:
-                    return answer, trio.current_time() - sent, seen
-                deadline = trio.current_time() + 0.02  # inter-byte gap: the rest of the frame
-                continue
-            answer = framer.next_answer(expect, quiet=True)
-            return answer, trio.current_time() - sent, seen
-
-
-def _pending(answer: framing.Answer | None, seen: int) -> str | None:
-    """Why an answer may hold something unrecorded (None: nothing to lose by moving on)."""
-    match answer:
-        case framing.ExceptionByte(code) if code != 0:
-            return f"exception {code:02X} ({_exc_name(code)})"
-        case framing.Event(code, _):
-            return f"event {code:02X} ({_exc_name(code)})"
-        case framing.Corrupt() | framing.Busy():
-            return "an answer that could not be read"
-        case None if seen:
-            return f"{seen} bytes that make no answer"
-    return None
-
-
-def _adapter(report: dict[str, Any], device: str) -> None:
-    """USB adapter facts for the report: description, stable names, latency timer."""
-    real = os.path.realpath(device)
-    try:
-        from serial.tools import list_ports
-
-        port = next((p for p in list_ports.comports() if os.path.realpath(p.device) == real),
-                    None)
-    except (ImportError, OSError):
-        port = None
-    if port is not None and port.vid is not None:
-        report["adapter"] = {"description": port.description, "hwid": port.hwid,
-                             "serial_number": port.serial_number}
-    by_id = Path("/dev/serial/by-id")
-    stable = sorted(str(p) for p in by_id.glob("*") if os.path.realpath(p) == real) \
-        if by_id.is_dir() else []
-    if stable:
-        report["stable_names"] = stable
-    timer = adapter_latency_timer_ms(device)
-    if timer is not None:
-        report["latency_timer_ms"] = timer
-        if timer > LATENCY_TIMER_WARN_MS:
-            name = os.path.basename(real)
-            report["advice"].append(
-                f"the USB adapter's latency timer is {timer} ms: it holds answers back for "
-                "most of the machine's 20 ms answer window (timeouts, slow polling); set it to "
-                f"1 ms: echo 1 > /sys/bus/usb-serial/devices/{name}/latency_timer (a udev rule "
-                "makes it permanent)")
-
-
-async def probe(device: str, address: int, *, mode: str = "auto", timeout_s: float = 0.2,
-                journal: PollJournal | None = None, spacing_s: float = 0.2,
-                lock_dir: Path | None = None) -> dict[str, Any]:
-    """Probe one machine; never raises for what the line or the machine does. With `journal`
-    (the port's poll journal) the first frame repeats the line's last journaled frame, and
-    the probe stops, acknowledging nothing, at the first answer that may be unrecorded."""
-    report: dict[str, Any] = {"device": device, "address": address, "steps": [], "advice": [],
-                              "ok": False}
-    started = trio.current_time()
-    try:
-        link = await open_link(device, mode=mode, lock_dir=lock_dir)
-    except DeviceBusyError as err:
-        report["error"] = str(err)
-        report["busy"] = True
-        report["advice"].append("a gateway (or another program) polls this port: stop it first "
-                                "(systemctl stop casino-gateway); a probe never shares a line")
-        return report
-    except LinkBrokenError as err:
-        report["error"] = str(err)
-        report["advice"].append(_open_advice(err.__cause__, device))
-        return report
-    except termios.error as err:  # tcgetattr on something that is not a terminal
-        report["error"] = f"cannot configure {device}: {err}"
-        report["advice"].append(f"{device} is not a serial port")
-        return report
-    report["opened_ms"] = round((trio.current_time() - started) * 1000, 2)
-    _adapter(report, device)
-    async with link:
-        line = _ProbeLine(link, journal, spacing_s)
-        try:
-            if not await _resume(line, report, journal, timeout_s):
-                return report
-            # A machine ignores polls to itself until it sees one to another address
-            # (reference 2.3). Address 127 (126 when probing 127) is rarely given to a machine.
-            sync = 127 if address != 127 else 126
-            _, _, seen = await line.exchange(messages.general_poll(sync).wire(),
-                                             framing.Expectation(sync), timeout_s)
-            if seen:
-                report["advice"].append(
-                    f"bytes answered a poll to address {sync}: another machine on this line "
-                    "uses it, or something else is polling this port")
-            for label, command, kwargs in _PROBES:
-                step = await _probe_step(line, address, label, command, kwargs, timeout_s)
-                report["steps"].append(step)
-                if step.get("unreadable"):
-                    report["advice"].append(
-                        "the last answer could not be read: it may have been an event, so the "
-                        "probe stopped rather than acknowledge it with another poll")
-                    break
-                if step.get("event") is not None:
-                    report["advice"].append(
-                        "the machine answered with an event: the probe stopped there and left "
-                        "it unacknowledged (nothing was sent after it; the gateway's first "
-                        "poll repeats the probe's last one, an implied NACK, and collects it). "
-                        "Start the gateway.")
-                    break
-        except LinkBrokenError as err:
-            report["error"] = f"link broke: {err}"
-    _advise(report)
-    return report
-
-
-async def _resume(line: _ProbeLine, report: dict[str, Any], journal: PollJournal | None,
-                  timeout_s: float) -> bool:
-    """Open with the line's last journaled frame (an implied NACK to whoever got it). False
-    (stop) if the answer may hold something the gateway never recorded."""
-    if journal is None:
-        return True
-    entries = journal.entries()
-    if not entries:
-        return True
-    last_address = max(entries, key=lambda a: entries[a][0])
-    wire = entries[last_address][1]
-    if not wire:
-        return True
-    answer, _, seen = await line.exchange(wire, _expectation(wire), timeout_s)
-    report["resumed_from"] = wire.hex()
-    why = _pending(answer, seen)
-    if why is None:
-        return True
-    report["pending"] = {"address": last_address, "answer": why}
-    report["advice"].append(
-        f"address {last_address} answered the gateway's last poll again with {why}: it may "
-        "not be recorded yet, so the probe stopped without acknowledging it. Start the "
-        "gateway to collect it, then stop it and probe again.")
-    return False
-
-
-async def _probe_step(line: _ProbeLine, address: int, label: str, command: int,
-                      kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    wire = messages.long_poll(address, command).wire()
-    expect = framing.Expectation(address, command, **kwargs)
-    step: dict[str, Any] = {"poll": f"LP {command:02X}", "what": label, "ok": False}
-    for attempt in (1, 2):
-        answer, took, seen = await line.exchange(wire, expect, timeout_s)
-        step["attempts"] = attempt
-        step["latency_ms"] = round(took * 1000, 2)
-        match answer:
-            case framing.Data(frame):
-                try:
-                    step["data"] = _decode(command, frame, address)
-                except SasRemoteProtocolError as err:
-                    step["result"] = f"undecodable answer: {err}"
-                    return step
-                step["ok"], step["result"] = True, "answered"
-                return step
-            case framing.Event(code) | framing.ExceptionByte(code):
-                step["event"] = code
-                step["result"] = f"answered with event {code:02X} ({_exc_name(code)})"
-                return step
-            case framing.Busy():
-                step["result"] = "busy"
-                continue
-            case framing.Nack():
-                step["result"] = "NACK (the machine rejected the poll)"
-                return step
-            case framing.Corrupt():
-                step["result"] = "CRC error"
-                step["crc_error"] = True
-                continue
-            case framing.Ack():
-                step["ok"], step["result"] = True, "ACK"
-                return step
-            case None:
-                step["result"] = ("no answer" if seen == 0
-                                  else f"{seen} bytes that make no answer (garbage)")
-                step["silent"] = seen == 0
-                step["garbage"] = seen > 0
-                # An identical second poll is an implied NACK: the machine resends.
-                continue
-    # Still unreadable after the implied NACK: any other poll would acknowledge it.
-    step["unreadable"] = bool(step.get("crc_error") or step.get("garbage"))
-    return step
-
-
-def _exc_name(code: int) -> str:
-    try:
-        return Exc(code).name
-    except ValueError:
-        return "unknown"
-
-
-def _open_advice(cause: BaseException | None, device: str) -> str:
-    if isinstance(cause, PermissionError):
-        return (f"permission denied on {device}: add the service user (or yourself) to the "
-                "dialout group: sudo usermod -aG dialout casino-gateway (log in again after)")
-    if isinstance(cause, FileNotFoundError):
-        return (f"{device} does not exist: check the name (ls -l /dev/ttyS* /dev/ttyUSB* "
-                "/dev/serial/by-id/) and that the adapter is plugged in (dmesg | tail)")
-    if isinstance(cause, OSError) and cause.errno == errno.ENOTTY:
-        return f"{device} is not a serial port"
-    if isinstance(cause, OSError) and cause.errno == errno.EBUSY:
-        return f"{device} is in use by another program (is the gateway running? lsof {device})"
-    return f"cannot open {device}: {cause}"
-
-
-def _advise(report: dict[str, Any]) -> None:
-    steps = report["steps"]
-    core = [s for s in steps if not s["what"].startswith("meter")]
-    answered = [s for s in steps if s["ok"]]
-    report["ok"] = any(s["ok"] for s in core)
-    if not answered and all(s.get("silent") for s in steps):
-        report["advice"].append(
-            f"no answer from address {report['address']}: check the cabling (TX/RX, ground), "
-            "the machine's SAS address and that SAS is enabled on this port, and that the serial "
-            "adapter supports mark/space parity (the wakeup bit; many USB adapters do not)")
-    if any(s.get("crc_error") or s.get("garbage") for s in steps):
-        report["advice"].append(
-            "CRC errors or garbage: electrical noise, a bad cable or a baud/parity mismatch "
-            "(SAS is 19200 baud, 8 data bits, wakeup bit as parity); check shielding and length")
-    if any(s["result"].startswith("NACK") for s in steps):
-        report["advice"].append("the machine NACKs polls: check the SAS address and that no "
-                                "other host polls this line")
-    missing = [s["what"] for s in core if not s["ok"] and not s.get("event")]
-    if answered and missing:
-        report["advice"].append("not answered: " + ", ".join(missing))
-    meters = [s for s in steps if s["what"].startswith("meter")]
-    if answered and meters and not any(s["ok"] for s in meters):
-        report["advice"].append("meter long polls unanswered: the machine may not support them "
-                                "(not a fault)")
-
-
 def render_probe(report: dict[str, Any]) -> str:
     report = _scrub(report)
     out = [f"probe {report['device']} address {report['address']}"]
@@ -804,14 +501,20 @@ def _cmd_probe(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_FAILURE
     try:
-        journal = _port_journal(args)
+        protocol, journal = _probe_port(args)
     except ConfigError as err:
         print(f"casino-gateway diag: {err}", file=sys.stderr)
         return EXIT_FAILURE
+    spec = registry.get(protocol)
+    if spec.probe is None:
+        print(f"casino-gateway diag: the {protocol} driver has no probe", file=sys.stderr)
+        return EXIT_FAILURE
+    request = ProbeRequest(args.device, args.address, link=args.link,
+                           timeout_s=args.timeout_ms / 1000, spacing_s=args.spacing_ms / 1000,
+                           journal=journal)
+    probe = spec.probe
     try:
-        report = trio.run(lambda: probe(args.device, args.address, mode=args.link,
-                                        timeout_s=args.timeout_ms / 1000, journal=journal,
-                                        spacing_s=args.spacing_ms / 1000))
+        report = trio.run(lambda: probe(request))
     finally:
         if journal is not None:
             journal.close()
@@ -819,9 +522,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else EXIT_FAILURE
 
 
-def _port_journal(args: argparse.Namespace) -> PollJournal | None:
-    """The poll journal of the configured port on `args.device` (None: no such port). The
-    probe records its frames there too, so the gateway resumes from the probe's last poll."""
+def _probe_port(args: argparse.Namespace) -> tuple[str, RestartJournal | None]:
+    """The protocol and restart journal of the configured port on `args.device` (`--protocol`
+    or the default and no journal: no such port). The probe records its frames in the journal
+    too, so the gateway resumes from the probe's last frame."""
     path = Path(args.config) if args.config is not None else DEFAULT_CONFIG
     try:
         config: Config | None = load_config(path)
@@ -833,17 +537,19 @@ def _port_journal(args: argparse.Namespace) -> PollJournal | None:
             raise ConfigError("", f"cannot read {path} ({err}) to find this port's poll "
                                   "journal: run diag as the service user (sudo -u "
                                   "casino-gateway ...), or --force to probe without it")
+    default = args.protocol or registry.DEFAULT_PROTOCOL
     if config is None:
-        return None
+        return default, None
     real = os.path.realpath(args.device)
     port = next((p for p in config.ports if os.path.realpath(p.device) == real), None)
     if port is None:
-        return None
+        return default, None
+    protocol = args.protocol or port.protocol
     try:
-        return PollJournal(config.gateway.state_dir / "polls" / f"{port.name}.journal")
+        return protocol, registry.get(protocol).open_journal(config.gateway.state_dir, port.name)
     except OSError as err:
         if args.force:
-            return None
+            return protocol, None
         raise ConfigError("", f"cannot open the poll journal of {port.name}: {err}: run diag "
                               "as the service user (sudo -u casino-gateway ...), or --force "
                               "to probe without it") from None

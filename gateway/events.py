@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from drivers.base import MachineEvent, MachineRef
+from drivers.model import MachineEvent, MachineRef, RedeliveryKey
 
 __all__ = [
     "CATALOGUE",
@@ -226,6 +226,17 @@ def new_trace_id() -> str:
     return os.urandom(8).hex()
 
 
+class StoredSource(NamedTuple):
+    """What the outbox keeps of an event's `SourceRef` for redelivery, driver-neutral: the event
+    code (columns source_code, last_code), the driver's opaque redelivery key (last_payload; the
+    gateway compares `(code, key)` for equality only, drivers/redelivery.py) and the restart
+    journal's counter of the request that elicited it (last_counter)."""
+
+    code: int
+    key: RedeliveryKey
+    counter: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
     """An event before the outbox gives it (epoch, seq) and a place in the hash chain."""
@@ -239,8 +250,7 @@ class Draft:
     machine: dict[str, Any] | None = None
     monotonic: float = 0.0  # trio clock at capture, for latency figures; not part of the envelope
     droppable: bool = False
-    # (code, payload, poll counter) for redelivery (drivers.base.SourceRef)
-    source: tuple[int, bytes, int | None] | None = field(default=None)
+    source: StoredSource | None = field(default=None)
 
 
 def _exact_money(data: dict[str, Any], currency: str) -> dict[str, Any]:
@@ -265,8 +275,8 @@ def spec_for(event_type: str) -> EventSpec:
 
 def draft_from_machine(event: MachineEvent, *, currency: str, now: float) -> Draft:
     spec = spec_for(event.type)
-    source = ((event.source.code, event.source.payload, event.source.poll_counter)
-              if event.source else None)
+    source = (StoredSource(event.source.code, event.source.redelivery_key,
+                           event.source.poll_counter) if event.source else None)
     return Draft(
         type=spec.type, channel=spec.channel, schema_version=spec.version,
         timestamp=rfc3339(event.observed_at or now), trace_id=new_trace_id(),

@@ -2,16 +2,18 @@
 
 The ninth (wakeup) bit is data, not link configuration: a `TxFrame` says whether its first byte
 carries it, and each link transports that flag its own way (out of band in memory, PARMRK-style
-`FF 00 b` on a pseudo-terminal, MARK/SPACE stick parity on a real UART).
+`FF 00 b` on a pseudo-terminal, MARK/SPACE stick parity on a real UART). `TxFrame` itself is
+in drivers/model.py (re-exported here), so the sans-I/O host can build frames without trio.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from drivers.model import TxFrame
 
 __all__ = [
     "EgmLink",
@@ -22,14 +24,6 @@ __all__ = [
     "TxFrame",
     "open_link",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class TxFrame:
-    """One host message; the first byte carries the wakeup bit when `wakeup` is true."""
-
-    data: bytes
-    wakeup: bool = True
 
 
 class LinkError(Exception):

@@ -24,6 +24,9 @@ from drivers.base import (
     EventSink,
     MachineCommand,
     MachineEvent,
+    MachineRef,
+    MeterName,
+    MeterReading,
     PortStatistics,
 )
 from drivers.link import LinkError, SasLink
@@ -41,7 +44,7 @@ from drivers.sas.host import (
 )
 from drivers.sas.journal import PollJournal
 
-__all__ = ["SasDriver", "SasSettings"]
+__all__ = ["NEUTRAL_METERS", "SasDriver", "SasSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,21 @@ _COMMANDS: dict[str, tuple[int, Callable[[Mapping[str, Any]], bytes]]] = {
 }
 _SUPPORTED = frozenset({*_COMMANDS, "requestMeters"})
 
+# SAS meter name (codes.METER_CODES, messages.METER_NAMES) -> neutral name, and the factor to its
+# unit: SAS money meters count credits, LP 20 whole currency units (dollars) of bills.
+NEUTRAL_METERS: dict[str, tuple[MeterName, int]] = {
+    "coin_in": (MeterName.COIN_IN_CREDITS, 1),
+    "coin_out": (MeterName.COIN_OUT_CREDITS, 1),
+    "jackpot": (MeterName.JACKPOT_CREDITS, 1),
+    "cancelled_credits": (MeterName.CANCELLED_CREDITS, 1),
+    "drop": (MeterName.DROP_CREDITS, 1),
+    "current_credits": (MeterName.CURRENT_CREDITS, 1),
+    "games_played": (MeterName.GAMES_PLAYED, 1),
+    "games_won": (MeterName.GAMES_WON, 1),
+    "games_lost": (MeterName.GAMES_LOST, 1),
+    "bills_total_dollars": (MeterName.BILLS_IN_CENTS, 100),
+}
+
 
 class SasDriver:
     """drivers.base.Driver for one SAS line with machines at `addresses`."""
@@ -88,13 +106,6 @@ class SasDriver:
         self._stamped: dict[int, MachineEvent] = {}
         self._waiters: dict[int, trio.Event] = {}
         self._finished: dict[int, CommandFinished] = {}
-
-    @property
-    def journal_counter_at_open(self) -> int | None:
-        """The poll journal's line counter as the previous process left it (None: no journal).
-        An exception recorded with this counter was never acknowledged to its machine; one with
-        a lower counter was (a later frame on the line was its implied ACK)."""
-        return self._journal.counter_at_open if self._journal is not None else None
 
     async def run(self, sink: EventSink, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -168,13 +179,14 @@ class SasDriver:
             case Report(raw, None):
                 await sink.record(self._stamp(raw))
             case Report(raw, token, resent) if token is not None:
-                stamped = self._stamp(raw)
+                assert raw.source is not None
+                # The host sent nothing on the line since the poll this answered, so the
+                # journal's counter is that poll's (docs/sas.md, "Restart safety"). One copy
+                # of the event, stamped and with its counter.
+                stamped = replace(raw, observed_at=time.time(), source=raw.source if
+                                  self._journal is None else replace(
+                                      raw.source, poll_counter=self._journal.counter))
                 assert stamped.source is not None
-                if self._journal is not None:
-                    # The host sent nothing on the line since the poll this answered, so the
-                    # journal's counter is that poll's (docs/sas.md, "Restart safety").
-                    stamped = replace(stamped, source=replace(
-                        stamped.source, poll_counter=self._journal.counter))
                 self._stamped[token] = stamped
                 if resent:
                     # Re-sent after a machine reset cut off its ACK (host.py, "Machine resets").
@@ -226,6 +238,21 @@ class SasDriver:
         if result.ok:
             return CommandOutcome(CommandResult.OK, data=result.data)
         return CommandOutcome(CommandResult.FAILED, result.reason, result.data)
+
+    async def read_meters(self, address: int) -> MeterReading:
+        """drivers.base.MeterSource: a requestMeters round, under neutral names (NEUTRAL_METERS;
+        SAS meters without a neutral name are left out)."""
+        if address not in self._host.statistics():
+            raise LookupError(f"{self.port}: no machine at address {address}")
+        outcome = await self.execute(MachineCommand("requestMeters", address))
+        if outcome.result is not CommandResult.OK:
+            raise ConnectionError(f"{self.port}/{address}: {outcome.reason}")
+        values = {NEUTRAL_METERS[name][0]: value * NEUTRAL_METERS[name][1]
+                  for name, value in (outcome.data.get("meters") or {}).items()
+                  if name in NEUTRAL_METERS}
+        stats = self._host.statistics()[address]
+        machine = MachineRef(self.port, address, stats.get("serial"), stats.get("asset"))
+        return MeterReading(machine, values, outcome.data.get("denomination_cents"))
 
     def statistics(self) -> PortStatistics:
         return PortStatistics(self.port, self._state, self._host.statistics())

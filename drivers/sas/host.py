@@ -125,8 +125,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers.base import MachineEvent, MachineRef
-from drivers.link import TxFrame
+from drivers.model import MachineEvent, MachineRef, TxFrame
 from drivers.sas import framing, messages
 from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, Exc, LongPoll
 from drivers.sas.errors import SasLocalProtocolError, SasRemoteProtocolError
@@ -870,7 +869,7 @@ class SasHost:
                 # The machine shows which mode it is in: trust that over what we last set, and
                 # ask for RTE again if it dropped out of it.
                 was_rte, m.rte_on = m.rte_on, isinstance(answer, framing.Event)
-                m.rte_proven = m.rte_proven and m.rte_on or isinstance(answer, framing.Event)
+                m.rte_proven = m.rte_on  # an exception answer shows the mode it is in
                 if was_rte and not m.rte_on and self.config.rte and not any(
                         r.poll.command == LongPoll.RTE_MODE for r in m.queue):
                     m.queue.append(_Request(messages.rte_mode(m.address, True)))

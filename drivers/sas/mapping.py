@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.base import MachineEvent, MachineRef, SourceRef
+from drivers.model import MachineEvent, MachineRef, SourceRef
 from drivers.sas import bcd
 from drivers.sas.bcd import BcdError
 from drivers.sas.codes import (

@@ -1,18 +1,37 @@
-"""HTTP on the feed's port, the parts that are not the feed: reading a request head within its
-limit, writing a response, refusing a connection over a cap, and handing the upgrade request's
-bytes on to trio-websocket. gateway/feed/server.py decides what to answer.
+"""HTTP on the feed's port: admission (connection caps), reading a request head within its limit,
+routing (/health, /metrics, /feed, the board's static files), writing a response, and handing an
+upgrade request's bytes on to trio-websocket (gateway/feed/session.py).
+
+HTTP is parsed with h11. A request that asks to upgrade to a WebSocket at /feed is checked by the
+session (origin, failed-auth rate limit) and then handed to trio-websocket by replaying the request
+bytes into `wrap_server_stream`; everything else is answered here. docs/feed-protocol.md says why
+this rather than hypercorn.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h11
+import structlog
 import trio
+import trio_websocket
 
-__all__ = ["CONTENT_TYPES", "MAX_HEADER_BYTES", "REASONS", "SECURITY_HEADERS", "Prefixed",
-           "header", "linger", "next_event", "refuse", "remote_address",
+from gateway.feed.protocol import dumps
+from gateway.monitor import METRICS_TYPE
+
+if TYPE_CHECKING:
+    from gateway.feed.server import FeedServer
+    from gateway.limits import Ticket
+
+__all__ = ["CONTENT_TYPES", "MAX_HEADER_BYTES", "REASONS", "SECURITY_HEADERS", "STATIC_DIR",
+           "HttpFront", "Prefixed", "header", "linger", "next_event", "refuse", "remote_address",
            "request_bytes", "respond", "same_origin"]
+
+log = structlog.get_logger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 REASONS = {431: b"Request Header Fields Too Large"}
 
@@ -132,3 +151,111 @@ async def respond(conn: h11.Connection, stream: trio.abc.Stream, status: int, bo
     if body and not head:
         await stream.send_all(conn.send(h11.Data(data=body)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+class HttpFront:
+    """Serves one accepted connection: admits it (or refuses it over a cap), answers its
+    requests, hands a /feed upgrade to the sessions. Only files listed from the static directory
+    at start are served: no client path reaches open()."""
+
+    def __init__(self, server: FeedServer) -> None:
+        self.server = server
+        self._static = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
+
+    async def serve_connection(self, stream: trio.abc.Stream) -> None:
+        server = self.server
+        remote = remote_address(stream)
+        ticket = server.admission.admit(remote)
+        if isinstance(ticket, str):
+            server.metrics.refused.labels(ticket).inc()
+            server.note("feed connection refused: cap reached", f"refused:{ticket}",
+                        client=remote, reason=ticket)
+            await refuse(stream)
+            return
+        try:
+            await self._serve_http(stream, remote, ticket)
+            await linger(stream)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError,
+                 trio_websocket.ConnectionClosed, h11.RemoteProtocolError):
+            pass  # the client went away, sent garbage, or failed its TLS handshake
+        except* Exception as group:
+            # A bulkhead, deliberately: a bug reached from one client's input must not stop
+            # the polling of the floor. It is a bug all the same: counted, logged with its
+            # traceback (once a minute at most), and the connection is closed.
+            server.metrics.handler_errors.inc()
+            if server.throttle.admit("handler_bug", trio.current_time()) is not None:
+                log.error("feed connection failed: a bug, please report it", client=remote,
+                          exc_info=group)
+        finally:
+            ticket.release()
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_http(self, stream: trio.abc.Stream, remote: str, ticket: Ticket) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        timeout = self.server.settings.header_timeout_s
+        while True:
+            request = None
+            with trio.move_on_after(timeout):
+                try:
+                    request = await next_event(conn, stream)
+                except h11.RemoteProtocolError as err:
+                    # h11 will not frame a response to a request it could not parse: write
+                    # the error by hand and close.
+                    await stream.send_all(
+                        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n"
+                        b"content-length: 12\r\nconnection: close\r\n\r\nbad request\n"
+                        % (err.error_status_hint, REASONS.get(err.error_status_hint,
+                                                             b"Bad Request")))
+                    return
+            if not isinstance(request, h11.Request):
+                return
+            if request.method not in (b"GET", b"HEAD"):
+                await respond(conn, stream, 405, b"method not allowed\n", "text/plain",
+                              [(b"allow", b"GET, HEAD")])
+                return
+            target = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+            upgrade = header(request, b"upgrade").lower() == b"websocket"
+            # Read to the end of the request (a GET has no body); an upgrade request then
+            # pauses h11, which leaves any bytes after it in `trailing_data`.
+            end = None
+            with trio.move_on_after(timeout):
+                end = await next_event(conn, stream)
+                while end is not None and end is not h11.PAUSED and upgrade:
+                    end = await next_event(conn, stream)
+            if end is None:
+                return
+            if upgrade:
+                await self.server.sessions.upgrade(conn, stream, request, target, remote, ticket)
+                return
+            status, body, ctype, *extra = await self._route(target, remote)
+            await respond(conn, stream, status, body, ctype, *extra,
+                          head=request.method == b"HEAD")
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _route(self, target: str, remote: str) -> tuple[Any, ...]:
+        """(status, body, content type[, extra headers]) for a plain GET or HEAD."""
+        server = self.server
+        if target == "/health":
+            code, body = server.health()
+            return code, dumps(body).encode(), "application/json"
+        if target == "/feed":
+            # A plain GET of the feed's URL: how a page learns why its WebSocket handshake
+            # failed (browsers hide the status): 429 while this address is blocked.
+            now = trio.current_time()
+            if server.limiter.blocked(remote, now):
+                retry = server.limiter.retry_after(remote, now)
+                return 429, b"too many failed authentications\n", "text/plain", \
+                    [(b"retry-after", str(retry).encode())]
+            return 426, b"the feed is a WebSocket: send Upgrade: websocket\n", "text/plain", \
+                [(b"upgrade", b"websocket")]
+        if target == "/metrics":
+            return 200, server.monitor.metrics(), METRICS_TYPE
+        name = "index.html" if target in ("/", "/index.html") else (
+            target.removeprefix("/static/") if target.startswith("/static/") else None)
+        path = self._static.get(name) if name else None
+        if path is not None:
+            return 200, await trio.Path(path).read_bytes(), \
+                CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+        return 404, b"not found\n", "text/plain"

@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import json
 import re
-from collections import deque
+import secrets
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "FeedSession",
     "History",
     "Identity",
+    "LoginBook",
     "Replay",
     "Resync",
     "Send",
@@ -52,6 +54,7 @@ NOTE_MAX = 500
 POLICY_VIOLATION = 1008
 _MACHINE = re.compile(r"^[^/]+/[0-9]{1,3}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_LOGIN_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 def hash_token(token: str) -> str:
@@ -234,9 +237,11 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Authenticated:
-    """Send the welcome (with the alert state) and start delivering events."""
+    """Send the welcome (with the alert state) and start delivering events. `login`: the login
+    the client says it continues (the id from an earlier welcome), None for a fresh one."""
 
     identity: Identity
+    login: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,15 +326,17 @@ class FeedSession:
     def wants(self, envelope: dict[str, Any]) -> bool:
         return self.identity is not None and self.filter.wants(envelope)
 
-    def authenticate(self, token: str) -> list[Action]:
-        """Authenticate with a token (from the first message or from the subprotocol)."""
+    def authenticate(self, token: str, login: object = None) -> list[Action]:
+        """Authenticate with a token (from the first message or from the subprotocol);
+        `login` is the auth message's `login` (a reconnect continuing that login)."""
         entry = self._tokens.entry_for(token)
         if entry is None:
             return [AuthFailed(), Send(error("auth_failed", "unknown token")),
                     Close(POLICY_VIOLATION, "authentication failed")]
         self.entry = entry
         self.identity = Identity(entry.name, entry.role)
-        return [Authenticated(self.identity)]
+        resumed = login if isinstance(login, str) and _LOGIN_ID.match(login) else None
+        return [Authenticated(self.identity, resumed)]
 
     def receive(self, frame: str | bytes) -> list[Action]:
         if isinstance(frame, bytes):
@@ -350,7 +357,8 @@ class FeedSession:
         if self.identity is None:
             if kind != "auth":
                 return self._need_auth()
-            return self.authenticate(message.get("token"))  # type: ignore[arg-type]
+            return self.authenticate(message.get("token"),  # type: ignore[arg-type]
+                                     message.get("login"))
         handler = {"auth": self._again, "subscribe": self._subscribe,
                    "unsubscribe": self._subscribe, "replay": self._replay, "ack": self._ack,
                    "command": self._command, "resync": self._resync,
@@ -447,3 +455,45 @@ def _names(message: dict[str, Any], key: str, valid: Any, what: str) -> set[str]
         if not valid(value):
             raise _BadRequest(f"{key}: {value!r} is not {what}")
     return set(values)
+
+
+class LoginBook:
+    """When each login on a shared tablet began, so that the server, not only the page, ends a
+    session `max_s` after the person typed the token, however often the page reconnected since.
+
+    A welcome carries the login's id; the page sends it back in `auth` when it reconnects.
+    `begin` answers with the login's id and the time it expires (a fresh login for no id, an
+    unknown id, e.g. after a gateway restart, or another person's id), or None when that login
+    has expired: the client must log in again. Pure: `now` is passed in. At most `capacity`
+    live and `capacity` expired logins are remembered, the oldest forgotten first (logins are
+    kept in the order they began, which is the order they end).
+    """
+
+    def __init__(self, max_s: float, capacity: int = 4096) -> None:
+        self.max_s = max_s
+        self.capacity = capacity
+        self._live: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> (name, end)
+        self._expired: OrderedDict[str, str] = OrderedDict()             # id -> name
+
+    def begin(self, name: str, login: str | None, now: float) -> tuple[str, float] | None:
+        self._expire(now)
+        if login is not None and self._expired.get(login) == name:
+            return None
+        known = self._live.get(login) if login is not None else None
+        if login is not None and known is not None and known[0] == name:
+            return login, known[1]
+        fresh = secrets.token_urlsafe(18)
+        self._live[fresh] = (name, now + self.max_s)
+        while len(self._live) > self.capacity:
+            self._live.popitem(last=False)
+        return fresh, now + self.max_s
+
+    def _expire(self, now: float) -> None:
+        while self._live:
+            login, (name, end) = next(iter(self._live.items()))
+            if end > now:
+                break
+            del self._live[login]
+            self._expired[login] = name
+        while len(self._expired) > self.capacity:
+            self._expired.popitem(last=False)

@@ -63,14 +63,31 @@ OUTCOME = """(before) => {
 @dataclass
 class TapReport:
     taps: int = 0
-    confirmed: list[dict[str, Any]] = field(default_factory=list)
-    refused: int = 0
+    acked: list[dict[str, Any]] = field(default_factory=list)  # ok: read, under, named
+    refused: dict[str, int] = field(default_factory=dict)      # by the page, by reason
+    gone: int = 0                   # the machine cleared the alert before it was acknowledged
+    gateway_refused: dict[str, int] = field(default_factory=dict)
     moved_before_tap: int = 0       # another machine's tile was under the pointer than read
     changed_before_tap: int = 0     # the tile read showed another alert when tapped
+    warned_switched: int = 0        # confirmations that said "this tile changed just now"
     wrong_dialog: int = 0           # the confirmation named another alert than the pointer's
     scrolls: int = 0
-    refusals: dict[str, int] = field(default_factory=dict)
-    cleared_meanwhile: int = 0      # the machine cleared the alert while it was being confirmed
+
+    @property
+    def acked_as_tapped(self) -> int:
+        return sum(1 for a in self.acked if a["named"] == a["under"])
+
+    @property
+    def wrong(self) -> int:
+        return self.wrong_dialog + sum(1 for a in self.acked if a["named"] != a["under"])
+
+    def line(self) -> str:
+        return (f"taps {self.taps} / acked-as-tapped {self.acked_as_tapped} / "
+                f"refused {sum(self.refused.values())} {self.refused} / wrong {self.wrong}; "
+                f"alert gone before the ack {self.gone}, gateway refused "
+                f"{self.gateway_refused}, tile switched alerts between reading and tapping "
+                f"{self.changed_before_tap} (warned {self.warned_switched}), tile moved "
+                f"{self.moved_before_tap}, scrolls {self.scrolls}")
 
 
 def center(page: Any, selector: str) -> tuple[float, float]:
@@ -92,45 +109,55 @@ def tap_like_a_person(page: Any, seconds: float, seed: int = 5) -> TapReport:
         # A person's reaction time between reading the tile and the finger landing: this is
         # the behaviour under test, not a wait for something to happen.
         time.sleep(rng.uniform(0.15, 0.30))
-        refused_before = int(page.evaluate("Number(document.body.dataset.refused || 0)"))
-        page.mouse.click(target["x"], target["y"])
-        report.taps += 1
-        under = page.evaluate("window.__taps[window.__taps.length - 1]")
-        if under["machine"] != target["machine"]:
-            report.moved_before_tap += 1
-        if under["alert"] != target["alert"]:
-            report.changed_before_tap += 1
-        outcome = page.wait_for_function(OUTCOME, arg=refused_before, timeout=5000).json_value()
-        if outcome == "refused":
-            report.refused += 1
-            why = page.evaluate("document.body.dataset.refusedWhy")
-            report.refusals[why] = report.refusals.get(why, 0) + 1
-            continue
-        named = int(page.get_attribute("#confirm", "data-alert"))
-        if named != under["alert"]:
-            report.wrong_dialog += 1
-        # The alert can be cleared by its machine while the confirmation is open: then "Yes"
-        # is disabled and says so, and the person cancels.
-        if page.evaluate("!document.getElementById('confirm-yes').disabled"):
-            page.mouse.click(*center(page, "#confirm-yes"))
-        done = page.wait_for_function(
-            "() => { const yes = document.getElementById('confirm-yes');"
-            " if (document.getElementById('confirm').hidden) return 'sent';"
-            " return yes.disabled && yes.textContent !== 'Sending…' ? 'cleared' : null; }",
-            timeout=10000).json_value()
-        if done == "cleared":
-            page.click("#confirm-no")
-            page.wait_for_function("() => document.getElementById('confirm').hidden")
-            report.cleared_meanwhile += 1
-            continue
-        report.confirmed.append({"read": target["alert"], "under": under["alert"],
-                                 "named": named})
+        _tap(page, target, report)
     return report
+
+
+def _tap(page: Any, target: dict[str, Any], report: TapReport) -> None:
+    """One tap at the point read, then "Yes" on the confirmation, recorded in `report`."""
+    refused_before = int(page.evaluate("Number(document.body.dataset.refused || 0)"))
+    page.mouse.click(target["x"], target["y"])
+    report.taps += 1
+    under = page.evaluate("window.__taps[window.__taps.length - 1]")
+    report.moved_before_tap += under["machine"] != target["machine"]
+    report.changed_before_tap += under["alert"] != target["alert"]
+    outcome = page.wait_for_function(OUTCOME, arg=refused_before, timeout=5000).json_value()
+    if outcome == "refused":
+        why = page.evaluate("document.body.dataset.refusedWhy")
+        if why == "alert gone":
+            report.gone += 1
+        report.refused[why] = report.refused.get(why, 0) + 1
+        return
+    named = int(page.get_attribute("#confirm", "data-alert"))
+    report.wrong_dialog += named != under["alert"]
+    report.warned_switched += page.get_attribute("#confirm", "data-switched") == "true"
+    # The alert can be cleared by its machine while the confirmation is open: then "Yes"
+    # is disabled and says so, and the person cancels.
+    if page.evaluate("!document.getElementById('confirm-yes').disabled"):
+        page.mouse.click(*center(page, "#confirm-yes"))
+    done = page.wait_for_function(
+        "() => { const yes = document.getElementById('confirm-yes');"
+        " if (document.getElementById('confirm').hidden) return 'sent';"
+        " return yes.disabled && yes.textContent !== 'Sending…' ? 'cleared' : null; }",
+        timeout=10000).json_value()
+    if done == "cleared":
+        page.click("#confirm-no")
+        page.wait_for_function("() => document.getElementById('confirm').hidden")
+        report.gone += 1
+        return
+    result = page.evaluate("JSON.parse(document.body.dataset.ackResult || 'null')")
+    if result and result["seq"] == named and result["ok"]:
+        report.acked.append({"read": target["alert"], "under": under["alert"], "named": named})
+    elif result and result["reason"] == "no open alert has that seq":
+        report.gone += 1    # cleared by its machine between "Yes" and the gateway
+    else:
+        reason = result["reason"] if result else "no result"
+        report.gateway_refused[reason] = report.gateway_refused.get(reason, 0) + 1
 
 
 def tap_acknowledge(page, tile: str) -> None:
     """Tap a tile's Acknowledge and wait for the confirmation. A tap just after the board
-    re-sorted or the tile changed is refused ("tap again"): a person taps again, so does this."""
+    re-sorted is refused ("tap again"): a person taps again, so does this."""
     for _ in range(5):
         before = int(page.evaluate("Number(document.body.dataset.refused || 0)"))
         page.locator(f"{tile} .ack-button").click()

@@ -3,8 +3,8 @@ acknowledge exactly the alert under the finger, and each state the floor meets (
 phone, platform down, gateway down, too many failed logins) is asserted in the DOM and saved as
 a screenshot in test-output/.
 
-The 60 s acceptance run of the tap test is bench/board_taps.py; here it runs BOARD_TAP_SECONDS
-(default 20 s) so CI stays within its budget.
+The tap test runs the full 60 s acceptance run (BOARD_TAP_SECONDS to change it; the test takes
+about 75 s in all); bench/board_taps.py is the same harness from the command line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from .live import OUTPUT, BusyFloor, LiveFeed
 from .taps import RECORD_TAPS, tap_like_a_person
 
-TAP_SECONDS = float(os.environ.get("BOARD_TAP_SECONDS", "20"))
+TAP_SECONDS = float(os.environ.get("BOARD_TAP_SECONDS", "60"))
 
 
 def log_in(page, url: str, token: str = "attendant-token") -> None:
@@ -40,6 +40,7 @@ def test_taps_on_a_busy_board_acknowledge_exactly_the_alert_under_the_pointer(br
         page.add_init_script(RECORD_TAPS)
         log_in(page, live.url)
         page.wait_for_function("() => document.querySelectorAll('.tile').length >= 100")
+        open_at_start = len(live.server.board.alerts)
         with live.busy(floor):
             started = floor.opened
             began = time.monotonic()
@@ -47,17 +48,21 @@ def test_taps_on_a_busy_board_acknowledge_exactly_the_alert_under_the_pointer(br
             rate = (floor.opened - started) / (time.monotonic() - began)
         open_now = len(live.server.board.alerts)
     acked = [seq for seq, by in live.acks]
-    print(f"\ntaps {report.taps}, confirmed {len(report.confirmed)}, "
-          f"refused {report.refused} {report.refusals}, "
-          f"changed before the tap {report.changed_before_tap}, scrolls {report.scrolls}, "
-          f"new alerts {rate:.1f}/s, open at the end {open_now}")
-    assert rate >= 5 and open_now >= 500, (rate, open_now)
-    assert report.taps >= TAP_SECONDS / 2 and len(report.confirmed) >= report.taps * 0.6
+    print(f"\n{report.line()}; new alerts {rate:.1f}/s for {TAP_SECONDS:.0f} s, open "
+          f"{open_at_start} at the start, {open_now} at the end")
+    assert rate >= 5 and min(open_at_start, open_now) >= 500, (rate, open_at_start, open_now)
+    assert report.taps >= TAP_SECONDS * 0.6, report.line()
     # Every acknowledgement is of the alert under the pointer, and no other was acknowledged.
-    assert acked == [c["under"] for c in report.confirmed]
-    assert all(c["read"] == c["under"] == c["named"] for c in report.confirmed)
-    assert report.wrong_dialog == 0
-    # No tile moved between reading it and tapping it. A tile whose alert changed meanwhile
-    # (a new alert on that machine) was refused, never confirmed (checked just above).
+    assert report.wrong == 0, report.line()
+    assert acked == [a["under"] for a in report.acked]
+    assert all(a["named"] == a["under"] for a in report.acked)
+    # No tap is refused for a change that leaves the alert it names in place: the only
+    # refusal is an alert its machine cleared before the tap was taken (none of this floor's
+    # closes are aimed at it; a few can hit it by chance).
+    assert set(report.refused) <= {"alert gone"}, report.line()
+    assert not report.gateway_refused, report.line()
+    assert report.acked_as_tapped + report.gone == report.taps, report.line()
+    assert report.gone <= max(2, report.taps // 50), report.line()
+    # No tile moved between reading it and tapping it.
     assert report.moved_before_tap == 0
     assert all(by == "ann" for _, by in live.acks)

@@ -175,3 +175,52 @@ async def test_end_to_end_over_pty() -> None:
         mine = Counter((e.source.code, e.source.payload) for e in sink.exceptions()
                        if e.machine.port == f"pty{n}")
         assert mine == Counter((e.code, e.data) for e in egm.ledger.entries if not e.lost)
+
+
+async def test_read_meters_under_neutral_names(autojump_clock: trio.abc.Clock) -> None:
+    """drivers.base.MeterSource: a SAS meter read comes back under MeterName, credits as
+    credits; an address not on the port is a LookupError, an offline machine a
+    ConnectionError."""
+    from drivers.base import MeterName, MeterSource
+    from drivers.sas.driver import NEUTRAL_METERS
+
+    host_end, egm_end = memory_link_pair()
+    egm = SasEgm(1, Ledger(), play=PlayModel(3, 1.0), serial="MTR1")
+
+    async def opener() -> MemoryHostLink:
+        return host_end
+
+    driver = SasDriver("mem0", opener, [1])
+    assert isinstance(driver, MeterSource)
+    with pytest.raises(ConnectionError, match="offline"):
+        await driver.read_meters(1)  # not running: the machine is not online
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_egm, egm, egm_end)
+        await nursery.start(driver.run, RecordingSink())
+        await trio.sleep(30)
+        raw = await driver.execute(MachineCommand("requestMeters", 1))
+        reading = await driver.read_meters(1)
+        with pytest.raises(LookupError):
+            await driver.read_meters(2)
+        nursery.cancel_scope.cancel()
+    assert reading.machine.serial == "MTR1" and reading.machine.address == 1
+    sas = raw.data["meters"]
+    expected = {NEUTRAL_METERS[n][0]: v * NEUTRAL_METERS[n][1] for n, v in sas.items()
+                if n in NEUTRAL_METERS}
+    # Meters move while the machine plays: compare the names, and the counters never go back.
+    assert set(reading.values) == set(expected) >= {MeterName.COIN_IN_CREDITS,
+                                                    MeterName.GAMES_PLAYED}
+    assert all(reading.values[k] >= expected[k] for k in expected)
+    assert reading.values[MeterName.GAMES_PLAYED] > 0
+
+
+def test_every_neutral_meter_has_a_sas_source() -> None:
+    from drivers.base import MeterName
+    from drivers.sas.codes import METER_CODES
+    from drivers.sas.driver import NEUTRAL_METERS
+    from drivers.sas.messages import METER_NAMES
+
+    sas_names = set(METER_CODES.values()) | {n for m in METER_NAMES.values() for n, _ in m}
+    assert set(NEUTRAL_METERS) <= sas_names
+    assert {neutral for neutral, _ in NEUTRAL_METERS.values()} == set(MeterName)
+    assert NEUTRAL_METERS["bills_total_dollars"] == (MeterName.BILLS_IN_CENTS, 100)

@@ -309,8 +309,10 @@ def test_priority_exception_does_not_settle_a_pending_redelivery(tmp_path) -> No
     from drivers.base import MachineRef, SourceRef
     from drivers.redelivery import RedeliveryBook, Unacknowledged
 
-    class Outbox:
-        redelivery = RedeliveryBook({"p/1": Unacknowledged(9, (0x7E, b"\x01"), None)})
+    book = RedeliveryBook({"p/1": Unacknowledged(9, (0x7E, b"\x01"), None)})
+
+    class Outbox:  # the outbox asks its machine ledger, which holds such a book
+        redelivered_seq = staticmethod(book.check)
 
     from gateway.capture import OutboxSink
     sink = OutboxSink(Outbox(), currency="USD")  # type: ignore[arg-type]

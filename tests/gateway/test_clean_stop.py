@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from drivers.sim.fleet import serve_fleet
-from gateway import daemon
+from gateway import daemon, ports
 from gateway.outbox import Outbox, OutboxSettings, open_readonly
 from gateway.receiver.server import ReceiverSettings, serve_receiver
 from gateway.signing import write_signing_key
@@ -96,5 +96,5 @@ async def test_a_port_stopped_during_start_up_still_reports_started() -> None:
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_when_blocked)
-            await nursery.start(daemon.stoppable_port, gw, "p")
+            await nursery.start(ports.stoppable_port, gw, "p")
     assert len(gw.port_scopes) == 1 and gw.port_scopes[0].cancelled_caught

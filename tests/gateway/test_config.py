@@ -27,7 +27,8 @@ def with_changes(section: str, **changes):
 
 def test_minimal_config_gets_defaults():
     config = parse_config(MINIMAL)
-    assert config.ports[0].poll_interval_ms == 200
+    assert config.ports[0].settings.poll_interval_ms == 200
+    assert config.ports[0].protocol == "sas"
     assert config.ports[0].addresses == (1,)
     assert config.outbox_path == Path("/var/lib/casino-gateway/outbox.db")
 

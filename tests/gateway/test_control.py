@@ -19,6 +19,8 @@ import trio.lowlevel
 
 from drivers.link import TxFrame
 from drivers.link.memory import memory_link_pair
+from drivers.link.tap import TappedLink
+from drivers.sas.trace import SasTraceDecoder, describe_answer, describe_poll
 from drivers.sim.fleet import SimFleet, serve_fleet
 from gateway import control, daemon
 from gateway.bounded import InputRejected
@@ -26,11 +28,9 @@ from gateway.config import Config, GatewaySection, LogSection, PortSection, Upli
 from gateway.control import (
     ControlServer,
     ControlUnavailableError,
+    PortTap,
     TraceHub,
-    TracingLink,
     control_socket_path,
-    describe_answer,
-    describe_poll,
     key_fingerprint,
     parse_request,
 )
@@ -64,8 +64,7 @@ def gateway_config(base: Path, device_paths: list[str], url: str, sock: Path) ->
                                control_socket=sock),
         uplink=UplinkSection(url=url, token_file=base / "token", backoff_initial_s=0.05,
                              backoff_max_s=0.2),
-        ports=tuple(PortSection(name=f"port{i + 1}", device=Path(p), addresses=(1,),
-                                poll_interval_ms=40)
+        ports=tuple(PortSection.of(f"port{i + 1}", Path(p), (1,), poll_interval_ms=40)
                     for i, p in enumerate(device_paths)),
         log=LogSection(level="warning"),
     )
@@ -245,7 +244,7 @@ async def test_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path):
 async def test_tracing_link_reports_only_while_someone_listens():
     hub = TraceHub()
     host, egm = memory_link_pair()
-    link = TracingLink(host, "port1", hub)
+    link = TappedLink(host, PortTap(hub, "port1", SasTraceDecoder()))
     with trio.fail_after(5):
         await link.send(TxFrame(b"\x81"))  # nobody tracing: nothing queued anywhere
         with hub.subscribe("port1") as (_sub, frames):
@@ -267,14 +266,14 @@ def test_tracing_link_overrides_every_link_method():
     from drivers.link import SasLink
 
     inherited = [name for name, member in inspect.getmembers(SasLink, inspect.isfunction)
-                 if not name.startswith("_") and name not in vars(TracingLink)]
+                 if not name.startswith("_") and name not in vars(TappedLink)]
     assert inherited == []
 
 
 async def test_tracing_link_keeps_the_ninth_bit():
     hub = TraceHub()
     host, egm = memory_link_pair()
-    link = TracingLink(host, "port1", hub)
+    link = TappedLink(host, PortTap(hub, "port1", SasTraceDecoder()))
     with trio.fail_after(5), hub.subscribe("port1") as (_sub, frames):
         await egm.send_words([0x101])  # a chirp: address 1 with the wakeup bit
         assert await link.receive_words() == [0x101]

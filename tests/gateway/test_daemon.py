@@ -14,7 +14,7 @@ import trio.testing
 
 from drivers.base import MachineEvent, MachineRef, SourceRef
 from drivers.sim.fleet import serve_fleet
-from gateway import daemon
+from gateway import daemon, ports
 from gateway.config import load_config
 from gateway.daemon import (
     PipelineHealth,
@@ -157,7 +157,7 @@ async def test_sighup_reload_applies_tokens_and_allow_list(tmp_path: Path):
                                              handle_signals_=False))
             await wait_until(gw, lambda: all_online(gw))
             assert gw.feed is not None
-            assert gw.feed._tokens.authenticate("old-token") is not None
+            assert gw.feed.tokens.authenticate("old-token") is not None
 
             # Unchanged file: nothing applied, nothing to restart.
             assert reload_config(gw) == {"applied": [], "restart_needed": []}
@@ -169,8 +169,8 @@ async def test_sighup_reload_applies_tokens_and_allow_list(tmp_path: Path):
             assert result == {"applied": ["feed.tokens", "commands.allowed"],
                               "restart_needed": ["uplink.batch_max"]}
             assert gw.commands.settings.allowed == {"requestMeters", "disableMachine"}
-            assert gw.feed._tokens.authenticate("new-token") is not None
-            assert gw.feed._tokens.authenticate("old-token") is None
+            assert gw.feed.tokens.authenticate("new-token") is not None
+            assert gw.feed.tokens.authenticate("old-token") is None
             # The running config now holds what was applied: a second SIGHUP only repeats
             # what still needs a restart.
             assert reload_config(gw) == {"applied": [], "restart_needed": ["uplink.batch_max"]}
@@ -291,7 +291,7 @@ async def test_port_logs_the_real_retry_delay_and_its_recovery(autojump_clock):
         with structlog.testing.capture_logs() as logs:
             async with trio.open_nursery() as nursery:
                 # jitter 1.0: the top of each full-jitter range, so the delays are exact.
-                await nursery.start(partial(daemon.supervise_port, jitter=lambda: 1.0), Gw(),
+                await nursery.start(partial(ports.supervise_port, jitter=lambda: 1.0), Gw(),
                                     "port1")
                 await trio.sleep(200)
                 nursery.cancel_scope.cancel()
@@ -333,7 +333,7 @@ async def test_a_dead_port_logs_once_a_minute_not_every_retry(autojump_clock):
     try:
         with structlog.testing.capture_logs() as logs:
             async with trio.open_nursery() as nursery:
-                await nursery.start(partial(daemon.supervise_port, jitter=lambda: 1.0), Gw(),
+                await nursery.start(partial(ports.supervise_port, jitter=lambda: 1.0), Gw(),
                                     "port1")
                 await trio.sleep(600)
                 nursery.cancel_scope.cancel()

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from drivers.link.advice import open_advice as _open_advice
+from drivers.sas.probe import probe
 from drivers.sim.fleet import serve_fleet
 from gateway.cli import main
-from gateway.diag import _open_advice, _status, assess, probe, render_check, render_probe
+from gateway.diag import _status, assess, render_check, render_probe
 from gateway.logs import configure_logging
 from tests.gateway.test_control import all_online, running_gateway, short_dir, wait_until
 

@@ -16,8 +16,10 @@ import pytest
 import trio
 
 from drivers.link import SasLink, TxFrame, open_link
+from drivers.link import tty as link_tty
 from drivers.link.tty import PtyEgmLink
 from drivers.sas import messages
+from drivers.sas import probe as sas_probe
 from drivers.sas.codes import Exc
 from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sas.journal import PollJournal
@@ -91,7 +93,7 @@ async def test_probe_resumes_from_the_journal_and_acknowledges_nothing_unrecorde
     egm = _rte_machine_with_an_unrecorded_event(journal, Ledger(sink.waiter.poke))
     with trio.fail_after(30):
         async with machine_on_pty(egm) as (device, _):
-            report = await diag.probe(device, 1, timeout_s=0.1, journal=journal)
+            report = await sas_probe.probe(device, 1, timeout_s=0.1, journal=journal)
             assert report["resumed_from"] == "81"
             assert report["pending"]["address"] == 1
             assert "event 4F" in report["pending"]["answer"]
@@ -111,7 +113,7 @@ async def test_an_event_seen_mid_probe_is_left_for_the_gateway(tmp_path: Path) -
     egm.raise_exception(Exc.SLOT_DOOR_OPENED, b"", 0.0)
     with trio.fail_after(30):
         async with machine_on_pty(egm) as (device, _):
-            report = await diag.probe(device, 1, timeout_s=0.1, journal=journal)
+            report = await sas_probe.probe(device, 1, timeout_s=0.1, journal=journal)
             [step] = report["steps"]
             assert step["poll"] == "LP 1F" and step["event"] == Exc.SLOT_DOOR_OPENED
             assert any("left it unacknowledged" in a for a in report["advice"])
@@ -129,7 +131,7 @@ async def test_probe_refuses_a_device_the_gateway_holds(tmp_path: Path) -> None:
         async with machine_on_pty(egm) as (device, link):
             held = await open_link(device, lock_dir=tmp_path)
             try:
-                report = await diag.probe(device, 1, lock_dir=tmp_path)
+                report = await sas_probe.probe(device, 1, lock_dir=tmp_path)
             finally:
                 await held.aclose()
     assert report["busy"] and f"in use by process {os.getpid()}" in report["error"]
@@ -153,11 +155,11 @@ async def test_probe_spaces_polls_to_one_machine(tmp_path: Path,
         link.send = recorded  # type: ignore[method-assign]
         return link
 
-    monkeypatch.setattr(diag, "open_link", recording_open)
+    monkeypatch.setattr(sas_probe, "open_link", recording_open)
     egm = SasEgm(1, Ledger(), chirp=False, unsupported=frozenset({0x11, 0x15}))
     with trio.fail_after(30):
         async with machine_on_pty(egm) as (device, _):
-            report = await diag.probe(device, 1, timeout_s=0.02, spacing_s=0.06)
+            report = await sas_probe.probe(device, 1, timeout_s=0.02, spacing_s=0.06)
     assert report["ok"]
     times = [t for t, address in sent if address == 1]
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -167,11 +169,11 @@ async def test_probe_spaces_polls_to_one_machine(tmp_path: Path,
 
 async def test_probe_warns_about_a_slow_latency_timer(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(diag, "adapter_latency_timer_ms", lambda device: 16)
+    monkeypatch.setattr(link_tty, "adapter_latency_timer_ms", lambda device: 16)
     egm = SasEgm(1, Ledger(), chirp=False)
     with trio.fail_after(30):
         async with machine_on_pty(egm) as (device, _):
-            report = await diag.probe(device, 1, timeout_s=0.1)
+            report = await sas_probe.probe(device, 1, timeout_s=0.1)
     assert report["latency_timer_ms"] == 16
     [advice] = [a for a in report["advice"] if "latency timer" in a]
     assert "16 ms" in advice and "latency_timer" in advice

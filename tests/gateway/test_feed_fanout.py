@@ -14,8 +14,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from gateway.feed.fanout import Batch as _Batch
+from gateway.feed.fanout import live_frame as _live_frame
+from gateway.feed.fanout import pause as _pause
 from gateway.feed.protocol import encode_envelope, envelope_json, events_frame
-from gateway.feed.server import FeedServer, FeedSettings, _Batch, _live_frame, _pause
+from gateway.feed.server import FeedServer, FeedSettings
 from gateway.signing import decode_envelope
 
 from .test_feed_server import TOKENS, Feed, auth, recv_events, recv_type, subscribe

@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from gateway.accepting import serve_accepting
-from gateway.feed.guard import Admission, LogThrottle, Ticket
 from gateway.feed.protocol import FailureLimiter
 from gateway.feed.server import FeedServer, FeedSettings
+from gateway.limits import Admission, LogThrottle, Ticket
 from tests.gateway.test_feed_server import (
     TOKENS,
     auth,
@@ -101,7 +101,7 @@ async def test_half_open_flood_from_one_address_does_not_lock_out_another(start_
         held = [await open_from(feed.port) for _ in range(3)]   # half-open: no request sent
         # Every task blocked (the server's on reading those three): all three are admitted.
         await trio.testing.wait_all_tasks_blocked(0.05)
-        assert feed.server._admission.open == 3
+        assert feed.server.admission.open == 3
         refused = await open_from(feed.port)
         reply = await refused.receive_some(1024)
         assert reply.startswith(b"HTTP/1.1 503 ")
@@ -283,7 +283,8 @@ async def test_other_accept_errors_still_raise():
 
 
 def test_caps_fit_the_descriptor_limit():
-    from gateway.feed.server import FD_RESERVE, _admission
+    from gateway.feed.guard import FD_RESERVE
+    from gateway.feed.guard import admission as _admission
 
     settings = FeedSettings()
     roomy = _admission(settings, 65536)

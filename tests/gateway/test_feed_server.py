@@ -571,7 +571,7 @@ async def test_shutdown_closes_clients_with_going_away(make_outbox, nursery):
                 await auth(ws)
                 inner.cancel_scope.cancel()
                 assert await closed_with(ws) == (1001, "gateway shutting down")
-        assert server._on_commit not in outbox.commit_listeners
+        assert server.fanout.on_commit not in outbox.commit_listeners
 
 
 def test_settings_from_config():

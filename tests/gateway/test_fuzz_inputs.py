@@ -183,14 +183,14 @@ def test_feed_http_any_bytes_get_an_answer_or_a_close(make_outbox, data: bytes) 
     async def exchange() -> None:
         client, served = memory_stream_pair()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(server._serve_connection, served)
+            nursery.start_soon(server.http.serve_connection, served)
             await client.send_all(data)
             await client.send_eof()
             while await client.receive_some(65536):
                 pass
 
     trio.run(exchange, clock=MockClock(autojump_threshold=0))
-    assert server._handler_errors._value.get() == 0
+    assert server.metrics.handler_errors._value.get() == 0
 
 
 _OUTBOXES: dict[int, Any] = {}

@@ -11,6 +11,7 @@ from gateway.capture import OutboxSink
 from gateway.errors import StoreError
 from gateway.events import system_draft
 from gateway.outbox import OutboxSettings, iter_envelopes, open_readonly
+from gateway.outbox.ledger import LedgerChanges
 from gateway.signing import decode_envelope, key_id
 from gateway.verify import verify_events
 
@@ -297,10 +298,10 @@ async def test_oldest_undelivered_age_is_a_live_figure(make_outbox):
     conn.execute("UPDATE events SET captured_at = captured_at - 3600 WHERE seq <= 2")
     conn.close()
     await outbox.mark_delivered(1)
-    outbox._commit([], {}, outbox.delivered_seq)  # the writer persists the mark
+    outbox._commit([], LedgerChanges(), outbox.delivered_seq)  # the writer persists the mark
     assert 3599 < outbox.statistics()["oldest_undelivered_s"] < 3700  # seq 2 is an hour old
     await outbox.mark_delivered(5)
-    outbox._commit([], {}, outbox.delivered_seq)
+    outbox._commit([], LedgerChanges(), outbox.delivered_seq)
     assert outbox.statistics()["oldest_undelivered_s"] == 0.0
 
 

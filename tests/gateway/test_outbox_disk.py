@@ -15,6 +15,7 @@ from drivers.base import MachineEvent, MachineRef
 from gateway.capture import OutboxSink
 from gateway.events import system_draft
 from gateway.outbox import MB, iter_envelopes, open_readonly
+from gateway.outbox.ledger import LedgerChanges
 from gateway.signing import decode_envelope, key_id
 from gateway.verify import verify_events
 
@@ -157,7 +158,7 @@ async def test_free_pages_inside_the_database_count_as_free_space(make_outbox, o
     """Pruning delivered rows under the floor frees pages SQLite reuses: they count."""
     disk = FakeDisk(free=0)
     outbox = make_outbox(settings_with(outbox_settings, disk, min_free_mb=0.001))
-    outbox._db_free_bytes = 2 * MB  # as measured by the writer after its last commit
+    outbox._disk.db_free_bytes = 2 * MB  # as measured by the writer after its last commit
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(outbox.run_writer)
@@ -178,9 +179,9 @@ async def test_under_the_floor_delivered_events_are_pruned_first(make_outbox, ou
             nursery.cancel_scope.cancel()
     await outbox.mark_delivered(60)
     # The writer's commit, called directly: each one prunes at most prune_batch rows.
-    outbox._commit([], {}, outbox.delivered_seq, low_space=True)
-    outbox._commit([], {}, outbox.delivered_seq, low_space=True)
-    outbox._commit([], {}, outbox.delivered_seq, low_space=True)
+    outbox._commit([], LedgerChanges(), outbox.delivered_seq, low_space=True)
+    outbox._commit([], LedgerChanges(), outbox.delivered_seq, low_space=True)
+    outbox._commit([], LedgerChanges(), outbox.delivered_seq, low_space=True)
     conn = open_readonly(outbox_settings.path)
     seqs = [seq for seq, _ in iter_envelopes(conn)]
     assert seqs == list(range(61, 101)) and outbox.pruned_total == 60
@@ -192,14 +193,14 @@ async def test_a_commit_that_hits_a_full_disk_is_held_and_retried_not_fatal(
     """SQLITE_FULL although the floor check passed (filled between two checks, or a quota):
     the group waits, intake stops, and it is committed once there is room. SQLite's
     max_page_count makes the database 'full' without filling a disk."""
-    from gateway.outbox import _Pending
+    from gateway.outbox.pending import Pending
 
     disk = FakeDisk(free=500 * MB)
     outbox = make_outbox(settings_with(outbox_settings, disk))
     committed = Committed(outbox)
     pages = outbox._conn.execute("PRAGMA page_count").fetchone()[0]
     outbox._conn.execute(f"PRAGMA max_page_count = {pages}")
-    batch = [_Pending(draft(i)) for i in range(50)]
+    batch = [Pending(draft(i)) for i in range(50)]
     send, receive = trio.open_memory_channel(0)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -207,8 +208,8 @@ async def test_a_commit_that_hits_a_full_disk_is_held_and_retried_not_fatal(
             await send.send(batch)
             await send.send([])  # taken only once the committer has dealt with `batch`
             assert outbox.full_disk_commits == 1 and outbox.intake_stopped
-            assert list(outbox._held) == batch and not any(p.done.is_set() for p in batch)
-            assert [p.draft.type for p in outbox._internal] == ["diskFull"]
+            assert list(outbox._disk.held) == batch and not any(p.done.is_set() for p in batch)
+            assert [p.draft.type for p in outbox._disk.internal] == ["diskFull"]
             nursery.cancel_scope.cancel()
 
         outbox._conn.execute("PRAGMA max_page_count = 1073741823")  # space is back

@@ -18,7 +18,7 @@ from drivers.sas.driver import SasDriver, SasSettings
 from drivers.sim.egm import SasEgm
 from drivers.sim.ledger import Ledger
 from drivers.sim.line import PluggablePort
-from gateway import daemon
+from gateway import daemon, ports
 from tests.drivers.conftest import RecordingSink
 
 INTERVAL = 0.2
@@ -53,7 +53,7 @@ async def _lifecycle(tmp_path: Path, swap: bool,
             port = PluggablePort(device, nursery)
             first = _machine(sink, "AAA", 111)
             await port.plug([first])
-            await nursery.start(daemon.supervise_port, gw, "port1")
+            await nursery.start(ports.supervise_port, gw, "port1")
             # Normal mode: discovery goes before the next GP, so the exception raised now is
             # reported after the identity was read.
             await sink.waiter.until(lambda: _first(sink, "deviceOnline") is not None)
@@ -87,7 +87,7 @@ async def test_vanished_device_marks_offline_at_once_and_a_replug_resumes(
     assert offline.machine.serial == "AAA"  # the machine that went away
     assert marks["offline"] - marks["unplugged"] <= OFFLINE_WITHIN
     # The first reopen after the replug comes within the backoff cap (5 s, full jitter).
-    assert marks["online"] - marks["replugged"] <= daemon.PORT_RETRY_MAX_S + 0.5
+    assert marks["online"] - marks["replugged"] <= ports.PORT_RETRY_MAX_S + 0.5
     assert [e.type for e in sink.recorded if e.type.startswith("device")] == [
         "deviceOnline", "deviceOffline", "deviceOnline"]
     assert _first(sink, "machineReplaced") is None
@@ -120,7 +120,7 @@ async def test_a_device_missing_at_start_marks_its_machines_offline(
     gw = SimpleNamespace(drivers={"port1": driver}, sink=sink, port_failures={},
                          port_errors={})
     async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.supervise_port, gw, "port1")
+        await nursery.start(ports.supervise_port, gw, "port1")
         await trio.sleep(30)
         nursery.cancel_scope.cancel()
     offline = [e for e in sink.recorded if e.type == "deviceOffline"]
@@ -135,10 +135,10 @@ async def test_a_device_missing_at_start_marks_its_machines_offline(
 
 
 async def test_reopen_backoff_is_the_jittered_helper_starting_short() -> None:
-    delays = [daemon.backoff_delay(n, initial=daemon.PORT_RETRY_INITIAL_S,
-                                   maximum=daemon.PORT_RETRY_MAX_S, random=lambda: 0.999)
+    delays = [ports.backoff_delay(n, initial=ports.PORT_RETRY_INITIAL_S,
+                                   maximum=ports.PORT_RETRY_MAX_S, random=lambda: 0.999)
               for n in range(8)]
-    assert delays[0] <= 1.0 and max(delays) <= daemon.PORT_RETRY_MAX_S
+    assert delays[0] <= 1.0 and max(delays) <= ports.PORT_RETRY_MAX_S
     assert delays == sorted(delays)
 
 

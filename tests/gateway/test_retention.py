@@ -11,6 +11,7 @@ import trio
 
 from gateway.events import system_draft
 from gateway.outbox import iter_envelopes, open_readonly
+from gateway.outbox.ledger import LedgerChanges
 from gateway.signing import key_id
 from gateway.verify import verify_events
 
@@ -51,7 +52,7 @@ def stored_seqs(path) -> list[int]:
 
 def commit_nothing(outbox) -> None:
     """One writer commit with no new events (what the writer runs as maintenance)."""
-    outbox._commit([], {}, outbox.delivered_seq)
+    outbox._commit([], LedgerChanges(), outbox.delivered_seq)
 
 
 async def test_old_delivered_events_are_pruned_in_bounded_batches(make_outbox, outbox_settings):
@@ -73,7 +74,7 @@ async def test_undelivered_events_are_never_pruned_however_old(make_outbox, outb
     age(settings.path, 40, days=400)
     await outbox.mark_delivered(15)
     for _ in range(5):
-        outbox._commit([], {}, outbox.delivered_seq, low_space=True)
+        outbox._commit([], LedgerChanges(), outbox.delivered_seq, low_space=True)
     assert stored_seqs(settings.path) == list(range(16, 41))
 
 

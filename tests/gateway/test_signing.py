@@ -194,22 +194,24 @@ async def test_big_group_through_the_signing_process_with_a_rotation(make_outbox
     import trio
 
     from gateway.events import system_draft
-    from gateway.outbox import _Pending, iter_envelopes, open_readonly
+    from gateway.outbox import iter_envelopes, open_readonly
+    from gateway.outbox.ledger import LedgerChanges
+    from gateway.outbox.pending import Pending
     from gateway.signing import SignerProcess
     from gateway.verify import verify_events
 
     outbox = make_outbox()
     new = Signer(nacl.signing.SigningKey.generate())
-    batch = [_Pending(system_draft("machineException", {"code": i}, now=time.time()))
+    batch = [Pending(system_draft("machineException", {"code": i}, now=time.time()))
              for i in range(3000)]
-    batch.insert(1500, _Pending(system_draft("keyRotated", {"new_kid": new.kid, "new_public_key":
+    batch.insert(1500, Pending(system_draft("keyRotated", {"new_kid": new.kid, "new_public_key":
                                                             bytes(new.verify_key).hex()},
                                              now=time.time()), rotate_to=new))
-    outbox._signing = SignerProcess()
+    outbox._sealing.process = SignerProcess()
     try:
-        envelopes = await trio.to_thread.run_sync(outbox._commit, batch, {}, 0)
+        envelopes = await trio.to_thread.run_sync(outbox._commit, batch, LedgerChanges(), 0)
     finally:
-        outbox._signing.close()
+        outbox._sealing.close()
     assert [e["kid"] for e in envelopes] == [signer.kid] * 1501 + [new.kid] * 1500
     conn = open_readonly(outbox_settings.path)
     report = verify_events(iter_envelopes(conn), {signer.kid: signer.verify_key})
@@ -223,21 +225,24 @@ async def test_a_dead_signing_process_falls_back_to_signing_in_process(make_outb
     import trio
 
     from gateway.events import system_draft
-    from gateway.outbox import SIGN_PROCESS_MIN, _Pending, iter_envelopes, open_readonly
+    from gateway.outbox import SIGN_PROCESS_MIN, iter_envelopes, open_readonly
+    from gateway.outbox.ledger import LedgerChanges
+    from gateway.outbox.pending import Pending
     from gateway.signing import SignerProcess
     from gateway.verify import verify_events
 
-    def group(size: int) -> list[_Pending]:
-        return [_Pending(system_draft("machineException", {"code": i}, now=time.time()))
+    def group(size: int) -> list[Pending]:
+        return [Pending(system_draft("machineException", {"code": i}, now=time.time()))
                 for i in range(size)]
 
     outbox = make_outbox()
-    outbox._signing = SignerProcess()
-    await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN), {}, 0)
-    outbox._signing._proc.kill()
-    outbox._signing._proc.wait()
-    envelopes = await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN * 3), {}, 0)
-    assert outbox._signing is None  # replaced by in-process signing, with a log line
+    outbox._sealing.process = SignerProcess()
+    await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN), LedgerChanges(), 0)
+    outbox._sealing.process._proc.kill()
+    outbox._sealing.process._proc.wait()
+    envelopes = await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN * 3), LedgerChanges(),
+                                               0)
+    assert outbox._sealing.process is None  # replaced by in-process signing, with a log line
     assert [e["seq"] for e in envelopes] == list(range(SIGN_PROCESS_MIN + 1,
                                                        SIGN_PROCESS_MIN * 4 + 1))
     conn = open_readonly(outbox_settings.path)

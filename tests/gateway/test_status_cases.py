@@ -61,8 +61,8 @@ class Site:
                                    state_dir=self.tmp / "state"),
             uplink=UplinkSection(url=url, token_file=self.tmp / "token", backoff_initial_s=0.05,
                                  backoff_max_s=0.3, **uplink),
-            ports=(PortSection(name="bank-a-01", device=Path(self.fleet.device_paths[0]),
-                               addresses=(1,), poll_interval_ms=40),),
+            ports=(PortSection.of("bank-a-01", Path(self.fleet.device_paths[0]),
+                                  (1,), poll_interval_ms=40),),
             log=LogSection(level="warning"),
             feed=FeedSection(port=0, tokens=(FeedTokenSection(
                 name="vic", sha256=hash_token("viewer-token"), role="viewer"),)),

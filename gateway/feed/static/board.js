@@ -8,20 +8,27 @@
 // - a new machine's tile is added at the end, a cleared machine's tile stays as a "cleared"
 //   placeholder, and tiles have a fixed size, so no tile moves while someone uses the board;
 // - the board is re-sorted (severity, then age) only after HOLD_MS without a touch, or when the
-//   Sort button is pressed; a tap within GUARD_MS of a re-sort, or of a change of what the tapped
-//   tile shows, is refused ("check and tap again") instead of being taken (GUARD_MS is well
-//   above the 150-300 ms between reading a tile and the finger landing);
-// - Acknowledge opens a confirmation naming the alert by kind, machine and time; only "Yes"
-//   sends it, for the alert named, whatever the board has done meanwhile.
+//   Sort button is pressed; a tap within GUARD_MS of a re-sort (or a filter change) is refused
+//   ("check and tap again"): tiles moved, so the point tapped may name another alert than read;
+// - a tap names the alert its tile showed at the instant the finger came down (pointerdown),
+//   whatever the tile shows by the time the click arrives; nothing else about the tile (its
+//   age, "+N more", another alert opening or closing on the machine) refuses the tap. It is
+//   refused only if that alert is gone (cleared by its machine) before the tap is taken;
+// - Acknowledge opens a confirmation bound to that alert's id and naming it by kind, machine and
+//   time (with a warning if the tile switched alerts just before the tap); only "Yes" sends it,
+//   for the alert named, whatever the board has done meanwhile.
 "use strict";
 
 (function () {
   const core = window.BoardCore;
   const TOKEN_KEY = "casino-feed-token";
   const LOGIN_AT_KEY = "casino-feed-login-at";
+  const LOGIN_ID_KEY = "casino-feed-login";  // the gateway's id of this login (it ends it too)
   const HOLD_MS = 15000;
   const GUARD_MS = 800;
+  const SWITCH_WARN_MS = 500; // a tile that switched alerts this soon before a tap: say so
   const CONFIRM_ARM_MS = 300;
+  const PRESS_MS = 2000;     // a click more than this after its pointerdown is taken as new
   const $ = (id) => document.getElementById(id);
 
   const model = {
@@ -101,7 +108,9 @@
     socket = ws;
     ws.onopen = () => {
       opened = true;
-      ws.send(JSON.stringify({ type: "auth", token: token }));
+      const login = sessionStorage.getItem(LOGIN_ID_KEY);
+      ws.send(JSON.stringify(login ? { type: "auth", token: token, login: login }
+        : { type: "auth", token: token }));
     };
     ws.onmessage = (event) => {
       let message;
@@ -117,6 +126,10 @@
       setConnected(false);
       if (stopped) return;
       if (event.code === 1008 && /^authentication/.test(event.reason || "")) return;
+      if (event.code === 1008 && event.reason === "session expired") {
+        logout(sessionEnded());
+        return;
+      }
       if (event.code === 1008 && event.reason) {
         scheduleReconnect("Connection dropped by the gateway (" + event.reason + ")");
       } else if (!opened) {
@@ -207,6 +220,7 @@
         model.identity = { name: message.name, role: message.role };
         model.timeZone = message.time_zone || null;
         if (message.session_max_s) model.sessionMaxMs = message.session_max_s * 1000;
+        if (message.login) sessionStorage.setItem(LOGIN_ID_KEY, message.login);
         hideLogin();
         setStatus("Connected as " + message.name + " (" + message.role + ")", "up");
         setConnected(true);
@@ -233,6 +247,8 @@
           stopped = true;
           sessionStorage.removeItem(TOKEN_KEY);
           showLogin(message.code === "auth_failed" ? "Unknown token." : message.message);
+        } else if (message.code === "session_expired") {
+          logout(sessionEnded());
         } else {
           toast(message.message);
         }
@@ -282,7 +298,7 @@
     const first = tiles.size === 0;
     for (const machine of touched) patchMachine(machine);
     if (first) {
-      resort();
+      resort(true);
       hold();  // someone is looking at a board that just appeared: leave it still
     }
     renderBanner();
@@ -366,15 +382,35 @@
     const actions = el("div", "tile-actions");
     const ack = el("button", "ack-button", "Acknowledge");
     ack.type = "button";
-    ack.addEventListener("click", (event) => tapAcknowledge(machine, event));
     const history = el("button", "history-button", "History");
     history.type = "button";
     history.setAttribute("aria-label", "History of " + name.textContent);
-    history.addEventListener("click", () => openHistory(machine));
+    // The alert under the finger is fixed when it comes down; the click (at pointerup, or from
+    // the keyboard) acts on it. Both buttons are handled on the tile, so a click whose
+    // Acknowledge was hidden meanwhile (the alert was cleared) is still answered, and never
+    // taken as a tap on History, which then sits where Acknowledge was.
+    node.addEventListener("pointerdown", (event) => {
+      const tile = tiles.get(machine);
+      if (!tile) return;
+      tile.pressed = event.target.closest(".ack-button")
+        ? { seq: tile.seq, at: Date.now(), changedAt: tile.changedAt } : null;
+    });
+    node.addEventListener("click", (event) => {
+      const tile = tiles.get(machine);
+      if (!tile) return;
+      const pressed = tile.pressed && Date.now() - tile.pressed.at < PRESS_MS ? tile.pressed : null;
+      tile.pressed = null;
+      if (pressed || event.target.closest(".ack-button")) {
+        tapAcknowledge(tile, pressed || { seq: tile.seq, at: Date.now(),
+          changedAt: tile.changedAt }, event);
+      } else if (event.target.closest(".history-button")) {
+        openHistory(machine);
+      }
+    });
     actions.append(ack, history);
     node.append(head, name, detail, extra, actions);
     return { node, symbol, kind, age, name, detail, extra, ack, history, seq: null,
-      changedAt: 0, cleared: false, shownKind: null };
+      changedAt: 0, cleared: false, shownKind: null, pressed: null };
   }
 
   // Bring one machine's tile up to date in place: the tile is created (at the end) if new, and
@@ -451,7 +487,11 @@
 
   // Put the tiles in board order and drop the cleared ones: only when nobody is touching the
   // board (or on the Sort button), and taps just after are refused (see the top of the file).
-  function resort() {
+  // Arms the tap guard only if a tile that was on screen moved: the first sort of a board that
+  // just appeared, or one that changed nothing, moves nothing under a finger.
+  function resort(firstPaint) {
+    const board = $("board");
+    const before = new Map([...board.children].map((node, i) => [node, i]));
     const worst = new Map();
     for (const [machine, tile] of tiles) {
       if (tile.cleared) {
@@ -461,16 +501,19 @@
         worst.set(machine, model.alerts.get(tile.seq));
       }
     }
-    const board = $("board");
     const order = core.tileOrder(worst);
     let position = 0;
+    let moved = false;
     for (const machine of order) {
       const node = tiles.get(machine).node;
       if (board.children[position] !== node) board.insertBefore(node, board.children[position]);
+      moved = moved || (before.has(node) && before.get(node) !== position);
       position += 1;
     }
-    sortedAt = Date.now();
-    document.body.dataset.sortedAt = String(sortedAt);
+    if (moved && firstPaint !== true) {
+      sortedAt = Date.now();
+      document.body.dataset.sortedAt = String(sortedAt);
+    }
     needsSort = false;
     $("sort").disabled = true;
   }
@@ -483,23 +526,30 @@
 
   // -- acknowledging -----------------------------------------------------------------------------
 
-  function tapAcknowledge(machine, event) {
-    const tile = tiles.get(machine);
-    const at = Date.now();
-    if (!connected || !tile || tile.seq === null) return;
-    // The tile the finger is on moved or changed a moment ago: what the person read is not
-    // what is there now. Refuse rather than guess.
-    if (at - sortedAt < GUARD_MS || at - tile.changedAt < GUARD_MS) {
-      toast("The board just changed under your finger. Check the tile and tap again.");
-      document.body.dataset.refused = String(Number(document.body.dataset.refused || 0) + 1);
-      document.body.dataset.refusedWhy = at - sortedAt < GUARD_MS ? "board re-sorted"
-        : "tile changed";
-      if (event) event.preventDefault();
+  function refuse(why, text, event) {
+    toast(text);
+    document.body.dataset.refused = String(Number(document.body.dataset.refused || 0) + 1);
+    document.body.dataset.refusedWhy = why;
+    if (event) event.preventDefault();
+  }
+
+  // `pressed`: the alert the tile showed when the finger came down, and when.
+  function tapAcknowledge(tile, pressed, event) {
+    if (!connected || pressed.seq === null) return;
+    // Tiles moved (a re-sort or a filter) just before the finger came down: the point tapped
+    // may show another machine than the one read. Refuse rather than guess.
+    if (pressed.at - sortedAt < GUARD_MS) {
+      refuse("board re-sorted", "The board was re-ordered under your finger. " +
+        "Check the tile and tap again.", event);
       return;
     }
-    const alert = model.alerts.get(tile.seq);
-    if (!alert) return;
-    openConfirm(alert);
+    const alert = model.alerts.get(pressed.seq);
+    if (!alert) {
+      refuse("alert gone", "That alert has just been cleared by the machine: " +
+        "nothing to acknowledge.", event);
+      return;
+    }
+    openConfirm(alert, pressed.at - pressed.changedAt < SWITCH_WARN_MS);
   }
 
   function alertWords(alert) {
@@ -509,14 +559,19 @@
       (opened === null ? "" : ", since " + core.clockTime(opened, model.timeZone));
   }
 
-  function openConfirm(alert) {
+  // `switched`: the tile showed another alert until just before the tap; say so, so the person
+  // checks the words before "Yes" (the confirmation is bound to this alert's id either way).
+  function openConfirm(alert, switched) {
     pending = { seq: alert.seq, machine: keyOf(alert), sent: false };
     const box = $("confirm");
     box.dataset.alert = String(alert.seq);
+    box.dataset.switched = String(Boolean(switched));
     $("confirm-text").textContent = alertWords(alert);
-    $("confirm-note").textContent = alert.kind === "handpay" || alert.kind === "door"
-      ? "It stays on the board, marked with your name, until the machine clears it."
-      : "This clears it from the board.";
+    $("confirm-note").textContent = (switched
+      ? "This tile changed just before your tap: check this is the alert you meant. " : "") +
+      (alert.kind === "handpay" || alert.kind === "door"
+        ? "It stays on the board, marked with your name, until the machine clears it."
+        : "This clears it from the board.");
     const yes = $("confirm-yes");
     yes.disabled = true;
     yes.textContent = "Yes, acknowledge";
@@ -549,6 +604,8 @@
   function ackResult(message) {
     const alert = model.alerts.get(message.alert_seq);
     const words = alert ? alertWords(alert) : "alert " + message.alert_seq;
+    document.body.dataset.ackResult = JSON.stringify({ seq: message.alert_seq, ok: message.ok,
+      reason: message.reason || null });
     if (pending && pending.seq === message.alert_seq) closeConfirm();
     toast(message.ok ? "Acknowledged: " + words : "Not acknowledged: " + message.reason);
   }
@@ -650,9 +707,13 @@
     maybeResort();
     const loginAt = Number(sessionStorage.getItem(LOGIN_AT_KEY));
     if (model.identity && loginAt && Date.now() - loginAt > model.sessionMaxMs) {
-      logout("Your session has ended (shared tablets log out after " +
-        core.formatAge(model.sessionMaxMs / 1000) + "). Log in again.");
+      logout(sessionEnded());
     }
+  }
+
+  function sessionEnded() {
+    return "Your session has ended (shared tablets log out after " +
+      core.formatAge(model.sessionMaxMs / 1000) + "). Log in again.";
   }
 
   function setStatus(text, kind) {
@@ -688,6 +749,7 @@
   function logout(problem) {
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(LOGIN_AT_KEY);
+    sessionStorage.removeItem(LOGIN_ID_KEY);
     stopped = true;
     clearTimeout(retryTimer);
     clearInterval(countdown);
@@ -714,6 +776,7 @@
       if (!token) return;
       sessionStorage.setItem(TOKEN_KEY, token);
       sessionStorage.setItem(LOGIN_AT_KEY, String(Date.now()));
+      sessionStorage.removeItem(LOGIN_ID_KEY);  // a fresh login, not the continuation of one
       $("token").value = "";
       enableSound();
       if (socket) socket.close();

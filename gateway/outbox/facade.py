@@ -1,0 +1,428 @@
+"""`Outbox`: the async face of the outbox, and its one writer task.
+
+Durability contract (docs/outbox.md section 2): `await outbox.append(draft)` returns only once the
+event is committed with `synchronous=FULL` in WAL mode. One writer owns the write connection and
+commits in groups (every `commit_interval_s` or `batch_max` events, whichever first), so the
+fsync is shared by every port. Sequence numbers and the hash chain are assigned inside the
+writer, in commit order, so the stored bytes are exactly what is streamed and verified upstream.
+The parts live beside this module: opening (lock, tail check, quarantine), writer (the commit
+path), sealing, disk (budget, shedding), retention, ledger (per-machine marks), readers."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from gateway.errors import StoreError
+from gateway.events import Draft, system_draft
+from gateway.outbox import readers
+from gateway.outbox.disk import DiskBudget, is_disk_full
+from gateway.outbox.ledger import LedgerChanges, MachineLedger
+from gateway.outbox.opening import Opened, open_store
+from gateway.outbox.pending import Pending
+from gateway.outbox.schema import read_meta
+from gateway.outbox.sealing import ChainHead, Signing
+from gateway.outbox.settings import MB, OutboxSettings
+from gateway.outbox.writer import CommitResult, GroupCommit, commit_group, write_delivered
+from gateway.signing import GENESIS, Signer, decode_envelope
+
+__all__ = ["Outbox"]
+
+
+def _pct(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1000, 3)
+
+
+class Outbox:
+    """The async facade over the outbox database. Create with `Outbox.open`, then start
+    `run_writer` in the daemon's nursery before anything appends."""
+
+    def __init__(self, settings: OutboxSettings, signer: Signer, opened: Opened) -> None:
+        self.settings = settings
+        self.gateway_id = settings.gateway_id
+        self._retired_kids: list[str] = []
+        self._conn = opened.conn
+        self._read = opened.read_conn
+        self._lock_fd: int | None = opened.lock_fd
+        self.quarantined = opened.quarantined
+        self._read_lock = trio.Lock()
+        meta = read_meta(self._conn)
+        self.epoch: str = meta["epoch"]
+        self.delivered_seq: int = int(meta.get("delivered_seq", "0"))
+        self._delivered_persisted = self.delivered_seq
+        # The chain continues from the hash inside the last row's signed bytes (checked by the
+        # tail check at open), not from the `hash` column, which is only an index copy.
+        last = readers.last_event(self._conn)
+        self._head = ChainHead(last[0], decode_envelope(last[1])["hash"], signer) if last \
+            else ChainHead(0, GENESIS, signer)
+        # None in the queue is a wake-up: commit pending bookkeeping (ack marks) promptly.
+        self._send, self._receive = trio.open_memory_channel[Pending | None](settings.queue_max)
+        self._appended = trio.Event()
+        self._flush_wanted = False
+        self._ledger = MachineLedger.load(self._conn)
+        self._disk = DiskBudget(settings)
+        self._sealing = Signing()
+        self._prune_more = False
+        self.durable_latencies: deque[float] = deque(maxlen=10_000)
+        self.commit_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
+        self.commits = 0
+        self.pruned_total = 0
+        self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn,
+                                                                    self.delivered_seq)
+
+    @classmethod
+    def open(cls, settings: OutboxSettings, signer: Signer) -> Outbox:
+        """Open (or create) the outbox, check its tail, quarantine a corrupt tail.
+
+        Raises StoreError if the outbox belongs to another gateway, is in use by another
+        process, or its chain is signed by a different key than `signer` (an interrupted or
+        unannounced key change)."""
+        opened = open_store(settings, signer)
+        try:
+            return cls(settings, signer, opened)
+        except BaseException as err:
+            opened.conn.close()
+            opened.read_conn.close()
+            os.close(opened.lock_fd)
+            if isinstance(err, sqlite3.Error):
+                raise StoreError(f"cannot initialise outbox {settings.path}: {err}") from err
+            raise
+
+    def close(self) -> None:
+        """Close the connections and release the outbox lock (the writer must have stopped).
+        Acks heard since the writer's last commit are persisted first: the next start must not
+        resend what the platform already confirmed."""
+        if self.delivered_seq != self._delivered_persisted:
+            write_delivered(self._conn, self.delivered_seq)  # autocommit
+            self._delivered_persisted = self.delivered_seq
+        self._conn.close()
+        self._read.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def aclose(self) -> None:
+        self.close()
+
+    # -- the chain ---------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._head.seq
+
+    @property
+    def signer(self) -> Signer:
+        return self._head.signer
+
+    @property
+    def kids(self) -> list[str]:
+        """Key ids of this chain's session: retired ones first, the signing key last."""
+        return [*self._retired_kids, self._head.signer.kid]
+
+    # -- the machines' ledger (drivers/redelivery.py has the rules) ---------------------------
+
+    @property
+    def unacknowledged(self) -> dict[str, tuple[int, bytes]]:
+        return {m: u.key for m, u in self._ledger.pending().items()}
+
+    @property
+    def unacknowledged_seq(self) -> dict[str, int]:
+        return {m: u.seq for m, u in self._ledger.pending().items()}
+
+    @property
+    def unacknowledged_counter(self) -> dict[str, int | None]:
+        return {m: u.counter for m, u in self._ledger.pending().items()}
+
+    def redelivered_seq(self, machine: str, key: tuple[int, bytes], *,
+                        priority: bool) -> int | None:
+        """The seq `key` re-sends if it is `machine`'s unacknowledged exception, else None
+        (either answer settles the question, unless a priority exception came first)."""
+        return self._ledger.check(machine, key, priority=priority)
+
+    def settle_restart(self, port: str, counter_at_open: int | None) -> list[tuple[str, int]]:
+        """Before `port`'s driver starts: drop the redelivery question for each machine whose
+        exception was followed by another frame on the line, marked acknowledged."""
+        settled = self._ledger.settle_restart(port, counter_at_open)
+        for machine, seq in settled:
+            self.note_acknowledged(machine, seq)
+        return settled
+
+    def note_acknowledged(self, machine: str, seq: int) -> None:
+        """The machine has been told about `seq`; committed at once (one commit interval), as
+        until then a restart cannot tell a redelivery from a new identical exception."""
+        if self._ledger.acknowledged(machine, seq):
+            self._flush_wanted = True
+            self._wake()
+
+    async def expect_redelivery(self, machine: str, counter: int, code: int,
+                                payload: bytes) -> None:
+        """`machine` re-sent its last recorded exception (as `code`, `payload`) in answer to a
+        new poll, and is about to be acknowledged: store `counter` as the poll that elicited it,
+        and mark it unacknowledged again (a machine that reset re-sends an exception it had
+        been told about, as far as the gateway knew), so that a restart before the ACK still
+        recognises it. Returns once committed."""
+        done = self._ledger.expect_redelivery(machine, counter, code, payload)
+        self._flush_wanted = True
+        self._wake()
+        await done.wait()
+
+    async def mark_delivered(self, seq: int) -> None:
+        """The platform acknowledged everything up to `seq` (cumulative)."""
+        if seq > self.delivered_seq:
+            self.delivered_seq = min(seq, self.last_seq)
+            self._flush_wanted = True
+
+    # -- the write side ----------------------------------------------------------------------
+
+    async def append(self, draft: Draft) -> int:
+        """Queue `draft` for the next group commit; return its seq once it is durable.
+
+        While free space is under the floor this waits (the caller's machine keeps its
+        exception); a draft of a droppable type is shed instead and 0 is returned."""
+        pending = Pending(draft)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if pending.shed:
+            return 0
+        if pending.seq == 0:
+            raise StoreError("the outbox writer stopped before this event was committed")
+        return pending.seq
+
+    async def append_system(self, event_type: str, data: dict[str, Any]) -> int:
+        return await self.append(system_draft(event_type, data, now=time.time(),
+                                              monotonic=trio.current_time()))
+
+    async def rotate_key(self, new_signer: Signer) -> int:
+        """Write `keyRotated` (signed by the current key, naming the new kid and public key) and
+        sign every later event with `new_signer`. Returns the keyRotated event's seq once durable.
+        Not subject to the disk floor: a rotation is one small event."""
+        if new_signer.kid == self.signer.kid:
+            raise ValueError("the new key is the key already in use")
+        pending = Pending(system_draft(
+            "keyRotated", {"new_kid": new_signer.kid,
+                           "new_public_key": bytes(new_signer.verify_key).hex()},
+            now=time.time(), monotonic=trio.current_time()), rotate_to=new_signer)
+        self._disk.internal.append(pending)
+        self._wake()
+        await pending.done.wait()
+        if pending.seq == 0:
+            raise StoreError("the outbox writer stopped before the key rotation was committed")
+        return pending.seq
+
+    def _wake(self) -> None:
+        try:
+            self._send.send_nowait(None)  # wake the collector; a full queue commits soon anyway
+        except trio.WouldBlock:
+            pass
+
+    async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """The one writer: a collector task forms groups while a committer task commits the
+        previous one in a worker thread (the fsync blocks), then wakes its appenders. The
+        one-slot hand-over keeps seq order and lets the next group fill during a commit."""
+        groups_in, groups_out = trio.open_memory_channel[list[Pending]](0)
+        if self.settings.signing_process:
+            self._sealing.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._commit_groups, groups_out)
+                task_status.started()
+                await self._collect_groups(groups_in)
+        finally:
+            self._sealing.close()
+
+    # -- the collector (trio thread) ---------------------------------------------------------
+
+    def _idle_wait(self) -> float:
+        if self._disk.internal:
+            return 0.0
+        if self._disk.low_space or self._prune_more:
+            return self.settings.disk_check_interval_s
+        if self._flush_wanted:
+            return 0.5
+        return self.settings.maintenance_interval_s
+
+    async def _receive_into(self, batch: list[Pending]) -> None:
+        if self._disk.low_space and len(self._disk.held) >= self.settings.queue_max:
+            await trio.sleep_forever()  # the channel fills and append() blocks at send
+        item = await self._receive.receive()
+        if item is not None:
+            batch.append(item)
+        # Take what is already queued without a scheduling round trip per event.
+        while len(batch) < self.settings.batch_max:
+            try:
+                item = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if item is not None:
+                batch.append(item)
+
+    async def _fill(self, batch: list[Pending]) -> bool:
+        """Wait for work (or the idle timeout), then gather for one commit interval; True if
+        the wait timed out with nothing received."""
+        idle = True
+        with trio.move_on_after(self._idle_wait()):
+            await self._receive_into(batch)
+            idle = False
+        if batch or self._flush_wanted or self._disk.internal:
+            with trio.move_on_after(self.settings.commit_interval_s):
+                while len(batch) < self.settings.batch_max:
+                    await self._receive_into(batch)
+        return idle
+
+    def _group(self, batch: list[Pending]) -> list[Pending]:
+        """The next group: the outbox's own events first; appends are held under the floor,
+        and the held ones go first once space is back."""
+        disk = self._disk
+        disk.check()
+        if disk.low_space:
+            disk.hold(batch)
+        elif disk.held:
+            batch[:0] = disk.held
+            disk.held.clear()
+        group, disk.internal = disk.internal + batch, []
+        return group
+
+    async def _collect_groups(self, groups: trio.MemorySendChannel[list[Pending]]) -> None:
+        # Bookkeeping (acks, delivered seq), retention and the disk check ride along with the
+        # next group; without traffic they run on the idle timeout.
+        batch: list[Pending] = []
+        try:
+            while True:
+                idle = await self._fill(batch)
+                group = self._group(batch)
+                if idle and not group:
+                    self._flush_wanted = True  # maintenance: retention, free-page figures
+                if not group and not self._flush_wanted:
+                    continue
+                self._flush_wanted = False
+                batch = []
+                await groups.send(group)
+        finally:
+            for pending in (*batch, *self._disk.held, *self._disk.internal):
+                pending.done.set()
+
+    # -- the committer -----------------------------------------------------------------------
+
+    async def _commit_groups(self, groups: trio.MemoryReceiveChannel[list[Pending]]) -> None:
+        limiter = trio.CapacityLimiter(1)
+        async for batch in groups:
+            changes = self._ledger.take()
+            try:
+                with trio.CancelScope(shield=True):
+                    envelopes = await trio.to_thread.run_sync(
+                        self._commit, batch, changes, self.delivered_seq, self._disk.low_space,
+                        limiter=limiter)
+            except StoreError as err:
+                if not is_disk_full(err):
+                    raise
+                self._ledger.put_back(changes)
+                self._disk.commit_hit_full_disk(batch, err)
+                continue
+            self._ledger.committed(changes)
+            self._woken(batch, envelopes)
+
+    def _woken(self, batch: list[Pending], envelopes: list[dict[str, Any]]) -> None:
+        """Wake the group's appenders and tell the listeners (feed, uplink, metrics)."""
+        now = trio.current_time()
+        for pending in batch:
+            if pending.draft.monotonic:
+                self.durable_latencies.append(now - pending.draft.monotonic)
+            pending.done.set()
+        if envelopes:
+            self._appended.set()
+            self._appended = trio.Event()
+            for listener in self.commit_listeners:
+                listener(envelopes)
+
+    def _commit(self, batch: list[Pending], changes: LedgerChanges, delivered: int,
+                low_space: bool = False) -> list[dict[str, Any]]:
+        """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
+        with a bounded slice of retention (gateway/outbox/writer.py)."""
+        job = GroupCommit(changes, delivered, self._delivered_persisted, low_space)
+        result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
+                              batch, job)
+        self._committed(result, delivered)
+        return result.envelopes
+
+    def _committed(self, result: CommitResult, delivered: int) -> None:
+        if delivered != self._delivered_persisted or self._oldest_undelivered_at is None:
+            self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, delivered)
+        self._head = result.head
+        self._retired_kids += result.retired
+        self._delivered_persisted = delivered
+        self._disk.db_free_bytes = result.pruned.db_free_bytes
+        self.pruned_total += result.pruned.rows
+        self._prune_more = result.pruned.rows >= self.settings.prune_batch
+        self.commits += 1
+
+    # -- the read side -----------------------------------------------------------------------
+
+    async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        async with self._read_lock:
+            return await trio.to_thread.run_sync(readers.rows_after, self._read, seq, limit)
+
+    async def read_time_range(self, since: float, until: float, after_seq: int = 0,
+                              limit: int = 1000) -> list[tuple[int, bytes]]:
+        """One page (at most `limit` rows, seq > `after_seq`) of the events committed in
+        [since, until), Unix seconds; call again from the last seq returned until it is empty.
+        Bounded memory whatever the range; the start is a binary search, not a scan."""
+        async with self._read_lock:
+            return await trio.to_thread.run_sync(readers.time_range_page, self._read, since,
+                                                 until, after_seq, limit)
+
+    async def wait_appended(self, after_seq: int) -> None:
+        while self.last_seq <= after_seq:
+            await self._appended.wait()
+
+    # -- figures -----------------------------------------------------------------------------
+
+    @property
+    def intake_stopped(self) -> bool:
+        """True while free space is under the floor (appends of non-droppable events wait)."""
+        return self._disk.low_space
+
+    @property
+    def free_bytes(self) -> int | None:
+        return self._disk.free_bytes
+
+    @property
+    def shed_total(self) -> int:
+        return self._disk.shed_total
+
+    @property
+    def full_disk_commits(self) -> int:
+        return self._disk.full_disk_commits
+
+    def depth(self) -> int:
+        return self.last_seq - self.delivered_seq
+
+    def oldest_undelivered_s(self) -> float:
+        """Age of the oldest event the platform has not acknowledged (0 when none), as of the
+        last commit (acks are persisted with the next group, so this lags by one commit)."""
+        if self._oldest_undelivered_at is None or self.depth() <= 0:
+            return 0.0
+        return round(max(0.0, time.time() - self._oldest_undelivered_at), 3)
+
+    def statistics(self) -> dict[str, Any]:
+        lat = sorted(self.durable_latencies)
+        disk = self._disk
+        return {
+            "epoch": self.epoch, "last_seq": self.last_seq, "delivered_seq": self.delivered_seq,
+            "depth": self.depth(), "commits": self.commits,
+            "durable_p50_ms": _pct(lat, 0.50), "durable_p99_ms": _pct(lat, 0.99),
+            "oldest_undelivered_s": self.oldest_undelivered_s(),
+            "intake_stopped": disk.low_space, "held": len(disk.held),
+            "free_mb": None if disk.free_bytes is None else round(disk.free_bytes / MB, 1),
+            "shed": disk.shed_total, "pruned": self.pruned_total,
+            "full_disk_commits": disk.full_disk_commits,
+            "quarantined_at_open": self.quarantined, "kid": self.signer.kid,
+        }

@@ -1,0 +1,51 @@
+"""Retention: delivered events leave by age, by size, or under the disk floor, a slice per commit.
+
+Undelivered events are never deleted, nor the newest row (the chain continues from it). Bounded
+work per commit: one primary-key range of at most `prune_batch` rows."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from gateway.outbox.settings import MB, OutboxSettings
+
+__all__ = ["Pruned", "prune"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    rows: int
+    db_free_bytes: int  # free pages inside the database (they count as free space)
+
+
+def _pages(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    page_size, pages, free_pages = (conn.execute(f"PRAGMA {name}").fetchone()[0]
+                                    for name in ("page_size", "page_count", "freelist_count"))
+    return page_size, pages, free_pages
+
+
+def prune(conn: sqlite3.Connection, settings: OutboxSettings, prunable: int,
+          low_space: bool) -> Pruned:
+    """Delete at most `prune_batch` of the oldest delivered rows (seq <= `prunable`) if they are
+    older than the retention period, the database is over its size cap, or free space is under
+    the floor. Runs inside the commit's transaction."""
+    s = settings
+    page_size, pages, free_pages = _pages(conn)
+    free = free_pages * page_size
+    oldest = conn.execute("SELECT seq, captured_at FROM events ORDER BY seq LIMIT 1").fetchone()
+    if oldest is None or oldest[0] > prunable:
+        return Pruned(0, free)
+    upto = min(prunable, oldest[0] + s.prune_batch - 1)
+    over_cap = s.retention_max_mb > 0 and (pages - free_pages) * page_size > \
+        s.retention_max_mb * MB
+    cutoff = time.time() - s.retention_days * 86400
+    if low_space or over_cap:
+        cur = conn.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (oldest[0], upto))
+    elif s.retention_days > 0 and oldest[1] < cutoff:
+        cur = conn.execute("DELETE FROM events WHERE seq BETWEEN ? AND ? AND captured_at < ?",
+                           (oldest[0], upto, cutoff))
+    else:
+        return Pruned(0, free)
+    return Pruned(cur.rowcount, free)
