@@ -1,6 +1,7 @@
 """Benchmark: the SAS fault matrix (issue 13), the simulator's ledger against the host's record.
 
     .venv/bin/python bench/sas_faults.py [--seconds 60] [--seeds 3] [--per-case]
+                                         [--rte-repeat-spacing 0.04]
 
 Every fault kind alone and all together (drivers/sim/matrix.py ALL_KINDS), at 2 %, 10 % and
 30 % per answer (per raised exception for power, duplicate, overflow), normal and RTE mode,
@@ -34,13 +35,14 @@ _COLUMNS = ("raised", "recorded", "invented", "dup data", "dup data-less", "re-s
             "lone bytes", "cases not ok")
 
 
-def cases(seconds: float, seeds: int) -> list[Case]:
+def cases(seconds: float, seeds: int, spacing: float | None = None) -> list[Case]:
     out = []
     for kinds in [(k,) for k in ALL_KINDS] + [ALL_KINDS]:
         for p in PROBABILITIES:
             for rte in (False, True):
                 for profile in PROFILES:
-                    out += [Case(kinds, p, rte, profile, seconds=seconds, seed=s)
+                    out += [Case(kinds, p, rte, profile, seconds=seconds, seed=s,
+                                 rte_repeat_spacing_s=spacing)
                             for s in range(1, seeds + 1)]
     return out
 
@@ -75,9 +77,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--per-case", action="store_true")
+    ap.add_argument("--rte-repeat-spacing", type=float, default=None,
+                    help="HostConfig.rte_repeat_spacing_s (s); default: the poll interval")
     args = ap.parse_args()
     started = time.perf_counter()
-    outcomes = [run_case(c) for c in cases(args.seconds, args.seeds)]
+    outcomes = [run_case(c) for c in cases(args.seconds, args.seeds, args.rte_repeat_spacing)]
     print(table(outcomes, per_case=args.per_case))
     bad = [o for o in outcomes if not o.ok]
     print(f"\n{len(outcomes)} cases ({args.seconds:g} s of play each, {args.seeds} seeds, "

@@ -9,6 +9,8 @@ Scenarios (each one process, real trio clock, RTE on, 0.1 exceptions/s per machi
   drop-1+12       multi-drop: ONE pty line, 1 live machine and 12 dead addresses, 200 ms
   drop-8          multi-drop: one pty line with 8 live machines, 200 ms, RTE (idle machines
                   answer GPs with silence, held for the implied-NACK repeats)
+  drop-8-fast     drop-8 with rte_repeat_spacing_s = 40 ms (the repeats at the fast-polling
+                  floor instead of one interval apart)
   drop-8-normal   the same 8 with RTE off (every GP answered with one byte)
 For each: polls/s achieved against the configured rate (machines / interval; every poll to a
 machine's own address counts: GPs, long polls, retries), CPU share of one core (process CPU
@@ -24,9 +26,9 @@ the event loop add to an answer) and `bound_pct`: what line physics allows, 100 
 (line time available) / (line time the configured polls need). A GP exchange holds the line
 for its wire time and either the answer (+ the quiet gap after a one-byte answer) or, for a
 silent GP, the answer wait (wire + 20 ms + latency); an idle RTE machine's GP is repeated
-`rte_silence_retries` times one poll interval apart with the line held in between (any other
-poll would be an implied ACK of an event answer that may have been lost), so per machine and
-interval it needs (1 + retries) intervals of line time for 1 + retries polls.
+`rte_silence_retries` times one poll interval (or `rte_repeat_spacing_s`) apart with the line
+held in between (any other poll would be an implied ACK of an event answer that may have been
+lost), so for 1 + retries polls it holds the line retries x spacing + one wait.
 
 `--gc-threshold` (default 100000,100,1000) sets gc.set_threshold first; "default" keeps Python's
 700,10,10, whose frequent collections over thousands of live objects stall the event loop for
@@ -243,14 +245,28 @@ class _LineCounter(SasLink):
         await self.inner.aclose()
 
 
+def _line_bound(settings: SasSettings, live: int, latency: float) -> float:
+    """Line physics (see the module docstring): the share of the configured polls the line can
+    carry, from the line time one interval of polling needs."""
+    interval, rte = settings.interval_s, settings.rte
+    silent_wait = BYTE_TIME_S + settings.answer_window_s + latency
+    retries = settings.rte_silence_retries if rte else 0
+    spacing = settings.rte_repeat_spacing_s or interval
+    need = live * (retries * spacing + silent_wait if rte else
+                   2 * BYTE_TIME_S + latency + settings.inter_byte_gap_s)
+    per_cycle = (1 + retries) * interval if rte else interval
+    return min(100.0, 100.0 * per_cycle / need) if need else 100.0
+
+
 async def bench_multidrop(live: int, dead: int, interval: float, seconds: float, *,
-                          rte: bool = True, name: str = "") -> dict[str, object]:
+                          rte: bool = True, name: str = "",
+                          spacing: float | None = None) -> dict[str, object]:
     """`live` machines and `dead` empty addresses on ONE pty line, one SasDriver."""
     import tempfile
 
     addresses = list(range(1, live + dead + 1))
     settings = SasSettings(poll_interval_s=interval, response_timeout_s=0.1,
-                           inter_byte_gap_s=0.005, rte=rte)
+                           inter_byte_gap_s=0.005, rte=rte, rte_repeat_spacing_s=spacing)
     with tempfile.TemporaryDirectory() as tmp:
         device = pathlib.Path(tmp) / "line"
         counter: _LineCounter | None = None
@@ -280,14 +296,9 @@ async def bench_multidrop(live: int, dead: int, interval: float, seconds: float,
     rates = [counter.counts.get(a, 0) / wall for a in range(1, live + 1)]
     configured = 1 / interval
     latency = stats[1]["port_latency_s"] or 0.0
-    # Line physics (see the module docstring): the line time one interval of polling needs.
-    silent_wait = BYTE_TIME_S + settings.answer_window_s + latency
-    retries = settings.rte_silence_retries if rte else 0
-    need = live * (retries * interval + silent_wait if rte else
-                   2 * BYTE_TIME_S + latency + settings.inter_byte_gap_s)
-    per_cycle = (1 + retries) * interval if rte else interval
-    bound = min(100.0, 100.0 * per_cycle / need) if need else 100.0
+    bound = _line_bound(settings, live, latency)
     return {"scenario": name or f"drop-{live}+{dead}", "live": live, "dead": dead, "rte": rte,
+            "rte_repeat_spacing_ms": None if spacing is None else spacing * 1000,
             "interval_ms": interval * 1000, "wall_s": round(wall, 2),
             "configured_per_machine_per_s": configured,
             "achieved_per_s": [round(r, 2) for r in rates],
@@ -309,7 +320,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--only",
-                        default="memory-1000,memory-256,pty-16,drop-1+12,drop-8,drop-8-normal")
+                        default="memory-1000,memory-256,pty-16,drop-1+12,drop-8,drop-8-fast,"
+                                "drop-8-normal")
     parser.add_argument("--gc-threshold", default="100000,100,1000")
     args = parser.parse_args()
     if args.gc_threshold != "default":
@@ -317,12 +329,13 @@ def main() -> int:
     print(json.dumps({"gc_threshold": gc.get_threshold()}))
     runs = {"memory-1000": (bench_memory, 1000, 0.2), "memory-256": (bench_memory, 256, 0.04),
             "pty-16": (bench_pty, 16, 0.04)}
-    drops = {"drop-1+12": (1, 12, True), "drop-8": (8, 0, True), "drop-8-normal": (8, 0, False)}
+    drops = {"drop-1+12": (1, 12, True, None), "drop-8": (8, 0, True, None),
+             "drop-8-fast": (8, 0, True, 0.04), "drop-8-normal": (8, 0, False, None)}
     for name in args.only.split(","):
         if name in drops:
-            live, dead, rte = drops[name]
+            live, dead, rte, spacing = drops[name]
             print(json.dumps(trio.run(partial(bench_multidrop, live, dead, 0.2, args.seconds,
-                                              rte=rte, name=name))), flush=True)
+                                              rte=rte, name=name, spacing=spacing))), flush=True)
             continue
         func, machines, interval = runs[name]
         print(json.dumps(trio.run(func, machines, interval, args.seconds)), flush=True)

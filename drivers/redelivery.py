@@ -18,8 +18,12 @@ of the poll that elicited it, see drivers/sas/journal.py) and decides:
     the question is dropped; a priority exception (sent ahead of the queue) settles nothing;
   * `acknowledged(machine, seq)`: the machine was told about seq: nothing left to ask.
 The outbox loads and persists it (gateway/outbox/ledger.py, table machine_state); gateway/capture.py
-asks it; the SAS host decides what the line shows (a re-send after a machine reset,
-drivers/sas/host.py "Machine resets") and the driver reports that as a redelivery.
+asks it.
+
+`ResetWatch` is the other half, decided while the gateway runs: the machine reset between its
+exception's ACK and its next answer, and re-sends the exception. The SAS host feeds it what the
+line shows (drivers/sas/host.py "Machine resets") and the driver reports a re-send as a
+redelivery.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 
 from drivers import model
 
-__all__ = ["RedeliveryBook", "RedeliveryKey", "Unacknowledged"]
+__all__ = ["RedeliveryBook", "RedeliveryKey", "ResetWatch", "Unacknowledged"]
 
 # (code, redelivery_key) of drivers.model.SourceRef: opaque to the gateway, compared for equality.
 RedeliveryKey = tuple[int, model.RedeliveryKey]
@@ -80,3 +84,58 @@ class RedeliveryBook:
         last = self._pending.get(machine)
         if last is not None and seq >= last.seq:
             del self._pending[machine]
+
+
+class ResetWatch:
+    """The machine-reset rule, for one machine on a line whose protocol acknowledges by the
+    next frame (SAS: the implied ACK). Sans-I/O: the line's host feeds it what it sees.
+
+    A machine deletes an exception only on its ACK; powered off before the ACK reached it, it
+    reports the same exception again after power-up. So the last acknowledged exception stays
+    `unconfirmed` until the machine shows it heard the ACK: any bytes from it with no frame to
+    another address in between (a machine that reset ignores its own address until such a
+    frame resynchronises it). If instead it fell silent long enough to have reset and was
+    resynchronised, the first exception it queues settles the question (`is_resend`): the same
+    key (the same code, and the same data unless it came bare) is the re-send, anything else
+    is new. docs/sas.md, "Machine resets"."""
+
+    __slots__ = ("_ack_frame", "_foreign", "_silent", "unconfirmed")
+
+    def __init__(self) -> None:
+        self.unconfirmed: RedeliveryKey | None = None
+        self._ack_frame = 0
+        self._foreign = False  # a frame to another address since the ACK
+        self._silent = False   # a silence long enough for a reset since the ACK
+
+    def acknowledging(self, key: RedeliveryKey, ack_frame: int) -> None:
+        """Frame number `ack_frame` (the line's next) is the ACK of the exception `key`."""
+        self.unconfirmed, self._ack_frame = key, ack_frame
+        self._foreign = self._silent = False
+
+    def frame_sent(self, frame_no: int, *, to_this_machine: bool) -> None:
+        if self.unconfirmed is not None and frame_no > self._ack_frame and not to_this_machine:
+            self._foreign = True
+
+    def heard(self) -> None:
+        """Bytes from the machine: with no frame to another address since the ACK it was not
+        resynchronised, so it was up and heard the ACK."""
+        if not self._foreign:
+            self.unconfirmed = None
+
+    def fell_silent(self) -> None:
+        """Not one byte from the machine for as long as a reset takes."""
+        self._silent = True
+
+    def is_resend(self, key: RedeliveryKey, *, priority: bool) -> bool:
+        """Whether the exception `key`, the first the machine queued since the ACK, re-sends
+        the unconfirmed one. Either answer settles the question, unless a priority exception
+        (sent ahead of the queue) that is not the re-send came first."""
+        unconfirmed, self.unconfirmed = self.unconfirmed, None
+        if unconfirmed is None or not (self._foreign and self._silent):
+            return False  # nothing in question, or the machine was up all along
+        code, payload = key
+        if code == unconfirmed[0] and (not payload or payload == unconfirmed[1]):
+            return True
+        if priority:
+            self.unconfirmed = unconfirmed
+        return False

@@ -38,6 +38,7 @@ from drivers.sas.host import (
     CommandFinished,
     HostConfig,
     HostEvent,
+    IdentityConfirmed,
     LinkNote,
     Report,
     SasHost,
@@ -101,7 +102,8 @@ class SasDriver:
         self._journal = journal
         self._host = SasHost(port, list(addresses), self.settings,
                              last_polls=journal.snapshot() if journal else None,
-                             first_probe=journal.last_address() if journal else None)
+                             first_probe=journal.last_address() if journal else None,
+                             identities=journal.identities() if journal else None)
         self._state = "idle"
         self._stamped: dict[int, MachineEvent] = {}
         self._waiters: dict[int, trio.Event] = {}
@@ -203,6 +205,8 @@ class SasDriver:
             case CommandFinished(ticket):
                 self._finished[ticket] = event
                 self._waiters.pop(ticket).set()
+            case IdentityConfirmed(address, identity) if self._journal is not None:
+                self._journal.record_identity(address, identity)  # host.py, "Port lifecycle"
             case LinkNote(address, kind) if kind.startswith("address conflict"):
                 log.warning("%s: address %d: %s (same serial or asset number): one machine "
                             "answers both, or two machines share an address", self.port,

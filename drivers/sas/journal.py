@@ -18,16 +18,23 @@ selector, a single-byte store, so a process killed at any instruction leaves eit
 (counter, frame) or the new one, never a mix. After a power cut a slot may be stale or torn:
 SasHost only uses a frame that decodes to a well-formed poll for that address, and otherwise
 falls back to a general poll.
+
+Beside the frames the journal keeps each machine's identity (serial, asset, game) as discovery
+last confirmed it, in `<journal>.identity` (JSON, replaced atomically; written only when an
+identity changes, which is rare). A machine swapped while the gateway was stopped is then told
+apart at the first discovery after start: SasHost compares and reports `machineReplaced`
+(docs/sas.md, "Port lifecycle"). A file that cannot be read is taken as no identity known.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import struct
 from pathlib import Path
 
-__all__ = ["JournalEntry", "PollJournal"]
+__all__ = ["Identity", "JournalEntry", "PollJournal"]
 
 FRAME_MAX = 31                 # longest frame kept (the longest poll the host sends is shorter)
 HALF = 8 + 1 + FRAME_MAX       # counter (u64, little-endian), length, frame
@@ -38,6 +45,7 @@ _HALVES = (8, 8 + HALF)
 _COUNTER = struct.Struct("<Q")
 
 JournalEntry = tuple[int, bytes]  # (line counter when recorded, frame)
+Identity = tuple[str | None, str | None, str | None]  # (serial, asset, game); None: not reported
 
 
 class PollJournal:
@@ -59,6 +67,27 @@ class PollJournal:
         self.counter = max((c for c, _ in entries.values()), default=0)
         #: `counter` as found at open: what the previous process last sent on this line.
         self.counter_at_open = self.counter
+        self._identity_path = path.with_name(path.name + ".identity")
+        self._identities = _read_identities(self._identity_path)
+
+    def identities(self) -> dict[int, Identity]:
+        """address -> the identity discovery last confirmed for the machine there."""
+        return dict(self._identities)
+
+    def record_identity(self, address: int, identity: Identity) -> None:
+        """Keep `identity` for `address` (durably: written, fsynced, renamed into place)."""
+        if self._identities.get(address) == identity:
+            return
+        self._identities[address] = identity
+        body = json.dumps({str(a): list(i) for a, i in sorted(self._identities.items())})
+        tmp = self._identity_path.with_name(self._identity_path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, body.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._identity_path)
 
     def entries(self) -> dict[int, JournalEntry]:
         """address -> (counter, last frame recorded for it); the frame is empty if it was too
@@ -118,3 +147,17 @@ class PollJournal:
 
     def close(self) -> None:
         self._map.close()
+
+
+def _read_identities(path: Path) -> dict[int, Identity]:
+    try:
+        raw = json.loads(path.read_text())
+        out: dict[int, Identity] = {}
+        for address, parts in raw.items():
+            serial, asset, game = (None if p is None else str(p) for p in parts)
+            out[int(address)] = (serial, asset, game)
+        return out
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}  # unreadable: no identity known, as for a gateway's first start

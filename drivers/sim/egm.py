@@ -419,7 +419,7 @@ class SasEgm:
                 return messages.CashoutTicket(0, 0)
             case LongPoll.LAST_BILL:
                 code, count = (play.last_bill if play and play.last_bill else (0, 0))
-                return messages.LastBill(1 if count else 0, code, count)
+                return messages.BillAccepted(1 if count else 0, code, count)
             case LongPoll.GAME_COUNT:
                 return messages.GameCount(1)
             case LongPoll.GAME_N_CONFIGURATION:

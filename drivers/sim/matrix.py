@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.sas.host import Acknowledged, HostConfig, Report, SasHost
+from drivers.sas.host import HostConfig, Report, SasHost
 from drivers.sim.egm import PROFILES, SasEgm
 from drivers.sim.faults import FaultPlan
 from drivers.sim.ledger import Ledger
@@ -38,6 +38,7 @@ class Case:
     seconds: float = 60.0
     rate: float = 0.5
     seed: int = 1
+    rte_repeat_spacing_s: float | None = None  # HostConfig's; None: the poll interval
 
     @property
     def name(self) -> str:
@@ -57,65 +58,74 @@ class Outcome:
         return self.verdict.ok
 
 
-def run_case(case: Case, *, settle_limit_s: float = 1800.0) -> Outcome:
-    plan = FaultPlan(frozenset(case.kinds), probability=case.probability, seed=case.seed)
-    egm = SasEgm(1, Ledger(), play=PlayModel(case.seed, case.rate), faults=plan,
-                 profile=PROFILES[case.profile])
-    host = SasHost("matrix", [1], HostConfig(rte=case.rte))
-    recorded: list[tuple[int, bytes]] = []
-    markers = resent_dataless = 0
-    now = 0.0
+class _Run:
+    """One case in play: the host, the machine, the virtual clock and what the host reported."""
 
-    def deliver(reply: bytes) -> None:
-        nonlocal now
-        now += _LATENCY_S
+    def __init__(self, case: Case) -> None:
+        plan = FaultPlan(frozenset(case.kinds), probability=case.probability, seed=case.seed)
+        self.egm = SasEgm(1, Ledger(), play=PlayModel(case.seed, case.rate), faults=plan,
+                          profile=PROFILES[case.profile])
+        self.host = SasHost("matrix", [1], HostConfig(
+            rte=case.rte, rte_repeat_spacing_s=case.rte_repeat_spacing_s))
+        self.recorded: list[tuple[int, bytes]] = []
+        self.markers = self.resent_dataless = 0
+        self.now = 0.0
+
+    def deliver(self, reply: bytes) -> None:
+        egm, host = self.egm, self.host
+        self.now += _LATENCY_S
         if egm.answer_delay:
-            now += egm.answer_delay
+            self.now += egm.answer_delay
             egm.answer_delay = 0.0
-            host.handle_timer(now)
+            host.handle_timer(self.now)
         if egm.answer_split is not None:
             (cut, gap), egm.answer_split = egm.answer_split, None
-            host.receive_data(reply[:cut], now)
-            now += gap
-            host.handle_timer(now)
+            host.receive_data(reply[:cut], self.now)
+            self.now += gap
+            host.handle_timer(self.now)
             reply = reply[cut:]
-        host.receive_data(reply, now)
+        host.receive_data(reply, self.now)
 
-    def step() -> None:
-        nonlocal now, markers, resent_dataless
-        host.handle_timer(now)
+    def take(self, event: object) -> None:
+        match event:
+            case Report(ev, token) if token is not None:
+                if not event.resent and ev.source is not None:
+                    self.recorded.append((ev.source.code, ev.source.payload))
+                elif ev.source is not None and not ev.source.payload:
+                    self.resent_dataless += 1
+                self.host.durable(token)
+            case Report(ev) if ev.type == "lossMarker":
+                self.markers += 1
+
+    def step(self) -> None:
+        egm, host = self.egm, self.host
+        host.handle_timer(self.now)
         progressed = True
         while progressed:
             progressed = False
             for frame in host.frames_to_send():
                 progressed = True
-                reply = egm.receive_words([frame.data[0] | 0x100, *frame.data[1:]], now)
+                reply = egm.receive_words([frame.data[0] | 0x100, *frame.data[1:]], self.now)
                 if reply:
-                    deliver(reply)
+                    self.deliver(reply)
             while (event := host.next_event()) is not None:
                 progressed = True
-                match event:
-                    case Report(ev, token) if token is not None:
-                        if not event.resent and ev.source is not None:
-                            recorded.append((ev.source.code, ev.source.payload))
-                        elif ev.source is not None and not ev.source.payload:
-                            resent_dataless += 1
-                        host.durable(token)
-                    case Report(ev) if ev.type == "lossMarker":
-                        markers += 1
-                    case Acknowledged() | Report():
-                        pass
+                self.take(event)
         timers = [t for t in (host.get_timer(), egm.get_timer()) if t is not None]
-        now = max(now, min(timers))
-        egm.handle_timer(now)
+        self.now = max(self.now, min(timers))
+        egm.handle_timer(self.now)
 
-    while now < case.seconds:
-        step()
+
+def run_case(case: Case, *, settle_limit_s: float = 1800.0) -> Outcome:
+    run = _Run(case)
+    while run.now < case.seconds:
+        run.step()
+    egm = run.egm
     assert egm.play is not None
     egm.play.stop()
-    end = now + settle_limit_s
-    while egm.ledger.pending() and now < end:
-        step()
-    verdict = judge(egm.ledger.entries, recorded, markers, resent_dataless=resent_dataless,
-                    lone_bytes=egm.ledger.lone_bytes)
+    end = run.now + settle_limit_s
+    while egm.ledger.pending() and run.now < end:
+        run.step()
+    verdict = judge(egm.ledger.entries, run.recorded, run.markers,
+                    resent_dataless=run.resent_dataless, lone_bytes=egm.ledger.lone_bytes)
     return Outcome(case, verdict, sum(egm.faults.injected.values()))

@@ -133,6 +133,11 @@ class Pair:
                         self.drop_to_host -= 1
                     elif reply:
                         self.now += self.latency
+                        if egm.answer_delay:
+                            # A slow answer ("slow" fault): the host's timer runs first.
+                            self.now += egm.answer_delay
+                            egm.answer_delay = 0.0
+                            host.handle_timer(self.now)
                         if egm.answer_split is not None:
                             # Two parts with a gap: the host's timer runs in between.
                             (cut, gap), egm.answer_split = egm.answer_split, None

@@ -3,10 +3,9 @@
 Every fault kind alone at 10 % and all together at 2, 10 and 30 %, normal and RTE mode, every
 simulator profile, sans-I/O (a few seconds in all). Judged from the simulator's ledger
 (drivers/sim/oracle.py): no invented event, no duplicate of an exception with data, no
-acknowledged exception missing without a loss marker, no spurious marker. Two residual risks are
-counted, not hidden (docs/sas.md, "Residual risk"): lone junk bytes standing in for an answer
-(the ledger counts them), and, for a machine that treats silent polls as fresh in RTE mode, an
-event whose answer to the host's last idle GP was lost just before another poll fell due.
+acknowledged exception missing without a loss marker, no spurious marker. The residual risk of
+lone junk bytes standing in for an answer is counted, not hidden (the ledger counts them;
+docs/sas.md, "Residual risk").
 """
 
 from __future__ import annotations
@@ -32,7 +31,4 @@ def test_fault_matrix(case: Case) -> None:
     assert v.spurious_markers == 0, v
     if case.probability <= 0.02:
         assert v.loss_markers == 0, v  # none spurious at 2 %
-    if case.rte and PROFILES[case.profile].silence_fresh:
-        assert v.missing_unmarked <= 1, v  # residual risk 2, see the module docstring
-    else:
-        assert v.missing_unmarked == 0, v
+    assert v.missing_unmarked == 0, v

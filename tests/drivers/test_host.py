@@ -6,7 +6,7 @@ import pytest
 
 from drivers.sas import messages
 from drivers.sas.errors import SasLocalProtocolError
-from drivers.sas.host import Acknowledged, HostConfig, Report, SasHost
+from drivers.sas.host import Acknowledged, HostConfig, IdentityConfirmed, Report, SasHost
 
 A = 1
 
@@ -16,10 +16,40 @@ def _frames(host: SasHost) -> list[str]:
 
 
 def _events(host: SasHost) -> list[object]:
+    """The host's events, less IdentityConfirmed (for the journal; tested on its own)."""
     out = []
     while (e := host.next_event()) is not None:
-        out.append(e)
+        if not isinstance(e, IdentityConfirmed):
+            out.append(e)
     return out
+
+
+def test_discovery_confirms_the_identity_once_and_compares_it_with_the_one_given_at_start(
+        ) -> None:
+    host = SasHost("p", [A], HostConfig(rte=False, credits_every_s=1000),
+                   identities={A: ("OLD", None, None)})
+    confirmed, replaced = [], []
+    now = 0.0
+    answers = {0x1F: messages.encode_game_config(A, messages.GameConfig()),
+               0x54: messages.encode_version(A, messages.VersionInfo("602", "X1")),
+               0xA0: messages.encode_answer(A, 0xA0, messages.EnabledFeatures(0, b"\0\0\0")),
+               0x51: messages.encode_answer(A, 0x51, messages.GameCount(0)),
+               0x74: messages.encode_answer(A, 0x74, messages.AftStatus(0))}
+    while now < 5.0:
+        host.handle_timer(now)
+        for frame in host.frames_to_send():
+            if frame.data[0] == A and len(frame.data) > 1 and frame.data[1] in answers:
+                host.receive_data(answers[frame.data[1]], now + 0.003)
+        while (e := host.next_event()) is not None:
+            if isinstance(e, IdentityConfirmed):
+                confirmed.append(e)
+            elif isinstance(e, Report) and e.event.type == "machineReplaced":
+                replaced.append(e.event)
+        now += 0.01
+    assert confirmed == [IdentityConfirmed(A, ("X1", None, "AT/SIM001"))]
+    [event] = replaced
+    assert event.data["changed"] == ["serial"] and event.data["previous_serial"] == "OLD"
+    assert event.machine.serial == "X1"
 
 
 def _online_host(*, rte: bool) -> SasHost:
@@ -199,3 +229,18 @@ def test_a_late_lone_byte_after_a_garbled_attempt_is_not_an_answer() -> None:
     assert _events(host) == []
     host.handle_timer(2.2)
     assert _frames(host) == ["81"]
+
+
+def test_bytes_after_link_down_reopen_no_poll_of_the_old_link() -> None:
+    """A poll given up on a silence stays open for its late answer until the next frame
+    ("Late answers"); a link that went down ends that: bytes on the new link before its first
+    poll answer nothing the host sent."""
+    host = SasHost("p", [A], HostConfig(rte=False))
+    host.handle_timer(0.0)
+    assert _frames(host) == ["81"]  # restart probe
+    host.handle_timer(0.15)         # silent: given up, open for a late answer until 0.2
+    assert _frames(host) == []
+    host.link_down(0.16, "device gone")
+    _events(host)
+    host.receive_data(b"\x11", 0.17)
+    assert host._inflight is None and _events(host) == []

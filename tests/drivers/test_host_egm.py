@@ -290,7 +290,7 @@ def test_restart_after_an_unrecorded_answer_gets_it_resent(rte: bool) -> None:
 
 
 def test_journal_survives_the_process_and_rejects_torn_slots(tmp_path) -> None:
-    from drivers.sas.host import _poll_from_wire
+    from drivers.sas.host import poll_from_wire
     from drivers.sas.journal import PollJournal
 
     journal = PollJournal(tmp_path / "p.journal")
@@ -299,10 +299,10 @@ def test_journal_survives_the_process_and_rejects_torn_slots(tmp_path) -> None:
     journal.close()
     reopened = PollJournal(tmp_path / "p.journal")
     assert reopened.snapshot() == {1: bytes.fromhex("011a")}
-    assert _poll_from_wire(1, bytes.fromhex("011a")).command == 0x1A
-    assert _poll_from_wire(1, bytes.fromhex("010e0145d1")).data == b"\x01"
-    assert _poll_from_wire(1, bytes.fromhex("010e01ffff")) is None   # bad CRC: fall back to GP
-    assert _poll_from_wire(1, bytes.fromhex("02")) is None            # too short to be a poll
+    assert poll_from_wire(1, bytes.fromhex("011a")).command == 0x1A
+    assert poll_from_wire(1, bytes.fromhex("010e0145d1")).data == b"\x01"
+    assert poll_from_wire(1, bytes.fromhex("010e01ffff")) is None   # bad CRC: fall back to GP
+    assert poll_from_wire(1, bytes.fromhex("02")) is None            # too short to be a poll
 
 
 def test_priority_exception_does_not_settle_a_pending_redelivery(tmp_path) -> None:

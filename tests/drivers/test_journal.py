@@ -117,3 +117,39 @@ def test_a_sync_gp_left_last_on_the_line_is_sent_again_first() -> None:
                    last_polls={1: bytes.fromhex("81"), 9: bytes.fromhex("89")}, first_probe=9)
     host.handle_timer(0.0)
     assert [f.data for f in host.frames_to_send()] == [bytes.fromhex("89"), bytes.fromhex("81")]
+
+
+def test_identities_survive_reopening_and_an_unreadable_file_means_none(tmp_path) -> None:
+    path = tmp_path / "line.journal"
+    journal = PollJournal(path)
+    assert journal.identities() == {}
+    journal.record_identity(1, ("S1", "1234", "AT/SIM001"))
+    journal.record_identity(2, (None, None, "AT/SIM001"))
+    journal.close()
+    identity_file = tmp_path / "line.journal.identity"
+    assert identity_file.stat().st_mode & 0o777 == 0o600
+    assert PollJournal(path).identities() == {1: ("S1", "1234", "AT/SIM001"),
+                                              2: (None, None, "AT/SIM001")}
+    identity_file.write_text("{not json")
+    assert PollJournal(path).identities() == {}
+
+
+async def test_a_machine_swapped_while_the_gateway_was_stopped_is_reported(
+        tmp_path, autojump_clock: trio.abc.Clock) -> None:
+    """The identity discovery confirmed is kept in the journal; after a restart with another
+    machine behind the address, the first discovery reports machineReplaced (and the events
+    after it carry the new serial). The same machine again: nothing to report."""
+    journal_path = tmp_path / "line.journal"
+    replaced: list[list[str]] = []
+    for serial in ("OLD1", "NEW2", "NEW2"):
+        sink = RecordingSink()
+        egm = SasEgm(1, Ledger(sink.waiter.poke), play=PlayModel(3, 0.5), serial=serial)
+        journal = PollJournal(journal_path)
+        await play_through_driver(egm, sink, 20, journal=journal)
+        journal.close()
+        events = [e for e in sink.recorded if e.type == "machineReplaced"]
+        replaced.append([e.data["previous_serial"] for e in events])
+        if events:
+            later = sink.recorded[sink.recorded.index(events[0]) + 1:]
+            assert later and all(e.machine.serial == serial for e in later)
+    assert replaced == [[], ["OLD1"], []]

@@ -33,7 +33,6 @@ from drivers.sas.messages import (
     GameStarted,
     HandpayInfo,
     HandpayResetResult,
-    LastBill,
     LegacyBonus,
     MachineClock,
     MeterReading,
@@ -136,7 +135,7 @@ ANSWERS = [
     ("6 LP 2F", 0x2F, "012f0c00000c000012340000000100cedc",
      SelectedMeters(0x2F, 0, {0x0C: 1234, 0x00: 100})),
     ("6 LP 3D", 0x3D, "013d00001234000000250061d6", CashoutTicket(1234, 2500)),
-    ("6 LP 48", 0x48, "014800030000000726f1", LastBill(0, 3, 7)),
+    ("6 LP 48", 0x48, "014800030000000726f1", BillAccepted(0, 3, 7)),
     ("6 LP 4C", 0x4C, "014c010000020000b046", ValidationId(1, 2)),
     ("6 LP 4D", 0x4D,
      "014d00011121202610304500000000123456780000001000070001123120260000b4ce",
@@ -291,3 +290,22 @@ def test_meter_and_event_round_trip(value: int, small: int, byte: int) -> None:
         assert messages.decode_event_data(
             {GameStarted: 0x7E, GameEnded: 0x7F, LegacyBonus: 0x7C}[type(ev)],
             messages.encode_event_data(ev)) == ev
+
+
+def test_every_answer_shape_has_one_codec_and_no_raw_codes_are_matched() -> None:
+    """One codec per message in a code -> codec registry (answers.ANSWERS, event_data.EVENTS),
+    not parallel matches by direction: each long poll with a data answer has exactly one codec,
+    every RTE code with data has one, and no module matches on a raw code (`case 0x1B:`)."""
+    import pathlib
+    import re
+
+    from drivers.sas import answers, event_data, messages
+    from drivers.sas.codes import RTE_DATA_LENGTH
+
+    data_answers = {c for c, spec in messages.POLL_SPECS.items()
+                    if spec.answer != "ack" and c != 0xB0}
+    assert data_answers == set(answers.ANSWERS) - {0x21}
+    assert set(event_data.EVENTS) == set(RTE_DATA_LENGTH)
+    root = pathlib.Path(messages.__file__).parent
+    for path in root.glob("*.py"):
+        assert not re.search(r"case 0x[0-9A-Fa-f]+", path.read_text()), path.name
