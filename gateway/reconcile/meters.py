@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BILL_DOLLARS", "RULES", "Interval", "Rule", "contributions"]
+from drivers.model import MeterName
+
+__all__ = ["BILL_DOLLARS", "NEUTRAL", "RULES", "Interval", "Rule", "contributions"]
 
 Interval = tuple[int, int | None]
 UNBOUNDED: Interval = (0, None)
@@ -52,6 +54,17 @@ RULES: dict[str, Rule] = {r.meter: r for r in (
                          f"(exc 47-50 / RTE 4F) of ${d}")
       for d, code in _BILL_CODES.items()),
 )}
+
+
+# The same meters under the driver contract's names (drivers/model.py MeterName, what
+# `read_meters` answers). Bills by denomination have no MeterName yet: `meterSnapshot` carries
+# them as bills_<dollars>.
+NEUTRAL: dict[str, MeterName] = {
+    "coin_in": MeterName.COIN_IN_CREDITS, "coin_out": MeterName.COIN_OUT_CREDITS,
+    "jackpot": MeterName.JACKPOT_CREDITS, "cancelled_credits": MeterName.CANCELLED_CREDITS,
+    "drop": MeterName.DROP_CREDITS, "games_played": MeterName.GAMES_PLAYED,
+    "games_won": MeterName.GAMES_WON, "games_lost": MeterName.GAMES_LOST,
+}
 
 
 def _bill(data: Mapping[str, Any], denom_cents: int) -> dict[str, Interval]:

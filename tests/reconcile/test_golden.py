@@ -55,3 +55,9 @@ def test_every_rule_has_a_golden_case() -> None:
 def test_core_imports_no_trio() -> None:
     code = "import sys, gateway.reconcile; assert 'trio' not in sys.modules, 'trio imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rules_name_the_driver_contract_meters() -> None:
+    """Every rule meter but the per-denomination bill counts is a drivers.model.MeterName."""
+    from gateway.reconcile.meters import NEUTRAL, RULES
+    assert set(NEUTRAL) == {m for m in RULES if not m.startswith("bills_")}
