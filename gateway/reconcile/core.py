@@ -257,13 +257,31 @@ class Reconciler:
         self.day_start_s = day_start_s
         self.machines: dict[str, MachineReconciler] = {}
         self.discrepancies: Counter[tuple[str, str]] = Counter()
+        # Meters of each machine whose latest window did not add up (cleared by a reconciled
+        # window): what /health, diag and the board show as open.
+        self.open: dict[str, list[str]] = {}
+        self.windows = 0
 
     def observe(self, obs: Observation) -> list[Verdict]:
         m = self.machines.get(obs.key)
         if m is None:
             m = self.machines[obs.key] = MachineReconciler(obs.key, self.day_start_s)
         verdicts = m.observe(obs)
-        for v in verdicts:
-            if v.type == "meterDiscrepancy":
-                self.discrepancies[(v.key, v.data["meter"])] += 1
+        found = [v.data["meter"] for v in verdicts if v.type == "meterDiscrepancy"]
+        for meter in found:
+            self.discrepancies[(obs.key, meter)] += 1
+        if found:
+            self.open[obs.key] = found
+        if any(v.type == "meterReconciled" for v in verdicts):
+            self.open.pop(obs.key, None)
+        self.windows += bool(found) or any(v.type == "meterReconciled" for v in verdicts)
         return verdicts
+
+    def summary(self) -> dict[str, Any]:
+        """For status (diag, /health, /metrics): windows closed, discrepancies by machine and
+        meter since start, and the machines whose latest window did not add up."""
+        totals: dict[str, dict[str, int]] = {}
+        for (key, meter), n in sorted(self.discrepancies.items()):
+            totals.setdefault(key, {})[meter] = n
+        return {"windows": self.windows, "discrepancies_total": totals,
+                "open": dict(sorted(self.open.items()))}

@@ -24,6 +24,7 @@ from gateway.reconcile.core import Cause, Observation, Reconciler, Verdict
 __all__ = ["Segment", "SegmentResult", "SimRun", "run_segment"]
 
 _WALL0 = 1_765_000_000.0  # wall clock at virtual time 0 (gaming days need one)
+_SETTLE_LIMIT_S = 600.0
 
 
 class SimRun:
@@ -132,6 +133,14 @@ def run_segment(seg: Segment) -> SegmentResult:
                                   poll_interval_s=seg.poll_interval_s,
                                   meters_every_s=seg.meters_every_s))
     run.run_until(seg.hours * 3600)
+    # Settle before judging: with exceptions still queued, the ledger's pairing can match a bare
+    # duplicate (a re-send after a power cut, recorded as new) with a pending entry and miss it.
+    for egm in egms:
+        assert egm.play is not None
+        egm.play.stop()
+    settle_until = run.now + _SETTLE_LIMIT_S
+    while run.now < settle_until and any(egm.ledger.pending() for egm in egms):
+        run.step()
     dirty = set()
     for egm in egms:
         recorded = [(e.source.code, e.source.payload) for e in run.recorded

@@ -1,0 +1,33 @@
+"""Where a discrepancy shows: /health degraded (one reason per machine whose latest window did
+not add up, until a later window does) and /metrics gateway_meter_discrepancies_total."""
+
+from __future__ import annotations
+
+from gateway.monitor import HealthLimits, Monitor, assess
+from gateway.reconcile import Observation, Reconciler
+
+
+def _snap(r: Reconciler, bills: int, seq: int) -> None:
+    r.observe(Observation("p1/1", "meterSnapshot", {"meters": {"bills_20": bills}}, seq=seq,
+                          at=1765000000.0 + seq))
+
+
+def test_health_and_metrics_follow_the_reconciler(make_outbox) -> None:
+    r = Reconciler()
+    _snap(r, 0, 1)
+    _snap(r, 2, 2)  # two $20 bills, no event
+    status = {"reconciliation": r.summary()}
+    assert assess(status, HealthLimits(), wall=0.0) == [
+        "machine p1/1: meters do not add up (bills_20); see its meterDiscrepancy"]
+    monitor = Monitor(make_outbox(), lambda: status)
+    try:
+        text = monitor.metrics().decode()
+    finally:
+        monitor.close()
+    assert 'gateway_meter_discrepancies_total{machine="p1/1",meter="bills_20"} 1.0' in text
+    assert "gateway_health_degraded 1.0" in text
+    _snap(r, 2, 3)  # the next window adds up: no longer degraded, the count stays
+    status = {"reconciliation": r.summary()}
+    assert assess(status, HealthLimits(), wall=0.0) == []
+    assert r.summary()["discrepancies_total"] == {"p1/1": {"bills_20": 1}}
+    assert r.summary()["windows"] == 2
