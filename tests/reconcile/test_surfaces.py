@@ -31,3 +31,18 @@ def test_health_and_metrics_follow_the_reconciler(make_outbox) -> None:
     assert assess(status, HealthLimits(), wall=0.0) == []
     assert r.summary()["discrepancies_total"] == {"p1/1": {"bills_20": 1}}
     assert r.summary()["windows"] == 2
+
+
+def test_diag_names_the_machines_whose_meters_do_not_add_up() -> None:
+    from gateway.diag import render_status
+    from tests.gateway.test_diag import _snapshot_with
+
+    r = Reconciler()
+    _snap(r, 0, 1)
+    _snap(r, 3, 2)
+    status = {**_snapshot_with("x"), "reconciliation": r.summary()}
+    assert render_status(status).splitlines()[-1] == \
+        "meters  1 windows; p1/1 does not add up (bills_20)"
+    _snap(r, 3, 3)
+    status = {**_snapshot_with("x"), "reconciliation": r.summary()}
+    assert render_status(status).splitlines()[-1] == "meters  2 windows; all add up"
