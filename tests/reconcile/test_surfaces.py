@@ -46,3 +46,16 @@ def test_diag_names_the_machines_whose_meters_do_not_add_up() -> None:
     _snap(r, 3, 3)
     status = {**_snapshot_with("x"), "reconciliation": r.summary()}
     assert render_status(status).splitlines()[-1] == "meters  2 windows; all add up"
+
+
+def test_the_board_shows_a_discrepancy_until_acknowledged() -> None:
+    from gateway.feed.state import AlertBoard
+    from tests.gateway.test_feed_state import env, kinds
+
+    board = AlertBoard()
+    data = {"meter": "bills_20", "expected_min": 0, "expected_max": 0, "seen": 2,
+            "difference": 2, "cause": "eventsMissing", "evidence": []}
+    assert board.apply(env(1, "meterDiscrepancy", data))
+    assert kinds(board) == [(1, "meters", "p1/1")]
+    assert board.apply(env(2, "alertAcknowledged", {"alert_seq": 1, "by": "sup"}))
+    assert kinds(board) == []
