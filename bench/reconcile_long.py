@@ -5,7 +5,7 @@
 Lines of four simulated machines (one per simulator profile, drivers/sim/egm.py PROFILES), the
 "floor" play model, line faults (crc, silence, garbage, junk, truncate, split) plus power cycles
 and genuine repeats at `--fault-probability` per answer, normal and RTE mode, LP 6F and LP 1C
-meter reads, through the real SAS host into the reconciler (gateway/reconcile/simrun.py), on a
+meter reads, through the real SAS host into the reconciler (bench/reconcile_sim.py), on a
 virtual clock (sans-I/O: the figures do not depend on the machine's load; the wall time does).
 A discrepancy is false when the simulator's ledger shows nothing wrong with that machine in its
 segment; on a machine where the line did lose or invent an exception (docs/sas.md, "Residual
@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from gateway.reconcile.simrun import Segment, SegmentResult, run_segment
+from bench.reconcile_sim import Segment, SegmentResult, run_segment
 
 MODES = ((True, "6F"), (False, "6F"), (True, "1C"), (False, "1C"))
 

@@ -133,8 +133,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from drivers.base import MachineEvent, MachineRef
-from drivers.link import TxFrame
+from drivers.model import MachineEvent, MachineRef, TxFrame
 from drivers.sas import framing, messages
 from drivers.sas.answer_contract import AnswerContract
 from drivers.sas.answer_facts import AnswerFacts

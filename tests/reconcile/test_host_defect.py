@@ -4,6 +4,7 @@ and the reconciler flags the events it invented and the ones it lost, from the m
 
 from __future__ import annotations
 
+from bench.reconcile_sim import SimRun
 from drivers.sas import framing
 from drivers.sas.host import HostConfig
 from drivers.sim.egm import SasEgm
@@ -11,7 +12,6 @@ from drivers.sim.faults import FaultPlan
 from drivers.sim.ledger import Ledger
 from drivers.sim.machine import PlayModel
 from drivers.sim.oracle import Verdict, judge
-from gateway.reconcile.simrun import SimRun
 
 
 class FirstByteFramer(framing.Framer):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.reconcile.simrun import Segment, run_segment
+from bench.reconcile_sim import Segment, run_segment
 
 
 @pytest.mark.parametrize(("rte", "meter_polls"), [(True, "6F"), (False, "6F"), (True, "1C"),

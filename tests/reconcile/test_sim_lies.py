@@ -1,11 +1,12 @@
 """The simulator keeps honest meters in every profile, and each controlled lie is reported as a
 discrepancy within two meter reads, naming the meter and the amount (issue 21). Sans-I/O: the
-real SAS host and the simulated machine on a virtual clock (gateway/reconcile/simrun.py)."""
+real SAS host and the simulated machine on a virtual clock (bench/reconcile_sim.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+from bench.reconcile_sim import SimRun
 from drivers.sas.codes import Exc
 from drivers.sas.host import HostConfig
 from drivers.sim.egm import PROFILES, SasEgm
@@ -13,7 +14,6 @@ from drivers.sim.faults import LINE_FAULTS, FaultPlan
 from drivers.sim.ledger import Ledger
 from drivers.sim.machine import PlayModel
 from drivers.sim.oracle import judge
-from gateway.reconcile.simrun import SimRun
 
 _EVERY_S = 5.0
 

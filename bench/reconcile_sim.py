@@ -1,10 +1,11 @@
 """Simulated machines through the real SAS host into the reconciler, on a virtual clock.
 
-For tests and bench/reconcile_long.py: what the gateway would record, in order (every exception
+Used by bench/reconcile_long.py and tests/reconcile/: what the gateway would record, in order (every exception
 the host reports as durable at once, every other report as it comes), numbered like outbox seqs,
 fed to a `Reconciler`. The simulator's ledger stays the independent oracle: a discrepancy is
 false unless the machine lied, or the ledger shows an event lost or invented on the line.
-Not part of the sans-I/O core (it imports the host, which imports the driver contract).
+It lives in bench/ because it joins what the gateway never does: a protocol's host and the
+reconciler (tests/test_architecture.py keeps gateway/ free of drivers.sas).
 """
 
 from __future__ import annotations
