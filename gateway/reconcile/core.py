@@ -162,11 +162,17 @@ class MachineReconciler:
         self.reset_seen = any(self._went_back(m, self.baseline[m], meters[m])
                               for m in RULES if m in meters and m in self.baseline)
         for meter, rule in RULES.items():
-            if meter not in meters or meter not in self.baseline:
-                self.carry.pop(meter, None)
-                continue
             pre = _add(self.carry.get(meter, (0, 0)), _sum(early, meter, denom))
             s = _sum(late, meter, denom)
+            if meter not in meters:
+                # Not in this read (a poll of it failed, or the machine does not keep it): its
+                # window runs on to the next read that has it, with all these events pending.
+                if meter in self.baseline:
+                    self.carry[meter] = _add(pre, s)
+                continue
+            if meter not in self.baseline:
+                self.carry[meter] = (0, s[1])  # first seen: like the very first read
+                continue
             old, new = self.baseline[meter], meters[meter]
             width = self._width(meter, old, new)
             if new >= old:
@@ -193,7 +199,7 @@ class MachineReconciler:
                 continue
             carry_hi = None if hi is None else hi - delta
             self.carry[meter] = (max(0, pre[0] + s[0] - delta), carry_hi)
-        self.baseline = meters
+        self.baseline = {**self.baseline, **meters}
         assert self.day is not None
         self.day.windows += 1
         self.day.totals.update(deltas)
