@@ -8,6 +8,8 @@ machine after that (docs/outbox.md, "Durability"). It also asks the redelivery q
 Driver-neutral: a machine is `MachineRef.key`, and what identifies a re-sent exception is the
 pair (`SourceRef.code`, `SourceRef.redelivery_key`) -- the driver's opaque key, stored in the
 outbox's (last_code, last_payload) and compared for equality only, never looked inside.
+With a `Reconciler`, every recorded event is shown to it once durable, and the verdicts it
+draws at a meter read (docs/reconciliation.md) are recorded right after that read.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from collections.abc import Callable
 import structlog
 
 from drivers.base import MachineEvent, MachineRef, RedeliveryKey, SourceRef
-from gateway.events import draft_from_machine
+from gateway.events import draft_from_machine, system_draft
 from gateway.outbox import Outbox
+from gateway.reconcile import Observation, Reconciler
 
 __all__ = ["OutboxSink"]
 
@@ -34,8 +37,10 @@ def _identity(source: SourceRef) -> tuple[int, RedeliveryKey]:
 
 class OutboxSink:
     def __init__(self, outbox: Outbox, *, currency: str,
-                 on_event: Callable[[MachineEvent], None] | None = None) -> None:
+                 on_event: Callable[[MachineEvent], None] | None = None,
+                 reconciler: Reconciler | None = None) -> None:
         self._outbox = outbox
+        self.reconciler = reconciler
         self._currency = currency
         self._on_event = on_event
         self._last_seq: dict[str, int] = {}
@@ -50,6 +55,23 @@ class OutboxSink:
         self.counts[event.type] += 1
         if self._on_event is not None:
             self._on_event(event)
+        if self.reconciler is not None:
+            await self._reconcile(event, seq)
+
+    async def _reconcile(self, event: MachineEvent, seq: int) -> None:
+        obs = Observation(event.machine.key, event.type, event.data,
+                          exception=event.source is not None, seq=seq or None,
+                          at=event.observed_at or time.time(), machine=event.machine)
+        assert self.reconciler is not None
+        for verdict in self.reconciler.observe(obs):
+            machine = verdict.machine if isinstance(verdict.machine, MachineRef) else None
+            await self._outbox.append(system_draft(
+                verdict.type, verdict.data, now=time.time(), machine=machine,
+                currency=self._currency))
+            self.counts[verdict.type] += 1
+            if verdict.type == "meterDiscrepancy":
+                log.warning("meter discrepancy", machine=verdict.key, meter=verdict.data["meter"],
+                            cause=verdict.data["cause"], difference=verdict.data["difference"])
 
     def acknowledged(self, event: MachineEvent) -> None:
         key = event.machine.key

@@ -93,8 +93,12 @@ class OutboxSection:
     # Absent: half the filesystem holding the outbox (docs/operations.md, "Disk sizing").
     retention_max_mb: float | None = field(default=None, metadata={
         "check": lambda v: _check(v is None or v >= 0, "0 (no size cap) or more MB")})
-    droppable_types: tuple[str, ...] = field(default=("meterSnapshot",), metadata={
+    droppable_types: tuple[str, ...] = field(default=(), metadata={
         "check": lambda v: _check_droppable(v)})
+
+
+# Meter reads and the reconciliation's verdicts (docs/reconciliation.md).
+_NEVER_SHED = frozenset({"meterSnapshot", "meterReconciled", "gamingDayClosed"})
 
 
 def _check_droppable(types_: tuple[str, ...]) -> str | None:
@@ -105,6 +109,8 @@ def _check_droppable(types_: tuple[str, ...]) -> str | None:
         if spec is None or spec.channel in ("system", "alerts"):
             return "event types of the game, cash or player channels (system and alert events " \
                    "are never shed)"
+        if name in _NEVER_SHED:
+            return f"{name} is never shed: meter reads are what the reconciliation rests on"
     return None
 
 

@@ -310,6 +310,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                    "last_error": up.get("last_error"), "url": gw.config.uplink.url},
         "key": {"kid": signer.kid, "public_key": public.hex(),
                 "fingerprint": key_fingerprint(public)},
+        "reconciliation": gw.reconciler.summary() if gw.reconciler else None,
         "feed": None if gw.feed is None else {
             "port": gw.feed.port, "listening": gw.feed.port is not None,
             "bind_error": gw.feed.bind_error, "bind_failures": gw.feed.bind_failures,

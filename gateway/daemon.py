@@ -56,6 +56,7 @@ from gateway.feed.server import FeedServer, FeedSettings
 from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.ports import check_devices_free, open_drivers, recoverable, stoppable_port
+from gateway.reconcile import Reconciler
 from gateway.signing import load_signing_key
 from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
@@ -165,6 +166,7 @@ class Gateway:
     # One per supervised port: a clean stop ends machine intake before gatewayStopping.
     port_scopes: list[trio.CancelScope] = field(default_factory=list)
     tracker: UplinkTracker | None = None
+    reconciler: Reconciler | None = None  # docs/reconciliation.md
 
     def uplink_view(self) -> UplinkView:
         """The uplink as everything reports it (gateway/status.py): one tracker, one answer."""
@@ -193,7 +195,8 @@ class Gateway:
                 "machines": {str(a): dict(m) for a, m in machines.items()},
             }
         return {"uplink": dict(up), "uplink_status": self.uplink_view().as_dict(),
-                "ports": ports, "outbox": self.outbox.statistics()}
+                "ports": ports, "outbox": self.outbox.statistics(),
+                "reconciliation": self.reconciler.summary() if self.reconciler else {}}
 
     def uplink_down_for(self) -> float | None:
         """Seconds the uplink has not been delivering (down or frozen; since start if it never
@@ -392,7 +395,8 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     log.info("outbox open", path=str(config.outbox_path), epoch=outbox.epoch,
              last_seq=outbox.last_seq, undelivered=outbox.depth(), kid=signer.kid)
     trace = TraceHub()
-    capture = OutboxSink(outbox, currency=config.gateway.currency)
+    reconciler = Reconciler()
+    capture = OutboxSink(outbox, currency=config.gateway.currency, reconciler=reconciler)
     drivers = open_drivers(config, trace, capture)
     router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
                                            db_path=config.gateway.state_dir / "commands.db",
@@ -409,6 +413,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
                             paused=lambda: outbox.intake_stopped)
     gw = Gateway(config=config, outbox=outbox, sink=WatchedSink(capture, health),
+                 reconciler=reconciler,
                  drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
                  control_path=control_socket_path(config.gateway), config_path=config_path)
     outbox.commit_listeners.append(gw.activity.on_commit)

@@ -315,6 +315,11 @@ def render_status(s: dict[str, Any]) -> str:
             + (f", last error: {u['last_error']}" if u.get("last_error") else "")]
     k = s["key"]
     out += [f"key     {k['kid']}  fingerprint {k['fingerprint']}"]
+    r = s.get("reconciliation")
+    if r:  # docs/reconciliation.md
+        out.append(f"meters  {r['windows']:,} windows; " + ("; ".join(
+            f"{m} does not add up ({', '.join(meters)})" for m, meters in r["open"].items())
+            or "all add up"))
     return "\n".join(out)
 
 

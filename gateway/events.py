@@ -155,13 +155,59 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"amount": MONEY, "validation_number": STR}),
     EventSpec("ticketInserted", "cash", "1.0.0", "A ticket was inserted.", "exc 67",
               fields={"amount": MONEY, "validation_number": STR}),
-    EventSpec("meterSnapshot", "cash", "1.0.0",
-              "A periodic read of the machine's meters: coin_in, coin_out, drop, jackpot, "
-              "cancelled_credits and current_credits count credits (times denomination.minor "
-              "gives minor units); every other meter is a count (games, bills, ...).",
-              "LP 1A, 0F, 1C, 6F", droppable=True,
+    EventSpec("meterSnapshot", "cash", "1.1.0",
+              "A read of the machine's meters (periodic, and after exception 70, power-up and "
+              "a machine replacement): coin_in, coin_out, drop, jackpot, cancelled_credits and "
+              "current_credits count credits (times denomination.minor gives minor units); "
+              "every other meter is a count (games, bills_<dollars>, ...). digits: how many "
+              "decimal digits each meter holds before it rolls over; straddle: how many of the "
+              "machine's exceptions recorded just before this event were answered after the "
+              "meters were read (docs/reconciliation.md). Never shed: the reconciliation "
+              "rests on it.",
+              "LP 0F, 1C, 1E, 6F/AF",
               fields={"meters": {"type": "object", "additionalProperties": INT},
-                      "denomination": MONEY}, required=("meters",)),
+                      "denomination": MONEY,
+                      "digits": {"type": "object", "additionalProperties": INT},
+                      "straddle": {"type": "integer", "minimum": 0}}, required=("meters",)),
+    EventSpec("meterReconciled", "cash", "1.0.0",
+              "A window between two meter reads of a machine added up: every meter with a rule "
+              "moved as the events recorded in the window say (docs/reconciliation.md). "
+              "from_seq/to_seq: the two meterSnapshot seqs; events: the machine's exceptions "
+              "in the window by type; deltas: each meter's movement; unreported: meters with a "
+              "rule this machine did not report; rolled_over: meters that wrapped.",
+              "meterSnapshot", fields={
+                  "from_seq": {"type": ["integer", "null"]}, "to_seq": {"type": ["integer", "null"]},
+                  "events": {"type": "object", "additionalProperties": INT},
+                  "deltas": {"type": "object", "additionalProperties": INT},
+                  "straddle": INT, "unreported": {"type": "array", "items": STR},
+                  "rolled_over": {"type": "array", "items": STR}},
+              required=("from_seq", "to_seq", "deltas")),
+    EventSpec("meterDiscrepancy", "alerts", "1.0.0",
+              "A meter did not add up over a window (one event per meter): it moved by seen, "
+              "the events say expected_min..expected_max (null: no upper bound); difference is "
+              "seen minus the nearest bound. cause: eventsMissing, eventsExtra, "
+              "meterResetAtPowerUp, meterReset, rollover, bufferOverflow, lossMarker, "
+              "identityChange; evidence: the seqs that show it (docs/reconciliation.md).",
+              "meterSnapshot", fields={
+                  "meter": STR, "expected_min": INT, "expected_max": {"type": ["integer", "null"]},
+                  "seen": INT, "previous": INT, "difference": INT,
+                  "cause": {"enum": ["eventsMissing", "eventsExtra", "meterResetAtPowerUp",
+                                     "meterReset", "rollover", "bufferOverflow", "lossMarker",
+                                     "identityChange"]},
+                  "evidence": {"type": "array", "items": INT}, "rule": STR,
+                  "from_seq": {"type": ["integer", "null"]}, "to_seq": {"type": ["integer", "null"]},
+                  "events": {"type": "object", "additionalProperties": INT}},
+              required=("meter", "expected_min", "expected_max", "seen", "difference", "cause",
+                        "evidence")),
+    EventSpec("gamingDayClosed", "cash", "1.0.0",
+              "A machine's gaming day is over (its first meter read of the next day): windows "
+              "read, how many reconciled and how many had a discrepancy, each meter's total "
+              "movement over the day (totals) and its value at the close (meters).",
+              "meterSnapshot", fields={
+                  "gaming_day": STR, "windows": INT, "reconciled": INT, "discrepancies": INT,
+                  "totals": {"type": "object", "additionalProperties": INT},
+                  "meters": {"type": "object", "additionalProperties": INT}},
+              required=("gaming_day", "windows", "reconciled", "discrepancies", "totals")),
     # player (card readers beside machines: drivers/cardreader, docs/cardreader.md)
     EventSpec("cardInserted", "player", "1.0.0",
               "A player card was seated in the reader beside this machine (insert readers). "

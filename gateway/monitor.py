@@ -86,6 +86,9 @@ def assess(status: dict[str, Any], limits: HealthLimits, *, wall: float) -> list
                          if not m.get("online"))
         if offline:
             reasons.append(f"port {name}: machine(s) {', '.join(map(str, offline))} offline")
+    for machine, meters in ((status.get("reconciliation") or {}).get("open") or {}).items():
+        reasons.append(f"machine {machine}: meters do not add up ({', '.join(meters)}); "
+                       f"see its meterDiscrepancy")
     return reasons
 
 
@@ -107,6 +110,14 @@ class _StatusCollector:
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info
         reasons = assess(status, monitor.limits, wall=time.time())
+        found = CounterMetricFamily("gateway_meter_discrepancies", "Windows in which a meter "
+                                    "did not add up (docs/reconciliation.md).",
+                                    labels=["machine", "meter"])
+        for machine, meters in ((status.get("reconciliation") or {})
+                                .get("discrepancies_total") or {}).items():
+            for meter, n in meters.items():
+                found.add_metric([machine, meter], n)
+        yield found
         yield GaugeMetricFamily("gateway_health_degraded", "1 while /health says degraded.",
                                 value=1.0 if reasons else 0.0)
         yield GaugeMetricFamily("gateway_outbox_depth", "Events not yet acknowledged by the "

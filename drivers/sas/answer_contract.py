@@ -81,6 +81,9 @@ class AnswerContract(HostCore):
                 # answer are a broken event: retried like any other error, and silences after
                 # them are waited out like any doubt).
                 self._framer.clear()
+                self._release(f.machine, now)  # "no activity" (see "Periodic long polls")
+                if now - f.machine.bytes_at >= self.config.reset_silence_s:
+                    f.machine.rte_proven = False  # quiet, or off: it may come back in normal mode
                 f.silent_run += 1
                 f.failed_silent = True
                 if f.silent_run <= self.config.rte_silence_retries:
@@ -150,6 +153,7 @@ class AnswerContract(HostCore):
         m, cfg = f.machine, self.config
         self._need_sync = True
         if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
+            m.rte_proven = False
             m.reset.fell_silent()  # not one byte for that long: down, or resetting
         if f.request is not None and (
                 f.request.ticket is not None or (f.was_online and not f.ever_received)):

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from drivers.model import MachineEvent, MachineRef
 from drivers.sas import framing, messages
-from drivers.sas.codes import METER_CODES, Exc, LongPoll
+from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.host_api import CommandFinished, IdentityConfirmed, LinkNote, Report
 from drivers.sas.line_state import (
     BILL_EXCEPTIONS,
@@ -18,9 +18,11 @@ from drivers.sas.line_state import (
     HostCore,
     InFlight,
     Machine,
+    MeterRead,
     Request,
 )
 from drivers.sas.mapping import SILENT_CODES, exception_event
+from drivers.sas.meters import METERS, digits_of
 
 
 class AnswerFacts(HostCore):
@@ -34,6 +36,7 @@ class AnswerFacts(HostCore):
                 # The machine shows which mode it is in: trust that over what we last set, and
                 # ask for RTE again if it dropped out of it.
                 was_rte, m.rte_on = m.rte_on, isinstance(answer, framing.Event)
+                m.rte_proven = m.rte_on  # an exception answer shows the mode it is in
                 if was_rte and not m.rte_on and self.config.rte and not any(
                         r.poll.command == LongPoll.RTE_MODE for r in m.queue):
                     m.queue.append(Request(messages.rte_mode(m.address, True)))
@@ -45,6 +48,8 @@ class AnswerFacts(HostCore):
                     self._retire_request(m, f.request, now)  # answered: its work is done
                 if event is not None:
                     self._report_exception(m, event, code, gp=f.poll.command is None, resent=resent)
+                elif not m.rte_on:
+                    self._release(m, now)  # "no activity": the queue is empty
             case framing.Ack():
                 self._alive(m, f, now)
                 self._completed(m, f, now)
@@ -67,11 +72,13 @@ class AnswerFacts(HostCore):
                 m.credits_at = now
             case messages.MeterReading(_, meters):
                 if f.request is not None and f.request.read is not None:
+                    self._read_answered(m, f.request.read)
                     f.request.read.meters.update(meters)
             case messages.SelectedMeters(_, _, meters):
                 if f.request is not None and f.request.read is not None:
+                    self._read_answered(m, f.request.read)
                     f.request.read.meters.update(
-                        {METER_CODES[c]: v for c, v in meters.items() if c in METER_CODES})
+                        {METERS[c].name: v for c, v in meters.items() if c in METERS})
             case messages.GameConfig(denomination_code=denom) if f.poll.command == 0x1F:
                 m.denom_code = denom
                 m.game = f"{value.game_id}/{value.paytable_id}".strip()
@@ -128,10 +135,13 @@ class AnswerFacts(HostCore):
         if read is None:
             return
         command = request.poll.command
-        if unsupported and command in (LongPoll.EXTENDED_METERS, LongPoll.EXTENDED_METERS_ALT):
-            # The machine ignores 6F/AF (reference 2.2: silence): use LP 1C + 0F from now on.
+        six_f = (LongPoll.EXTENDED_METERS, LongPoll.EXTENDED_METERS_ALT)
+        if unsupported and command in six_f and m.meter_mode == "6F":
+            # The machine ignores 6F/AF (reference 2.2: silence): use LP 1C + 0F + 1E from now on.
             m.meter_mode = "1C"
-            read.remaining += len(LEGACY_METERS)
+            rest = [r for r in m.queue if r.read is read and r.poll.command in six_f]
+            m.queue = deque(r for r in m.queue if not any(r is x for x in rest))
+            read.remaining += len(LEGACY_METERS) - len(rest)
             m.queue.extend(Request(messages.long_poll(m.address, c), read=read)
                            for c in LEGACY_METERS)
         read.remaining -= 1
@@ -140,13 +150,29 @@ class AnswerFacts(HostCore):
         if read.meters:
             m.stats.meter_reads += 1
             m.last_meters = dict(read.meters)
-            data = {"meters": dict(read.meters), "denomination_cents": m.denom_cents}
-            self._events.append(Report(MachineEvent("meterSnapshot", m.ref, data,
-                                                    monotonic=now)))
+            m.held = {"meters": dict(read.meters), "denomination_cents": m.denom_cents,
+                      "digits": {n: digits_of(n) for n in read.meters}}
+            if m.rte_on and m.rte_proven:
+                self._release(m, now)
         if read.ticket is not None:
             self._events.append(CommandFinished(
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
                 {"meters": dict(read.meters), "denomination_cents": m.denom_cents}))
+
+    @staticmethod
+    def _read_answered(m: Machine, read: MeterRead) -> None:
+        if not read.started:
+            # A new read: one still held merges into it (its window just gets longer).
+            read.started, m.straddle, m.held = True, 0, None
+
+    def _release(self, m: Machine, now: float) -> None:
+        """Report the held snapshot: the machine's queue is known empty (see "Periodic long
+        polls"); every exception it counted before the read is recorded by now."""
+        if m.held is not None:
+            data, m.held = {**m.held, "straddle": m.straddle or 0}, None
+            m.straddle = None
+            self._events.append(Report(MachineEvent("meterSnapshot", m.ref, data,
+                                                    monotonic=now)))
 
     @staticmethod
     def _resent_after_reset(m: Machine, event: MachineEvent | None) -> bool:
@@ -178,6 +204,8 @@ class AnswerFacts(HostCore):
         has run again: whatever answers next at this address may be another machine."""
         m.online = False
         m.offline_reason = reason
+        m.held = m.straddle = None  # the next read after it is back spans the gap
+        m.rte_proven = False
         self._events.append(Report(MachineEvent("deviceOffline", m.ref, {"reason": reason},
                                                 monotonic=now)))
         self._queue_discovery(m)
@@ -203,6 +231,7 @@ class AnswerFacts(HostCore):
                                               strict=True)
                    if a is not None and b is not None and a != b]
         if old is not None and changed:
+            self._queue_meter_read(m)
             self._events.append(Report(MachineEvent(
                 "machineReplaced", m.ref,
                 {"changed": changed, "previous_serial": old[0], "previous_asset": old[1],
@@ -217,6 +246,8 @@ class AnswerFacts(HostCore):
         follow-ups (reference 3), which go out after it is durable: each is its implied ACK or
         comes after it."""
         m.stats.exceptions += 1
+        if m.straddle is not None and not resent:
+            m.straddle += 1
         token = next(self._tokens)
         self._held[token] = event
         self._events.append(Report(event, token, resent))
@@ -226,7 +257,7 @@ class AnswerFacts(HostCore):
             m.queue.append(Request(messages.long_poll(a, LongPoll.HANDPAY_INFO)))
         elif code in BILL_EXCEPTIONS and not m.rte_on:
             m.queue.append(Request(messages.long_poll(a, LongPoll.LAST_BILL)))
-        elif code == Exc.BUFFER_OVERFLOW:
+        elif code in (Exc.BUFFER_OVERFLOW, Exc.AC_POWER_APPLIED):
             self._queue_meter_read(m)
         elif code == Exc.OPERATOR_CHANGED_OPTIONS:
             m.queue.extend(self._discovery(m))

@@ -55,7 +55,7 @@ class HostConfig:
     rte_repeat_spacing_s: float | None = None
     meters_every_s: float = 60.0
     clock_every_s: float = 600.0
-    # "6F": LP 6F/AF alternating with the codes of codes.METER_CODES; "1C": LP 1C then LP 0F.
+    # "6F": LP 6F/AF alternating with the codes of meters.READ_CHUNKS; "1C": LP 1C, 0F, 1E.
     meter_polls: str = "6F"
     min_poll_interval_s: float = 0.04
     # A poll due within this much is sent now, and get_timer() asks to be woken this early: the

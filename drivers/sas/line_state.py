@@ -26,7 +26,7 @@ MAX_BUSY = 10
 
 
 BILL_EXCEPTIONS = frozenset(BILL_CODE_CENTS) | {Exc.BILL_ACCEPTED}
-LEGACY_METERS = (LongPoll.METERS_1C, LongPoll.METERS_0F)
+LEGACY_METERS = (LongPoll.METERS_1C, LongPoll.METERS_0F, LongPoll.BILL_COUNTS)
 # Long polls many machines do not support (LP 74 needs AFT): silence to them is no missed poll.
 OPTIONAL_POLLS = frozenset({LongPoll.AFT_STATUS})
 
@@ -49,6 +49,7 @@ class MeterRead:
     remaining: int
     ticket: int | None = None
     meters: dict[str, int] = field(default_factory=dict)
+    started: bool = False  # a first answer came: count exceptions from here (`straddle`)
 
 
 @dataclass(slots=True)
@@ -121,6 +122,12 @@ class Machine:
     # "Machine resets" in the module docstring.)
     reset: ResetWatch = field(default_factory=ResetWatch)
     stats: Stats = field(default_factory=Stats)
+    # Exceptions recorded since the current meter read's first answer (None: no read open), a
+    # finished read's snapshot waiting for an empty queue, and whether an event frame came since
+    # the machine last fell silent long enough to reset ("Periodic long polls" in host.py).
+    straddle: int | None = None
+    held: dict[str, Any] | None = None
+    rte_proven: bool = False
 
     @property
     def denom_cents(self) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from drivers.model import TxFrame
 from drivers.sas import messages
-from drivers.sas.codes import METER_CODES, LongPoll
+from drivers.sas.codes import LongPoll
 from drivers.sas.line_state import (
     BYTE_TIME_S,
     LEGACY_METERS,
@@ -21,6 +21,7 @@ from drivers.sas.line_state import (
     expectation,
     poll_from_wire,
 )
+from drivers.sas.meters import READ_CHUNKS
 
 
 class LineScheduling(HostCore):
@@ -68,7 +69,8 @@ class LineScheduling(HostCore):
         a = m.address
         if m.meter_mode == "6F":
             m.alternate = not m.alternate
-            polls = [messages.extended_meters(a, 0, list(METER_CODES), alternate=not m.alternate)]
+            polls = [messages.extended_meters(a, 0, list(chunk), alternate=not m.alternate)
+                     for chunk in READ_CHUNKS]
         else:
             polls = [messages.long_poll(a, c) for c in LEGACY_METERS]
         read = MeterRead(len(polls), ticket)
@@ -118,6 +120,9 @@ class LineScheduling(HostCore):
         if not m.queue:
             self._periodic(m, now)
         request = m.queue[0] if m.queue else None
+        if request is not None and request.read is not None and request.read.started \
+                and not m.last_was_gp:
+            request = None  # a GP between the polls of one meter read, as between periodic ones
         poll = request.poll if request else messages.general_poll(m.address)
         wire = poll.wire()
         continuing, m.idle_gp = m.idle_gp and wire == self._last_wire, False

@@ -23,6 +23,9 @@ general poll is that one byte, a long poll's length follows from its command (re
   * A type S poll with a bad CRC is NACKed (`addr|0x80`) and changes no state. Unknown long polls
     get silence. Answered: LP 01, 02, 06, 07, 0E, 0F, 10-1C, 1E, 1F, 20, 21 (ACK), 2F, 3D, 48,
     51, 53-57, 6F/AF, 7E, 7F, 94, A0 (messages.POLL_SPECS); 4C, 4D, 58 and B0 get silence.
+  * Meters: honest (the play model's, Table C-7 codes of drivers/sas/meters.py) unless told to
+    lie (`Lies`): swallow the next exceptions of a code while the meters still move, move a
+    meter with no exception, or zero the meters at power-up as some machines do.
   * Chirp (reference 1): with `chirp` on, after `chirp_after_s` (5 s) without an address byte the
     machine sends its address with the wakeup bit every 200 ms until polled (`take_words`).
 """
@@ -31,17 +34,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from drivers.sas import bcd, messages
-from drivers.sas.codes import METER_CODES, Exc, LongPoll
+from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.crc import check_crc
 from drivers.sas.errors import SasRemoteProtocolError
+from drivers.sas.meters import METERS
 from drivers.sim.faults import FaultInjector, FaultPlan
 from drivers.sim.ledger import Ledger, LedgerEntry
 from drivers.sim.machine import PlayModel
 
-__all__ = ["PROFILES", "EgmProfile", "SasEgm"]
+__all__ = ["PROFILES", "EgmProfile", "Lies", "SasEgm"]
 
 _WAKEUP = 0x100
 _S_TYPE = {c for c, spec in messages.POLL_SPECS.items() if spec.kind != "R"}
@@ -73,6 +77,26 @@ class EgmProfile:
 PROFILES = {p.name: p for p in (EgmProfile(), EgmProfile(rte_after_power=True),
                                 EgmProfile(silence_fresh=True),
                                 EgmProfile(rte_after_power=True, silence_fresh=True))}
+
+
+@dataclass(slots=True)
+class Lies:
+    """Controlled lies for tests: what a faulty machine does to its own accounting.
+    `swallow`: exception code -> how many of its next play exceptions to drop (the meters
+    move, nothing is reported); `offset`: meter -> amount added with no exception;
+    `reset_at_power`: the meters read zero after each power cycle."""
+
+    swallow: dict[int, int] = field(default_factory=dict)
+    offset: dict[str, int] = field(default_factory=dict)
+    reset_at_power: bool = False
+    told: list[tuple[float, str]] = field(default_factory=list)  # (when, what): for tests
+
+    def swallows(self, code: int, now: float) -> bool:
+        if self.swallow.get(code, 0) > 0:
+            self.swallow[code] -= 1
+            self.told.append((now, f"swallowed {code:02X}"))
+            return True
+        return False
 
 
 @dataclass(slots=True)
@@ -129,6 +153,7 @@ class SasEgm:
         self.clock_offset_s = 0.0
         # Long polls this machine ignores (silence, reference 2.2), e.g. {0x6F, 0xAF}.
         self.unsupported = unsupported
+        self.lies = Lies()
 
     # ---- play --------------------------------------------------------------------------------
 
@@ -141,6 +166,8 @@ class SasEgm:
         if self.faults.roll("duplicate"):
             # A genuine second report with identical code and data (two equal bills).
             self._enqueue(code, data, now)
+            if self.play:
+                self.play.repeat(code, data)
         if self.faults.roll("overflow"):
             for _ in range(self.fifo_size + 5):
                 self._enqueue(Exc.GENERAL_TILT, b"", now)
@@ -157,6 +184,10 @@ class SasEgm:
         self._msg = None
         self.synced = False
         self.rte = self.rte and self.profile.rte_after_power
+        if self.lies.reset_at_power:
+            raw = self._meters(honest=True)
+            self.lies.offset = {k: -v for k, v in raw.items()}
+            self.lies.told.append((now, "meters reset at power-up"))
         self._enqueue(Exc.AC_POWER_LOST, b"", now)
         self._enqueue(Exc.AC_POWER_APPLIED, b"", now)
 
@@ -180,7 +211,8 @@ class SasEgm:
     def handle_timer(self, now: float) -> None:
         if self.play:
             for code, data in self.play.advance(now, rte=self.rte):
-                self.raise_exception(code, data, now)
+                if not self.lies.swallows(code, now):
+                    self.raise_exception(code, data, now)
         if self._next_chirp is not None and now >= self._next_chirp:
             off = self.powered_until is not None and now < self.powered_until
             if not off:
@@ -352,11 +384,13 @@ class SasEgm:
                 return b"", None
         return bytes([a]), None
 
-    def _meters(self) -> dict[str, int]:
-        base = dict.fromkeys(("coin_in", "coin_out", "games_played", "games_won", "games_lost",
-                              "drop", "jackpot", "cancelled_credits", "current_credits"), 0)
+    def _meters(self, *, honest: bool = False) -> dict[str, int]:
+        base = dict.fromkeys((m.name for m in METERS.values()), 0)
         if self.play:
             base.update(self.play.meters())
+        if not honest:
+            for name, amount in self.lies.offset.items():
+                base[name] = (base.get(name, 0) + amount) % 10**8
         return base
 
     def _typed_answer(self, command: int, data: bytes, now: float) -> messages.LongPollAnswer:
@@ -367,8 +401,7 @@ class SasEgm:
             extra = {"games_since_power_up": meters["games_played"] % 10**4,
                      "games_since_door_closed": meters["games_played"] % 10**4,
                      "slot_door_opened_count": 0, "power_resets": 0,
-                     "bills_total_dollars": sum(c * n for c, n in counts.items()) // 100,
-                     **{f"bills_{d}": counts.get(d * 100, 0) for d in (1, 5, 10, 20, 50, 100)}}
+                     "bills_total_dollars": sum(c * n for c, n in counts.items()) // 100}
             names = messages.METER_NAMES[command]
             return messages.MeterReading(command, {n: {**meters, **extra}[n] for n, _ in names})
         match command:
@@ -381,7 +414,7 @@ class SasEgm:
                 codes = [int.from_bytes(data[i:i + step], "little")
                          for i in range(3, len(data), step)]
                 return messages.SelectedMeters(command, game, {
-                    c: meters[METER_CODES[c]] for c in codes if c in METER_CODES})
+                    c: meters[METERS[c].name] for c in codes if c in METERS})
             case LongPoll.CASHOUT_TICKET:
                 return messages.CashoutTicket(0, 0)
             case LongPoll.LAST_BILL:

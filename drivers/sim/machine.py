@@ -29,6 +29,8 @@ _DOORS = (0x11, 0x13, 0x15, 0x19, 0x1D)
 _TILTS = (0x20, 0x28, 0x2B, 0x60, 0x61, 0x3B)
 _NON_RTE_BILLS = {100: 0x47, 500: 0x48, 1000: 0x49, 2000: 0x4A}
 _BILL_CODE = {100: 0x00, 500: 0x02, 1000: 0x03, 2000: 0x04}
+_BILL_CENTS_BY_CODE = {code: cents for cents, code in _NON_RTE_BILLS.items()}
+_BILL_CENTS_BY_DENOM = {code: cents for cents, code in _BILL_CODE.items()}
 
 
 class PlayModel:
@@ -47,7 +49,9 @@ class PlayModel:
         self.coin_out = 0
         self.games_played = 0
         self.games_won = 0
+        self.games_lost = 0
         self.drop_credits = 0
+        self.jackpot = 0
         self.bill_counts: dict[int, int] = {}
         # (bill code of the LP 48 table, lifetime count) of the last bill, for LP 48.
         self.last_bill: tuple[int, int] | None = None
@@ -88,7 +92,12 @@ class PlayModel:
             return [(Exc.GAME_SELECTED, bcd.encode(self._rng.randint(1, 20), 2))]
         if roll < 0.97:
             return [(self._rng.choice(_TILTS), b"")]
+        return self._handpay()
+
+    def _handpay(self) -> list[tuple[int, bytes]]:
+        """A jackpot paid by an attendant: meter 02 (jackpot, credits) moves with exception 51."""
         self.handpay_cents = 120_000
+        self.jackpot += self.handpay_cents // self.denom_cents
         return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
 
     def _floor(self, roll: float, rte: bool) -> list[tuple[int, bytes]]:
@@ -104,8 +113,7 @@ class PlayModel:
                     return [(Exc.BILL_JAM, b"")]
                 if kind == "tilt":
                     return [(self._rng.choice(_TILTS), b"")]
-                self.handpay_cents = 120_000
-                return [(Exc.HANDPAY_PENDING, b""), (Exc.HANDPAY_RESET, b"")]
+                return self._handpay()
             roll -= chance
         if roll < 0.6 or (self.credits >= 5 and roll < 0.8):
             return self._game()
@@ -118,9 +126,10 @@ class PlayModel:
         wrap = 10**8
         return {"coin_in": self.coin_in, "coin_out": self.coin_out % wrap,
                 "games_played": self.games_played % wrap, "games_won": self.games_won % wrap,
-                "games_lost": (self.games_played - self.games_won) % wrap,
-                "drop": self.drop_credits % wrap, "jackpot": 0, "cancelled_credits": 0,
-                "current_credits": self.credits % wrap}
+                "games_lost": self.games_lost % wrap,
+                "drop": self.drop_credits % wrap, "jackpot": self.jackpot % wrap,
+                "cancelled_credits": 0, "current_credits": self.credits % wrap,
+                **{f"bills_{c // 100}": n % wrap for c, n in self.bill_counts.items()}}
 
     def _game(self) -> list[tuple[int, bytes]]:
         wager = min(self.credits, self._rng.choice((1, 2, 3, 5)))
@@ -133,8 +142,31 @@ class PlayModel:
         self.coin_out += win
         self.games_played += 1
         self.games_won += win > 0
+        self.games_lost += win == 0
         started = bcd.encode(wager, 2) + bcd.encode(self.coin_in, 4) + b"\x00\x00"
         return [(Exc.GAME_STARTED, started), (Exc.GAME_ENDED, bcd.encode(win, 4))]
+
+    def repeat(self, code: int, data: bytes) -> None:
+        """The machine reports exception `code` once more (a genuine repeat, the `duplicate`
+        fault): its meters count it again, as a real machine's would."""
+        if code == Exc.GAME_STARTED:
+            wager = bcd.decode(data[0:2])
+            self.credits -= wager
+            self.coin_in = (self.coin_in + wager) % 10**8
+            self.games_played += 1
+        elif code == Exc.GAME_ENDED:
+            win = bcd.decode(data)
+            self.credits += win
+            self.coin_out += win
+            self.games_won += win > 0
+            self.games_lost += win == 0
+        elif code == Exc.HANDPAY_PENDING:
+            self.jackpot += self.handpay_cents // self.denom_cents
+        elif cents := _BILL_CENTS_BY_CODE.get(code) or (
+                code == Exc.BILL_ACCEPTED and _BILL_CENTS_BY_DENOM.get(data[1])):
+            self.credits += cents // self.denom_cents
+            self.bill_counts[cents] = self.bill_counts.get(cents, 0) + 1
+            self.drop_credits += cents // self.denom_cents
 
     def _bill(self, rte: bool) -> tuple[int, bytes]:
         cents = self._rng.choice(tuple(_BILL_CODE))

@@ -8,6 +8,7 @@ events open an alert, some close one, the rest are ignored:
     tilt            opens "tilt"            closed by alertAcknowledged
     deviceOffline   opens "offline"         closed by deviceOnline (same machine)
     bufferOverflow  opens "bufferOverflow"  closed by alertAcknowledged
+    meterDiscrepancy opens "meters"         closed by alertAcknowledged (docs/reconciliation.md)
     alertAcknowledged marks an open alert as acknowledged (and closes tilts / overflows)
 
 An alert is keyed by the seq of the event that opened it, which is stable across restarts because
@@ -33,15 +34,16 @@ from typing import Any
 __all__ = ["ALERT_KINDS", "OPENING_EVENTS", "SEVERITY", "Alert", "AlertBoard", "Change",
            "machine_label"]
 
-ALERT_KINDS = ("handpay", "door", "tilt", "offline", "bufferOverflow")
+ALERT_KINDS = ("handpay", "door", "tilt", "offline", "bufferOverflow", "meters")
 # Most urgent first: a handpay is a player waiting for money, an open door a security matter.
-SEVERITY = {"handpay": 0, "door": 1, "tilt": 2, "offline": 3, "bufferOverflow": 4}
+SEVERITY = {"handpay": 0, "door": 1, "tilt": 2, "offline": 3, "bufferOverflow": 4, "meters": 5}
 
 _OPENERS = {"handpayPending": "handpay", "doorOpened": "door", "tilt": "tilt",
-            "deviceOffline": "offline", "bufferOverflow": "bufferOverflow"}
+            "deviceOffline": "offline", "bufferOverflow": "bufferOverflow",
+            "meterDiscrepancy": "meters"}
 OPENING_EVENTS = frozenset(_OPENERS)
 # Alerts without a closing event from the machine: an acknowledgement is what clears them.
-_CLOSED_BY_ACK = frozenset({"tilt", "bufferOverflow"})
+_CLOSED_BY_ACK = frozenset({"tilt", "bufferOverflow", "meters"})
 HISTORY_PER_MACHINE = 10
 MAX_PENDING_CHANGES = 10_000
 

@@ -61,7 +61,22 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "ticketPrinted": {"amount": _money(12345), "validation_number": "001234567890123456"},
     "ticketInserted": {"amount": _money(500), "validation_number": "009876543210987654"},
     "meterSnapshot": {"meters": {"coin_in": 5000, "coin_out": 3100, "drop": 500,
-                                 "games_played": 42}, "denomination": _money(1)},
+                                 "games_played": 42, "bills_20": 25},
+                      "denomination": _money(1), "digits": {"coin_in": 8, "coin_out": 8,
+                                                            "drop": 8, "games_played": 8,
+                                                            "bills_20": 8}, "straddle": 0},
+    "meterReconciled": {"from_seq": 40, "to_seq": 57, "events": {"betPlaced": 6, "gameEnded": 6,
+                                                                 "billAccepted": 1},
+                        "deltas": {"games_played": 6, "coin_in": 18, "coin_out": 12,
+                                   "bills_20": 1, "drop": 2000},
+                        "straddle": 0, "unreported": ["bills_2"], "rolled_over": []},
+    "meterDiscrepancy": {"meter": "bills_20", "expected_min": 0, "expected_max": 0, "seen": 1,
+                         "difference": 1, "cause": "eventsMissing", "evidence": [],
+                         "rule": "meter 44 $20 bills accepted <-> bill accepted of $20",
+                         "from_seq": 57, "to_seq": 63, "events": {"betPlaced": 2}},
+    "gamingDayClosed": {"gaming_day": "2026-11-20", "windows": 1440, "reconciled": 1439,
+                        "discrepancies": 1, "totals": {"games_played": 5230, "coin_in": 15690},
+                        "meters": {"games_played": 91230, "coin_in": 273690}},
     "cardInserted": {"card_id": "5d1c0e5f2b7a9c3e8d4f6a1b0c2e4d6f", "key_id": "1210c263",
                      "medium": "magstripe"},
     "cardRemoved": {"card_id": "5d1c0e5f2b7a9c3e8d4f6a1b0c2e4d6f", "key_id": "1210c263",
@@ -99,8 +114,8 @@ MACHINE_TYPES = frozenset({
     "deviceOnline", "deviceOffline", "powerLost", "powerApplied", "machineException",
     "gameSelected", "betPlaced", "gameEnded", "billAccepted", "ticketPrinted", "ticketInserted",
     "meterSnapshot", "doorOpened", "doorClosed", "tilt", "handpayPending", "handpayReset",
-    "bufferOverflow", "commandExecuted", "machineReplaced", "cardInserted", "cardRemoved",
-    "cardRead", "cardBadRead"})
+    "bufferOverflow", "commandExecuted", "machineReplaced", "meterReconciled", "meterDiscrepancy",
+    "gamingDayClosed", "cardInserted", "cardRemoved", "cardRead", "cardBadRead"})
 
 
 def signers() -> tuple[Signer, Signer]:

@@ -143,6 +143,8 @@ def _still_works(host: SasHost, now: float) -> None:
     pair.run_until(now + 120.0)  # room for every queued request to be tried and dropped
     assert host.is_online(A)
     recorded = [(e.source.code, e.source.payload) for e in pair.recorded if e.source]
-    acked = [(e.code, e.data if host.statistics()[A]["rte"] else b"")
-             for e in egm.ledger.entries if e.acknowledged_at is not None]
-    assert acked and all(item in recorded for item in acked)
+    # The fuzz may have switched RTE on (LP 0E) while the machine was already reporting: an
+    # exception acknowledged before the switch was recorded bare, one after it with its data.
+    acked = [e for e in egm.ledger.entries if e.acknowledged_at is not None]
+    assert acked and all((e.code, e.data) in recorded or (e.code, b"") in recorded
+                         for e in acked)

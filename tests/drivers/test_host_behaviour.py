@@ -70,7 +70,7 @@ def test_periodic_meters_and_clock_never_starve_the_gp(rte: bool) -> None:
     snaps = _snapshots(pair)
     assert len(snaps) >= 10
     for data in snaps:
-        assert set(data) == {"meters", "denomination_cents"}
+        assert set(data) == {"meters", "denomination_cents", "digits", "straddle"}
         assert all(isinstance(v, int) for v in data["meters"].values())  # type: ignore[union-attr]
     assert snaps[-1]["meters"]["games_played"] > 0  # type: ignore[index]
     assert pair.host.statistics()[1]["machine_clock"].startswith("2026-01-01T00:00:")
@@ -111,6 +111,7 @@ def test_overflow_70_is_followed_by_a_full_meter_read(rte: bool) -> None:
     for _ in range(egm.fifo_size + 3):
         egm.raise_exception(Exc.GENERAL_TILT, b"", pair.now)
     pair.run_until_quiet()
+    pair.run_until(pair.now + 2.0)  # the read's last poll, and (normal mode) "no activity"
     codes = [e.source.code for e in pair.recorded]
     assert codes.count(0x70) == 1
     i = pair.frames.index(next(f for f in pair.frames if len(f) > 1 and f[1] in (0x6F, 0xAF)))

@@ -163,14 +163,14 @@ def test_outbox_disk_budget_defaults_and_values():
     # No size cap given: the outbox caps delivered events at half its filesystem.
     assert (outbox.min_free_mb, outbox.retention_days, outbox.retention_max_mb) == \
         (64.0, 30.0, None)
-    assert outbox.droppable_types == ("meterSnapshot",)
+    assert outbox.droppable_types == ()
     table = with_changes("gateway")
     table["outbox"] = {"min_free_mb": 200, "retention_days": 7, "retention_max_mb": 512,
-                       "droppable_types": ["meterSnapshot", "gameSelected"]}
+                       "droppable_types": ["betPlaced", "gameSelected"]}
     outbox = parse_config(table).outbox
     assert (outbox.min_free_mb, outbox.retention_days, outbox.retention_max_mb) == \
         (200.0, 7.0, 512.0)
-    assert outbox.droppable_types == ("meterSnapshot", "gameSelected")
+    assert outbox.droppable_types == ("betPlaced", "gameSelected")
 
 
 @pytest.mark.parametrize(("changes", "field", "words"), [
@@ -178,6 +178,7 @@ def test_outbox_disk_budget_defaults_and_values():
     ({"retention_days": -2}, "outbox.retention_days", "0 (keep"),
     ({"droppable_types": ["lossMarker"]}, "outbox.droppable_types", "never shed"),
     ({"droppable_types": ["noSuchEvent"]}, "outbox.droppable_types", "cash or player"),
+    ({"droppable_types": ["meterSnapshot"]}, "outbox.droppable_types", "never shed"),
 ])
 def test_outbox_disk_budget_errors_name_the_field(changes, field, words):
     table = with_changes("gateway")
@@ -190,7 +191,7 @@ def test_outbox_disk_budget_errors_name_the_field(changes, field, words):
 def test_example_config_documents_the_disk_budget():
     example = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     outbox = load_config(example).outbox
-    assert outbox.min_free_mb == 64 and outbox.droppable_types == ("meterSnapshot",)
+    assert outbox.min_free_mb == 64 and outbox.droppable_types == ()
 
 
 def test_uplink_timeouts_are_validated_settings():

@@ -64,7 +64,8 @@ async def test_diag_json_is_the_snapshot(tmp_path: Path, capsys):
             assert await cli("diag", "--json", "--socket", str(run.socket)) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["ports"]["port1"]["machines"][0]["state"] == "online"
-    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key", "feed"}
+    assert set(status) == {"gateway", "ports", "outbox", "uplink", "key", "reconciliation",
+                           "feed"}
 
 
 async def test_diag_takes_the_socket_from_the_config(tmp_path: Path, capsys):

@@ -10,11 +10,12 @@
     tilt: "Fault",
     offline: "Not responding",
     bufferOverflow: "Events lost",
+    meters: "Meters do not add up",
   };
   const KIND_SYMBOLS = { handpay: "$", door: "\u25B2", tilt: "!", offline: "\u2715",
-    bufferOverflow: "?" };
+    bufferOverflow: "?", meters: "\u2260" };
   // Most urgent first (the server's gateway/feed/state.py SEVERITY).
-  const SEVERITY = { handpay: 0, door: 1, tilt: 2, offline: 3, bufferOverflow: 4 };
+  const SEVERITY = { handpay: 0, door: 1, tilt: 2, offline: 3, bufferOverflow: 4, meters: 5 };
   // Alerts that call for an attendant now: a new one sounds and flashes.
   const LOUD_KINDS = new Set(["handpay"]);
 
@@ -87,6 +88,9 @@
         return "The gateway cannot reach this machine";
       case "bufferOverflow":
         return data.detail || "The machine's event queue overflowed";
+      case "meters":
+        return (data.meter || "A meter") + ": " + (data.difference > 0 ? "+" : "") +
+          (data.difference ?? "?") + " against the events (" + (data.cause || "?") + ")";
       default:
         return "";
     }
