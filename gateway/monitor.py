@@ -16,7 +16,6 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -33,13 +32,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway import __version__
-from gateway.config import is_loopback
+from gateway.config import MonitorSection
 from gateway.events import rfc3339
 
 if TYPE_CHECKING:
     from gateway.outbox import Outbox
 
-__all__ = ["HealthLimits", "Monitor", "MonitorSettings", "assess", "serve_monitor"]
+__all__ = ["HealthLimits", "Monitor", "assess", "serve_monitor"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +53,7 @@ class HealthLimits:
 
     uplink_down_s: float = 60.0        # the uplink not delivering for longer than this
     undelivered_s: float = 300.0       # the oldest undelivered event older than this
-    depth: int = 10_000                # more undelivered events than this
+    degraded_depth: int = 10_000       # more undelivered events than this
 
 
 def assess(status: dict[str, Any], limits: HealthLimits, *, wall: float) -> list[str]:
@@ -74,8 +73,8 @@ def assess(status: dict[str, Any], limits: HealthLimits, *, wall: float) -> list
         reasons.append(f"oldest undelivered event is {oldest:.0f} s old "
                        f"(limit {limits.undelivered_s:g} s)")
     depth = outbox.get("depth")
-    if isinstance(depth, int) and depth > limits.depth:
-        reasons.append(f"{depth} events undelivered (limit {limits.depth})")
+    if isinstance(depth, int) and depth > limits.degraded_depth:
+        reasons.append(f"{depth} events undelivered (limit {limits.degraded_depth})")
     if outbox.get("intake_stopped"):
         reasons.append("disk floor reached: the outbox stopped taking events")
     for name, port in sorted((status.get("ports") or {}).items()):
@@ -285,19 +284,7 @@ def _machines_summary(ports: dict[str, Any]) -> dict[str, Any]:
 
 # -- the listener ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class MonitorSettings:
-    host: str = "127.0.0.1"
-    port: int = 9464
-    token_file: Path | None = None
-
-    def __post_init__(self) -> None:
-        if not is_loopback(self.host) and self.token_file is None:
-            raise ValueError(f"monitor.host {self.host} is not loopback: set monitor.token_file "
-                             "(scrapers then send Authorization: Bearer <token>)")
-
-
-async def serve_monitor(settings: MonitorSettings, monitor: Monitor, *,
+async def serve_monitor(settings: MonitorSection, monitor: Monitor, *,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve GET /health and /metrics on their own port until cancelled; reports the port."""
     token = None
