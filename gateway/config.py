@@ -205,8 +205,10 @@ class UplinkSection:
                               f"got {self.dead_after_s:g}")
 
 
-COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",
-                 "remoteHandpayReset", "acknowledgeAlert")
+def _check_commands(names: tuple[str, ...]) -> str | None:
+    from gateway.commands import COMMAND_NAMES
+
+    return _check(set(names) <= COMMAND_NAMES, "a list of: " + ", ".join(sorted(COMMAND_NAMES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +217,7 @@ class CommandsSection:
     and audited."""
 
     allowed: tuple[str, ...] = field(default=("acknowledgeAlert", "requestMeters"), metadata={
-        "check": lambda v: _check(set(v) <= set(COMMAND_NAMES),
-                                  "a list of: " + ", ".join(COMMAND_NAMES))})
+        "check": _check_commands})
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ import structlog
 import trio
 
 import gateway
+from drivers.model import machine_key
 from drivers.registry import TraceDecoder
 from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
@@ -182,7 +183,7 @@ class Activity:
         for env in envelopes:
             machine = env.get("machine")
             if machine:
-                self.last[f"{machine['port']}/{machine['address']}"] = {
+                self.last[machine_key(machine['port'], machine['address'])] = {
                     "type": env.get("event"), "seq": env.get("seq"),
                     "timestamp": env.get("timestamp"), "at": time.time()}
         self._trim(now)
@@ -252,7 +253,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                 state = "not polled yet"
             else:
                 state = "offline"
-            last = gw.activity.last.get(f"{section.name}/{address}")
+            last = gw.activity.last.get(machine_key(section.name, address))
             machines.append({
                 "address": address, "state": state, "offline_reason": m.get("offline_reason"),
                 "serial": m.get("serial"),

@@ -287,10 +287,6 @@ async def record_stopping(gw: Gateway, reason: str) -> None:
                     f"within {STOPPING_GRACE_S:g} s")
 
 
-# What SIGHUP can apply to the running daemon; any other change needs a restart.
-RELOADABLE = ("feed.tokens", "commands.allowed")
-
-
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted names of the configuration fields that differ (a list or a section appearing or
     going away counts as one change)."""

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import trio
 
 from drivers import registry
+from drivers.model import machine_key
 from drivers.registry import ProbeRequest, RestartJournal
 from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
@@ -363,7 +364,7 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
     for name, port, m in machines:
         why = machine_why(port, m)
         if why is not None and not why.startswith("port down"):
-            found.append((WARNING, f"{name}/{m['address']} offline: {why}"))
+            found.append((WARNING, f"{machine_key(name, m['address'])} offline: {why}"))
     polled = any(m["state"] != "not polled yet" for _, _, m in machines)
     if machines and online == 0 and polled:
         found.append((CRITICAL, f"no machine online (0/{len(machines)})"))

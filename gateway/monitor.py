@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from drivers.model import machine_key
 from gateway import __version__
 from gateway.config import MonitorSection
 from gateway.events import rfc3339
@@ -277,7 +278,7 @@ def _machines_summary(ports: dict[str, Any]) -> dict[str, Any]:
             if m.get("online"):
                 out["online"] += 1
             else:
-                out["offline"].append({"machine": f"{name}/{address}",
+                out["offline"].append({"machine": machine_key(name, address),
                                        "reason": m.get("offline_reason")})
     return out
 
