@@ -57,6 +57,7 @@ from gateway.monitor import HealthLimits, Monitor, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.ports import check_devices_free, open_drivers, recoverable, stoppable_port
 from gateway.signing import load_signing_key
+from gateway.statistics import GatewayFigures, OutboxFigures, PortFigures, UplinkFigures
 from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
@@ -175,25 +176,21 @@ class Gateway:
                                     depth=self.outbox.depth(), now=time.monotonic(),
                                     wall=time.time())
 
-    def status(self) -> dict[str, Any]:
-        """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
-        up = self.uplink.statistics()
-        ports = {}
+    def figures(self) -> GatewayFigures:
+        """The one typed snapshot diag, /metrics, /health and the status line read."""
+        ports = []
         for name, driver in self.drivers.items():
             stats = driver.statistics()
-            machines = stats.machines
-            ports[name] = {
-                "state": stats.state,
-                "machines_online": sum(1 for m in machines.values() if m.get("online")),
-                "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
-                "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
-                "resent_after_reset": sum(m.get("resent_after_reset", 0)
-                                          for m in machines.values()),
-                "failures": self.port_failures.get(name, 0),
-                "machines": {str(a): dict(m) for a, m in machines.items()},
-            }
-        return {"uplink": dict(up), "uplink_status": self.uplink_view().as_dict(),
-                "ports": ports, "outbox": self.outbox.statistics()}
+            ports.append(PortFigures.of(name, stats.state, stats.machines,
+                                        failures=self.port_failures.get(name, 0),
+                                        last_error=self.port_errors.get(name)))
+        return GatewayFigures(tuple(ports), OutboxFigures.of(self.outbox.statistics()),
+                              UplinkFigures.of(self.uplink.statistics()),
+                              self.uplink_view().as_dict())
+
+    def status(self) -> dict[str, Any]:
+        """`figures()` as JSON for the feed (alert banner) and the monitor."""
+        return self.figures().as_status()
 
     def uplink_down_for(self) -> float | None:
         """Seconds the uplink has not been delivering (down or frozen; since start if it never
@@ -205,8 +202,7 @@ class Gateway:
 
     def status_line(self) -> str:
         """'12/14 machines online, uplink down 4m, 3,211 queued'."""
-        online = sum(1 for d in self.drivers.values()
-                     for m in d.statistics().machines.values() if m.get("online"))
+        online = self.figures().machines_online
         total = sum(len(p.addresses) for p in self.config.ports)
         down = self.uplink_down_for()
         state = "frozen" if self.uplink_view().state == "frozen" else "down"
@@ -395,7 +391,7 @@ def assemble(config: Config, outbox: Outbox, *, stall_after_s: float,
                  drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
                  control_path=control_socket_path(config.gateway), config_path=config_path)
     outbox.commit_listeners.append(gw.activity.on_commit)
-    gw.monitor = Monitor(outbox, gw.status, health_limits(config))
+    gw.monitor = Monitor(outbox, gw.figures, health_limits(config))
     if config.feed is not None:
         async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
             return await router.handle(request, f"staff:{requested_by}")
