@@ -6,7 +6,8 @@ port, with or without the feed: loopback by default with no authentication, and 
 bind only with a bearer token file (docs/operations.md "Monitoring").
 
 Health is one function of the daemon's typed figures (`assess`, gateway/statistics.py), which
-diag reads too, so /health, the metrics and the board cannot disagree: `degraded` (HTTP 503) with one reason per problem, `ok` (200) without.
+diag reads too, so /health, the metrics and the board cannot disagree: `degraded` (HTTP 503)
+with one reason per problem, `ok` (200) without.
 """
 
 from __future__ import annotations
