@@ -22,7 +22,10 @@ ROOT = Path(__file__).parents[1]
 CORES = [
     "drivers.model", "drivers.redelivery", "drivers.sas.crc", "drivers.sas.bcd",
     "drivers.sas.codes", "drivers.sas.framing", "drivers.sas.host", "drivers.sas.messages",
-    "drivers.sas.mapping", "drivers.sim.egm", "drivers.sim.machine", "drivers.sim.ledger",
+    "drivers.sas.mapping", "drivers.sas.answers", "drivers.sas.event_data",
+    "drivers.sas.answer_contract", "drivers.sas.answer_facts", "drivers.sas.host_api",
+    "drivers.sas.line_state", "drivers.sas.scheduling", "drivers.sim.egm", "drivers.sim.machine",
+    "drivers.sim.ledger",
     "gateway.events", "gateway.meters", "gateway.uplink.protocol", "gateway.feed.protocol",
     "gateway.feed.state",
     "drivers.cardreader.framing", "drivers.cardreader.reader", "drivers.cardreader.cardid",

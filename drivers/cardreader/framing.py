@@ -267,6 +267,6 @@ class Framer:
         if len(text) in UID_HEX_LENGTHS and all(c in "0123456789abcdefABCDEF" for c in text):
             self._emit_noise()
             self._out.append(Uid(text.upper()))
-        else:
+        else:  # RFID readers report no failed reads: a line that is no UID is noise
+            self._noise += len(raw)
             self._emit_noise()
-            self._out.append(BadTrack(0, f"not a UID line ({len(raw)} bytes)"))

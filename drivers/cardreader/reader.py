@@ -84,7 +84,7 @@ def card_number(track: Track) -> str | None:
     return pan if pan.isdigit() and pan.isascii() and len(pan) in _PAN_DIGITS else None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Inserted:
     card_id: str
     since: float
@@ -156,10 +156,8 @@ class CardReaderCore:
 
     def _frame(self, frame: Frame, now: float) -> None:
         match frame:
-            case Track() | BadTrack() if self._medium == "magstripe":
+            case Track() | BadTrack():
                 self._tracks.append(frame)
-            case BadTrack():  # an RFID line that is no UID: RFID readers report no failures
-                self.counts["noise_bytes"] += 1
             case EndOfLine():
                 self._end_of_swipe(now)
             case Uid(uid):

@@ -5,7 +5,7 @@ record a lossMarker. Pure: no I/O."""
 
 from __future__ import annotations
 
-from drivers.base import MachineEvent
+from drivers.model import MachineEvent
 from drivers.sas import framing
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.host_api import CommandFinished, Report

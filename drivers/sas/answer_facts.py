@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
-from drivers.base import MachineEvent, MachineRef
+from drivers.model import MachineEvent, MachineRef
 from drivers.sas import framing, messages
 from drivers.sas.codes import METER_CODES, Exc, LongPoll
 from drivers.sas.host_api import CommandFinished, IdentityConfirmed, LinkNote, Report

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import MachineEvent
+from drivers.model import MachineEvent
 from drivers.sas.errors import SasLocalProtocolError
 
 __all__ = ["Acknowledged", "CommandFinished", "HostConfig", "HostEvent", "Identity",

@@ -9,8 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import MachineEvent, MachineRef
-from drivers.link import TxFrame
+from drivers.model import MachineEvent, MachineRef, TxFrame
 from drivers.redelivery import ResetWatch
 from drivers.sas import framing, messages
 from drivers.sas.codes import BILL_CODE_CENTS, DENOMINATION_CENTS, Exc, LongPoll

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 
-from drivers.link import TxFrame
+from drivers.model import TxFrame
 from drivers.sas import messages
 from drivers.sas.codes import METER_CODES, LongPoll
 from drivers.sas.line_state import (

@@ -31,6 +31,12 @@ class SasPortSettings:
     offline_after_misses: int = field(default=5, metadata={
         "check": _within(1, 100, "between 1 and 100")})
     rte: bool = True
+    # 0: repeats of an idle RTE machine's silent GP wait the poll interval (the default, safe on
+    # any line); 40-5000: they come this close, for shared lines of idle RTE machines whose
+    # answers are prompt (docs/sas.md, "Line scheduling").
+    rte_repeat_spacing_ms: int = field(default=0, metadata={
+        "check": lambda v: None if v == 0 or 40 <= v <= 5000
+        else "0 (off) or between 40 and 5000 (SAS allows 40 ms-5 s)"})
 
     @property
     def poll_interval_s(self) -> float:
@@ -40,11 +46,16 @@ class SasPortSettings:
     def response_timeout_s(self) -> float:
         return self.response_timeout_ms / 1000
 
+    @property
+    def rte_repeat_spacing_s(self) -> float | None:
+        return self.rte_repeat_spacing_ms / 1000 if self.rte_repeat_spacing_ms else None
+
     def host_config(self) -> HostConfig:
         """The host's configuration: these settings, the rest at the host's defaults."""
         return HostConfig(poll_interval_s=self.poll_interval_s,
                           response_timeout_s=self.response_timeout_s,
-                          offline_after_misses=self.offline_after_misses, rte=self.rte)
+                          offline_after_misses=self.offline_after_misses, rte=self.rte,
+                          rte_repeat_spacing_s=self.rte_repeat_spacing_s)
 
 
 def check_addresses(addresses: tuple[int, ...]) -> list[tuple[str, str]]:

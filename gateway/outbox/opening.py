@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -75,9 +76,30 @@ def _check_key(settings: OutboxSettings, signer: Signer, tail: TailCheck) -> Non
             f"configure the key this gateway has been using")
 
 
+def _create(path: Path) -> None:
+    """A new outbox is built beside its place and renamed into it: a process killed during its
+    first start leaves no file, or a complete one, never an outbox without tables."""
+    building = path.with_name(path.name + ".new")
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        building.with_name(building.name + suffix).unlink(missing_ok=True)
+    conn = connect_raw(building)
+    try:
+        migrate(conn, building)
+    finally:
+        conn.close()  # the last connection checkpoints and removes the -wal
+    os.replace(building, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _open_checked(settings: OutboxSettings, signer: Signer) -> tuple[sqlite3.Connection, int]:
     """Create or open the database, check its tail and quarantine a corrupt one. Raises the
     raw sqlite3 errors (the caller tells an unreadable file from other failures)."""
+    if not settings.path.exists():
+        _create(settings.path)
     conn = connect_raw(settings.path)
     try:
         migrate(conn, settings.path)

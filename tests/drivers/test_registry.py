@@ -182,3 +182,14 @@ async def test_the_daemon_settles_a_restart_through_the_protocols_journal(
     drivers = open_drivers(config, TraceHub(), sink)
     assert list(drivers) == ["p1"]
     assert sink.is_redelivery(machine, SourceRef("sas", 0x11)) is not journal_moved_on
+
+
+def test_rte_repeat_spacing_is_a_port_setting_off_by_default() -> None:
+    """The idle-RTE repeat spacing (docs/sas.md, "Line scheduling") reaches the host from the
+    file in milliseconds; 0 (the default) leaves the repeats at the poll interval."""
+    assert SasPortSettings().host_config().rte_repeat_spacing_s is None
+    config = parse_config({**BASE, "ports": [{"name": "p", "device": "/dev/x", "addresses": [1],
+                                              "rte_repeat_spacing_ms": 40}]})
+    assert config.ports[0].settings.host_config().rte_repeat_spacing_s == 0.04
+    with pytest.raises(ConfigError, match="rte_repeat_spacing_ms"):
+        PortSection.of("p", Path("/dev/x"), rte_repeat_spacing_ms=20)

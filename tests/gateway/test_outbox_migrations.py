@@ -150,3 +150,44 @@ def test_a_newer_outbox_is_refused_at_open_by_check_and_by_run_with_exit_78(
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1  # untouched
     conn.close()
+
+
+def test_a_first_start_that_dies_while_building_leaves_no_outbox(outbox_settings, signer,
+                                                                  monkeypatch):
+    """A kill during the very first start (tests/test_crash.py found one) must not leave an
+    outbox file without tables for readers to trip on: the file appears complete or not at
+    all."""
+    real = migrations.MIGRATIONS
+
+    def dies(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("killed")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*real[:2], migrations.Migration(3, "x", dies),
+                                                   *real[3:]))
+    with pytest.raises(Exception, match="killed"):
+        Outbox.open(outbox_settings, signer)
+    assert not outbox_settings.path.exists()
+    monkeypatch.setattr(migrations, "MIGRATIONS", real)
+    Outbox.open(outbox_settings, signer).close()  # the next start builds it
+    conn = sqlite3.connect(outbox_settings.path)
+    assert stored_version(conn) == SCHEMA_VERSION
+    conn.close()
+
+
+def test_the_copy_before_an_upgrade_keeps_systemd_waiting(outbox_settings, signer, monkeypatch,
+                                                           tmp_path):
+    """A large outbox's copy can outlast systemd's start timeout: the copy asks for more time
+    (EXTEND_TIMEOUT_USEC) and says why in the unit's status."""
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    old_outbox(outbox_settings.path, outbox_settings, signer, 2)
+    Outbox.open(outbox_settings, signer).close()
+    message = sock.recv(4096).decode()
+    sock.close()
+    assert "EXTEND_TIMEOUT_USEC=60000000" in message
+    assert "STATUS=backing up the outbox before its schema upgrade: 100%" in message
