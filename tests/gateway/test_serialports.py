@@ -16,7 +16,7 @@ from gateway.check import check_config
 from gateway.config import load_config
 from gateway.serialports import discover, render_ports, stable_names
 
-from .test_check import Plant, cli
+from .test_check import Plant, cli, logs_back  # noqa: F401 - logs_back: autouse, main() logs
 
 
 @pytest.fixture
