@@ -27,10 +27,17 @@ __all__ = [
     "RedeliveryKey",
     "SourceRef",
     "TxFrame",
+    "machine_key",
 ]
 
 # Opaque to the gateway: produced by the driver, stored, compared only for equality.
 RedeliveryKey = bytes | str
+
+
+def machine_key(port: object, address: object) -> str:
+    """'port/address': the one spelling of a machine's identity on this gateway (status, filters,
+    diag, metrics labels)."""
+    return f"{port}/{address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +52,7 @@ class MachineRef:
     @property
     def key(self) -> str:
         """'port/address': the one spelling of a machine's identity on this gateway."""
-        return f"{self.port}/{self.address}"
+        return machine_key(self.port, self.address)
 
     def as_dict(self) -> dict[str, Any]:
         return {"port": self.port, "address": self.address, "serial": self.serial,

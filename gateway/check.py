@@ -24,6 +24,7 @@ import nacl.signing
 
 from gateway.config import Config, is_loopback
 from gateway.control import control_socket_path
+from gateway.serialports import stable_names
 
 __all__ = ["Problem", "check_config"]
 
@@ -336,6 +337,7 @@ def _check_ports(found: list[Problem], config: Config, strict: bool) -> None:
                                  "one [[ports]] table per serial line"))
             continue
         seen[ident] = where
+        _suggest_stable_name(found, where, port.device)
         if not os.access(port.device, os.R_OK | os.W_OK):
             found.append(Problem(where, f"{port.device} is not readable and writable by user "
                                  f"{_user()}: add it to the device's group (usually dialout)"))
@@ -344,6 +346,18 @@ def _check_ports(found: list[Problem], config: Config, strict: bool) -> None:
         if holder is not None:
             found.append(Problem(where, f"{port.device} is in use: {holder}; two programs on one "
                                  "SAS line corrupt each other's polls", warning=not strict))
+
+
+def _suggest_stable_name(found: list[Problem], where: str, device: Path) -> None:
+    """A kernel name (/dev/ttyUSB0) that udev also gives a stable name: suggest the stable one,
+    since USB adapters can swap kernel names across a re-plug or a reboot."""
+    by_id, by_path = stable_names(device)
+    if str(device).startswith("/dev/serial/") or str(device) in (by_id, by_path):
+        return
+    if by_id or by_path:
+        found.append(Problem(where, f"{device} can change name when USB adapters are re-plugged "
+                             f"or enumerate in another order; use its stable name "
+                             f"{by_id or by_path}", warning=True))
 
 
 def device_holder(path: Path, st: os.stat_result | None = None) -> str | None:

@@ -20,14 +20,30 @@ from drivers import registry
 from gateway.errors import ConfigError
 
 __all__ = ["CommandsSection", "Config", "ConfigProblems", "FeedSection", "FeedTokenSection",
-           "GatewaySection", "LogSection", "OutboxSection", "PortSection", "UplinkSection",
-           "load_config", "parse_config", "problems_of"]
+           "GatewaySection", "LogSection", "MonitorSection", "OutboxSection", "PortSection",
+           "UplinkSection", "load_config", "parse_config", "problems_of", "settings_for"]
 
 GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _check(cond: bool, message: str) -> str | None:
     return None if cond else message
+
+
+def settings_for(section: Any, target: Any, *, skip: tuple[str, ...] = (), **given: Any) -> Any:
+    """`target` (a dataclass) built from a configuration section by name: each of its fields
+    takes the section's field or property of that name (unit conversions are properties of the
+    section, e.g. `OutboxSection.commit_interval_s`), or a value in `given`. No field is copied
+    by hand, so two settings cannot be swapped on the way; and every field of the section must
+    land somewhere (a target field, or `skip` for what `given` or a property carries), so a new
+    key cannot be parsed and then ignored."""
+    names = {f.name for f in dataclasses.fields(target)}
+    ignored = sorted({f.name for f in dataclasses.fields(section)} - names - set(skip))
+    if ignored:
+        raise TypeError(f"{type(section).__name__} fields {ignored} reach no field of "
+                        f"{target.__name__}")
+    taken = {n: getattr(section, n) for n in names - set(given) if hasattr(section, n)}
+    return target(**taken, **given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +111,10 @@ class OutboxSection:
         "check": lambda v: _check(v is None or v >= 0, "0 (no size cap) or more MB")})
     droppable_types: tuple[str, ...] = field(default=(), metadata={
         "check": lambda v: _check_droppable(v)})
+
+    @property
+    def commit_interval_s(self) -> float:
+        return self.commit_interval_ms / 1000
 
 
 # Meter reads and the reconciliation's verdicts (docs/reconciliation.md).
@@ -176,6 +196,11 @@ class UplinkSection:
     # Connected but nothing acknowledged while events wait this long: reported "frozen".
     frozen_after_s: float = 10.0
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The platform URLs in the order to try (`url` is one URL or a list)."""
+        return (self.url,) if isinstance(self.url, str) else self.url
+
     def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("uplink.backoff_max_s", f"expected at least backoff_initial_s "
@@ -186,8 +211,10 @@ class UplinkSection:
                               f"got {self.dead_after_s:g}")
 
 
-COMMAND_NAMES = ("disableMachine", "enableMachine", "requestMeters", "setClock",
-                 "remoteHandpayReset", "acknowledgeAlert")
+def _check_commands(names: tuple[str, ...]) -> str | None:
+    from gateway.commands import COMMAND_NAMES
+
+    return _check(set(names) <= COMMAND_NAMES, "a list of: " + ", ".join(sorted(COMMAND_NAMES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +223,7 @@ class CommandsSection:
     and audited."""
 
     allowed: tuple[str, ...] = field(default=("acknowledgeAlert", "requestMeters"), metadata={
-        "check": lambda v: _check(set(v) <= set(COMMAND_NAMES),
-                                  "a list of: " + ", ".join(COMMAND_NAMES))})
+        "check": _check_commands})
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +324,11 @@ class MonitorSection:
     undelivered_s: float = 300.0     # ... or the oldest undelivered event is older
     degraded_depth: int = field(default=10_000, metadata={
         "check": lambda v: _check(v >= 1, "at least 1")})
+
+    def __post_init__(self) -> None:
+        if self.token_file is None and not is_loopback(self.host):
+            raise ConfigError("monitor.token_file", f"required when monitor.host ({self.host}) "
+                              "is not loopback: /health and /metrics are not for everyone")
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,11 +474,6 @@ def parse_config(table: dict[str, Any], *, base_dir: Path | None = None) -> Conf
     for i, name in enumerate(names):
         if names.index(name) != i:
             problems.append(ConfigError(f"ports[{i}].name", f"duplicate port name {name!r}"))
-    monitor = config.monitor
-    if monitor is not None and monitor.token_file is None and not is_loopback(monitor.host):
-        problems.append(ConfigError("monitor.token_file", f"required when monitor.host "
-                                    f"({monitor.host}) is not loopback: /health and /metrics "
-                                    "are not for everyone"))
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     if base_dir is not None:

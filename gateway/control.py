@@ -48,6 +48,7 @@ import structlog
 import trio
 
 import gateway
+from drivers.model import machine_key
 from drivers.registry import TraceDecoder
 from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
@@ -55,6 +56,7 @@ from gateway.config import GatewaySection
 from gateway.errors import ConfigError, StoreError
 from gateway.limits import Admission, LogThrottle
 from gateway.outbox import readers
+from gateway.statistics import MachineFigures
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -182,7 +184,7 @@ class Activity:
         for env in envelopes:
             machine = env.get("machine")
             if machine:
-                self.last[f"{machine['port']}/{machine['address']}"] = {
+                self.last[machine_key(machine['port'], machine['address'])] = {
                     "type": env.get("event"), "seq": env.get("seq"),
                     "timestamp": env.get("timestamp"), "at": time.time()}
         self._trim(now)
@@ -237,42 +239,34 @@ def key_fingerprint(public_key: bytes) -> str:
     return "SHA256:" + ":".join(digest[i:i + 4] for i in range(0, 32, 4))
 
 
+def _machine_row(gw: Gateway, port: str, m: MachineFigures, now_wall: float,
+                 now_trio: float) -> dict[str, Any]:
+    """One machine as diag shows it."""
+    state = "online" if m.online else "not polled yet" if m.polls == 0 else "offline"
+    last = gw.activity.last.get(machine_key(port, m.address))
+    return {
+        "address": m.address, "state": state, "offline_reason": m.offline_reason,
+        "serial": m.serial, "asset": m.asset, "sas_version": m.sas_version, "rte": m.rte,
+        "last_response_age_s": _age(m.last_response_at, now_trio),
+        "latency_p50_ms": _ms(m.latency_p50_s), "latency_p99_ms": _ms(m.latency_p99_s),
+        "polls": m.polls, "timeouts": m.timeouts, "crc_errors": m.crc_errors, "nacks": m.nacks,
+        "busy": m.busy, "retries": m.retries, "exceptions": m.exceptions,
+        "resent_after_reset": m.resent_after_reset,
+        "last_event": None if last is None else {
+            "type": last["type"], "seq": last["seq"], "age_s": _age(last["at"], now_wall)},
+    }
+
+
 async def snapshot(gw: Gateway) -> dict[str, Any]:
     """Everything `diag` shows, as plain JSON-able values. Ages are seconds; times are Unix."""
     now_wall, now_trio = time.time(), trio.current_time()
-    ports: dict[str, Any] = {}
-    for section in gw.config.ports:
-        driver = gw.drivers[section.name]
-        stats = driver.statistics()
-        machines = []
-        for address, m in sorted(stats.machines.items()):
-            if m.get("online"):
-                state = "online"
-            elif m.get("polls", 0) == 0:
-                state = "not polled yet"
-            else:
-                state = "offline"
-            last = gw.activity.last.get(f"{section.name}/{address}")
-            machines.append({
-                "address": address, "state": state, "offline_reason": m.get("offline_reason"),
-                "serial": m.get("serial"),
-                "asset": m.get("asset"), "sas_version": m.get("sas_version"),
-                "rte": m.get("rte"),
-                "last_response_age_s": _age(m.get("last_response_at"), now_trio),
-                "latency_p50_ms": _ms(m.get("latency_p50_s")),
-                "latency_p99_ms": _ms(m.get("latency_p99_s")),
-                "polls": m.get("polls", 0), "timeouts": m.get("timeouts", 0),
-                "crc_errors": m.get("crc_errors", 0), "nacks": m.get("nacks", 0),
-                "busy": m.get("busy", 0), "retries": m.get("retries", 0),
-                "exceptions": m.get("exceptions", 0),
-                "resent_after_reset": m.get("resent_after_reset", 0),
-                "last_event": None if last is None else {
-                    "type": last["type"], "seq": last["seq"], "age_s": _age(last["at"], now_wall)},
-            })
-        ports[section.name] = {"device": str(section.device), "state": stats.state,
-                               "failures": gw.port_failures.get(section.name, 0),
-                               "last_error": gw.port_errors.get(section.name),
-                               "machines": machines}
+    figures = gw.figures()
+    devices = {section.name: str(section.device) for section in gw.config.ports}
+    ports = {p.name: {"device": devices[p.name], "state": p.state, "failures": p.failures,
+                      "last_error": p.last_error,
+                      "machines": [_machine_row(gw, p.name, m, now_wall, now_trio)
+                                   for m in p.machines]}
+             for p in figures.ports}
 
     outbox = gw.outbox
     files = await trio.to_thread.run_sync(_outbox_files, gw.config.outbox_path,
@@ -283,7 +277,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
     if rate > 0 and per_event and files["disk_free_bytes"] is not None:
         hours_left = round(files["disk_free_bytes"] / (per_event * rate * 3600), 1)
     oldest_age = _age(files["oldest_undelivered_at"], now_wall) if outbox.depth() else None
-    up = gw.uplink.statistics()
+    up = figures.uplink
     down_for = gw.uplink_down_for()
     signer = outbox.signer
     public = bytes(signer.verify_key)
@@ -300,14 +294,14 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                    "disk_free_bytes": files["disk_free_bytes"],
                    "events_per_s": round(rate, 3),
                    "outage_hours_left": hours_left,
-                   "durable_p99_ms": outbox.statistics().get("durable_p99_ms"),
+                   "durable_p99_ms": figures.outbox.durable_p99_ms if figures.outbox else None,
                    "intake_stopped": outbox.intake_stopped,
                    "error": files["error"]},
-        "uplink": {"state": up.get("state"), "connected": bool(up.get("connected")),
-                   "since": up.get("since"), "down_for_s": down_for,
-                   "last_ack_seq": up.get("last_ack_seq"), "lag_events": outbox.depth(),
-                   "lag_s": oldest_age, "reconnects": up.get("reconnects"),
-                   "last_error": up.get("last_error"), "url": gw.config.uplink.url},
+        "uplink": {"state": up.state, "connected": up.connected, "since": up.since,
+                   "down_for_s": down_for, "last_ack_seq": up.last_ack_seq,
+                   "lag_events": outbox.depth(), "lag_s": oldest_age,
+                   "reconnects": up.reconnects, "last_error": up.last_error,
+                   "url": gw.config.uplink.url},
         "key": {"kid": signer.kid, "public_key": public.hex(),
                 "fingerprint": key_fingerprint(public)},
         "reconciliation": gw.reconciler.summary() if gw.reconciler else None,

@@ -42,7 +42,7 @@ from drivers.base import Driver, EventSink, MachineEvent, MachineRef, SourceRef
 from gateway.capture import OutboxSink
 from gateway.clock import clock_synchronised
 from gateway.commands import CommandRouter, CommandSettings
-from gateway.config import Config, load_config
+from gateway.config import Config, load_config, settings_for
 from gateway.control import (
     Activity,
     ControlServer,
@@ -53,11 +53,18 @@ from gateway.control import (
 from gateway.errors import ConfigError
 from gateway.feed.protocol import TokenEntry
 from gateway.feed.server import FeedServer, FeedSettings
-from gateway.monitor import HealthLimits, Monitor, MonitorSettings, serve_monitor
+from gateway.monitor import HealthLimits, Monitor, serve_monitor
 from gateway.outbox import Outbox, OutboxSettings
 from gateway.ports import check_devices_free, open_drivers, recoverable, stoppable_port
 from gateway.reconcile import Reconciler
 from gateway.signing import load_signing_key
+from gateway.statistics import (
+    GatewayFigures,
+    OutboxFigures,
+    PortFigures,
+    ReconciliationFigures,
+    UplinkFigures,
+)
 from gateway.status import UplinkTracker, UplinkView
 from gateway.systemd import Notifier
 from gateway.uplink.client import UplinkClient, UplinkSettings
@@ -177,26 +184,23 @@ class Gateway:
                                     depth=self.outbox.depth(), now=time.monotonic(),
                                     wall=time.time())
 
-    def status(self) -> dict[str, Any]:
-        """One snapshot for the feed (/health, /metrics, alert banner) and the control socket."""
-        up = self.uplink.statistics()
-        ports = {}
+    def figures(self) -> GatewayFigures:
+        """The one typed snapshot diag, /metrics, /health and the status line read."""
+        ports = []
         for name, driver in self.drivers.items():
             stats = driver.statistics()
-            machines = stats.machines
-            ports[name] = {
-                "state": stats.state,
-                "machines_online": sum(1 for m in machines.values() if m.get("online")),
-                "timeouts": sum(m.get("timeouts", 0) for m in machines.values()),
-                "crc_errors": sum(m.get("crc_errors", 0) for m in machines.values()),
-                "resent_after_reset": sum(m.get("resent_after_reset", 0)
-                                          for m in machines.values()),
-                "failures": self.port_failures.get(name, 0),
-                "machines": {str(a): dict(m) for a, m in machines.items()},
-            }
-        return {"uplink": dict(up), "uplink_status": self.uplink_view().as_dict(),
-                "ports": ports, "outbox": self.outbox.statistics(),
-                "reconciliation": self.reconciler.summary() if self.reconciler else {}}
+            ports.append(PortFigures.of(name, stats.state, stats.machines,
+                                        failures=self.port_failures.get(name, 0),
+                                        last_error=self.port_errors.get(name)))
+        return GatewayFigures(tuple(ports), OutboxFigures.of(self.outbox.statistics()),
+                              UplinkFigures.of(self.uplink.statistics()),
+                              self.uplink_view().as_dict(),
+                              reconciliation=(ReconciliationFigures.of(self.reconciler.summary())
+                                              if self.reconciler else None))
+
+    def status(self) -> dict[str, Any]:
+        """`figures()` as JSON for the feed (alert banner) and the monitor."""
+        return self.figures().as_status()
 
     def uplink_down_for(self) -> float | None:
         """Seconds the uplink has not been delivering (down or frozen; since start if it never
@@ -208,8 +212,7 @@ class Gateway:
 
     def status_line(self) -> str:
         """'12/14 machines online, uplink down 4m, 3,211 queued'."""
-        online = sum(1 for d in self.drivers.values()
-                     for m in d.statistics().machines.values() if m.get("online"))
+        online = self.figures().machines_online
         total = sum(len(p.addresses) for p in self.config.ports)
         down = self.uplink_down_for()
         state = "frozen" if self.uplink_view().state == "frozen" else "down"
@@ -224,11 +227,23 @@ def health_limits(config: Config) -> HealthLimits:
     """When /health says degraded: [monitor] settings, else the defaults (and the feed's
     degraded_depth, which predates [monitor])."""
     if config.monitor is not None:
-        return HealthLimits(config.monitor.uplink_down_s, config.monitor.undelivered_s,
-                            config.monitor.degraded_depth)
+        return settings_for(config.monitor, HealthLimits, skip=("host", "port", "token_file"))
     if config.feed is not None:
-        return HealthLimits(depth=config.feed.degraded_depth)
+        return HealthLimits(degraded_depth=config.feed.degraded_depth)
     return HealthLimits()
+
+
+def outbox_settings(config: Config) -> OutboxSettings:
+    """The `[outbox]` section, with where the outbox lives and whose events it seals."""
+    gw = config.gateway
+    return settings_for(config.outbox, OutboxSettings, skip=("commit_interval_ms",),
+                        path=config.outbox_path, gateway_id=gw.id, venue=gw.venue,
+                        region=gw.region)
+
+
+def uplink_settings(config: Config) -> UplinkSettings:
+    """The `[uplink]` section as the client takes it (`frozen_after_s` is the status tracker's)."""
+    return settings_for(config.uplink, UplinkSettings, skip=("frozen_after_s",))
 
 
 async def watch_uplink(gw: Gateway) -> None:
@@ -276,10 +291,6 @@ async def record_stopping(gw: Gateway, reason: str) -> None:
     if not seq:
         log.warning("stopping without a gatewayStopping event: the outbox did not commit it "
                     f"within {STOPPING_GRACE_S:g} s")
-
-
-# What SIGHUP can apply to the running daemon; any other change needs a restart.
-RELOADABLE = ("feed.tokens", "commands.allowed")
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -373,6 +384,36 @@ async def report_status(gw: Any, notifier: Notifier) -> None:
         await trio.sleep_until(wake)
 
 
+def assemble(config: Config, outbox: Outbox, *, stall_after_s: float,
+             config_path: Path | None) -> Gateway:
+    """The gateway's parts around an open outbox: drivers, commands, uplink, monitor, feed."""
+    trace = TraceHub()
+    reconciler = Reconciler()
+    capture = OutboxSink(outbox, currency=config.gateway.currency, reconciler=reconciler)
+    drivers = open_drivers(config, trace, capture)
+    router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
+                                           db_path=config.gateway.state_dir / "commands.db",
+                                           currency=config.gateway.currency),
+                           outbox, drivers)
+    uplink = UplinkClient(uplink_settings(config), outbox, command_handler=router.handle)
+    health = PipelineHealth(stall_after_s=stall_after_s,
+                            paused=lambda: outbox.intake_stopped)
+    gw = Gateway(config=config, outbox=outbox, sink=WatchedSink(capture, health),
+                 reconciler=reconciler, drivers=drivers, uplink=uplink, commands=router,
+                 trace=trace, health=health,
+                 control_path=control_socket_path(config.gateway), config_path=config_path)
+    outbox.commit_listeners.append(gw.activity.on_commit)
+    gw.monitor = Monitor(outbox, gw.figures, health_limits(config))
+    if config.feed is not None:
+        async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
+            return await router.handle(request, f"staff:{requested_by}")
+
+        gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
+                             command_handler=staff_command, monitor=gw.monitor)
+        router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
+    return gw
+
+
 async def run(config: Config, *, notifier: Notifier | None = None, handle_signals_: bool = True,
               config_path: Path | None = None,
               task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
@@ -385,47 +426,13 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
     notifier = notifier or Notifier()
     interval = notifier.watchdog_interval()
     signer = load_signing_key(config.gateway.key_file)
-    outbox = Outbox.open(OutboxSettings(
-        path=config.outbox_path, gateway_id=config.gateway.id, venue=config.gateway.venue,
-        region=config.gateway.region, commit_interval_s=config.outbox.commit_interval_ms / 1000,
-        batch_max=config.outbox.batch_max, min_free_mb=config.outbox.min_free_mb,
-        retention_days=config.outbox.retention_days,
-        retention_max_mb=config.outbox.retention_max_mb,
-        droppable_types=config.outbox.droppable_types), signer)
+    outbox = Outbox.open(outbox_settings(config), signer)
     log.info("outbox open", path=str(config.outbox_path), epoch=outbox.epoch,
              last_seq=outbox.last_seq, undelivered=outbox.depth(), kid=signer.kid)
-    trace = TraceHub()
-    reconciler = Reconciler()
-    capture = OutboxSink(outbox, currency=config.gateway.currency, reconciler=reconciler)
-    drivers = open_drivers(config, trace, capture)
-    router = CommandRouter(CommandSettings(allowed=frozenset(config.commands.allowed),
-                                           db_path=config.gateway.state_dir / "commands.db",
-                                           currency=config.gateway.currency),
-                           outbox, drivers)
-    up = config.uplink
-    uplink = UplinkClient(UplinkSettings(
-        url=up.url, token_file=up.token_file, ca_file=up.ca_file, client_cert=up.client_cert,
-        client_key=up.client_key, batch_max=up.batch_max, window=up.window,
-        heartbeat_s=up.heartbeat_s, dead_after_s=up.dead_after_s,
-        backoff_initial_s=up.backoff_initial_s, backoff_max_s=up.backoff_max_s,
-        connect_timeout_s=up.connect_timeout_s, rejected_backoff_s=up.rejected_backoff_s), outbox,
-        command_handler=router.handle)
-    health = PipelineHealth(stall_after_s=max(interval or 15.0, 2.0),
-                            paused=lambda: outbox.intake_stopped)
-    gw = Gateway(config=config, outbox=outbox, sink=WatchedSink(capture, health),
-                 reconciler=reconciler,
-                 drivers=drivers, uplink=uplink, commands=router, trace=trace, health=health,
-                 control_path=control_socket_path(config.gateway), config_path=config_path)
-    outbox.commit_listeners.append(gw.activity.on_commit)
+    gw = assemble(config, outbox, stall_after_s=max(interval or 15.0, 2.0),
+                  config_path=config_path)
+    router, uplink = gw.commands, gw.uplink
     control: ControlServer | None = ControlServer(gw, gw.control_path)
-    gw.monitor = Monitor(outbox, gw.status, health_limits(config))
-    if config.feed is not None:
-        async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
-            return await router.handle(request, f"staff:{requested_by}")
-
-        gw.feed = FeedServer(FeedSettings.from_config(config.feed), outbox, gw.status,
-                             command_handler=staff_command, monitor=gw.monitor)
-        router.alerts = gw.feed.board  # acknowledgeAlert is checked against the open alerts
     try:
         # Bound before the nursery: another gateway on this socket is a plain ConfigError (78).
         try:
@@ -444,9 +451,7 @@ async def run(config: Config, *, notifier: Notifier | None = None, handle_signal
                 # The floor works without the platform: the feed starts before the uplink.
                 gw.feed_port = await nursery.start(gw.feed.run)
             if config.monitor is not None:
-                gw.monitor_port = await nursery.start(serve_monitor, MonitorSettings(
-                    config.monitor.host, config.monitor.port, config.monitor.token_file),
-                    gw.monitor)
+                gw.monitor_port = await nursery.start(serve_monitor, config.monitor, gw.monitor)
             nursery.start_soon(watch_uplink, gw)
             for port in config.ports:
                 await nursery.start(partial(stoppable_port, errors=recoverable(port.protocol)),

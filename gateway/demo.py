@@ -23,7 +23,6 @@ from typing import Any
 
 import structlog
 import trio
-import trustme
 
 from drivers.sim.cardreader import SimReader
 from drivers.sim.fleet import serve_fleet
@@ -65,6 +64,11 @@ def _prepare(base: Path) -> dict[str, Any]:
     signer = write_signing_key(key_file)
     token = secrets.token_urlsafe(32)
     _write_secret(base / "uplink.token", token + "\n")
+    try:
+        import trustme  # the [demo] extra: a venue install does not carry a test CA
+    except ImportError:
+        raise SystemExit("casino-gateway demo needs trustme for its receiver's certificate: "
+                         "pip install 'casino-edge-gateway[demo]'") from None
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(base / "ca.pem"))
     server = ca.issue_cert("127.0.0.1", "localhost")

@@ -9,9 +9,13 @@
     diag probe --device DEV [-a A]    with the gateway stopped: the port's protocol probe (SAS:
                                       sync, LP 1F, 54, 1A and meters), with timings and what a
                                       failure usually means
+    diag ports [--json]               serial ports on this machine (pyserial), their stable
+                                      /dev/serial/by-id and by-path names, USB serial numbers,
+                                      and which configured port uses each
 
 The first two talk to the running daemon over its control socket (gateway/control.py); `probe`
-opens the serial port itself, through the protocol's `DriverSpec.probe` (drivers/registry.py).
+opens the serial port itself, through the protocol's `DriverSpec.probe` (drivers/registry.py);
+`ports` opens nothing (gateway/serialports.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, TextIO
 import trio
 
 from drivers import registry
+from drivers.model import machine_key
 from drivers.registry import ProbeRequest, RestartJournal
 from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
@@ -70,7 +75,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--uplink-critical", type=float, default=900.0, metavar="SECONDS",
                    help="--check: uplink down this long is CRITICAL (default 900)")
     p.set_defaults(func=_cmd_status, socket=None, config=None)
-    sub = p.add_subparsers(dest="diag_command", metavar="{trace,probe}")
+    sub = p.add_subparsers(dest="diag_command", metavar="{trace,probe,ports}")
 
     t = sub.add_parser("trace", help="stream decoded polls and answers of one port")
     t.add_argument("port", help="port name from the configuration, e.g. port1")
@@ -100,6 +105,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         "SAS poll interval; 40 for machines that allow fast polling)")
     _socket_options(q, argparse.SUPPRESS)
     q.set_defaults(func=_cmd_probe)
+
+    s = sub.add_parser("ports", help="serial ports here, their stable names and USB serials")
+    s.add_argument("--json", action="store_true", help="print the list as JSON")
+    _socket_options(s, argparse.SUPPRESS)
+    s.set_defaults(func=_cmd_ports)
 
 
 def _socket_options(p: argparse.ArgumentParser, default: Any) -> None:
@@ -368,7 +378,7 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
     for name, port, m in machines:
         why = machine_why(port, m)
         if why is not None and not why.startswith("port down"):
-            found.append((WARNING, f"{name}/{m['address']} offline: {why}"))
+            found.append((WARNING, f"{machine_key(name, m['address'])} offline: {why}"))
     polled = any(m["state"] != "not polled yet" for _, _, m in machines)
     if machines and online == 0 and polled:
         found.append((CRITICAL, f"no machine online (0/{len(machines)})"))
@@ -525,6 +535,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             journal.close()
     print(json.dumps(report) if args.json else render_probe(report))
     return 0 if report["ok"] else EXIT_FAILURE
+
+
+def _cmd_ports(args: argparse.Namespace) -> int:
+    """`diag ports`: what pyserial finds, marked with the configured port using each device."""
+    from gateway.serialports import discover, render_ports
+
+    try:
+        config = load_config(Path(args.config) if args.config is not None else DEFAULT_CONFIG)
+        configured = {os.path.realpath(p.device): p.name for p in config.ports}
+    except ConfigError:
+        if args.config is not None:
+            raise
+        configured = {}  # no readable configuration: list the ports all the same
+    text = render_ports(discover(), configured=configured, as_json=args.json)
+    # JSON escapes control characters itself; a line of text is made safe line by line.
+    print(text if args.json else "\n".join(map(sanitize, text.splitlines())))
+    return 0
 
 
 def _probe_port(args: argparse.Namespace) -> tuple[str, RestartJournal | None]:

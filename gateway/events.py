@@ -281,7 +281,6 @@ class Draft:
     data: dict[str, Any]
     machine: dict[str, Any] | None = None
     monotonic: float = 0.0  # trio clock at capture, for latency figures; not part of the envelope
-    droppable: bool = False
     source: StoredSource | None = field(default=None)
 
 
@@ -313,7 +312,7 @@ def draft_from_machine(event: MachineEvent, *, currency: str, now: float) -> Dra
         type=spec.type, channel=spec.channel, schema_version=spec.version,
         timestamp=rfc3339(event.observed_at or now), trace_id=new_trace_id(),
         data=_exact_money(dict(event.data), currency), machine=event.machine.as_dict(),
-        monotonic=event.monotonic, droppable=spec.droppable, source=source,
+        monotonic=event.monotonic, source=source,
     )
 
 
@@ -326,5 +325,4 @@ def system_draft(event_type: str, data: dict[str, Any] | None = None, *, now: fl
         timestamp=rfc3339(now), trace_id=new_trace_id(),
         data=_exact_money(dict(data or {}), currency),
         machine=machine.as_dict() if machine else None, monotonic=monotonic,
-        droppable=spec.droppable,
     )

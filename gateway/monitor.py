@@ -5,8 +5,9 @@ the same two endpoints from the same `Monitor`, and `serve_monitor` serves them 
 port, with or without the feed: loopback by default with no authentication, and a non-loopback
 bind only with a bearer token file (docs/operations.md "Monitoring").
 
-Health is one function of the daemon's `status()` (`assess`), so /health, the metrics and the
-board cannot disagree: `degraded` (HTTP 503) with one reason per problem, `ok` (200) without.
+Health is one function of the daemon's typed figures (`assess`, gateway/statistics.py), which
+diag reads too, so /health, the metrics and the board cannot disagree: `degraded` (HTTP 503)
+with one reason per problem, `ok` (200) without.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from __future__ import annotations
 import hmac
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -32,14 +32,22 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from drivers.model import machine_key
 from gateway import __version__
-from gateway.config import is_loopback
+from gateway.config import MonitorSection
 from gateway.events import rfc3339
+from gateway.statistics import (
+    COUNTERS,
+    GatewayFigures,
+    OutboxFigures,
+    PortFigures,
+    ReconciliationFigures,
+)
 
 if TYPE_CHECKING:
     from gateway.outbox import Outbox
 
-__all__ = ["HealthLimits", "Monitor", "MonitorSettings", "assess", "serve_monitor"]
+__all__ = ["HealthLimits", "Monitor", "assess", "serve_monitor"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,13 +62,16 @@ class HealthLimits:
 
     uplink_down_s: float = 60.0        # the uplink not delivering for longer than this
     undelivered_s: float = 300.0       # the oldest undelivered event older than this
-    depth: int = 10_000                # more undelivered events than this
+    degraded_depth: int = 10_000       # more undelivered events than this
 
 
-def assess(status: dict[str, Any], limits: HealthLimits, *, wall: float) -> list[str]:
-    """Why the gateway is degraded, one plain sentence per problem; [] when it is ok."""
+def assess(status: GatewayFigures | Mapping[str, Any], limits: HealthLimits, *,
+           wall: float) -> list[str]:
+    """Why the gateway is degraded, one plain sentence per problem; [] when it is ok. `status`:
+    the figures, or their JSON form (`GatewayFigures.as_status`)."""
+    figures = status if isinstance(status, GatewayFigures) else GatewayFigures.from_status(status)
     reasons: list[str] = []
-    view = status.get("uplink_status") or {}
+    view = figures.view or {}
     since = view.get("since")
     if view.get("state") == "frozen":
         reasons.append(f"uplink frozen: {view.get('reason')}")
@@ -68,25 +79,24 @@ def assess(status: dict[str, Any], limits: HealthLimits, *, wall: float) -> list
             and wall - since > limits.uplink_down_s:
         reasons.append(f"uplink down for {wall - since:.0f} s (limit {limits.uplink_down_s:g} s):"
                        f" {view.get('reason')}")
-    outbox = status.get("outbox") or {}
-    oldest = outbox.get("oldest_undelivered_s")
-    if isinstance(oldest, int | float) and oldest > limits.undelivered_s:
-        reasons.append(f"oldest undelivered event is {oldest:.0f} s old "
+    outbox = figures.outbox or OutboxFigures()
+    if outbox.oldest_undelivered_s > limits.undelivered_s:
+        reasons.append(f"oldest undelivered event is {outbox.oldest_undelivered_s:.0f} s old "
                        f"(limit {limits.undelivered_s:g} s)")
-    depth = outbox.get("depth")
-    if isinstance(depth, int) and depth > limits.depth:
-        reasons.append(f"{depth} events undelivered (limit {limits.depth})")
-    if outbox.get("intake_stopped"):
+    if outbox.depth > limits.degraded_depth:
+        reasons.append(f"{outbox.depth} events undelivered (limit {limits.degraded_depth})")
+    if outbox.intake_stopped:
         reasons.append("disk floor reached: the outbox stopped taking events")
-    for name, port in sorted((status.get("ports") or {}).items()):
-        if port.get("state") not in (None, "running"):
-            reasons.append(f"port {name} down ({port.get('state')})")
+    for port in figures.ports:
+        if not port.running:
+            reasons.append(f"port {port.name} down ({port.state})")
             continue
-        offline = sorted(int(a) for a, m in (port.get("machines") or {}).items()
-                         if not m.get("online"))
+        offline = [m.address for m in port.machines if not m.online]
         if offline:
-            reasons.append(f"port {name}: machine(s) {', '.join(map(str, offline))} offline")
-    for machine, meters in ((status.get("reconciliation") or {}).get("open") or {}).items():
+            reasons.append(f"port {port.name}: machine(s) {', '.join(map(str, offline))} "
+                           "offline")
+    reconciliation = figures.reconciliation or ReconciliationFigures()
+    for machine, meters in sorted(reconciliation.open.items()):
         reasons.append(f"machine {machine}: meters do not add up ({', '.join(meters)}); "
                        f"see its meterDiscrepancy")
     return reasons
@@ -113,9 +123,9 @@ class _StatusCollector:
         found = CounterMetricFamily("gateway_meter_discrepancies", "Windows in which a meter "
                                     "did not add up (docs/reconciliation.md).",
                                     labels=["machine", "meter"])
-        for machine, meters in ((status.get("reconciliation") or {})
-                                .get("discrepancies_total") or {}).items():
-            for meter, n in meters.items():
+        reconciliation = status.reconciliation or ReconciliationFigures()
+        for machine, meters in sorted(reconciliation.discrepancies_total.items()):
+            for meter, n in sorted(meters.items()):
                 found.add_metric([machine, meter], n)
         yield found
         yield GaugeMetricFamily("gateway_health_degraded", "1 while /health says degraded.",
@@ -131,7 +141,7 @@ class _StatusCollector:
                                 value=outbox.oldest_undelivered_s() or 0.0)
         yield GaugeMetricFamily("gateway_outbox_intake_stopped", "1 while the disk floor "
                                 "stops intake.", value=1.0 if outbox.intake_stopped else 0.0)
-        view = status.get("uplink_status") or {"state": "unknown"}
+        view = status.view or {"state": "unknown"}
         yield GaugeMetricFamily("gateway_uplink_up", "1 while the platform is connected and "
                                 "acknowledging (state up).",
                                 value=1.0 if view.get("state") == "up" else 0.0)
@@ -146,52 +156,46 @@ class _StatusCollector:
         if isinstance(view.get("since"), int | float):
             yield GaugeMetricFamily("gateway_uplink_state_since_seconds", "Unix time the "
                                     "current uplink state began.", value=view["since"])
-        uplink = status.get("uplink") or {}
-        if isinstance(uplink.get("attempts"), int):
+        uplink = status.uplink
+        if uplink.attempts is not None:
             yield CounterMetricFamily("gateway_uplink_connect_attempts", "Connection attempts "
-                                      "to the platform.", value=uplink["attempts"])
-        if isinstance(uplink.get("reconnects"), int):
+                                      "to the platform.", value=uplink.attempts)
+        if uplink.reconnects is not None:
             yield CounterMetricFamily("gateway_uplink_reconnects", "Connections to the platform "
                                       "lost after being up (each followed by reconnecting).",
-                                      value=uplink["reconnects"])
-        yield from _port_families(status.get("ports") or {})
+                                      value=uplink.reconnects)
+        yield from _port_families(status.ports)
 
 
-_PORT_COUNTERS = (
-    ("polls", "polls", "Polls sent."),
-    ("timeouts", "timeouts", "Polls unanswered."),
-    ("crc_errors", "crc_errors", "Frames with a bad CRC."),
-    ("resent_after_reset", "resent_after_reset", "Exceptions a machine re-sent after a reset "
-     "cut off their ACK, acknowledged without a second record."),
-)
+# statistics.COUNTERS, in words.
+_COUNTER_HELP = {
+    "polls": "Polls sent.",
+    "timeouts": "Polls unanswered.",
+    "crc_errors": "Frames with a bad CRC.",
+    "resent_after_reset": "Exceptions a machine re-sent after a reset cut off their ACK, "
+                          "acknowledged without a second record.",
+}
 
 
-def _port_families(ports: dict[str, Any]) -> Any:
+def _port_families(ports: tuple[PortFigures, ...]) -> Any:
     up = GaugeMetricFamily("gateway_port_up", "1 while the port's driver runs.", labels=["port"])
     failures = CounterMetricFamily("gateway_port_failures", "Times the port's driver failed "
                                    "and was restarted.", labels=["port"])
     machine_up = GaugeMetricFamily("gateway_machine_up", "1 while the machine answers polls.",
                                    labels=["port", "address"])
-    per_port = {key: CounterMetricFamily(f"gateway_port_{name}", text, labels=["port"])
-                for key, name, text in _PORT_COUNTERS}
-    per_machine = {key: CounterMetricFamily(f"gateway_machine_{name}", text,
-                                            labels=["port", "address"])
-                   for key, name, text in _PORT_COUNTERS}
-    for port, figures in sorted(ports.items()):
-        if not isinstance(figures, dict):
-            continue
-        up.add_metric([port], 1.0 if figures.get("state", "running") == "running" else 0.0)
-        failures.add_metric([port], figures.get("failures", 0))
-        machines = figures.get("machines") or {}
-        for key in per_port:
-            total = figures.get(key)
-            if total is None:
-                total = sum(m.get(key, 0) for m in machines.values())
-            per_port[key].add_metric([port], total)
-        for address, m in sorted(machines.items(), key=lambda item: int(item[0])):
-            machine_up.add_metric([port, str(address)], 1.0 if m.get("online") else 0.0)
-            for key in per_machine:
-                per_machine[key].add_metric([port, str(address)], m.get(key, 0))
+    per_port = {key: CounterMetricFamily(f"gateway_port_{key}", _COUNTER_HELP[key],
+                                         labels=["port"]) for key in COUNTERS}
+    per_machine = {key: CounterMetricFamily(f"gateway_machine_{key}", _COUNTER_HELP[key],
+                                            labels=["port", "address"]) for key in COUNTERS}
+    for port in ports:
+        up.add_metric([port.name], 1.0 if port.running else 0.0)
+        failures.add_metric([port.name], port.failures)
+        for key in COUNTERS:
+            per_port[key].add_metric([port.name], port.total(key))
+        for m in port.machines:
+            machine_up.add_metric([port.name, str(m.address)], 1.0 if m.online else 0.0)
+            for key in COUNTERS:
+                per_machine[key].add_metric([port.name, str(m.address)], getattr(m, key))
     yield up
     yield failures
     yield from per_port.values()
@@ -202,7 +206,8 @@ def _port_families(ports: dict[str, Any]) -> Any:
 class Monitor:
     """The registry and the health verdict, shared by the feed and the monitor listener."""
 
-    def __init__(self, outbox: Outbox, status: Callable[[], dict[str, Any]],
+    def __init__(self, outbox: Outbox,
+                 status: Callable[[], GatewayFigures | Mapping[str, Any]],
                  limits: HealthLimits | None = None) -> None:
         self.outbox = outbox
         self.status = status
@@ -227,11 +232,13 @@ class Monitor:
         if self._on_commit in self.outbox.commit_listeners:
             self.outbox.commit_listeners.remove(self._on_commit)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The daemon's status(), with the outbox's own figures when it has none."""
-        status = dict(self.status())
-        status.setdefault("outbox", self.outbox.statistics())
-        return status
+    def snapshot(self) -> GatewayFigures:
+        """The daemon's figures, with the outbox's own when the status has none."""
+        raw = self.status()
+        figures = raw if isinstance(raw, GatewayFigures) else GatewayFigures.from_status(raw)
+        if figures.outbox is None:
+            figures = replace(figures, outbox=OutboxFigures.of(self.outbox.statistics()))
+        return figures
 
     def _on_commit(self, envelopes: list[dict[str, Any]]) -> None:
         for envelope in envelopes:
@@ -257,58 +264,36 @@ class Monitor:
         status = self.snapshot()
         wall = time.time()
         reasons = assess(status, self.limits, wall=wall)
-        view = dict(status.get("uplink_status") or {"state": "unknown", "connected": None,
-                                                     "since": None,
-                                                     "reason": "no uplink status reported"})
+        view = dict(status.view or {"state": "unknown", "connected": None, "since": None,
+                                    "reason": "no uplink status reported"})
         if isinstance(view.get("since"), int | float):
             view["since"] = rfc3339(view["since"])
         outbox = self.outbox
-        ports = {name: {"state": p.get("state", "running"),
-                        "machines_online": sum(1 for m in (p.get("machines") or {}).values()
-                                               if m.get("online")),
-                        "machines": len(p.get("machines") or {})}
-                 for name, p in sorted((status.get("ports") or {}).items())}
+        ports = {p.name: {"state": p.state, "machines_online": p.machines_online,
+                          "machines": len(p.machines)} for p in status.ports}
         body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "version": __version__, "time": rfc3339(wall), "uplink": view,
                 "outbox": {"depth": outbox.depth(),
                            "oldest_undelivered_s": round(outbox.oldest_undelivered_s() or 0.0, 3),
                            "last_seq": outbox.last_seq, "delivered_seq": outbox.delivered_seq,
                            "intake_stopped": bool(outbox.intake_stopped)},
-                "ports": ports, "machines": _machines_summary(status.get("ports") or {}),
+                "ports": ports, "machines": _machines_summary(status.ports),
                 **(extra or {})}
         return (503 if reasons else 200), body
 
 
-def _machines_summary(ports: dict[str, Any]) -> dict[str, Any]:
+def _machines_summary(ports: tuple[PortFigures, ...]) -> dict[str, Any]:
     """/health's view of the floor, from the same figures diag shows: machines online of
     configured, and each offline one with why (its port down, or missed polls)."""
-    out: dict[str, Any] = {"online": 0, "total": 0, "offline": []}
-    for name, port in sorted(ports.items()):
-        for address, m in (port.get("machines") or {}).items():
-            out["total"] += 1
-            if m.get("online"):
-                out["online"] += 1
-            else:
-                out["offline"].append({"machine": f"{name}/{address}",
-                                       "reason": m.get("offline_reason")})
-    return out
+    return {"online": sum(p.machines_online for p in ports),
+            "total": sum(len(p.machines) for p in ports),
+            "offline": [{"machine": machine_key(p.name, m.address), "reason": m.offline_reason}
+                        for p in ports for m in p.machines if not m.online]}
 
 
 # -- the listener ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class MonitorSettings:
-    host: str = "127.0.0.1"
-    port: int = 9464
-    token_file: Path | None = None
-
-    def __post_init__(self) -> None:
-        if not is_loopback(self.host) and self.token_file is None:
-            raise ValueError(f"monitor.host {self.host} is not loopback: set monitor.token_file "
-                             "(scrapers then send Authorization: Bearer <token>)")
-
-
-async def serve_monitor(settings: MonitorSettings, monitor: Monitor, *,
+async def serve_monitor(settings: MonitorSection, monitor: Monitor, *,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve GET /health and /metrics on their own port until cancelled; reports the port."""
     token = None

@@ -96,3 +96,21 @@ def test_demo_says_in_one_line_when_the_board_port_is_taken():
     assert line == (f"demo: alert board: port {port} is in use, so no board this run (the "
                     "gateway retries it); run with --feed-port 0 for any free port")
     assert "demo: OK - every exception recorded once" in result.stdout
+
+
+def test_the_demo_ca_is_an_extra_not_a_runtime_dependency(tmp_path, monkeypatch):
+    """A venue install carries no test CA: trustme is the [demo] extra (and [test]), and without it
+    the demo says what to install in one line instead of a traceback."""
+    import configparser
+
+    import pytest
+
+    from gateway import demo
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    runtime = cfg["options"]["install_requires"]
+    assert "trustme" not in runtime and "trustme" in cfg["options.extras_require"]["demo"]
+    monkeypatch.setitem(sys.modules, "trustme", None)  # import trustme -> ImportError
+    with pytest.raises(SystemExit, match=r"\[demo\]"):
+        demo._prepare(tmp_path)

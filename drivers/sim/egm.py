@@ -51,7 +51,6 @@ _WAKEUP = 0x100
 _S_TYPE = {c for c, spec in messages.POLL_SPECS.items() if spec.kind != "R"}
 _CLOCK_EPOCH = dt.datetime(2026, 1, 1)
 _CHIRP_EVERY_S = 0.2
-_BILL_CENTS = {0x00: 100, 0x02: 500, 0x03: 1000, 0x04: 2000}
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.model import machine_key
 from gateway.bounded import InputRejected, loads_json
 from gateway.events import CATALOGUE, CHANNELS
 
@@ -300,7 +301,7 @@ class Filter:
             return False
         if self.machines and envelope.get("machine"):
             machine = envelope["machine"]
-            return f"{machine.get('port')}/{machine.get('address')}" in self.machines
+            return machine_key(machine.get("port"), machine.get("address")) in self.machines
         return True
 
     def as_dict(self) -> dict[str, Any]:

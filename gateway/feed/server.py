@@ -84,7 +84,7 @@ class FeedServer:
         self.bind_failures = 0
         self._own_monitor = monitor is None
         self.monitor = monitor or Monitor(outbox, status, HealthLimits(
-            depth=settings.degraded_depth))
+            degraded_depth=settings.degraded_depth))
         self.registry = self.monitor.registry
         self.fanout = Fanout(settings, self.board)
         self.metrics = FeedMetrics.register(

@@ -64,13 +64,7 @@ class FeedSettings:
     @classmethod
     def from_config(cls, section: FeedSection) -> FeedSettings:
         """The `[feed]` configuration section as server settings."""
-        return cls(
-            host=section.host, port=section.port,
-            tokens=tuple(TokenEntry(t.name, t.role, t.sha256) for t in section.tokens),
-            certfile=section.certfile, keyfile=section.keyfile,
-            allowed_origins=section.allowed_origins,
-            max_message_bytes=section.max_message_bytes, client_queue=section.client_queue,
-            auth_failures_per_minute=section.auth_failures_per_minute,
-            auth_timeout_s=section.auth_timeout_s, replay_max=section.replay_max,
-            history_events=section.history_events, degraded_depth=section.degraded_depth,
-            time_zone=section.time_zone, session_max_s=section.session_max_s)
+        from gateway.config import settings_for
+
+        return settings_for(section, cls, tokens=tuple(
+            TokenEntry(t.name, t.role, t.sha256) for t in section.tokens))

@@ -31,6 +31,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
+from drivers.model import machine_key
+
 __all__ = ["ALERT_KINDS", "OPENING_EVENTS", "SEVERITY", "Alert", "AlertBoard", "Change",
            "machine_label"]
 
@@ -52,7 +54,7 @@ def machine_label(machine: dict[str, Any] | None) -> str | None:
     """'port/address', the name staff and filters use for a machine."""
     if not machine:
         return None
-    return f"{machine.get('port')}/{machine.get('address')}"
+    return machine_key(machine.get("port"), machine.get("address"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,9 @@ def start_feed(make_outbox, nursery):
         status = {"uplink": {"connected": True, "since": 1_700_000_000.0, "reconnects": 2},
                   "uplink_status": {"state": "up", "connected": True, "since": 1_700_000_000.0,
                                     "reason": "connected, events acknowledged"},
-                  "ports": {"p1": {"timeouts": 3, "crc_errors": 1,
-                           "resent_after_reset": 2}}}
+                  "ports": {"p1": {"machines": {"1": {
+                      "online": True, "timeouts": 3, "crc_errors": 1,
+                      "resent_after_reset": 2}}}}}
         settings = replace(FeedSettings(tokens=TOKENS), **overrides)
         server = FeedServer(settings, outbox, lambda: status, command_handler)
         port = await nursery.start(server.run)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.config import parse_config
+from gateway.config import MonitorSection, parse_config
 from gateway.errors import ConfigError
-from gateway.monitor import HealthLimits, Monitor, MonitorSettings, assess, serve_monitor
+from gateway.monitor import HealthLimits, Monitor, assess, serve_monitor
 
 from .test_feed_server import http_get
 
@@ -44,7 +44,7 @@ async def test_health_and_metrics_on_their_own_port(make_outbox, nursery):
     await nursery.start(outbox.run_writer)
     status = {k: dict(v) if isinstance(v, dict) else v for k, v in STATUS.items()}
     monitor = Monitor(outbox, lambda: status)
-    port = await nursery.start(serve_monitor, MonitorSettings(port=0), monitor)
+    port = await nursery.start(serve_monitor, MonitorSection(port=0), monitor)
     with trio.fail_after(10):
         code, _, body = await http_get(port, "/health")
         health = json.loads(body)
@@ -79,7 +79,7 @@ async def test_a_token_file_guards_the_listener(make_outbox, nursery, tmp_path: 
     await nursery.start(outbox.run_writer)
     token = tmp_path / "monitor.token"
     token.write_text("scrape-secret\n")
-    port = await nursery.start(serve_monitor, MonitorSettings(port=0, token_file=token),
+    port = await nursery.start(serve_monitor, MonitorSection(port=0, token_file=token),
                                Monitor(outbox, dict))
     with trio.fail_after(10):
         assert (await http_get_auth(port, "/metrics", None))[0] == 401
@@ -93,15 +93,15 @@ def test_a_non_loopback_bind_needs_a_token_file():
                                                                  "token_file": "t"}}
     with pytest.raises(ConfigError, match=r"monitor\.token_file"):
         parse_config({**base, "monitor": {"host": "0.0.0.0"}})
-    with pytest.raises(ValueError, match="token_file"):
-        MonitorSettings(host="10.0.0.5")
+    with pytest.raises(ConfigError, match="token_file"):
+        MonitorSection(host="10.0.0.5")
     config = parse_config({**base, "monitor": {"host": "0.0.0.0", "token_file": "m.token"}})
     assert config.monitor.token_file == Path("m.token")
     assert parse_config(base).monitor is None
 
 
 def test_assess_reasons():
-    limits = HealthLimits(uplink_down_s=60, undelivered_s=300, depth=100)
+    limits = HealthLimits(uplink_down_s=60, undelivered_s=300, degraded_depth=100)
     assert assess({}, limits, wall=1000.0) == []
     reasons = assess({"uplink_status": {"state": "down", "connected": False, "since": 900.0,
                                        "reason": "refused"},
