@@ -29,6 +29,7 @@ from gateway.outbox.pending import Pending
 from gateway.outbox.schema import read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
+from gateway.outbox.witness import Mark
 from gateway.outbox.writer import CommitResult, GroupCommit, commit_group, write_delivered
 from gateway.signing import GENESIS, Signer, decode_envelope
 
@@ -53,6 +54,10 @@ class Outbox:
         self._read = opened.read_conn
         self._lock_fd: int | None = opened.lock_fd
         self.quarantined = opened.quarantined
+        self._witness = opened.witness
+        self.witnessed_at_open = opened.witnessed
+        self.epoch_change = opened.epoch_change
+        self.epoch_changes = 0 if opened.epoch_change is None else 1
         self._read_lock = trio.Lock()
         meta = read_meta(self._conn)
         self.epoch: str = meta["epoch"]
@@ -77,6 +82,11 @@ class Outbox:
         self.pruned_total = 0
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn,
                                                                     self.delivered_seq)
+        self._record_witness()
+
+    def _record_witness(self) -> None:
+        """After each commit, before its events are handed on (writer thread or open)."""
+        self._witness.record(Mark(self.epoch, self._head.seq))
 
     @classmethod
     def open(cls, settings: OutboxSettings, signer: Signer) -> Outbox:
@@ -91,6 +101,7 @@ class Outbox:
         except BaseException as err:
             opened.conn.close()
             opened.read_conn.close()
+            opened.witness.close()
             os.close(opened.lock_fd)
             if isinstance(err, sqlite3.Error):
                 raise StoreError(f"cannot initialise outbox {settings.path}: {err}") from err
@@ -105,6 +116,7 @@ class Outbox:
             self._delivered_persisted = self.delivered_seq
         self._conn.close()
         self._read.close()
+        self._witness.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -357,6 +369,7 @@ class Outbox:
         if delivered != self._delivered_persisted or self._oldest_undelivered_at is None:
             self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, delivered)
         self._head = result.head
+        self._record_witness()
         self._retired_kids += result.retired
         self._delivered_persisted = delivered
         self._disk.db_free_bytes = result.pruned.db_free_bytes

@@ -15,7 +15,7 @@ import nacl.exceptions
 from gateway.signing import GENESIS, INTEGRITY_FIELDS, canonical, chain_hash, decode_envelope
 from gateway.verify import gap_explained
 
-__all__ = ["TAIL_CHECK_ROWS", "TailCheck", "check_tail"]
+__all__ = ["TAIL_CHECK_ROWS", "TailCheck", "check_tail", "row_problem"]
 
 TAIL_CHECK_ROWS = 64  # rows checked at start-up; the window grows only while its first row is bad
 
@@ -36,7 +36,7 @@ class TailCheck:
     reason: str = ""
 
 
-def _row_problem(seq: int, body: Any, keys: dict[str, Any],
+def row_problem(seq: int, body: Any, keys: dict[str, Any],
                  prev: tuple[int, bytes] | None) -> tuple[str, dict[str, Any] | None]:
     """'' if the row decodes, hashes, signs (for a known kid) and links to `prev` (seq, hash)."""
     try:
@@ -72,7 +72,7 @@ def check_tail(conn: sqlite3.Connection, keys: dict[str, Any], window: int = TAI
         reached_start = len(rows) <= window
         seq0, body0 = rows[0]
         anchor = (0, GENESIS) if seq0 == 1 else None
-        problem, env = _row_problem(seq0, body0, keys, anchor)
+        problem, env = row_problem(seq0, body0, keys, anchor)
         if problem and not reached_start:
             window *= 4
             continue
@@ -80,7 +80,7 @@ def check_tail(conn: sqlite3.Connection, keys: dict[str, Any], window: int = TAI
             return TailCheck(0, seq0 - 1, GENESIS, None, seq0, problem)
         last = (seq0, env["hash"], env)
         for checked, (seq, body) in enumerate(rows[1:], start=1):
-            problem, env = _row_problem(seq, body, keys, last[:2])
+            problem, env = row_problem(seq, body, keys, last[:2])
             if problem:
                 return TailCheck(checked, last[0], last[1], last[2], seq, problem)
             last = (seq, env["hash"], env)
