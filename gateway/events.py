@@ -140,6 +140,12 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               "exceptions unacknowledged) until space returns.",
               fields={"free_mb": NUM, "floor_mb": NUM, "path": STR},
               required=("free_mb", "floor_mb")),
+    EventSpec("platformAhead", "alerts", "1.0.0",
+              "The platform's welcome claims seqs of this epoch beyond any the gateway ever "
+              "committed (its witness says so): a platform error, not a rollback. The gateway "
+              "refused the session (close 4002) and retries after the rejected backoff.",
+              fields={"high_water": INT, "last_seq": INT},
+              required=("high_water", "last_seq")),
     EventSpec("diskSpaceRestored", "alerts", "1.0.0",
               "Free space is back above the floor; intake resumed.",
               fields={"free_mb": NUM, "floor_mb": NUM, "blocked_s": NUM, "shed": INT},

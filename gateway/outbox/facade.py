@@ -23,6 +23,7 @@ from gateway.errors import StoreError
 from gateway.events import Draft, system_draft
 from gateway.outbox import readers
 from gateway.outbox.disk import DiskBudget, is_disk_full
+from gateway.outbox.epochs import EpochChange, change_epoch
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store
 from gateway.outbox.pending import Pending
@@ -59,6 +60,7 @@ class Outbox:
         self.epoch_change = opened.epoch_change
         self.epoch_changes = 0 if opened.epoch_change is None else 1
         self._read_lock = trio.Lock()
+        self._epoch_lock = trio.Lock()  # a commit, or an epoch change, never both at once
         meta = read_meta(self._conn)
         self.epoch: str = meta["epoch"]
         self.delivered_seq: int = int(meta.get("delivered_seq", "0"))
@@ -185,6 +187,36 @@ class Outbox:
         self._flush_wanted = True
         self._wake()
         await done.wait()
+
+    @property
+    def may_start_new_epoch(self) -> bool:
+        """True while the platform's first welcome decides (docs/outbox.md section 3): this box
+        had no witness when the outbox opened and the epoch has not changed since."""
+        return self.witnessed_at_open is None and self.epoch_changes == 0
+
+    async def start_new_epoch(self, high_water: int) -> None:
+        """The platform holds seqs of this epoch up to `high_water`, beyond the last one this
+        outbox has: a rollback the witness could not see (a restore on a new box). End the
+        epoch: the next hello names the new one, whose seq 1 is the lossMarker."""
+        if not self.may_start_new_epoch:
+            raise StoreError("at most one epoch change per start")
+        change = EpochChange(
+            "rollback", self.epoch, self.last_seq + 1, high_water,
+            f"the platform holds seq {high_water} of epoch {self.epoch} but this outbox ends at "
+            f"seq {self.last_seq} (an outbox restored on a box without its witness)",
+            salvage_after=high_water)
+        async with self._epoch_lock:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._change_epoch, change)
+
+    def _change_epoch(self, change: EpochChange) -> None:
+        epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
+        self.epoch, self._head = epoch, ChainHead(seq, digest, self.signer)
+        self.delivered_seq = self._delivered_persisted = 0
+        self._ledger = MachineLedger.load(self._conn)
+        self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
+        self.epoch_change, self.epoch_changes = change, self.epoch_changes + 1
+        self._record_witness()
 
     async def mark_delivered(self, seq: int) -> None:
         """The platform acknowledged everything up to `seq` (cumulative)."""
@@ -330,9 +362,10 @@ class Outbox:
             changes = self._ledger.take()
             try:
                 with trio.CancelScope(shield=True):
-                    envelopes = await trio.to_thread.run_sync(
-                        self._commit, batch, changes, self.delivered_seq, self._disk.low_space,
-                        limiter=limiter)
+                    async with self._epoch_lock:
+                        envelopes = await trio.to_thread.run_sync(
+                            self._commit, batch, changes, self.delivered_seq,
+                            self._disk.low_space, limiter=limiter)
             except StoreError as err:
                 if not is_disk_full(err):
                     raise
@@ -438,4 +471,11 @@ class Outbox:
             "shed": disk.shed_total, "pruned": self.pruned_total,
             "full_disk_commits": disk.full_disk_commits,
             "quarantined_at_open": self.quarantined, "kid": self.signer.kid,
+            "witness": "absent at open" if self.witnessed_at_open is None else "present",
+            "epoch_changes": self.epoch_changes,
+            "epoch_change": None if self.epoch_change is None else {
+                "reason": self.epoch_change.reason,
+                "previous_epoch": self.epoch_change.previous_epoch,
+                "first_missing": self.epoch_change.first_missing,
+                "last_missing": self.epoch_change.last_missing},
         }

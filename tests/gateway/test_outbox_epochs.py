@@ -3,6 +3,7 @@ starts a new epoch whose seq 1 is a signed lossMarker naming what it no longer h
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from gateway.outbox.copy import online_copy
@@ -86,8 +87,7 @@ async def test_a_crash_image_with_a_torn_wal_starts_a_new_epoch(make_outbox, out
     await run_writer_around(live, more)
     wal = tmp_path / "crash" / "outbox.db-wal"
     assert wal.stat().st_size > 0
-    with open(wal, "r+b") as f:
-        f.truncate(wal.stat().st_size // 2)
+    os.truncate(wal, wal.stat().st_size // 2)
     crashed = OutboxSettings(path=tmp_path / "crash" / "outbox.db", gateway_id="test-gw")
     reopened = Outbox.open(crashed, signer)
     try:
@@ -134,3 +134,26 @@ async def test_an_intact_outbox_keeps_its_epoch(make_outbox, outbox_settings):
     await fill(outbox, 10)
     again = make_outbox()
     assert (again.epoch, again.last_seq, again.epoch_change) == (epoch, 10, None)
+
+
+async def test_a_restore_on_a_new_box_ends_the_epoch_at_the_first_welcome(
+        make_outbox, outbox_settings, signer):
+    from tests.gateway.test_outbox_integrity import draft, run_writer_around
+
+    await fill(make_outbox(), 8)
+    witness_path(outbox_settings.path).unlink()  # a new box: the backup never holds a witness
+    outbox = make_outbox()
+    old_epoch = outbox.epoch
+    assert outbox.may_start_new_epoch and outbox.statistics()["witness"] == "absent at open"
+
+    async def welcome_beyond() -> None:
+        await outbox.start_new_epoch(20)  # what the uplink does with welcome.high_water 20
+        assert await outbox.append(draft(99)) == 2
+    await run_writer_around(outbox, welcome_beyond)
+    assert outbox.epoch != old_epoch and not outbox.may_start_new_epoch
+    rows = first_rows(outbox_settings.path, 10)
+    assert [r["epoch"] for r in rows] == [outbox.epoch] * 2
+    assert (rows[0]["data"]["first_seq"], rows[0]["data"]["last_seq"],
+            rows[0]["data"]["salvaged"]) == (9, 20, 0)
+    assert read_witness(outbox_settings.path).epoch == outbox.epoch
+    assert verify_file(outbox_settings.path, signer).ok
