@@ -27,6 +27,7 @@ from gateway.outbox.epochs import EpochChange, change_epoch
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store
 from gateway.outbox.pending import Pending
+from gateway.outbox.quarantine import holes_of, move_rows, write_markers
 from gateway.outbox.schema import read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
@@ -61,6 +62,7 @@ class Outbox:
         self.epoch_changes = 0 if opened.epoch_change is None else 1
         self._read_lock = trio.Lock()
         self._epoch_lock = trio.Lock()  # a commit, or an epoch change, never both at once
+        self._damaged: dict[int, str] = {}  # rows found damaged on read, for the writer
         meta = read_meta(self._conn)
         self.epoch: str = meta["epoch"]
         self.delivered_seq: int = int(meta.get("delivered_seq", "0"))
@@ -392,11 +394,34 @@ class Outbox:
                 low_space: bool = False) -> list[dict[str, Any]]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention (gateway/outbox/writer.py)."""
+        markers = self._quarantine_damaged() if self._damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space)
         result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
                               batch, job)
         self._committed(result, delivered)
-        return result.envelopes
+        return markers + result.envelopes
+
+    def _quarantine_damaged(self) -> list[dict[str, Any]]:
+        """Writer thread: move the rows found damaged on read and explain each hole."""
+        bad, self._damaged = sorted(self._damaged.items()), {}
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            holes = holes_of(conn, bad)
+            moved = move_rows(conn, bad)
+            seq, digest = write_markers(conn, self.settings, self.epoch, self.signer,
+                                        (self._head.seq, self._head.hash), self._head.seq, holes)
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"outbox quarantine failed: {err}") from err
+        first_marker = self._head.seq + 1
+        self._head = ChainHead(seq, digest, self.signer)
+        self.quarantined += moved
+        self._record_witness()
+        return [decode_envelope(body) for _, body in
+                readers.rows_after(conn, first_marker - 1, seq - first_marker + 1)]
 
     def _committed(self, result: CommitResult, delivered: int) -> None:
         if delivered != self._delivered_persisted or self._oldest_undelivered_at is None:
@@ -413,8 +438,17 @@ class Outbox:
     # -- the read side -----------------------------------------------------------------------
 
     async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """The intact rows after `seq`. A damaged one (found here, where the uplink and the feed
+        read) is left out and handed to the writer, which quarantines it and writes the
+        lossMarker that explains the hole (gateway/outbox/quarantine.py)."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(readers.rows_after, self._read, seq, limit)
+            good, bad = await trio.to_thread.run_sync(readers.checked_rows_after, self._read,
+                                                      seq, limit, self.last_seq)
+        if bad:
+            self._damaged.update(bad)
+            self._flush_wanted = True
+            self._wake()
+        return good
 
     async def read_time_range(self, since: float, until: float, after_seq: int = 0,
                               limit: int = 1000) -> list[tuple[int, bytes]]:

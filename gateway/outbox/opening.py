@@ -12,12 +12,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from gateway.errors import StoreError
-from gateway.events import system_draft
 from gateway.outbox.epochs import (
     EpochChange,
     aside_path,
@@ -25,14 +23,13 @@ from gateway.outbox.epochs import (
     salvage_rows,
     write_new_epoch,
 )
-from gateway.outbox.ledger import forget_recorded_from
 from gateway.outbox.migrations import migrate
+from gateway.outbox.quarantine import move_rows, write_markers
 from gateway.outbox.schema import connect, connect_raw, lock, read_meta
-from gateway.outbox.sealing import envelope_for
 from gateway.outbox.settings import OutboxSettings
 from gateway.outbox.tail import TailCheck, check_tail
 from gateway.outbox.witness import Mark, Witness, read_witness
-from gateway.signing import Signer, seal
+from gateway.signing import Signer
 
 __all__ = ["Opened", "open_store"]
 
@@ -48,15 +45,6 @@ class Opened:
     witness: Witness
     witnessed: Mark | None  # what the witness said at open (None: no witness on this box)
     epoch_change: EpochChange | None  # why this open started a new epoch, if it did
-
-
-def _insert_marker(conn: sqlite3.Connection, settings: OutboxSettings, epoch: str,
-                   signer: Signer, seq: int, prev: bytes, data: dict[str, Any]) -> None:
-    draft = system_draft("lossMarker", data, now=time.time())
-    sealed, body = seal(envelope_for(settings, epoch, draft, seq), prev, signer)
-    conn.execute("INSERT INTO events (seq, type, channel, machine, captured_at, source_code, "
-                 "hash, body) VALUES (?, ?, ?, NULL, ?, NULL, ?, ?)",
-                 (seq, draft.type, draft.channel, time.time(), sealed["hash"], body))
 
 
 def _meta(conn: sqlite3.Connection, settings: OutboxSettings) -> tuple[dict[str, str], bool]:
@@ -128,7 +116,7 @@ def _open_checked(settings: OutboxSettings, signer: Signer, witnessed: Mark | No
         tail = check_tail(conn, {signer.kid: signer.verify_key})
         _check_key(settings, signer, tail)
         quarantined = 0
-        if tail.bad_from is not None:
+        if tail.bad or tail.holes:
             quarantined = _quarantine(conn, settings, meta["epoch"], signer, tail)
         last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         conn.execute("COMMIT")
@@ -149,25 +137,12 @@ def _open_checked(settings: OutboxSettings, signer: Signer, witnessed: Mark | No
 
 def _quarantine(conn: sqlite3.Connection, settings: OutboxSettings, epoch: str, signer: Signer,
                 tail: TailCheck) -> int:
-    """Move the rows from `tail.bad_from` on to `quarantine`; a lossMarker takes the next seq
-    (seqs are never reused: some may have reached the platform) and links to the last good row."""
-    count, last_bad = conn.execute("SELECT count(*), max(seq) FROM events WHERE seq >= ?",
-                                   (tail.bad_from,)).fetchone()
-    conn.execute(
-        "INSERT INTO quarantine (seq, type, channel, machine, captured_at, source_code, hash, "
-        "body, reason, quarantined_at) SELECT seq, type, channel, machine, captured_at, "
-        "source_code, hash, body, ?, ? FROM events WHERE seq >= ?",
-        (tail.reason, time.time(), tail.bad_from))
-    conn.execute("DELETE FROM events WHERE seq >= ?", (tail.bad_from,))
-    forget_recorded_from(conn, tail.bad_from)
-    _insert_marker(conn, settings, epoch, signer, last_bad + 1, tail.last_hash, {
-        "reason": "quarantine", "count": count, "first_seq": tail.bad_from,
-        "last_seq": last_bad, "detail": f"corrupt tail moved to the quarantine table: "
-                                        f"{tail.reason}"})
-    log.warning("outbox corrupt tail quarantined; the chain continues from the last good row",
-                path=str(settings.path), first_seq=tail.bad_from, last_seq=last_bad,
-                rows=count, reason=tail.reason, last_good_seq=tail.last_seq)
-    return count
+    """Move each damaged row to `quarantine` and explain each hole with a lossMarker after the
+    newest intact row (gateway/outbox/quarantine.py)."""
+    moved = move_rows(conn, list(tail.bad))
+    write_markers(conn, settings, epoch, signer, (tail.last_seq, tail.last_hash), tail.top_seq,
+                  list(tail.holes))
+    return moved
 
 
 def _readable_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
