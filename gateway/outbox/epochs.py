@@ -80,8 +80,9 @@ def marker_data(change: EpochChange, salvaged: list[dict[str, Any]]) -> dict[str
     data: dict[str, Any] = {"reason": change.reason, "previous_epoch": change.previous_epoch,
                             "detail": change.detail, "salvaged": len(salvaged)}
     if change.first_missing is not None and change.last_missing is not None:
-        data.update(first_seq=change.first_missing, last_seq=change.last_missing,
-                    count=change.last_missing - change.first_missing + 1)
+        first, last = change.first_missing, change.last_missing
+        kept = sum(1 for env in salvaged if first <= env["seq"] <= last)
+        data.update(first_seq=first, last_seq=last, count=last - first + 1 - kept)
     if salvaged:
         data.update(salvaged_first_seq=salvaged[0]["seq"], salvaged_last_seq=salvaged[-1]["seq"])
     return data

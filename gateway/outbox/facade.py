@@ -25,10 +25,10 @@ from gateway.outbox import readers
 from gateway.outbox.disk import DiskBudget, is_disk_full
 from gateway.outbox.epochs import EpochChange, change_epoch
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
-from gateway.outbox.opening import Opened, open_store
+from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
 from gateway.outbox.quarantine import holes_of, move_rows, write_markers
-from gateway.outbox.schema import read_meta
+from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
 from gateway.outbox.witness import Mark
@@ -63,6 +63,7 @@ class Outbox:
         self._read_lock = trio.Lock()
         self._epoch_lock = trio.Lock()  # a commit, or an epoch change, never both at once
         self._damaged: dict[int, str] = {}  # rows found damaged on read, for the writer
+        self._stale_reads: list[sqlite3.Connection] = []  # read connections of a replaced file
         meta = read_meta(self._conn)
         self.epoch: str = meta["epoch"]
         self.delivered_seq: int = int(meta.get("delivered_seq", "0"))
@@ -107,6 +108,10 @@ class Outbox:
             opened.read_conn.close()
             opened.witness.close()
             os.close(opened.lock_fd)
+            if isinstance(err, sqlite3.DatabaseError) and \
+                    not isinstance(err, sqlite3.OperationalError):
+                # A damaged page the tail check did not reach: start over, salvaging.
+                return cls(settings, signer, open_store(settings, signer, damaged=err))
             if isinstance(err, sqlite3.Error):
                 raise StoreError(f"cannot initialise outbox {settings.path}: {err}") from err
             raise
@@ -402,8 +407,43 @@ class Outbox:
         return markers + result.envelopes
 
     def _quarantine_damaged(self) -> list[dict[str, Any]]:
-        """Writer thread: move the rows found damaged on read and explain each hole."""
+        """Writer thread: move the rows found damaged on read and explain each hole. If SQLite
+        cannot even delete them (a damaged page), start over from a fresh file (new epoch)."""
         bad, self._damaged = sorted(self._damaged.items()), {}
+        try:
+            return self._move_damaged(bad)
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):
+                raise StoreError(f"outbox quarantine failed: {err}") from err
+            return self._start_over_live(err)
+
+    def _start_over_live(self, err: sqlite3.DatabaseError) -> list[dict[str, Any]]:
+        """Writer thread: the file is damaged beyond row repair. It is moved aside, a new epoch
+        starts with a lossMarker and the intact undelivered rows salvaged from it (as at open);
+        readers switch to the new file at their next read."""
+        if self.delivered_seq != self._delivered_persisted:
+            try:
+                write_delivered(self._conn, self.delivered_seq)
+            except sqlite3.Error:
+                pass  # the mark is lost with the page: salvage resends, never skips
+        self._conn.close()
+        checked = start_over(self.settings, self.signer, err, Mark(self.epoch, self._head.seq))
+        self._conn = checked.conn
+        self._stale_reads.append(self._read)
+        self._read = connect(self.settings.path)
+        last = readers.last_event(self._conn)
+        assert last is not None  # the new epoch starts with its lossMarker
+        self.epoch = read_meta(self._conn)["epoch"]
+        self._head = ChainHead(last[0], decode_envelope(last[1])["hash"], self.signer)
+        self.delivered_seq = self._delivered_persisted = 0
+        self._ledger = MachineLedger.load(self._conn)
+        self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
+        self.epoch_change, self.epoch_changes = checked.epoch_change, self.epoch_changes + 1
+        self._record_witness()
+        return [decode_envelope(body) for _, body in readers.rows_after(self._conn, 0,
+                                                                         last[0])]
+
+    def _move_damaged(self, bad: list[tuple[int, str]]) -> list[dict[str, Any]]:
         conn = self._conn
         conn.execute("BEGIN")
         try:
@@ -412,10 +452,10 @@ class Outbox:
             seq, digest = write_markers(conn, self.settings, self.epoch, self.signer,
                                         (self._head.seq, self._head.hash), self._head.seq, holes)
             conn.execute("COMMIT")
-        except sqlite3.Error as err:
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"outbox quarantine failed: {err}") from err
+            raise
         first_marker = self._head.seq + 1
         self._head = ChainHead(seq, digest, self.signer)
         self.quarantined += moved
@@ -442,6 +482,8 @@ class Outbox:
         read) is left out and handed to the writer, which quarantines it and writes the
         lossMarker that explains the hole (gateway/outbox/quarantine.py)."""
         async with self._read_lock:
+            while self._stale_reads:  # the file was replaced (a damaged page): close the old
+                self._stale_reads.pop().close()
             good, bad = await trio.to_thread.run_sync(readers.checked_rows_after, self._read,
                                                       seq, limit, self.last_seq)
         if bad:
@@ -460,7 +502,9 @@ class Outbox:
                                                  until, after_seq, limit)
 
     async def wait_appended(self, after_seq: int) -> None:
-        while self.last_seq <= after_seq:
+        """Until an event after `after_seq` is committed, or the epoch changes (seqs restart)."""
+        epoch = self.epoch
+        while self.last_seq <= after_seq and self.epoch == epoch:
             await self._appended.wait()
 
     # -- figures -----------------------------------------------------------------------------

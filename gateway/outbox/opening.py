@@ -31,7 +31,7 @@ from gateway.outbox.tail import TailCheck, check_tail
 from gateway.outbox.witness import Mark, Witness, read_witness
 from gateway.signing import Signer
 
-__all__ = ["Opened", "open_store"]
+__all__ = ["Opened", "open_store", "start_over"]
 
 log = structlog.get_logger("gateway.outbox")
 
@@ -171,7 +171,7 @@ def _readable_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]
     return meta, rows
 
 
-def _start_over(settings: OutboxSettings, signer: Signer, err: sqlite3.DatabaseError,
+def start_over(settings: OutboxSettings, signer: Signer, err: sqlite3.DatabaseError,
                 witnessed: Mark | None) -> _Checked:
     """SQLite cannot read the file: keep it aside for forensics, start a new outbox (new epoch)
     whose first event is a lossMarker naming it and what it had, then the intact undelivered
@@ -206,7 +206,8 @@ def _start_over(settings: OutboxSettings, signer: Signer, err: sqlite3.DatabaseE
     return _Checked(conn, 0, change)
 
 
-def open_store(settings: OutboxSettings, signer: Signer) -> Opened:
+def open_store(settings: OutboxSettings, signer: Signer,
+               damaged: sqlite3.DatabaseError | None = None) -> Opened:
     """Lock, open (or create), check the tail, quarantine a corrupt tail, start a new epoch if
     the outbox is behind its witness; start over from an unreadable file. Raises StoreError
     (another gateway's outbox, in use by another process, signed by another key, or SQLite
@@ -216,11 +217,13 @@ def open_store(settings: OutboxSettings, signer: Signer) -> Opened:
     witnessed = read_witness(settings.path)
     try:
         try:
+            if damaged is not None:
+                raise damaged
             checked = _open_checked(settings, signer, witnessed)
         except sqlite3.DatabaseError as err:
             if isinstance(err, sqlite3.OperationalError):
                 raise
-            checked = _start_over(settings, signer, err, witnessed)
+            checked = start_over(settings, signer, err, witnessed)
         read_conn = connect(settings.path)
         witness = Witness(settings.path)
     except sqlite3.Error as err:

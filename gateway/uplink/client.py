@@ -448,11 +448,13 @@ class UplinkClient:
         return message
 
     async def _sender(self, ws: WebSocketConnection, window: proto.Window) -> None:
-        s = self.settings
+        s, epoch = self.settings, self.outbox.epoch
         while True:
             while not window.can_send:
                 await self._window_changed.wait()
             batch = await self.outbox.read_after(window.next_after, s.batch_max)
+            if self.outbox.epoch != epoch:  # a damaged file was replaced: a new stream
+                raise UplinkUnavailableError(f"the outbox started epoch {self.outbox.epoch}")
             if not batch:
                 await self.outbox.wait_appended(window.next_after)
                 continue

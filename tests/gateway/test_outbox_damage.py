@@ -102,3 +102,30 @@ async def test_no_marker_when_nothing_is_missing(make_outbox, outbox_settings):
     await fill(make_outbox(), 30)
     make_outbox()
     assert markers(outbox_settings.path) == []
+
+
+async def test_a_zeroed_page_ends_on_a_fresh_epoch_with_the_intact_rows_salvaged(
+        make_outbox, outbox_settings, signer, tmp_path):
+    from tests.gateway.test_outbox_verify_ends import zero_page
+
+    path = outbox_settings.path
+    first = make_outbox()
+    old_epoch = first.epoch
+    await fill(first, 600)
+    zero_page(path, path.stat().st_size // 4096 // 2)
+    outbox = make_outbox()  # the tail check does not reach the middle: it opens
+
+    async def uplink_reads() -> None:
+        rows = await outbox.read_after(0, 1000)
+        assert 500 < len(rows) < 600  # the rows on the zeroed page are left out
+        with trio.fail_after(5):
+            while outbox.epoch == old_epoch:
+                await outbox.wait_appended(outbox.last_seq)
+        assert await outbox.append(draft(1)) == outbox.last_seq
+    await run_writer_around(outbox, uplink_reads)
+    assert list(tmp_path.glob("outbox.db.corrupt-*"))  # the old file kept aside
+    marker = decode_envelope(execute(path, "SELECT body FROM events WHERE seq=1")[0][0])["data"]
+    assert (marker["reason"], marker["previous_epoch"]) == ("database-corrupt", old_epoch)
+    assert marker["count"] == 600 - marker["salvaged"] > 0
+    assert len(seqs(path)) == marker["salvaged"] + 2  # marker, salvaged rows, the new event
+    assert verify_file(path, signer).ok
