@@ -59,6 +59,14 @@ def read_witness(db_path: Path) -> Mark | None:
     return Mark(epoch, seq)
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Witness:
     """The open witness file of the running outbox (written by the writer thread only)."""
 
@@ -76,7 +84,10 @@ class Witness:
         os.pwrite(self._fd, data, 0)
         if self.mark is None:
             os.ftruncate(self._fd, len(data))
-        os.fsync(self._fd)
+            os.fsync(self._fd)
+            _fsync_dir(self.path.parent)  # the file itself must survive a power cut
+        else:
+            os.fdatasync(self._fd)  # same size, same blocks: the data is all there is to flush
         self.fsyncs += 1
         self.mark = mark
 
