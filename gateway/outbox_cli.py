@@ -247,7 +247,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     try:
         total = readers.count_events(conn)
-    except sqlite3.DatabaseError:  # a damaged page: verify still reports what it can read
+    except (sqlite3.DatabaseError, UnicodeDecodeError):  # damaged: verify reports what it can
         total = 0
     show = None if args.json else progress_bar(total)
     unreadable: list[int] = []

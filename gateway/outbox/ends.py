@@ -27,7 +27,7 @@ def tolerant_envelopes(conn: sqlite3.Connection, unreadable: list[int]
         try:
             page = conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq "
                                 "LIMIT ?", (after, _PAGE)).fetchall()
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
             page = _slow_page(conn, after, unreadable)
         if not page:
             return
@@ -39,13 +39,13 @@ def _slow_page(conn: sqlite3.Connection, after: int, unreadable: list[int]
                ) -> list[tuple[int, bytes]]:
     try:
         top = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
-    except sqlite3.DatabaseError:
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
         top = after + _PAGE * 10  # the rightmost path is damaged too: probe a bounded range
     page = []
     for seq in range(after + 1, top + 1):
         try:
             row = conn.execute("SELECT seq, body FROM events WHERE seq = ?", (seq,)).fetchone()
-        except sqlite3.DatabaseError:
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
             unreadable.append(seq)
             continue
         if row is not None:
@@ -58,7 +58,7 @@ def _slow_page(conn: sqlite3.Connection, after: int, unreadable: list[int]
 def _meta(conn: sqlite3.Connection) -> dict[str, str]:
     try:
         return read_meta(conn)
-    except sqlite3.DatabaseError:
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
         return {}
 
 

@@ -108,7 +108,7 @@ class Outbox:
             opened.read_conn.close()
             opened.witness.close()
             os.close(opened.lock_fd)
-            if isinstance(err, sqlite3.DatabaseError) and \
+            if isinstance(err, (sqlite3.DatabaseError, UnicodeDecodeError)) and \
                     not isinstance(err, sqlite3.OperationalError):
                 # A damaged page the tail check did not reach: start over, salvaging.
                 return cls(settings, signer, open_store(settings, signer, damaged=err))
@@ -412,12 +412,12 @@ class Outbox:
         bad, self._damaged = sorted(self._damaged.items()), {}
         try:
             return self._move_damaged(bad)
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
             if isinstance(err, sqlite3.OperationalError):
                 raise StoreError(f"outbox quarantine failed: {err}") from err
             return self._start_over_live(err)
 
-    def _start_over_live(self, err: sqlite3.DatabaseError) -> list[dict[str, Any]]:
+    def _start_over_live(self, err: Exception) -> list[dict[str, Any]]:
         """Writer thread: the file is damaged beyond row repair. It is moved aside, a new epoch
         starts with a lossMarker and the intact undelivered rows salvaged from it (as at open);
         readers switch to the new file at their next read."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -145,14 +146,63 @@ def _quarantine(conn: sqlite3.Connection, settings: OutboxSettings, epoch: str, 
     return moved
 
 
+_MAGIC = b"SQLite format 3\x00"
+
+
 def _readable_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
     """What can still be read of a damaged outbox file: its meta and its undelivered rows, one
-    primary-key lookup each, skipping any that SQLite cannot read."""
+    primary-key lookup each, skipping any that SQLite cannot read. A damaged magic string (the
+    file's first 16 bytes) is mended in a scratch copy first."""
+    meta, rows = _read_rows(path)
+    if meta or not path.exists() or path.read_bytes()[:16] == _MAGIC:
+        return meta, rows
+    mended = path.with_name(path.name + ".mended")
+    try:
+        shutil.copyfile(path, mended)
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            shutil.copyfile(wal, mended.with_name(mended.name + "-wal"))
+        with open(mended, "r+b") as f:
+            f.write(_MAGIC)
+        return _read_rows(mended)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            mended.with_name(mended.name + suffix).unlink(missing_ok=True)
+
+
+def _mended(settings: OutboxSettings, signer: Signer, witnessed: Mark | None
+            ) -> _Checked | None:
+    """Only the magic string (the first 16 bytes) is damaged: keep a copy aside, write it back
+    and open normally (nothing is lost, so no new epoch). None if that is not the damage."""
+    path = settings.path
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_MAGIC))
+    except OSError:
+        return None
+    if head == _MAGIC or len(head) < len(_MAGIC):
+        return None
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    shutil.copyfile(path, aside_path(path, f"corrupt-{stamp}"))
+    with open(path, "r+b") as f:
+        f.write(_MAGIC)
+        os.fsync(f.fileno())
+    log.error("outbox file header damaged; mended (a copy kept aside)", path=str(path))
+    try:
+        return _open_checked(settings, signer, witnessed)
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
+        if isinstance(err, sqlite3.OperationalError):
+            raise
+        return None
+
+
+def _read_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error:
         return {}, []
     rows: list[tuple[int, bytes]] = []
+    meta: dict[str, str] = {}
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         delivered = int(meta.get("delivered_seq", "0"))
@@ -160,18 +210,18 @@ def _readable_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]
         for seq in range(delivered + 1, last + 1):
             try:
                 row = conn.execute("SELECT seq, body FROM events WHERE seq=?", (seq,)).fetchone()
-            except sqlite3.DatabaseError:
+            except (sqlite3.DatabaseError, UnicodeDecodeError):
                 continue
             if row is not None:
                 rows.append(row)
     except (sqlite3.Error, ValueError):
-        meta = meta if "meta" in locals() else {}
+        pass  # what was read so far is what can be salvaged
     finally:
         conn.close()
     return meta, rows
 
 
-def start_over(settings: OutboxSettings, signer: Signer, err: sqlite3.DatabaseError,
+def start_over(settings: OutboxSettings, signer: Signer, err: Exception,
                 witnessed: Mark | None) -> _Checked:
     """SQLite cannot read the file: keep it aside for forensics, start a new outbox (new epoch)
     whose first event is a lossMarker naming it and what it had, then the intact undelivered
@@ -207,7 +257,7 @@ def start_over(settings: OutboxSettings, signer: Signer, err: sqlite3.DatabaseEr
 
 
 def open_store(settings: OutboxSettings, signer: Signer,
-               damaged: sqlite3.DatabaseError | None = None) -> Opened:
+               damaged: Exception | None = None) -> Opened:
     """Lock, open (or create), check the tail, quarantine a corrupt tail, start a new epoch if
     the outbox is behind its witness; start over from an unreadable file. Raises StoreError
     (another gateway's outbox, in use by another process, signed by another key, or SQLite
@@ -220,10 +270,12 @@ def open_store(settings: OutboxSettings, signer: Signer,
             if damaged is not None:
                 raise damaged
             checked = _open_checked(settings, signer, witnessed)
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
             if isinstance(err, sqlite3.OperationalError):
-                raise
-            checked = start_over(settings, signer, err, witnessed)
+                raise  # locked, busy, I/O: not damage, and not for this function to repair
+            checked = _mended(settings, signer, witnessed) if damaged is None else None
+            if checked is None:
+                checked = start_over(settings, signer, err, witnessed)
         read_conn = connect(settings.path)
         witness = Witness(settings.path)
     except sqlite3.Error as err:

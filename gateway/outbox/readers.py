@@ -63,7 +63,7 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn = open_readonly(path)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as err:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as err:  # a damaged schema's text too
         conn.close()
         raise StoreError(f"cannot read {path}: {err} (the WAL files beside it must be "
                          "readable and writable too: run as the service user)") from None
@@ -148,13 +148,17 @@ def checked_rows_after(conn: sqlite3.Connection, seq: int, limit: int, last_seq:
     to one primary-key lookup per seq, so it costs only the rows on it."""
     try:
         rows = rows_after(conn, seq, limit)
-    except sqlite3.DatabaseError:
+    except sqlite3.OperationalError:
+        raise  # busy, locked, I/O: not damage; never a reason to quarantine
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
         rows = []
         for candidate in range(seq + 1, last_seq + 1):
             try:
                 row = conn.execute("SELECT seq, body FROM events WHERE seq = ?",
                                    (candidate,)).fetchone()
-            except sqlite3.DatabaseError:
+            except sqlite3.OperationalError:
+                raise
+            except (sqlite3.DatabaseError, UnicodeDecodeError):
                 rows.append((candidate, None))
                 continue
             if row is not None:
