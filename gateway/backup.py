@@ -114,13 +114,10 @@ def _copy_file(source: Path, target: Path) -> None:
 
 def _outbox_figures(path: Path) -> dict[str, Any]:
     from gateway.outbox import open_readonly, outbox_figures
-    from gateway.outbox.migrations import stored_version
 
     conn = open_readonly(path)
     try:
-        figures = outbox_figures(conn)
-        figures["schema"] = stored_version(conn)
-        return figures
+        return outbox_figures(conn)
     finally:
         conn.close()
 

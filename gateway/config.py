@@ -73,8 +73,9 @@ class OutboxSection:
         "check": lambda v: _check(v >= 0, "0 (no floor) or more MB")})
     retention_days: float = field(default=30.0, metadata={
         "check": lambda v: _check(v >= 0, "0 (keep delivered events) or more days")})
-    retention_max_mb: float = field(default=0.0, metadata={
-        "check": lambda v: _check(v >= 0, "0 (no size cap) or more MB")})
+    # Absent: half the filesystem holding the outbox (docs/operations.md, "Disk sizing").
+    retention_max_mb: float | None = field(default=None, metadata={
+        "check": lambda v: _check(v is None or v >= 0, "0 (no size cap) or more MB")})
     droppable_types: tuple[str, ...] = field(default=("meterSnapshot",), metadata={
         "check": lambda v: _check_droppable(v)})
 

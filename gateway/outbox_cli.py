@@ -50,10 +50,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _trust(a)
     _json(a, "the report as one JSON object")
     a.set_defaults(func=_verify)
-    a = actions.add_parser("export", help="write a self-contained, verifiable file of a range",
-                           description="Write a self-contained file of a range of events, "
-                           "with the public keys needed to verify it.")
-    a.add_argument("file", nargs="?", type=Path, default=None, help="the file to write")
+    a = actions.add_parser("export", help="write a range: a verifiable file, JSON lines or CSV",
+                           description="Write a range of events: by default a self-contained "
+                           "file with the public keys needed to verify it; --format json (one "
+                           "object per line, bytes as hex) or csv (one row per event, data as "
+                           "JSON) for a spreadsheet or a script.")
+    a.add_argument("file", nargs="?", type=Path, default=None,
+                   help="the file to write ('-': standard output, json and csv only)")
+    a.add_argument("--format", choices=("export", "json", "csv"), default="export",
+                   help="export: verifiable SQLite file (default); json; csv")
     _db(a, required=True)
     _trust(a)
     a.add_argument("--from", dest="from_seq", type=int, default=None, help="first seq")
@@ -193,6 +198,11 @@ def _export(args: argparse.Namespace) -> int:
         print("outbox export needs the FILE to write", file=sys.stderr)
         return 2
     conn = open_db(args.db)
+    if args.format != "export":
+        return _export_text(args, _export_rows(conn, args))
+    if str(args.file) == "-":
+        print("the verifiable export is a database file: give a FILE, not '-'", file=sys.stderr)
+        return 2
     figures = export_range(conn, args.file, _export_rows(conn, args), _trusted_keys(args))
     if not figures["count"]:
         args.file.unlink()
@@ -203,6 +213,44 @@ def _export(args: argparse.Namespace) -> int:
           f"{args.file}\nverify with: casino-gateway outbox verify {args.file} "
           f"--public-key GATEWAY.pub")
     return 0
+
+
+CSV_COLUMNS = ("seq", "epoch", "timestamp", "channel", "event", "machine", "kid", "data", "hash")
+
+
+def _export_text(args: argparse.Namespace, rows: Iterator[tuple[int, bytes]]) -> int:
+    """JSON lines or CSV of the decoded envelopes, streamed (memory stays flat)."""
+    import csv
+
+    from gateway.signing import decode_envelope
+
+    to_stdout = str(args.file) == "-"
+    if not to_stdout and args.file.exists():
+        print(f"{args.file} already exists; refusing to overwrite an export", file=sys.stderr)
+        return EXIT_FAILURE
+    out = sys.stdout if to_stdout else open(args.file, "x", newline="")
+    count = 0
+    try:
+        table = csv.writer(out) if args.format == "csv" else None
+        if table is not None:
+            table.writerow(CSV_COLUMNS)
+        for _, body in rows:
+            if table is None:
+                out.write(_json_envelope(body) + "\n")
+            else:
+                env = decode_envelope(body)
+                machine = env.get("machine") or {}
+                table.writerow([env["seq"], env["epoch"], env["timestamp"], env["channel"],
+                                env["event"], f"{machine['port']}/{machine['address']}"
+                                if machine else "", env["kid"],
+                                json.dumps(env.get("data"), sort_keys=True), env["hash"].hex()])
+            count += 1
+    finally:
+        if not to_stdout:
+            out.close()
+    if not to_stdout:
+        print(f"wrote {count:,} events to {args.file} ({args.format})")
+    return 0 if count else EXIT_FAILURE
 
 
 def progress_bar(total: int, stream: Any = None) -> Callable[[int], None] | None:

@@ -21,7 +21,7 @@ import trio
 
 from gateway.errors import StoreError
 from gateway.events import Draft, system_draft
-from gateway.outbox import readers
+from gateway.outbox import readers, retention
 from gateway.outbox.disk import DiskBudget, is_disk_full
 from gateway.outbox.epochs import EpochChange, change_epoch
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
@@ -81,6 +81,7 @@ class Outbox:
         self._disk = DiskBudget(settings)
         self._sealing = Signing()
         self._prune_more = False
+        self.retention_cap = retention.cap_bytes(settings)
         self.durable_latencies: deque[float] = deque(maxlen=10_000)
         self.commit_listeners: list[Callable[[list[dict[str, Any]]], None]] = []
         self.commits = 0
@@ -400,7 +401,8 @@ class Outbox:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention (gateway/outbox/writer.py)."""
         markers = self._quarantine_damaged() if self._damaged else []
-        job = GroupCommit(changes, delivered, self._delivered_persisted, low_space)
+        job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
+                          self.retention_cap)
         result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
                               batch, job)
         self._committed(result, delivered)
@@ -548,6 +550,7 @@ class Outbox:
             "free_mb": None if disk.free_bytes is None else round(disk.free_bytes / MB, 1),
             "shed": disk.shed_total, "pruned": self.pruned_total,
             "full_disk_commits": disk.full_disk_commits,
+            "retention_cap_mb": round(self.retention_cap / MB, 1),
             "quarantined_at_open": self.quarantined, "kid": self.signer.kid,
             "witness": "absent at open" if self.witnessed_at_open is None else "present",
             "epoch_changes": self.epoch_changes,

@@ -78,6 +78,25 @@ def _check_key(settings: OutboxSettings, signer: Signer, tail: TailCheck) -> Non
             f"configure the key this gateway has been using")
 
 
+def _create(path: Path) -> None:
+    """A new outbox is built beside its place and renamed into it: a process killed during its
+    first start leaves no file, or a complete one, never an outbox without tables."""
+    building = path.with_name(path.name + ".new")
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        building.with_name(building.name + suffix).unlink(missing_ok=True)
+    conn = connect_raw(building)
+    try:
+        migrate(conn, building)
+    finally:
+        conn.close()  # the last connection checkpoints and removes the -wal
+    os.replace(building, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def behind_witness(meta: dict[str, str], last_seq: int, created: bool, witnessed: Mark | None,
                    ) -> EpochChange | None:
     """The epoch change an outbox needs at open, if it is behind what this box committed."""
@@ -109,6 +128,8 @@ def _open_checked(settings: OutboxSettings, signer: Signer, witnessed: Mark | No
     """Create or open the database, check its tail, quarantine a corrupt one, and start a new
     epoch if it is behind the witness. Raises the raw sqlite3 errors (the caller tells an
     unreadable file from other failures)."""
+    if not settings.path.exists():
+        _create(settings.path)
     conn = connect_raw(settings.path)
     try:
         migrate(conn, settings.path)

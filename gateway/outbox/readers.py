@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
+from gateway.outbox.migrations import stored_version
 from gateway.outbox.schema import read_meta
 from gateway.outbox.tail import row_problem
 from gateway.signing import decode_envelope
@@ -243,7 +244,7 @@ def outbox_figures(conn: sqlite3.Connection) -> dict[str, Any]:
         "gateway_id": meta.get("gateway_id"), "epoch": meta.get("epoch"), "events": last,
         "machine_exceptions": recorded, "delivered_seq": delivered, "depth": last - delivered,
         "oldest_undelivered_s": round(time.time() - oldest, 3) if oldest is not None else 0.0,
-        "quarantined_rows": quarantined,
+        "quarantined_rows": quarantined, "schema": stored_version(conn),
     }
 
 

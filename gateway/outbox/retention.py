@@ -10,15 +10,23 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from gateway.outbox.settings import MB, OutboxSettings
+from gateway.outbox.settings import MB, RETENTION_DISK_SHARE, OutboxSettings
 
-__all__ = ["Pruned", "prune", "record_anchor"]
+__all__ = ["Pruned", "cap_bytes", "prune", "record_anchor"]
 
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
     rows: int
     db_free_bytes: int  # free pages inside the database (they count as free space)
+
+
+def cap_bytes(settings: OutboxSettings) -> int:
+    """The size cap of delivered events in bytes (0: none): `retention_max_mb`, or by default
+    RETENTION_DISK_SHARE of the filesystem holding the outbox."""
+    if settings.retention_max_mb is not None:
+        return int(settings.retention_max_mb * MB)
+    return int(settings.filesystem_size(settings.path.parent) * RETENTION_DISK_SHARE)
 
 
 def _pages(conn: sqlite3.Connection) -> tuple[int, int, int]:
@@ -28,10 +36,10 @@ def _pages(conn: sqlite3.Connection) -> tuple[int, int, int]:
 
 
 def prune(conn: sqlite3.Connection, settings: OutboxSettings, prunable: int,
-          low_space: bool) -> Pruned:
+          low_space: bool, cap: int) -> Pruned:
     """Delete at most `prune_batch` of the oldest delivered rows (seq <= `prunable`) if they are
     older than the retention period, the database is over its size cap, or free space is under
-    the floor. Runs inside the commit's transaction."""
+    the floor. `cap` is `cap_bytes(settings)` (0: no cap). Runs inside the commit's transaction."""
     s = settings
     page_size, pages, free_pages = _pages(conn)
     free = free_pages * page_size
@@ -39,8 +47,7 @@ def prune(conn: sqlite3.Connection, settings: OutboxSettings, prunable: int,
     if oldest is None or oldest[0] > prunable:
         return Pruned(0, free)
     upto = min(prunable, oldest[0] + s.prune_batch - 1)
-    over_cap = s.retention_max_mb > 0 and (pages - free_pages) * page_size > \
-        s.retention_max_mb * MB
+    over_cap = cap > 0 and (pages - free_pages) * page_size > cap
     cutoff = time.time() - s.retention_days * 86400
     if not (low_space or over_cap):
         if not (s.retention_days > 0 and oldest[1] < cutoff):

@@ -7,15 +7,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MB", "OutboxSettings", "statvfs_free"]
+__all__ = ["MB", "RETENTION_DISK_SHARE", "OutboxSettings", "statvfs_free", "statvfs_size"]
 
 MB = 1024 * 1024
+# Without `retention_max_mb`, delivered events are kept within this share of the filesystem that
+# holds the outbox (docs/operations.md, "Disk sizing").
+RETENTION_DISK_SHARE = 0.5
 
 
 def statvfs_free(path: Path) -> int:
     """Bytes available to this (unprivileged) process on the filesystem holding `path`."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def statvfs_size(path: Path) -> int:
+    """Size in bytes of the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +43,12 @@ class OutboxSettings:
     free_space: Callable[[Path], int] = statvfs_free  # injectable: tests simulate a full disk
     droppable_types: tuple[str, ...] = ("meterSnapshot",)
     # Retention of *delivered* events: older than `retention_days`, or the oldest beyond
-    # `retention_max_mb` of used database pages (0 disables either), pruned `prune_batch` rows
-    # per commit. Under the disk floor delivered events are pruned regardless of age.
+    # `retention_max_mb` of used database pages (0 disables either; None: RETENTION_DISK_SHARE of
+    # the filesystem), pruned `prune_batch` rows per commit. Under the disk floor delivered
+    # events are pruned regardless of age.
     retention_days: float = 30.0
-    retention_max_mb: float = 0.0
+    retention_max_mb: float | None = None
+    filesystem_size: Callable[[Path], int] = statvfs_size  # injectable, as free_space
     prune_batch: int = 500
     maintenance_interval_s: float = 60.0
     # Ed25519 signing in a child process (another core) while the writer hashes and inserts.

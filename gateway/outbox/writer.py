@@ -30,6 +30,7 @@ class GroupCommit:
     delivered: int  # the platform's cumulative ack, persisted if it moved
     delivered_persisted: int
     low_space: bool  # under the disk floor: retention ignores age
+    retention_cap: int  # bytes of database pages delivered events may fill (0: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ def _write(conn: sqlite3.Connection, settings: OutboxSettings, rows: list[tuple[
     ledger.persist(conn, recorded, job.changes)
     if job.delivered != job.delivered_persisted:
         write_delivered(conn, job.delivered)
-    pruned = retention.prune(conn, settings, prunable, job.low_space)
+    pruned = retention.prune(conn, settings, prunable, job.low_space, job.retention_cap)
     conn.execute("COMMIT")
     return pruned
 

@@ -159,7 +159,9 @@ def test_example_config_documents_the_feed_without_a_working_credential():
 
 def test_outbox_disk_budget_defaults_and_values():
     outbox = parse_config(MINIMAL).outbox
-    assert (outbox.min_free_mb, outbox.retention_days, outbox.retention_max_mb) == (64.0, 30.0, 0.0)
+    # No size cap given: the outbox caps delivered events at half its filesystem.
+    assert (outbox.min_free_mb, outbox.retention_days, outbox.retention_max_mb) == \
+        (64.0, 30.0, None)
     assert outbox.droppable_types == ("meterSnapshot",)
     table = with_changes("gateway")
     table["outbox"] = {"min_free_mb": 200, "retention_days": 7, "retention_max_mb": 512,

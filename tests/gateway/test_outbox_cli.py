@@ -126,3 +126,25 @@ def test_a_technician_gets_one_line_naming_the_permission(signer):
     assert code.stderr.count("\n") == 1, code.stderr
     assert f"cannot read {db}: permission denied (mode 0600, owner root)" in code.stderr
     assert "casino-gateway diag" in code.stderr
+
+
+def test_export_as_json_lines_and_csv_for_a_range(tmp_path: Path, signer, capsys):
+    import csv
+
+    db = make_outbox_file(tmp_path, signer, 8)
+    assert main(["outbox", "export", "-", "--db", str(db), "--format", "json",
+                 "--from", "3", "--to", "5"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["seq"] for e in events] == [3, 4, 5] and len(events[0]["sig"]) == 128
+
+    out = tmp_path / "range.csv"
+    assert main(["outbox", "export", str(out), "--db", str(db), "--format", "csv",
+                 "--from", "7"]) == 0
+    assert "wrote 2 events" in capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["seq"]) for r in rows] == [7, 8]
+    assert rows[0]["event"] == "machineException" and json.loads(rows[0]["data"])
+    assert rows[0]["kid"] == signer.kid and len(rows[0]["hash"]) == 64
+    assert main(["outbox", "export", str(out), "--db", str(db), "--format", "csv"]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["outbox", "export", "-", "--db", str(db)]) == 2  # the verifiable file is a file

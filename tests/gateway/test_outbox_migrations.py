@@ -150,3 +150,25 @@ def test_a_newer_outbox_is_refused_at_open_by_check_and_by_run_with_exit_78(
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1  # untouched
     conn.close()
+
+
+def test_a_first_start_that_dies_while_building_leaves_no_outbox(outbox_settings, signer,
+                                                                  monkeypatch):
+    """A kill during the very first start (tests/test_crash.py found one) must not leave an
+    outbox file without tables for readers to trip on: the file appears complete or not at
+    all."""
+    real = migrations.MIGRATIONS
+
+    def dies(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("killed")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*real[:2], migrations.Migration(3, "x", dies),
+                                                   *real[3:]))
+    with pytest.raises(Exception, match="killed"):
+        Outbox.open(outbox_settings, signer)
+    assert not outbox_settings.path.exists()
+    monkeypatch.setattr(migrations, "MIGRATIONS", real)
+    Outbox.open(outbox_settings, signer).close()  # the next start builds it
+    conn = sqlite3.connect(outbox_settings.path)
+    assert stored_version(conn) == SCHEMA_VERSION
+    conn.close()

@@ -120,3 +120,39 @@ async def test_retention_off_keeps_everything(make_outbox, outbox_settings):
     await outbox.mark_delivered(30)
     commit_nothing(outbox)
     assert stored_seqs(settings.path) == list(range(1, 31))
+
+
+async def test_without_a_size_setting_the_cap_is_half_the_filesystem(make_outbox,
+                                                                       outbox_settings):
+    """Issue 18: retention by size is on by default, sized from the disk the outbox is on."""
+    asked = []
+
+    def filesystem(path):
+        asked.append(path)
+        return 200 * 1024  # a 200 KiB filesystem: the cap is 100 KiB of database pages
+
+    settings = dataclasses.replace(outbox_settings, retention_days=0, prune_batch=50,
+                                   filesystem_size=filesystem)
+    assert settings.retention_max_mb is None
+    outbox = await filled(make_outbox, settings, 400)  # ~300 KiB of pages
+    assert asked == [settings.path.parent]
+    assert outbox.statistics()["retention_cap_mb"] == round(100 / 1024, 1)
+    await outbox.mark_delivered(350)
+    for _ in range(10):
+        commit_nothing(outbox)
+    seqs = stored_seqs(settings.path)
+    assert seqs[0] > 1 and all(s in seqs for s in range(351, 401))  # undelivered: all kept
+    conn = sqlite3.connect(settings.path)
+    used = conn.execute("SELECT (page_count - freelist_count) * page_size FROM "
+                        "pragma_page_count, pragma_freelist_count, pragma_page_size").fetchone()
+    conn.close()
+    assert used[0] <= 100 * 1024 + 50 * 1024  # within the cap, give or take one batch
+
+
+async def test_an_explicit_zero_still_means_no_size_cap(make_outbox, outbox_settings):
+    settings = dataclasses.replace(outbox_settings, retention_days=0, retention_max_mb=0,
+                                   filesystem_size=lambda path: 1024)
+    outbox = await filled(make_outbox, settings, 50)
+    await outbox.mark_delivered(50)
+    commit_nothing(outbox)
+    assert outbox.retention_cap == 0 and stored_seqs(settings.path) == list(range(1, 51))
