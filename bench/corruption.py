@@ -244,8 +244,8 @@ def cases(frames: int) -> Iterator[Case]:
     yield Case("flip-wal-frame-header",
                lambda box: flip(box / "outbox.db-wal", WAL_HEADER + 3 * (FRAME_HEADER + PAGE) + 4))
     for position in ("oldest", "middle", "newest64", "newest"):
-        yield Case(f"flip-row-{position}", flip_row(position), position in ("middle",
-                                                                             "newest64"))
+        yield Case(f"flip-row-{position}", flip_row(position),
+                   position in ("oldest", "middle", "newest64"))
     yield Case("restore-older-backup", restore_backup, True)
     yield Case("delete-database", delete_database, True)
 

@@ -47,14 +47,18 @@ def gap_explained(envelope: dict[str, Any], prev_seq: int, seq: int) -> bool:
             and data.get("first_seq") == prev_seq + 1 and data.get("last_seq") == seq - 1)
 
 
-def hole_closed(envelope: dict[str, Any], holes: dict[tuple[int, int], bytes]) -> bool:
+def hole_closed(envelope: dict[str, Any], holes: dict[tuple[int, int], bytes],
+                first: int | None = None) -> bool:
     """A later quarantine lossMarker with `resume_hash` closes the hole it names (its
     signature, checked with the rest of the event, binds both sides); False if it names a hole
-    that is not open or with another hash. Other events close nothing."""
+    that is not open or with another hash. A hole before `first`, the first row checked, is
+    the caller's to bind (the outbox's ends check). Other events close nothing."""
     data = envelope.get("data") or {}
     if envelope.get("event") != "lossMarker" or "resume_hash" not in data:
         return True
     key = (data.get("first_seq"), data.get("last_seq"))
+    if first is not None and isinstance(key[1], int) and key[1] < first:
+        return True
     resume = holes.pop(key, None)  # type: ignore[arg-type]
     return resume is not None and resume.hex() == data.get("resume_hash")
 
@@ -82,7 +86,7 @@ def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signin
             return broken(seq, f"undecodable row: {err}")
         if envelope.get("seq") != seq:
             return broken(seq, f"row {seq} holds event seq {envelope.get('seq')}")
-        if not hole_closed(envelope, holes):
+        if not hole_closed(envelope, holes, first):
             return broken(seq, "a quarantine lossMarker names a hole the chain does not have")
         if prev_seq is not None and seq != prev_seq + 1 \
                 and not gap_explained(envelope, prev_seq, seq):

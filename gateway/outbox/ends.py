@@ -70,6 +70,26 @@ def _first_prev(conn: sqlite3.Connection, seq: int) -> bytes | None:
         return None
 
 
+def _front_explained(conn: sqlite3.Connection, first_missing: int, first_seq: int) -> bool:
+    """A quarantine lossMarker names exactly the seqs before the oldest row, with its
+    prev_hash as `resume_hash` (the oldest rows were damaged, not lost unexplained)."""
+    resume = _first_prev(conn, first_seq)
+    try:
+        bodies = conn.execute("SELECT body FROM events WHERE type = 'lossMarker'").fetchall()
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
+        return False
+    for (body,) in bodies:
+        try:
+            data = decode_envelope(body).get("data") or {}
+        except ValueError:
+            continue
+        if (data.get("reason"), data.get("first_seq"), data.get("last_seq")) == \
+                ("quarantine", first_missing, first_seq - 1) and resume is not None and \
+                data.get("resume_hash") == resume.hex():
+            return True
+    return False
+
+
 def check_ends(conn: sqlite3.Connection, path: Path, first_seq: int | None,
                last_seq: int | None) -> list[str]:
     """What is wrong at either end of the chain `first_seq..last_seq` of the outbox at `path`
@@ -77,7 +97,8 @@ def check_ends(conn: sqlite3.Connection, path: Path, first_seq: int | None,
     meta = _meta(conn)
     problems = []
     anchor_seq = int(meta.get("anchor_seq", "0"))
-    if first_seq is not None and first_seq != anchor_seq + 1:
+    if first_seq is not None and first_seq != anchor_seq + 1 and \
+            not _front_explained(conn, anchor_seq + 1, first_seq):
         kept = f"the last pruned row is seq {anchor_seq}" if anchor_seq else "nothing was pruned"
         problems.append(f"oldest row is seq {first_seq} but {kept}: seqs {anchor_seq + 1}.."
                         f"{first_seq - 1} are missing")

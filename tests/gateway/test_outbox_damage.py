@@ -129,3 +129,22 @@ async def test_a_zeroed_page_ends_on_a_fresh_epoch_with_the_intact_rows_salvaged
     assert marker["count"] == 600 - marker["salvaged"] > 0
     assert len(seqs(path)) == marker["salvaged"] + 2  # marker, salvaged rows, the new event
     assert verify_file(path, signer).ok
+
+
+async def test_the_oldest_row_damaged_is_explained_at_the_front(make_outbox, outbox_settings,
+                                                                signer):
+    from tests.gateway.test_outbox_verify_ends import run_verify_file
+
+    path = outbox_settings.path
+    await fill(make_outbox(), TAIL_CHECK_ROWS + 10)
+    flip_byte(path, 1)
+    outbox = make_outbox()
+
+    async def read_back() -> None:
+        await outbox.read_after(0, 500)
+        with trio.fail_after(5):
+            while outbox.quarantined == 0:
+                await outbox.wait_appended(outbox.last_seq)
+    await run_writer_around(outbox, read_back)
+    outbox.close()
+    assert run_verify_file(path, signer)["ok"]

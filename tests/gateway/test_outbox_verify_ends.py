@@ -26,6 +26,18 @@ def run_verify(db: Path, pub: Path, capsys) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
+def run_verify_file(db: Path, signer) -> dict:
+    """`outbox verify --json` on `db` (any outbox file), its report."""
+    import contextlib
+    import io
+
+    pub = public_key_file(db.parent, signer)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["outbox", "verify", "--db", str(db), "--public-key", str(pub), "--json"])
+    return json.loads(out.getvalue())
+
+
 def sql(db: Path, statement: str, *params) -> None:
     conn = sqlite3.connect(db)
     conn.execute(statement, params)
