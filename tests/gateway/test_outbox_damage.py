@@ -148,3 +148,31 @@ async def test_the_oldest_row_damaged_is_explained_at_the_front(make_outbox, out
     await run_writer_around(outbox, read_back)
     outbox.close()
     assert run_verify_file(path, signer)["ok"]
+
+
+async def test_a_zeroed_page_the_open_reads_starts_over_instead_of_exiting(
+        make_outbox, outbox_settings, signer, tmp_path):
+    import sqlite3
+
+    from tests.gateway.test_outbox_verify_ends import zero_page
+
+    path = outbox_settings.path
+    first = make_outbox()
+    old_epoch = first.epoch
+    await fill(first, 600)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    oldest_leaf = min(p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name='events' AND pagetype='leaf'"))
+    conn.close()
+    zero_page(path, oldest_leaf - 1)  # the oldest undelivered rows: read while opening
+
+    outbox = make_outbox()
+    assert outbox.epoch != old_epoch and outbox.epoch_change.reason == "database-corrupt"
+    assert list(tmp_path.glob("outbox.db.corrupt-*"))
+    marker = decode_envelope(execute(path, "SELECT body FROM events WHERE seq=1")[0][0])["data"]
+    assert 500 < marker["salvaged"] < 600 and marker["count"] == 600 - marker["salvaged"]
+
+    async def more() -> None:
+        assert await outbox.append(draft(1)) == marker["salvaged"] + 2
+    await run_writer_around(outbox, more)
+    assert verify_file(path, signer).ok
