@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.events import system_draft
 from gateway.outbox import SCHEMA, Outbox, OutboxSettings, envelope_for
+from gateway.outbox.migrations import SCHEMA_VERSION
 from gateway.outbox.witness import Mark, Witness
 from gateway.signing import GENESIS, Signer, seal
 
@@ -120,9 +121,10 @@ def restart_time(path: Path, signer: Signer, rows: int) -> float:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
     conn.executescript(SCHEMA)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # the current layout: no migration
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("epoch", "0" * 16), ("gateway_id", "bench"), ("created_at", "0"),
-        ("delivered_seq", "0"), ("schema", "1")])
+        ("delivered_seq", "0"), ("schema", str(SCHEMA_VERSION))])
     _, body = seal({"event": "betPlaced", "seq": 0, "data": data(0)}, GENESIS, signer)
     chunk, tail = 100_000, min(rows, 1000)
     filler = rows - tail

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.errors import StoreError
@@ -13,13 +14,23 @@ from gateway.errors import StoreError
 __all__ = ["copy_connection", "online_copy"]
 
 
-def copy_connection(conn: sqlite3.Connection, target: Path) -> None:
-    """Copy the database on `conn` to the new file `target` (mode 0600; replaced if present)."""
+COPY_STEP_PAGES = 16_384  # pages per backup step (64 MiB at 4 KiB pages): progress between them
+
+
+def copy_connection(conn: sqlite3.Connection, target: Path,
+                    progress: Callable[[int, int], None] | None = None) -> None:
+    """Copy the database on `conn` to the new file `target` (mode 0600; replaced if present).
+    `progress(copied_pages, total_pages)` is called between steps of a large copy."""
     target.unlink(missing_ok=True)
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     dst = sqlite3.connect(target, isolation_level=None)
     try:
-        conn.backup(dst)
+        if progress is None:
+            conn.backup(dst)
+        else:
+            conn.backup(dst, pages=COPY_STEP_PAGES,
+                        progress=lambda _status, remaining, total: progress(total - remaining,
+                                                                            total))
         dst.execute("PRAGMA journal_mode=DELETE")  # one file: readable anywhere, read-only too
     except sqlite3.Error:
         dst.close()

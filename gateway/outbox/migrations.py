@@ -135,11 +135,27 @@ def _stamp(conn: sqlite3.Connection) -> None:
                  "SET value = excluded.value", (str(SCHEMA_VERSION),))
 
 
+def _keep_systemd_waiting(copied: int, total: int) -> None:
+    """The copy of a large outbox can outlast systemd's start timeout (90 s by default): each
+    step asks for 60 s more and says why in the unit's status (no-op outside systemd)."""
+    from gateway.systemd import Notifier
+
+    notifier = Notifier()
+    try:
+        notifier.notify("EXTEND_TIMEOUT_USEC=60000000",
+                        f"STATUS=backing up the outbox before its schema upgrade: "
+                        f"{100 * copied // max(total, 1)}%")
+    finally:
+        notifier.close()
+
+
 def _backup(conn: sqlite3.Connection, path: Path, version: int) -> Path:
     """A consistent copy of the database as it is, 0600, beside it."""
     target = backup_path(path, version)
+    log.warning("outbox schema upgrade: copying the outbox first", path=str(path),
+                from_version=version, to_version=SCHEMA_VERSION, copy=str(target))
     try:
-        copy_connection(conn, target)
+        copy_connection(conn, target, progress=_keep_systemd_waiting)
     except sqlite3.Error as err:
         raise StoreError(f"cannot back up {path} before upgrading its schema from version "
                          f"{version}: {err}; nothing was changed") from err

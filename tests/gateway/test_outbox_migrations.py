@@ -172,3 +172,22 @@ def test_a_first_start_that_dies_while_building_leaves_no_outbox(outbox_settings
     conn = sqlite3.connect(outbox_settings.path)
     assert stored_version(conn) == SCHEMA_VERSION
     conn.close()
+
+
+def test_the_copy_before_an_upgrade_keeps_systemd_waiting(outbox_settings, signer, monkeypatch,
+                                                           tmp_path):
+    """A large outbox's copy can outlast systemd's start timeout: the copy asks for more time
+    (EXTEND_TIMEOUT_USEC) and says why in the unit's status."""
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    old_outbox(outbox_settings.path, outbox_settings, signer, 2)
+    Outbox.open(outbox_settings, signer).close()
+    message = sock.recv(4096).decode()
+    sock.close()
+    assert "EXTEND_TIMEOUT_USEC=60000000" in message
+    assert "STATUS=backing up the outbox before its schema upgrade: 100%" in message
