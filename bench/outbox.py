@@ -8,6 +8,8 @@ Prints, each figure next to its target (docs/certification.md):
   outbox   the same drafts through Outbox.append from --producers (512) concurrent producers
            (group commit; Ed25519 in the outbox's signing process, as the daemon runs it)
   latency  capture -> durable p50/p95/p99 at a paced `--rate` events/s
+  witness  the same throughput and paced latency with the witness's write+fsync per group commit
+           switched off (its cost: docs/outbox.md section 3), same run
   restart  time to open an outbox holding `--restart-rows` rows and be ready to append
   rss      peak resident memory of this process
 """
@@ -15,6 +17,7 @@ Prints, each figure next to its target (docs/certification.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sqlite3
@@ -22,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nacl.signing
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.events import system_draft
 from gateway.outbox import SCHEMA, Outbox, OutboxSettings, envelope_for
 from gateway.outbox.migrations import SCHEMA_VERSION
+from gateway.outbox.witness import Mark, Witness
 from gateway.signing import GENESIS, Signer, seal
 
 
@@ -158,6 +163,21 @@ def restart_time(path: Path, signer: Signer, rows: int) -> float:
     return trio.run(reopen)
 
 
+@contextlib.contextmanager
+def witness_off() -> Iterator[None]:
+    """The comparison run only: the witness keeps its mark in memory, no write, no fsync."""
+    original = Witness.record
+
+    def remember(self: Witness, mark: Mark) -> None:
+        self.mark = mark
+
+    Witness.record = remember  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Witness.record = original  # type: ignore[method-assign]
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -187,6 +207,16 @@ def main() -> None:
         lat = trio.run(paced_latency, base / "latency.db", signer, args.rate, args.seconds)
         print(f"capture->durable @ {args.rate:,.0f}/s : p50 {pct(lat, .5):.2f} ms  "
               f"p95 {pct(lat, .95):.2f} ms  p99 {pct(lat, .99):.2f} ms  (target p99 <= 10 ms)")
+        with witness_off():
+            bare = statistics.median(
+                trio.run(outbox_throughput, base / f"bare{i}.db", signer, args.events,
+                         args.producers) for i in range(args.repeat))
+            bare_lat = trio.run(paced_latency, base / "bare-latency.db", signer, args.rate,
+                                args.seconds)
+        print(f"without the witness      : {bare:>10,.0f} events/s (witness costs "
+              f"{1 - out / bare:.1%}); p50 {pct(bare_lat, .5):.2f} ms p99 "
+              f"{pct(bare_lat, .99):.2f} ms (witness adds {pct(lat, .5) - pct(bare_lat, .5):+.2f}"
+              f" ms at p50)")
         if args.restart_rows:
             elapsed = restart_time(base / "restart.db", signer, args.restart_rows)
             print(f"restart with {args.restart_rows:,} rows: {elapsed * 1000:.0f} ms to first "

@@ -316,6 +316,14 @@ def render_status(s: dict[str, Any]) -> str:
                    "is freed (see docs/operations.md)")
     if o.get("error"):
         out.append(f"        cannot read the outbox file: {o['error']}")
+    if o.get("epoch"):
+        change = o.get("epoch_change")
+        out.append(f"        epoch {o['epoch']}, witness {o.get('witness')}, "
+                   f"{o.get('quarantined', 0)} rows quarantined" + (
+                       "" if not change else
+                       f"; NEW EPOCH this start ({change['reason']}): epoch "
+                       f"{change['previous_epoch']} seqs {change['first_missing']}.."
+                       f"{change['last_missing']} are gone from this outbox"))
     u = s["uplink"]
     state = (f"up since {_clock(u['since'])}" if u["connected"]
              else f"{u['state']}, down {format_duration(u['down_for_s'] or 0)}")

@@ -96,15 +96,22 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               "clock_synchronised as in gatewayStarted, at this moment.",
               fields={"down_for_s": {"type": "number", "minimum": 0},
                       "clock_synchronised": BOOL}, required=("down_for_s",)),
-    EventSpec("lossMarker", "system", "1.0.0",
+    EventSpec("lossMarker", "system", "1.1.0",
               "Events were lost or shed; says what and why (reason: shed, quarantine, "
-              "database-corrupt, undecodedAnswer: a machine's answer could not be decoded and "
-              "the next poll acknowledged it; detail names the poll). For quarantine, "
-              "first_seq..last_seq are the seqs moved aside and this event takes the seq after "
-              "them. (A machine's own queue overflow, exception 70, is the bufferOverflow event.)",
-              "shedding, quarantine, unreadable outbox, SAS line",
+              "database-corrupt, rollback, database-lost, undecodedAnswer: a machine's answer "
+              "could not be decoded and the next poll acknowledged it; detail names the poll). "
+              "For quarantine, first_seq..last_seq are the seqs moved aside (this epoch; "
+              "resume_hash is the prev_hash of the event after them). For rollback, "
+              "database-lost and database-corrupt (seq 1 of a new epoch), first_seq..last_seq "
+              "are seqs of previous_epoch the outbox no longer has, and salvaged counts the "
+              "previous epoch's undelivered events re-sealed after this one "
+              "(salvaged_first_seq..salvaged_last_seq, old seqs). (A machine's own queue "
+              "overflow, exception 70, is the bufferOverflow event.)",
+              "shedding, quarantine, unreadable or rolled-back outbox, SAS line",
               fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
-                      "last_seq": INT}, required=("reason",)),
+                      "last_seq": INT, "previous_epoch": STR, "resume_hash": STR,
+                      "salvaged": INT, "salvaged_first_seq": INT, "salvaged_last_seq": INT},
+              required=("reason",)),
     EventSpec("keyRotated", "system", "1.0.0",
               "The signing key changed; signed by the old key, every later event by the new one.",
               fields={"new_kid": STR, "new_public_key": STR}, required=("new_kid",)),
@@ -137,6 +144,12 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               "exceptions unacknowledged) until space returns.",
               fields={"free_mb": NUM, "floor_mb": NUM, "path": STR},
               required=("free_mb", "floor_mb")),
+    EventSpec("platformAhead", "alerts", "1.0.0",
+              "The platform's welcome claims seqs of this epoch beyond any the gateway ever "
+              "committed (its witness says so): a platform error, not a rollback. The gateway "
+              "refused the session (close 4002) and retries after the rejected backoff.",
+              fields={"high_water": INT, "last_seq": INT},
+              required=("high_water", "last_seq")),
     EventSpec("diskSpaceRestored", "alerts", "1.0.0",
               "Free space is back above the floor; intake resumed.",
               fields={"free_mb": NUM, "floor_mb": NUM, "blocked_s": NUM, "shed": INT},

@@ -271,7 +271,8 @@ def progress_bar(total: int, stream: Any = None) -> Callable[[int], None] | None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.outbox import iter_envelopes, open_db, readers
+    from gateway.outbox import open_db, readers
+    from gateway.outbox.ends import check_ends, tolerant_envelopes
     from gateway.outbox.export import export_keys, read_export
     from gateway.verify import verify_events
 
@@ -292,16 +293,30 @@ def _verify(args: argparse.Namespace) -> int:
     if not keys:
         print("give --public-key FILE (or --key-file FILE) to verify against", file=sys.stderr)
         return 2
-    total = readers.count_events(conn)
+    try:
+        total = readers.count_events(conn)
+    except (sqlite3.DatabaseError, UnicodeDecodeError):  # damaged: verify reports what it can
+        total = 0
     show = None if args.json else progress_bar(total)
-    report = verify_events(iter_envelopes(conn), keys, progress=show, first_prev=first_prev)
+    unreadable: list[int] = []
+    report = verify_events(tolerant_envelopes(conn, unreadable), keys, progress=show,
+                           first_prev=first_prev)
     if show is not None:
         show(report.checked)
         print(file=sys.stderr)
     result = {"ok": report.ok, "checked": report.checked, "first_seq": report.first_seq,
               "last_seq": report.last_seq, "break_at": report.break_at, "reason": report.reason,
               "kids": list(report.kids)}
-    if report.ok and export is not None and (
+    if unreadable:
+        result["unreadable"] = unreadable
+    ends = [] if export is not None else check_ends(conn, Path(path), report.first_seq,
+                                                     report.last_seq)
+    if ends:
+        result["ends"] = ends
+    if report.ok and result.get("ends"):
+        text = "BROKEN: " + "; ".join(result["ends"])
+        result.update(ok=False, reason="ends")
+    elif report.ok and export is not None and (
             report.checked != export["count"] or report.first_seq != export["first_seq"]
             or report.last_seq != export["last_seq"]):
         text = (f"BROKEN: the export says seq {export['first_seq']}..{export['last_seq']} "
@@ -318,6 +333,9 @@ def _verify(args: argparse.Namespace) -> int:
         if report.reason.startswith("unknown-key: "):
             result["needs_kid"] = needed = report.reason.removeprefix("unknown-key: ")
             text += "\n" + _explain_unknown_key(conn, needed, keys, report.break_at)
+    if unreadable and not args.json:
+        text += f"\n{len(unreadable)} rows unreadable (a damaged page): seqs {unreadable[0]}.." \
+                f"{unreadable[-1]}"
     print(json.dumps(result) if args.json else text)
     return 0 if result["ok"] else EXIT_FAILURE
 

@@ -203,7 +203,9 @@ class SignerProcess:
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.signing", "--serve"], stdin=subprocess.PIPE,
+            # -I: no cwd, PYTHONPATH or user site on sys.path: only the installed package is
+            # imported into the process that receives the key.
+            [sys.executable, "-I", "-m", "gateway.signing", "--serve"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, close_fds=True,
             # Its own process group: a terminal's Ctrl-C goes to the foreground group and would
             # interrupt the child, even while it is still importing (see _serve).

@@ -6,7 +6,9 @@ Two signed events change the rules mid-chain, both checked like any other event:
   * `keyRotated` (signed by the old key) names the new kid, and usually carries the new public key:
     from the next event on, only the new key may sign;
   * a quarantine `lossMarker` takes the seq after the rows it moved aside, so the seq gap before
-    it is exactly `data.first_seq..data.last_seq` and its prev_hash links to the last good row.
+    it is exactly `data.first_seq..data.last_seq` and its prev_hash links to the last good row;
+    or, for a hole in the middle (intact rows after it), it comes later with `resume_hash`, the
+    prev_hash of the row after the hole (P-HOLE-1): the hole stays open until it arrives.
 Performs no I/O (the caller supplies the events).
 """
 
@@ -21,7 +23,7 @@ import nacl.signing
 
 from gateway.signing import GENESIS, ChainBreak, check_event, decode_envelope, key_id
 
-__all__ = ["VerifyReport", "gap_explained", "verify_events"]
+__all__ = ["VerifyReport", "gap_explained", "hole_closed", "verify_events"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,22 @@ def gap_explained(envelope: dict[str, Any], prev_seq: int, seq: int) -> bool:
             and data.get("first_seq") == prev_seq + 1 and data.get("last_seq") == seq - 1)
 
 
+def hole_closed(envelope: dict[str, Any], holes: dict[tuple[int, int], bytes],
+                first: int | None = None) -> bool:
+    """A later quarantine lossMarker with `resume_hash` closes the hole it names (its
+    signature, checked with the rest of the event, binds both sides); False if it names a hole
+    that is not open or with another hash. A hole before `first`, the first row checked, is
+    the caller's to bind (the outbox's ends check). Other events close nothing."""
+    data = envelope.get("data") or {}
+    if envelope.get("event") != "lossMarker" or "resume_hash" not in data:
+        return True
+    key = (data.get("first_seq"), data.get("last_seq"))
+    if first is not None and isinstance(key[1], int) and key[1] < first:
+        return True
+    resume = holes.pop(key, None)  # type: ignore[arg-type]
+    return resume is not None and resume.hex() == data.get("resume_hash")
+
+
 def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signing.VerifyKey], *,
                   progress: Callable[[int], None] | None = None,
                   first_prev: bytes | None = None) -> VerifyReport:
@@ -60,6 +78,7 @@ def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signin
     def broken(seq: int, reason: str) -> VerifyReport:
         return VerifyReport(checked, first, prev_seq, seq, reason, tuple(kids))
 
+    holes: dict[tuple[int, int], bytes] = {}  # waiting for a later marker (P-HOLE-1)
     for seq, body in rows:
         try:
             envelope = decode_envelope(body)
@@ -67,9 +86,13 @@ def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signin
             return broken(seq, f"undecodable row: {err}")
         if envelope.get("seq") != seq:
             return broken(seq, f"row {seq} holds event seq {envelope.get('seq')}")
+        if not hole_closed(envelope, holes, first):
+            return broken(seq, "a quarantine lossMarker names a hole the chain does not have")
         if prev_seq is not None and seq != prev_seq + 1 \
                 and not gap_explained(envelope, prev_seq, seq):
-            return broken(seq, f"gap: seq {prev_seq} is followed by {seq}")
+            # A hole in the middle: its marker comes later, binding this row's prev_hash.
+            holes[(prev_seq + 1, seq - 1)] = envelope.get("prev_hash", b"")
+            prev_hash = envelope.get("prev_hash")
         if prev_hash is not None:
             expected = prev_hash
         elif first_prev is not None:
@@ -105,4 +128,8 @@ def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signin
         checked += 1
         if progress is not None and checked % 10_000 == 0:
             progress(checked)
+    if holes:
+        first_seq, last_seq = min(holes)
+        return broken(last_seq + 1, f"gap: seqs {first_seq}..{last_seq} missing and no "
+                                    f"lossMarker names them")
     return VerifyReport(checked, first, prev_seq, kids=tuple(kids))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import nacl.signing
 
 from gateway.conformance.kit import Blocked, Closed, Conn, Failed, Kit, TimedOut
-from gateway.signing import Signer
+from gateway.signing import Signer, decode_envelope
 from gateway.uplink import protocol as proto
 
 __all__ = ["CHECKS", "NOT_ON_THE_WIRE", "Check"]
@@ -299,6 +299,43 @@ async def _schema(kit: Kit) -> None:
         await conn.send(proto.Events(tuple(events)))
         seq = await acked(conn, "authentic events were refused for their content")
         expect(seq == 2, f"ack {seq}")
+
+
+@check("P-HOLE-1", "a hole in the middle is stored, then closed by a later lossMarker",
+       needs=(*FULL, "P-GAP-1", "P-SCHEMA-1"))
+async def _hole(kit: Kit) -> None:
+    stream = kit.stream()
+    async with kit.session(stream) as (conn, _):
+        await conn.send(proto.Events(tuple(stream.next(1))))
+        await conn.ack()
+        stream.skip(1)  # seq 2 was damaged at the gateway and quarantined
+        after = stream.next(1)
+        await conn.send(proto.Events(tuple(after)))
+        seq = await acked(conn, "an authentic event after a hole was refused")
+        expect(seq == 3, f"ack {seq} for seq 3 after a hole")
+        marker = stream.next(1, "lossMarker", {
+            "reason": "quarantine", "count": 1, "first_seq": 2, "last_seq": 2,
+            "resume_hash": decode_envelope(after[0])["prev_hash"].hex()})
+        await conn.send(proto.Events(tuple(marker)))
+        seq = await acked(conn, "the lossMarker closing a hole was refused")
+        expect(seq == 4, f"ack {seq} for the lossMarker")
+
+
+@check("P-EPOCH-2", "a rollback's new epoch, opened by its lossMarker, is accepted",
+       needs=(*FULL, "P-SCHEMA-1"))
+async def _rollback(kit: Kit) -> None:
+    first = kit.stream()
+    async with kit.session(first) as (conn, _):
+        await conn.send(proto.Events(tuple(first.next(3))))
+        await conn.ack()
+    second = kit.stream()
+    async with kit.session(second) as (conn, welcome):
+        expect(welcome.high_water == 0, f"the new epoch was welcomed at {welcome.high_water}")
+        await conn.send(proto.Events(tuple(second.next(1, "lossMarker", {
+            "reason": "rollback", "previous_epoch": first.epoch, "first_seq": 2, "last_seq": 3,
+            "count": 2, "salvaged": 0}))))
+        seq = await acked(conn, "the new epoch's rollback lossMarker was refused")
+        expect(seq == 1, f"ack {seq}")
 
 
 @check("P-ROTATE-1", "keyRotated makes the new key valid, durably", needs=FULL)

@@ -106,10 +106,30 @@ class AlertBoard:
         self._changes: list[Change] = []
         self.seq = 0
         self.version = 0
+        self.epoch: str | None = None
 
     def apply(self, envelope: dict[str, Any]) -> bool:
         """Apply one envelope; return True if the board changed. An envelope at or below the last
-        applied seq is ignored, so overlapping replays (start-up rebuild + live) are harmless."""
+        applied seq is ignored, so overlapping replays (start-up rebuild + live) are harmless.
+        An envelope of a new epoch starts the board over (`_new_epoch`)."""
+        epoch = envelope.get("epoch")
+        changed = False
+        if epoch is not None and epoch != self.epoch:
+            changed = self.epoch is not None and self._new_epoch(envelope["timestamp"])
+            self.epoch = epoch
+        return self._apply(envelope) or changed
+
+    def _new_epoch(self, at: str) -> bool:
+        """The outbox started a new epoch (docs/outbox.md section 3): seqs restart at 1, so the
+        seq cursor starts over, and the open alerts, keyed by the old epoch's seqs (a new alert
+        could take the same id), are closed; the salvaged events re-open theirs."""
+        gone = list(self._alerts.values())
+        for alert in gone:
+            self._remove(alert, at)
+        self.seq = 0
+        return bool(gone)
+
+    def _apply(self, envelope: dict[str, Any]) -> bool:
         seq = envelope["seq"]
         if seq <= self.seq:
             return False

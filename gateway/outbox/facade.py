@@ -23,12 +23,15 @@ from gateway.errors import StoreError
 from gateway.events import Draft, system_draft
 from gateway.outbox import readers, retention
 from gateway.outbox.disk import DiskBudget, is_disk_full
+from gateway.outbox.epochs import EpochChange, change_epoch
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
-from gateway.outbox.opening import Opened, open_store
+from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
-from gateway.outbox.schema import read_meta
+from gateway.outbox.quarantine import holes_of, move_rows, write_markers
+from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
+from gateway.outbox.witness import Mark
 from gateway.outbox.writer import CommitResult, GroupCommit, commit_group, write_delivered
 from gateway.signing import GENESIS, Signer, decode_envelope
 
@@ -53,7 +56,14 @@ class Outbox:
         self._read = opened.read_conn
         self._lock_fd: int | None = opened.lock_fd
         self.quarantined = opened.quarantined
+        self._witness = opened.witness
+        self.witnessed_at_open = opened.witnessed
+        self.epoch_change = opened.epoch_change
+        self.epoch_changes = 0 if opened.epoch_change is None else 1
         self._read_lock = trio.Lock()
+        self._epoch_lock = trio.Lock()  # a commit, or an epoch change, never both at once
+        self._damaged: dict[int, str] = {}  # rows found damaged on read, for the writer
+        self._stale_reads: list[sqlite3.Connection] = []  # read connections of a replaced file
         meta = read_meta(self._conn)
         self.epoch: str = meta["epoch"]
         self.delivered_seq: int = int(meta.get("delivered_seq", "0"))
@@ -78,6 +88,11 @@ class Outbox:
         self.pruned_total = 0
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn,
                                                                     self.delivered_seq)
+        self._record_witness()
+
+    def _record_witness(self) -> None:
+        """After each commit, before its events are handed on (writer thread or open)."""
+        self._witness.record(Mark(self.epoch, self._head.seq))
 
     @classmethod
     def open(cls, settings: OutboxSettings, signer: Signer) -> Outbox:
@@ -92,7 +107,12 @@ class Outbox:
         except BaseException as err:
             opened.conn.close()
             opened.read_conn.close()
+            opened.witness.close()
             os.close(opened.lock_fd)
+            if isinstance(err, (sqlite3.DatabaseError, UnicodeDecodeError)) and \
+                    not isinstance(err, sqlite3.OperationalError):
+                # A damaged page the tail check did not reach: start over, salvaging.
+                return cls(settings, signer, open_store(settings, signer, damaged=err))
             if isinstance(err, sqlite3.Error):
                 raise StoreError(f"cannot initialise outbox {settings.path}: {err}") from err
             raise
@@ -106,6 +126,7 @@ class Outbox:
             self._delivered_persisted = self.delivered_seq
         self._conn.close()
         self._read.close()
+        self._witness.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -174,6 +195,36 @@ class Outbox:
         self._flush_wanted = True
         self._wake()
         await done.wait()
+
+    @property
+    def may_start_new_epoch(self) -> bool:
+        """True while the platform's first welcome decides (docs/outbox.md section 3): this box
+        had no witness when the outbox opened and the epoch has not changed since."""
+        return self.witnessed_at_open is None and self.epoch_changes == 0
+
+    async def start_new_epoch(self, high_water: int) -> None:
+        """The platform holds seqs of this epoch up to `high_water`, beyond the last one this
+        outbox has: a rollback the witness could not see (a restore on a new box). End the
+        epoch: the next hello names the new one, whose seq 1 is the lossMarker."""
+        if not self.may_start_new_epoch:
+            raise StoreError("at most one epoch change per start")
+        change = EpochChange(
+            "rollback", self.epoch, self.last_seq + 1, high_water,
+            f"the platform holds seq {high_water} of epoch {self.epoch} but this outbox ends at "
+            f"seq {self.last_seq} (an outbox restored on a box without its witness)",
+            salvage_after=high_water)
+        async with self._epoch_lock:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._change_epoch, change)
+
+    def _change_epoch(self, change: EpochChange) -> None:
+        epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
+        self.epoch, self._head = epoch, ChainHead(seq, digest, self.signer)
+        self.delivered_seq = self._delivered_persisted = 0
+        self._ledger = MachineLedger.load(self._conn)
+        self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
+        self.epoch_change, self.epoch_changes = change, self.epoch_changes + 1
+        self._record_witness()
 
     async def mark_delivered(self, seq: int) -> None:
         """The platform acknowledged everything up to `seq` (cumulative)."""
@@ -319,9 +370,10 @@ class Outbox:
             changes = self._ledger.take()
             try:
                 with trio.CancelScope(shield=True):
-                    envelopes = await trio.to_thread.run_sync(
-                        self._commit, batch, changes, self.delivered_seq, self._disk.low_space,
-                        limiter=limiter)
+                    async with self._epoch_lock:
+                        envelopes = await trio.to_thread.run_sync(
+                            self._commit, batch, changes, self.delivered_seq,
+                            self._disk.low_space, limiter=limiter)
             except StoreError as err:
                 if not is_disk_full(err):
                     raise
@@ -348,17 +400,76 @@ class Outbox:
                 low_space: bool = False) -> list[dict[str, Any]]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention (gateway/outbox/writer.py)."""
+        markers = self._quarantine_damaged() if self._damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
         result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
                               batch, job)
         self._committed(result, delivered)
-        return result.envelopes
+        return markers + result.envelopes
+
+    def _quarantine_damaged(self) -> list[dict[str, Any]]:
+        """Writer thread: move the rows found damaged on read and explain each hole. If SQLite
+        cannot even delete them (a damaged page), start over from a fresh file (new epoch)."""
+        bad, self._damaged = sorted(self._damaged.items()), {}
+        try:
+            return self._move_damaged(bad)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
+            if isinstance(err, sqlite3.OperationalError):
+                raise StoreError(f"outbox quarantine failed: {err}") from err
+            return self._start_over_live(err)
+
+    def _start_over_live(self, err: Exception) -> list[dict[str, Any]]:
+        """Writer thread: the file is damaged beyond row repair. It is moved aside, a new epoch
+        starts with a lossMarker and the intact undelivered rows salvaged from it (as at open);
+        readers switch to the new file at their next read."""
+        if self.delivered_seq != self._delivered_persisted:
+            try:
+                write_delivered(self._conn, self.delivered_seq)
+            except sqlite3.Error:
+                pass  # the mark is lost with the page: salvage resends, never skips
+        self._conn.close()
+        checked = start_over(self.settings, self.signer, err, Mark(self.epoch, self._head.seq))
+        self._conn = checked.conn
+        self._stale_reads.append(self._read)
+        self._read = connect(self.settings.path)
+        last = readers.last_event(self._conn)
+        assert last is not None  # the new epoch starts with its lossMarker
+        self.epoch = read_meta(self._conn)["epoch"]
+        self._head = ChainHead(last[0], decode_envelope(last[1])["hash"], self.signer)
+        self.delivered_seq = self._delivered_persisted = 0
+        self._ledger = MachineLedger.load(self._conn)
+        self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
+        self.epoch_change, self.epoch_changes = checked.epoch_change, self.epoch_changes + 1
+        self._record_witness()
+        return [decode_envelope(body) for _, body in readers.rows_after(self._conn, 0,
+                                                                         last[0])]
+
+    def _move_damaged(self, bad: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            holes = holes_of(conn, bad)
+            moved = move_rows(conn, bad)
+            seq, digest = write_markers(conn, self.settings, self.epoch, self.signer,
+                                        (self._head.seq, self._head.hash), self._head.seq, holes)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        first_marker = self._head.seq + 1
+        self._head = ChainHead(seq, digest, self.signer)
+        self.quarantined += moved
+        self._record_witness()
+        return [decode_envelope(body) for _, body in
+                readers.rows_after(conn, first_marker - 1, seq - first_marker + 1)]
 
     def _committed(self, result: CommitResult, delivered: int) -> None:
         if delivered != self._delivered_persisted or self._oldest_undelivered_at is None:
             self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, delivered)
         self._head = result.head
+        self._record_witness()
         self._retired_kids += result.retired
         self._delivered_persisted = delivered
         self._disk.db_free_bytes = result.pruned.db_free_bytes
@@ -369,8 +480,19 @@ class Outbox:
     # -- the read side -----------------------------------------------------------------------
 
     async def read_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """The intact rows after `seq`. A damaged one (found here, where the uplink and the feed
+        read) is left out and handed to the writer, which quarantines it and writes the
+        lossMarker that explains the hole (gateway/outbox/quarantine.py)."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(readers.rows_after, self._read, seq, limit)
+            while self._stale_reads:  # the file was replaced (a damaged page): close the old
+                self._stale_reads.pop().close()
+            good, bad = await trio.to_thread.run_sync(readers.checked_rows_after, self._read,
+                                                      seq, limit, self.last_seq)
+        if bad:
+            self._damaged.update(bad)
+            self._flush_wanted = True
+            self._wake()
+        return good
 
     async def read_time_range(self, since: float, until: float, after_seq: int = 0,
                               limit: int = 1000) -> list[tuple[int, bytes]]:
@@ -382,7 +504,9 @@ class Outbox:
                                                  until, after_seq, limit)
 
     async def wait_appended(self, after_seq: int) -> None:
-        while self.last_seq <= after_seq:
+        """Until an event after `after_seq` is committed, or the epoch changes (seqs restart)."""
+        epoch = self.epoch
+        while self.last_seq <= after_seq and self.epoch == epoch:
             await self._appended.wait()
 
     # -- figures -----------------------------------------------------------------------------
@@ -428,4 +552,11 @@ class Outbox:
             "full_disk_commits": disk.full_disk_commits,
             "retention_cap_mb": round(self.retention_cap / MB, 1),
             "quarantined_at_open": self.quarantined, "kid": self.signer.kid,
+            "witness": "absent at open" if self.witnessed_at_open is None else "present",
+            "epoch_changes": self.epoch_changes,
+            "epoch_change": None if self.epoch_change is None else {
+                "reason": self.epoch_change.reason,
+                "previous_epoch": self.epoch_change.previous_epoch,
+                "first_missing": self.epoch_change.first_missing,
+                "last_missing": self.epoch_change.last_missing},
         }

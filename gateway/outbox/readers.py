@@ -18,6 +18,7 @@ from typing import Any
 from gateway.errors import StoreError
 from gateway.outbox.migrations import stored_version
 from gateway.outbox.schema import read_meta
+from gateway.outbox.tail import row_problem
 from gateway.signing import decode_envelope
 
 __all__ = ["chain_kid", "count_events", "describe", "first_seq_at_or_after", "iter_envelopes",
@@ -63,7 +64,7 @@ def open_db(path: Path) -> sqlite3.Connection:
     conn = open_readonly(path)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as err:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as err:  # a damaged schema's text too
         conn.close()
         raise StoreError(f"cannot read {path}: {err} (the WAL files beside it must be "
                          "readable and writable too: run as the service user)") from None
@@ -139,6 +140,41 @@ def time_range_page(conn: sqlite3.Connection, since: float, until: float, after_
 def rows_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[int, bytes]]:
     return conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                         (seq, limit)).fetchall()
+
+
+def checked_rows_after(conn: sqlite3.Connection, seq: int, limit: int, last_seq: int
+                       ) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
+    """`rows_after`, each row checked (decodes, holds its seq, hashes to its bytes): the intact
+    rows, and the damaged ones (seq, why) for quarantine. A page SQLite cannot read falls back
+    to one primary-key lookup per seq, so it costs only the rows on it."""
+    try:
+        rows = rows_after(conn, seq, limit)
+    except sqlite3.OperationalError:
+        raise  # busy, locked, I/O: not damage; never a reason to quarantine
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
+        rows = []
+        for candidate in range(seq + 1, last_seq + 1):
+            try:
+                row = conn.execute("SELECT seq, body FROM events WHERE seq = ?",
+                                   (candidate,)).fetchone()
+            except sqlite3.OperationalError:
+                raise
+            except (sqlite3.DatabaseError, UnicodeDecodeError):
+                rows.append((candidate, None))
+                continue
+            if row is not None:
+                rows.append(row)
+            if len(rows) >= limit:
+                break
+    good, bad = [], []
+    for row_seq, body in rows:
+        problem = f"seq {row_seq}: unreadable page" if body is None else \
+            row_problem(row_seq, body, {}, None)[0]
+        if problem:
+            bad.append((row_seq, problem))
+        else:
+            good.append((row_seq, body))
+    return good, bad
 
 
 def last_event(conn: sqlite3.Connection) -> tuple[int, bytes] | None:

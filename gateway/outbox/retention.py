@@ -1,7 +1,8 @@
 """Retention: delivered events leave by age, by size, or under the disk floor, a slice per commit.
 
 Undelivered events are never deleted, nor the newest row (the chain continues from it). Bounded
-work per commit: one primary-key range of at most `prune_batch` rows."""
+work per commit: one primary-key range of at most `prune_batch` rows, always the oldest, and the
+last pruned row's seq and hash recorded as the anchor (meta `anchor_seq`, `anchor_hash`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from gateway.outbox.settings import MB, RETENTION_DISK_SHARE, OutboxSettings
 
-__all__ = ["Pruned", "cap_bytes", "prune"]
+__all__ = ["Pruned", "cap_bytes", "prune", "record_anchor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +49,25 @@ def prune(conn: sqlite3.Connection, settings: OutboxSettings, prunable: int,
     upto = min(prunable, oldest[0] + s.prune_batch - 1)
     over_cap = cap > 0 and (pages - free_pages) * page_size > cap
     cutoff = time.time() - s.retention_days * 86400
-    if low_space or over_cap:
-        cur = conn.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (oldest[0], upto))
-    elif s.retention_days > 0 and oldest[1] < cutoff:
-        cur = conn.execute("DELETE FROM events WHERE seq BETWEEN ? AND ? AND captured_at < ?",
-                           (oldest[0], upto, cutoff))
-    else:
-        return Pruned(0, free)
+    if not (low_space or over_cap):
+        if not (s.retention_days > 0 and oldest[1] < cutoff):
+            return Pruned(0, free)
+        # Always a prefix of the table: the anchor then says where the kept chain starts.
+        upto = conn.execute("SELECT max(seq) FROM events WHERE seq BETWEEN ? AND ? AND "
+                            "captured_at < ?", (oldest[0], upto, cutoff)).fetchone()[0]
+    record_anchor(conn, upto)
+    cur = conn.execute("DELETE FROM events WHERE seq BETWEEN ? AND ?", (oldest[0], upto))
     return Pruned(cur.rowcount, free)
+
+
+def record_anchor(conn: sqlite3.Connection, upto: int) -> None:
+    """Before rows up to `upto` are pruned: the seq and hash of the last of them (`anchor_seq`,
+    `anchor_hash` in meta), so `outbox verify` can tell pruned rows from rows gone missing: the
+    oldest kept row must be the next seq and link to that hash."""
+    row = conn.execute("SELECT seq, hash FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1",
+                       (upto,)).fetchone()
+    if row is None:
+        return
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                     "SET value = excluded.value",
+                     [("anchor_seq", str(row[0])), ("anchor_hash", bytes(row[1]).hex())])

@@ -231,6 +231,7 @@ class UplinkClient:
         self._changed = trio.Event()
         self._was_up = False
         self._outage_recorded = False  # an uplinkDown was recorded for the current outage
+        self._alerted_mark = -1  # the last welcome mark beyond the outbox alerted (platformAhead)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -382,7 +383,7 @@ class UplinkClient:
                         f"no welcome within {s.connect_timeout_s:g} s of the hello")
                 welcome = self._expect_welcome(frame)
                 if welcome.high_water > self.outbox.last_seq:
-                    await self._refuse_mark(ws, welcome.high_water)
+                    await self._mark_beyond(ws, welcome.high_water)
                 if welcome.high_water > self.outbox.delivered_seq:
                     await self.outbox.mark_delivered(welcome.high_water)
                 self._last_ack_seq = welcome.high_water
@@ -419,12 +420,29 @@ class UplinkClient:
                     await trio.aclose_forcefully(stream)
                 conn_nursery.cancel_scope.cancel()
 
+    async def _mark_beyond(self, ws: WebSocketConnection, high_water: int) -> None:
+        """G-WELCOME-2/G-WELCOME-3: without a witness at start the platform's first mark beyond
+        the outbox is a rollback (a new epoch, then a new session); otherwise it is refused."""
+        if not self.outbox.may_start_new_epoch:
+            await self._refuse_mark(ws, high_water)
+        old = self.outbox.epoch
+        await self.outbox.start_new_epoch(high_water)
+        log.error("uplink platform mark beyond the outbox: rollback, new epoch",
+                  high_water=high_water, previous_epoch=old, epoch=self.outbox.epoch)
+        raise UplinkUnavailableError(
+            f"welcome high_water {high_water} is beyond this outbox (a restored outbox): epoch "
+            f"{old} ended, reconnecting with epoch {self.outbox.epoch}")
+
     async def _refuse_mark(self, ws: WebSocketConnection, high_water: int) -> None:
         """The platform says it holds events of this epoch beyond the last one this outbox
         wrote (an outbox restored from a backup, or the platform's store confused): never
         jump over them silently. Error frame, close 4002, an alert, the long backoff."""
         message = (f"welcome high_water {high_water} is beyond this gateway's last seq "
                    f"{self.outbox.last_seq} of epoch {self.outbox.epoch}")
+        if self._alerted_mark != high_water:
+            self._alerted_mark = high_water
+            await self.outbox.append_system("platformAhead", {
+                "high_water": high_water, "last_seq": self.outbox.last_seq})
         log.error("uplink platform mark beyond the outbox", high_water=high_water,
                   last_seq=self.outbox.last_seq, epoch=self.outbox.epoch,
                   action="refused; see docs/uplink-protocol.md section 5")
@@ -443,11 +461,13 @@ class UplinkClient:
         return message
 
     async def _sender(self, ws: WebSocketConnection, window: proto.Window) -> None:
-        s = self.settings
+        s, epoch = self.settings, self.outbox.epoch
         while True:
             while not window.can_send:
                 await self._window_changed.wait()
             batch = await self.outbox.read_after(window.next_after, s.batch_max)
+            if self.outbox.epoch != epoch:  # a damaged file was replaced: a new stream
+                raise UplinkUnavailableError(f"the outbox started epoch {self.outbox.epoch}")
             if not batch:
                 await self.outbox.wait_appended(window.next_after)
                 continue

@@ -94,6 +94,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "bufferOverflow": {"detail": "exception queue overflow (exception 70)"},
     "alertAcknowledged": {"alert_seq": 12, "by": "platform", "note": "seen"},
     "diskFull": {"free_mb": 60.5, "floor_mb": 64.0, "path": "/var/lib/casino-gateway"},
+    "platformAhead": {"high_water": 160, "last_seq": 152},
     "diskSpaceRestored": {"free_mb": 80.0, "floor_mb": 64.0, "blocked_s": 12.5, "shed": 3},
     "powerLost": {},
     "powerApplied": {},

@@ -399,3 +399,16 @@ async def test_diag_watch_exits_130_on_ctrl_c(tmp_path: Path):
             await proc.stdout.aclose()
             await proc.stderr.aclose()
     assert b"Traceback" not in errors
+
+
+def test_diag_says_when_this_start_began_a_new_epoch():
+    """Issue 15: a rollback or a damaged outbox starts a new epoch; diag must say so."""
+    from gateway.diag import render_status
+
+    s = _snapshot_with("x")
+    s["outbox"].update(epoch="b" * 16, witness="present", quarantined=2, epoch_change={
+        "reason": "rollback", "previous_epoch": "a" * 16, "first_missing": 75,
+        "last_missing": 152})
+    text = render_status(s)
+    assert f"epoch {'b' * 16}, witness present, 2 rows quarantined" in text
+    assert f"NEW EPOCH this start (rollback): epoch {'a' * 16} seqs 75..152 are gone" in text

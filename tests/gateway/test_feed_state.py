@@ -174,3 +174,16 @@ def test_pure_modules_import_no_io():
         names |= {node.module.split(".")[0] for node in ast.walk(tree)
                   if isinstance(node, ast.ImportFrom) and node.module}
         assert not names & {"trio", "trio_websocket", "socket", "sqlite3", "h11", "ssl"}, module
+
+
+def test_a_new_epoch_starts_the_board_over():
+    # After an epoch change (a rollback or a damaged outbox) seqs restart at 1: the board must
+    # apply them (not take them for replays) and no new alert may take an old alert's id.
+    board = AlertBoard()
+    board.apply({**env(40, "doorOpened", {"door": "main"}), "epoch": "a" * 16})
+    board.apply({**env(41, "tilt", {"kind": "x"}), "epoch": "a" * 16})
+    board.drain()
+    assert board.apply({**env(1, "lossMarker", port=None), "epoch": "b" * 16})
+    assert board.alerts == [] and [c.op for c in board.drain()] == ["closed", "closed"]
+    assert board.apply({**env(2, "tilt", {"kind": "y"}), "epoch": "b" * 16})
+    assert kinds(board) == [(2, "tilt", "p1/1")] and board.epoch == "b" * 16

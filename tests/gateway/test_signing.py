@@ -248,3 +248,24 @@ async def test_a_dead_signing_process_falls_back_to_signing_in_process(make_outb
     conn = open_readonly(outbox_settings.path)
     report = verify_events(iter_envelopes(conn), {signer.kid: signer.verify_key})
     assert report.ok and report.checked == SIGN_PROCESS_MIN * 4
+
+
+def test_signing_process_imports_only_the_installed_package(signer, tmp_path, monkeypatch):
+    # A `gateway/` directory in the working directory must never be imported by the child that
+    # receives the private key (python -m puts the cwd first on sys.path).
+    from gateway.signing import SignerProcess
+
+    planted = tmp_path / "gateway"
+    planted.mkdir()
+    stolen = tmp_path / "stolen"
+    (planted / "__init__.py").write_text(f"open({str(stolen)!r}, 'w').write('imported')\n")
+    (planted / "signing.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    process = SignerProcess()
+    try:
+        digests = [bytes([7]) * 32]
+        assert process.sign_many(signer, digests) == [signer.key.sign(digests[0]).signature]
+    finally:
+        process.close()
+    assert not stolen.exists()

@@ -20,6 +20,7 @@ from wsproto.events import (
     Request,
 )
 
+from gateway.signing import decode_envelope
 from gateway.uplink import protocol as proto
 from gateway.uplink.client import UplinkClient, UplinkSettings
 from tests.gateway.uplink_fakes import FakeOutbox, write_token
@@ -182,9 +183,54 @@ async def test_a_welcome_mark_beyond_the_last_seq_is_refused_never_jumped(tmp_pa
     assert outbox.delivered_seq == 0  # nothing marked delivered: no silent jump
     stats = client.statistics()
     assert stats["state"] == "rejected" and "beyond" in stats["last_error"]
-    # Never counted as up; the outage since start is recorded once (the floor issue's rule).
-    assert [t for t, _ in outbox.system] == ["uplinkDown"]
-    assert outbox.system[0][1]["reason"].startswith("never connected since start")
+    # An alert (a platform error, the witness says so); never counted as up; the outage since
+    # start is recorded once (the floor issue's rule).
+    assert [t for t, _ in outbox.system] == ["platformAhead", "uplinkDown"]
+    assert outbox.system[0][1] == {"high_water": 9, "last_seq": 5}
+    assert outbox.system[1][1]["reason"].startswith("never connected since start")
+
+
+async def test_a_mark_of_2_pow_62_is_refused_and_never_jumped(tmp_path: Path) -> None:
+    outbox = FakeOutbox()
+    outbox.extend(3)
+    platform = RawPlatform(outbox, idle, high_water=2 ** 62)
+    with trio.fail_after(10):
+        await run_against(
+            platform, tmp_path,
+            lambda: bool(platform.connections and platform.connections[0].eof.is_set()),
+            rejected_backoff_s=300.0)
+    assert platform.connections[0].close_code == proto.CLOSE_PROTOCOL
+    assert outbox.delivered_seq == 0 and outbox.epoch == platform.connections[0].messages[0].epoch
+
+
+async def new_stream_after(platform: RawPlatform, stream: trio.SocketStream,
+                           ws: WSConnection) -> None:
+    platform.high_water = 0  # the next hello names a new stream: P-EPOCH-1
+
+
+async def test_without_a_witness_the_first_mark_beyond_starts_a_new_epoch(tmp_path: Path) -> None:
+    outbox = FakeOutbox()
+    outbox.may_start_new_epoch = True  # a restore on a new box: no witness at open
+    outbox.extend(5)
+    old_epoch = outbox.epoch
+    platform = RawPlatform(outbox, new_stream_after, high_water=9)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, platform.handle, 0,
+                                                    host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            client = UplinkClient(UplinkSettings(
+                url=f"ws://127.0.0.1:{port}/v1/stream", token_file=write_token(tmp_path, "tok"),
+                **FAST), outbox)  # type: ignore[arg-type]
+            await nursery.start(client.run)
+            await platform.wait(lambda: len(platform.connections) >= 2 and any(
+                isinstance(m, proto.Events) for m in platform.connections[1].messages))
+            nursery.cancel_scope.cancel()
+    hellos = [c.messages[0] for c in platform.connections[:2]]
+    assert hellos[0].epoch == old_epoch and hellos[1].epoch == outbox.epoch != old_epoch
+    assert not any(isinstance(m, proto.Error) for m in platform.connections[0].messages)
+    sent = next(m for m in platform.connections[1].messages if isinstance(m, proto.Events))
+    assert decode_envelope(sent.events[0])["event"] == "lossMarker"
 
 
 async def silent_tls_peer(stream: trio.SocketStream) -> None:

@@ -98,6 +98,15 @@ class FakeOutbox:
         while len(self.rows) <= after_seq:
             await self._changed.wait()
 
+    may_start_new_epoch = False  # a witness was present at open (the real outbox's default)
+
+    async def start_new_epoch(self, high_water: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.may_start_new_epoch = False
+        self.epoch, self.rows, self.delivered_seq = os.urandom(8).hex(), [], 0
+        self._last_hash = GENESIS
+        self.append("lossMarker", {"reason": "rollback", "last_seq": high_water})
+
     async def mark_delivered(self, seq: int) -> None:
         await trio.lowlevel.checkpoint()
         if seq > self.delivered_seq:

@@ -1,0 +1,31 @@
+"""The corruption suite, CI sample (bench/corruption.py --sample, about 20 s): each damaged outbox
+ends with the outbox up and appending, 0 seqs reused, a lossMarker exactly when events are
+missing, and `outbox verify` OK afterwards and never OK before when something is missing.
+bench/corruption.py without --sample runs every case (docs/certification.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_corruption_sample(tmp_path: Path):
+    report = tmp_path / "corruption.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "corruption.py"), "--sample",
+                           "--json", str(report)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=90)
+    print(done.stdout[-4000:])
+    print(done.stderr[-3000:], file=sys.stderr)
+    results = json.loads(report.read_text())
+    assert len(results) >= 14
+    assert [r["case"] for r in results if not r["ok"]] == []
+    assert all(r["up"] and r["reused"] == 0 for r in results)
+    by_case = {r["case"]: r for r in results}
+    assert by_case["intact"]["markers"] == 0 and by_case["intact"]["missing"] == 0
+    assert by_case["flip-freelist-page"]["markers"] == 0  # free space: nothing lost, no marker
+    assert by_case["restore-older-backup"]["missing"] == 140
+    assert done.returncode == 0
