@@ -237,6 +237,19 @@ def key_fingerprint(public_key: bytes) -> str:
     return "SHA256:" + ":".join(digest[i:i + 4] for i in range(0, 32, 4))
 
 
+# What a driver reports per machine that the entry above already shows (or turns into an age).
+_SHOWN = frozenset({"online", "offline_reason", "serial", "asset", "sas_version", "rte",
+                    "last_response_at", "latency_p50_s", "latency_p99_s", "polls", "timeouts",
+                    "crc_errors", "nacks", "busy", "retries", "exceptions", "resent_after_reset"})
+
+
+def _figures(m: dict[str, Any]) -> dict[str, Any]:
+    """The driver's own figures beyond the shared ones (a protocol's counts), plain values only:
+    diag and the control socket show them without knowing the protocol."""
+    return {k: v for k, v in m.items()
+            if k not in _SHOWN and isinstance(v, (bool, int, float, str))}
+
+
 async def snapshot(gw: Gateway) -> dict[str, Any]:
     """Everything `diag` shows, as plain JSON-able values. Ages are seconds; times are Unix."""
     now_wall, now_trio = time.time(), trio.current_time()
@@ -268,6 +281,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                 "resent_after_reset": m.get("resent_after_reset", 0),
                 "last_event": None if last is None else {
                     "type": last["type"], "seq": last["seq"], "age_s": _age(last["at"], now_wall)},
+                "figures": _figures(m),
             })
         ports[section.name] = {"device": str(section.device), "state": stats.state,
                                "failures": gw.port_failures.get(section.name, 0),
