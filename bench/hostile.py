@@ -155,8 +155,9 @@ async def resume_attacks(port: int, kept: dict[str, Any]) -> dict[str, Any]:
     out["forged_fresh"] = (await _auth(url, SUPERVISOR, forged))["login"] not in (forged, real)
     out["other_person_fresh"] = (await _auth(url, VIEWER, real))["login"] != real
     fresh = []
-    for login in ("A" * 60_000, "a" * 65, "x" * 15, "../" * 20, real + "\x00", 2**70, [real],
-                  {"id": real}, True):
+    malformed = ("A" * 60_000, "a" * 65, "x" * 15, "../" * 20, real + "\x00", 2**70, [real],
+                 {"id": real}, True)
+    for login in malformed:
         answer = await _auth(url, SUPERVISOR, login)
         fresh.append((answer.get("type") == "welcome" and answer["login"] != real)
                      or answer.get("code") in ("bad_json", "auth_required"))
@@ -168,7 +169,7 @@ async def resume_attacks(port: int, kept: dict[str, Any]) -> dict[str, Any]:
     if time.monotonic() - kept["at"] > SESSION_MAX_S + 2:
         expired = await _auth(url, SUPERVISOR, kept["login"])
         out["expired_refused"] = expired.get("code") == "session_expired"
-    out["sent"] = 15 + ("expired_refused" in out)
+    out["sent"] = 5 + len(malformed) + ("expired_refused" in out)
     return out
 
 
@@ -195,12 +196,13 @@ async def player_probe(port: int, budget: float) -> dict[str, Any]:
             await viewer.send_message(json.dumps({"type": "unsubscribe", "id": f"u{i}", **form}))
         await viewer.send_message(json.dumps({"type": "subscribe", "id": "all",
                                               "channels": list(CHANNELS)}))
-        await viewer.send_message(json.dumps({"type": "replay", "from_seq": 0}))
+        await viewer.send_message(json.dumps({"type": "replay", "from_seq": 1}))
         await viewer.send_message(json.dumps({"type": "resync"}))
         for machine in (f"port{m}/1" for m in range(1, MACHINES + 1)):
             await viewer.send_message(json.dumps({"type": "history", "machine": machine}))
         out["forms"] = len(forms)
-        seen_player = trio.Event()
+        seen_player, answered = trio.Event(), trio.Event()
+        answers = Counter()
 
         async def watch() -> None:
             while True:
@@ -224,14 +226,18 @@ async def player_probe(port: int, budget: float) -> dict[str, Any]:
                         e["channel"] == "player" for e in message["events"])
                 if "card_id" in raw:
                     out["viewer_saw_card_id"] = True
+                answers[message["type"]] += 1
+                if answers["replay_done"] and answers["history"] == MACHINES:
+                    answered.set()   # the replay, resync and histories were all answered
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             nursery.start_soon(listen)
             with trio.move_on_after(budget):
                 await seen_player.wait()
-            # the replay from 0 is the old events: a few more frames after the live one
-            await trio.sleep(1.0)
+                await answered.wait()
+            out["viewer_answered"] = answered.is_set()
+            out["viewer_answers"] = dict(answers)
             nursery.cancel_scope.cancel()
     out["sent"] = 2 * len(forms) + 3 + MACHINES
     return out
@@ -289,7 +295,7 @@ def one_round(plant: dict[str, Any], gw: subprocess.Popen, port: int, master: in
         assert feed["deep_before_auth"] == "auth_required", feed
         assert feed["deep_after_auth"] == feed["big_target"] == "bad_json", feed
         assert feed["ack_nothing"]["result"] == "rejected", feed
-        sent["feed parsers"] += 5
+        sent["feed parsers"] += 4   # deep before and after login, 2^70, ack of nothing
         for bad in (b'{"cmd":"trace","port":[]}', b'{"cmd":"trace","port":{}}',
                     b'{"cmd":"status","x":' + b"[" * 5000 + b"]" * 5000 + b"}"):
             assert control(plant["control"], bad)["ok"] is False
@@ -318,7 +324,7 @@ def one_round(plant: dict[str, Any], gw: subprocess.Popen, port: int, master: in
         player = trio.run(player_probe, port, 30)
         assert player["viewer_player_events"] == 0 and not player.get("viewer_saw_card_id") \
             and not player.get("viewer_subscribed_player") and not player["welcome_has_card"] \
-            and player["forms_refused"] == player["forms"] \
+            and player["forms_refused"] == player["forms"] and player["viewer_answered"] \
             and player.get("attendant_player_events", 0) > 0, player
         sent["player forms"] += player["sent"]
     assert gw.poll() is None, "the daemon exited"
