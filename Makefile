@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench crash certify clean constraints deb
+.PHONY: demo test lint bench crash hostile certify clean constraints deb
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is required"'
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 crash: $(STAMP)
 	$(BIN)/python bench/crash_loop.py --kills 200
+
+# The hostile neighbour, long (issue 15): every attack in rounds against one daemon while
+# machines and a card reader play; tests/test_hostile_rounds.py runs one round.
+hostile: $(STAMP)
+	$(BIN)/python bench/hostile.py --minutes 10
 
 # Certification run (docs/certification.md): every chaos/soak scenario with the real processes,
 # 30+ minutes; report in bench/results/certify-<timestamp>/. The short version runs in make test.

@@ -67,7 +67,9 @@ def _read_line(proc: subprocess.Popen, deadline: float) -> str:
 
 
 def _setup(base: Path, machines: int, rate: float, seed: int,
-           logs: contextlib.ExitStack) -> dict[str, Any]:
+           logs: contextlib.ExitStack, readers: int = 0) -> dict[str, Any]:
+    """Receiver and simulator started, the gateway's config written (not started). `readers`:
+    simulated insert card readers beside the first machines, one port each."""
     base.mkdir(parents=True, exist_ok=True)
     subprocess.run([*CLI, "keys", "init", "--key-file", str(base / "gw.key")], check=True,
                    capture_output=True)
@@ -89,13 +91,25 @@ def _setup(base: Path, machines: int, rate: float, seed: int,
          "--cert", str(base / "rx.pem"), "--key", str(base / "rx.key")],
         stdout=subprocess.PIPE, stderr=logs.enter_context(open(base / "receiver.log", "w")))
     sim = subprocess.Popen(
-        [*CLI, "simulate", "--machines", str(machines), "--rate", str(rate), "--seed", str(seed)],
+        [*CLI, "simulate", "--machines", str(machines), "--rate", str(rate), "--seed", str(seed),
+         *(["--readers", str(readers), "--reader-kind", "insert", "--reader-rate", "2"]
+           if readers else [])],
         stdout=subprocess.PIPE, stderr=logs.enter_context(open(base / "simulate.log", "w")))
     deadline = time.monotonic() + 30
     url = _read_line(receiver, deadline)
     paths = [_read_line(sim, deadline) for _ in range(machines)]
     ports = "\n".join(f'[[ports]]\nname = "port{i + 1}"\ndevice = "{p}"\npoll_interval_ms = 40\n'
                       for i, p in enumerate(paths))
+    if readers:
+        fd = os.open(base / "venue.secret", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, os.urandom(32).hex().encode() + b"\n")
+        os.close(fd)
+    for i in range(readers):
+        path, beside = _read_line(sim, deadline).split(" beside ")
+        ports += (f'\n[[ports]]\nname = "reader{i + 1}"\ndevice = "{path.removeprefix("reader ")}"'
+                  f'\nprotocol = "cardreader"\nkind = "insert"\n'
+                  f'machine = "port{paths.index(beside) + 1}/1"\n'
+                  f'secret_file = "{base.resolve() / "venue.secret"}"\n')
     (base / "gateway.toml").write_text(
         f'[gateway]\nid = "{GATEWAY_ID}"\nkey_file = "gw.key"\nstate_dir = "state"\n'
         f'[uplink]\nurl = "{url}"\ntoken_file = "token"\nca_file = "ca.pem"\n'

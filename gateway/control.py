@@ -254,6 +254,7 @@ def _machine_row(gw: Gateway, port: str, m: MachineFigures, now_wall: float,
         "resent_after_reset": m.resent_after_reset,
         "last_event": None if last is None else {
             "type": last["type"], "seq": last["seq"], "age_s": _age(last["at"], now_wall)},
+        "figures": dict(m.own),
     }
 
 

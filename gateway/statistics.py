@@ -52,10 +52,18 @@ class MachineFigures:
     last_response_at: float | None = None   # the driver's (trio) clock
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    # The driver's own plain figures beyond the fields above (a card reader's reads, bad reads,
+    # bounces): diag and the control socket show them without knowing the protocol.
+    own: Mapping[str, bool | int | float | str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, address: int | str, figures: Mapping[str, Any]) -> MachineFigures:
-        return cls(**_known(cls, figures, address=int(address)))
+        shared = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        own = figures.get("own")
+        if not isinstance(own, Mapping):
+            own = {k: v for k, v in figures.items()
+                   if k not in shared and isinstance(v, bool | int | float | str)}
+        return cls(**_known(cls, figures, address=int(address), own=dict(own)))
 
 
 @dataclass(frozen=True, slots=True)

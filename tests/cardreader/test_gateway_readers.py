@@ -18,6 +18,7 @@ from drivers.sim.cardreader import SimReader
 from drivers.sim.readers import serve_readers
 from gateway import daemon
 from gateway.config import Config, GatewaySection, LogSection, PortSection, UplinkSection
+from gateway.control import snapshot
 from gateway.demo import _prepare
 from gateway.monitor import HealthLimits, assess
 
@@ -69,6 +70,7 @@ async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
             readers.start_play()
             await enough.wait()
             status = json.dumps(gw.status(), default=str)
+            snap = await snapshot(gw)
             # A reader that is plugged in is no "machine offline" on /health.
             health = assess(gw.status(), HealthLimits(), wall=time.time())
             nursery.cancel_scope.cancel()
@@ -88,3 +90,7 @@ async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
     assert os.stat(made["venue_secret"]).st_mode & 0o077 == 0
     # (The reader may be unplugged at that moment: "port reader-1 down" is then right.)
     assert not [r for r in health if "reader-1: machine" in r], health
+    # The control socket and diag show the reader's own figures (docs/cardreader.md).
+    figures = snap["ports"]["reader-1"]["machines"][0]["figures"]
+    assert figures["kind"] == "insert" and figures["reads"] >= 3
+    assert {"bad_reads", "bad_reads_held", "bounces", "noise_bytes", "card_present"} <= set(figures)

@@ -16,7 +16,17 @@ from hypothesis import strategies as st
 from gateway.bounded import InputRejected, check_plain, loads_json
 from gateway.commands import COMMAND_NAMES, _plan
 from gateway.control import parse_request
-from gateway.feed.protocol import Close, FeedSession, Send, TokenEntry, TokenTable, hash_token
+from gateway.events import CATALOGUE, CHANNELS
+from gateway.feed.protocol import (
+    Authenticated,
+    Close,
+    FeedSession,
+    LoginBook,
+    Send,
+    TokenEntry,
+    TokenTable,
+    hash_token,
+)
 from gateway.receiver.server import _check_result
 from gateway.uplink import protocol as proto
 
@@ -202,3 +212,70 @@ def _outbox(make_outbox: Any) -> Any:
         _OUTBOXES.clear()
         _OUTBOXES[id(make_outbox)] = make_outbox()
     return _OUTBOXES[id(make_outbox)]
+
+
+# -- today's boundaries: the player channel and session resume --------------------------------
+
+VIEWERS = TokenTable([TokenEntry("vic", "viewer", hash_token("v-secret"))])
+PLAYER_TYPES = sorted(n for n, spec in CATALOGUE.items() if spec.channel == "player")
+names = (st.sampled_from(sorted(CHANNELS) + sorted(CATALOGUE)) | st.text(max_size=12)
+         | st.sampled_from(["Player", "PLAYER", "player ", "player\x00", "cardinserted"]))
+name_lists = st.lists(names, max_size=6) | json_values
+subscriptions = st.builds(
+    lambda kind, channels, events, machines: json.dumps(
+        {"type": kind, "channels": channels, "events": events, "machines": machines}),
+    st.sampled_from(["subscribe", "unsubscribe"]), name_lists, name_lists,
+    st.lists(st.sampled_from(["port1/1", "port2/1", "x"]), max_size=2))
+
+
+@FUZZ
+@given(st.lists(subscriptions | feed_texts, max_size=8))
+def test_a_viewer_never_wants_a_player_event(frames: list[str]) -> None:
+    """Whatever a viewer subscribes and unsubscribes, in any order and shape, no player event
+    passes its filter (for any machine, or none)."""
+    session = FeedSession(VIEWERS, commands_enabled=True)
+    session.receive('{"type":"auth","token":"v-secret"}')
+    for frame in frames:
+        _only_protocol_actions(session.receive(frame))
+    for kind in PLAYER_TYPES:
+        for machine in (None, {"port": "port1", "address": 1}):
+            assert not session.wants({"channel": "player", "event": kind, "machine": machine})
+
+
+@FUZZ
+@given(json_values | st.text(max_size=80) | st.sampled_from(["A" * 64, "A" * 65, "a" * 15]))
+def test_an_auth_login_of_any_shape_is_a_login_id_or_none(login: Any) -> None:
+    frame = json.dumps({"type": "auth", "token": "s-secret", "login": login})
+    for action in FeedSession(TABLE, commands_enabled=True).receive(frame):
+        if isinstance(action, Authenticated):
+            assert action.login is None or (isinstance(action.login, str)
+                                            and 16 <= len(action.login) <= 64)
+
+
+logins = st.lists(st.tuples(st.sampled_from(["sue", "vic"]),
+                            st.integers(min_value=-1, max_value=6) | st.text(max_size=70),
+                            st.floats(min_value=0, max_value=50)), max_size=30)
+
+
+@FUZZ
+@given(logins)
+def test_a_login_id_continues_only_its_own_live_login(steps: list[tuple[str, Any, float]]) -> None:
+    """Against a model: an id is continued only for the person it was issued to and only before
+    it ends; a forged, borrowed or unknown id gets a fresh login; an ended one is refused."""
+    book, issued, now = LoginBook(max_s=10, capacity=4), [], 0.0
+    owner: dict[str, tuple[str, float]] = {}
+    for name, pick, step in steps:
+        now += step
+        login = (issued[pick] if isinstance(pick, int) and 0 <= pick < len(issued)
+                 else None if pick == -1 else str(pick))
+        answer = book.begin(name, login, now)
+        if answer is None:
+            assert login in owner and owner[login][0] == name and owner[login][1] <= now
+            continue
+        got, end = answer
+        if got == login:
+            assert owner[got][0] == name and now < owner[got][1] == end
+        else:
+            assert got not in owner and end == now + 10
+            owner[got] = (name, end)
+            issued.append(got)
