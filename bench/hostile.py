@@ -20,8 +20,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Not the script's directory first: bench/platform.py would shadow the standard `platform`
-# module that attrs (under trio) imports.
+# The script's directory goes last, not first: a bench script named like a standard module
+# would otherwise shadow it (one called platform.py once broke attrs' import under trio).
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 
