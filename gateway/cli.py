@@ -102,7 +102,32 @@ def build_parser() -> argparse.ArgumentParser:
         "the central platform, with a local alert feed.")
     parser.add_argument("--version", action="version", version=gateway.__version__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_own_commands(sub)
+    from drivers.sim.cli import add_commands as add_sim_commands
+    from gateway.backup import add_commands as add_backup_commands
+    from gateway.conformance.run import add_commands as add_conformance_commands
+    from gateway.diag import add_commands as add_diag_commands
+    from gateway.keys_cli import add_commands as add_keys_commands
+    from gateway.outbox_cli import add_commands as add_outbox_commands
+    from gateway.platform.cli import add_commands as add_platform_commands
+    from gateway.receiver.cli import add_commands as add_receiver_commands
 
+    add_backup_commands(sub)
+    add_platform_commands(sub)
+    add_conformance_commands(sub)
+    add_diag_commands(sub)
+    add_keys_commands(sub)
+    add_outbox_commands(sub)
+    add_receiver_commands(sub)
+    add_sim_commands(sub)
+    _describe_simulate(sub)
+    return parser
+
+
+
+
+def _add_own_commands(sub: argparse._SubParsersAction) -> None:
+    """run, check, demo and tokens; every other command group adds itself (add_commands)."""
     p = sub.add_parser("run", help="run the gateway daemon")
     p.add_argument("--config", type=Path, required=True, help="the TOML configuration file")
     p.set_defaults(func=_cmd_run)
@@ -144,26 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default=None,
                    help="who holds it, shown in logs and audits (default ROLE-DATE-TIME)")
     t.set_defaults(func=_cmd_tokens)
-
-    from drivers.sim.cli import add_commands as add_sim_commands
-    from gateway.backup import add_commands as add_backup_commands
-    from gateway.conformance.run import add_commands as add_conformance_commands
-    from gateway.diag import add_commands as add_diag_commands
-    from gateway.keys_cli import add_commands as add_keys_commands
-    from gateway.outbox_cli import add_commands as add_outbox_commands
-    from gateway.platform.cli import add_commands as add_platform_commands
-    from gateway.receiver.cli import add_commands as add_receiver_commands
-
-    add_backup_commands(sub)
-    add_platform_commands(sub)
-    add_conformance_commands(sub)
-    add_diag_commands(sub)
-    add_keys_commands(sub)
-    add_outbox_commands(sub)
-    add_receiver_commands(sub)
-    add_sim_commands(sub)
-    _describe_simulate(sub)
-    return parser
 
 
 def _describe_simulate(sub: argparse._SubParsersAction) -> None:

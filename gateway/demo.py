@@ -173,25 +173,8 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
                       faults=frozenset({"misread", "bounce", "garbage"}))
             for _ in range(machines)]))
         card_readers.stop_play()
-        config = Config(
-            gateway=GatewaySection(id=GATEWAY_ID, key_file=made["key_file"],
-                                   state_dir=base / "gateway", venue="Demo Casino",
-                                   region="loopback"),
-            uplink=UplinkSection(url=receiver.url, token_file=base / "uplink.token",
-                                 ca_file=base / "ca.pem"),
-            # 100 ms: one machine per line, so the gateway reads up to 10 exceptions a second
-            # from each, twice the simulated play's average, and a burst rarely fills the queue.
-            ports=tuple(PortSection.of(name, Path(path), (1,), poll_interval_ms=100)
-                        for name, path in zip(port_names, fleet.device_paths, strict=True))
-            + tuple(PortSection.of(f"reader{i + 1}", Path(path), protocol="cardreader",
-                                   machine=f"{name}/1", secret_file=str(made["venue_secret"]))
-                    for i, (name, path) in enumerate(zip(port_names, card_readers.device_paths,
-                                                         strict=True))),
-            log=LogSection(level="warning"),
-            feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(
-                FeedTokenSection(name="demo-attendant", sha256=hash_token(attendant_token),
-                                 role="attendant"),)),
-        )
+        config = _demo_config(base, made, receiver.url, port_names, fleet.device_paths,
+                              card_readers.device_paths, attendant_token, feed_port)
         gw = await nursery.start(partial(daemon.run, config, handle_signals_=False))
         card_readers.start_play()
         board = (f"demo: alert board http://127.0.0.1:{gw.feed_port}/ "
@@ -205,24 +188,7 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
               f"demo: state in {base}; "
               f"{f'playing for {duration:g}s' if duration else 'Ctrl-C to stop'}", file=out)
 
-        with trio.move_on_after(duration if duration else math.inf) as play:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        play.cancel()
-                        return
-
-                nursery.start_soon(stop_on_signal)
-                while True:
-                    figures = receiver.store.figures(GATEWAY_ID)
-                    ledger = fleet.summary()
-                    if not out.isatty():
-                        await trio.sleep(1)
-                        continue
-                    print(f"\rraised {ledger['raised']:>6}  durable {gw.outbox.last_seq:>6}  "
-                          f"received {figures['received']:>6}  | {gw.status_line()}   ",
-                          end="", file=out, flush=True)
-                    await trio.sleep(1)
+        await _play(duration, out, receiver, fleet, gw)
         if out.isatty():
             print(file=out)
         print("demo: stopping play; waiting for every exception to be acknowledged and the "
@@ -237,6 +203,53 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
         summary.update(_card_figures(base / "receiver.db", card_readers))
         nursery.cancel_scope.cancel()
     return summary
+
+
+def _demo_config(base: Path, made: dict[str, Any], receiver_url: str, port_names: list[str],
+                 machine_paths: list[str], reader_paths: list[str], attendant_token: str,
+                 feed_port: int) -> Config:
+    """The demo gateway's configuration: one SAS port per simulated machine, a card reader
+    beside each, the board on loopback."""
+    return Config(
+        gateway=GatewaySection(id=GATEWAY_ID, key_file=made["key_file"],
+                               state_dir=base / "gateway", venue="Demo Casino",
+                               region="loopback"),
+        uplink=UplinkSection(url=receiver_url, token_file=base / "uplink.token",
+                             ca_file=base / "ca.pem"),
+        # 100 ms: one machine per line, so the gateway reads up to 10 exceptions a second
+        # from each, twice the simulated play's average, and a burst rarely fills the queue.
+        ports=tuple(PortSection.of(name, Path(path), (1,), poll_interval_ms=100)
+                    for name, path in zip(port_names, machine_paths, strict=True))
+        + tuple(PortSection.of(f"reader{i + 1}", Path(path), protocol="cardreader",
+                               machine=f"{name}/1", secret_file=str(made["venue_secret"]))
+                for i, (name, path) in enumerate(zip(port_names, reader_paths,
+                                                     strict=True))),
+        log=LogSection(level="warning"),
+        feed=FeedSection(host="127.0.0.1", port=feed_port, tokens=(
+            FeedTokenSection(name="demo-attendant", sha256=hash_token(attendant_token),
+                             role="attendant"),)),
+    )
+
+
+async def _play(duration: float | None, out: Any, receiver: Any, fleet: Any, gw: Any) -> None:
+    """Let the machines play until `duration` or Ctrl-C, showing the counts on a terminal."""
+    with trio.move_on_after(duration if duration else math.inf) as play:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    play.cancel()
+                    return
+
+            async with trio.open_nursery() as watch:
+                watch.start_soon(stop_on_signal)
+                while True:
+                    if out.isatty():
+                        figures = receiver.store.figures(GATEWAY_ID)
+                        ledger = fleet.summary()
+                        print(f"\rraised {ledger['raised']:>6}  durable "
+                              f"{gw.outbox.last_seq:>6}  received {figures['received']:>6}  "
+                              f"| {gw.status_line()}   ", end="", file=out, flush=True)
+                    await trio.sleep(1)
 
 
 def run_demo(*, machines: int, duration: float | None, as_json: bool, state_dir: Path | None,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -39,6 +38,7 @@ from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
 from gateway.daemon import format_duration
 from gateway.errors import EXIT_FAILURE, ConfigError
+from gateway.terminal import sanitize, scrub
 
 __all__ = ["ControlClientError", "GatewayNotRunningError", "add_commands", "assess",
            "fetch_status", "machine_why", "port_why", "render_check", "render_probe",
@@ -220,39 +220,13 @@ async def _trace(path: Path, port: str, count: int | None, out: TextIO, as_json:
 
 
 def format_frame(frame: dict[str, Any]) -> str:
-    frame = _scrub(frame)
+    frame = scrub(frame)
     clock = datetime.fromtimestamp(frame["t"]).strftime("%H:%M:%S.%f")[:-3]
     arrow = "->" if frame["dir"] == "tx" else "<-"
     return f"{clock} {arrow} {frame['hex']:<24} {frame['text']}"
 
 
 # -- rendering -------------------------------------------------------------------------------------
-
-# C0 and C1 controls, DEL, and the Unicode format characters that reorder text (bidi overrides).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def sanitize(text: str) -> str:
-    """Text from machines, the platform or the daemon made safe for a terminal: every control
-    character shown as an escape (\\x1b, \\n), so a serial number or an error message can neither
-    send escape sequences to the technician's terminal nor forge a line of the report."""
-    return _UNSAFE.sub(lambda m: "\\" + _ESCAPES.get(m.group(), f"x{ord(m.group()):02x}")
-                       if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
-
-
-_ESCAPES = {"\n": "n", "\r": "r", "\t": "t"}
-
-
-def _scrub(value: Any) -> Any:
-    """`sanitize` applied to every string in a snapshot or report, keys included."""
-    if isinstance(value, str):
-        return sanitize(value)
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return value
-
 
 def _dash(value: Any, fmt: Callable[[Any], str] = str) -> str:
     return "-" if value is None else fmt(value)
@@ -279,7 +253,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_status(s: dict[str, Any]) -> str:
-    s = _scrub(s)
+    s = scrub(s)
     g = s["gateway"]
     out = [f"gateway {g['id']}  version {g['version']}  pid {g['pid']}  "
            f"up {format_duration(g['uptime_s'] or 0)}  "
@@ -302,28 +276,7 @@ def render_status(s: dict[str, Any]) -> str:
     out += _table([["PORT", "DEVICE", "DRIVER", "RESTARTS", "WHY"]] + [
         [name, p["device"], p["state"], str(p["failures"]), port_why(p) or "-"]
         for name, p in s["ports"].items()])
-    o = s["outbox"]
-    hours = o["outage_hours_left"]
-    capacity = ("no events lately, so no estimate" if hours is None
-                else f"{hours:,.1f} h of outage at {o['events_per_s']:.2f} events/s")
-    out += ["",
-            f"outbox  {o['depth']:,} queued (delivered {o['delivered_seq']:,} of "
-            f"{o['last_seq']:,}), oldest undelivered {_ago(o['oldest_undelivered_age_s'])}",
-            f"        disk free {_bytes(o['disk_free_bytes'])}, outbox {_bytes(o['db_bytes'])} "
-            f"(~{_dash(o['bytes_per_event'])} B/event): {capacity}"]
-    if o.get("intake_stopped"):
-        out.append("        DISK FULL: intake stopped; machines hold their events until space "
-                   "is freed (see docs/operations.md)")
-    if o.get("error"):
-        out.append(f"        cannot read the outbox file: {o['error']}")
-    if o.get("epoch"):
-        change = o.get("epoch_change")
-        out.append(f"        epoch {o['epoch']}, witness {o.get('witness')}, "
-                   f"{o.get('quarantined', 0)} rows quarantined" + (
-                       "" if not change else
-                       f"; NEW EPOCH this start ({change['reason']}): epoch "
-                       f"{change['previous_epoch']} seqs {change['first_missing']}.."
-                       f"{change['last_missing']} are gone from this outbox"))
+    out += _outbox_lines(s["outbox"])
     u = s["uplink"]
     state = (f"up since {_clock(u['since'])}" if u["connected"]
              else f"{u['state']}, down {format_duration(u['down_for_s'] or 0)}")
@@ -339,6 +292,32 @@ def render_status(s: dict[str, Any]) -> str:
             f"{m} does not add up ({', '.join(meters)})" for m, meters in r["open"].items())
             or "all add up"))
     return "\n".join(out)
+
+
+def _outbox_lines(o: dict[str, Any]) -> list[str]:
+    """The outbox part of `diag status`: queue, disk and how long an outage it can hold, epoch."""
+    hours = o["outage_hours_left"]
+    capacity = ("no events lately, so no estimate" if hours is None
+                else f"{hours:,.1f} h of outage at {o['events_per_s']:.2f} events/s")
+    out = ["",
+           f"outbox  {o['depth']:,} queued (delivered {o['delivered_seq']:,} of "
+           f"{o['last_seq']:,}), oldest undelivered {_ago(o['oldest_undelivered_age_s'])}",
+           f"        disk free {_bytes(o['disk_free_bytes'])}, outbox {_bytes(o['db_bytes'])} "
+           f"(~{_dash(o['bytes_per_event'])} B/event): {capacity}"]
+    if o.get("intake_stopped"):
+        out.append("        DISK FULL: intake stopped; machines hold their events until space "
+                   "is freed (see docs/operations.md)")
+    if o.get("error"):
+        out.append(f"        cannot read the outbox file: {o['error']}")
+    if o.get("epoch"):
+        change = o.get("epoch_change")
+        out.append(f"        epoch {o['epoch']}, witness {o.get('witness')}, "
+                   f"{o.get('quarantined', 0)} rows quarantined" + (
+                       "" if not change else
+                       f"; NEW EPOCH this start ({change['reason']}): epoch "
+                       f"{change['previous_epoch']} seqs {change['first_missing']}.."
+                       f"{change['last_missing']} are gone from this outbox"))
+    return out
 
 
 def port_why(port: dict[str, Any]) -> str | None:
@@ -460,7 +439,7 @@ async def _status(path: Path, as_json: bool, watch: float | None, out: TextIO) -
 # -- probe -----------------------------------------------------------------------------------------
 
 def render_probe(report: dict[str, Any]) -> str:
-    report = _scrub(report)
+    report = scrub(report)
     out = [f"probe {report['device']} address {report['address']}"]
     if "error" in report:
         out.append(f"  cannot open: {report['error']}")

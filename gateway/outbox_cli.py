@@ -313,31 +313,38 @@ def _verify(args: argparse.Namespace) -> int:
                                                      report.last_seq)
     if ends:
         result["ends"] = ends
-    if report.ok and result.get("ends"):
-        text = "BROKEN: " + "; ".join(result["ends"])
-        result.update(ok=False, reason="ends")
-    elif report.ok and export is not None and (
-            report.checked != export["count"] or report.first_seq != export["first_seq"]
-            or report.last_seq != export["last_seq"]):
-        text = (f"BROKEN: the export says seq {export['first_seq']}..{export['last_seq']} "
-                f"({export['count']:,} events) but holds seq {report.first_seq}.."
-                f"{report.last_seq} ({report.checked:,} events)")
-        result.update(ok=False, reason="export-mismatch")
-    elif report.ok:
-        rotated = f"; keys {', '.join(report.kids)}" if len(report.kids) > 1 else ""
-        text = (f"OK: {report.checked:,} events verified (seq {report.first_seq}.."
-                f"{report.last_seq}){rotated}")
-    else:
-        text = (f"BROKEN at seq {report.break_at}: {report.reason} "
-                f"({report.checked:,} events verified before it)")
-        if report.reason.startswith("unknown-key: "):
-            result["needs_kid"] = needed = report.reason.removeprefix("unknown-key: ")
-            text += "\n" + _explain_unknown_key(conn, needed, keys, report.break_at)
+    text = _verdict(conn, report, export, keys, result)
     if unreadable and not args.json:
         text += f"\n{len(unreadable)} rows unreadable (a damaged page): seqs {unreadable[0]}.." \
                 f"{unreadable[-1]}"
     print(json.dumps(result) if args.json else text)
     return 0 if result["ok"] else EXIT_FAILURE
+
+
+def _verdict(conn: sqlite3.Connection, report: Any, export: dict[str, Any] | None,
+             keys: dict[str, Any], result: dict[str, Any]) -> str:
+    """The one-line verdict of `outbox verify` (and `result` marked not ok where the ends or an
+    export's own count disagree with a chain that verified)."""
+    if report.ok and result.get("ends"):
+        result.update(ok=False, reason="ends")
+        return "BROKEN: " + "; ".join(result["ends"])
+    if report.ok and export is not None and (
+            report.checked != export["count"] or report.first_seq != export["first_seq"]
+            or report.last_seq != export["last_seq"]):
+        result.update(ok=False, reason="export-mismatch")
+        return (f"BROKEN: the export says seq {export['first_seq']}..{export['last_seq']} "
+                f"({export['count']:,} events) but holds seq {report.first_seq}.."
+                f"{report.last_seq} ({report.checked:,} events)")
+    if report.ok:
+        rotated = f"; keys {', '.join(report.kids)}" if len(report.kids) > 1 else ""
+        return (f"OK: {report.checked:,} events verified (seq {report.first_seq}.."
+                f"{report.last_seq}){rotated}")
+    text = (f"BROKEN at seq {report.break_at}: {report.reason} "
+            f"({report.checked:,} events verified before it)")
+    if report.reason.startswith("unknown-key: "):
+        result["needs_kid"] = needed = report.reason.removeprefix("unknown-key: ")
+        text += "\n" + _explain_unknown_key(conn, needed, keys, report.break_at)
+    return text
 
 
 def _explain_unknown_key(conn: sqlite3.Connection, needed: str, keys: dict[str, Any],

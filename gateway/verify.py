@@ -63,6 +63,21 @@ def hole_closed(envelope: dict[str, Any], holes: dict[tuple[int, int], bytes],
     return resume is not None and resume.hex() == data.get("resume_hash")
 
 
+def _rotation(data: dict) -> tuple[str | None, nacl.signing.VerifyKey | None]:
+    """A verified keyRotated's (new kid, the key it carries): the chain's key from the next
+    event on, trusted because the old key signed the announcement."""
+    new_kid, public = data.get("new_kid"), data.get("new_public_key")
+    if not public:
+        return new_kid, None
+    try:
+        announced = nacl.signing.VerifyKey(bytes.fromhex(public))
+    except (ValueError, TypeError, nacl.exceptions.CryptoError):
+        raise ChainBreak("keyRotated carries a malformed public key") from None
+    if key_id(announced) != new_kid:
+        raise ChainBreak(f"keyRotated names {new_kid} but carries the key of {key_id(announced)}")
+    return new_kid, announced
+
+
 def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signing.VerifyKey], *,
                   progress: Callable[[int], None] | None = None,
                   first_prev: bytes | None = None) -> VerifyReport:
@@ -93,12 +108,8 @@ def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signin
             # A hole in the middle: its marker comes later, binding this row's prev_hash.
             holes[(prev_seq + 1, seq - 1)] = envelope.get("prev_hash", b"")
             prev_hash = envelope.get("prev_hash")
-        if prev_hash is not None:
-            expected = prev_hash
-        elif first_prev is not None:
-            expected = first_prev
-        else:
-            expected = GENESIS if seq == 1 else None
+        expected = prev_hash if prev_hash is not None else \
+            first_prev if first_prev is not None else GENESIS if seq == 1 else None
         try:
             prev_hash = check_event(envelope, keys, expected)
         except ChainBreak as err:
@@ -111,17 +122,11 @@ def verify_events(rows: Iterable[tuple[int, bytes]], keys: dict[str, nacl.signin
             kids.append(kid)
         chain_kid = kid
         if envelope.get("event") == "keyRotated":
-            data = envelope.get("data") or {}
-            chain_kid = data.get("new_kid")
-            public = data.get("new_public_key")
-            if public:
-                try:
-                    announced = nacl.signing.VerifyKey(bytes.fromhex(public))
-                except (ValueError, TypeError, nacl.exceptions.CryptoError):
-                    return broken(seq, "keyRotated carries a malformed public key")
-                if key_id(announced) != chain_kid:
-                    return broken(seq, f"keyRotated names {chain_kid} but carries the key of "
-                                       f"{key_id(announced)}")
+            try:
+                chain_kid, announced = _rotation(envelope.get("data") or {})
+            except ChainBreak as err:
+                return broken(seq, str(err))
+            if announced is not None and chain_kid is not None:
                 keys.setdefault(chain_kid, announced)
         first = seq if first is None else first
         prev_seq = seq

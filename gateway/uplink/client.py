@@ -34,8 +34,6 @@ import structlog
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
     WebSocketConnection,
     wrap_client_stream,
 )
@@ -43,6 +41,13 @@ from trio_websocket import (
 from gateway.clock import clock_synchronised
 from gateway.errors import GatewayError
 from gateway.uplink import protocol as proto
+from gateway.uplink.failures import (
+    UplinkError,
+    UplinkRejectedError,
+    UplinkUnavailableError,
+    first_failure,
+    translate,
+)
 
 __all__ = [
     "CommandHandler",
@@ -98,18 +103,6 @@ class OutboxLike(Protocol):
     async def append_system(self, event_type: str, data: dict[str, Any]) -> None: ...
 
 
-class UplinkError(Exception):
-    """The platform link failed; the client handles these itself and reconnects."""
-
-
-class UplinkUnavailableError(UplinkError, ConnectionError):
-    """Network, TLS, timeout, dead peer, malformed frame: reconnect with jittered backoff."""
-
-
-class UplinkRejectedError(UplinkError):
-    """The platform refused us (HTTP 401/403, close 4001/4002/4003): long backoff and an alert."""
-
-
 @dataclass(frozen=True)
 class _Target:
     secure: bool
@@ -157,51 +150,6 @@ def _read_token(path: Path) -> str:
         raise UplinkRejectedError(f"token file {path} holds characters not allowed in an "
                                   f"HTTP header (spaces, control or non-ASCII characters)")
     return token
-
-
-def _tls_failure(err: BaseException) -> str | None:
-    """The verification message if `err` (or what caused it) is a TLS certificate failure."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return f"TLS verification failed: {seen.verify_message or seen.reason}"
-        if isinstance(seen, ssl.SSLError):
-            return f"TLS handshake failed: {seen.reason or seen}"
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _translate(err: Exception) -> UplinkError | None:
-    """Map a foreign exception from one connection to an UplinkError; None means "a bug"."""
-    if isinstance(err, UplinkError):
-        return err
-    if isinstance(err, ConnectionRejected):
-        if err.status_code in (401, 403):
-            return UplinkRejectedError(f"platform refused the connection: HTTP {err.status_code}")
-        return UplinkUnavailableError(f"platform answered HTTP {err.status_code}")
-    if isinstance(err, ConnectionClosed):
-        code = err.reason.code if err.reason else None
-        why = (err.reason.reason or err.reason.name) if err.reason else "closed"
-        if code in proto.REFUSAL_CLOSE_CODES:
-            return UplinkRejectedError(f"platform closed the connection: {code} {why}")
-        return UplinkUnavailableError(f"connection closed: {code} {why}")
-    if isinstance(err, (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
-                        HandshakeError, trio.TooSlowError)):
-        return UplinkUnavailableError(_tls_failure(err) or f"{type(err).__name__}: {err}")
-    return None
-
-
-def _first_failure(group: BaseExceptionGroup) -> UplinkError | None:
-    found: list[tuple[int, UplinkError]] = []
-    for exc in _leaves(group):
-        translated = _translate(exc) if isinstance(exc, Exception) else None
-        if translated is not None:
-            # A refusal says most; then our own diagnosis; then the broken pipe that followed.
-            rank = (0 if isinstance(translated, UplinkRejectedError)
-                    else 1 if isinstance(exc, UplinkError) else 2)
-            found.append((rank, translated))
-    found.sort(key=lambda pair: pair[0])
-    return found[0][1] if found else None
 
 
 class UplinkClient:
@@ -273,26 +221,8 @@ class UplinkClient:
         while True:
             self._set_state("connecting")
             self._attempts += 1
-            was_up = False
             try:
-                try:
-                    await self._session(ssl_ctx, down_since)
-                    err: UplinkError = UplinkUnavailableError("connection ended")
-                except BaseExceptionGroup as group:
-                    fatal, _ = group.split(
-                        lambda e: not isinstance(e, (Exception, BaseExceptionGroup)))
-                    if fatal is not None:
-                        # Cancelled / KeyboardInterrupt win; a link error racing them is moot.
-                        raise fatal from None
-                    found = _first_failure(group)
-                    if found is None:
-                        raise
-                    err = found
-                except Exception as single:
-                    found = _translate(single)
-                    if found is None:
-                        raise
-                    err = found
+                err = await self._one_session(ssl_ctx, down_since)
             finally:
                 was_up = self._was_up
                 self._was_up = False
@@ -328,6 +258,28 @@ class UplinkClient:
                     "uplink down" if was_up else "uplink connect failed", reason=str(err),
                     retry_in_s=round(delay, 2), attempt=failures)
             await trio.sleep(delay)
+
+    async def _one_session(self, ssl_ctx: ssl.SSLContext | None,
+                           down_since: float) -> UplinkError:
+        """One connection from attempt to end, and the uplink error it ended with; anything
+        that is not a link failure (cancellation, a bug) propagates."""
+        try:
+            await self._session(ssl_ctx, down_since)
+            return UplinkUnavailableError("connection ended")
+        except BaseExceptionGroup as group:
+            fatal, _ = group.split(lambda e: not isinstance(e, (Exception, BaseExceptionGroup)))
+            if fatal is not None:
+                # Cancelled / KeyboardInterrupt win; a link error racing them is moot.
+                raise fatal from None
+            found = first_failure(group)
+            if found is None:
+                raise
+            return found
+        except Exception as single:
+            found = translate(single)
+            if found is None:
+                raise
+            return found
 
     async def _connect(self, nursery: trio.Nursery, ssl_ctx: ssl.SSLContext | None
                        ) -> tuple[WebSocketConnection, trio.abc.Stream]:
@@ -606,13 +558,3 @@ async def _refuse(ws: WebSocketConnection, code: int, message: str) -> None:
         except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             return
         await ws.aclose(code, proto.close_reason(message))
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out

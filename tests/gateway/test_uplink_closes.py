@@ -265,10 +265,10 @@ def test_close_codes_decide_the_backoff_as_the_spec_table_says() -> None:
     from trio_websocket import ConnectionClosed
     from trio_websocket._impl import CloseReason
 
-    from gateway.uplink.client import UplinkRejectedError, UplinkUnavailableError, _translate
+    from gateway.uplink.failures import UplinkRejectedError, UplinkUnavailableError, translate
 
     def after(code: int) -> type:
-        return type(_translate(ConnectionClosed(CloseReason(code, "why"))))
+        return type(translate(ConnectionClosed(CloseReason(code, "why"))))
 
     for code in (proto.CLOSE_AUTH, proto.CLOSE_PROTOCOL, proto.CLOSE_INTEGRITY):
         assert after(code) is UplinkRejectedError
