@@ -133,6 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(serve_receiver, settings)
             print(handle.url, flush=True)
+            if metrics is not None:  # a second line: where to scrape (the port may be 0)
+                print(f"http://{_host(metrics.host)}:{handle.metrics_port}/metrics", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     break
@@ -149,6 +151,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"receiver run: {found}", file=sys.stderr)  # cannot reach NATS, or no stream
         return EXIT_CONFIG
     return 0
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _metrics_settings(args: argparse.Namespace) -> MonitorSettings | None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +25,7 @@ from gateway.receiver import ReceiverHandle, ReceiverSettings, serve_receiver
 from gateway.receiver.cli import add_commands
 from gateway.uplink import protocol as proto
 from tests.gateway.test_monitor import http_get_auth
-from tests.gateway.test_receiver import TOKEN, peer, receive
+from tests.gateway.test_receiver import CLI_MAIN, TOKEN, peer, receive
 from tests.gateway.test_receiver_pipeline import acks_then_close, frames_of, send_back_to_back
 from tests.gateway.uplink_fakes import FakeOutbox, register, write_token
 
@@ -186,6 +189,31 @@ async def test_a_token_guards_a_non_loopback_listener(tmp_path: Path) -> None:
             samples, _ = await scrape(handle.metrics_port, "scrape-secret")
             nursery.cancel_scope.cancel()
     assert refused == wrong == 401
+    assert value(samples, "casino_receiver_build_info", backend="sqlite") == 1
+
+
+async def test_cli_run_prints_the_metrics_url_and_serves_it(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-c", CLI_MAIN, "receiver", "run", "--listen", "127.0.0.1:0",
+             "--db", str(tmp_path / "run.db"), "--metrics-listen", ":0"],
+            stdout=subprocess.PIPE, cwd=ROOT)
+        assert process.stdout is not None
+        lines: list[str] = []
+        buffer = b""
+        while not lines or not lines[-1].startswith("http://"):  # log lines may come between
+            chunk = await process.stdout.receive_some(1)
+            assert chunk, "receiver exited before printing its metrics URL"
+            buffer += chunk
+            if buffer.endswith(b"\n"):
+                lines.append(buffer.decode().strip())
+                buffer = b""
+        url = lines[-1]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        samples, _ = await scrape(int(url.split(":")[2].split("/")[0]))
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
+        await process.stdout.aclose()
     assert value(samples, "casino_receiver_build_info", backend="sqlite") == 1
 
 
