@@ -28,6 +28,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/uplink.py
 	$(BIN)/python bench/sas_poll.py
 	$(BIN)/python bench/feed.py
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[platform]'  # nats-py, nats-server
+	$(BIN)/python bench/jetstream.py
 
 crash: $(STAMP)
 	$(BIN)/python bench/crash_loop.py --kills 200

@@ -126,6 +126,12 @@ class Platform:
         self._done: collections.deque[str] = collections.deque()
         self._watch_task: asyncio.Task[None] | None = None
         self._acks = _Acks(nc)
+        # Read by the receiver's metrics (gateway/receiver/metrics.py) at scrape time.
+        self.in_flight = 0            # events published, not yet acknowledged
+        self.published = 0            # publishes acknowledged
+        self.publish_duplicates = 0   # ... of which JetStream reported as duplicates
+        self.cas_conflicts = 0        # KV compare-and-set refused (KeyWrongLastSequence)
+        self.on_publish_acked: Callable[[float], None] = lambda seconds: None
 
     @classmethod
     async def open(cls, settings: NatsSettings) -> Platform:
@@ -224,6 +230,7 @@ class Platform:
                 await self.registry.update(key, _dump(entry), last=revision)
                 break
             except nats.js.errors.KeyWrongLastSequenceError:
+                self.cas_conflicts += 1
                 continue
         await self.registry.put(f"tok.{token_sha256}", _dump({"gateway_id": gateway_id}))
         if old_token and old_token != token_sha256:
@@ -253,6 +260,7 @@ class Platform:
                 await self.registry.update(key, _dump(entry), last=revision)
                 return known
             except nats.js.errors.KeyWrongLastSequenceError:
+                self.cas_conflicts += 1
                 continue
 
     # -- takeover -----------------------------------------------------------------------------
@@ -324,6 +332,7 @@ class Platform:
             try:
                 return await self.chains.update(key, value, last=revision), duplicates
             except nats.js.errors.KeyWrongLastSequenceError:
+                self.cas_conflicts += 1
                 current = await self.chains.get(key)
                 if current.value == value:  # our own update, its answer lost in a failover
                     return current.revision or 0, duplicates
@@ -346,6 +355,8 @@ class Platform:
         while True:
             attempt += 1
             batch = await self._acks.expect(len(messages))
+            started = loop.time()
+            self.in_flight += len(messages)
             try:
                 for subject, payload, msg_id in messages:
                     await self.nc.publish(subject, payload, reply=batch.reply,
@@ -353,11 +364,15 @@ class Platform:
                 await asyncio.wait_for(asyncio.shield(batch.done),
                                        self.settings.publish_timeout_s)
                 if batch.error is None:
+                    self.on_publish_acked(loop.time() - started)
+                    self.published += batch.acked
+                    self.publish_duplicates += batch.duplicates
                     return batch.duplicates
                 problem = batch.error
             except NATS_ERRORS as err:
                 problem = str(err) or type(err).__name__
             finally:
+                self.in_flight -= len(messages)
                 self._acks.forget(batch)
             if loop.time() + pause > deadline:
                 break
@@ -408,6 +423,7 @@ class Platform:
         try:
             await self.commands.create(names.command_key(gateway_id, command_id), _dump(row))
         except nats.js.errors.KeyWrongLastSequenceError:
+            self.cas_conflicts += 1
             raise ValueError(f"command id {command_id!r} is already used") from None
         self.command_rows.setdefault(command_id, row)  # the watch brings it too, a bit later
         return command_id
@@ -433,6 +449,7 @@ class Platform:
                 await self.commands.update(key, _dump(row), last=revision)
                 return True
             except nats.js.errors.KeyWrongLastSequenceError:
+                self.cas_conflicts += 1
                 continue
 
 
@@ -479,7 +496,8 @@ class _Acks:
             batch.error = "no responders: the stream has no leader"
         elif b'"error"' in data:
             batch.error = json.loads(data)["error"].get("description", "publish refused")
-        elif b'"duplicate":true' in data:
+        elif b'"duplicate"' in data and json.loads(data).get("duplicate") is True:
+            # nats-server writes `"duplicate": true` (with a space): parse, never match bytes.
             batch.duplicates += 1
         batch.acked += 1
         if batch.error is not None or batch.acked == batch.expected:

@@ -17,8 +17,10 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from gateway.errors import EXIT_CONFIG
+from gateway.monitor import MonitorSettings
 from gateway.platform.options import add_nats_options, nats_settings
 from gateway.receiver.backend import BackendError
+from gateway.receiver.metrics import check_token_file
 from gateway.receiver.server import COMMAND_CHECK_S, ReceiverSettings, serve_receiver
 from gateway.receiver.store import ReceiverStore
 from gateway.signing import key_id
@@ -45,6 +47,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_nats_options(run, flag="--jetstream", required=False)  # instead of --db: a platform
     run.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); omit for plain ws://")
     run.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    run.add_argument("--metrics-listen", type=_listen, metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /health there (e.g. 127.0.0.1:9465); "
+                          "a non-loopback HOST needs --metrics-token-file")
+    run.add_argument("--metrics-token-file", type=Path, metavar="PATH",
+                     help="bearer token scrapers must send (a 0600 file)")
     run.set_defaults(func=_cmd_run)
 
     register = sub.add_parser("register", help="register a gateway's public key and token")
@@ -113,14 +120,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print("receiver run: --jetstream needs the platform extra: pip install "
                   "'casino-edge-gateway[platform]'", file=sys.stderr)
             return EXIT_CONFIG
+    try:
+        metrics = _metrics_settings(args)
+    except ValueError as err:
+        print(f"receiver run: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     host, port = args.listen
     settings = ReceiverSettings(host=host, port=port, db_path=args.db, certfile=args.cert,
-                                keyfile=args.key, jetstream=jetstream)
+                                keyfile=args.key, jetstream=jetstream, metrics=metrics)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(serve_receiver, settings)
             print(handle.url, flush=True)
+            if metrics is not None:  # a second line: where to scrape (the port may be 0)
+                print(f"http://{_host(metrics.host)}:{handle.metrics_port}/metrics", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     break
@@ -137,6 +151,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"receiver run: {found}", file=sys.stderr)  # cannot reach NATS, or no stream
         return EXIT_CONFIG
     return 0
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _metrics_settings(args: argparse.Namespace) -> MonitorSettings | None:
+    """The /metrics listener: loopback without a token, anything else only with one (the
+    gateway's [monitor] rule); the token file must be 0600. ValueError: a one-line reason."""
+    if args.metrics_listen is None:
+        if args.metrics_token_file is not None:
+            raise ValueError("--metrics-token-file needs --metrics-listen")
+        return None
+    if args.metrics_token_file is not None:
+        check_token_file(args.metrics_token_file)
+    host, port = args.metrics_listen
+    try:
+        return MonitorSettings(host=host, port=port, token_file=args.metrics_token_file)
+    except ValueError:
+        raise ValueError(f"--metrics-listen {host} is not loopback: give --metrics-token-file "
+                         "(scrapers then send Authorization: Bearer <token>)") from None
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import trio
@@ -32,8 +32,10 @@ from nacl.signing import VerifyKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from gateway.bounded import InputRejected, check_plain
+from gateway.monitor import MonitorSettings, serve_monitor
 from gateway.receiver.backend import Backend, BackendError, SqliteBackend, StreamSession
-from gateway.receiver.store import Checked, ReceiverStore, verify_events
+from gateway.receiver.metrics import ReceiverMetrics, timed_verify
+from gateway.receiver.store import Checked, IngestResult, ReceiverStore
 from gateway.uplink import protocol as proto
 
 __all__ = ["PATH", "ReceiverHandle", "ReceiverSettings", "serve_receiver"]
@@ -69,6 +71,8 @@ class ReceiverSettings:
     command_check_s: float = COMMAND_CHECK_S
     # Set: a stateless receiver on NATS JetStream (gateway/platform), db_path unused.
     jetstream: Any = None  # gateway.platform.backend.NatsSettings (nats-py is an extra)
+    # Set: serve /metrics and /health there (docs/platform.md "Metrics").
+    metrics: MonitorSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,11 @@ class ReceiverHandle:
     url: str
     store: ReceiverStore | None  # the SQLite store; None on JetStream
     receiver: _Receiver = field(repr=False)
+    metrics_port: int | None = None  # the /metrics listener's port, when one was asked for
+
+    @property
+    def metrics(self) -> ReceiverMetrics:
+        return self.receiver.metrics
 
     async def submit_command(self, gateway_id: str, name: str,
                              target: dict[str, Any] | None = None,
@@ -120,12 +129,24 @@ async def _close_backend(ws: WebSocketConnection, err: BackendError) -> None:
 
 
 class _Receiver:
-    def __init__(self, backend: Backend, command_check_s: float = COMMAND_CHECK_S) -> None:
+    def __init__(self, backend: Backend, command_check_s: float = COMMAND_CHECK_S,
+                 metrics: ReceiverMetrics | None = None) -> None:
         self.backend = backend
+        self.metrics = metrics = metrics or ReceiverMetrics(type(backend).__name__)
+        self.open_connections = 0
+        metrics.connections_open = lambda: self.open_connections
         self.command_check_s = command_check_s
         self.verifiers = trio.CapacityLimiter(VERIFY_THREADS)
         self.commands_done = trio.Event()
         self.live: dict[str, _Live] = {}  # gateway id -> its current connection
+
+    async def _close(self, ws: WebSocketConnection, code: int, message: str) -> None:
+        self.metrics.refused(code)
+        await _close(ws, code, message)
+
+    async def _close_backend(self, ws: WebSocketConnection, err: BackendError) -> None:
+        self.metrics.refused(err.code)
+        await _close_backend(ws, err)
 
     async def submit_command(self, gateway_id: str, name: str, target: dict[str, Any] | None,
                              args: dict[str, Any] | None, command_id: str | None) -> str:
@@ -200,19 +221,24 @@ class _Receiver:
         A frame of a few events (venue load) is verified here: a thread hop would cost more."""
         try:
             if len(frame.raws) <= INLINE_VERIFY_MAX:
-                frame.checked = verify_events(frame.raws, keys)
+                checked, wall, cpu = timed_verify(frame.raws, keys)
             else:
-                frame.checked = await trio.to_thread.run_sync(
-                    verify_events, frame.raws, keys, limiter=self.verifiers)
+                checked, wall, cpu = await trio.to_thread.run_sync(
+                    timed_verify, frame.raws, keys, limiter=self.verifiers)
+            self.metrics.verify_seconds.observe(wall)
+            self.metrics.verify_cpu.inc(cpu)
+            frame.checked = checked
         finally:
             frame.verified.set()
 
     async def handle(self, request: WebSocketRequest) -> None:
         if request.path.split("?")[0] != PATH:
+            self.metrics.upgrade_refusals.labels("404").inc()
             await request.reject(404, body=b"not found\n")
             return
         token = _bearer(request)
         if token is None:
+            self.metrics.upgrade_refusals.labels("401").inc()
             await request.reject(401, extra_headers=[(b"www-authenticate", b"Bearer")],
                                  body=b"bearer token required\n")
             return
@@ -221,13 +247,17 @@ class _Receiver:
         except BackendError as err:
             # Not a refusal (that would be 403 and a 300 s backoff): unavailable, retry soon.
             log.warning("receiver store unavailable", error=str(err))
+            self.metrics.upgrade_refusals.labels("503").inc()
             await request.reject(503, body=b"store unavailable, retry\n")
             return
         if not known:
             log.warning("receiver refused unknown token", remote=str(request.remote))
+            self.metrics.upgrade_refusals.labels("403").inc()
             await request.reject(403, body=b"forbidden\n")
             return
         ws = await request.accept()
+        self.metrics.connections.inc()
+        self.open_connections += 1
         try:
             await self._session(ws, token)
         except ConnectionClosed:
@@ -239,26 +269,28 @@ class _Receiver:
             if found is None:
                 raise
             log.warning("receiver store unavailable", error=str(found))
-            await _close_backend(ws, found)
+            await self._close_backend(ws, found)
+        finally:
+            self.open_connections -= 1
 
     async def _session(self, ws: WebSocketConnection, token: str) -> None:
         with trio.move_on_after(HELLO_TIMEOUT_S) as scope:
             frame = await ws.get_message()
         if scope.cancelled_caught:
-            await _close(ws, proto.CLOSE_PROTOCOL, "no hello")
+            await self._close(ws, proto.CLOSE_PROTOCOL, "no hello")
             return
         try:
             hello = proto.decode(frame)
             if not isinstance(hello, proto.Hello):
                 raise proto.ProtocolViolation(f"expected hello, got {type(hello).__name__}")
         except proto.ProtocolViolation as violation:
-            await _close(ws, violation.code, str(violation))
+            await self._close(ws, violation.code, str(violation))
             return
         gid, epoch = hello.gateway_id, hello.epoch
         allowed = await self.backend.check_token(gid, token)
         if not allowed:
             log.warning("receiver refused gateway", gateway_id=gid, reason="token mismatch")
-            await _close(ws, proto.CLOSE_AUTH, "token does not belong to this gateway")
+            await self._close(ws, proto.CLOSE_AUTH, "token does not belong to this gateway")
             return
         me = _Live(ws)
         previous, self.live[gid] = self.live.get(gid), me
@@ -274,14 +306,14 @@ class _Receiver:
                 release = await self.backend.claim(gid, me.supersede)
             except BackendError as err:
                 log.warning("receiver store unavailable", gateway_id=gid, error=str(err))
-                await _close_backend(ws, err)
+                await self._close_backend(ws, err)
                 return
             try:
                 try:
                     stream = await self.backend.open_stream(gid, epoch)
                 except BackendError as err:
                     log.warning("receiver store unavailable", gateway_id=gid, error=str(err))
-                    await _close_backend(ws, err)
+                    await self._close_backend(ws, err)
                     return
                 await ws.send_message(proto.encode(proto.Welcome(epoch, stream.high_water)))
                 log.info("receiver gateway connected", gateway_id=gid, epoch=epoch,
@@ -299,7 +331,7 @@ class _Receiver:
                 with trio.CancelScope(shield=True):
                     await release()
             if me.superseded:
-                await _close(ws, proto.CLOSE_SUPERSEDED,
+                await self._close(ws, proto.CLOSE_SUPERSEDED,
                              "a newer connection of this gateway took over")
         finally:
             if self.live.get(gid) is me:
@@ -362,7 +394,7 @@ class _Receiver:
                         break
                 head = waiting[0]
                 if head.violation is not None:
-                    await _close(ws, head.violation.code, str(head.violation))
+                    await self._close(ws, head.violation.code, str(head.violation))
                     stream_scope.cancel()
                     return
                 await head.verified.wait()
@@ -372,14 +404,16 @@ class _Receiver:
                     group.append(waiting.popleft())
                 if any(frame.checked is None for frame in group):
                     return  # a verification failed (its error ends the stream's nursery)
+                started = trio.current_time()
                 try:
                     results = await stream.ingest([frame.checked for frame in group])
                 except BackendError as err:
                     log.warning("receiver cannot store", gateway_id=gid, epoch=epoch,
                                 error=str(err), code=err.code)
-                    await _close_backend(ws, err)
+                    await self._close_backend(ws, err)
                     stream_scope.cancel()
                     return
+                self._count(results, trio.current_time() - started)
                 # Committed: now (and only now) the acks, one per frame.
                 try:
                     for result in results:
@@ -391,9 +425,19 @@ class _Receiver:
                 if error.error:
                     log.warning("receiver rejected batch", gateway_id=gid, epoch=epoch,
                                 error=error.error, code=error.error_code)
-                    await _close(ws, error.error_code, error.error)
+                    await self._close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
+
+
+    def _count(self, results: list[IngestResult], seconds: float) -> None:
+        m = self.metrics
+        m.store_seconds.observe(seconds)
+        for result in results:
+            if not result.error:
+                m.batches.inc()
+            m.events.inc(result.stored)
+            m.duplicates.inc(result.duplicates)
 
 
 def _only_backend_errors(err: BaseException) -> BackendError | None:
@@ -475,15 +519,23 @@ async def serve_receiver(settings: ReceiverSettings, *,
             store = ReceiverStore(settings.db_path)
             stack.callback(store.close)
             backend = SqliteBackend(store)
-        receiver = _Receiver(backend, settings.command_check_s)
+        metrics = ReceiverMetrics("sqlite" if store is not None else "jetstream")
+        if store is None:
+            metrics.watch_platform(backend.platform)  # type: ignore[attr-defined]
+        receiver = _Receiver(backend, settings.command_check_s, metrics)
         async with trio.open_nursery() as nursery:
+            metrics_port = None
+            if settings.metrics is not None:
+                # The gateway's monitor listener, serving this registry (duck-typed Monitor).
+                metrics_port = await nursery.start(serve_monitor, settings.metrics,
+                                                   cast(Any, metrics))
             server = await nursery.start(partial(
                 serve_websocket, receiver.handle, settings.host, settings.port, ssl_ctx,
                 max_message_size=MAX_FRAME, receive_buffer_size=RECEIVE_BUFFER))
             port = server.port
             scheme = "wss" if ssl_ctx else "ws"
             handle = ReceiverHandle(port, f"{scheme}://{settings.host}:{port}{PATH}", store,
-                                    receiver)
+                                    receiver, metrics_port)
             log.info("receiver listening", url=handle.url,
                      store="jetstream" if store is None else str(settings.db_path))
             task_status.started(handle)

@@ -31,8 +31,9 @@ async def test_a_store_unavailable_at_hello_is_backoff_not_a_refusal(tmp_path: P
     register(store, outbox, TOKEN)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
+            receiver = _Receiver(Unavailable(store))
             server = await nursery.start(partial(
-                serve_websocket, _Receiver(Unavailable(store)).handle, "127.0.0.1", 0, None))
+                serve_websocket, receiver.handle, "127.0.0.1", 0, None))
             client = UplinkClient(UplinkSettings(
                 url=f"ws://127.0.0.1:{server.port}{PATH}",
                 token_file=write_token(tmp_path, TOKEN), backoff_initial_s=0.01,
@@ -43,6 +44,9 @@ async def test_a_store_unavailable_at_hello_is_backoff_not_a_refusal(tmp_path: P
             assert client.state != "rejected"
             assert "1011" in str(client.statistics()["last_error"])
             nursery.cancel_scope.cancel()
+    # /metrics counts each such close under its code (docs/platform.md "Metrics").
+    assert (receiver.metrics.registry.get_sample_value(
+        "casino_receiver_refusals_total", {"code": "1011"}) or 0) >= 2  # a 3rd may be under way
     store.close()
 
 
@@ -90,9 +94,9 @@ async def test_a_store_unavailable_at_the_upgrade_is_503_and_the_receiver_stays(
     register(store, outbox, TOKEN)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
+            receiver = _Receiver(TokensUnavailable(store))
             server = await nursery.start(partial(
-                serve_websocket, _Receiver(TokensUnavailable(store)).handle, "127.0.0.1", 0,
-                None))
+                serve_websocket, receiver.handle, "127.0.0.1", 0, None))
             client = UplinkClient(UplinkSettings(
                 url=f"ws://127.0.0.1:{server.port}{PATH}",
                 token_file=write_token(tmp_path, TOKEN), backoff_initial_s=0.01,
@@ -103,4 +107,7 @@ async def test_a_store_unavailable_at_the_upgrade_is_503_and_the_receiver_stays(
             assert client.state != "rejected"
             assert "HTTP 503" in str(client.statistics()["last_error"])
             nursery.cancel_scope.cancel()
+    assert (receiver.metrics.registry.get_sample_value(
+        "casino_receiver_upgrade_refusals_total", {"status": "503"}) or 0) >= 2  # a 3rd may be under way
+    assert receiver.metrics.registry.get_sample_value("casino_receiver_connections_total") == 0
     store.close()
