@@ -16,8 +16,8 @@ import trio
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
-from gateway.errors import EXIT_CONFIG
-from gateway.monitor import MonitorSettings
+from gateway.config import MonitorSection
+from gateway.errors import EXIT_CONFIG, ConfigError
 from gateway.platform.options import add_nats_options, nats_settings
 from gateway.receiver.backend import BackendError
 from gateway.receiver.metrics import check_token_file
@@ -157,7 +157,7 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _metrics_settings(args: argparse.Namespace) -> MonitorSettings | None:
+def _metrics_settings(args: argparse.Namespace) -> MonitorSection | None:
     """The /metrics listener: loopback without a token, anything else only with one (the
     gateway's [monitor] rule); the token file must be 0600. ValueError: a one-line reason."""
     if args.metrics_listen is None:
@@ -168,8 +168,8 @@ def _metrics_settings(args: argparse.Namespace) -> MonitorSettings | None:
         check_token_file(args.metrics_token_file)
     host, port = args.metrics_listen
     try:
-        return MonitorSettings(host=host, port=port, token_file=args.metrics_token_file)
-    except ValueError:
+        return MonitorSection(host=host, port=port, token_file=args.metrics_token_file)
+    except (ValueError, ConfigError):
         raise ValueError(f"--metrics-listen {host} is not loopback: give --metrics-token-file "
                          "(scrapers then send Authorization: Bearer <token>)") from None
 

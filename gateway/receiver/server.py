@@ -32,7 +32,8 @@ from nacl.signing import VerifyKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from gateway.bounded import InputRejected, check_plain
-from gateway.monitor import MonitorSettings, serve_monitor
+from gateway.config import MonitorSection
+from gateway.monitor import serve_monitor
 from gateway.receiver.backend import Backend, BackendError, SqliteBackend, StreamSession
 from gateway.receiver.metrics import ReceiverMetrics, timed_verify
 from gateway.receiver.store import Checked, IngestResult, ReceiverStore
@@ -72,7 +73,7 @@ class ReceiverSettings:
     # Set: a stateless receiver on NATS JetStream (gateway/platform), db_path unused.
     jetstream: Any = None  # gateway.platform.backend.NatsSettings (nats-py is an extra)
     # Set: serve /metrics and /health there (docs/platform.md "Metrics").
-    metrics: MonitorSettings | None = None
+    metrics: MonitorSection | None = None
 
 
 @dataclass(frozen=True)

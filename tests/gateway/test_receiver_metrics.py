@@ -19,8 +19,8 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
+from gateway.config import MonitorSection
 from gateway.errors import EXIT_CONFIG
-from gateway.monitor import MonitorSettings
 from gateway.receiver import ReceiverHandle, ReceiverSettings, serve_receiver
 from gateway.receiver.cli import add_commands
 from gateway.uplink import protocol as proto
@@ -76,7 +76,7 @@ def exposed(name: str, samples: Samples, families: set[str]) -> bool:
 async def metered_receiver(tmp_path: Path) -> AsyncIterator[ReceiverHandle]:
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(serve_receiver, ReceiverSettings(
-            db_path=tmp_path / "p.db", metrics=MonitorSettings(port=0)))
+            db_path=tmp_path / "p.db", metrics=MonitorSection(port=0)))
         yield handle
         nursery.cancel_scope.cancel()
 
@@ -182,7 +182,7 @@ async def test_a_token_guards_a_non_loopback_listener(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(serve_receiver, ReceiverSettings(
                 db_path=tmp_path / "p.db",
-                metrics=MonitorSettings(host="0.0.0.0", port=0, token_file=token_file)))
+                metrics=MonitorSection(host="0.0.0.0", port=0, token_file=token_file)))
             assert handle.metrics_port is not None
             refused, _ = await http_get_auth(handle.metrics_port, "/metrics", None)
             wrong, _ = await http_get_auth(handle.metrics_port, "/metrics", "guess")

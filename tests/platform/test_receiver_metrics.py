@@ -12,7 +12,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from gateway.monitor import MonitorSettings
+from gateway.config import MonitorSection
 from gateway.platform import names
 from gateway.platform.store import NatsSettings, Platform
 from gateway.receiver import ReceiverSettings, serve_receiver
@@ -49,7 +49,7 @@ async def test_jetstream_counters_refusals_and_conflicts(tmp_path: Path,
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(serve_receiver, ReceiverSettings(
-                jetstream=nats_settings, metrics=MonitorSettings(port=0)))
+                jetstream=nats_settings, metrics=MonitorSection(port=0)))
             port = handle.metrics_port
             assert port is not None
             client = UplinkClient(UplinkSettings(
