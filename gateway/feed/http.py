@@ -214,7 +214,10 @@ class HttpFront:
                               [(b"allow", b"GET, HEAD")])
                 return
             target = request.target.split(b"?", 1)[0].decode("ascii", "replace")
-            upgrade = header(request, b"upgrade").lower() == b"websocket"
+            # A WebSocket opening handshake is a GET (RFC 6455 4.1); a HEAD asking to upgrade
+            # is answered as a HEAD, headers only (h11 refuses a body after one).
+            upgrade = request.method == b"GET" \
+                and header(request, b"upgrade").lower() == b"websocket"
             # Read to the end of the request (a GET has no body); an upgrade request then
             # pauses h11, which leaves any bytes after it in `trailing_data`.
             end = None
