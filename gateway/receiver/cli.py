@@ -40,19 +40,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "receiver", help="the reference platform endpoint (sandbox / certification peer)")
     sub = receiver.add_subparsers(dest="receiver_command", required=True)
 
-    run = sub.add_parser("run", help="accept gateway uplinks until SIGINT/SIGTERM")
-    run.add_argument("--listen", type=_listen, default=("127.0.0.1", 8765),
-                     metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8765)")
-    run.add_argument("--db", type=Path, help="receiver SQLite database (the embedded default)")
-    add_nats_options(run, flag="--jetstream", required=False)  # instead of --db: a platform
-    run.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); omit for plain ws://")
-    run.add_argument("--key", type=Path, help="TLS private key (PEM)")
-    run.add_argument("--metrics-listen", type=_listen, metavar="HOST:PORT",
-                     help="serve Prometheus /metrics and /health there (e.g. 127.0.0.1:9465); "
-                          "a non-loopback HOST needs --metrics-token-file")
-    run.add_argument("--metrics-token-file", type=Path, metavar="PATH",
-                     help="bearer token scrapers must send (a 0600 file)")
-    run.set_defaults(func=_cmd_run)
+    _add_run(sub)
 
     register = sub.add_parser("register", help="register a gateway's public key and token")
     register.add_argument("gateway_id")
@@ -99,6 +87,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     commands.add_argument("--gateway", help="one gateway only")
     commands.add_argument("--json", action="store_true", help="one JSON object per line")
     commands.set_defaults(func=_cmd_commands)
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    """`receiver run`: where it listens, its store (SQLite or JetStream), TLS, metrics."""
+    run = sub.add_parser("run", help="accept gateway uplinks until SIGINT/SIGTERM")
+    run.add_argument("--listen", type=_listen, default=("127.0.0.1", 8765),
+                     metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8765)")
+    run.add_argument("--db", type=Path, help="receiver SQLite database (the embedded default)")
+    add_nats_options(run, flag="--jetstream", required=False)  # instead of --db: a platform
+    run.add_argument("--cert", type=Path, help="TLS certificate chain (PEM); omit for plain ws://")
+    run.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    run.add_argument("--metrics-listen", type=_listen, metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /health there (e.g. 127.0.0.1:9465); "
+                          "a non-loopback HOST needs --metrics-token-file")
+    run.add_argument("--metrics-token-file", type=Path, metavar="PATH",
+                     help="bearer token scrapers must send (a 0600 file)")
+    run.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -274,18 +274,25 @@ class _Receiver:
         finally:
             self.open_connections -= 1
 
-    async def _session(self, ws: WebSocketConnection, token: str) -> None:
+    async def _hello(self, ws: WebSocketConnection) -> proto.Hello | None:
+        """The connection's first frame, which must be a hello in time; None: closed."""
         with trio.move_on_after(HELLO_TIMEOUT_S) as scope:
             frame = await ws.get_message()
         if scope.cancelled_caught:
             await self._close(ws, proto.CLOSE_PROTOCOL, "no hello")
-            return
+            return None
         try:
             hello = proto.decode(frame)
             if not isinstance(hello, proto.Hello):
                 raise proto.ProtocolViolation(f"expected hello, got {type(hello).__name__}")
         except proto.ProtocolViolation as violation:
             await self._close(ws, violation.code, str(violation))
+            return None
+        return hello
+
+    async def _session(self, ws: WebSocketConnection, token: str) -> None:
+        hello = await self._hello(ws)
+        if hello is None:
             return
         gid, epoch = hello.gateway_id, hello.epoch
         allowed = await self.backend.check_token(gid, token)
@@ -333,7 +340,7 @@ class _Receiver:
                     await release()
             if me.superseded:
                 await self._close(ws, proto.CLOSE_SUPERSEDED,
-                             "a newer connection of this gateway took over")
+                                  "a newer connection of this gateway took over")
         finally:
             if self.live.get(gid) is me:
                 del self.live[gid]
@@ -429,7 +436,6 @@ class _Receiver:
                     await self._close(ws, error.error_code, error.error)
                     stream_scope.cancel()
                     return
-
 
     def _count(self, results: list[IngestResult], seconds: float) -> None:
         m = self.metrics

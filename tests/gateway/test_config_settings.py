@@ -48,7 +48,7 @@ batch_max = 501
 min_free_mb = 65.0
 retention_days = 29.0
 retention_max_mb = 1025.0
-droppable_types = ["meterSnapshot", "gameEnded"]
+droppable_types = ["betPlaced", "gameEnded"]
 
 [feed]
 host = "127.0.0.2"
