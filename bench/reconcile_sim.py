@@ -96,7 +96,8 @@ class SimRun:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One line of machines, one per simulator profile, playing `hours` with line faults."""
+    """One line of machines, one per simulator profile (or of `profiles`), playing `hours` with
+    line faults."""
 
     seed: int
     hours: float
@@ -106,6 +107,7 @@ class Segment:
     rate: float = 0.1  # play events a second a machine ("floor" profile: doors, tilts, handpays)
     poll_interval_s: float = 1.0
     meters_every_s: float = 60.0
+    profiles: tuple[str, ...] = ()  # simulator profiles of the line's machines (): every one
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ class SegmentResult:
 
 
 def run_segment(seg: Segment) -> SegmentResult:
-    profiles = list(PROFILES.values())
+    profiles = [p for name, p in PROFILES.items() if not seg.profiles or name in seg.profiles]
     egms = [SasEgm(a, Ledger(), play=PlayModel(seg.seed * 100 + a, seg.rate, profile="floor"),
                    serial=f"R{seg.seed}-{a}", profile=p,
                    faults=FaultPlan(frozenset(LINE_FAULTS) | {"power", "duplicate"},

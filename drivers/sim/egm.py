@@ -279,6 +279,7 @@ class SasEgm:
             return answer
         if self._last is not None and self._last.entry is not None:
             self._last.entry.sent += 1
+            self._last.entry.sent_bare += len(answer) == 1
         f = self.faults
         if f.roll("silence"):
             return b""

@@ -27,6 +27,9 @@ class LedgerEntry:
     acknowledged_at: float | None = None
     lost: bool = False
     sent: int = 0  # times it went out as an answer
+    # Of those, times it went out as the code alone (a normal-mode GP answer): only then can a
+    # record without data be this entry (drivers/sim/oracle.py).
+    sent_bare: int = 0
 
 
 class Ledger:

@@ -2,7 +2,8 @@
 
 Pure (no I/O): `judge(entries, recorded, loss_markers)` pairs each recorded exception with the
 earliest unpaired ledger entry of the same code (one the machine kept before one it dropped),
-and the same data unless it came bare (normal mode carries no data on the wire). What cannot be
+and the same data unless it came bare (normal mode carries no data on the wire: then an entry
+that went out bare, `LedgerEntry.sent_bare`, or has no data). What cannot be
 paired is a duplicate (an equal entry was paired already) or an invention (none exists). An
 entry the machine saw acknowledged and nobody recorded is missing; a `lossMarker` from the line
 may account for one.
@@ -67,8 +68,11 @@ def judge(entries: Sequence[LedgerEntry], recorded: Iterable[tuple[int, bytes]],
     ordered = sorted(recorded, key=lambda r: not r[1])
     for code, payload in ordered:
         count += 1
-        same = [i for i, e in enumerate(entries)
-                if e.code == code and (not payload or e.data == payload)]
+        # A bare record is the code alone: an entry that has no data, or one that went out as
+        # the code alone (normal mode). Never one that only went out with its data (RTE): that
+        # one lost on the line must not be hidden by a bare duplicate of another.
+        same = [i for i, e in enumerate(entries) if e.code == code and (
+            e.data == payload if payload else not e.data or e.sent_bare)]
         # An entry the machine dropped from its full FIFO may have gone out before: pair with
         # one it kept first, so that a dropped one never hides a kept one from the count.
         free = next((i for i in same if not paired[i] and not entries[i].lost),

@@ -191,15 +191,19 @@ class Fanout:
             if not self.clients or (not envelopes and not changes):
                 return 0
             self.flushes += 1
-            alerts = delta_message(changes) if changes else None
+            deltas: dict[frozenset[str], str] = {}
             groups: dict[Any, list[Client]] = {}
             for client in list(self.clients):
-                groups.setdefault(client.session.filter.key(), []).append(client)
+                groups.setdefault(client.session.view(), []).append(client)
             encoded: dict[int, str] = {}
             served = queued = 0
             for members in groups.values():
                 session = members[0].session
                 batches = self._batches([e for e in envelopes if session.wants(e)], encoded)
+                hidden = session.hidden_alerts()
+                if changes and hidden not in deltas:
+                    deltas[hidden] = delta_message(changes, hidden)
+                alerts = deltas.get(hidden)
                 for client in members:
                     for batch in batches:
                         if self.offer(client, ("events", batch)):
@@ -260,10 +264,12 @@ class Fanout:
             self.offer(client, ("text", message))
 
 
-def delta_message(changes: list[Change]) -> str:
+def delta_message(changes: list[Change], hidden: frozenset[str] = frozenset()) -> str:
+    """The changes but those to alerts of the `hidden` kinds (the role's: ALERT_ROLES); `base`
+    and `version` stay the board's, so a client of any role follows every version."""
     return dumps({"type": "alerts_delta", "time": rfc3339(time.time()),
                   "base": changes[0].version - 1, "version": changes[-1].version,
-                  "changes": [c.as_dict() for c in changes]})
+                  "changes": [c.as_dict() for c in changes if c.alert.kind not in hidden]})
 
 
 def pause(frames: int, settings: FeedSettings) -> float:

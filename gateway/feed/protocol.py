@@ -23,7 +23,9 @@ from gateway.bounded import InputRejected, loads_json
 from gateway.events import CATALOGUE, CHANNELS
 
 __all__ = [
+    "ALERT_ROLES",
     "EVENTS_FRAME_OVERHEAD",
+    "EVENT_ROLES",
     "ROLES",
     "Acknowledge",
     "AuthFailed",
@@ -54,6 +56,10 @@ TOKEN_PREFIX = "token."
 NOTE_MAX = 500
 # Who may see which player is at which machine (the `player` channel): attendants and above.
 PLAYER_ROLE = "attendant"
+# The reconciler's findings are the supervisor view (docs/reconciliation.md): the board's `meters`
+# alert and the event that opens it are never sent to the floor view (viewer, attendant).
+ALERT_ROLES = {"meters": "supervisor"}
+EVENT_ROLES = {"meterDiscrepancy": "supervisor"}
 POLICY_VIOLATION = 1008
 _MACHINE = re.compile(r"^[^/]+/[0-9]{1,3}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -88,6 +94,10 @@ class Identity:
     def may(self, role: str) -> bool:
         """True if this identity has `role` or a higher one (viewer < attendant < supervisor)."""
         return ROLES.index(self.role) >= ROLES.index(role)
+
+    def hidden_alerts(self) -> frozenset[str]:
+        """Alert kinds of the board this identity does not see (ALERT_ROLES)."""
+        return frozenset(kind for kind, role in ALERT_ROLES.items() if not self.may(role))
 
 
 class TokenTable:
@@ -327,7 +337,15 @@ class FeedSession:
         self.filter = Filter()
 
     def wants(self, envelope: dict[str, Any]) -> bool:
-        return self.identity is not None and self.filter.wants(envelope)
+        return self.identity is not None and self.identity.may(
+            EVENT_ROLES.get(envelope["event"], ROLES[0])) and self.filter.wants(envelope)
+
+    def view(self) -> tuple[Any, ...]:
+        """Equal for sessions that get the same events and the same board (filter and role)."""
+        return self.filter.key(), self.identity.role if self.identity else None
+
+    def hidden_alerts(self) -> frozenset[str]:
+        return self.identity.hidden_alerts() if self.identity else frozenset(ALERT_ROLES)
 
     def authenticate(self, token: str, login: object = None) -> list[Action]:
         """Authenticate with a token (from the first message or from the subprotocol);

@@ -230,12 +230,13 @@ class FeedServer:
         view["since"] = rfc3339(since) if isinstance(since, int | float) else None
         return view
 
-    def state(self) -> dict[str, Any]:
-        return {**self.board.snapshot(), "uplink": self.uplink()}
+    def state(self, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The board without the `hidden` alert kinds (the client's role: ALERT_ROLES)."""
+        return {**self.board.snapshot(hidden), "uplink": self.uplink()}
 
-    def snapshot_message(self) -> str:
+    def snapshot_message(self, hidden: frozenset[str] = frozenset()) -> str:
         return dumps({"type": "alerts_snapshot", "time": rfc3339(time.time()),
-                      "state": self.state()})
+                      "state": self.state(hidden)})
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """What GET /health returns (gateway/monitor.py), with the feed's own figures."""

@@ -221,7 +221,7 @@ class Sessions:
                        "epoch": server.outbox.epoch, "last_seq": server.outbox.last_seq},
             "time": rfc3339(time.time()), "time_zone": server.settings.time_zone or None,
             "session_max_s": server.settings.session_max_s, "login": login,
-            "session_expires": rfc3339(expires), "state": server.state()})))
+            "session_expires": rfc3339(expires), "state": server.state(identity.hidden_alerts())})))
         server.fanout.clients.add(client)
         log.info("feed client joined", client=client.remote, name=identity.name,
                  role=identity.role)
@@ -259,15 +259,20 @@ class Sessions:
         elif isinstance(action, Resync):
             # Queued behind what the client already has: deltas after it at or below the
             # snapshot's version are skipped by the client (their `v` is not above it).
-            fanout.offer(client, ("text", self.server.snapshot_message()))
+            fanout.offer(client, ("text", self.server.snapshot_message(
+                client.session.hidden_alerts())))
         elif isinstance(action, History):
             fanout.offer(client, ("text", dumps({
                 "type": "history", "machine": action.machine, "ref": action.ref,
-                "alerts": self.server.board.history(action.machine)})))
+                "alerts": self.server.board.history(action.machine,
+                                                    client.session.hidden_alerts())})))
 
     async def _acknowledge(self, ack: Acknowledge) -> dict[str, Any]:
         board = self.server.board
         refusal = board.ack_refusal(ack.alert_seq)
+        seen = board.get(ack.alert_seq)
+        if seen is not None and seen.kind in ack.identity.hidden_alerts():
+            refusal = "no open alert has that seq"  # not on this role's board (ALERT_ROLES)
         if refusal is None and ack.alert_seq in self._acking:
             refusal = "being acknowledged by someone else"
         result = {"type": "ack_result", "alert_seq": ack.alert_seq}

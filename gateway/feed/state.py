@@ -226,11 +226,13 @@ class AlertBoard:
         changes, self._changes = self._changes, []
         return changes
 
-    def history(self, machine: str) -> list[dict[str, Any]]:
-        """A machine's open alerts, most urgent first, then its last closed ones, newest first."""
-        open_ = sorted((a for a in self._alerts.values() if a.machine == machine),
+    def history(self, machine: str, hidden: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """A machine's open alerts, most urgent first, then its last closed ones, newest first
+        (none of the `hidden` kinds)."""
+        open_ = sorted((a for a in self._alerts.values()
+                        if a.machine == machine and a.kind not in hidden),
                        key=lambda a: (SEVERITY.get(a.kind, 9), a.seq))
-        closed = list(self._history.get(machine, ()))
+        closed = [a for a in self._history.get(machine, ()) if a.kind not in hidden]
         return [{**a.as_dict(), "closed": None} for a in open_] + \
             [{**a.as_dict(), "closed": a.closed} for a in closed]
 
@@ -239,7 +241,8 @@ class AlertBoard:
         """Open alerts, newest first."""
         return sorted(self._alerts.values(), key=lambda a: a.seq, reverse=True)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The whole board as JSON-ready data: sent on connect and on a client's `resync`."""
+    def snapshot(self, hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The whole board as JSON-ready data: sent on connect and on a client's `resync`;
+        without alerts of the `hidden` kinds (what the client's role does not see)."""
         return {"version": self.version, "seq": self.seq,
-                "alerts": [a.as_dict() for a in self.alerts]}
+                "alerts": [a.as_dict() for a in self.alerts if a.kind not in hidden]}
