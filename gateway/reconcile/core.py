@@ -139,7 +139,9 @@ class MachineReconciler:
             "totals": dict(sorted(day.totals.items())),
             "meters": dict(sorted((self.baseline or {}).items()))})
 
-    def _window(self, obs: Observation) -> list[Verdict]:
+    def _read(self, obs: Observation) -> tuple[dict[str, int], int, int, list[Any], list[Any]]:
+        """A meter read's (meters, denomination in cents, straddle, events before the read,
+        events the machine answered after it: the last `straddle` exceptions)."""
         meters = {k: int(v) for k, v in obs.data.get("meters", {}).items()}
         self.digits.update({k: int(v) for k, v in obs.data.get("digits", {}).items()})
         denom = int(obs.data.get("denomination_cents") or 1)
@@ -148,6 +150,10 @@ class MachineReconciler:
         late = exceptions[len(exceptions) - straddle:] if straddle else []
         late_ids = {id(e) for e in late}
         early = [e for e in self.events if id(e) not in late_ids]
+        return meters, denom, straddle, early, late
+
+    def _window(self, obs: Observation) -> list[Verdict]:
+        meters, denom, straddle, early, late = self._read(obs)
         if self.baseline is None:
             self.baseline = meters
             self.carry = {m: (0, _sum(late, m, denom)[1]) for m in RULES}
@@ -200,6 +206,12 @@ class MachineReconciler:
             carry_hi = None if hi is None else hi - delta
             self.carry[meter] = (max(0, pre[0] + s[0] - delta), carry_hi)
         self.baseline = {**self.baseline, **meters}
+        return self._close(obs, meters, span, found, deltas, rolled, straddle)
+
+    def _close(self, obs: Observation, meters: dict[str, int], span: dict[str, Any],
+               found: list[Verdict], deltas: dict[str, int], rolled: list[str],
+               straddle: int) -> list[Verdict]:
+        """The window's end: the day's totals, then its discrepancies or one meterReconciled."""
         assert self.day is not None
         self.day.windows += 1
         self.day.totals.update(deltas)
