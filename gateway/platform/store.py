@@ -17,7 +17,7 @@ import collections
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,32 @@ log = structlog.get_logger(__name__)
 
 NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 DONE_KEPT = 10_000  # answered commands a receiver keeps in memory (the bucket keeps them all)
+
+
+# "stream name already in use with a different configuration": the stream exists; update it.
+_STREAM_EXISTS = 10058
+
+
+async def _add_or_update(js: Any, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as err:
+        if err.err_code != _STREAM_EXISTS:
+            raise
+        await js.update_stream(config)
+
+
+async def _until_placed(deadline: float, make: Callable[[], Awaitable[Any]]) -> None:
+    """Retry a stream or bucket creation until `deadline`: a cluster that just elected its meta
+    leader can still refuse one (no peers yet for R3, "insufficient resources", a 503)."""
+    while True:
+        try:
+            await make()
+            return
+        except NATS_ERRORS:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,14 +208,11 @@ class Platform:
                 num_replicas=limits.replicas, duplicate_window=limits.duplicate_window_s,
                 max_age=limits.max_age_s or None, max_bytes=limits.max_bytes,
                 discard=DiscardPolicy.OLD, allow_direct=True)
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await js.update_stream(config)
+            await _until_placed(deadline, lambda: _add_or_update(js, config))
             for bucket, history in ((names.REGISTRY, 5), (names.CHAINS, 1),
                                     (names.COMMANDS, 1)):
-                await js.create_key_value(bucket=bucket, history=history,
-                                          replicas=limits.replicas, storage=StorageType.FILE)
+                await _until_placed(deadline, lambda b=bucket, h=history: js.create_key_value(
+                    bucket=b, history=h, replicas=limits.replicas, storage=StorageType.FILE))
         finally:
             await nc.close()
 
