@@ -81,7 +81,10 @@ class AnswerContract(HostCore):
                 # answer are a broken event: retried like any other error, and silences after
                 # them are waited out like any doubt).
                 self._framer.clear()
-                self._release(f.machine, now)  # "no activity" (see "Periodic long polls")
+                if f.silent_run:
+                    # "No activity" once the repeat is silent too: a first silence may be a lost
+                    # event answer, which the repeat re-sends (see "Periodic long polls").
+                    self._release(f.machine, now)
                 if now - f.machine.bytes_at >= self.config.reset_silence_s:
                     f.machine.rte_proven = False  # quiet, or off: it may come back in normal mode
                 f.silent_run += 1

@@ -92,7 +92,8 @@ of a meter read after its first. A finished meter read is reported as a `meterSn
 None: not an exception, nothing to acknowledge), with `straddle`: how many exceptions were
 recorded between the read's first answer and the report -- events the machine may have counted
 in the meters before the host heard of them. The snapshot is held until the machine shows an
-empty queue: a GP answered 00, or met with silence in RTE mode -- or the meter answer itself, in
+empty queue: a GP answered 00, or met with silence in RTE mode twice in a row (the first
+silence may be a lost event answer; the identical repeat re-sends it) -- or the meter answer itself, in
 RTE mode, once the machine has sent an event frame since it last fell silent long enough to
 have reset (`reset_silence_s`): a machine back from a power-up may answer in normal mode, queue
 or not. Exception 17 (power applied) and a `machineReplaced` queue a meter read as 70 does.

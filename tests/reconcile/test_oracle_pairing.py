@@ -59,3 +59,16 @@ def test_the_seeded_silence_fresh_run_is_dirty_where_it_shows_discrepancies() ->
     assert _LOST not in {p for _, p in recorded}
     v = judge(egm.ledger.entries, recorded, 0, lone_bytes=egm.ledger.lone_bytes)
     assert v.missing >= 1 and v.duplicates_dataless >= 1
+
+
+def test_a_snapshot_is_not_released_on_the_first_silence_of_an_rte_gp() -> None:
+    """Segment 472 of the long run: a machine back from a power cycle, RTE mode set again, its
+    queue holding 18, 17 and a 7F the read had counted; the first GP's answer (18) was lost on
+    the line. Released on that one silence, the 7F came one read late: games_lost +1, then -1.
+    A silent GP is "no activity" only once its repeat is silent too (the repeat re-sends a lost
+    event answer)."""
+    from bench.reconcile_long import segments
+    from bench.reconcile_sim import run_segment
+
+    result = run_segment(segments(10_000, 5, 0.005, 0.03, 3.0)[472])
+    assert [v.data for v in result.false_discrepancies] == []
