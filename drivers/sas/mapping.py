@@ -27,6 +27,8 @@ _SIMPLE = {0x17: "powerApplied", 0x18: "powerLost", 0x52: "handpayReset",
 
 
 def _name(code: int) -> str:
+    """The exception's name as events carry it (`machineException.name`, `tilt.kind`): the
+    lower-case `Exc` name (messages.exception_name), `exception_<hex>` for an unlisted code."""
     try:
         return Exc(code).name.lower()
     except ValueError:

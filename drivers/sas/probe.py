@@ -19,7 +19,7 @@ from drivers.link.advice import adapter_facts, open_advice
 from drivers.link.lock import DeviceBusyError
 from drivers.registry import ProbeReport, ProbeRequest
 from drivers.sas import framing, messages
-from drivers.sas.codes import Exc, LongPoll
+from drivers.sas.codes import LongPoll
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 
@@ -111,9 +111,9 @@ def _pending(answer: framing.Answer | None, seen: int) -> str | None:
     """Why an answer may hold something unrecorded (None: nothing to lose by moving on)."""
     match answer:
         case framing.ExceptionByte(code) if code != 0:
-            return f"exception {code:02X} ({_exc_name(code)})"
+            return f"exception {code:02X} ({messages.exception_name(code)})"
         case framing.Event(code, _):
-            return f"event {code:02X} ({_exc_name(code)})"
+            return f"event {code:02X} ({messages.exception_name(code)})"
         case framing.Corrupt() | framing.Busy():
             return "an answer that could not be read"
         case None if seen:
@@ -229,7 +229,7 @@ async def _probe_step(line: _ProbeLine, address: int, label: str, command: int,
                 return step
             case framing.Event(code) | framing.ExceptionByte(code):
                 step["event"] = code
-                step["result"] = f"answered with event {code:02X} ({_exc_name(code)})"
+                step["result"] = f"answered with event {code:02X} ({messages.exception_name(code)})"
                 return step
             case framing.Busy():
                 step["result"] = "busy"
@@ -254,13 +254,6 @@ async def _probe_step(line: _ProbeLine, address: int, label: str, command: int,
     # Still unreadable after the implied NACK: any other poll would acknowledge it.
     step["unreadable"] = bool(step.get("crc_error") or step.get("garbage"))
     return step
-
-
-def _exc_name(code: int) -> str:
-    try:
-        return Exc(code).name
-    except ValueError:
-        return "unknown"
 
 
 def _advise(report: dict[str, Any]) -> None:
