@@ -30,9 +30,7 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import socket
-import sqlite3
 import stat
 import struct
 import time
@@ -53,9 +51,9 @@ from drivers.registry import TraceDecoder
 from gateway.accepting import serve_accepting, summarize_suppressed
 from gateway.bounded import InputRejected, loads_json
 from gateway.config import GatewaySection
-from gateway.errors import ConfigError, StoreError
+from gateway.errors import ConfigError
 from gateway.limits import Admission, LogThrottle
-from gateway.outbox import readers
+from gateway.outbox import footprint
 from gateway.statistics import MachineFigures
 
 if TYPE_CHECKING:
@@ -211,29 +209,6 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-def _outbox_files(path: Path, delivered_seq: int) -> dict[str, Any]:
-    """Runs in a worker thread: figures the daemon does not keep in memory. A failure here is
-    reported in the snapshot, never raised: diag must work when the disk is in trouble."""
-    out: dict[str, Any] = {"db_bytes": None, "rows": 0, "oldest_undelivered_at": None,
-                           "disk_free_bytes": None, "error": None}
-    try:
-        out["disk_free_bytes"] = shutil.disk_usage(path.parent).free
-        out["db_bytes"] = sum(p.stat().st_size for p in (path, Path(f"{path}-wal"))
-                              if p.exists())
-        conn = readers.open_readonly(path, busy_timeout_ms=2000)
-        try:
-            low, high = readers.seq_bounds(conn)
-            oldest = readers.oldest_undelivered_at(conn, delivered_seq)
-        finally:
-            conn.close()
-    except (OSError, sqlite3.Error, StoreError) as err:
-        out["error"] = str(err)
-        return out
-    out["rows"] = (high - low + 1) if low is not None and high is not None else 0
-    out["oldest_undelivered_at"] = oldest
-    return out
-
-
 def key_fingerprint(public_key: bytes) -> str:
     digest = hashlib.sha256(public_key).hexdigest()
     return "SHA256:" + ":".join(digest[i:i + 4] for i in range(0, 32, 4))
@@ -270,14 +245,12 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
              for p in figures.ports}
 
     outbox = gw.outbox
-    files = await trio.to_thread.run_sync(_outbox_files, gw.config.outbox_path,
+    files = await trio.to_thread.run_sync(footprint.measure, gw.config.outbox_path,
                                           outbox.delivered_seq)
     rate = gw.activity.rate_per_s()
-    per_event = files["db_bytes"] / files["rows"] if files["rows"] and files["db_bytes"] else None
-    hours_left = None
-    if rate > 0 and per_event and files["disk_free_bytes"] is not None:
-        hours_left = round(files["disk_free_bytes"] / (per_event * rate * 3600), 1)
-    oldest_age = _age(files["oldest_undelivered_at"], now_wall) if outbox.depth() else None
+    per_event = files.bytes_per_event
+    hours_left = files.outage_hours_left(rate)
+    oldest_age = _age(files.oldest_undelivered_at, now_wall) if outbox.depth() else None
     up = figures.uplink
     down_for = gw.uplink_down_for()
     signer = outbox.signer
@@ -290,9 +263,9 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
         "outbox": {"depth": outbox.depth(), "last_seq": outbox.last_seq,
                    "delivered_seq": outbox.delivered_seq,
                    "oldest_undelivered_age_s": oldest_age,
-                   "db_bytes": files["db_bytes"],
+                   "db_bytes": files.db_bytes,
                    "bytes_per_event": None if per_event is None else round(per_event),
-                   "disk_free_bytes": files["disk_free_bytes"],
+                   "disk_free_bytes": files.disk_free_bytes,
                    "events_per_s": round(rate, 3),
                    "outage_hours_left": hours_left,
                    "durable_p99_ms": figures.outbox.durable_p99_ms if figures.outbox else None,
@@ -300,7 +273,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
                    "epoch": outbox.epoch, "witness": outbox.statistics()["witness"],
                    "epoch_change": outbox.statistics()["epoch_change"],
                    "quarantined": outbox.quarantined,
-                   "error": files["error"]},
+                   "error": files.error},
         "uplink": {"state": up.state, "connected": up.connected, "since": up.since,
                    "down_for_s": down_for, "last_ack_seq": up.last_ack_seq,
                    "lag_events": outbox.depth(), "lag_s": oldest_age,

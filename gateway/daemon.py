@@ -403,7 +403,8 @@ def assemble(config: Config, outbox: Outbox, *, stall_after_s: float,
                  trace=trace, health=health,
                  control_path=control_socket_path(config.gateway), config_path=config_path)
     outbox.commit_listeners.append(gw.activity.on_commit)
-    gw.monitor = Monitor(outbox, gw.figures, health_limits(config))
+    gw.monitor = Monitor(outbox, gw.figures, health_limits(config),
+                         events_per_s=gw.activity.rate_per_s)
     if config.feed is not None:
         async def staff_command(request: dict[str, Any], requested_by: str) -> dict[str, Any]:
             return await router.handle(request, f"staff:{requested_by}")

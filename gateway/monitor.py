@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,8 @@ from drivers.model import machine_key
 from gateway import __version__
 from gateway.config import MonitorSection
 from gateway.events import rfc3339
+from gateway.outbox import footprint
+from gateway.outbox.footprint import Footprint
 from gateway.statistics import (
     COUNTERS,
     GatewayFigures,
@@ -132,6 +134,7 @@ class _StatusCollector:
                                 value=1.0 if reasons else 0.0)
         yield GaugeMetricFamily("gateway_outbox_depth", "Events not yet acknowledged by the "
                                 "platform.", value=outbox.depth())
+        yield from _footprint_metrics(monitor)
         yield GaugeMetricFamily("gateway_outbox_last_seq", "Seq of the newest durable event.",
                                 value=outbox.last_seq)
         yield GaugeMetricFamily("gateway_outbox_delivered_seq", "Highest seq the platform "
@@ -203,15 +206,36 @@ def _port_families(ports: tuple[PortFigures, ...]) -> Any:
     yield from per_machine.values()
 
 
+def _footprint_metrics(monitor: Monitor) -> Iterator[GaugeMetricFamily]:
+    """The outbox's size per event and the hours of uplink outage the free disk holds at the
+    current event rate (absent until a scrape measured them, or with no estimate)."""
+    found = monitor.footprint
+    if found is None or found.error is not None:
+        return
+    if found.bytes_per_event is not None:
+        yield GaugeMetricFamily("gateway_outbox_bytes_per_event", "Outbox file bytes (with its "
+                                "WAL) per event kept.", value=found.bytes_per_event)
+    rate = monitor.events_per_s() if monitor.events_per_s is not None else 0.0
+    hours = found.outage_hours_left(rate)
+    if hours is not None:
+        yield GaugeMetricFamily("gateway_outbox_outage_capacity_hours", "Hours of uplink outage "
+                                "the free disk holds at the current event rate.", value=hours)
+
+
 class Monitor:
     """The registry and the health verdict, shared by the feed and the monitor listener."""
 
     def __init__(self, outbox: Outbox,
                  status: Callable[[], GatewayFigures | Mapping[str, Any]],
-                 limits: HealthLimits | None = None) -> None:
+                 limits: HealthLimits | None = None, *,
+                 events_per_s: Callable[[], float] | None = None) -> None:
         self.outbox = outbox
         self.status = status
         self.limits = limits or HealthLimits()
+        # The outage the disk can hold, measured before each scrape (`scrape`): the same
+        # figures `diag status` shows (gateway/outbox/footprint.py).
+        self.events_per_s = events_per_s
+        self.footprint: Footprint | None = None
         self.registry = CollectorRegistry()
         self._events = Counter("gateway_events", "Events made durable, by type.", ["type"],
                                registry=self.registry)
@@ -258,6 +282,14 @@ class Monitor:
 
     def metrics(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """/metrics: the outbox's footprint measured first (file system and database, so in a
+        worker thread), then the registry."""
+        outbox = self.outbox
+        self.footprint = await trio.to_thread.run_sync(
+            footprint.measure, outbox.settings.path, outbox.delivered_seq)
+        return self.metrics()
 
     def health(self, extra: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of GET /health: 200 ok, 503 degraded with its reasons."""
@@ -344,7 +376,7 @@ async def _serve_one(stream: trio.SocketStream, monitor: Monitor, token: bytes |
         status, data = monitor.health()
         body, ctype = _json(data), "application/json"
     elif path == b"/metrics":
-        status, body, ctype = 200, monitor.metrics(), METRICS_TYPE
+        status, body, ctype = 200, await monitor.scrape(), METRICS_TYPE
     else:
         status, body, ctype = 404, b"not found: /health and /metrics are here\n", "text/plain"
     headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()),

@@ -254,7 +254,7 @@ class HttpFront:
             return 426, b"the feed is a WebSocket: send Upgrade: websocket\n", "text/plain", \
                 [(b"upgrade", b"websocket")]
         if target == "/metrics":
-            return 200, server.monitor.metrics(), METRICS_TYPE
+            return 200, await server.monitor.scrape(), METRICS_TYPE
         name = "index.html" if target in ("/", "/index.html") else (
             target.removeprefix("/static/") if target.startswith("/static/") else None)
         path = self._static.get(name) if name else None

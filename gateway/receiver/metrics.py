@@ -70,7 +70,7 @@ def timed_verify(raws: list[bytes], keys: dict[str, VerifyKey]
 
 class ReceiverMetrics:
     """One receiver process's registry. Duck-types gateway.monitor.Monitor for the listener:
-    `metrics()` for /metrics and `health()` for /health."""
+    `scrape()` for /metrics and `health()` for /health."""
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
@@ -129,6 +129,10 @@ class ReceiverMetrics:
         if nc.is_connected:
             return "up"
         return "reconnecting" if nc.is_reconnecting else "down"
+
+    async def scrape(self) -> bytes:
+        """/metrics (the listener's call): nothing to measure first."""
+        return self.metrics()
 
     def metrics(self) -> bytes:
         return generate_latest(self.registry)

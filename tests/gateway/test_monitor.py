@@ -113,3 +113,28 @@ def test_assess_reasons():
                        "101 events undelivered (limit 100)",
                        "disk floor reached: the outbox stopped taking events",
                        "port p down (stopped)"]
+
+
+async def test_metrics_give_the_outage_the_disk_holds_as_diag_does(make_outbox, nursery):
+    """Issue 18: hours of uplink outage the free disk holds at the current event rate, on
+    /metrics (here) as in diag: free bytes / (file bytes per event kept x events/s x 3600)."""
+    import shutil
+
+    from .test_outbox import draft
+
+    outbox = make_outbox()
+    await nursery.start(outbox.run_writer)
+    for i in range(200):
+        await outbox.append(draft(i))
+    monitor = Monitor(outbox, dict, events_per_s=lambda: 4.0)
+    text = (await monitor.scrape()).decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("gateway_outbox_")}
+    path = outbox.settings.path
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    per_event = size / outbox.last_seq
+    expected = shutil.disk_usage(path.parent).free / (per_event * 4.0 * 3600)
+    assert values["gateway_outbox_bytes_per_event"] == pytest.approx(per_event, rel=0.05)
+    assert values["gateway_outbox_outage_capacity_hours"] == pytest.approx(expected, rel=0.05)
+    quiet = Monitor(outbox, dict, events_per_s=lambda: 0.0)
+    assert b"outage_capacity_hours" not in await quiet.scrape()  # no rate, no estimate
