@@ -315,16 +315,30 @@ async def read_registry(platform: Any) -> dict[str, dict[str, Any]]:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from gateway.platform.audit import Audit
-    from gateway.platform.store import Platform
+    from gateway.platform.store import NATS_ERRORS, Platform
 
-    async def main(settings: Any) -> int:
+    async def read_all(settings: Any) -> tuple[Audit, int]:
         platform = await Platform.open(settings)
         try:
             registry = await read_registry(platform)
         finally:
             await platform.close()
         audit = Audit(registry)
-        total = await read_stream(settings, audit.add)
+        return audit, await read_stream(settings, audit.add)
+
+    async def main(settings: Any) -> int:
+        # A node that just restarted can time out a read while it catches up: the whole read
+        # is tried again (from scratch, so nothing is counted twice), up to three times.
+        for attempt in range(3):
+            try:
+                audit, total = await read_all(settings)
+                break
+            except NATS_ERRORS as err:
+                if attempt == 2:
+                    print(f"platform verify: cannot read the stream: {err!r}", file=sys.stderr)
+                    return EXIT_FAILURE
+                print(f"platform verify: {err!r}; reading again", file=sys.stderr)
+                await asyncio.sleep(1.0 + attempt)
         reports = audit.finish()
         counted = audit.messages == total
         ok = counted and not audit.unattributed and all(r.ok for r in reports)

@@ -138,6 +138,7 @@ async def test_receiver_killed_and_nats_node_restarted_every_event_exactly_once(
     verify = await trio.to_thread.run_sync(lambda: subprocess.run(
         [*CLI, "platform", "verify", "--json", "--nats", ",".join(cluster.urls)],
         capture_output=True, text=True, timeout=60))
+    assert verify.stdout.strip(), verify.stderr[-2000:]
     report = json.loads(verify.stdout)
     assert verify.returncode == 0 and report["ok"], (report, verify.stderr[-2000:])
     assert report["read"] == report["stream_messages"] == expected
