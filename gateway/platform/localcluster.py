@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _relay(process: subprocess.Popen[bytes], log_path: Path, ready: threading.Event) -> None:
+    """Copy a node's log to its file, and set `ready` when it says it is (or when it exits, so
+    a waiter sees the exit at once instead of at its timeout)."""
+    assert process.stderr is not None
+    with open(log_path, "ab") as log:
+        for line in process.stderr:
+            log.write(line)
+            log.flush()
+            if b"Server is ready" in line:
+                ready.set()
+    ready.set()
+
+
 @dataclass
 class LocalCluster:
     directory: Path
@@ -48,6 +61,7 @@ class LocalCluster:
     processes: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     cpu_list: list[str | None] = field(default_factory=list)  # taskset -c per node (bench)
     extra_args: list[str] = field(default_factory=list)  # e.g. --tls ... or -c auth.conf
+    ready: list[threading.Event] = field(default_factory=list)  # "Server is ready" logged
 
     @property
     def urls(self) -> list[str]:
@@ -58,6 +72,7 @@ class LocalCluster:
         self.route_ports = [_free_port() for _ in range(self.nodes)]
         self.processes = [None] * self.nodes
         self.cpu_list = self.cpu_list or [None] * self.nodes
+        self.ready = [threading.Event() for _ in range(self.nodes)]
         for index in range(self.nodes):
             self._spawn(index)
         for index in range(self.nodes):
@@ -75,26 +90,23 @@ class LocalCluster:
                         f"nats://127.0.0.1:{self.route_ports[index]}", "--routes", routes]
         if self.cpu_list[index] is not None:
             command = ["taskset", "-c", str(self.cpu_list[index]), *command]
-        log = open(self.directory / f"n{index}.log", "ab")  # the child keeps its own copy
-        self.processes[index] = subprocess.Popen(command, stdout=log, stderr=log,
-                                                 stdin=subprocess.DEVNULL)
-        log.close()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL)
+        self.processes[index] = process
+        ready = self.ready[index] = threading.Event()
+        threading.Thread(target=_relay, args=(process, self.directory / f"n{index}.log", ready),
+                         daemon=True).start()
 
     def wait_listening(self, index: int, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            process = self.processes[index]
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"nats-server n{index} exited with {process.returncode}; see "
-                                   f"{self.directory / f'n{index}.log'}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.client_ports[index]), 0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nats-server n{index} not listening after "
-                                       f"{timeout_s:g} s") from None
-                time.sleep(0.05)  # polling a port a child process opens: nothing to wait on
+        """Until node `index` logs that it is ready (it listens for clients by then), or exits."""
+        process, ready = self.processes[index], self.ready[index]
+        assert process is not None
+        if not ready.wait(timeout_s):
+            raise TimeoutError(f"nats-server n{index} not ready after {timeout_s:g} s; see "
+                               f"{self.directory / f'n{index}.log'}")
+        if process.poll() is not None:
+            raise RuntimeError(f"nats-server n{index} exited with {process.returncode}; see "
+                               f"{self.directory / f'n{index}.log'}")
 
     def pid(self, index: int) -> int:
         process = self.processes[index]
