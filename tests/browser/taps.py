@@ -28,7 +28,9 @@ document.addEventListener('pointerdown', (event) => {
 # A tile a person could tap now: its Acknowledge button fully on screen and not covered.
 PICK = """(r) => {
   const buttons = [...document.querySelectorAll('.tile .ack-button')].filter((b) => {
-    if (b.hidden || b.disabled || b.closest('.tile').hidden) return false;
+    if (b.hidden || b.disabled || b.classList.contains('inert') || b.closest('.tile').hidden) {
+      return false;
+    }
     const rc = b.getBoundingClientRect();
     const x = rc.left + rc.width / 2, y = rc.top + rc.height / 2;
     return rc.top > 70 && rc.bottom < innerHeight - 120 && document.elementFromPoint(x, y) === b;

@@ -123,3 +123,25 @@ def test_a_tap_on_a_tile_that_just_changed_is_taken_not_refused(browser, tmp_pat
         page.wait_for_function("() => document.body.dataset.ackResult")
         assert live.acks == [(door, "ann")]
         assert live.server.board.get(door).acknowledged_by == "ann"
+
+
+def test_a_tap_where_acknowledge_was_on_a_tile_just_cleared_says_so_and_opens_nothing(
+        browser, tmp_path):
+    """The person reads Acknowledge, the machine clears its last alert before the finger lands:
+    the tap is answered ("alert gone"), never taken as a tap on History or on nothing."""
+    with LiveFeed(tmp_path) as live:
+        door = live.append("doorOpened", {"door": "main"}, port="bank-c-03")
+        page = browser.new_page(viewport={"width": 800, "height": 1280})
+        page.add_init_script(RECORD_TAPS)
+        log_in(page, live.url)
+        tile = '.tile[data-machine="bank-c-03/1"]'
+        page.wait_for_selector(f'{tile}[data-alert="{door}"]')
+        read = center(page, f"{tile} .ack-button")
+        live.append("doorClosed", {"door": "main"}, port="bank-c-03")
+        page.wait_for_selector(f"{tile}.cleared")
+        page.mouse.click(*read)
+        page.wait_for_function("() => Number(document.body.dataset.refused || 0) > 0",
+                               timeout=5000)
+        assert page.evaluate("document.body.dataset.refusedWhy") == "alert gone"
+        assert page.is_hidden("#machine") and page.is_hidden("#confirm")
+        assert live.acks == []

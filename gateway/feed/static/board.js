@@ -485,7 +485,8 @@
       setText(tile.extra, "");
       tile.age.removeAttribute("data-opened");
       setText(tile.age, "");
-      tile.ack.hidden = true;
+      setAckSlot(tile, false, "Cleared", "Nothing to acknowledge: " + tile.name.textContent +
+        " is cleared");
       tile.shownKind = null;
       node.setAttribute("aria-label", tile.name.textContent + ": cleared");
       return;
@@ -514,14 +515,28 @@
       extra = "+ " + others + " more";
     }
     setText(tile.extra, extra);
-    const canAck = model.identity && core.canAcknowledge(model.identity.role, worst);
-    tile.ack.hidden = !canAck;
-    tile.ack.disabled = !connected;
-    tile.ack.setAttribute("aria-label", "Acknowledge " + (core.KIND_LABELS[worst.kind] ||
-      worst.kind).toLowerCase() + " at " + tile.name.textContent);
+    const canAck = Boolean(model.identity && core.canAcknowledge(model.identity.role, worst));
+    setAckSlot(tile, canAck, canAck ? "Acknowledge" : "Acknowledged", canAck
+      ? "Acknowledge " + (core.KIND_LABELS[worst.kind] || worst.kind).toLowerCase() + " at " +
+        tile.name.textContent
+      : "Already acknowledged: " + tile.name.textContent);
     node.setAttribute("aria-label", tile.name.textContent + ": " +
       (core.KIND_LABELS[worst.kind] || worst.kind) + ", " + core.describe(worst) +
       (worst.acknowledged_by ? ", acknowledged by " + worst.acknowledged_by : ""));
+  }
+
+  // The Acknowledge slot keeps its place while the tile shows something a finger may be on its
+  // way to: hiding it would slide History under a finger aimed at Acknowledge. With nothing to
+  // acknowledge (cleared, or acknowledged meanwhile) it stays, inert, and a tap on it is answered
+  // (tapAcknowledge). Only a role that can never acknowledge has no slot.
+  function setAckSlot(tile, active, text, label) {
+    const role = model.identity && model.identity.role;
+    tile.ack.hidden = role !== "attendant" && role !== "supervisor";
+    tile.ack.disabled = !connected;
+    tile.ack.setAttribute("aria-disabled", String(!active));
+    tile.ack.classList.toggle("inert", !active);
+    setText(tile.ack, text);
+    tile.ack.setAttribute("aria-label", label);
   }
 
   // Put the tiles in board order and drop the cleared ones: only when nobody is touching the
@@ -574,7 +589,12 @@
 
   // `pressed`: the alert the tile showed when the finger came down, and when.
   function tapAcknowledge(tile, pressed, event) {
-    if (!connected || pressed.seq === null) return;
+    if (!connected) return;  // the buttons are disabled and the board says why
+    if (pressed.seq === null) {
+      refuse("alert gone", "That alert has just been cleared by the machine: " +
+        "nothing to acknowledge.", event);
+      return;
+    }
     // Tiles moved (a re-sort or a filter) just before the finger came down: the point tapped
     // may show another machine than the one read. Refuse rather than guess.
     if (pressed.at - sortedAt < GUARD_MS) {
@@ -586,6 +606,11 @@
     if (!alert) {
       refuse("alert gone", "That alert has just been cleared by the machine: " +
         "nothing to acknowledge.", event);
+      return;
+    }
+    if (alert.acknowledged_by) {
+      refuse("already acknowledged", "Already acknowledged by " + alert.acknowledged_by +
+        ": nothing to do.", event);
       return;
     }
     openConfirm(alert, pressed.at - pressed.changedAt < SWITCH_WARN_MS);
