@@ -301,6 +301,10 @@ class Monitor:
         if isinstance(view.get("since"), int | float):
             view["since"] = rfc3339(view["since"])
         outbox = self.outbox
+        # The epoch state, as diag shows it: a start that began a new epoch (a torn or restored
+        # outbox, docs/outbox.md section 3) says so here, not only in its lossMarker.
+        stats = outbox.statistics()
+        epoch = {key: stats[key] for key in ("epoch", "witness", "epoch_changes", "epoch_change")}
         ports = {p.name: {"state": p.state, "machines_online": p.machines_online,
                           "machines": len(p.machines)} for p in status.ports}
         body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
@@ -308,7 +312,7 @@ class Monitor:
                 "outbox": {"depth": outbox.depth(),
                            "oldest_undelivered_s": round(outbox.oldest_undelivered_s() or 0.0, 3),
                            "last_seq": outbox.last_seq, "delivered_seq": outbox.delivered_seq,
-                           "intake_stopped": bool(outbox.intake_stopped)},
+                           "intake_stopped": bool(outbox.intake_stopped), **epoch},
                 "ports": ports, "machines": _machines_summary(status.ports),
                 **(extra or {})}
         return (503 if reasons else 200), body
