@@ -389,7 +389,10 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
 
 
 def render_check(s: dict[str, Any], code: int, problems: list[str]) -> str:
-    """Nagios plugin output: status line with performance data, then one line per problem."""
+    """Nagios plugin output: status line with performance data, then one line per problem.
+    Data and problems are sanitized: a newline from a platform error must not forge a line."""
+    s = scrub(s)
+    problems = [sanitize(p) for p in problems]
     machines = [m for p in s["ports"].values() for m in p["machines"]]
     online = sum(m["state"] == "online" for m in machines)
     u, o = s["uplink"], s["outbox"]
@@ -410,12 +413,12 @@ async def _check(path: Path, args: argparse.Namespace, out: TextIO) -> int:
                                 uplink_critical_s=args.uplink_critical)
         text = render_check(status, code, problems)
     except GatewayNotRunningError as err:
-        print(f"CASINO-GATEWAY CRITICAL - {err}", file=out)
+        print(f"CASINO-GATEWAY CRITICAL - {sanitize(str(err))}", file=out)
         return CRITICAL
     except (ControlClientError, OSError, ValueError, KeyError, TypeError,
             trio.TooSlowError) as err:
         # A monitoring check never ends in a traceback: whatever made no sense is UNKNOWN.
-        print(f"CASINO-GATEWAY UNKNOWN - {type(err).__name__}: {err}", file=out)
+        print(f"CASINO-GATEWAY UNKNOWN - {type(err).__name__}: {sanitize(str(err))}", file=out)
         return UNKNOWN
     print(text, file=out)
     return code
