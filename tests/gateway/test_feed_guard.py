@@ -205,6 +205,24 @@ def test_staff_tokens_in_clear_on_the_lan_get_a_loud_warning(make_outbox):
         assert any("IN CLEAR" in e["event"] and e["log_level"] == "error" for e in logs) == loud
 
 
+async def test_a_feed_started_in_clear_on_the_lan_says_so_once_and_tls_silences_it(
+        start_feed, tmp_path):
+    """The warning is given by the running server at start (not only by the helper above):
+    listening on every address without TLS, once; with feed.certfile set, not at all."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    with trio.fail_after(15):
+        for tls, loud in (({}, 1), ({"certfile": tmp_path / "cert.pem",
+                                     "keyfile": tmp_path / "key.pem"}, 0)):
+            with capture_logs() as logs:
+                await start_feed(host="0.0.0.0", **tls)
+            assert sum("IN CLEAR" in e["event"] and e["log_level"] == "error"
+                       for e in logs) == loud
+
+
 async def test_port_in_use_is_not_fatal_and_the_bind_is_retried(make_outbox, nursery):
     outbox = make_outbox()
     await nursery.start(outbox.run_writer)
