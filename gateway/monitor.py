@@ -222,6 +222,13 @@ def _footprint_metrics(monitor: Monitor) -> Iterator[GaugeMetricFamily]:
                                 "the free disk holds at the current event rate.", value=hours)
 
 
+def _epoch_state(outbox: Outbox) -> dict[str, Any]:
+    """The epoch state, as diag shows it: a start that began a new epoch (a torn or restored
+    outbox, docs/outbox.md section 3) says so in /health too, not only in its lossMarker."""
+    stats = outbox.statistics()
+    return {key: stats[key] for key in ("epoch", "witness", "epoch_changes", "epoch_change")}
+
+
 class Monitor:
     """The registry and the health verdict, shared by the feed and the monitor listener."""
 
@@ -295,16 +302,13 @@ class Monitor:
         """(HTTP status, body) of GET /health: 200 ok, 503 degraded with its reasons."""
         status = self.snapshot()
         wall = time.time()
+        epoch = _epoch_state(self.outbox)
         reasons = assess(status, self.limits, wall=wall)
         view = dict(status.view or {"state": "unknown", "connected": None, "since": None,
                                     "reason": "no uplink status reported"})
         if isinstance(view.get("since"), int | float):
             view["since"] = rfc3339(view["since"])
         outbox = self.outbox
-        # The epoch state, as diag shows it: a start that began a new epoch (a torn or restored
-        # outbox, docs/outbox.md section 3) says so here, not only in its lossMarker.
-        stats = outbox.statistics()
-        epoch = {key: stats[key] for key in ("epoch", "witness", "epoch_changes", "epoch_change")}
         ports = {p.name: {"state": p.state, "machines_online": p.machines_online,
                           "machines": len(p.machines)} for p in status.ports}
         body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
