@@ -389,17 +389,16 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
 
 
 def render_check(s: dict[str, Any], code: int, problems: list[str]) -> str:
-    """Nagios plugin output: status line with performance data, then one line per problem.
-    Data and problems are sanitized: a newline from a platform error must not forge a line."""
-    s = scrub(s)
-    problems = [sanitize(p) for p in problems]
+    """Nagios plugin output: status line with performance data, then one line per problem."""
     machines = [m for p in s["ports"].values() for m in p["machines"]]
     online = sum(m["state"] == "online" for m in machines)
     u, o = s["uplink"], s["outbox"]
     summary = s["gateway"]["status"] if not problems else f"{problems[0]}; {s['gateway']['status']}"
     perf = (f"online={online};;;0;{len(machines)} queued={o['depth']};;;0 "
             f"uplink_down_s={0 if u['connected'] else round(u.get('down_for_s') or 0)}s;;;0")
-    return "\n".join([f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}", *problems[1:]])
+    # Each line sanitized: a newline in a platform error must not forge a line of the output.
+    return "\n".join(map(sanitize, [f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}",
+                                    *problems[1:]]))
 
 
 def _clock(ts: float | None) -> str:
