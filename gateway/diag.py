@@ -396,7 +396,9 @@ def render_check(s: dict[str, Any], code: int, problems: list[str]) -> str:
     summary = s["gateway"]["status"] if not problems else f"{problems[0]}; {s['gateway']['status']}"
     perf = (f"online={online};;;0;{len(machines)} queued={o['depth']};;;0 "
             f"uplink_down_s={0 if u['connected'] else round(u.get('down_for_s') or 0)}s;;;0")
-    return "\n".join([f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}", *problems[1:]])
+    # Each line sanitized: a newline in a platform error must not forge a line of the output.
+    return "\n".join(map(sanitize, [f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}",
+                                    *problems[1:]]))
 
 
 def _clock(ts: float | None) -> str:
@@ -410,12 +412,12 @@ async def _check(path: Path, args: argparse.Namespace, out: TextIO) -> int:
                                 uplink_critical_s=args.uplink_critical)
         text = render_check(status, code, problems)
     except GatewayNotRunningError as err:
-        print(f"CASINO-GATEWAY CRITICAL - {err}", file=out)
+        print(f"CASINO-GATEWAY CRITICAL - {sanitize(str(err))}", file=out)
         return CRITICAL
     except (ControlClientError, OSError, ValueError, KeyError, TypeError,
             trio.TooSlowError) as err:
         # A monitoring check never ends in a traceback: whatever made no sense is UNKNOWN.
-        print(f"CASINO-GATEWAY UNKNOWN - {type(err).__name__}: {err}", file=out)
+        print(f"CASINO-GATEWAY UNKNOWN - {type(err).__name__}: {sanitize(str(err))}", file=out)
         return UNKNOWN
     print(text, file=out)
     return code

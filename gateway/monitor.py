@@ -222,6 +222,13 @@ def _footprint_metrics(monitor: Monitor) -> Iterator[GaugeMetricFamily]:
                                 "the free disk holds at the current event rate.", value=hours)
 
 
+def _epoch_state(outbox: Outbox) -> dict[str, Any]:
+    """The epoch state, as diag shows it: a start that began a new epoch (a torn or restored
+    outbox, docs/outbox.md section 3) says so in /health too, not only in its lossMarker."""
+    stats = outbox.statistics()
+    return {key: stats[key] for key in ("epoch", "witness", "epoch_changes", "epoch_change")}
+
+
 class Monitor:
     """The registry and the health verdict, shared by the feed and the monitor listener."""
 
@@ -295,6 +302,7 @@ class Monitor:
         """(HTTP status, body) of GET /health: 200 ok, 503 degraded with its reasons."""
         status = self.snapshot()
         wall = time.time()
+        epoch = _epoch_state(self.outbox)
         reasons = assess(status, self.limits, wall=wall)
         view = dict(status.view or {"state": "unknown", "connected": None, "since": None,
                                     "reason": "no uplink status reported"})
@@ -308,7 +316,7 @@ class Monitor:
                 "outbox": {"depth": outbox.depth(),
                            "oldest_undelivered_s": round(outbox.oldest_undelivered_s() or 0.0, 3),
                            "last_seq": outbox.last_seq, "delivered_seq": outbox.delivered_seq,
-                           "intake_stopped": bool(outbox.intake_stopped)},
+                           "intake_stopped": bool(outbox.intake_stopped), **epoch},
                 "ports": ports, "machines": _machines_summary(status.ports),
                 **(extra or {})}
         return (503 if reasons else 200), body

@@ -23,7 +23,13 @@ from drivers.sas.codes import LongPoll
 from drivers.sas.errors import SasRemoteProtocolError
 from drivers.sas.journal import PollJournal
 
-__all__ = ["probe", "probe_request"]
+__all__ = ["MAX_ANSWER_S", "probe", "probe_request"]
+
+# The longest SAS answer (a length byte of 255, about 260 bytes) takes 0.15 s at 19200 baud with
+# the wakeup bit; with a USB adapter's latency timer and margin, no answer still arrives this
+# long after the poll's own timeout. A line that keeps sending (endless 0xFF, a flood) gets no
+# more: each chunk pushes the inter-byte deadline on only up to this ceiling.
+MAX_ANSWER_S = 0.5
 
 # (what, long poll); the meters last, as machines need not support them. Answer lengths and
 # decoding are messages.py's (POLL_SPECS, decode_answer).
@@ -92,6 +98,7 @@ class _ProbeLine:
         await self.link.send(TxFrame(wire))
         sent = self._last[address] = trio.current_time()
         deadline = sent + timeout_s
+        ceiling = deadline + MAX_ANSWER_S
         seen = 0
         while True:
             with trio.move_on_at(deadline):
@@ -101,7 +108,8 @@ class _ProbeLine:
                 answer = framer.next_answer(expect)
                 if answer is not None:
                     return answer, trio.current_time() - sent, seen
-                deadline = trio.current_time() + 0.02  # inter-byte gap: the rest of the frame
+                # Inter-byte gap: the rest of the frame, but never past the ceiling.
+                deadline = min(trio.current_time() + 0.02, ceiling)
                 continue
             answer = framer.next_answer(expect, quiet=True)
             return answer, trio.current_time() - sent, seen

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import sys
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from drivers.base import MachineEvent, MachineRef, SourceRef
 from drivers.sim.fleet import serve_fleet
@@ -162,10 +165,21 @@ async def test_sighup_reload_applies_tokens_and_allow_list(tmp_path: Path):
             # Unchanged file: nothing applied, nothing to restart.
             assert reload_config(gw) == {"applied": [], "restart_needed": []}
 
-            _write_config(tmp_path, device, receiver.url,
-                          allowed='"requestMeters", "disableMachine"',
-                          token_hash=hash_token("new-token"), batch_max=100)
-            result = reload_config(gw)
+            # A session logged in with the old token (issue 15: revoking a token on reload
+            # closes its open sessions).
+            url = f"ws://127.0.0.1:{gw.feed.port}/feed"
+            async with open_websocket_url(url) as ws:
+                await ws.send_message(json.dumps({"type": "auth", "token": "old-token"}))
+                assert json.loads(await ws.get_message())["type"] == "welcome"
+                _write_config(tmp_path, device, receiver.url,
+                              allowed='"requestMeters", "disableMachine"',
+                              token_hash=hash_token("new-token"), batch_max=100)
+                result = reload_config(gw)
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await ws.get_message()
+                assert (closed.value.reason.code, closed.value.reason.reason) == (
+                    1008, "token revoked")
             assert result == {"applied": ["feed.tokens", "commands.allowed"],
                               "restart_needed": ["uplink.batch_max"]}
             assert gw.commands.settings.allowed == {"requestMeters", "disableMachine"}

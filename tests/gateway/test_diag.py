@@ -238,6 +238,22 @@ def test_diag_output_never_carries_control_characters_from_data():
     assert sanitize("ok\tcolumn") == "ok\\tcolumn" and sanitize("plain") == "plain"
 
 
+def test_diag_check_never_carries_control_characters_from_data():
+    """Issue 15, for `diag --check` (Nagios): a platform error or machine data with escapes or a
+    newline reached the terminal raw, and a newline forged a line (or performance data) of the
+    plugin's output."""
+    from gateway.diag import assess, render_check
+
+    s = _snapshot_with(ESC + "\nCASINO-GATEWAY OK - forged | x=1")
+    s["uplink"]["down_for_s"] = 9999
+    code, problems = assess(s, uplink_warning_s=60, uplink_critical_s=300)
+    text = render_check(s, code, problems)
+    assert text.startswith("CASINO-GATEWAY CRITICAL - ")
+    assert all(_printable(line) for line in text.splitlines())
+    assert "\\x1b[2J" in text
+    assert not any(line.startswith("CASINO-GATEWAY OK") for line in text.splitlines())
+
+
 # -- diag --check (monitoring), the WHY column, Ctrl-C -----------------------------------------------
 
 def snapshot(**changes: object) -> dict:

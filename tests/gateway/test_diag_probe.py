@@ -177,3 +177,37 @@ async def test_probe_warns_about_a_slow_latency_timer(tmp_path: Path,
     assert report["latency_timer_ms"] == 16
     [advice] = [a for a in report["advice"] if "latency timer" in a]
     assert "16 ms" in advice and "latency_timer" in advice
+
+
+async def test_probe_on_an_endless_stream_of_ff_ends(tmp_path: Path) -> None:
+    """Issue 15: `diag probe` on a line that never stops sending 0xFF never ended (each chunk
+    pushed the inter-byte deadline on). Each answer wait now has a ceiling; the probe reports
+    garbage and stops rather than acknowledge what it cannot read."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    babbler = trio.lowlevel.FdStream(os.dup(master))
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+
+                async def babble() -> None:
+                    while True:
+                        await babbler.send_all(b"\xff" * 256)
+
+                nursery.start_soon(babble)
+                started = trio.current_time()
+                report = await sas_probe.probe(os.ttyname(slave), 1, timeout_s=0.1)
+                took = trio.current_time() - started
+                nursery.cancel_scope.cancel()
+    finally:
+        await babbler.aclose()
+        os.close(master)
+        os.close(slave)
+    assert not report["ok"] and "error" not in report
+    [step] = report["steps"]
+    assert step["garbage"] and step["unreadable"] and step["attempts"] == 2
+    assert "bytes that make no answer" in step["result"]
+    assert any("bytes answered a poll to address 127" in a for a in report["advice"])
+    # Three answer waits (the sync poll and two attempts), each within its ceiling.
+    assert took < 3 * (0.1 + sas_probe.MAX_ANSWER_S) + 1.0

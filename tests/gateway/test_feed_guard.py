@@ -160,6 +160,26 @@ async def test_auth_failures_counted_and_logged_at_a_bounded_rate(start_feed):
         assert len(lines) == 1 and lines[0]["repeated"] == 0
 
 
+async def test_429s_counted_and_logged_at_a_bounded_rate(start_feed):
+    """Issue 15: "429s are never logged". Each 429 is counted; the log says it once a minute
+    (with the repeats since), naming the address, so a flood cannot fill the journal."""
+    with trio.fail_after(15):
+        feed = await start_feed(auth_failures_per_minute=1)
+        async with open_websocket_url(feed.url) as ws:
+            assert (await auth(ws, "wrong"))["code"] == "auth_failed"
+        with capture_logs() as logs:
+            for _ in range(4):
+                with pytest.raises(ConnectionRejected) as caught:
+                    async with open_websocket_url(feed.url):
+                        pass
+                assert caught.value.status_code == 429
+        _, _, body = await http_get(feed.port, "/metrics")
+        assert "gateway_feed_rate_limited_total 4.0" in body.decode()
+        lines = [e for e in logs if "429" in e["event"]]
+        assert len(lines) == 1 and lines[0]["log_level"] == "warning"
+        assert (lines[0]["client"], lines[0]["repeated"]) == ("127.0.0.1", 0)
+
+
 async def test_revoking_a_token_on_reload_closes_its_sessions(start_feed):
     with trio.fail_after(15):
         feed = await start_feed()
@@ -183,6 +203,24 @@ def test_staff_tokens_in_clear_on_the_lan_get_a_loud_warning(make_outbox):
         with capture_logs() as logs:
             server._warn_if_clear()
         assert any("IN CLEAR" in e["event"] and e["log_level"] == "error" for e in logs) == loud
+
+
+async def test_a_feed_started_in_clear_on_the_lan_says_so_once_and_tls_silences_it(
+        start_feed, tmp_path):
+    """The warning is given by the running server at start (not only by the helper above):
+    listening on every address without TLS, once; with feed.certfile set, not at all."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    with trio.fail_after(15):
+        for tls, loud in (({}, 1), ({"certfile": tmp_path / "cert.pem",
+                                     "keyfile": tmp_path / "key.pem"}, 0)):
+            with capture_logs() as logs:
+                await start_feed(host="0.0.0.0", **tls)
+            assert sum("IN CLEAR" in e["event"] and e["log_level"] == "error"
+                       for e in logs) == loud
 
 
 async def test_port_in_use_is_not_fatal_and_the_bind_is_retried(make_outbox, nursery):

@@ -428,7 +428,9 @@ async def test_health(start_feed):
         assert (health["status"], health["reasons"]) == ("ok", [])
         assert health["version"] and health["time"].endswith("Z")
         assert health["outbox"] == {"depth": 0, "oldest_undelivered_s": 0.0, "last_seq": 0,
-                                    "delivered_seq": 0, "intake_stopped": False}
+                                    "delivered_seq": 0, "intake_stopped": False,
+                                    "epoch": feed.outbox.epoch, "witness": "absent at open",
+                                    "epoch_changes": 0, "epoch_change": None}
         await feed.append("betPlaced", {"wager_credits": 1})
         # Down for longer than the limit (60 s by default): 503, and why.
         feed.status["uplink_status"] = {"state": "down", "connected": False,

@@ -138,3 +138,28 @@ async def test_metrics_give_the_outage_the_disk_holds_as_diag_does(make_outbox, 
     assert values["gateway_outbox_outage_capacity_hours"] == pytest.approx(expected, rel=0.05)
     quiet = Monitor(outbox, dict, events_per_s=lambda: 0.0)
     assert b"outage_capacity_hours" not in await quiet.scrape()  # no rate, no estimate
+
+
+async def test_health_says_the_epoch_state(make_outbox, outbox_settings):
+    """Issue 15: a restored or torn outbox started a new epoch and /health said only `ok`.
+    /health names the epoch, whether the witness was there, and this start's epoch change."""
+    from tests.gateway.test_outbox_integrity import execute, fill
+
+    first = make_outbox()
+    old_epoch = first.epoch
+    await fill(first, 30)
+    again = make_outbox()
+    _, intact = Monitor(again, dict).health()
+    again.close()
+    assert (intact["outbox"]["epoch"], intact["outbox"]["witness"]) == (old_epoch, "present")
+    assert (intact["outbox"]["epoch_changes"], intact["outbox"]["epoch_change"]) == (0, None)
+
+    execute(outbox_settings.path, "DELETE FROM events WHERE seq > 20")  # rows 21..30 gone
+    outbox = make_outbox()
+    code, health = Monitor(outbox, dict).health()
+    assert code == 200   # nothing to page on: the loss marker is the visible outcome
+    assert health["outbox"]["epoch"] == outbox.epoch != old_epoch
+    assert health["outbox"]["epoch_changes"] == 1
+    assert health["outbox"]["epoch_change"] == {"reason": "rollback",
+                                                "previous_epoch": old_epoch,
+                                                "first_missing": 21, "last_missing": 30}
