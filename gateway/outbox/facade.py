@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -24,6 +25,7 @@ from gateway.events import Draft, system_draft
 from gateway.outbox import readers, retention
 from gateway.outbox.disk import DiskBudget, is_disk_full
 from gateway.outbox.epochs import EpochChange, change_epoch
+from gateway.outbox.flusher import WitnessFlusher
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
@@ -36,6 +38,18 @@ from gateway.outbox.writer import CommitResult, GroupCommit, commit_group, write
 from gateway.signing import GENESIS, Signer, decode_envelope
 
 __all__ = ["Outbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreleased:
+    """A committed group waiting for the witness flush that covers it (its `ticket`)."""
+
+    ticket: int
+    epoch: str
+    seq: int  # the chain head after the group
+    batch: list[Pending]
+    envelopes: list[dict[str, Any]]
+    changes: LedgerChanges
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:
@@ -57,6 +71,12 @@ class Outbox:
         self._lock_fd: int | None = opened.lock_fd
         self.quarantined = opened.quarantined
         self._witness = opened.witness
+        self._flusher = WitnessFlusher(opened.witness, self._on_flushed, self._on_flush_failed)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._unreleased: deque[_Unreleased] = deque()
+        self._flushed_ticket = 0
+        self._released = trio.Event()  # set (and replaced) at each release
+        self._witness_error: OSError | None = None
         self.witnessed_at_open = opened.witnessed
         self.epoch_change = opened.epoch_change
         self.epoch_changes = 0 if opened.epoch_change is None else 1
@@ -89,10 +109,13 @@ class Outbox:
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn,
                                                                     self.delivered_seq)
         self._record_witness()
+        # The newest seq handed on (appenders, uplink, feed): never past the witness on disk.
+        self._released_seq = self._head.seq
 
     def _record_witness(self) -> None:
-        """After each commit, before its events are handed on (writer thread or open)."""
-        self._witness.record(Mark(self.epoch, self._head.seq))
+        """Write the witness for the chain head and wait until it is durable (open, epoch
+        changes, quarantine). Group commits use the flusher without waiting (`_commit`)."""
+        self._flusher.record(Mark(self.epoch, self._head.seq))
 
     @classmethod
     def open(cls, settings: OutboxSettings, signer: Signer) -> Outbox:
@@ -126,6 +149,7 @@ class Outbox:
             self._delivered_persisted = self.delivered_seq
         self._conn.close()
         self._read.close()
+        self._flusher.stop()
         self._witness.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -138,7 +162,9 @@ class Outbox:
 
     @property
     def last_seq(self) -> int:
-        return self._head.seq
+        """The newest seq released: committed and covered by the witness on disk. Rows past it
+        may be committed already; nothing outside the outbox sees them before the flush."""
+        return self._released_seq
 
     @property
     def signer(self) -> Signer:
@@ -208,23 +234,26 @@ class Outbox:
         epoch: the next hello names the new one, whose seq 1 is the lossMarker."""
         if not self.may_start_new_epoch:
             raise StoreError("at most one epoch change per start")
-        change = EpochChange(
-            "rollback", self.epoch, self.last_seq + 1, high_water,
-            f"the platform holds seq {high_water} of epoch {self.epoch} but this outbox ends at "
-            f"seq {self.last_seq} (an outbox restored on a box without its witness)",
-            salvage_after=high_water)
         async with self._epoch_lock:
             with trio.CancelScope(shield=True):
+                await self._drained()  # every committed group released in the old epoch
+                change = EpochChange(
+                    "rollback", self.epoch, self._head.seq + 1, high_water,
+                    f"the platform holds seq {high_water} of epoch {self.epoch} but this "
+                    f"outbox ends at seq {self._head.seq} (an outbox restored on a box "
+                    f"without its witness)", salvage_after=high_water)
                 await trio.to_thread.run_sync(self._change_epoch, change)
 
     def _change_epoch(self, change: EpochChange) -> None:
+        self._released_seq = 0  # nothing of the new epoch leaves before its witness
         epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
+        self._flusher.record(Mark(epoch, seq))
         self.epoch, self._head = epoch, ChainHead(seq, digest, self.signer)
         self.delivered_seq = self._delivered_persisted = 0
         self._ledger = MachineLedger.load(self._conn)
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
         self.epoch_change, self.epoch_changes = change, self.epoch_changes + 1
-        self._record_witness()
+        self._released_seq = seq
 
     async def mark_delivered(self, seq: int) -> None:
         """The platform acknowledged everything up to `seq` (cumulative)."""
@@ -278,18 +307,73 @@ class Outbox:
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
         """The one writer: a collector task forms groups while a committer task commits the
-        previous one in a worker thread (the fsync blocks), then wakes its appenders. The
-        one-slot hand-over keeps seq order and lets the next group fill during a commit."""
+        previous one in a worker thread (the fsync blocks); the witness flusher thread makes
+        each committed group's witness durable meanwhile, and only then are its appenders
+        woken and its events handed on (`_release`). The one-slot hand-over keeps seq order
+        and lets the next group fill during a commit."""
         groups_in, groups_out = trio.open_memory_channel[list[Pending]](0)
+        self._token = trio.lowlevel.current_trio_token()
+        self._flusher.start()
         if self.settings.signing_process:
             self._sealing.start()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commit_groups, groups_out)
+                nursery.start_soon(self._watch_flusher)
                 task_status.started()
                 await self._collect_groups(groups_in)
         finally:
             self._sealing.close()
+            self._flusher.stop()  # what was committed is flushed, then released here
+            self._release(self._flusher.flushed)
+            for held in self._unreleased:  # the witness write failed: never handed on
+                self._ledger.put_back(held.changes)
+                for pending in held.batch:
+                    pending.not_committed()
+                    pending.done.set()
+            self._unreleased.clear()
+            self._token = None
+
+    # -- the release (trio thread): after the witness flush ----------------------------------
+
+    def _on_flushed(self, ticket: int) -> None:
+        """Flusher thread (or the caller's, without it): hand the release to the trio thread."""
+        token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(self._release, ticket)
+            except trio.RunFinishedError:
+                pass
+
+    def _on_flush_failed(self, err: OSError) -> None:
+        self._witness_error = err
+        self._on_flushed(0)  # wake the watcher
+
+    async def _watch_flusher(self) -> None:
+        while self._witness_error is None:
+            await self._released.wait()
+        raise StoreError(f"outbox witness write failed: {self._witness_error}") \
+            from self._witness_error
+
+    def _release(self, ticket: int) -> None:
+        """Wake the appenders and tell the listeners of every group a durable witness covers,
+        in commit order."""
+        self._flushed_ticket = max(self._flushed_ticket, ticket)
+        while self._unreleased and self._unreleased[0].ticket <= self._flushed_ticket:
+            held = self._unreleased.popleft()
+            self._ledger.committed(held.changes)
+            if held.epoch == self.epoch:
+                self._released_seq = max(self._released_seq, held.seq)
+            self._woken(held.batch, held.envelopes)
+        self._released.set()
+        self._released = trio.Event()
+
+    async def _drained(self) -> None:
+        """Until every committed group is released (before an epoch changes)."""
+        while self._unreleased and self._witness_error is None:
+            await self._released.wait()
+        if self._witness_error is not None:
+            raise StoreError(f"outbox witness write failed: {self._witness_error}")
 
     # -- the collector (trio thread) ---------------------------------------------------------
 
@@ -371,17 +455,21 @@ class Outbox:
             try:
                 with trio.CancelScope(shield=True):
                     async with self._epoch_lock:
-                        envelopes = await trio.to_thread.run_sync(
+                        damaged, self._damaged = self._damaged, {}
+                        if damaged:  # may start a new epoch: the old one's groups go first
+                            await self._drained()
+                        envelopes, ticket = await trio.to_thread.run_sync(
                             self._commit, batch, changes, self.delivered_seq,
-                            self._disk.low_space, limiter=limiter)
+                            self._disk.low_space, damaged, limiter=limiter)
             except StoreError as err:
                 if not is_disk_full(err):
                     raise
                 self._ledger.put_back(changes)
                 self._disk.commit_hit_full_disk(batch, err)
                 continue
-            self._ledger.committed(changes)
-            self._woken(batch, envelopes)
+            self._unreleased.append(_Unreleased(ticket, self.epoch, self._head.seq, batch,
+                                                envelopes, changes))
+            self._release(0)  # its flush may be done already
 
     def _woken(self, batch: list[Pending], envelopes: list[dict[str, Any]]) -> None:
         """Wake the group's appenders and tell the listeners (feed, uplink, metrics)."""
@@ -397,21 +485,24 @@ class Outbox:
                 listener(envelopes)
 
     def _commit(self, batch: list[Pending], changes: LedgerChanges, delivered: int,
-                low_space: bool = False) -> list[dict[str, Any]]:
+                low_space: bool = False, damaged: dict[int, str] | None = None
+                ) -> tuple[list[dict[str, Any]], int]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
-        with a bounded slice of retention (gateway/outbox/writer.py)."""
-        markers = self._quarantine_damaged() if self._damaged else []
+        with a bounded slice of retention (gateway/outbox/writer.py). Returns its envelopes
+        and the ticket of the witness flush that covers it, queued only now that the commit
+        has returned: the witness never runs ahead of the database."""
+        markers = self._quarantine_damaged(damaged) if damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
         result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
                               batch, job)
         self._committed(result, delivered)
-        return markers + result.envelopes
+        return markers + result.envelopes, self._flusher.submit(Mark(self.epoch, self._head.seq))
 
-    def _quarantine_damaged(self) -> list[dict[str, Any]]:
+    def _quarantine_damaged(self, damaged: dict[int, str]) -> list[dict[str, Any]]:
         """Writer thread: move the rows found damaged on read and explain each hole. If SQLite
         cannot even delete them (a damaged page), start over from a fresh file (new epoch)."""
-        bad, self._damaged = sorted(self._damaged.items()), {}
+        bad = sorted(damaged.items())
         try:
             return self._move_damaged(bad)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
@@ -423,6 +514,7 @@ class Outbox:
         """Writer thread: the file is damaged beyond row repair. It is moved aside, a new epoch
         starts with a lossMarker and the intact undelivered rows salvaged from it (as at open);
         readers switch to the new file at their next read."""
+        self._released_seq = 0  # nothing of the new epoch leaves before its witness
         if self.delivered_seq != self._delivered_persisted:
             try:
                 write_delivered(self._conn, self.delivered_seq)
@@ -431,17 +523,19 @@ class Outbox:
         self._conn.close()
         checked = start_over(self.settings, self.signer, err, Mark(self.epoch, self._head.seq))
         self._conn = checked.conn
-        self._stale_reads.append(self._read)
-        self._read = connect(self.settings.path)
         last = readers.last_event(self._conn)
         assert last is not None  # the new epoch starts with its lossMarker
-        self.epoch = read_meta(self._conn)["epoch"]
+        epoch = read_meta(self._conn)["epoch"]
+        self._flusher.record(Mark(epoch, last[0]))
+        self._stale_reads.append(self._read)
+        self._read = connect(self.settings.path)
+        self.epoch = epoch
         self._head = ChainHead(last[0], decode_envelope(last[1])["hash"], self.signer)
         self.delivered_seq = self._delivered_persisted = 0
         self._ledger = MachineLedger.load(self._conn)
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
         self.epoch_change, self.epoch_changes = checked.epoch_change, self.epoch_changes + 1
-        self._record_witness()
+        self._released_seq = last[0]
         return [decode_envelope(body) for _, body in readers.rows_after(self._conn, 0,
                                                                          last[0])]
 
@@ -469,7 +563,6 @@ class Outbox:
         if delivered != self._delivered_persisted or self._oldest_undelivered_at is None:
             self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, delivered)
         self._head = result.head
-        self._record_witness()
         self._retired_kids += result.retired
         self._delivered_persisted = delivered
         self._disk.db_free_bytes = result.pruned.db_free_bytes
@@ -486,8 +579,11 @@ class Outbox:
         async with self._read_lock:
             while self._stale_reads:  # the file was replaced (a damaged page): close the old
                 self._stale_reads.pop().close()
+            bound = self.last_seq  # nothing past the witness on disk
             good, bad = await trio.to_thread.run_sync(readers.checked_rows_after, self._read,
-                                                      seq, limit, self.last_seq)
+                                                      seq, limit, bound)
+        good = [row for row in good if row[0] <= bound]
+        bad = [row for row in bad if row[0] <= bound]
         if bad:
             self._damaged.update(bad)
             self._flush_wanted = True
@@ -500,8 +596,10 @@ class Outbox:
         [since, until), Unix seconds; call again from the last seq returned until it is empty.
         Bounded memory whatever the range; the start is a binary search, not a scan."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(readers.time_range_page, self._read, since,
+            bound = self.last_seq  # nothing past the witness on disk
+            rows = await trio.to_thread.run_sync(readers.time_range_page, self._read, since,
                                                  until, after_seq, limit)
+        return [row for row in rows if row[0] <= bound]
 
     async def wait_appended(self, after_seq: int) -> None:
         """Until an event after `after_seq` is committed, or the epoch changes (seqs restart)."""
