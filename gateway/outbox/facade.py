@@ -245,9 +245,13 @@ class Outbox:
                 await trio.to_thread.run_sync(self._change_epoch, change)
 
     def _change_epoch(self, change: EpochChange) -> None:
-        self._released_seq = 0  # nothing of the new epoch leaves before its witness
-        epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
-        self._flusher.record(Mark(epoch, seq))
+        released, self._released_seq = self._released_seq, 0  # none of the new epoch leaves
+        try:  # before its witness
+            epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
+            self._flusher.record(Mark(epoch, seq))
+        except BaseException:
+            self._released_seq = released
+            raise
         self.epoch, self._head = epoch, ChainHead(seq, digest, self.signer)
         self.delivered_seq = self._delivered_persisted = 0
         self._ledger = MachineLedger.load(self._conn)
