@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -30,6 +29,7 @@ from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
 from gateway.outbox.quarantine import holes_of, move_rows, write_markers
+from gateway.outbox.release import Held, Releases
 from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
@@ -38,18 +38,6 @@ from gateway.outbox.writer import CommitResult, GroupCommit, commit_group, write
 from gateway.signing import GENESIS, Signer, decode_envelope
 
 __all__ = ["Outbox"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Unreleased:
-    """A committed group waiting for the witness flush that covers it (its `ticket`)."""
-
-    ticket: int
-    epoch: str
-    seq: int  # the chain head after the group
-    batch: list[Pending]
-    envelopes: list[dict[str, Any]]
-    changes: LedgerChanges
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:
@@ -71,12 +59,9 @@ class Outbox:
         self._lock_fd: int | None = opened.lock_fd
         self.quarantined = opened.quarantined
         self._witness = opened.witness
-        self._flusher = WitnessFlusher(opened.witness, self._on_flushed, self._on_flush_failed)
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._unreleased: deque[_Unreleased] = deque()
-        self._flushed_ticket = 0
-        self._released = trio.Event()  # set (and replaced) at each release
-        self._witness_error: OSError | None = None
+        self._releases = Releases(self._release)
+        self._flusher = WitnessFlusher(opened.witness, self._releases.on_flushed,
+                                       self._releases.on_failed)
         self.witnessed_at_open = opened.witnessed
         self.epoch_change = opened.epoch_change
         self.epoch_changes = 0 if opened.epoch_change is None else 1
@@ -109,12 +94,10 @@ class Outbox:
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn,
                                                                     self.delivered_seq)
         self._record_witness()
-        # The newest seq handed on (appenders, uplink, feed): never past the witness on disk.
-        self._released_seq = self._head.seq
+        self._released_seq = self._head.seq  # what was handed on: never past the witness
 
     def _record_witness(self) -> None:
-        """Write the witness for the chain head and wait until it is durable (open, epoch
-        changes, quarantine). Group commits use the flusher without waiting (`_commit`)."""
+        """The witness for the chain head, durable on return (not for group commits)."""
         self._flusher.record(Mark(self.epoch, self._head.seq))
 
     @classmethod
@@ -162,8 +145,7 @@ class Outbox:
 
     @property
     def last_seq(self) -> int:
-        """The newest seq released: committed and covered by the witness on disk. Rows past it
-        may be committed already; nothing outside the outbox sees them before the flush."""
+        """The newest seq released: committed, and covered by the witness on disk."""
         return self._released_seq
 
     @property
@@ -236,7 +218,7 @@ class Outbox:
             raise StoreError("at most one epoch change per start")
         async with self._epoch_lock:
             with trio.CancelScope(shield=True):
-                await self._drained()  # every committed group released in the old epoch
+                await self._releases.drained()  # the old epoch's groups released first
                 change = EpochChange(
                     "rollback", self.epoch, self._head.seq + 1, high_water,
                     f"the platform holds seq {high_water} of epoch {self.epoch} but this "
@@ -311,73 +293,32 @@ class Outbox:
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
         """The one writer: a collector task forms groups while a committer task commits the
-        previous one in a worker thread (the fsync blocks); the witness flusher thread makes
-        each committed group's witness durable meanwhile, and only then are its appenders
-        woken and its events handed on (`_release`). The one-slot hand-over keeps seq order
-        and lets the next group fill during a commit."""
+        previous one in a worker thread (the fsync blocks); the flusher thread makes each
+        group's witness durable meanwhile, and only then is it released (`_release`). The
+        one-slot hand-over keeps seq order and lets the next group fill during a commit."""
         groups_in, groups_out = trio.open_memory_channel[list[Pending]](0)
-        self._token = trio.lowlevel.current_trio_token()
+        self._releases.start()
         self._flusher.start()
         if self.settings.signing_process:
             self._sealing.start()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commit_groups, groups_out)
-                nursery.start_soon(self._watch_flusher)
+                nursery.start_soon(self._releases.watch)
                 task_status.started()
                 await self._collect_groups(groups_in)
         finally:
             self._sealing.close()
             self._flusher.stop()  # what was committed is flushed, then released here
-            self._release(self._flusher.flushed)
-            for held in self._unreleased:  # the witness write failed: never handed on
-                self._ledger.put_back(held.changes)
-                for pending in held.batch:
-                    pending.not_committed()
-                    pending.done.set()
-            self._unreleased.clear()
-            self._token = None
+            for changes in self._releases.stop(self._flusher.flushed):
+                self._ledger.put_back(changes)
 
-    # -- the release (trio thread): after the witness flush ----------------------------------
-
-    def _on_flushed(self, ticket: int) -> None:
-        """Flusher thread (or the caller's, without it): hand the release to the trio thread."""
-        token = self._token
-        if token is not None:
-            try:
-                token.run_sync_soon(self._release, ticket)
-            except trio.RunFinishedError:
-                pass
-
-    def _on_flush_failed(self, err: OSError) -> None:
-        self._witness_error = err
-        self._on_flushed(0)  # wake the watcher
-
-    async def _watch_flusher(self) -> None:
-        while self._witness_error is None:
-            await self._released.wait()
-        raise StoreError(f"outbox witness write failed: {self._witness_error}") \
-            from self._witness_error
-
-    def _release(self, ticket: int) -> None:
-        """Wake the appenders and tell the listeners of every group a durable witness covers,
-        in commit order."""
-        self._flushed_ticket = max(self._flushed_ticket, ticket)
-        while self._unreleased and self._unreleased[0].ticket <= self._flushed_ticket:
-            held = self._unreleased.popleft()
-            self._ledger.committed(held.changes)
-            if held.epoch == self.epoch:
-                self._released_seq = max(self._released_seq, held.seq)
-            self._woken(held.batch, held.envelopes)
-        self._released.set()
-        self._released = trio.Event()
-
-    async def _drained(self) -> None:
-        """Until every committed group is released (before an epoch changes)."""
-        while self._unreleased and self._witness_error is None:
-            await self._released.wait()
-        if self._witness_error is not None:
-            raise StoreError(f"outbox witness write failed: {self._witness_error}")
+    def _release(self, held: Held) -> None:
+        """Trio thread, once the witness covering `held` is durable (gateway/outbox/release.py)."""
+        self._ledger.committed(held.changes)
+        if held.epoch == self.epoch:
+            self._released_seq = max(self._released_seq, held.seq)
+        self._woken(held.batch, held.envelopes)
 
     # -- the collector (trio thread) ---------------------------------------------------------
 
@@ -461,7 +402,7 @@ class Outbox:
                     async with self._epoch_lock:
                         damaged, self._damaged = self._damaged, {}
                         if damaged:  # may start a new epoch: the old one's groups go first
-                            await self._drained()
+                            await self._releases.drained()
                         envelopes, ticket = await trio.to_thread.run_sync(
                             self._commit, batch, changes, self.delivered_seq,
                             self._disk.low_space, damaged, limiter=limiter)
@@ -471,9 +412,8 @@ class Outbox:
                 self._ledger.put_back(changes)
                 self._disk.commit_hit_full_disk(batch, err)
                 continue
-            self._unreleased.append(_Unreleased(ticket, self.epoch, self._head.seq, batch,
-                                                envelopes, changes))
-            self._release(0)  # its flush may be done already
+            self._releases.hold(Held(ticket, self.epoch, self._head.seq, batch, envelopes,
+                                     changes))
 
     def _woken(self, batch: list[Pending], envelopes: list[dict[str, Any]]) -> None:
         """Wake the group's appenders and tell the listeners (feed, uplink, metrics)."""
@@ -492,9 +432,8 @@ class Outbox:
                 low_space: bool = False, damaged: dict[int, str] | None = None
                 ) -> tuple[list[dict[str, Any]], int]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
-        with a bounded slice of retention (gateway/outbox/writer.py). Returns its envelopes
-        and the ticket of the witness flush that covers it, queued only now that the commit
-        has returned: the witness never runs ahead of the database."""
+        with a bounded slice of retention (gateway/outbox/writer.py). Returns its envelopes and
+        its witness flush's ticket, queued once the commit returned (never ahead of it)."""
         markers = self._quarantine_damaged(damaged) if damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
@@ -583,11 +522,8 @@ class Outbox:
         async with self._read_lock:
             while self._stale_reads:  # the file was replaced (a damaged page): close the old
                 self._stale_reads.pop().close()
-            bound = self.last_seq  # nothing past the witness on disk
-            good, bad = await trio.to_thread.run_sync(readers.checked_rows_after, self._read,
-                                                      seq, limit, bound)
-        good = [row for row in good if row[0] <= bound]
-        bad = [row for row in bad if row[0] <= bound]
+            good, bad = await trio.to_thread.run_sync(  # nothing past the witness on disk
+                readers.checked_rows_after, self._read, seq, limit, self.last_seq)
         if bad:
             self._damaged.update(bad)
             self._flush_wanted = True
