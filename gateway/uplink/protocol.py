@@ -203,6 +203,21 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+def _hello(body: dict[str, Any]) -> Hello:
+    proto = _field(body, "proto", int)
+    if proto != PROTO:
+        raise ProtocolViolation(f"unsupported protocol version {proto} (this side speaks "
+                                f"{PROTO})")
+    kids = _field(body, "kids", list)
+    if not all(isinstance(k, str) for k in kids):
+        raise ProtocolViolation("hello: kids must be strings")
+    epoch = _field(body, "epoch", str)
+    if not is_epoch(epoch):  # not echoed: it is the peer's text, of any length
+        raise ProtocolViolation(f"hello: epoch must be 16 lowercase hex characters (got "
+                                f"{len(epoch)} characters)")
+    return Hello(_field(body, "gateway_id", str), epoch, tuple(kids), proto)
+
+
 def decode(frame: bytes | str, *, max_events: int | None = None) -> Message:
     """Parse one frame; raise ProtocolViolation (with the close code to use) if it is not valid."""
     if isinstance(frame, str):
@@ -215,18 +230,7 @@ def decode(frame: bytes | str, *, max_events: int | None = None) -> Message:
         raise ProtocolViolation("frame is not a msgpack map")
     kind = body.get("type")
     if kind == "hello":
-        proto = _field(body, "proto", int)
-        if proto != PROTO:
-            raise ProtocolViolation(f"unsupported protocol version {proto} (this side speaks "
-                                    f"{PROTO})")
-        kids = _field(body, "kids", list)
-        if not all(isinstance(k, str) for k in kids):
-            raise ProtocolViolation("hello: kids must be strings")
-        epoch = _field(body, "epoch", str)
-        if not is_epoch(epoch):  # not echoed: it is the peer's text, of any length
-            raise ProtocolViolation(f"hello: epoch must be 16 lowercase hex characters (got "
-                                    f"{len(epoch)} characters)")
-        return Hello(_field(body, "gateway_id", str), epoch, tuple(kids), proto)
+        return _hello(body)
     if kind == "welcome":
         high_water = _field(body, "high_water", int)
         if high_water < 0:
