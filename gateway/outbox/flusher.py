@@ -66,8 +66,8 @@ class WitnessFlusher:
             if self._thread is not None:
                 self._waiting.append((ticket, mark))
                 self._cond.notify_all()
-                return ticket
-        self._write(ticket, mark)
+            else:  # under the (reentrant) lock: two direct writes never cross
+                self._write(ticket, mark)
         return ticket
 
     def record(self, mark: Mark) -> None:
