@@ -8,8 +8,12 @@ Prints, each figure next to its target (docs/certification.md):
   outbox   the same drafts through Outbox.append from --producers (512) concurrent producers
            (group commit; Ed25519 in the outbox's signing process, as the daemon runs it)
   latency  capture -> durable p50/p95/p99 at a paced `--rate` events/s
-  witness  the same throughput and paced latency with the witness's write+fsync per group commit
-           switched off (its cost: docs/outbox.md section 3), same run
+  witness  the same throughput and paced latency with the witness's write+fdatasync switched off
+           (its cost: docs/outbox.md section 3), and with the writer waiting for each flush
+           before its next commit (`serial`: the design before the flusher thread), all
+           interleaved with the runs above so that load on a shared box hits them alike;
+           medians of the per-run ratios, and witness flushes per group commit (below 1:
+           flushes coalesced while the next group commits)
   restart  time to open an outbox holding `--restart-rows` rows and be ready to append
   rss      peak resident memory of this process
 """
@@ -25,7 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import nacl.signing
@@ -35,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.events import system_draft
 from gateway.outbox import SCHEMA, Outbox, OutboxSettings, envelope_for
+from gateway.outbox.flusher import WitnessFlusher
 from gateway.outbox.migrations import SCHEMA_VERSION
 from gateway.outbox.witness import Mark, Witness
 from gateway.signing import GENESIS, Signer, seal
@@ -69,8 +75,10 @@ def raw_baseline(path: Path, signer: Signer, count: int) -> float:
     return count / elapsed
 
 
-async def outbox_throughput(path: Path, signer: Signer, count: int, producers: int = 512) -> float:
+async def outbox_throughput(path: Path, signer: Signer, count: int, producers: int = 512,
+                            flushes: list[float] | None = None) -> float:
     outbox = Outbox.open(OutboxSettings(path=path, gateway_id="bench"), signer)
+    fsyncs_before = outbox._witness.fsyncs
     per = count // producers
 
     async def producer(k: int) -> None:
@@ -86,6 +94,8 @@ async def outbox_throughput(path: Path, signer: Signer, count: int, producers: i
                 producers_nursery.start_soon(producer, k)
         elapsed = time.perf_counter() - started
         nursery.cancel_scope.cancel()
+    if flushes is not None:
+        flushes.append((outbox._witness.fsyncs - fsyncs_before) / max(1, outbox.commits))
     await outbox.aclose()
     return per * producers / elapsed
 
@@ -178,6 +188,32 @@ def witness_off() -> Iterator[None]:
         Witness.record = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def witness_serial() -> Iterator[None]:
+    """The comparison run only: each commit waits for its own flush before the writer goes on
+    to the next group (no overlap), as the writer did before the flusher thread."""
+    original = WitnessFlusher.submit
+
+    def submit_and_wait(self: WitnessFlusher, mark: Mark) -> int:
+        ticket = original(self, mark)
+        with self._cond:
+            while self.flushed < ticket and self.failed is None:
+                self._cond.wait()
+        return ticket
+
+    WitnessFlusher.submit = submit_and_wait  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        WitnessFlusher.submit = original  # type: ignore[method-assign]
+
+
+def with_context(context: Callable[[], contextlib.AbstractContextManager[None]],
+                 run: Callable[[], float]) -> float:
+    with context():
+        return run()
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -191,32 +227,62 @@ def main() -> None:
     parser.add_argument("--restart-rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs (median quoted)")
     parser.add_argument("--producers", type=int, default=512, help="concurrent appenders")
+    parser.add_argument("--latency-repeat", type=int, default=1,
+                        help="paced latency runs of each kind, interleaved (samples pooled)")
     args = parser.parse_args()
     signer = Signer(nacl.signing.SigningKey.generate())
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
         base = Path(tmp)
-        raws, outs = [], []
-        for i in range(args.repeat):
-            raws.append(raw_baseline(base / f"raw{i}.db", signer, args.events))
-            outs.append(trio.run(outbox_throughput, base / f"outbox{i}.db", signer, args.events,
-                                 args.producers))
-        raw, out = statistics.median(raws), statistics.median(outs)
+        raws, outs, bares, serials, flushes = [], [], [], [], []
+
+        def settled(run: Callable[[], float]) -> float:
+            # The files of the run before are written back first: on ext4 an fsync can wait
+            # for other files' dirty pages, which would charge one run for another's writes.
+            os.sync()
+            return run()
+
+        runs: list[tuple[list[float], Callable[[int], float]]] = [
+            (raws, lambda i: raw_baseline(base / f"raw{i}.db", signer, args.events)),
+            (outs, lambda i: trio.run(outbox_throughput, base / f"outbox{i}.db", signer,
+                                      args.events, args.producers, flushes)),
+            (bares, lambda i: with_context(witness_off, lambda: trio.run(
+                outbox_throughput, base / f"bare{i}.db", signer, args.events, args.producers))),
+            (serials, lambda i: with_context(witness_serial, lambda: trio.run(
+                outbox_throughput, base / f"serial{i}.db", signer, args.events,
+                args.producers)))]
+        for i in range(args.repeat):  # interleaved, in a rotating order: load and order bias
+            for k in range(len(runs)):  # hit each kind alike
+                into, run = runs[(i + k) % len(runs)]
+                into.append(settled(partial(run, i)))
+
+        def ratio(runs: list[float], against: list[float]) -> str:
+            each = [a / b for a, b in zip(runs, against, strict=True)]
+            return f"{statistics.median(each):.0%} (runs: {', '.join(f'{r:.0%}' for r in each)})"
+
+        raw, out, bare, serial = (statistics.median(v) for v in (raws, outs, bares, serials))
         print(f"raw sign+insert baseline : {raw:>10,.0f} events/s (median of {args.repeat})")
         print(f"outbox append ({args.producers} prod.): {out:>8,.0f} events/s  target >= 20,000  "
-              f"ratio {out / raw:.0%} (target >= 50%)")
-        lat = trio.run(paced_latency, base / "latency.db", signer, args.rate, args.seconds)
-        print(f"capture->durable @ {args.rate:,.0f}/s : p50 {pct(lat, .5):.2f} ms  "
-              f"p95 {pct(lat, .95):.2f} ms  p99 {pct(lat, .99):.2f} ms  (target p99 <= 10 ms)")
-        with witness_off():
-            bare = statistics.median(
-                trio.run(outbox_throughput, base / f"bare{i}.db", signer, args.events,
-                         args.producers) for i in range(args.repeat))
-            bare_lat = trio.run(paced_latency, base / "bare-latency.db", signer, args.rate,
-                                args.seconds)
-        print(f"without the witness      : {bare:>10,.0f} events/s (witness costs "
-              f"{1 - out / bare:.1%}); p50 {pct(bare_lat, .5):.2f} ms p99 "
-              f"{pct(bare_lat, .99):.2f} ms (witness adds {pct(lat, .5) - pct(bare_lat, .5):+.2f}"
-              f" ms at p50)")
+              f"ratio {ratio(outs, raws)} of raw (target >= 50%)")
+        print(f"  without the witness    : {bare:>10,.0f} events/s ({ratio(bares, raws)} of raw); "
+              f"with it {ratio(outs, bares)} of without; {statistics.median(flushes):.2f} "
+              f"witness flushes per commit")
+        print(f"  serial witness (before): {serial:>10,.0f} events/s ({ratio(serials, raws)} of "
+              f"raw); overlapped is {ratio(outs, serials)} of serial; serial is "
+              f"{ratio(serials, bares)} of without")
+        lats, bare_lats, serial_lats = [], [], []
+        for i in range(args.latency_repeat):
+            for into, context in ((lats, contextlib.nullcontext), (bare_lats, witness_off),
+                                  (serial_lats, witness_serial)):
+                os.sync()
+                with context():
+                    into += trio.run(paced_latency, base / f"latency{i}-{len(into)}.db", signer,
+                                     args.rate, args.seconds)
+        print(f"capture->durable @ {args.rate:,.0f}/s : p50 {pct(lats, .5):.2f} ms  "
+              f"p95 {pct(lats, .95):.2f} ms  p99 {pct(lats, .99):.2f} ms  (target p99 <= 10 ms)")
+        for name, values in (("without the witness", bare_lats), ("serial witness", serial_lats)):
+            print(f"  {name:<22} : p50 {pct(values, .5):.2f} ms  p95 {pct(values, .95):.2f} ms"
+                  f"  p99 {pct(values, .99):.2f} ms (the witness as built adds "
+                  f"{pct(lats, .5) - pct(values, .5):+.2f} ms at p50)")
         if args.restart_rows:
             elapsed = restart_time(base / "restart.db", signer, args.restart_rows)
             print(f"restart with {args.restart_rows:,} rows: {elapsed * 1000:.0f} ms to first "

@@ -297,7 +297,7 @@ async def receiver_attack(url: str, ca: Path) -> tuple[int, int | None]:
     context = ssl.create_default_context(cafile=str(ca))
     async with open_websocket_url(url, ssl_context=context, extra_headers=[
             (b"authorization", b"Bearer crash-loop-token")]) as ws:
-        await ws.send_message(proto.encode(proto.Hello(GATEWAY_ID, "attack-epoch", ())))
+        await ws.send_message(proto.encode(proto.Hello(GATEWAY_ID, os.urandom(8).hex(), ())))
         proto.decode(await ws.get_message())  # welcome
         await ws.send_message(msgpack.packb({"type": "command_result", "id": "x",
                                              "result": "ok", "data": {b"key": 1}}))

@@ -143,7 +143,8 @@ async def _other_gateway(kit: Kit) -> None:
         await expect_close(conn.until_closed, proto.CLOSE_AUTH)
 
 
-@check("P-HELLO-2", "a first frame that is not a hello: close 4002")
+@check("P-HELLO-2", "a first frame that is not a valid hello (another type, a text frame, an "
+                   "epoch not 16 lowercase hex): close 4002")
 async def _not_hello(kit: Kit) -> None:
     async with kit.connect() as conn:
         await conn.send(proto.Ack(kit.new_epoch(), 0))
@@ -151,6 +152,10 @@ async def _not_hello(kit: Kit) -> None:
     async with kit.connect() as conn:
         await conn.send_raw("hello")  # a text frame
         await expect_close(conn.until_closed, proto.CLOSE_PROTOCOL)
+    for epoch in ("attack-epoch", kit.new_epoch().upper(), kit.new_epoch()[:15] + ".>"):
+        async with kit.connect() as conn:
+            await conn.send(proto.Hello(kit.settings.gateway_id, epoch, (kit.signer.kid,)))
+            await expect_close(conn.until_closed, proto.CLOSE_PROTOCOL)
 
 
 @check("P-HELLO-3", "an unknown kid in the hello is no refusal", needs=("P-HELLO-1",))

@@ -3,9 +3,10 @@
 One job per module: `settings`; `schema` (tables, connections, the one-writer lock); `opening`
 (open, tail check in `tail`, quarantine); `writer` (the commit path) with `sealing` (seq, hash
 chain, signatures, the signing child process), `ledger` (per-machine redelivery and ack marks)
-and `retention`; `disk` (free-space floor, shedding); `facade` (`Outbox`, the async API and its
-writer task); `readers` (the one read API every other module uses: no SQL about the outbox lives
-outside this package). docs/outbox.md has the whole story.
+and `retention`; `witness` with `flusher` and `release` (the highest seq ever committed,
+durable before any of it leaves); `disk` (free-space floor, shedding); `facade` (`Outbox`, the
+async API and its writer task); `readers` (the one read API every other module uses: no SQL
+about the outbox lives outside this package). docs/outbox.md has the whole story.
 """
 
 from gateway.outbox.facade import Outbox

@@ -24,10 +24,12 @@ from gateway.events import Draft, system_draft
 from gateway.outbox import readers, retention
 from gateway.outbox.disk import DiskBudget, is_disk_full
 from gateway.outbox.epochs import EpochChange, change_epoch
+from gateway.outbox.flusher import WitnessFlusher
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
 from gateway.outbox.quarantine import holes_of, move_rows, write_markers
+from gateway.outbox.release import Held, Releases
 from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
@@ -57,6 +59,9 @@ class Outbox:
         self._lock_fd: int | None = opened.lock_fd
         self.quarantined = opened.quarantined
         self._witness = opened.witness
+        self._releases = Releases(self._release)
+        self._flusher = WitnessFlusher(opened.witness, self._releases.on_flushed,
+                                       self._releases.on_failed)
         self.witnessed_at_open = opened.witnessed
         self.epoch_change = opened.epoch_change
         self.epoch_changes = 0 if opened.epoch_change is None else 1
@@ -89,10 +94,11 @@ class Outbox:
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn,
                                                                     self.delivered_seq)
         self._record_witness()
+        self._released_seq = self._head.seq  # what was handed on: never past the witness
 
     def _record_witness(self) -> None:
-        """After each commit, before its events are handed on (writer thread or open)."""
-        self._witness.record(Mark(self.epoch, self._head.seq))
+        """The witness for the chain head, durable on return (not for group commits)."""
+        self._flusher.record(Mark(self.epoch, self._head.seq))
 
     @classmethod
     def open(cls, settings: OutboxSettings, signer: Signer) -> Outbox:
@@ -126,6 +132,7 @@ class Outbox:
             self._delivered_persisted = self.delivered_seq
         self._conn.close()
         self._read.close()
+        self._flusher.stop()
         self._witness.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -138,7 +145,8 @@ class Outbox:
 
     @property
     def last_seq(self) -> int:
-        return self._head.seq
+        """The newest seq released: committed, and covered by the witness on disk."""
+        return self._released_seq
 
     @property
     def signer(self) -> Signer:
@@ -208,23 +216,30 @@ class Outbox:
         epoch: the next hello names the new one, whose seq 1 is the lossMarker."""
         if not self.may_start_new_epoch:
             raise StoreError("at most one epoch change per start")
-        change = EpochChange(
-            "rollback", self.epoch, self.last_seq + 1, high_water,
-            f"the platform holds seq {high_water} of epoch {self.epoch} but this outbox ends at "
-            f"seq {self.last_seq} (an outbox restored on a box without its witness)",
-            salvage_after=high_water)
         async with self._epoch_lock:
             with trio.CancelScope(shield=True):
+                await self._releases.drained()  # the old epoch's groups released first
+                change = EpochChange(
+                    "rollback", self.epoch, self._head.seq + 1, high_water,
+                    f"the platform holds seq {high_water} of epoch {self.epoch} but this "
+                    f"outbox ends at seq {self._head.seq} (an outbox restored on a box "
+                    f"without its witness)", salvage_after=high_water)
                 await trio.to_thread.run_sync(self._change_epoch, change)
 
     def _change_epoch(self, change: EpochChange) -> None:
-        epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
+        released, self._released_seq = self._released_seq, 0  # none of the new epoch leaves
+        try:  # before its witness
+            epoch, seq, digest = change_epoch(self._conn, self.settings, self.signer, change)
+            self._flusher.record(Mark(epoch, seq))
+        except BaseException:
+            self._released_seq = released
+            raise
         self.epoch, self._head = epoch, ChainHead(seq, digest, self.signer)
         self.delivered_seq = self._delivered_persisted = 0
         self._ledger = MachineLedger.load(self._conn)
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
         self.epoch_change, self.epoch_changes = change, self.epoch_changes + 1
-        self._record_witness()
+        self._released_seq = seq
 
     async def mark_delivered(self, seq: int) -> None:
         """The platform acknowledged everything up to `seq` (cumulative)."""
@@ -278,18 +293,32 @@ class Outbox:
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
         """The one writer: a collector task forms groups while a committer task commits the
-        previous one in a worker thread (the fsync blocks), then wakes its appenders. The
+        previous one in a worker thread (the fsync blocks); the flusher thread makes each
+        group's witness durable meanwhile, and only then is it released (`_release`). The
         one-slot hand-over keeps seq order and lets the next group fill during a commit."""
         groups_in, groups_out = trio.open_memory_channel[list[Pending]](0)
+        self._releases.start()
+        self._flusher.start()
         if self.settings.signing_process:
             self._sealing.start()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._commit_groups, groups_out)
+                nursery.start_soon(self._releases.watch)
                 task_status.started()
                 await self._collect_groups(groups_in)
         finally:
             self._sealing.close()
+            self._flusher.stop()  # what was committed is flushed, then released here
+            for changes in self._releases.stop(self._flusher.flushed):
+                self._ledger.put_back(changes)
+
+    def _release(self, held: Held) -> None:
+        """Trio thread, once the witness covering `held` is durable (gateway/outbox/release.py)."""
+        self._ledger.committed(held.changes)
+        if held.epoch == self.epoch:
+            self._released_seq = max(self._released_seq, held.seq)
+        self._woken(held.batch, held.envelopes)
 
     # -- the collector (trio thread) ---------------------------------------------------------
 
@@ -371,17 +400,20 @@ class Outbox:
             try:
                 with trio.CancelScope(shield=True):
                     async with self._epoch_lock:
-                        envelopes = await trio.to_thread.run_sync(
+                        damaged, self._damaged = self._damaged, {}
+                        if damaged:  # may start a new epoch: the old one's groups go first
+                            await self._releases.drained()
+                        envelopes, ticket = await trio.to_thread.run_sync(
                             self._commit, batch, changes, self.delivered_seq,
-                            self._disk.low_space, limiter=limiter)
+                            self._disk.low_space, damaged, limiter=limiter)
             except StoreError as err:
                 if not is_disk_full(err):
                     raise
                 self._ledger.put_back(changes)
                 self._disk.commit_hit_full_disk(batch, err)
                 continue
-            self._ledger.committed(changes)
-            self._woken(batch, envelopes)
+            self._releases.hold(Held(ticket, self.epoch, self._head.seq, batch, envelopes,
+                                     changes))
 
     def _woken(self, batch: list[Pending], envelopes: list[dict[str, Any]]) -> None:
         """Wake the group's appenders and tell the listeners (feed, uplink, metrics)."""
@@ -397,21 +429,23 @@ class Outbox:
                 listener(envelopes)
 
     def _commit(self, batch: list[Pending], changes: LedgerChanges, delivered: int,
-                low_space: bool = False) -> list[dict[str, Any]]:
+                low_space: bool = False, damaged: dict[int, str] | None = None
+                ) -> tuple[list[dict[str, Any]], int]:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
-        with a bounded slice of retention (gateway/outbox/writer.py)."""
-        markers = self._quarantine_damaged() if self._damaged else []
+        with a bounded slice of retention (gateway/outbox/writer.py). Returns its envelopes and
+        its witness flush's ticket, queued once the commit returned (never ahead of it)."""
+        markers = self._quarantine_damaged(damaged) if damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
         result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
                               batch, job)
         self._committed(result, delivered)
-        return markers + result.envelopes
+        return markers + result.envelopes, self._flusher.submit(Mark(self.epoch, self._head.seq))
 
-    def _quarantine_damaged(self) -> list[dict[str, Any]]:
+    def _quarantine_damaged(self, damaged: dict[int, str]) -> list[dict[str, Any]]:
         """Writer thread: move the rows found damaged on read and explain each hole. If SQLite
         cannot even delete them (a damaged page), start over from a fresh file (new epoch)."""
-        bad, self._damaged = sorted(self._damaged.items()), {}
+        bad = sorted(damaged.items())
         try:
             return self._move_damaged(bad)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
@@ -423,6 +457,7 @@ class Outbox:
         """Writer thread: the file is damaged beyond row repair. It is moved aside, a new epoch
         starts with a lossMarker and the intact undelivered rows salvaged from it (as at open);
         readers switch to the new file at their next read."""
+        self._released_seq = 0  # nothing of the new epoch leaves before its witness
         if self.delivered_seq != self._delivered_persisted:
             try:
                 write_delivered(self._conn, self.delivered_seq)
@@ -431,17 +466,19 @@ class Outbox:
         self._conn.close()
         checked = start_over(self.settings, self.signer, err, Mark(self.epoch, self._head.seq))
         self._conn = checked.conn
-        self._stale_reads.append(self._read)
-        self._read = connect(self.settings.path)
         last = readers.last_event(self._conn)
         assert last is not None  # the new epoch starts with its lossMarker
-        self.epoch = read_meta(self._conn)["epoch"]
+        epoch = read_meta(self._conn)["epoch"]
+        self._flusher.record(Mark(epoch, last[0]))
+        self._stale_reads.append(self._read)
+        self._read = connect(self.settings.path)
+        self.epoch = epoch
         self._head = ChainHead(last[0], decode_envelope(last[1])["hash"], self.signer)
         self.delivered_seq = self._delivered_persisted = 0
         self._ledger = MachineLedger.load(self._conn)
         self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, 0)
         self.epoch_change, self.epoch_changes = checked.epoch_change, self.epoch_changes + 1
-        self._record_witness()
+        self._released_seq = last[0]
         return [decode_envelope(body) for _, body in readers.rows_after(self._conn, 0,
                                                                          last[0])]
 
@@ -469,7 +506,6 @@ class Outbox:
         if delivered != self._delivered_persisted or self._oldest_undelivered_at is None:
             self._oldest_undelivered_at = readers.oldest_undelivered_at(self._conn, delivered)
         self._head = result.head
-        self._record_witness()
         self._retired_kids += result.retired
         self._delivered_persisted = delivered
         self._disk.db_free_bytes = result.pruned.db_free_bytes
@@ -486,8 +522,8 @@ class Outbox:
         async with self._read_lock:
             while self._stale_reads:  # the file was replaced (a damaged page): close the old
                 self._stale_reads.pop().close()
-            good, bad = await trio.to_thread.run_sync(readers.checked_rows_after, self._read,
-                                                      seq, limit, self.last_seq)
+            good, bad = await trio.to_thread.run_sync(  # nothing past the witness on disk
+                readers.checked_rows_after, self._read, seq, limit, self.last_seq)
         if bad:
             self._damaged.update(bad)
             self._flush_wanted = True
@@ -500,8 +536,10 @@ class Outbox:
         [since, until), Unix seconds; call again from the last seq returned until it is empty.
         Bounded memory whatever the range; the start is a binary search, not a scan."""
         async with self._read_lock:
-            return await trio.to_thread.run_sync(readers.time_range_page, self._read, since,
+            bound = self.last_seq  # nothing past the witness on disk
+            rows = await trio.to_thread.run_sync(readers.time_range_page, self._read, since,
                                                  until, after_seq, limit)
+        return [row for row in rows if row[0] <= bound]
 
     async def wait_appended(self, after_seq: int) -> None:
         """Until an event after `after_seq` is committed, or the epoch changes (seqs restart)."""

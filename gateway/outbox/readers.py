@@ -144,9 +144,9 @@ def rows_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[int
 
 def checked_rows_after(conn: sqlite3.Connection, seq: int, limit: int, last_seq: int
                        ) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]]]:
-    """`rows_after`, each row checked (decodes, holds its seq, hashes to its bytes): the intact
-    rows, and the damaged ones (seq, why) for quarantine. A page SQLite cannot read falls back
-    to one primary-key lookup per seq, so it costs only the rows on it."""
+    """`rows_after` up to `last_seq`, each row checked (decodes, holds its seq, hashes to its
+    bytes): the intact rows, and the damaged ones (seq, why) for quarantine. A page SQLite
+    cannot read falls back to one primary-key lookup per seq, so it costs only its rows."""
     try:
         rows = rows_after(conn, seq, limit)
     except sqlite3.OperationalError:
@@ -167,7 +167,7 @@ def checked_rows_after(conn: sqlite3.Connection, seq: int, limit: int, last_seq:
             if len(rows) >= limit:
                 break
     good, bad = [], []
-    for row_seq, body in rows:
+    for row_seq, body in (row for row in rows if row[0] <= last_seq):  # none past the release
         problem = f"seq {row_seq}: unreadable page" if body is None else \
             row_problem(row_seq, body, {}, None)[0]
         if problem:

@@ -3,9 +3,11 @@
 SQLite can lose committed rows without an error: a WAL torn by storage that lied about a flush,
 or an older copy restored over the file. The outbox alone cannot tell, and re-using those seqs
 for new events would be silent loss (the platform holds the old ones and drops the new ones as
-duplicates). The witness is written and fsynced after each group commit, before any of the
-group's events is handed to the uplink, so an outbox whose last seq is behind it has lost events
-the platform may hold: it starts a new epoch (docs/outbox.md section 3).
+duplicates). The witness is written and fsynced after each group commit has returned (never
+before: it must not run ahead of the database) and before any of the group's events leaves the
+process (gateway/outbox/flusher.py), so an outbox whose last seq is behind it has lost events a
+machine was told about or the platform may hold: it starts a new epoch (docs/outbox.md
+section 3).
 
 It lives outside the database (`outbox.db.witness`) and is never in a backup: a restored outbox
 with the box's witness is caught at start; on a new box (no witness) the platform's first welcome

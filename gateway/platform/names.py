@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from gateway.uplink.protocol import is_epoch
+
 __all__ = ["CHAINS", "COMMANDS", "EVENTS_STREAM", "REGISTRY", "chain_key", "command_key",
            "event_subject", "gateway_filter", "label_ok", "token", "untoken"]
 
@@ -52,6 +54,11 @@ def gateway_filter(region: str, venue: str, gateway_id: str) -> str:
 
 
 def chain_key(gateway_id: str, epoch: str) -> str:
+    """The chains bucket key of a stream. The epoch is one key token only because it is 16
+    lowercase hex (checked in the hello, `protocol.decode`); anything else could name another
+    key (`.`) or a wildcard (`*`, `>`), so it is refused here too."""
+    if not is_epoch(epoch):
+        raise ValueError("an epoch is 16 lowercase hex characters")
     return f"{token(gateway_id)}.{epoch}"
 
 

@@ -31,8 +31,10 @@ import trio
 from nacl.signing import VerifyKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from gateway.accepting import summarize_suppressed
 from gateway.bounded import InputRejected, check_plain
 from gateway.config import MonitorSection
+from gateway.limits import LogThrottle
 from gateway.monitor import serve_monitor
 from gateway.receiver.backend import Backend, BackendError, SqliteBackend, StreamSession
 from gateway.receiver.metrics import ReceiverMetrics, timed_verify
@@ -140,6 +142,7 @@ class _Receiver:
         self.verifiers = trio.CapacityLimiter(VERIFY_THREADS)
         self.commands_done = trio.Event()
         self.live: dict[str, _Live] = {}  # gateway id -> its current connection
+        self.throttle = LogThrottle(60.0)  # refusals by anyone with a token: bounded lines
 
     async def _close(self, ws: WebSocketConnection, code: int, message: str) -> None:
         self.metrics.refused(code)
@@ -286,6 +289,10 @@ class _Receiver:
             if not isinstance(hello, proto.Hello):
                 raise proto.ProtocolViolation(f"expected hello, got {type(hello).__name__}")
         except proto.ProtocolViolation as violation:
+            repeated = self.throttle.admit(f"hello {violation.code}", trio.current_time())
+            if repeated is not None:
+                log.warning("receiver refused hello", code=violation.code,
+                            reason=str(violation)[:200], remote=str(ws.remote), repeated=repeated)
             await self._close(ws, violation.code, str(violation))
             return None
         return hello
@@ -536,6 +543,8 @@ async def serve_receiver(settings: ReceiverSettings, *,
                 # The gateway's monitor listener, serving this registry (duck-typed Monitor).
                 metrics_port = await nursery.start(serve_monitor, settings.metrics,
                                                    cast(Any, metrics))
+            nursery.start_soon(partial(summarize_suppressed, receiver.throttle,
+                                       "receiver: repeated refusals not logged one by one"))
             server = await nursery.start(partial(
                 serve_websocket, receiver.handle, settings.host, settings.port, ssl_ctx,
                 max_message_size=MAX_FRAME, receive_buffer_size=RECEIVE_BUFFER))

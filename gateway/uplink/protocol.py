@@ -33,6 +33,7 @@ and full jitter (`backoff_delay`).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,9 +67,16 @@ __all__ = [
     "command_result",
     "decode",
     "encode",
+    "is_epoch",
 ]
 
 PROTO = 1
+_EPOCH = re.compile(r"[0-9a-f]{16}")  # 8 random bytes as lowercase hex (section 5)
+
+
+def is_epoch(value: str) -> bool:
+    """True if `value` has the shape of an epoch: 16 lowercase hex characters, nothing else."""
+    return _EPOCH.fullmatch(value) is not None
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -195,6 +203,21 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+def _hello(body: dict[str, Any]) -> Hello:
+    proto = _field(body, "proto", int)
+    if proto != PROTO:
+        raise ProtocolViolation(f"unsupported protocol version {proto} (this side speaks "
+                                f"{PROTO})")
+    kids = _field(body, "kids", list)
+    if not all(isinstance(k, str) for k in kids):
+        raise ProtocolViolation("hello: kids must be strings")
+    epoch = _field(body, "epoch", str)
+    if not is_epoch(epoch):  # not echoed: it is the peer's text, of any length
+        raise ProtocolViolation(f"hello: epoch must be 16 lowercase hex characters (got "
+                                f"{len(epoch)} characters)")
+    return Hello(_field(body, "gateway_id", str), epoch, tuple(kids), proto)
+
+
 def decode(frame: bytes | str, *, max_events: int | None = None) -> Message:
     """Parse one frame; raise ProtocolViolation (with the close code to use) if it is not valid."""
     if isinstance(frame, str):
@@ -207,15 +230,7 @@ def decode(frame: bytes | str, *, max_events: int | None = None) -> Message:
         raise ProtocolViolation("frame is not a msgpack map")
     kind = body.get("type")
     if kind == "hello":
-        proto = _field(body, "proto", int)
-        if proto != PROTO:
-            raise ProtocolViolation(f"unsupported protocol version {proto} (this side speaks "
-                                    f"{PROTO})")
-        kids = _field(body, "kids", list)
-        if not all(isinstance(k, str) for k in kids):
-            raise ProtocolViolation("hello: kids must be strings")
-        return Hello(_field(body, "gateway_id", str), _field(body, "epoch", str), tuple(kids),
-                     proto)
+        return _hello(body)
     if kind == "welcome":
         high_water = _field(body, "high_water", int)
         if high_water < 0:

@@ -9,6 +9,7 @@ import shutil
 from gateway.outbox.copy import online_copy
 from gateway.outbox.witness import read_witness, witness_path
 from gateway.signing import GENESIS, decode_envelope
+from gateway.uplink.protocol import is_epoch
 from tests.gateway.test_outbox_integrity import execute, fill, verify_file
 
 
@@ -157,3 +158,18 @@ async def test_a_restore_on_a_new_box_ends_the_epoch_at_the_first_welcome(
             rows[0]["data"]["salvaged"]) == (9, 20, 0)
     assert read_witness(outbox_settings.path).epoch == outbox.epoch
     assert verify_file(outbox_settings.path, signer).ok
+
+
+async def test_every_epoch_the_gateway_makes_is_16_lowercase_hex(make_outbox, outbox_settings):
+    """The hello's epoch (docs/uplink-protocol.md section 5): a new outbox, a rollback, a lost
+    database each make one, and a receiver refuses any other shape."""
+    outbox = make_outbox()
+    epochs = [outbox.epoch]
+    await fill(outbox, 5)
+    execute(outbox_settings.path, "DELETE FROM events WHERE seq >= 3")  # behind its witness
+    rolled = make_outbox()
+    epochs.append(rolled.epoch)
+    rolled.close()
+    outbox_settings.path.unlink()
+    epochs.append(make_outbox().epoch)
+    assert len(set(epochs)) == 3 and all(is_epoch(epoch) for epoch in epochs), epochs

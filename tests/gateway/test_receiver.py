@@ -143,6 +143,47 @@ async def test_garbage_instead_of_hello(tmp_path: Path) -> None:
                     await ws.get_message()
 
 
+@pytest.mark.parametrize("epoch", ["attack-epoch", "ABCDEF0123456789", "abcdef012345678",
+                                   "abcdef0123456789a", "abcdef01234567.>"])
+async def test_a_hello_whose_epoch_is_not_16_lowercase_hex_is_refused(tmp_path: Path,
+                                                                     epoch: str) -> None:
+    """docs/uplink-protocol.md P-HELLO-2: error + close 4002, nothing opened for the stream."""
+    outbox = FakeOutbox(epoch=epoch)
+    with trio.fail_after(10):
+        async with receiver(tmp_path) as handle:
+            register(handle.store, outbox, TOKEN)
+            async with peer(handle, outbox) as ws:
+                error = await receive(ws)
+                assert isinstance(error, proto.Error) and error.code == proto.CLOSE_PROTOCOL
+                assert "16 lowercase hex" in error.message
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+            assert closed.value.reason.code == proto.CLOSE_PROTOCOL
+            assert handle.store.figures(outbox.gateway_id)["high_water"] == 0
+            # The receiver lives on: a valid hello of the same gateway is welcomed.
+            good = FakeOutbox(gateway_id=outbox.gateway_id, signer=outbox.signer)
+            async with peer(handle, good) as ws:
+                assert await receive(ws) == proto.Welcome(good.epoch, 0)
+
+
+async def test_refused_hellos_are_logged_at_a_bounded_rate(tmp_path: Path) -> None:
+    import structlog.testing
+
+    outbox = FakeOutbox(epoch="attack-epoch")
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+        async with receiver(tmp_path) as handle:
+            register(handle.store, outbox, TOKEN)
+            for _ in range(20):
+                async with peer(handle, outbox) as ws:
+                    assert isinstance(await receive(ws), proto.Error)
+                    with pytest.raises(ConnectionClosed):
+                        await ws.get_message()
+    lines = [entry for entry in logs if entry["event"] == "receiver refused hello"]
+    assert len(lines) == 1, lines
+    assert lines[0]["code"] == proto.CLOSE_PROTOCOL and "16 lowercase hex" in lines[0]["reason"]
+    assert lines[0]["repeated"] == 0
+
+
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="casino-gateway")
     add_commands(parser.add_subparsers(dest="command", required=True))

@@ -209,7 +209,7 @@ async def test_big_group_through_the_signing_process_with_a_rotation(make_outbox
                                              now=time.time()), rotate_to=new))
     outbox._sealing.process = SignerProcess()
     try:
-        envelopes = await trio.to_thread.run_sync(outbox._commit, batch, LedgerChanges(), 0)
+        envelopes, _ = await trio.to_thread.run_sync(outbox._commit, batch, LedgerChanges(), 0)
     finally:
         outbox._sealing.close()
     assert [e["kid"] for e in envelopes] == [signer.kid] * 1501 + [new.kid] * 1500
@@ -240,7 +240,7 @@ async def test_a_dead_signing_process_falls_back_to_signing_in_process(make_outb
     await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN), LedgerChanges(), 0)
     outbox._sealing.process._proc.kill()
     outbox._sealing.process._proc.wait()
-    envelopes = await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN * 3), LedgerChanges(),
+    envelopes, _ = await trio.to_thread.run_sync(outbox._commit, group(SIGN_PROCESS_MIN * 3), LedgerChanges(),
                                                0)
     assert outbox._sealing.process is None  # replaced by in-process signing, with a log line
     assert [e["seq"] for e in envelopes] == list(range(SIGN_PROCESS_MIN + 1,

@@ -59,6 +59,24 @@ def test_decode_rejects(frame: bytes | str, fragment: str) -> None:
     assert info.value.code == proto.CLOSE_PROTOCOL
 
 
+@pytest.mark.parametrize("epoch", ["attack-epoch", "AB" * 8, "ab" * 7 + "a", "ab" * 8 + "a",
+                                   "ab" * 7 + "g0", "ab" * 7 + ".>", " " + "ab" * 7 + "a", "",
+                                   "\u0660" * 16, "ab" * 8 + "\n"])
+def test_a_hello_epoch_must_be_16_lowercase_hex(epoch: str) -> None:
+    frame = msgpack.packb({"type": "hello", "proto": 1, "gateway_id": "g", "epoch": epoch,
+                           "kids": []})
+    with pytest.raises(proto.ProtocolViolation, match="16 lowercase hex") as info:
+        proto.decode(frame)
+    assert info.value.code == proto.CLOSE_PROTOCOL
+    assert epoch.strip() == "" or epoch not in str(info.value)  # never echoed back
+
+
+@given(st.binary(min_size=8, max_size=8))
+def test_every_epoch_of_the_spec_is_a_valid_hello(raw: bytes) -> None:
+    hello = proto.Hello("g", raw.hex(), ())
+    assert proto.is_epoch(raw.hex()) and proto.decode(proto.encode(hello)) == hello
+
+
 def test_too_many_events_is_too_big() -> None:
     frame = proto.encode(proto.Events(tuple(b"x" for _ in range(5))))
     with pytest.raises(proto.ProtocolViolation) as info:

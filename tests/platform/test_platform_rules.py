@@ -99,3 +99,16 @@ async def test_a_command_reaches_the_gateway_on_whichever_receiver(
             nursery.cancel_scope.cancel()
     assert row["status"] == "done" and row["result"] == "ok"
     assert row["data"] == {"seen": "platform"}
+
+
+def test_a_chain_key_is_never_built_from_a_malformed_epoch() -> None:
+    """The hello refuses such an epoch (P-HELLO-2); the key builder refuses it again, as it
+    would otherwise address another stream's key or a wildcard."""
+    import pytest
+
+    from gateway.platform import names
+
+    assert names.chain_key("gw.1", "0123456789abcdef") == "gw=2E1.0123456789abcdef"
+    for epoch in ("attack-epoch", "0123456789abcde.", "0123456789abcd.>", "0123456789ABCDEF"):
+        with pytest.raises(ValueError):
+            names.chain_key("gw", epoch)

@@ -32,6 +32,7 @@ FLAWS = {
     "any-token": "P-AUTH-3",
     "no-welcome": "P-HELLO-1",
     "lenient-first": "P-HELLO-2",
+    "any-epoch": "P-HELLO-2",
     "strict-kids": "P-HELLO-3",
     "sig-over-body": "P-VERIFY-1",
     "ack-ahead": "P-ACK-1",
@@ -59,6 +60,12 @@ KNOWN_TYPES = frozenset({"hello", "welcome", "events", "ack", "error", "command"
 KNOWN_EVENTS = frozenset({"gameSelected", "betPlaced", "keyRotated", "gatewayStarted"})
 HELLO_KEYS = {"type", "proto", "gateway_id", "epoch", "kids"}
 ZERO = bytes(32)
+HEX = frozenset("0123456789abcdef")
+
+
+def _is_epoch(value: str) -> bool:
+    """Section 5: 8 random bytes as 16 lowercase hex characters."""
+    return len(value) == 16 and set(value) <= HEX
 
 
 # -- spec section 4: canonical bytes, written from the byte table ---------------------------------
@@ -268,7 +275,8 @@ class SecondPlatform:
         if (hello.get("type") != "hello" or hello.get("proto") != 1
                 or not isinstance(hello.get("gateway_id"), str)
                 or not isinstance(hello.get("epoch"), str)
-                or not isinstance(hello.get("kids"), list)):
+                or not isinstance(hello.get("kids"), list)
+                or not (_is_epoch(hello["epoch"]) or "any-epoch" in self.flaws)):
             raise Refused(4002, "expected a hello (proto 1)")
         gid, epoch = hello["gateway_id"], hello["epoch"]
         if gid != owner and "any-token" not in self.flaws:
