@@ -327,7 +327,8 @@ class UplinkClient:
             close_code, close_reason = proto.CLOSE_GOING_AWAY, "gateway closing the connection"
             try:
                 await ws.send_message(proto.encode(proto.Hello(
-                    self.outbox.gateway_id, self.outbox.epoch, tuple(self.outbox.kids))))
+                    self.outbox.gateway_id, self.outbox.epoch,
+                    tuple(self.outbox.kids[-proto.MAX_HELLO_KIDS:]))))
                 with trio.move_on_after(s.connect_timeout_s) as waiting:
                     frame = await ws.get_message()
                 if waiting.cancelled_caught:

@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 PROTO = 1
+MAX_HELLO_KIDS = 16  # section 3's limit: the newest ones when a long run rotated more often
 _EPOCH = re.compile(r"[0-9a-f]{16}")  # 8 random bytes as lowercase hex (section 5)
 
 
@@ -211,6 +212,8 @@ def _hello(body: dict[str, Any]) -> Hello:
     kids = _field(body, "kids", list)
     if not all(isinstance(k, str) for k in kids):
         raise ProtocolViolation("hello: kids must be strings")
+    if len(kids) > MAX_HELLO_KIDS:
+        raise ProtocolViolation(f"hello: {len(kids)} kids, at most {MAX_HELLO_KIDS}")
     epoch = _field(body, "epoch", str)
     if not is_epoch(epoch):  # not echoed: it is the peer's text, of any length
         raise ProtocolViolation(f"hello: epoch must be 16 lowercase hex characters (got "

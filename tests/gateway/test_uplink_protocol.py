@@ -71,6 +71,15 @@ def test_a_hello_epoch_must_be_16_lowercase_hex(epoch: str) -> None:
     assert epoch.strip() == "" or epoch not in str(info.value)  # never echoed back
 
 
+def test_a_hello_lists_at_most_16_kids() -> None:
+    hello = {"type": "hello", "proto": 1, "gateway_id": "g", "epoch": "ab" * 8}
+    kids = [f"k{i}" for i in range(proto.MAX_HELLO_KIDS)]
+    assert proto.decode(msgpack.packb({**hello, "kids": kids})).kids == tuple(kids)
+    with pytest.raises(proto.ProtocolViolation, match="at most 16") as info:
+        proto.decode(msgpack.packb({**hello, "kids": [*kids, "k16"]}))
+    assert info.value.code == proto.CLOSE_PROTOCOL
+
+
 @given(st.binary(min_size=8, max_size=8))
 def test_every_epoch_of_the_spec_is_a_valid_hello(raw: bytes) -> None:
     hello = proto.Hello("g", raw.hex(), ())
