@@ -114,7 +114,9 @@ class CardReaderDriver:
                               f"a card reader takes no commands ({command.name})")
 
     def statistics(self) -> PortStatistics:
+        # `device`: the gateway counts readers apart from slot machines (gateway/statistics.py).
         return PortStatistics(self.port, self._state,
-                              {self.machine.address: {"machine": f"{self.machine.port}/"
+                              {self.machine.address: {"device": "card_reader",
+                                                      "machine": f"{self.machine.port}/"
                                                       f"{self.machine.address}",
                                                       **self._core.statistics()}})

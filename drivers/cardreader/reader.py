@@ -106,6 +106,7 @@ class CardReaderCore:
         self._bad_held = 0
         self._events: deque[PlayerEvent] = deque()
         self.online = False
+        self.offline_reason: str | None = None   # the link error (names the device, not a card)
         self.counts = {"reads": 0, "bad_reads": 0, "bad_reads_held": 0, "bounces": 0,
                        "noise_bytes": 0}
 
@@ -113,6 +114,7 @@ class CardReaderCore:
 
     def link_up(self, now: float) -> None:
         self.online = True
+        self.offline_reason = None
 
     def receive(self, data: bytes, now: float) -> None:
         for frame in self._framer.feed(data):
@@ -138,6 +140,7 @@ class CardReaderCore:
         """The reader is gone: a half-read frame is dropped (not a player's bad read), a seated
         card is reported removed with reason reader_offline (nobody can tell any more)."""
         self.online = False
+        self.offline_reason = reason
         self._framer = Framer(self.settings.kind, lrc=self.settings.lrc)
         self._tracks.clear()
         self._gap_deadline = self._removal_due = None
@@ -148,8 +151,9 @@ class CardReaderCore:
         return self._events.popleft() if self._events else None
 
     def statistics(self) -> dict[str, Any]:
-        # `online` as for a machine (diag, /health, metrics): the reader is there and talking.
+        # `online` as for a machine, counted apart from machines (diag, /health, metrics).
         return {"kind": self.settings.kind, "online": self.online,
+                "offline_reason": self.offline_reason,
                 "card_present": self._inserted is not None, **self.counts}
 
     # -- decisions -------------------------------------------------------------------------------
