@@ -37,7 +37,7 @@ from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
 from gateway.daemon import format_duration
 from gateway.errors import EXIT_FAILURE, ConfigError
-from gateway.statistics import DEVICE_WORDS, MACHINE, device_label
+from gateway.statistics import MACHINE, device_label, device_of, device_word
 from gateway.terminal import sanitize, scrub
 
 __all__ = ["ControlClientError", "GatewayNotRunningError", "add_commands", "assess",
@@ -265,8 +265,8 @@ def render_status(s: dict[str, Any]) -> str:
         for m in port["machines"]:
             last = m["last_event"]
             rows.append([
-                name, str(m["address"]), DEVICE_WORDS.get(_device(m), (_device(m),))[0],
-                m["state"], _dash(m["serial"]), _dash(m["asset"]),
+                name, str(m["address"]), device_word(device_of(m)), m["state"], _dash(m["serial"]),
+                _dash(m["asset"]),
                 _ago(m["last_response_age_s"]), _dash(m["latency_p50_ms"], lambda v: f"{v:.1f}"),
                 _dash(m["latency_p99_ms"], lambda v: f"{v:.1f}"), str(m["polls"]),
                 str(m["timeouts"]), str(m["crc_errors"]), str(m["nacks"]),
@@ -331,22 +331,13 @@ def port_why(port: dict[str, Any]) -> str | None:
     return "starting" if port["state"] == "idle" else "stopped (retrying)"
 
 
-def _device(m: dict[str, Any]) -> str:
-    return m.get("device") or MACHINE
-
-
-def device_name(port: str, m: dict[str, Any]) -> str:
-    """'bank-a-05/1', or a device beside a machine by its kind and port (gateway/statistics.py)."""
-    return device_label(port, m["address"], _device(m), (m.get("figures") or {}).get("machine"))
-
-
 def machine_why(port: dict[str, Any], m: dict[str, Any]) -> str | None:
     """Why a machine or another device is not online, in words (None while it is)."""
     if m["state"] == "online":
         return None
     if port["state"] != "running":
         return "port down: " + (port_why(port) or "")
-    if _device(m) != MACHINE:  # not polled: its line is open or not
+    if device_of(m) != MACHINE:  # not polled: its line is open or not
         return m.get("offline_reason") or "its line is closed: unplugged or cable"
     if m["state"] != "offline":
         return None  # not polled yet: the port just started
@@ -369,19 +360,20 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
     limit. WARNING: a port or machine down, the outbox unreadable, the uplink down a while."""
     found: list[tuple[int, str]] = []
     everything = [(name, p, m) for name, p in s["ports"].items() for m in p["machines"]]
-    machines = [(name, p, m) for name, p, m in everything if _device(m) == MACHINE]
+    machines = [(name, p, m) for name, p, m in everything if device_of(m) == MACHINE]
     online = sum(m["state"] == "online" for _, _, m in machines)
     for name, port in s["ports"].items():
         why = port_why(port)
         if why is not None and (port["state"] != "idle" or port.get("last_error")):
-            kinds = {_device(m) for m in port["machines"]}
-            what = DEVICE_WORDS[kinds.pop()][0] if len(kinds) == 1 and MACHINE not in kinds \
-                and next(iter(kinds)) in DEVICE_WORDS else "port"
+            kinds = {device_of(m) for m in port["machines"]}  # a port of another kind of device
+            what = device_word(kinds.pop()) if kinds and MACHINE not in kinds else "port"
             found.append((WARNING, f"{what} {name} down: {why}"))
     for name, port, m in everything:
         why = machine_why(port, m)
         if why is not None and not why.startswith("port down"):
-            found.append((WARNING, f"{device_name(name, m)} offline: {why}"))
+            label = device_label(name, m["address"], device_of(m), m.get("figures", {}).get(
+                "machine"))
+            found.append((WARNING, f"{label} offline: {why}"))
     polled = any(m["state"] != "not polled yet" for _, _, m in machines)
     if machines and online == 0 and polled:
         found.append((CRITICAL, f"no machine online (0/{len(machines)})"))
@@ -406,18 +398,15 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
 
 def render_check(s: dict[str, Any], code: int, problems: list[str]) -> str:
     """Nagios plugin output: status line with performance data, then one line per problem."""
-    everything = [m for p in s["ports"].values() for m in p["machines"]]
-    machines = [m for m in everything if _device(m) == MACHINE]
-    online = sum(m["state"] == "online" for m in machines)
+    by_kind: dict[str, list[dict[str, Any]]] = {MACHINE: []}  # each kind of device apart
+    for m in (m for p in s["ports"].values() for m in p["machines"]):
+        by_kind.setdefault(device_of(m), []).append(m)
     u, o = s["uplink"], s["outbox"]
     summary = s["gateway"]["status"] if not problems else f"{problems[0]}; {s['gateway']['status']}"
-    others = ""  # each other kind of device apart, named by DEVICE_WORDS
-    for device, (_, plural) in DEVICE_WORDS.items():
-        these = [m for m in everything if _device(m) == device]
-        if device != MACHINE and these:
-            others += (f"{plural.replace(' ', '_')}_online="
-                       f"{sum(m['state'] == 'online' for m in these)};;;0;{len(these)} ")
-    perf = (f"online={online};;;0;{len(machines)} {others}queued={o['depth']};;;0 "
+    counts = [(("" if kind == MACHINE else device_word(kind, True).replace(" ", "_") + "_")
+               + f"online={sum(m['state'] == 'online' for m in ms)};;;0;{len(ms)} ")
+              for kind, ms in by_kind.items()]
+    perf = (f"{''.join(counts)}queued={o['depth']};;;0 "
             f"uplink_down_s={0 if u['connected'] else round(u.get('down_for_s') or 0)}s;;;0")
     return "\n".join([f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}", *problems[1:]])
 

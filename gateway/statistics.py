@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["CARD_READER", "COUNTERS", "DEVICE_WORDS", "MACHINE", "GatewayFigures",
-           "MachineFigures", "OutboxFigures", "PortFigures", "UplinkFigures", "device_label"]
+           "MachineFigures", "OutboxFigures", "PortFigures", "UplinkFigures", "device_label",
+           "device_of", "device_word"]
 
 # Per-machine counters a port also reports as totals (and /metrics exports at both levels).
 COUNTERS = ("polls", "timeouts", "crc_errors", "resent_after_reset")
@@ -29,13 +30,23 @@ MACHINE, CARD_READER = "machine", "card_reader"
 DEVICE_WORDS = {MACHINE: ("machine", "machines"), CARD_READER: ("card reader", "card readers")}
 
 
+def device_of(row: Mapping[str, Any]) -> str:
+    """The kind of a machine entry (a driver's figures or diag's row; absent: a machine)."""
+    return row.get("device") or MACHINE
+
+
+def device_word(device: str, plural: bool = False) -> str:
+    """'machine', 'card reader' (or the plurals); an unknown kind in words as well."""
+    words = DEVICE_WORDS.get(device) or (device.replace("_", " "), device.replace("_", " ") + "s")
+    return words[plural]
+
+
 def device_label(port: str, address: int, device: str, beside: object = None) -> str:
     """A machine as 'bank-a-05/1'; any other device by its kind and port, and the machine it
     sits beside: 'card reader reader-5 (beside bank-a-05/1)'."""
     if device == MACHINE:
         return f"{port}/{address}"
-    words = DEVICE_WORDS.get(device, (device.replace("_", " "),))[0]
-    return f"{words} {port}" + (f" (beside {beside})" if beside else "")
+    return f"{device_word(device)} {port}" + (f" (beside {beside})" if beside else "")
 
 
 def _known(cls: type, figures: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:

@@ -120,3 +120,12 @@ async def test_the_readers_status_in_diag_is_offline_not_unpolled():
     m = _reader("reader-1", "bank-a").machines[0]
     row = _machine_row(Gw(), "reader-1", m, 0.0, trio.current_time())  # type: ignore[arg-type]
     assert (row["state"], row["device"]) == ("offline", "card_reader")
+
+
+def test_diag_names_a_card_reader_port_that_will_not_open_as_a_card_reader():
+    status = _diag_status()
+    status["ports"]["reader1"].update(state="down", failures=2,
+                                      last_error="cannot open /dev/ttyUSB7: No such file")
+    code, problems = diag_assess(status)
+    assert (code, problems) == (1, ["card reader reader1 down: cannot open /dev/ttyUSB7: No such "
+                                    "file (retrying)"])
