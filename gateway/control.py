@@ -54,7 +54,7 @@ from gateway.config import GatewaySection
 from gateway.errors import ConfigError
 from gateway.limits import Admission, LogThrottle
 from gateway.outbox import footprint
-from gateway.statistics import MachineFigures
+from gateway.statistics import MACHINE, MachineFigures
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway
@@ -217,10 +217,12 @@ def key_fingerprint(public_key: bytes) -> str:
 def _machine_row(gw: Gateway, port: str, m: MachineFigures, now_wall: float,
                  now_trio: float) -> dict[str, Any]:
     """One machine as diag shows it."""
-    state = "online" if m.online else "not polled yet" if m.polls == 0 else "offline"
+    # A device that is not a machine is never polled: its line is open (online) or not.
+    state = "online" if m.online else "not polled yet" if (
+        m.polls == 0 and m.device == MACHINE) else "offline"
     last = gw.activity.last.get(machine_key(port, m.address))
     return {
-        "address": m.address, "state": state, "offline_reason": m.offline_reason,
+        "address": m.address, "device": m.device, "state": state, "offline_reason": m.offline_reason,
         "serial": m.serial, "asset": m.asset, "sas_version": m.sas_version, "rte": m.rte,
         "last_response_age_s": _age(m.last_response_at, now_trio),
         "latency_p50_ms": _ms(m.latency_p50_s), "latency_p99_ms": _ms(m.latency_p99_s),

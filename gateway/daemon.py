@@ -211,13 +211,13 @@ class Gateway:
         return max(0.0, time.time() - view.since)
 
     def status_line(self) -> str:
-        """'12/14 machines online, uplink down 4m, 3,211 queued'."""
-        online = self.figures().machines_online
-        total = sum(len(p.addresses) for p in self.config.ports)
+        """'12/14 machines online, uplink down 4m, 3,211 queued', each other kind of device
+        the floor has counted apart after the machines (GatewayFigures.floor_line)."""
+        floor = self.figures().floor_line()
         down = self.uplink_down_for()
         state = "frozen" if self.uplink_view().state == "frozen" else "down"
         uplink = "uplink up" if down is None else f"uplink {state} {format_duration(down)}"
-        line = f"{online}/{total} machines online, {uplink}, {self.outbox.depth():,} queued"
+        line = f"{floor}, {uplink}, {self.outbox.depth():,} queued"
         if self.outbox.intake_stopped:
             line += ", DISK FULL: intake stopped"
         return line

@@ -200,6 +200,7 @@ async def _demo(machines: int, duration: float | None, as_json: bool, base: Path
         with trio.move_on_after(60):
             await _wait_drained(gw, receiver)
         summary = _summary(fleet, receiver, gw, port_names)
+        summary["floor"] = gw.figures().floor_line()  # machines and card readers apart
         summary.update(_card_figures(base / "receiver.db", card_readers))
         nursery.cancel_scope.cancel()
     return summary

@@ -32,12 +32,12 @@ from typing import Any, TextIO
 import trio
 
 from drivers import registry
-from drivers.model import machine_key
 from drivers.registry import ProbeRequest, RestartJournal
 from gateway.config import Config, load_config
 from gateway.control import RUN_DIR_SOCKET
 from gateway.daemon import format_duration
 from gateway.errors import EXIT_FAILURE, ConfigError
+from gateway.statistics import MACHINE, device_label, device_of, device_word
 from gateway.terminal import sanitize, scrub
 
 __all__ = ["ControlClientError", "GatewayNotRunningError", "add_commands", "assess",
@@ -259,13 +259,14 @@ def render_status(s: dict[str, Any]) -> str:
            f"up {format_duration(g['uptime_s'] or 0)}  "
            f"watchdog {'ok' if g['watchdog']['alive'] else 'WITHHELD (outbox stalled)'}",
            f"status  {g['status']}", ""]
-    rows = [["PORT", "ADDR", "STATE", "SERIAL", "ASSET", "LAST ANSWER", "P50 ms", "P99 ms",
+    rows = [["PORT", "ADDR", "KIND", "STATE", "SERIAL", "ASSET", "LAST ANSWER", "P50 ms", "P99 ms",
              "POLLS", "TIMEOUTS", "CRC", "NACKS", "LAST EVENT", "WHY"]]
     for name, port in s["ports"].items():
         for m in port["machines"]:
             last = m["last_event"]
             rows.append([
-                name, str(m["address"]), m["state"], _dash(m["serial"]), _dash(m["asset"]),
+                name, str(m["address"]), device_word(device_of(m)), m["state"], _dash(m["serial"]),
+                _dash(m["asset"]),
                 _ago(m["last_response_age_s"]), _dash(m["latency_p50_ms"], lambda v: f"{v:.1f}"),
                 _dash(m["latency_p99_ms"], lambda v: f"{v:.1f}"), str(m["polls"]),
                 str(m["timeouts"]), str(m["crc_errors"]), str(m["nacks"]),
@@ -331,11 +332,13 @@ def port_why(port: dict[str, Any]) -> str | None:
 
 
 def machine_why(port: dict[str, Any], m: dict[str, Any]) -> str | None:
-    """Why a machine is not online, in words (None while it is)."""
+    """Why a machine or another device is not online, in words (None while it is)."""
     if m["state"] == "online":
         return None
     if port["state"] != "running":
         return "port down: " + (port_why(port) or "")
+    if device_of(m) != MACHINE:  # not polled: its line is open or not
+        return m.get("offline_reason") or "its line is closed: unplugged or cable"
     if m["state"] != "offline":
         return None  # not polled yet: the port just started
     if m["last_response_age_s"] is None:
@@ -356,16 +359,21 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
     first). CRITICAL: nothing polled, outbox stalled, disk full, uplink down past the critical
     limit. WARNING: a port or machine down, the outbox unreadable, the uplink down a while."""
     found: list[tuple[int, str]] = []
-    machines = [(name, p, m) for name, p in s["ports"].items() for m in p["machines"]]
+    everything = [(name, p, m) for name, p in s["ports"].items() for m in p["machines"]]
+    machines = [(name, p, m) for name, p, m in everything if device_of(m) == MACHINE]
     online = sum(m["state"] == "online" for _, _, m in machines)
     for name, port in s["ports"].items():
         why = port_why(port)
         if why is not None and (port["state"] != "idle" or port.get("last_error")):
-            found.append((WARNING, f"port {name} down: {why}"))
-    for name, port, m in machines:
+            kinds = {device_of(m) for m in port["machines"]}  # a port of another kind of device
+            what = device_word(kinds.pop()) if kinds and MACHINE not in kinds else "port"
+            found.append((WARNING, f"{what} {name} down: {why}"))
+    for name, port, m in everything:
         why = machine_why(port, m)
         if why is not None and not why.startswith("port down"):
-            found.append((WARNING, f"{machine_key(name, m['address'])} offline: {why}"))
+            label = device_label(name, m["address"], device_of(m), m.get("figures", {}).get(
+                "machine"))
+            found.append((WARNING, f"{label} offline: {why}"))
     polled = any(m["state"] != "not polled yet" for _, _, m in machines)
     if machines and online == 0 and polled:
         found.append((CRITICAL, f"no machine online (0/{len(machines)})"))
@@ -390,11 +398,15 @@ def assess(s: dict[str, Any], *, uplink_warning_s: float = 120.0,
 
 def render_check(s: dict[str, Any], code: int, problems: list[str]) -> str:
     """Nagios plugin output: status line with performance data, then one line per problem."""
-    machines = [m for p in s["ports"].values() for m in p["machines"]]
-    online = sum(m["state"] == "online" for m in machines)
+    by_kind: dict[str, list[dict[str, Any]]] = {MACHINE: []}  # each kind of device apart
+    for m in (m for p in s["ports"].values() for m in p["machines"]):
+        by_kind.setdefault(device_of(m), []).append(m)
     u, o = s["uplink"], s["outbox"]
     summary = s["gateway"]["status"] if not problems else f"{problems[0]}; {s['gateway']['status']}"
-    perf = (f"online={online};;;0;{len(machines)} queued={o['depth']};;;0 "
+    counts = [(("" if kind == MACHINE else device_word(kind, True).replace(" ", "_") + "_")
+               + f"online={sum(m['state'] == 'online' for m in ms)};;;0;{len(ms)} ")
+              for kind, ms in by_kind.items()]
+    perf = (f"{''.join(counts)}queued={o['depth']};;;0 "
             f"uplink_down_s={0 if u['connected'] else round(u.get('down_for_s') or 0)}s;;;0")
     # Each line sanitized: a newline in a platform error must not forge a line of the output.
     return "\n".join(map(sanitize, [f"CASINO-GATEWAY {NAGIOS[code]} - {summary} | {perf}",

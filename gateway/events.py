@@ -221,6 +221,16 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
                   "totals": {"type": "object", "additionalProperties": INT},
                   "meters": {"type": "object", "additionalProperties": INT}},
               required=("gaming_day", "windows", "reconciled", "discrepancies", "totals")),
+    EventSpec("cardReaderOffline", "system", "1.0.0",
+              "The player-card reader beside this machine went away: its line broke or would "
+              "not open (reason: the link error, never card data). Players at this machine "
+              "cannot be rated until cardReaderOnline. Sent once per outage; reader is the "
+              "reader's port (docs/cardreader.md).", "card reader: link lost or not opened",
+              fields={"reader": STR, "reason": STR}, required=("reader", "reason")),
+    EventSpec("cardReaderOnline", "system", "1.0.0",
+              "The player-card reader beside this machine is there (its line open): at start, "
+              "and after a cardReaderOffline. reader is the reader's port.",
+              "card reader: link opened", fields={"reader": STR}, required=("reader",)),
     # player (card readers beside machines: drivers/cardreader, docs/cardreader.md)
     EventSpec("cardInserted", "player", "1.0.0",
               "A player card was seated in the reader beside this machine (insert readers). "

@@ -39,7 +39,9 @@ from gateway.events import rfc3339
 from gateway.outbox import footprint
 from gateway.outbox.footprint import Footprint
 from gateway.statistics import (
+    CARD_READER,
     COUNTERS,
+    MACHINE,
     GatewayFigures,
     OutboxFigures,
     PortFigures,
@@ -93,10 +95,14 @@ def assess(status: GatewayFigures | Mapping[str, Any], limits: HealthLimits, *,
         if not port.running:
             reasons.append(f"port {port.name} down ({port.state})")
             continue
-        offline = [m.address for m in port.machines if not m.online]
+        offline = [m.address for m in port.of_device(MACHINE) if not m.online]
         if offline:
             reasons.append(f"port {port.name}: machine(s) {', '.join(map(str, offline))} "
                            "offline")
+        for reader in port.of_device(CARD_READER):
+            if not reader.online:
+                reasons.append(f"card reader {port.name} (beside {reader.own.get('machine')})"
+                               " offline")
     reconciliation = figures.reconciliation or ReconciliationFigures()
     for machine, meters in sorted(reconciliation.open.items()):
         reasons.append(f"machine {machine}: meters do not add up ({', '.join(meters)}); "
@@ -186,6 +192,9 @@ def _port_families(ports: tuple[PortFigures, ...]) -> Any:
                                    "and was restarted.", labels=["port"])
     machine_up = GaugeMetricFamily("gateway_machine_up", "1 while the machine answers polls.",
                                    labels=["port", "address"])
+    reader_up = GaugeMetricFamily("gateway_card_reader_up", "1 while the player-card reader's "
+                                  "line is open (machine: the one it sits beside).",
+                                  labels=["port", "machine"])
     per_port = {key: CounterMetricFamily(f"gateway_port_{key}", _COUNTER_HELP[key],
                                          labels=["port"]) for key in COUNTERS}
     per_machine = {key: CounterMetricFamily(f"gateway_machine_{key}", _COUNTER_HELP[key],
@@ -195,7 +204,10 @@ def _port_families(ports: tuple[PortFigures, ...]) -> Any:
         failures.add_metric([port.name], port.failures)
         for key in COUNTERS:
             per_port[key].add_metric([port.name], port.total(key))
-        for m in port.machines:
+        for reader in port.of_device(CARD_READER):
+            reader_up.add_metric([port.name, str(reader.own.get("machine", ""))],
+                                 1.0 if reader.online else 0.0)
+        for m in port.of_device(MACHINE):
             machine_up.add_metric([port.name, str(m.address)], 1.0 if m.online else 0.0)
             for key in COUNTERS:
                 per_machine[key].add_metric([port.name, str(m.address)], getattr(m, key))
@@ -204,6 +216,7 @@ def _port_families(ports: tuple[PortFigures, ...]) -> Any:
     yield from per_port.values()
     yield machine_up
     yield from per_machine.values()
+    yield reader_up
 
 
 def _footprint_metrics(monitor: Monitor) -> Iterator[GaugeMetricFamily]:
@@ -309,8 +322,7 @@ class Monitor:
         if isinstance(view.get("since"), int | float):
             view["since"] = rfc3339(view["since"])
         outbox = self.outbox
-        ports = {p.name: {"state": p.state, "machines_online": p.machines_online,
-                          "machines": len(p.machines)} for p in status.ports}
+        ports = {p.name: _port_summary(p) for p in status.ports}
         body = {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "version": __version__, "time": rfc3339(wall), "uplink": view,
                 "outbox": {"depth": outbox.depth(),
@@ -318,17 +330,38 @@ class Monitor:
                            "last_seq": outbox.last_seq, "delivered_seq": outbox.delivered_seq,
                            "intake_stopped": bool(outbox.intake_stopped), **epoch},
                 "ports": ports, "machines": _machines_summary(status.ports),
+                "card_readers": _readers_summary(status.ports),
                 **(extra or {})}
         return (503 if reasons else 200), body
 
 
+def _port_summary(port: PortFigures) -> dict[str, Any]:
+    """A port on /health: its slot machines online of configured, or its card reader's."""
+    out: dict[str, Any] = {"state": port.state}
+    if port.of_device(CARD_READER):
+        out.update(card_readers_online=port.online_of(CARD_READER),
+                   card_readers=len(port.of_device(CARD_READER)))
+    if port.of_device(MACHINE) or len(out) == 1:
+        out.update(machines_online=port.machines_online, machines=len(port.of_device(MACHINE)))
+    return out
+
+
 def _machines_summary(ports: tuple[PortFigures, ...]) -> dict[str, Any]:
-    """/health's view of the floor, from the same figures diag shows: machines online of
+    """/health's view of the floor, from the same figures diag shows: slot machines online of
     configured, and each offline one with why (its port down, or missed polls)."""
     return {"online": sum(p.machines_online for p in ports),
-            "total": sum(len(p.machines) for p in ports),
+            "total": sum(len(p.of_device(MACHINE)) for p in ports),
             "offline": [{"machine": machine_key(p.name, m.address), "reason": m.offline_reason}
-                        for p in ports for m in p.machines if not m.online]}
+                        for p in ports for m in p.of_device(MACHINE) if not m.online]}
+
+
+def _readers_summary(ports: tuple[PortFigures, ...]) -> dict[str, Any]:
+    """The player-card readers likewise: each offline one by its port, beside its machine."""
+    return {"online": sum(p.online_of(CARD_READER) for p in ports),
+            "total": sum(len(p.of_device(CARD_READER)) for p in ports),
+            "offline": [{"card_reader": p.name, "beside": r.own.get("machine"),
+                         "reason": r.offline_reason}
+                        for p in ports for r in p.of_device(CARD_READER) if not r.online]}
 
 
 # -- the listener ----------------------------------------------------------------------------------

@@ -16,11 +16,37 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["COUNTERS", "GatewayFigures", "MachineFigures", "OutboxFigures", "PortFigures",
-           "UplinkFigures"]
+__all__ = ["CARD_READER", "COUNTERS", "DEVICE_WORDS", "MACHINE", "GatewayFigures",
+           "MachineFigures", "OutboxFigures", "PortFigures", "UplinkFigures", "device_label",
+           "device_of", "device_word"]
 
 # Per-machine counters a port also reports as totals (and /metrics exports at both levels).
 COUNTERS = ("polls", "timeouts", "crc_errors", "resent_after_reset")
+
+# What a driver's entry is (its `device` figure; absent: a slot machine), and its name in the
+# words staff and IT use. Every count of the floor counts each apart: a card reader's port is
+# no machine (status line, /health, /metrics, diag).
+MACHINE, CARD_READER = "machine", "card_reader"
+DEVICE_WORDS = {MACHINE: ("machine", "machines"), CARD_READER: ("card reader", "card readers")}
+
+
+def device_of(row: Mapping[str, Any]) -> str:
+    """The kind of a machine entry (a driver's figures or diag's row; absent: a machine)."""
+    return row.get("device") or MACHINE
+
+
+def device_word(device: str, plural: bool = False) -> str:
+    """'machine', 'card reader' (or the plurals); an unknown kind in words as well."""
+    words = DEVICE_WORDS.get(device) or (device.replace("_", " "), device.replace("_", " ") + "s")
+    return words[plural]
+
+
+def device_label(port: str, address: int, device: str, beside: object = None) -> str:
+    """A machine as 'bank-a-05/1'; any other device by its kind and port, and the machine it
+    sits beside: 'card reader reader-5 (beside bank-a-05/1)'."""
+    if device == MACHINE:
+        return f"{port}/{address}"
+    return f"{device_word(device)} {port}" + (f" (beside {beside})" if beside else "")
 
 
 def _known(cls: type, figures: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
@@ -35,6 +61,7 @@ class MachineFigures:
     """One machine as its driver reports it (drivers/base.py `PortStatistics.machines`)."""
 
     address: int
+    device: str = MACHINE
     online: bool = False
     offline_reason: str | None = None
     serial: str | None = None
@@ -88,7 +115,14 @@ class PortFigures:
 
     @property
     def machines_online(self) -> int:
-        return sum(1 for m in self.machines if m.online)
+        """Slot machines online (not card readers: `online_of`)."""
+        return self.online_of(MACHINE)
+
+    def of_device(self, device: str) -> tuple[MachineFigures, ...]:
+        return tuple(m for m in self.machines if m.device == device)
+
+    def online_of(self, device: str) -> int:
+        return sum(1 for m in self.of_device(device) if m.online)
 
     def total(self, counter: str) -> int:
         """A per-machine counter (one of COUNTERS, or any int field) summed over the port."""
@@ -166,6 +200,17 @@ class GatewayFigures:
     @property
     def machines_online(self) -> int:
         return sum(p.machines_online for p in self.ports)
+
+    def floor_line(self) -> str:
+        """'12/14 machines online, 13/14 card readers online': each kind of device apart,
+        a kind the floor does not have left out (machines are always said)."""
+        parts = []
+        for device, (_, plural) in DEVICE_WORDS.items():
+            total = sum(len(p.of_device(device)) for p in self.ports)
+            if total or device == MACHINE:
+                online = sum(p.online_of(device) for p in self.ports)
+                parts.append(f"{online}/{total} {plural} online")
+        return ", ".join(parts)
 
     def as_status(self) -> dict[str, Any]:
         """The JSON form: {"uplink", "uplink_status", "ports": {name: {..., "machines":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ def test_demo_conserves_every_event():
     assert summary["bad_signatures"] == summary["chain_breaks"] == 0
     # A card reader beside each machine: its events reach the receiver, never a card number.
     assert summary["card_events_received"] >= 3 and summary["card_numbers_in_clear"] == 0
+    # Machines and card readers counted apart (floor review: readers were counted as machines).
+    assert re.fullmatch(r"\d/3 machines online, \d/3 card readers online", summary["floor"]), \
+        summary["floor"]
 
 
 def test_help_names_every_command():

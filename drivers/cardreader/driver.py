@@ -31,7 +31,10 @@ from drivers.cardreader.link import ReaderLink
 from drivers.cardreader.reader import CardReaderCore, PlayerEvent, ReaderSettings
 from drivers.link import LinkError
 
-__all__ = ["CardReaderDriver"]
+__all__ = ["READER_STATUS_EVENTS", "CardReaderDriver"]
+
+# The reader's own comings and goings (system channel), as opposed to what players did.
+READER_STATUS_EVENTS = frozenset({"cardReaderOnline", "cardReaderOffline"})
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,10 @@ class CardReaderDriver:
             await sink.record(self._stamp(event))
 
     def _stamp(self, event: PlayerEvent) -> MachineEvent:
-        return MachineEvent(event.type, self.machine, dict(event.data), None,
+        data = dict(event.data)
+        if event.type in READER_STATUS_EVENTS:
+            data["reader"] = self.port  # which reader: the event's machine is the one beside it
+        return MachineEvent(event.type, self.machine, data, None,
                             observed_at=time.time(), monotonic=event.at)
 
     async def execute(self, command: MachineCommand) -> CommandOutcome:
@@ -114,7 +120,9 @@ class CardReaderDriver:
                               f"a card reader takes no commands ({command.name})")
 
     def statistics(self) -> PortStatistics:
+        # `device`: the gateway counts readers apart from slot machines (gateway/statistics.py).
         return PortStatistics(self.port, self._state,
-                              {self.machine.address: {"machine": f"{self.machine.port}/"
+                              {self.machine.address: {"device": "card_reader",
+                                                      "machine": f"{self.machine.port}/"
                                                       f"{self.machine.address}",
                                                       **self._core.statistics()}})

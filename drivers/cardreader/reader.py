@@ -14,6 +14,9 @@ with `next_event()`. What it decides (docs/cardreader.md, "Events"):
   track) give `cardBadRead`, at most one per `bad_read_hold_s` (a reader at the wrong speed
   reads nothing but garbage); the next one says how many were held back.
 * Noise between frames is counted, never an event.
+* The reader itself: `cardReaderOnline` when its line opens, `cardReaderOffline` (with the link
+  error) when it breaks or will not open, each only on a change (the board's "card reader
+  offline" alert: players at that machine cannot be rated).
 
 The card number exists here only between the framer and `VenueSecret.card_id`: events, figures
 and reasons carry the keyed hash, never the number (nor the name on track 1).
@@ -106,13 +109,21 @@ class CardReaderCore:
         self._bad_held = 0
         self._events: deque[PlayerEvent] = deque()
         self.online = False
+        self.offline_reason: str | None = None   # the link error (names the device, not a card)
+        self._said: bool | None = None               # online/offline last reported (None: neither)
         self.counts = {"reads": 0, "bad_reads": 0, "bad_reads_held": 0, "bounces": 0,
                        "noise_bytes": 0}
 
     # -- inputs ----------------------------------------------------------------------------------
 
     def link_up(self, now: float) -> None:
+        """The reader's line is open: `cardReaderOnline` unless that was the last thing said
+        (so at start too: a board rebuilt from the outbox closes an outage from before)."""
         self.online = True
+        self.offline_reason = None
+        if self._said is not True:
+            self._said = True
+            self._emit("cardReaderOnline", now)
 
     def receive(self, data: bytes, now: float) -> None:
         for frame in self._framer.feed(data):
@@ -135,21 +146,27 @@ class CardReaderCore:
             self._removed(now, "removed")
 
     def link_down(self, now: float, reason: str) -> None:
-        """The reader is gone: a half-read frame is dropped (not a player's bad read), a seated
-        card is reported removed with reason reader_offline (nobody can tell any more)."""
+        """The reader is gone (or would not open): a half-read frame is dropped (not a player's
+        bad read), a seated card is reported removed with reason reader_offline (nobody can tell
+        any more), then `cardReaderOffline` with the link error, once per outage."""
         self.online = False
+        self.offline_reason = reason
         self._framer = Framer(self.settings.kind, lrc=self.settings.lrc)
         self._tracks.clear()
         self._gap_deadline = self._removal_due = None
         if self._inserted is not None:
             self._removed(now, "reader_offline")
+        if self._said is not False:  # once per outage, however often reopening fails
+            self._said = False
+            self._emit("cardReaderOffline", now, reason=reason)
 
     def next_event(self) -> PlayerEvent | None:
         return self._events.popleft() if self._events else None
 
     def statistics(self) -> dict[str, Any]:
-        # `online` as for a machine (diag, /health, metrics): the reader is there and talking.
+        # `online` as for a machine, counted apart from machines (diag, /health, metrics).
         return {"kind": self.settings.kind, "online": self.online,
+                "offline_reason": self.offline_reason,
                 "card_present": self._inserted is not None, **self.counts}
 
     # -- decisions -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ events open an alert, some close one, the rest are ignored:
     doorOpened      opens "door"            closed by doorClosed (same machine and door)
     tilt            opens "tilt"            closed by alertAcknowledged
     deviceOffline   opens "offline"         closed by deviceOnline (same machine)
+    cardReaderOffline opens "reader"        closed by cardReaderOnline (same machine and reader)
     bufferOverflow  opens "bufferOverflow"  closed by alertAcknowledged
     meterDiscrepancy opens "meters"         closed by alertAcknowledged (docs/reconciliation.md)
     alertAcknowledged marks an open alert as acknowledged (and closes tilts / overflows)
@@ -36,13 +37,16 @@ from drivers.model import machine_key
 __all__ = ["ALERT_KINDS", "OPENING_EVENTS", "SEVERITY", "Alert", "AlertBoard", "Change",
            "machine_label"]
 
-ALERT_KINDS = ("handpay", "door", "tilt", "offline", "bufferOverflow", "meters")
+ALERT_KINDS = ("handpay", "door", "tilt", "offline", "reader", "bufferOverflow", "meters")
 # Most urgent first: a handpay is a player waiting for money, an open door a security matter.
-SEVERITY = {"handpay": 0, "door": 1, "tilt": 2, "offline": 3, "bufferOverflow": 4, "meters": 5}
+# A card reader offline (players there cannot be rated, the machine plays on) comes after the
+# machine's own faults, before the bookkeeping ones nobody on the floor can fix.
+SEVERITY = {"handpay": 0, "door": 1, "tilt": 2, "offline": 3, "reader": 4, "bufferOverflow": 5,
+            "meters": 6}
 
 _OPENERS = {"handpayPending": "handpay", "doorOpened": "door", "tilt": "tilt",
-            "deviceOffline": "offline", "bufferOverflow": "bufferOverflow",
-            "meterDiscrepancy": "meters"}
+            "deviceOffline": "offline", "cardReaderOffline": "reader",
+            "bufferOverflow": "bufferOverflow", "meterDiscrepancy": "meters"}
 OPENING_EVENTS = frozenset(_OPENERS)
 # Alerts without a closing event from the machine: an acknowledgement is what clears them.
 _CLOSED_BY_ACK = frozenset({"tilt", "bufferOverflow", "meters"})
@@ -149,6 +153,10 @@ class AlertBoard:
                                and a.data.get("door") == door, at)
         if event == "deviceOnline":
             return self._close(lambda a: a.kind == "offline" and a.machine == machine, at)
+        if event == "cardReaderOnline":
+            reader = data.get("reader")
+            return self._close(lambda a: a.kind == "reader" and a.machine == machine
+                               and a.data.get("reader") == reader, at)
         if event == "alertAcknowledged":
             return self._acknowledge(data, at)
         return False
@@ -162,12 +170,14 @@ class AlertBoard:
 
     def _open(self, kind: str, envelope: dict[str, Any], machine: str | None,
               data: dict[str, Any]) -> bool:
-        # A door reported open twice, or a machine reported offline twice, is still one alert:
-        # the first report is the one staff are already looking at. The same tilt again counts.
+        # A door reported open twice, or a machine or reader reported offline twice, is still
+        # one alert: the first report is the one staff are already looking at. The same tilt
+        # again counts.
         for alert in self._alerts.values():
             if alert.kind != kind or alert.machine != machine:
                 continue
-            if kind in ("door", "offline") and alert.data.get("door") == data.get("door"):
+            if kind in ("door", "offline", "reader") and alert.data.get("door") == data.get(
+                    "door") and alert.data.get("reader") == data.get("reader"):
                 return False
             if kind == "tilt" and alert.data.get("kind") == data.get("kind"):
                 again = replace(alert, count=alert.count + 1, last=envelope["timestamp"])

@@ -85,6 +85,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
                  "medium": "rfid"},
     "cardBadRead": {"medium": "magstripe", "reason": "the reader reported a read error",
                     "held_back": 2},
+    "cardReaderOffline": {"reader": "reader-12", "reason": "read failed: [Errno 5] Input/output "
+                                                           "error"},
+    "cardReaderOnline": {"reader": "reader-12"},
     "doorOpened": {"door": "main"},
     "doorClosed": {"door": "main"},
     "tilt": {"kind": "reel tilt"},
@@ -116,7 +119,8 @@ MACHINE_TYPES = frozenset({
     "gameSelected", "betPlaced", "gameEnded", "billAccepted", "ticketPrinted", "ticketInserted",
     "meterSnapshot", "doorOpened", "doorClosed", "tilt", "handpayPending", "handpayReset",
     "bufferOverflow", "commandExecuted", "machineReplaced", "meterReconciled", "meterDiscrepancy",
-    "gamingDayClosed", "cardInserted", "cardRemoved", "cardRead", "cardBadRead"})
+    "gamingDayClosed", "cardInserted", "cardRemoved", "cardRead", "cardBadRead",
+    "cardReaderOffline", "cardReaderOnline"})
 
 
 def signers() -> tuple[Signer, Signer]:

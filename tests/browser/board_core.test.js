@@ -158,6 +158,17 @@ test("descriptions and who may acknowledge", () => {
     false);
 });
 
+test("a card reader offline: its own words and symbol, ranked below the machine's faults", () => {
+  assert.equal(core.KIND_LABELS.reader, "Card reader offline");
+  assert.equal(core.describe(alert(1, "reader", "p", { data: { reader: "reader-1" } })),
+    "Players here cannot be rated (reader reader-1)");
+  assert.ok(core.KIND_SYMBOLS.reader && core.KIND_SYMBOLS.reader !== core.KIND_SYMBOLS.offline);
+  const worst = core.worstAlert([alert(1, "reader", "p"), alert(2, "offline", "p")]);
+  assert.equal(worst.kind, "offline");
+  assert.equal(core.worstAlert([alert(1, "reader", "p"), alert(2, "bufferOverflow", "p")]).kind,
+    "reader");
+});
+
 const card = (seq, event, machine, cardId, timestamp) => ({
   seq, event, channel: "player", timestamp: timestamp || "2026-11-21T06:00:00.000Z",
   machine: { port: machine.split("/")[0], address: Number(machine.split("/")[1]) },

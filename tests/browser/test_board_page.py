@@ -32,6 +32,23 @@ def test_board_logic_under_node():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_page_ranks_and_names_every_kind_the_server_has():
+    """board-core.js keeps its own copy of the server's severity order and a word for each kind:
+    a kind added on the server (e.g. a card reader offline) must reach the page in the same place."""
+    import json
+    import re
+
+    from gateway.feed.state import ALERT_KINDS, SEVERITY
+
+    source = (HERE.parents[1] / "gateway/feed/static/board-core.js").read_text()
+    found = re.search(r"const SEVERITY = (\{[^}]*\});", source)
+    assert found, "SEVERITY not found in board-core.js"
+    page = json.loads(re.sub(r"(\w+):", r'"\1":', found.group(1)))
+    assert page == SEVERITY
+    labels = re.search(r"const KIND_LABELS = \{([^}]*)\};", source, re.S)
+    assert labels and all(re.search(rf"\b{kind}:", labels.group(1)) for kind in ALERT_KINDS)
+
+
 def text(page, selector: str) -> str:
     return page.locator(selector).first.text_content()
 

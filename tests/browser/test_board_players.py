@@ -43,3 +43,30 @@ def test_attendant_sees_players_viewer_does_not(browser, page_problems, tmp_path
         assert viewer.locator("#players").is_hidden()
         assert viewer.locator("#player-list li").count() == 0
         assert page_problems.problems == []
+
+
+def test_a_card_reader_offline_is_a_tile_in_its_own_words_until_it_is_back(
+        browser, page_problems, tmp_path):
+    """Floor review: a reader unplugged gave no alert, so nobody knew players there could not
+    be rated. It is a tile of the machine it sits beside, below that machine's own faults."""
+    with LiveFeed(tmp_path) as live:
+        gone = {"reader": "reader-a-04", "reason": "read failed: [Errno 5] Input/output error"}
+        live.append("cardReaderOffline", gone, port="bank-a-04")
+        page = page_problems(browser.new_page(viewport={"width": 800, "height": 1280}))
+        log_in(page, live.url, "viewer-token")  # every role sees it: it carries no player
+        tile = page.locator('.tile[data-machine="bank-a-04/1"]')
+        tile.wait_for()
+        assert "kind-reader" in tile.get_attribute("class")
+        assert tile.locator(".kind").inner_text() == "Card reader offline"
+        assert "Players here cannot be rated (reader reader-a-04)" in tile.inner_text()
+        assert "Card reader offline" in tile.get_attribute("aria-label")
+        shot(page, "board-card-reader-offline.png")
+        # The machine's own fault outranks it on the tile; the reader coming back clears it.
+        live.append("tilt", {"kind": "bill_jam"}, port="bank-a-04")
+        page.wait_for_function("() => document.querySelector('.tile[data-machine=\"bank-a-04/1\"]"
+                               " .kind').textContent === 'Fault'")
+        assert "+ 1 more" in tile.inner_text()
+        live.append("cardReaderOnline", {"reader": "reader-a-04"}, port="bank-a-04")
+        page.wait_for_function("() => !document.querySelector('.tile[data-machine=\"bank-a-04/1\"]')"
+                               ".innerText.includes('+ 1 more')")
+        assert page_problems.problems == []

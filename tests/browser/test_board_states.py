@@ -15,6 +15,29 @@ SMALL_TARGETS = """() => [...document.querySelectorAll('button')].filter((b) => 
 }).map((b) => b.textContent)"""
 
 
+# The header's visible parts: each one's box and whether its text is cut off.
+HEADER_PARTS = """() => { const box = document.querySelector('header').getBoundingClientRect();
+  return [...document.querySelectorAll('header > *')].filter((e) => e.offsetParent !== null)
+  .map((e) => { const rc = e.getBoundingClientRect(); return { id: e.id || e.tagName,
+  left: rc.left, right: rc.right, top: rc.top, bottom: rc.bottom, text: e.textContent,
+  cut: e.scrollWidth > e.clientWidth + 1 || rc.top < box.top || rc.bottom > box.bottom }; }); }"""
+
+
+def assert_header_fits(page, width: int) -> None:
+    """The board's title is in the header at this width, and nothing in the header overlaps,
+    leaves the screen or the header, or has its title or alert count cut off."""
+    parts = page.evaluate(HEADER_PARTS)
+    by_id = {p["id"]: p for p in parts}
+    assert by_id.get("H1", {}).get("text") == "Alert board", parts
+    assert not by_id["count"]["cut"] and not by_id["H1"]["cut"], parts
+    for i, a in enumerate(parts):
+        assert a["left"] >= 0 and a["right"] <= width, a
+        for b in parts[i + 1:]:
+            apart = (a["right"] <= b["left"] or b["right"] <= a["left"]
+                     or a["bottom"] <= b["top"] or b["bottom"] <= a["top"])
+            assert apart, (a, b)
+
+
 def shot(page, name: str) -> None:
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / name))
@@ -62,6 +85,7 @@ def test_busy_board_on_a_tablet_and_a_phone(browser, page_problems, tmp_path):
         assert sum(int(f.rsplit("(", 1)[1][:-1]) for f in filters[1:]) == \
             len(live.server.board.alerts)
         assert tablet.evaluate(SMALL_TARGETS) == []
+        assert_header_fits(tablet, 800)
         shot(tablet, "board-busy-tablet.png")
         tablet.locator("#filters button", has_text="Bank C").click()
         visible = tablet.locator(".tile:visible")
@@ -77,7 +101,43 @@ def test_busy_board_on_a_tablet_and_a_phone(browser, page_problems, tmp_path):
         assert len(set(lefts)) == 1, "one column on a phone"
         assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390
         assert phone.evaluate(SMALL_TARGETS) == []
+        assert_header_fits(phone, 390)
         shot(phone, "board-busy-phone.png")
+        assert page_problems.problems == []
+
+
+def test_phone_header_keeps_the_title_and_sort_says_when_the_board_is_already_sorted(
+        browser, page_problems, tmp_path):
+    """Floor review: on a phone the header dropped the title, and a greyed-out Sort read as
+    broken. The disabled Sort says the board is already in order (text, tooltip, ARIA), in full
+    colour; it says "Sort" when new tiles wait at the end."""
+    with LiveFeed(tmp_path) as live:
+        for n in range(1, 6):
+            live.append("tilt", {"kind": "bill_jam"}, port=f"bank-a-{n:02d}")
+        phone = page_problems(browser.new_page(viewport={"width": 390, "height": 844}))
+        log_in(phone, live.url)
+        phone.wait_for_function("() => document.querySelectorAll('.tile').length == 5")
+        assert_header_fits(phone, 390)
+        sort = phone.locator("#sort")
+        assert sort.is_disabled()
+        assert sort.inner_text() == "Sorted"
+        assert "already sorted" in sort.get_attribute("aria-label").lower()
+        assert "already sorted" in sort.get_attribute("title").lower()
+        assert phone.evaluate("() => getComputedStyle(document.getElementById('sort')).opacity")\
+            == "1", "a disabled Sort must not look broken (greyed out)"
+        shot(phone, "board-phone-header.png")
+        # A new machine's tile waits at the end: Sort offers to put it in its place.
+        live.append("handpayPending", {"amount": {"minor": 250000, "currency": "USD"}},
+                    port="bank-b-01")
+        phone.wait_for_function("() => !document.getElementById('sort').disabled")
+        assert sort.inner_text() == "Sort"
+        assert "sort the board now" in sort.get_attribute("aria-label").lower()
+        assert_header_fits(phone, 390)
+        shot(phone, "board-phone-header-sort.png")
+        sort.click()
+        phone.wait_for_function("() => document.getElementById('sort').disabled")
+        assert sort.inner_text() == "Sorted"
+        assert phone.locator(".tile").first.get_attribute("data-machine") == "bank-b-01/1"
         assert page_problems.problems == []
 
 

@@ -79,11 +79,15 @@ async def test_memory_link_swipes_unplug(autojump_clock: trio.abc.Clock) -> None
         await reader_end.send(b"IN\r\n" + swipe_bytes(ANNA)[:10])
         await trio.sleep(0.01)
         await reader_end.send(swipe_bytes(ANNA)[10:])
-        await sink.until(1)
+        await sink.until(2)  # cardReaderOnline, cardInserted
         stats = driver.statistics()
         assert stats.machines[1]["card_present"] and stats.machines[1]["machine"] == "egm-1/1"
         await reader_end.aclose()  # unplugged with the card in
-    inserted, removed = sink.recorded
+    online, inserted, removed, offline = sink.recorded
+    assert (online.type, online.data, online.machine) == (
+        "cardReaderOnline", {"reader": "reader-1"}, BESIDE)
+    assert (offline.type, offline.data["reader"], offline.source) == (
+        "cardReaderOffline", "reader-1", None)
     assert inserted.type == "cardInserted" and inserted.machine == BESIDE
     assert inserted.source is None and inserted.observed_at > 0
     assert removed.type == "cardRemoved" and removed.data["reason"] == "reader_offline"

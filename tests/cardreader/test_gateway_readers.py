@@ -71,6 +71,7 @@ async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
             await enough.wait()
             status = json.dumps(gw.status(), default=str)
             snap = await snapshot(gw)
+            line = gw.status_line()
             # A reader that is plugged in is no "machine offline" on /health.
             health = assess(gw.status(), HealthLimits(), wall=time.time())
             nursery.cancel_scope.cancel()
@@ -90,6 +91,10 @@ async def test_daemon_records_card_events_and_never_a_number(tmp_path: Path,
     assert os.stat(made["venue_secret"]).st_mode & 0o077 == 0
     # (The reader may be unplugged at that moment: "port reader-1 down" is then right.)
     assert not [r for r in health if "reader-1: machine" in r], health
+    # A reader's port is a card reader, not a machine, in the status line (floor review).
+    assert line.startswith(("0/0 machines online, 1/1 card readers online, ",
+                            "0/0 machines online, 0/1 card readers online, ")), line
+    assert snap["ports"]["reader-1"]["machines"][0]["device"] == "card_reader"
     # The control socket and diag show the reader's own figures (docs/cardreader.md).
     figures = snap["ports"]["reader-1"]["machines"][0]["figures"]
     assert figures["kind"] == "insert" and figures["reads"] >= 3

@@ -21,6 +21,7 @@ BEN = SimCard("6098765432109876", "PLAYER/BEN", "04FFEEDDCCBBAA")
 def _core(kind: str = "swipe", **kw: float | bool) -> CardReaderCore:
     core = CardReaderCore(ReaderSettings(kind=kind, **kw), SECRET)
     core.link_up(0.0)
+    assert [e.type for e in _events(core)] == ["cardReaderOnline"]  # at start: it is there
     return core
 
 
@@ -129,9 +130,26 @@ def test_a_lost_reader_ends_the_visit() -> None:
     core = _core("insert")
     core.receive(b"IN\r\n" + swipe_bytes(ANNA) + b"%B60", 0.0)
     core.link_down(3.0, "read failed: EIO")
-    [_inserted, removed] = _events(core)
-    assert removed.data["reason"] == "reader_offline"
+    [_inserted, removed, offline] = _events(core)
+    assert removed.data["reason"] == "reader_offline" and offline.type == "cardReaderOffline"
     assert core.statistics()["online"] is False and core.get_timer() is None
+
+
+def test_a_reader_going_away_and_back_is_said_once_each_way() -> None:
+    """Floor staff need to know a reader is gone (players cannot be rated): offline once however
+    often the reopening fails, online when it is back; the reason names the line, not a card."""
+    core = CardReaderCore(ReaderSettings(kind="insert"), SECRET)
+    core.link_down(0.0, "cannot open /dev/ttyUSB7: No such file or directory")  # never opened
+    core.link_down(5.0, "cannot open /dev/ttyUSB7: No such file or directory")  # retried
+    core.link_up(9.0)
+    core.link_up(9.5)  # (a second open without a loss in between says nothing)
+    core.receive(b"IN\r\n" + swipe_bytes(ANNA), 10.0)
+    core.link_down(12.0, "read failed: EIO")
+    assert [(e.type, e.data.get("reason"), e.at) for e in _events(core)] == [
+        ("cardReaderOffline", "cannot open /dev/ttyUSB7: No such file or directory", 0.0),
+        ("cardReaderOnline", None, 9.0), ("cardInserted", None, 10.0),
+        ("cardRemoved", "reader_offline", 12.0), ("cardReaderOffline", "read failed: EIO", 12.0)]
+    assert core.statistics()["offline_reason"] == "read failed: EIO"
 
 
 def test_rfid_reads_and_a_held_card() -> None:
@@ -194,8 +212,10 @@ def test_fuzz_core_only_player_events(kind: str, chunks: list[tuple[bytes, float
         _run_timers(core, now)
         core.receive(data, now)
     core.link_down(now + 1, "gone")
-    for event in _events(core):
+    *played, last = _events(core)
+    for event in played:
         assert event.type in {"cardRead", "cardInserted", "cardRemoved", "cardBadRead"}
+    assert (last.type, dict(last.data)) == ("cardReaderOffline", {"reason": "gone"})
 
 
 @pytest.mark.parametrize(("kind", "wire"), [

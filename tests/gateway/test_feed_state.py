@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.feed.state import AlertBoard
+from gateway.feed.state import ALERT_KINDS, OPENING_EVENTS, SEVERITY, AlertBoard
 
 
 def env(seq: int, event: str, data: dict[str, Any] | None = None, *, port: str | None = "p1",
@@ -73,6 +73,29 @@ def test_offline_until_online_and_uplink_events_are_not_board_state():
     assert [a["kind"] for a in snap["alerts"]] == ["offline"]
     board.apply(env(5, "deviceOnline"))
     assert board.snapshot() == {"version": 2, "seq": 5, "alerts": []}
+
+
+def test_a_card_reader_offline_is_its_own_alert_on_the_machine_it_sits_beside():
+    """cardReaderOffline opens "reader" (players cannot be rated) until cardReaderOnline of that
+    reader; the machine's own offline alert is another thing and closes on its own."""
+    board = AlertBoard()
+    gone = {"reader": "reader-1", "reason": "read failed: EIO"}
+    assert board.apply(env(1, "cardReaderOffline", gone))
+    assert not board.apply(env(2, "cardReaderOffline", gone)), "still the same outage"
+    assert board.apply(env(3, "deviceOffline"))
+    assert kinds(board) == [(3, "offline", "p1/1"), (1, "reader", "p1/1")]
+    assert board.apply(env(4, "alertAcknowledged", {"alert_seq": 1, "by": "ann"}))
+    assert board.get(1) is not None, "acknowledged is not resolved: the reader is still gone"
+    assert board.apply(env(5, "deviceOnline"))
+    assert not board.apply(env(6, "cardReaderOnline", {"reader": "reader-9"}, port="p2"))
+    assert kinds(board) == [(1, "reader", "p1/1")]
+    assert board.apply(env(7, "cardReaderOnline", {"reader": "reader-1"}))
+    assert board.alerts == []
+
+
+def test_a_card_reader_ranks_below_machine_faults_above_bookkeeping():
+    assert SEVERITY["tilt"] < SEVERITY["offline"] < SEVERITY["reader"] < SEVERITY["bufferOverflow"]
+    assert "reader" in ALERT_KINDS and "cardReaderOffline" in OPENING_EVENTS
 
 
 def test_every_change_is_a_numbered_delta():

@@ -9,13 +9,15 @@
     door: "DOOR OPEN",
     tilt: "Fault",
     offline: "Not responding",
+    reader: "Card reader offline",
     bufferOverflow: "Events lost",
     meters: "Meters do not add up",
   };
   const KIND_SYMBOLS = { handpay: "$", door: "\u25B2", tilt: "!", offline: "\u2715",
-    bufferOverflow: "?", meters: "\u2260" };
+    reader: "\u25AD", bufferOverflow: "?", meters: "\u2260" };
   // Most urgent first (the server's gateway/feed/state.py SEVERITY).
-  const SEVERITY = { handpay: 0, door: 1, tilt: 2, offline: 3, bufferOverflow: 4, meters: 5 };
+  const SEVERITY = { handpay: 0, door: 1, tilt: 2, offline: 3, reader: 4, bufferOverflow: 5,
+    meters: 6 };
   // Alerts that call for an attendant now: a new one sounds and flashes.
   const LOUD_KINDS = new Set(["handpay"]);
 
@@ -86,6 +88,9 @@
         return words(data.kind) + (alert.count > 1 ? " (" + alert.count + " times)" : "");
       case "offline":
         return "The gateway cannot reach this machine";
+      case "reader":
+        return "Players here cannot be rated" + (data.reader ? " (reader " + data.reader + ")"
+          : "");
       case "bufferOverflow":
         return data.detail || "The machine's event queue overflowed";
       case "meters":

@@ -569,11 +569,24 @@
       document.body.dataset.sortedAt = String(sortedAt);
     }
     needsSort = false;
-    $("sort").disabled = true;
+    setSortButton(false);
+  }
+
+  // Sort is offered only when tiles wait out of order; otherwise it says the board is already
+  // sorted (a greyed-out "Sort" read as broken on the floor).
+  function setSortButton(offered) {
+    const sort = $("sort");
+    if (sort.disabled === !offered && sort.textContent) return;
+    sort.disabled = !offered;
+    sort.textContent = offered ? "Sort" : "Sorted";
+    const words = offered ? "Sort the board now: some tiles are out of order"
+      : "Board already sorted: nothing to do";
+    sort.setAttribute("aria-label", offered ? words : "Board already sorted");
+    sort.title = words;
   }
 
   function maybeResort() {
-    $("sort").disabled = !needsSort;
+    setSortButton(needsSort);
     if (!needsSort || Date.now() < heldUntil || pending || !$("machine").hidden) return;
     resort();
   }
