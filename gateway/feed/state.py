@@ -49,7 +49,7 @@ _OPENERS = {"handpayPending": "handpay", "doorOpened": "door", "tilt": "tilt",
             "bufferOverflow": "bufferOverflow", "meterDiscrepancy": "meters"}
 OPENING_EVENTS = frozenset(_OPENERS)
 # Alerts without a closing event from the machine: an acknowledgement is what clears them.
-_CLOSED_BY_ACK = frozenset({"tilt", "bufferOverflow", "meters"})
+CLOSED_BY_ACK = frozenset({"tilt", "bufferOverflow", "meters"})  # the others stay, marked
 HISTORY_PER_MACHINE = 10
 MAX_PENDING_CHANGES = 10_000
 
@@ -211,7 +211,7 @@ class AlertBoard:
             return False
         acked = replace(alert, acknowledged_by=data.get("by"), acknowledged_at=timestamp,
                         ack_note=data.get("note"))
-        if alert.kind in _CLOSED_BY_ACK:
+        if alert.kind in CLOSED_BY_ACK:
             self._alerts[alert.seq] = acked
             self._remove(acked, timestamp)
         else:

@@ -38,7 +38,7 @@ def test_the_page_ranks_and_names_every_kind_the_server_has():
     import json
     import re
 
-    from gateway.feed.state import ALERT_KINDS, SEVERITY
+    from gateway.feed.state import ALERT_KINDS, CLOSED_BY_ACK, SEVERITY
 
     source = (HERE.parents[1] / "gateway/feed/static/board-core.js").read_text()
     found = re.search(r"const SEVERITY = (\{[^}]*\});", source)
@@ -47,6 +47,9 @@ def test_the_page_ranks_and_names_every_kind_the_server_has():
     assert page == SEVERITY
     labels = re.search(r"const KIND_LABELS = \{([^}]*)\};", source, re.S)
     assert labels and all(re.search(rf"\b{kind}:", labels.group(1)) for kind in ALERT_KINDS)
+    # The confirmation says "This clears it from the board" exactly for these.
+    closed = re.search(r"const CLOSED_BY_ACK = (\[[^\]]*\]);", source)
+    assert closed and set(json.loads(closed.group(1))) == CLOSED_BY_ACK
 
 
 def text(page, selector: str) -> str:
@@ -129,3 +132,26 @@ def test_board_in_headless_chromium(browser, page_problems, tmp_path):
         page.wait_for_selector("#unreachable", state="hidden")
         assert text(page, "#status") == "Connected as ann (attendant)"
         assert page_problems.problems == []
+
+
+def test_the_confirmation_says_whether_acknowledging_clears_the_alert(browser, tmp_path):
+    """Only a fault (and events lost, meters) goes when acknowledged; a machine not responding
+    stays, marked, until it answers again, and the confirmation says which."""
+    with LiveFeed(tmp_path) as live:
+        live.append("deviceOffline", {}, port="bank-d-04")
+        live.append("tilt", {"kind": "bill_jam"}, port="bank-e-05")
+        page = browser.new_page(viewport={"width": 800, "height": 1280})
+        page.goto(live.url)
+        page.fill("#token", "attendant-token")
+        page.click("#login-form button")
+        notes = {}
+        for machine in ("bank-d-04/1", "bank-e-05/1"):
+            tile = f'.tile[data-machine="{machine}"]'
+            page.wait_for_selector(f"{tile}[data-alert]")
+            tap_acknowledge(page, tile)
+            notes[machine] = page.locator("#confirm-note").text_content()
+            page.click("#confirm-no")
+            page.wait_for_selector("#confirm", state="hidden")
+        assert notes["bank-d-04/1"].endswith("until the machine answers again.")
+        assert notes["bank-e-05/1"].endswith("This clears it from the board.")
+        assert live.acks == []

@@ -18,6 +18,10 @@
   // Most urgent first (the server's gateway/feed/state.py SEVERITY).
   const SEVERITY = { handpay: 0, door: 1, tilt: 2, offline: 3, reader: 4, bufferOverflow: 5,
     meters: 6 };
+  // Alerts an acknowledgement closes (the server's gateway/feed/state.py CLOSED_BY_ACK); the
+  // others stay on the board, marked, until what raised them is over (STAYS_UNTIL says what).
+  const CLOSED_BY_ACK = ["tilt", "bufferOverflow", "meters"];
+  const STAYS_UNTIL = { offline: "the machine answers again", reader: "the card reader is back" };
   // Alerts that call for an attendant now: a new one sounds and flashes.
   const LOUD_KINDS = new Set(["handpay"]);
 
@@ -318,7 +322,7 @@
   }
 
   const api = {
-    KIND_LABELS, KIND_SYMBOLS, LOUD_KINDS, READ_SHOWN_S, SEVERITY, applyDelta,
+    CLOSED_BY_ACK, KIND_LABELS, KIND_SYMBOLS, LOUD_KINDS, STAYS_UNTIL, READ_SHOWN_S, SEVERITY, applyDelta,
     applyPlayerEvent, backoffDelay, bankName, bankOf, canAcknowledge, canSeePlayers, clockTime,
     describe, formatAge, formatMoney, groupByMachine, machineName, newLoudAlerts, parseTime,
     playerRows, tileOrder, uplinkBanner, uplinkCause, words, worstAlert,

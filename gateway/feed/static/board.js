@@ -646,9 +646,9 @@
     $("confirm-text").textContent = alertWords(alert);
     $("confirm-note").textContent = (switched
       ? "This tile changed just before your tap: check this is the alert you meant. " : "") +
-      (alert.kind === "handpay" || alert.kind === "door"
-        ? "It stays on the board, marked with your name, until the machine clears it."
-        : "This clears it from the board.");
+      (core.CLOSED_BY_ACK.includes(alert.kind) ? "This clears it from the board."
+        : "It stays on the board, marked with your name, until " +
+          (core.STAYS_UNTIL[alert.kind] || "the machine clears it") + ".");
     const yes = $("confirm-yes");
     yes.disabled = true;
     yes.textContent = "Yes, acknowledge";
