@@ -93,10 +93,14 @@ None: not an exception, nothing to acknowledge), with `straddle`: how many excep
 recorded between the read's first answer and the report -- events the machine may have counted
 in the meters before the host heard of them. The snapshot is held until the machine shows an
 empty queue: a GP answered 00, or met with silence in RTE mode twice in a row (the first
-silence may be a lost event answer; the identical repeat re-sends it) -- or the meter answer itself, in
-RTE mode, once the machine has sent an event frame since it last fell silent long enough to
-have reset (`reset_silence_s`): a machine back from a power-up may answer in normal mode, queue
-or not. Exception 17 (power applied) and a `machineReplaced` queue a meter read as 70 does.
+silence may be a lost event answer; the identical repeat re-sends it) -- or the meter answer
+itself, in RTE mode, once the machine's next exception answer is an event frame (then released
+just before that exception is reported: it came after the read). A machine in RTE mode answers
+a long poll with data only when nothing is pending, but one that reset between two polls (no
+silence for the host to see) is back in normal mode and answers with data whatever it holds;
+only its next exception answer shows which it was: bare, the meter answer proved nothing and the
+snapshot waits for 00 (everything recorded meanwhile in `straddle`). Exception 17 (power
+applied) and a `machineReplaced` queue a meter read as 70 does.
 See docs/reconciliation.md.
 Exception follow-ups, queued when the exception is reported and sent after it is durable (the
 follow-up is the implied ACK, so never before): 51 -> LP 1B (result in `statistics()`
