@@ -84,7 +84,7 @@ The rule is decided in drivers/redelivery.py (`ResetWatch`, sans-I/O, beside the
 rule's `RedeliveryBook`); the host feeds it the frames, the bytes and the silences it sees.
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
 when the machine has games), then LP 0E when RTE is on; 3C re-reads all but LP 0E.
-Periodic long polls: a meter read (two LP 6F/AF, alternating, or LP 1C + 0F + 1E with
+Periodic long polls: a meter read (three LP 6F/AF, alternating, or LP 1C + 0F + 1E with
 `meter_polls="1C"` or once a machine has ignored 6F) every `meters_every_s`, the clock (LP 7E)
 every `clock_every_s`, LP 1A every `credits_every_s`. A periodic poll only goes out when the
 previous poll to that machine was a GP, so GPs get at least every other slot; so does each poll
