@@ -155,7 +155,7 @@ class PlayModel:
 
     def _game(self) -> list[tuple[int, bytes]]:
         wager = min(self.credits, self._rng.choice((1, 2, 3, 5)))
-        if wager == 0:
+        if wager <= 0:
             return []
         self.credits -= wager
         self.coin_in = (self.coin_in + wager) % 10**8
@@ -173,7 +173,9 @@ class PlayModel:
         fault): its meters count it again, as a real machine's would."""
         if code == Exc.GAME_STARTED:
             wager = bcd.decode(data[0:2])
-            self.credits -= wager
+            # The credits may have gone out on a ticket since: the credit meter never goes
+            # below zero (the accounting meters count the game all the same).
+            self.credits = max(0, self.credits - wager)
             self.coin_in = (self.coin_in + wager) % 10**8
             self.games_played += 1
         elif code == Exc.GAME_ENDED:

@@ -93,3 +93,19 @@ def test_a_window_names_the_figures_the_machine_could_not_report(
         assert unreported <= set(w["unreported"])
         if not unreported:
             assert w["unreported"] == []
+
+
+def test_a_genuine_repeat_after_a_cashout_keeps_the_credit_meter_at_zero() -> None:
+    """The long run once stopped on it: a game, the ticket for every credit, then the game's 7E
+    repeated (the `duplicate` fault) took the credit meter below zero."""
+    play = PlayModel(1, 0.5, cashout_credits=1)
+    play.credits = 3
+    while True:
+        out = play.advance(play.due() or 0.0, rte=True)
+        started = [d for c, d in out if c == Exc.GAME_STARTED]
+        if started and (Exc.CASHOUT_TICKET_PRINTED, b"") in out:
+            break
+        play.credits = 3
+    assert play.credits == 0
+    play.repeat(Exc.GAME_STARTED, started[0])
+    assert play.credits == 0 and play.meters()["games_played"] >= 2
