@@ -4,10 +4,11 @@
         [--profiles silence_fresh ...]
 
 Lines of four simulated machines (one per simulator profile, drivers/sim/egm.py PROFILES), the
-"floor" play model, line faults (crc, silence, garbage, junk, truncate, split) plus power cycles
-and genuine repeats at `--fault-probability` per answer, normal and RTE mode, LP 6F and LP 1C
-meter reads, through the real SAS host into the reconciler (bench/reconcile_sim.py), on a
-virtual clock (sans-I/O: the figures do not depend on the machine's load; the wall time does).
+"floor" play model (a cash-out ticket at 20,000 credits), line faults (crc, silence, garbage,
+junk, truncate, split) plus power cycles and genuine repeats at `--fault-probability` per
+answer, normal and RTE mode, LP 6F and LP 1C meter reads, through the real SAS host into the
+reconciler (bench/reconcile_sim.py), on a virtual clock (sans-I/O: the figures do not depend on
+the machine's load; the wall time does).
 A discrepancy is false when the simulator's ledger shows nothing wrong with that machine in its
 segment (drivers/sim/oracle.py: a record without data pairs only with an exception that went
 out without it); on a machine where the line did lose or invent an exception (docs/sas.md,

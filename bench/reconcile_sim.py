@@ -108,6 +108,8 @@ class Segment:
     poll_interval_s: float = 1.0
     meters_every_s: float = 60.0
     profiles: tuple[str, ...] = ()  # simulator profiles of the line's machines (): every one
+    # A player cashes out with a ticket (exception 3D) at this many credits (None: never).
+    cashout_credits: int | None = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +129,8 @@ class SegmentResult:
 
 def run_segment(seg: Segment) -> SegmentResult:
     profiles = [p for name, p in PROFILES.items() if not seg.profiles or name in seg.profiles]
-    egms = [SasEgm(a, Ledger(), play=PlayModel(seg.seed * 100 + a, seg.rate, profile="floor"),
+    egms = [SasEgm(a, Ledger(), play=PlayModel(seg.seed * 100 + a, seg.rate, profile="floor",
+                                               cashout_credits=seg.cashout_credits),
                    serial=f"R{seg.seed}-{a}", profile=p,
                    faults=FaultPlan(frozenset(LINE_FAULTS) | {"power", "duplicate"},
                                     seg.fault_probability, seed=seg.seed * 100 + a))

@@ -176,6 +176,15 @@ class MeterName(enum.StrEnum):
     GAMES_WON = "games_won"
     GAMES_LOST = "games_lost"
     BILLS_IN_CENTS = "bills_in_cents"
+    HANDPAID_CANCELLED_CREDITS = "handpaid_cancelled_credits"
+    TICKETS_IN_CASHABLE = "tickets_in_cashable"
+    TICKETS_IN_RESTRICTED = "tickets_in_restricted"
+    TICKETS_OUT_CASHABLE = "tickets_out_cashable"
+    TICKETS_OUT_RESTRICTED = "tickets_out_restricted"
+    TICKET_IN_CREDITS = "ticket_in_credits"
+    TICKET_OUT_CREDITS = "ticket_out_credits"
+    TRANSFERS_TO_MACHINE_CREDITS = "transfers_to_machine_credits"
+    TRANSFERS_TO_HOST_CREDITS = "transfers_to_host_credits"
 
 
 @dataclass(frozen=True, slots=True)

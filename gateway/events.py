@@ -170,9 +170,10 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"amount": MONEY, "validation_number": STR}),
     EventSpec("meterSnapshot", "cash", "1.1.0",
               "A read of the machine's meters (periodic, and after exception 70, power-up and "
-              "a machine replacement): coin_in, coin_out, drop, jackpot, cancelled_credits and "
-              "current_credits count credits (times denomination.minor gives minor units); "
-              "every other meter is a count (games, bills_<dollars>, ...). digits: how many "
+              "a machine replacement): coin_in, coin_out, drop, jackpot, cancelled_credits, "
+              "current_credits and every meter named *_credits count credits (times "
+              "denomination.minor gives minor units); every other meter is a count (games, "
+              "bills_<dollars>, tickets_in_cashable, ...). digits: how many "
               "decimal digits each meter holds before it rolls over; straddle: how many of the "
               "machine's exceptions recorded just before this event were answered after the "
               "meters were read (docs/reconciliation.md). Never shed: the reconciliation "

@@ -18,16 +18,20 @@ from typing import Any
 
 __all__ = ["COUNT_UNITS", "CREDIT_METERS", "meters_result"]
 
-# Meters kept in credits by the machine (SAS meters 00 02 04 0C 24; LP 0F 19 1A 1C).
+# Meters kept in credits by the machine (SAS meters 00-04 0C 15-18 24; LP 0F 19 1A 1C).
 CREDIT_METERS = frozenset({"coin_in", "coin_out", "drop", "jackpot", "cancelled_credits",
-                           "current_credits"})
+                           "current_credits", "handpaid_cancelled_credits", "ticket_in_credits",
+                           "ticket_out_credits", "transfers_to_machine_credits",
+                           "transfers_to_host_credits"})
 # Meters in whole currency units (LP 20: total bills accepted, in dollars).
 WHOLE_UNIT_METERS = {"bills_total_dollars": "bills_total"}
 COUNT_UNITS = {
     "games_played": "games", "games_won": "games", "games_lost": "games",
     "games_since_power_up": "games", "games_since_door_closed": "games",
     "slot_door_opened_count": "openings", "power_resets": "resets",
-    **{f"bills_{n}": "bills" for n in (1, 5, 10, 20, 50, 100)},
+    **{f"bills_{n}": "bills" for n in (1, 2, 5, 10, 20, 50, 100)},
+    **{f"tickets_{way}_{kind}": "tickets" for way in ("in", "out")
+       for kind in ("cashable", "restricted")},
 }
 
 

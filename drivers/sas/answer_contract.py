@@ -85,8 +85,6 @@ class AnswerContract(HostCore):
                     # "No activity" once the repeat is silent too: a first silence may be a lost
                     # event answer, which the repeat re-sends (see "Periodic long polls").
                     self._release(f.machine, now)
-                if now - f.machine.bytes_at >= self.config.reset_silence_s:
-                    f.machine.rte_proven = False  # quiet, or off: it may come back in normal mode
                 f.silent_run += 1
                 f.failed_silent = True
                 if f.silent_run <= self.config.rte_silence_retries:
@@ -156,7 +154,6 @@ class AnswerContract(HostCore):
         m, cfg = f.machine, self.config
         self._need_sync = True
         if not f.ever_received and now - m.bytes_at >= cfg.reset_silence_s:
-            m.rte_proven = False
             m.reset.fell_silent()  # not one byte for that long: down, or resetting
         if f.request is not None and (
                 f.request.ticket is not None or (f.was_online and not f.ever_received)):

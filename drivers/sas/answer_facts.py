@@ -36,7 +36,13 @@ class AnswerFacts(HostCore):
                 # The machine shows which mode it is in: trust that over what we last set, and
                 # ask for RTE again if it dropped out of it.
                 was_rte, m.rte_on = m.rte_on, isinstance(answer, framing.Event)
-                m.rte_proven = m.rte_on  # an exception answer shows the mode it is in
+                if m.read_in_rte:
+                    # The first exception answer since the read's meter answer shows the mode
+                    # the machine was in then (see "Periodic long polls"): in RTE mode its
+                    # queue was empty, and this exception came after the read.
+                    m.read_in_rte = False
+                    if m.rte_on:
+                        self._release(m, now)
                 if was_rte and not m.rte_on and self.config.rte and not any(
                         r.poll.command == LongPoll.RTE_MODE for r in m.queue):
                     m.queue.append(Request(messages.rte_mode(m.address, True)))
@@ -152,8 +158,9 @@ class AnswerFacts(HostCore):
             m.last_meters = dict(read.meters)
             m.held = {"meters": dict(read.meters), "denomination_cents": m.denom_cents,
                       "digits": {n: digits_of(n) for n in read.meters}}
-            if m.rte_on and m.rte_proven:
-                self._release(m, now)
+            # In RTE mode the meter answer shows an empty queue -- if the machine still is in
+            # RTE mode, which only its next exception answer shows ("Periodic long polls").
+            m.read_in_rte = m.rte_on
         if read.ticket is not None:
             self._events.append(CommandFinished(
                 read.ticket, bool(read.meters), "" if read.meters else "no meters",
@@ -163,14 +170,14 @@ class AnswerFacts(HostCore):
     def _read_answered(m: Machine, read: MeterRead) -> None:
         if not read.started:
             # A new read: one still held merges into it (its window just gets longer).
-            read.started, m.straddle, m.held = True, 0, None
+            read.started, m.straddle, m.held, m.read_in_rte = True, 0, None, False
 
     def _release(self, m: Machine, now: float) -> None:
         """Report the held snapshot: the machine's queue is known empty (see "Periodic long
         polls"); every exception it counted before the read is recorded by now."""
         if m.held is not None:
             data, m.held = {**m.held, "straddle": m.straddle or 0}, None
-            m.straddle = None
+            m.straddle, m.read_in_rte = None, False
             self._events.append(Report(MachineEvent("meterSnapshot", m.ref, data,
                                                     monotonic=now)))
 
@@ -205,7 +212,7 @@ class AnswerFacts(HostCore):
         m.online = False
         m.offline_reason = reason
         m.held = m.straddle = None  # the next read after it is back spans the gap
-        m.rte_proven = False
+        m.read_in_rte = False
         self._events.append(Report(MachineEvent("deviceOffline", m.ref, {"reason": reason},
                                                 monotonic=now)))
         self._queue_discovery(m)

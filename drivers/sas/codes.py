@@ -223,5 +223,8 @@ PRIORITY_EXCEPTIONS = frozenset({0x3D, 0x3E, 0x3F, 0x51, 0x52, 0x55, 0x56, 0x57,
 METER_CODES: dict[int, str] = {
     0x00: "coin_in", 0x01: "coin_out", 0x02: "jackpot", 0x04: "cancelled_credits",
     0x05: "games_played", 0x06: "games_won", 0x07: "games_lost", 0x0C: "current_credits",
-    0x24: "drop",
+    0x24: "drop", 0x03: "handpaid_cancelled_credits", 0x11: "tickets_in_cashable",
+    0x12: "tickets_out_cashable", 0x13: "tickets_in_restricted", 0x14: "tickets_out_restricted",
+    0x15: "ticket_in_credits", 0x16: "ticket_out_credits", 0x17: "transfers_to_machine_credits",
+    0x18: "transfers_to_host_credits",
 }

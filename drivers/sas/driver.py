@@ -87,6 +87,10 @@ NEUTRAL_METERS: dict[str, tuple[MeterName, int]] = {
     "games_won": (MeterName.GAMES_WON, 1),
     "games_lost": (MeterName.GAMES_LOST, 1),
     "bills_total_dollars": (MeterName.BILLS_IN_CENTS, 100),
+    **{m: (MeterName(m), 1) for m in (
+        "handpaid_cancelled_credits", "tickets_in_cashable", "tickets_in_restricted",
+        "tickets_out_cashable", "tickets_out_restricted", "ticket_in_credits",
+        "ticket_out_credits", "transfers_to_machine_credits", "transfers_to_host_credits")},
 }
 
 

@@ -84,7 +84,7 @@ The rule is decided in drivers/redelivery.py (`ResetWatch`, sans-I/O, beside the
 rule's `RedeliveryBook`); the host feeds it the frames, the bytes and the silences it sees.
 Discovery (first contact, after offline, and again on exception 3C): LP 1F, 54, A0, 51 (then 56
 when the machine has games), then LP 0E when RTE is on; 3C re-reads all but LP 0E.
-Periodic long polls: a meter read (two LP 6F/AF, alternating, or LP 1C + 0F + 1E with
+Periodic long polls: a meter read (three LP 6F/AF, alternating, or LP 1C + 0F + 1E with
 `meter_polls="1C"` or once a machine has ignored 6F) every `meters_every_s`, the clock (LP 7E)
 every `clock_every_s`, LP 1A every `credits_every_s`. A periodic poll only goes out when the
 previous poll to that machine was a GP, so GPs get at least every other slot; so does each poll
@@ -93,10 +93,14 @@ None: not an exception, nothing to acknowledge), with `straddle`: how many excep
 recorded between the read's first answer and the report -- events the machine may have counted
 in the meters before the host heard of them. The snapshot is held until the machine shows an
 empty queue: a GP answered 00, or met with silence in RTE mode twice in a row (the first
-silence may be a lost event answer; the identical repeat re-sends it) -- or the meter answer itself, in
-RTE mode, once the machine has sent an event frame since it last fell silent long enough to
-have reset (`reset_silence_s`): a machine back from a power-up may answer in normal mode, queue
-or not. Exception 17 (power applied) and a `machineReplaced` queue a meter read as 70 does.
+silence may be a lost event answer; the identical repeat re-sends it) -- or the meter answer
+itself, in RTE mode, once the machine's next exception answer is an event frame (then released
+just before that exception is reported: it came after the read). A machine in RTE mode answers
+a long poll with data only when nothing is pending, but one that reset between two polls (no
+silence for the host to see) is back in normal mode and answers with data whatever it holds;
+only its next exception answer shows which it was: bare, the meter answer proved nothing and the
+snapshot waits for 00 (everything recorded meanwhile in `straddle`). Exception 17 (power
+applied) and a `machineReplaced` queue a meter read as 70 does.
 See docs/reconciliation.md.
 Exception follow-ups, queued when the exception is reported and sent after it is durable (the
 follow-up is the implied ACK, so never before): 51 -> LP 1B (result in `statistics()`

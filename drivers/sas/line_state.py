@@ -123,11 +123,12 @@ class Machine:
     reset: ResetWatch = field(default_factory=ResetWatch)
     stats: Stats = field(default_factory=Stats)
     # Exceptions recorded since the current meter read's first answer (None: no read open), a
-    # finished read's snapshot waiting for an empty queue, and whether an event frame came since
-    # the machine last fell silent long enough to reset ("Periodic long polls" in host.py).
+    # finished read's snapshot waiting for an empty queue, and whether its meter answer came
+    # while the host believed the machine in RTE mode, its next exception answer to show
+    # whether it still was ("Periodic long polls" in host.py).
     straddle: int | None = None
     held: dict[str, Any] | None = None
-    rte_proven: bool = False
+    read_in_rte: bool = False
 
     @property
     def denom_cents(self) -> int:

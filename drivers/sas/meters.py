@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BILL_METER_CODES", "LEGACY_DIGITS", "METERS", "READ_CHUNKS", "SasMeter", "digits_of"]
+__all__ = ["BILL_METER_CODES", "LEGACY_DIGITS", "METERS", "READ_CHUNKS", "TRANSFER_METER_CODES",
+           "SasMeter", "digits_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,11 @@ class SasMeter:
 BILL_METER_CODES: dict[int, int] = {0x40: 1, 0x41: 2, 0x42: 5, 0x43: 10, 0x44: 20, 0x46: 50,
                                     0x47: 100}
 
+# Electronic transfers (AFT, and legacy EFT) to and from the machine, credits: a machine without
+# AFT need not keep them (the simulator's leaves them out of its LP 6F answers).
+TRANSFER_METER_CODES: dict[int, str] = {0x17: "transfers_to_machine_credits",
+                                        0x18: "transfers_to_host_credits"}
+
 METERS: dict[int, SasMeter] = {m.code: m for m in (
     SasMeter(0x00, "coin_in", "credits"),
     SasMeter(0x01, "coin_out", "credits"),
@@ -41,6 +47,16 @@ METERS: dict[int, SasMeter] = {m.code: m for m in (
     SasMeter(0x0C, "current_credits", "credits"),
     SasMeter(0x24, "drop", "credits"),
     *(SasMeter(code, f"bills_{dollars}", "count") for code, dollars in BILL_METER_CODES.items()),
+    # Handpays, tickets and transfers (Table C-7 03, 11-18): read after the ones above, so a
+    # machine's first two polls of a read stay what they were.
+    SasMeter(0x03, "handpaid_cancelled_credits", "credits"),
+    SasMeter(0x11, "tickets_in_cashable", "count"),
+    SasMeter(0x12, "tickets_out_cashable", "count"),
+    SasMeter(0x13, "tickets_in_restricted", "count"),
+    SasMeter(0x14, "tickets_out_restricted", "count"),
+    SasMeter(0x15, "ticket_in_credits", "credits"),
+    SasMeter(0x16, "ticket_out_credits", "credits"),
+    *(SasMeter(code, name, "credits") for code, name in TRANSFER_METER_CODES.items()),
 )}
 
 # LP 6F/AF take at most 10 codes a poll (reference 6): a read is these polls, in this order.

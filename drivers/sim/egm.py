@@ -23,7 +23,8 @@ general poll is that one byte, a long poll's length follows from its command (re
   * A type S poll with a bad CRC is NACKed (`addr|0x80`) and changes no state. Unknown long polls
     get silence. Answered: LP 01, 02, 06, 07, 0E, 0F, 10-1C, 1E, 1F, 20, 21 (ACK), 2F, 3D, 48,
     51, 53-57, 6F/AF, 7E, 7F, 94, A0 (messages.POLL_SPECS); 4C, 4D, 58 and B0 get silence.
-  * Meters: honest (the play model's, Table C-7 codes of drivers/sas/meters.py) unless told to
+  * Meters: honest (the play model's, Table C-7 codes of drivers/sas/meters.py; a machine
+    without AFT, `asset=None`, has no transfer meters 17/18) unless told to
     lie (`Lies`): swallow the next exceptions of a code while the meters still move, move a
     meter with no exception, or zero the meters at power-up as some machines do.
   * Chirp (reference 1): with `chirp` on, after `chirp_after_s` (5 s) without an address byte the
@@ -40,7 +41,7 @@ from drivers.sas import bcd, messages
 from drivers.sas.codes import Exc, LongPoll
 from drivers.sas.crc import check_crc
 from drivers.sas.errors import SasRemoteProtocolError
-from drivers.sas.meters import METERS
+from drivers.sas.meters import METERS, TRANSFER_METER_CODES
 from drivers.sim.faults import FaultInjector, FaultPlan
 from drivers.sim.ledger import Ledger, LedgerEntry
 from drivers.sim.machine import PlayModel
@@ -413,8 +414,12 @@ class SasEgm:
                 step = 1 if command == LongPoll.SELECTED_METERS else 2
                 codes = [int.from_bytes(data[i:i + step], "little")
                          for i in range(3, len(data), step)]
+                # A machine without AFT (no asset number, LP 74 silent) keeps no transfer
+                # meters: it leaves them out of the answer.
+                kept = {c for c in codes if c in METERS and (
+                    self.asset is not None or c not in TRANSFER_METER_CODES)}
                 return messages.SelectedMeters(command, game, {
-                    c: meters[METERS[c].name] for c in codes if c in METERS})
+                    c: meters[METERS[c].name] for c in codes if c in kept})
             case LongPoll.CASHOUT_TICKET:
                 return messages.CashoutTicket(0, 0)
             case LongPoll.LAST_BILL:

@@ -37,7 +37,8 @@ class PlayModel:
     """Games with wager and win, bills, doors, and the occasional handpay or tilt."""
 
     def __init__(self, seed: int, events_per_second: float, *, denom_cents: int = 1,
-                 start: float = 0.0, profile: str = "storm") -> None:
+                 start: float = 0.0, profile: str = "storm",
+                 cashout_credits: int | None = None) -> None:
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
         self.profile = profile
@@ -52,6 +53,13 @@ class PlayModel:
         self.games_lost = 0
         self.drop_credits = 0
         self.jackpot = 0
+        # Ticket out (exception 3D): the player cashes out once the credit meter reaches
+        # `cashout_credits` (None: never). Decided without the random stream, so a seeded run
+        # without it plays as before.
+        self.cashout_credits = cashout_credits
+        self.cancelled_credits = 0
+        self.ticket_out_credits = 0
+        self.tickets_out = 0
         self.bill_counts: dict[int, int] = {}
         # (bill code of the LP 48 table, lifetime count) of the last bill, for LP 48.
         self.last_bill: tuple[int, int] | None = None
@@ -74,8 +82,19 @@ class PlayModel:
         out: list[tuple[int, bytes]] = []
         while self._next is not None and self._next <= now:
             out += self._one(rte)
+            if self.cashout_credits is not None and self.credits >= self.cashout_credits:
+                out.append(self._cashout())
             self._next += self._gap()
         return out
+
+    def _cashout(self) -> tuple[int, bytes]:
+        """A cash-out ticket for the whole credit meter: meters 04 (cancelled credits), 12
+        (cashable tickets out) and 16 (ticket out, credits) move with exception 3D."""
+        self.cancelled_credits += self.credits
+        self.ticket_out_credits += self.credits
+        self.tickets_out += 1
+        self.credits = 0
+        return Exc.CASHOUT_TICKET_PRINTED, b""
 
     def _one(self, rte: bool) -> list[tuple[int, bytes]]:
         roll = self._rng.random()
@@ -128,12 +147,15 @@ class PlayModel:
                 "games_played": self.games_played % wrap, "games_won": self.games_won % wrap,
                 "games_lost": self.games_lost % wrap,
                 "drop": self.drop_credits % wrap, "jackpot": self.jackpot % wrap,
-                "cancelled_credits": 0, "current_credits": self.credits % wrap,
+                "cancelled_credits": self.cancelled_credits % wrap,
+                "ticket_out_credits": self.ticket_out_credits % wrap,
+                "tickets_out_cashable": self.tickets_out % wrap,
+                "current_credits": self.credits % wrap,
                 **{f"bills_{c // 100}": n % wrap for c, n in self.bill_counts.items()}}
 
     def _game(self) -> list[tuple[int, bytes]]:
         wager = min(self.credits, self._rng.choice((1, 2, 3, 5)))
-        if wager == 0:
+        if wager <= 0:
             return []
         self.credits -= wager
         self.coin_in = (self.coin_in + wager) % 10**8
@@ -151,7 +173,9 @@ class PlayModel:
         fault): its meters count it again, as a real machine's would."""
         if code == Exc.GAME_STARTED:
             wager = bcd.decode(data[0:2])
-            self.credits -= wager
+            # The credits may have gone out on a ticket since: the credit meter never goes
+            # below zero (the accounting meters count the game all the same).
+            self.credits = max(0, self.credits - wager)
             self.coin_in = (self.coin_in + wager) % 10**8
             self.games_played += 1
         elif code == Exc.GAME_ENDED:
@@ -162,6 +186,8 @@ class PlayModel:
             self.games_lost += win == 0
         elif code == Exc.HANDPAY_PENDING:
             self.jackpot += self.handpay_cents // self.denom_cents
+        elif code == Exc.CASHOUT_TICKET_PRINTED:
+            self.tickets_out += 1  # a second ticket, for the credits left: none
         elif cents := _BILL_CENTS_BY_CODE.get(code) or (
                 code == Exc.BILL_ACCEPTED and _BILL_CENTS_BY_DENOM.get(data[1])):
             self.credits += cents // self.denom_cents

@@ -203,7 +203,9 @@ class MachineReconciler:
                                             span))
                 self.carry[meter] = s if delta < lo else (0, 0)
                 continue
-            carry_hi = None if hi is None else hi - delta
+            # Only the straddling events can still be counted later, and at most what they are
+            # worth: an unbounded event before the read (a handpay's jackpot) is spent here.
+            carry_hi = s[1] if hi is None or s[1] is None else min(hi - delta, s[1])
             self.carry[meter] = (max(0, pre[0] + s[0] - delta), carry_hi)
         self.baseline = {**self.baseline, **meters}
         return self._close(obs, meters, span, found, deltas, rolled, straddle)

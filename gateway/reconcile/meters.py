@@ -53,6 +53,23 @@ RULES: dict[str, Rule] = {r.meter: r for r in (
     *(Rule(f"bills_{d}", f"meter {code:02X} ${d} bills accepted <-> bill accepted "
                          f"(exc 47-50 / RTE 4F) of ${d}")
       for d, code in _BILL_CODES.items()),
+    Rule("handpaid_cancelled_credits", "meter 03 hand-paid cancelled credits <-> moves only "
+                                       "with a handpay (exc 51)"),
+    *(Rule(f"tickets_out_{kind}", f"meter {code} SAS {kind} tickets out (count) <-> at most "
+                                  "one a ticket printed (exc 3D) or handpay receipt (exc 3E)")
+      for kind, code in (("cashable", "12"), ("restricted", "14"))),
+    Rule("ticket_out_credits", "meter 16 total ticket out (credits) <-> moves only with a "
+                               "ticket printed (exc 3D) or handpay receipt (exc 3E)"),
+    *(Rule(f"tickets_in_{kind}", f"meter {code} SAS {kind} tickets in (count) <-> at most one "
+                                 "a ticket inserted (exc 67)")
+      for kind, code in (("cashable", "11"), ("restricted", "13"))),
+    Rule("ticket_in_credits", "meter 15 total ticket in (credits) <-> moves only with a "
+                              "ticket inserted (exc 67)"),
+    Rule("transfers_to_machine_credits", "meter 17 electronic transfers to the machine "
+                                         "(credits) <-> moves only with an AFT transfer "
+                                         "complete (exc 69)"),
+    Rule("transfers_to_host_credits", "meter 18 electronic transfers to the host (credits) "
+                                      "<-> moves only with an AFT transfer complete (exc 69)"),
 )}
 
 
@@ -64,6 +81,10 @@ NEUTRAL: dict[str, MeterName] = {
     "jackpot": MeterName.JACKPOT_CREDITS, "cancelled_credits": MeterName.CANCELLED_CREDITS,
     "drop": MeterName.DROP_CREDITS, "games_played": MeterName.GAMES_PLAYED,
     "games_won": MeterName.GAMES_WON, "games_lost": MeterName.GAMES_LOST,
+    **{m: MeterName(m) for m in (
+        "handpaid_cancelled_credits", "tickets_in_cashable", "tickets_in_restricted",
+        "tickets_out_cashable", "tickets_out_restricted", "ticket_in_credits",
+        "ticket_out_credits", "transfers_to_machine_credits", "transfers_to_host_credits")},
 }
 
 
@@ -95,9 +116,25 @@ def contributions(event_type: str, data: Mapping[str, Any],
         case "billAccepted":
             return _bill(data, denom_cents)
         case "handpayPending":
-            return {"jackpot": UNBOUNDED, "cancelled_credits": UNBOUNDED}
+            return {"jackpot": UNBOUNDED, "cancelled_credits": UNBOUNDED,
+                    "handpaid_cancelled_credits": UNBOUNDED}
         case "ticketPrinted":
-            return {"cancelled_credits": UNBOUNDED}
+            return {"cancelled_credits": UNBOUNDED, **_TICKET_OUT}
+        case "ticketInserted":
+            return {"ticket_in_credits": UNBOUNDED, "tickets_in_cashable": (0, 1),
+                    "tickets_in_restricted": (0, 1)}
         case "machineException" if data.get("code") == 0x7C:  # legacy bonus, machine-paid
             return {"coin_out": UNBOUNDED}
+        case "machineException" if data.get("code") == 0x3E:  # handpay validated: a receipt
+            return dict(_TICKET_OUT)
+        case "machineException" if data.get("code") == 0x69:  # AFT transfer complete
+            return {"transfers_to_machine_credits": UNBOUNDED,
+                    "transfers_to_host_credits": UNBOUNDED, "cancelled_credits": UNBOUNDED}
     return {}
+
+
+# A ticket printed is one ticket out, cashable or restricted (the exception does not say which:
+# each count may move by one), of an amount the exception does not carry.
+_TICKET_OUT: dict[str, Interval] = {"ticket_out_credits": UNBOUNDED,
+                                    "tickets_out_cashable": (0, 1),
+                                    "tickets_out_restricted": (0, 1)}

@@ -98,7 +98,7 @@ def test_request_meters_finishes_with_the_meters() -> None:
     pair = _pair()
     pair.run_until(2.0)
     ticket = pair.host.request_meters(1)
-    pair.run_until(3.0)
+    pair.run_until(4.0)  # three LP 6F polls, each after a GP
     [done] = [e for e in pair.other if getattr(e, "ticket", None) == ticket]
     assert done.ok and set(done.data["meters"]) >= {"coin_in", "coin_out", "games_played"}
 

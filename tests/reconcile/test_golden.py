@@ -49,7 +49,10 @@ def test_every_rule_has_a_golden_case() -> None:
     from gateway.reconcile.meters import RULES
     named = {m for c in _CASES for step in c["steps"] if "snap" in step for m in step["snap"]}
     assert {"games_played", "games_won", "games_lost", "coin_in", "coin_out", "jackpot", "drop",
-            "bills_20"} <= named <= set(RULES)
+            "bills_20", "cancelled_credits", "handpaid_cancelled_credits", "tickets_in_cashable",
+            "tickets_in_restricted", "tickets_out_cashable", "tickets_out_restricted",
+            "ticket_in_credits", "ticket_out_credits", "transfers_to_machine_credits",
+            "transfers_to_host_credits"} <= named <= set(RULES)
 
 
 def test_core_imports_no_trio() -> None:

@@ -54,6 +54,16 @@ def _reads_between(run: SimRun, t0: float, seq: int) -> int:
                if e.type == "meterSnapshot" and e.monotonic >= t0 and i <= seq)
 
 
+def _until_the_lie(run: SimRun) -> int:
+    """Run until the machine tells its lie; 1 if a meter read of it was open then (its first
+    answer came before the lie, so it may not see it: it does not count as a read after the
+    lie), else 0."""
+    egm = run.egms[0]
+    while not egm.lies.told:
+        run.step()
+    return int(run.host._machines[egm.address].straddle is not None)
+
+
 def _first_discrepancy(run: SimRun, meter: str) -> dict[str, object]:
     found = [v.data for v in run.discrepancies() if v.data["meter"] == meter]
     assert found, f"no discrepancy on {meter}: {run.counts()}"
@@ -66,11 +76,12 @@ def test_swallowed_game_is_reported_with_meter_and_amount(rte: bool) -> None:
     run.run_until(60.0)
     egm = run.egms[0]
     egm.lies.swallow[Exc.GAME_STARTED] = 1
+    open_read = _until_the_lie(run)
     run.run_until(120.0)
     [(when, _)] = egm.lies.told
     d = _first_discrepancy(run, "games_played")
     assert (d["difference"], d["cause"]) == (1, "eventsMissing")
-    assert _reads_between(run, when, d["to_seq"]) <= 2  # type: ignore[arg-type]
+    assert _reads_between(run, when, d["to_seq"]) <= 2 + open_read  # type: ignore[arg-type]
     if rte:  # the wager is known only from RTE 7E data
         wagers = [v.data for v in run.discrepancies() if v.data["meter"] == "coin_in"]
         assert wagers and 1 <= wagers[0]["difference"] <= 5
