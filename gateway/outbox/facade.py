@@ -434,7 +434,7 @@ class Outbox:
         self._stale_reads.append(self._read)
         self._read = connect(self.settings.path)
         last = readers.last_event(self._conn)
-        assert last is not None  # the new epoch starts with its lossMarker
+        assert last is not None  # the new epoch starts with its lossMarker or epochStarted
         self.epoch = read_meta(self._conn)["epoch"]
         self._head = ChainHead(last[0], decode_envelope(last[1])["hash"], self.signer)
         self.delivered_seq = self._delivered_persisted = 0
