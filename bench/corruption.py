@@ -35,8 +35,10 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +85,8 @@ class Result:
     verify_before: bool
     ok: bool
     error: str = ""
+    phases: dict[str, float] | None = None  # the daemon run's steps (bench/daemon_case.py)
+    case_s: float = 0.0
 
 
 def settings(path: Path) -> OutboxSettings:
@@ -312,7 +316,7 @@ def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_templ
              work: Path) -> Result:
     """Damage a copy of the template, run a real daemon on it, and count (module docstring).
     `old`: the template outbox's events."""
-    case_dir = work / case.name
+    case_dir, began = work / case.name, time.monotonic()
     shutil.copytree(template / "state", case_dir / "state")
     shutil.copyfile(template / "backup.db", case_dir / "backup.db")
     rx_db = case_dir / "rx.db"
@@ -345,10 +349,11 @@ def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_templ
     if ok:
         shutil.rmtree(case_dir)
     return Result(case.name, run.up, reused, missing, markers, marked, verify_after,
-                  verify_before, ok, run.error)
+                  verify_before, ok, run.error, run.phases, time.monotonic() - began)
 
 
-def run(sample: bool, work: Path, echo: Callable[[str], None] = print) -> list[Result]:
+def run(sample: bool, work: Path, echo: Callable[[str], None] = print,
+        only: str = "") -> list[Result]:
     plant = Plant(work / "plant")
     try:
         template = work / "template"
@@ -359,7 +364,7 @@ def run(sample: bool, work: Path, echo: Callable[[str], None] = print) -> list[R
         old = rows(template / "state" / "outbox.db")
         results = []
         for case in cases(wal_frames(template / "state")):
-            if sample and not case.in_sample:
+            if (sample and not case.in_sample) or (only and not re.search(only, case.name)):
                 continue
             results.append(run_case(case, plant, template, old, rx_template, work))
             echo(line(results[-1]))
@@ -410,6 +415,7 @@ def main() -> int:
     parser.add_argument("--sample", action="store_true", help="the CI subset")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--dir", type=Path, help="work here and keep failed cases' files")
+    parser.add_argument("--only", default="", help="the cases whose name matches this regex")
     args = parser.parse_args()
     from gateway.logs import configure_logging
 
@@ -418,13 +424,19 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         work = args.dir or Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="bench-corruption-")))
-        results = run(args.sample, work, lambda text: print(text, flush=True))
+        results = run(args.sample, work, lambda text: print(text, flush=True), args.only)
     up = sum(r.up for r in results)
     print(f"cases {len(results)}, daemons up {up}, seqs reused "
           f"{sum(r.reused for r in results)}, cases with something missing "
           f"{sum(r.missing > 0 for r in results)}, cases with markers "
           f"{sum(r.markers > 0 for r in results)}, cases ok {sum(r.ok for r in results)} "
           f"({time.perf_counter() - started:.0f} s)")
+    steps = [r.phases for r in results if r.phases]
+    if steps:
+        print("median seconds from the daemon's start: " + ", ".join(
+            f"{name} {statistics.median(p[name] for p in steps if name in p):.2f}"
+            for name in steps[0]) + f"; per case {statistics.median(r.case_s for r in results):.2f}"
+              " (damage, daemon, checks)")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     return 0 if all(r.ok for r in results) else 1

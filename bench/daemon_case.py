@@ -72,6 +72,7 @@ class DaemonRun:
     received: bool  # the receiver holds the new machine event
     exit_code: int | None
     error: str = ""
+    phases: dict[str, float] | None = None  # seconds from the start to each step
 
 
 class Plant:
@@ -162,13 +163,17 @@ class Plant:
     def _watch(self, gw: subprocess.Popen, log: GatewayLog, feed_port: int, rx_db: Path,
                old_traces: set[str], deadline: float) -> DaemonRun:
         seen: dict[str, Any] = {"replayed": 0}
+        started, phases = time.monotonic(), {}
         try:
             log.wait_for(lambda e: e.get("event") == "feed listening",
                          deadline - time.monotonic())
+            phases["listening"] = time.monotonic() - started
             trio.run(_replay_then_live, feed_port, self.supervisor, old_traces, seen,
                      deadline)
+            phases["polled"] = time.monotonic() - started
             epoch, seq = seen["epoch"], seen["seq"]
             received = _wait_received(rx_db, epoch, seq, deadline)
+            phases["received"] = time.monotonic() - started
         except (TimeoutError, OSError, trio.TooSlowError, KeyError) as err:
             alive = gw.poll() is None
             return DaemonRun(False, seen.get("seq"), seen.get("epoch"), seen["replayed"], False,
@@ -180,8 +185,9 @@ class Plant:
             code = gw.wait(timeout=30)
         except subprocess.TimeoutExpired:
             code = None
+        phases["stopped"] = time.monotonic() - started
         return DaemonRun(alive and received and code == 0, seq, epoch, seen["replayed"],
-                         received, code, "" if code == 0 else f"SIGTERM exit {code}")
+                         received, code, "" if code == 0 else f"SIGTERM exit {code}", phases)
 
 
 async def _replay_then_live(port: int, token: str, old_traces: set[str], seen: dict[str, Any],

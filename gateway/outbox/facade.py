@@ -27,7 +27,7 @@ from gateway.outbox.epochs import EpochChange, change_epoch
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
-from gateway.outbox.quarantine import holes_of, move_rows, write_markers
+from gateway.outbox.quarantine import holes_of, move_rows, still_damaged, write_markers
 from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
 from gateway.outbox.settings import MB, OutboxSettings
@@ -449,6 +449,10 @@ class Outbox:
         conn = self._conn
         conn.execute("BEGIN")
         try:
+            bad = still_damaged(conn, bad)
+            if not bad:
+                conn.execute("COMMIT")
+                return []
             holes = holes_of(conn, bad)
             moved = move_rows(conn, bad)
             seq, digest = write_markers(conn, self.settings, self.epoch, self.signer,

@@ -239,3 +239,27 @@ async def test_a_rollback_that_loses_nothing_starts_a_new_epoch_without_a_loss_m
     assert (started["event"], started["data"]["previous_epoch"], started["data"]["salvaged"]) \
         == ("epochStarted", "0123456789abcdef", 5)
     assert verify_file(path, signer).ok
+
+
+async def test_a_damaged_row_two_readers_report_gets_one_marker(make_outbox, outbox_settings,
+                                                                signer):
+    """The feed's replay and its board rebuild read the same old row at once; the second report
+    reaches the writer after the first was quarantined. One hole, one marker (found by
+    bench/corruption.py's real daemon: two markers for seq 170, and verify failed)."""
+    path = outbox_settings.path
+    await fill(make_outbox(), TAIL_CHECK_ROWS + 40)
+    flip_byte(path, 10)
+    outbox = make_outbox()
+
+    async def two_readers() -> None:
+        await outbox.read_after(0, 500)
+        late = dict(outbox._damaged)  # a read whose snapshot predates the quarantine commit
+        with trio.fail_after(5):
+            while outbox.quarantined == 0:
+                await outbox.wait_appended(outbox.last_seq)
+        outbox._damaged.update(late)  # ...reports the same row after it
+        assert await outbox.append(draft(1)) == outbox.last_seq
+    await run_writer_around(outbox, two_readers)
+    assert [(m["first_seq"], m["last_seq"]) for m in markers(path)] == [(10, 10)]
+    report = verify_file(path, signer)
+    assert report.ok, report.reason
