@@ -244,7 +244,7 @@ def cases(frames: int) -> Iterator[Case]:
     yield Case("intact", lambda box: None, True)
     for frame in range(frames + 1):
         start = WAL_HEADER + frame * (FRAME_HEADER + PAGE)
-        yield Case(f"wal-cut-frame-{frame}", cut_wal(start), frame in (0, frames // 2, frames))
+        yield Case(f"wal-cut-frame-{frame}", cut_wal(start), frame == 0)
         if frame < frames:
             for inside, label in ((10, "header"), (FRAME_HEADER + 1, "page-start"),
                                   (FRAME_HEADER + PAGE // 2, "page-middle")):
@@ -256,13 +256,13 @@ def cases(frames: int) -> Iterator[Case]:
     yield Case("flip-schema", checkpointed(flip_schema), True)
     for kind in ("interior", "leaf", "index", "overflow", "freelist"):
         yield Case(f"flip-{kind}-page", checkpointed(flip_page(kind)),
-                   kind in ("interior", "leaf", "freelist"))
+                   kind in ("leaf", "freelist"))
     yield Case("flip-wal-header", lambda box: flip(box / "outbox.db-wal", 20), True)
     yield Case("flip-wal-frame-header",
                lambda box: flip(box / "outbox.db-wal", WAL_HEADER + 3 * (FRAME_HEADER + PAGE) + 4))
     for position in ("oldest", "middle", "newest64", "newest"):
         yield Case(f"flip-row-{position}", flip_row(position),
-                   position in ("oldest", "middle", "newest64"))
+                   position in ("middle", "newest64"))
     yield Case("restore-older-backup", restore_backup, True)
     yield Case("delete-database", delete_database, True)
 
