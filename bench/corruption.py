@@ -313,7 +313,7 @@ def platform_rows(rx_db: Path) -> dict[tuple[str, int], bytes]:
 
 
 def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_template: Path,
-             work: Path) -> Result:
+             work: Path, keep: bool = False) -> Result:
     """Damage a copy of the template, run a real daemon on it, and count (module docstring).
     `old`: the template outbox's events."""
     case_dir, began = work / case.name, time.monotonic()
@@ -346,14 +346,14 @@ def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_templ
     # damage that loses nothing: an unreadable header is reported, then mended at start).
     ok = (run.up and reused == 0 and (markers > 0) == (missing > 0) and marked == missing
           and verify_after and not (verify_before and missing > 0))
-    if ok:
+    if ok and not keep:
         shutil.rmtree(case_dir)
     return Result(case.name, run.up, reused, missing, markers, marked, verify_after,
                   verify_before, ok, run.error, run.phases, time.monotonic() - began)
 
 
 def run(sample: bool, work: Path, echo: Callable[[str], None] = print,
-        only: str = "") -> list[Result]:
+        only: str = "", keep: bool = False) -> list[Result]:
     plant = Plant(work / "plant")
     try:
         template = work / "template"
@@ -366,7 +366,7 @@ def run(sample: bool, work: Path, echo: Callable[[str], None] = print,
         for case in cases(wal_frames(template / "state")):
             if (sample and not case.in_sample) or (only and not re.search(only, case.name)):
                 continue
-            results.append(run_case(case, plant, template, old, rx_template, work))
+            results.append(run_case(case, plant, template, old, rx_template, work, keep))
             echo(line(results[-1]))
     finally:
         plant.close()
@@ -416,6 +416,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--dir", type=Path, help="work here and keep failed cases' files")
     parser.add_argument("--only", default="", help="the cases whose name matches this regex")
+    parser.add_argument("--keep", action="store_true", help="keep every case's files (--dir)")
     args = parser.parse_args()
     from gateway.logs import configure_logging
 
@@ -424,7 +425,8 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         work = args.dir or Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="bench-corruption-")))
-        results = run(args.sample, work, lambda text: print(text, flush=True), args.only)
+        results = run(args.sample, work, lambda text: print(text, flush=True), args.only,
+                      args.keep)
     up = sum(r.up for r in results)
     print(f"cases {len(results)}, daemons up {up}, seqs reused "
           f"{sum(r.reused for r in results)}, cases with something missing "
