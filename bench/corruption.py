@@ -81,6 +81,7 @@ class Result:
     missing: int
     markers: int
     marked: int  # the markers' counts added up
+    started: int  # epochStarted events (a new epoch with nothing missing)
     verify_after: bool
     verify_before: bool
     ok: bool
@@ -224,6 +225,27 @@ def checkpointed(damage: Damage) -> Damage:
     return then
 
 
+def zero_oldest_leaf(delivered: bool) -> Damage:
+    """The page holding the oldest rows zeroed (storage that lost a whole page). `delivered`:
+    the platform had acknowledged every event first, so nothing is missing (the new epoch is
+    announced by epochStarted, no lossMarker); otherwise that page's rows are lost."""
+    def damage(box: Path) -> None:
+        conn = sqlite3.connect(box / "outbox.db", isolation_level=None)
+        try:
+            if delivered:
+                conn.execute("UPDATE meta SET value=(SELECT max(seq) FROM events) "
+                             "WHERE key='delivered_seq'")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            leaf = min(p for (p,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name='events' AND pagetype='leaf'"))
+        finally:
+            conn.close()
+        with open(box / "outbox.db", "r+b") as f:
+            f.seek((leaf - 1) * PAGE)
+            f.write(bytes(PAGE))
+    return damage
+
+
 def flip_schema(box: Path) -> None:
     """A byte of the events table's CREATE statement in the schema (page 1)."""
     at = (box / "outbox.db").read_bytes()[:PAGE].find(b"CREATE TABLE events")
@@ -262,7 +284,9 @@ def cases(frames: int) -> Iterator[Case]:
                lambda box: flip(box / "outbox.db-wal", WAL_HEADER + 3 * (FRAME_HEADER + PAGE) + 4))
     for position in ("oldest", "middle", "newest64", "newest"):
         yield Case(f"flip-row-{position}", flip_row(position),
-                   position in ("middle", "newest64"))
+                   position == "middle")
+    yield Case("zero-oldest-leaf-page", zero_oldest_leaf(False))
+    yield Case("zero-oldest-leaf-page-delivered", zero_oldest_leaf(True), True)
     yield Case("restore-older-backup", restore_backup, True)
     yield Case("delete-database", delete_database, True)
 
@@ -340,6 +364,7 @@ def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_templ
              and e["trace_id"] not in traces
              and e["data"].get("reason") in ("quarantine", *NEW_EPOCH)]
     markers = len(found)
+    started = sum(1 for e in after if e["event"] == "epochStarted")
     marked = sum(int(d.get("count", 0)) for d in found)
     verify_after = path.exists() and verify_ok(path, plant.pub)
     # verify on the damaged file never says OK when something is missing (it may also report
@@ -348,7 +373,7 @@ def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_templ
           and verify_after and not (verify_before and missing > 0))
     if ok and not keep:
         shutil.rmtree(case_dir)
-    return Result(case.name, run.up, reused, missing, markers, marked, verify_after,
+    return Result(case.name, run.up, reused, missing, markers, marked, started, verify_after,
                   verify_before, ok, run.error, run.phases, time.monotonic() - began)
 
 
@@ -405,7 +430,8 @@ def online_copy_older(template: Path) -> None:
 
 def line(r: Result) -> str:
     return (f"{'ok ' if r.ok else 'BAD'} {r.case:<34} up={r.up!s:<5} reused={r.reused} "
-            f"missing={r.missing:<3} markers={r.markers} marked={r.marked:<3} verify "
+            f"missing={r.missing:<3} markers={r.markers} marked={r.marked:<3} "
+            f"epochStarted={r.started} verify "
             f"before={r.verify_before!s:<5} after={r.verify_after}"
             + (f"  {r.error}" if r.error else ""))
 

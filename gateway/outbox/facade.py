@@ -403,8 +403,21 @@ class Outbox:
         markers = self._quarantine_damaged() if self._damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
-        result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
-                              batch, job)
+        try:
+            result = commit_group(self._conn, self.settings, self.epoch, self._sealing,
+                                  self._head, batch, job)
+        except StoreError as err:
+            # A page the commit reads (retention reads the oldest row) is damaged: start over
+            # from a fresh file, as a read would, and commit the group there.
+            damage = err.__cause__
+            if not isinstance(damage, sqlite3.DatabaseError | UnicodeDecodeError) or \
+                    isinstance(damage, sqlite3.OperationalError):
+                raise
+            markers += self._start_over_live(damage)
+            delivered = 0
+            job = GroupCommit(changes, 0, 0, low_space, self.retention_cap)
+            result = commit_group(self._conn, self.settings, self.epoch, self._sealing,
+                                  self._head, batch, job)
         self._committed(result, delivered)
         return markers + result.envelopes
 

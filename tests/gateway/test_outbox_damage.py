@@ -263,3 +263,34 @@ async def test_a_damaged_row_two_readers_report_gets_one_marker(make_outbox, out
     assert [(m["first_seq"], m["last_seq"]) for m in markers(path)] == [(10, 10)]
     report = verify_file(path, signer)
     assert report.ok, report.reason
+
+
+async def test_a_zeroed_page_met_by_a_commit_starts_over_instead_of_exiting(
+        make_outbox, outbox_settings, signer, tmp_path):
+    """Retention reads the oldest row in every commit: a zeroed page of delivered rows made
+    the commit fail and the daemon exit (found by bench/corruption.py's real daemon). Now the
+    writer starts over from a fresh file and commits the group there; nothing was missing."""
+    import sqlite3
+
+    from tests.gateway.test_outbox_verify_ends import zero_page
+
+    path = outbox_settings.path
+    first = make_outbox()
+    old_epoch = first.epoch
+    await fill(first, 600)
+    first.close()
+    execute(path, "UPDATE meta SET value='600' WHERE key='delivered_seq'")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    oldest_leaf = min(p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name='events' AND pagetype='leaf'"))
+    conn.close()
+    zero_page(path, oldest_leaf - 1)
+    outbox = make_outbox()
+
+    async def append_one() -> None:
+        assert await outbox.append(draft(1)) == 2  # after the new epoch's epochStarted
+    await run_writer_around(outbox, append_one)
+    assert outbox.epoch != old_epoch and list(tmp_path.glob("outbox.db.corrupt-*"))
+    assert markers(path) == [] and first_event(path)["event"] == "epochStarted"
+    assert seqs(path) == [1, 2]
+    assert verify_file(path, signer).ok
