@@ -1,5 +1,5 @@
 """The corruption suite, CI sample (bench/corruption.py --sample: 12 cases, one or more of each
-class, about a minute): each damaged state directory gets a real daemon (bench/daemon_case.py)
+class, about 75 s on the loaded 2-core box): each damaged state directory gets a real daemon (bench/daemon_case.py)
 that comes up, reads every row back, polls a simulated machine and streams the new event to a
 reference receiver holding the platform's prior copy. Each ends with the daemon up, 0 seqs
 reused, lossMarkers exactly when events are missing and counting exactly them, and `outbox
@@ -33,5 +33,9 @@ def test_corruption_sample(tmp_path: Path):
     assert by_case["intact"]["markers"] == 0 and by_case["intact"]["missing"] == 0
     assert by_case["flip-freelist-page"]["markers"] == 0  # free space: nothing lost, no marker
     assert by_case["flip-row-middle"]["marked"] == 1  # beyond the start-up window: read back
+    # A zeroed page of delivered rows: a fresh epoch, nothing missing, announced by
+    # epochStarted with no lossMarker (the daemon used to exit at its next commit).
+    zeroed = by_case["zero-oldest-leaf-page-delivered"]
+    assert (zeroed["missing"], zeroed["markers"], zeroed["started"]) == (0, 0, 1)
     assert by_case["restore-older-backup"]["missing"] == 140
     assert done.returncode == 0
