@@ -1,10 +1,10 @@
 """The corruption suite, CI sample (bench/corruption.py --sample: 12 cases, one or more of each
-class, about 75 s on the loaded 2-core box): each damaged state directory gets a real daemon (bench/daemon_case.py)
-that comes up, reads every row back, polls a simulated machine and streams the new event to a
-reference receiver holding the platform's prior copy. Each ends with the daemon up, 0 seqs
-reused, lossMarkers exactly when events are missing and counting exactly them, and `outbox
-verify` OK afterwards and never OK before when something is missing. bench/corruption.py without
---sample runs every case (docs/certification.md)."""
+class, about 75 s on the loaded 2-core box): each damaged state directory gets a real daemon
+(bench/daemon_case.py) that comes up, reads every row back, polls a simulated machine and
+streams the new event to a reference receiver holding the platform's prior copy. Each ends with
+the daemon up, 0 seqs reused, lossMarkers exactly when events are missing and counting exactly
+them, and `outbox verify` OK afterwards and never OK before when something is missing.
+bench/corruption.py without --sample runs every case (docs/certification.md)."""
 
 from __future__ import annotations
 
