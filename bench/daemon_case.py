@@ -110,11 +110,18 @@ class Plant:
                        check=True, capture_output=True)
 
     def close(self) -> None:
-        if self.sim.poll() is None:
-            self.sim.terminate()
-            self.sim.wait(timeout=30)
+        """Stop the simulator. Its stdout is closed first: on a signal it writes its ledger
+        there (large after a long run), which nobody here reads, so it would block on the pipe
+        (a full run once waited 30 s for it and lost its summary)."""
         if self.sim.stdout is not None:
             self.sim.stdout.close()
+        if self.sim.poll() is None:
+            self.sim.terminate()
+            try:
+                self.sim.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.sim.kill()
+                self.sim.wait()
         self._sim_log.close()
 
     def config(self, case_dir: Path, rx_port: int, feed_port: int) -> Path:
