@@ -1,16 +1,24 @@
 """Corruption suite (in the style of Vector's buffer tests): damage an outbox every way storage can,
-start the outbox as the daemon runs it, and check it never loses anything silently.
+start a real daemon on it, and check it never loses anything silently.
 
     .venv/bin/python bench/corruption.py [--sample] [--json FILE]
 
-Each case builds a box (an outbox with a live write-ahead log, its witness, and a platform that
-holds every event committed: the worst case for reuse), damages it, then starts the outbox the
-way the daemon does: the writer runs, a poller keeps appending, the uplink's and the feed's
-read-back reads every row, then a second start. It checks:
-  up        the outbox opened, kept appending and reading (no exception), and opened again
-  reused    (epoch, seq) pairs it holds whose hash differs from the platform's copy: must be 0
-  marker    a lossMarker was written if and only if events are missing (by trace id: neither
-            the row nor a salvaged copy is in the outbox)
+A template state directory is built once: an outbox with a live write-ahead log, its witness,
+free pages, an overflow row and an index (the state a SIGKILL leaves), and the platform's copy
+of every event it committed (a reference receiver database: the worst case for reuse). Each
+case damages a copy, then runs `casino-gateway run` on it (bench/daemon_case.py: a receiver on a
+copy of the platform's database, the simulated machines of one `casino-gateway simulate` shared
+by every case, a feed replay from seq 1 so the daemon reads every row back, a live machine
+event, that event at the receiver, SIGTERM). It checks:
+  up        the daemon started, read everything back, polled a machine and committed a new
+            event, streamed it to the receiver, was still running, and exited 0 on SIGTERM
+  reused    (epoch, seq) pairs the outbox holds whose hash differs from the receiver's copy
+            (what the platform held before plus what it accepted during the run): must be 0
+  marker    lossMarkers (quarantine or a new epoch's) were written if and only if events are
+            missing, and their counts add up to exactly that. Missing: events of the damaged
+            outbox its chain no longer holds (neither the row nor a salvaged copy), except,
+            after an epoch change, those the platform had acknowledged (seq <= the delivered
+            mark of the file kept aside, and held by the receiver)
   verify    `casino-gateway outbox verify` on the result: OK (every hole explained), and on the
             damaged file before the start: OK exactly when nothing was damaged
 Cases: the WAL cut at every frame boundary and at offsets inside each frame (frame header,
@@ -19,6 +27,7 @@ interior, table leaf, index, overflow, freelist, WAL header, WAL frame header) a
 row at each position (oldest, middle, inside the newest 64, newest); an older backup restored;
 the database deleted. `--sample` is the subset tests/test_corruption_short.py runs in CI.
 """
+# ruff: noqa: E402  (the path is set before the imports that need it)
 
 from __future__ import annotations
 
@@ -26,8 +35,10 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -35,10 +46,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import nacl.signing
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.append(str(BENCH))
+
+from daemon_case import GATEWAY_ID, Plant
 
 from gateway.events import system_draft
 from gateway.outbox import Outbox, OutboxSettings
@@ -66,15 +80,19 @@ class Result:
     reused: int
     missing: int
     markers: int
+    marked: int  # the markers' counts added up
+    started: int  # epochStarted events (a new epoch with nothing missing)
     verify_after: bool
     verify_before: bool
     ok: bool
     error: str = ""
+    phases: dict[str, float] | None = None  # the daemon run's steps (bench/daemon_case.py)
+    case_s: float = 0.0
 
 
 def settings(path: Path) -> OutboxSettings:
     # Retention never prunes here (the platform's acks are not modelled): every row stays.
-    return OutboxSettings(path=path, gateway_id="gw-corrupt", signing_process=False,
+    return OutboxSettings(path=path, gateway_id=GATEWAY_ID, signing_process=False,
                           retention_days=0)
 
 
@@ -207,6 +225,27 @@ def checkpointed(damage: Damage) -> Damage:
     return then
 
 
+def zero_oldest_leaf(delivered: bool) -> Damage:
+    """The page holding the oldest rows zeroed (storage that lost a whole page). `delivered`:
+    the platform had acknowledged every event first, so nothing is missing (the new epoch is
+    announced by epochStarted, no lossMarker); otherwise that page's rows are lost."""
+    def damage(box: Path) -> None:
+        conn = sqlite3.connect(box / "outbox.db", isolation_level=None)
+        try:
+            if delivered:
+                conn.execute("UPDATE meta SET value=(SELECT max(seq) FROM events) "
+                             "WHERE key='delivered_seq'")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            leaf = min(p for (p,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name='events' AND pagetype='leaf'"))
+        finally:
+            conn.close()
+        with open(box / "outbox.db", "r+b") as f:
+            f.seek((leaf - 1) * PAGE)
+            f.write(bytes(PAGE))
+    return damage
+
+
 def flip_schema(box: Path) -> None:
     """A byte of the events table's CREATE statement in the schema (page 1)."""
     at = (box / "outbox.db").read_bytes()[:PAGE].find(b"CREATE TABLE events")
@@ -214,7 +253,7 @@ def flip_schema(box: Path) -> None:
 
 
 def restore_backup(box: Path) -> None:
-    shutil.copyfile(box / "backup.db", box / "outbox.db")
+    shutil.copyfile(box.parent / "backup.db", box / "outbox.db")
     (box / "outbox.db-wal").unlink(missing_ok=True)
 
 
@@ -227,7 +266,7 @@ def cases(frames: int) -> Iterator[Case]:
     yield Case("intact", lambda box: None, True)
     for frame in range(frames + 1):
         start = WAL_HEADER + frame * (FRAME_HEADER + PAGE)
-        yield Case(f"wal-cut-frame-{frame}", cut_wal(start), frame in (0, frames // 2, frames))
+        yield Case(f"wal-cut-frame-{frame}", cut_wal(start), frame == 0)
         if frame < frames:
             for inside, label in ((10, "header"), (FRAME_HEADER + 1, "page-start"),
                                   (FRAME_HEADER + PAGE // 2, "page-middle")):
@@ -239,13 +278,15 @@ def cases(frames: int) -> Iterator[Case]:
     yield Case("flip-schema", checkpointed(flip_schema), True)
     for kind in ("interior", "leaf", "index", "overflow", "freelist"):
         yield Case(f"flip-{kind}-page", checkpointed(flip_page(kind)),
-                   kind in ("interior", "leaf", "freelist"))
+                   kind in ("leaf", "freelist"))
     yield Case("flip-wal-header", lambda box: flip(box / "outbox.db-wal", 20), True)
     yield Case("flip-wal-frame-header",
                lambda box: flip(box / "outbox.db-wal", WAL_HEADER + 3 * (FRAME_HEADER + PAGE) + 4))
     for position in ("oldest", "middle", "newest64", "newest"):
         yield Case(f"flip-row-{position}", flip_row(position),
-                   position in ("oldest", "middle", "newest64"))
+                   position == "middle")
+    yield Case("zero-oldest-leaf-page", zero_oldest_leaf(False))
+    yield Case("zero-oldest-leaf-page-delivered", zero_oldest_leaf(True), True)
     yield Case("restore-older-backup", restore_backup, True)
     yield Case("delete-database", delete_database, True)
 
@@ -265,75 +306,121 @@ def verify_ok(path: Path, pub: Path) -> bool:
     return code == 0
 
 
-async def run_daemon(outbox: Outbox, polls: int) -> None:
-    """The writer, a poller appending, and the read-back the uplink and the feed do."""
-    async with trio.open_nursery() as nursery:
-        await nursery.start(outbox.run_writer)
-        for i in range(polls):
-            await outbox.append(draft(10_000 + i))
-            after = 0
-            while page := await outbox.read_after(after, 500):
-                for _, body in page:
-                    decode_envelope(body)
-                after = page[-1][0]
-        with trio.fail_after(10):  # damage found on read is handled by the next commit
-            while outbox._damaged:
-                await outbox.append(draft(20_000))
-        nursery.cancel_scope.cancel()
+NEW_EPOCH = ("rollback", "database-lost", "database-corrupt")
 
 
-def run_case(case: Case, template: Path, work: Path, signer: Signer, pub: Path) -> Result:
-    box = work / case.name
-    shutil.copytree(template, box)
-    path = box / "outbox.db"
-    platform = {(e["epoch"], e["seq"]): e["hash"] for e in rows(template / "outbox.db")}
-    traces = {e["trace_id"]: (e["epoch"], e["seq"]) for e in rows(template / "outbox.db")}
-    case.damage(box)
-    verify_before = path.exists() and verify_ok(path, pub)
-    up, error = True, ""
+def acknowledged(box: Path) -> int:
+    """The delivered mark of the file an epoch change kept aside (0 if none, or unreadable):
+    the old epoch's seqs the platform had acknowledged, which the new epoch need not explain."""
+    marks = [0]
+    for aside in box.glob("outbox.db.*-*"):
+        if aside.name.endswith(("-wal", "-shm")):
+            continue
+        with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+            conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+            try:
+                marks.append(int(conn.execute(
+                    "SELECT value FROM meta WHERE key='delivered_seq'").fetchone()[0]))
+            finally:
+                conn.close()
+    return max(marks)
+
+
+def platform_rows(rx_db: Path) -> dict[tuple[str, int], bytes]:
+    """What the reference receiver holds of this gateway: (epoch, seq) -> hash."""
+    conn = sqlite3.connect(f"file:{rx_db}?mode=ro", uri=True)
     try:
-        outbox = Outbox.open(settings(path), signer)
-        trio.run(run_daemon, outbox, 5)
-        outbox.close()
-        again = Outbox.open(settings(path), signer)
-        trio.run(run_daemon, again, 2)
-        again.close()
-    except Exception as err:  # a case that stops the outbox is the failure being counted
-        up, error = False, f"{type(err).__name__}: {err}"
-    after = rows(path) if up else []
-    reused = sum(1 for e in after if platform.get((e["epoch"], e["seq"]), e["hash"]) != e["hash"])
+        return {(epoch, seq): decode_envelope(body)["hash"] for epoch, seq, body in conn.execute(
+            "SELECT epoch, seq, body FROM events WHERE gateway_id=?", (GATEWAY_ID,))}
+    finally:
+        conn.close()
+
+
+def run_case(case: Case, plant: Plant, template: Path, old: list[dict], rx_template: Path,
+             work: Path, keep: bool = False) -> Result:
+    """Damage a copy of the template, run a real daemon on it, and count (module docstring).
+    `old`: the template outbox's events."""
+    case_dir, began = work / case.name, time.monotonic()
+    shutil.copytree(template / "state", case_dir / "state")
+    shutil.copyfile(template / "backup.db", case_dir / "backup.db")
+    rx_db = case_dir / "rx.db"
+    shutil.copyfile(rx_template, rx_db)
+    box = case_dir / "state"
+    path = box / "outbox.db"
+    old_epoch = old[0]["epoch"]
+    traces = {e["trace_id"]: e["seq"] for e in old}
+    case.damage(box)
+    verify_before = path.exists() and verify_ok(path, plant.pub)
+    run = plant.run_daemon(case_dir, rx_db, set(traces))
+    after = rows(path) if path.exists() else []
+    held = platform_rows(rx_db)
+    reused = sum(1 for e in after if held.get((e["epoch"], e["seq"]), e["hash"]) != e["hash"])
     present = {e["trace_id"] for e in after}
-    missing = sum(1 for t in traces if t not in present)
-    original = set(platform)
-    markers = sum(1 for e in after if e["event"] == "lossMarker"
-                  and (e["epoch"], e["seq"]) not in original)
-    verify_after = up and verify_ok(path, pub)
+    epochs = {e["epoch"] for e in after}
+    delivered = acknowledged(box) if old_epoch not in epochs else 0
+    missing = sum(1 for t, seq in traces.items() if t not in present
+                  and not (seq <= delivered and (old_epoch, seq) in held))
+    found = [e["data"] for e in after if e["event"] == "lossMarker"
+             and e["trace_id"] not in traces
+             and e["data"].get("reason") in ("quarantine", *NEW_EPOCH)]
+    markers = len(found)
+    started = sum(1 for e in after if e["event"] == "epochStarted")
+    marked = sum(int(d.get("count", 0)) for d in found)
+    verify_after = path.exists() and verify_ok(path, plant.pub)
     # verify on the damaged file never says OK when something is missing (it may also report
     # damage that loses nothing: an unreadable header is reported, then mended at start).
-    ok = (up and reused == 0 and (markers > 0) == (missing > 0) and verify_after
-          and not (verify_before and missing > 0))
-    return Result(case.name, up, reused, missing, markers, verify_after, verify_before, ok, error)
+    ok = (run.up and reused == 0 and (markers > 0) == (missing > 0) and marked == missing
+          and verify_after and not (verify_before and missing > 0))
+    if ok and not keep:
+        shutil.rmtree(case_dir)
+    return Result(case.name, run.up, reused, missing, markers, marked, started, verify_after,
+                  verify_before, ok, run.error, run.phases, time.monotonic() - began)
 
 
-def run(sample: bool, work: Path) -> list[Result]:
-    signer = Signer(nacl.signing.SigningKey.generate())
-    pub = work / "gw.pub"
-    pub.write_text(f"{bytes(signer.verify_key).hex()} {signer.kid}\n")
-    template = work / "template"
-    build_box(template, signer)
-    online_copy_older(template)
-    results = []
-    for case in cases(wal_frames(template)):
-        if sample and not case.in_sample:
-            continue
-        results.append(run_case(case, template, work, signer, pub))
+def run(sample: bool, work: Path, echo: Callable[[str], None] = print,
+        only: str = "", keep: bool = False) -> list[Result]:
+    plant = Plant(work / "plant")
+    try:
+        template = work / "template"
+        build_box(template / "state", plant.signer)
+        online_copy_older(template)
+        rx_template = work / "rx-template.db"
+        platform_copy(plant, template / "state" / "outbox.db", rx_template)
+        old = rows(template / "state" / "outbox.db")
+        results = []
+        for case in cases(wal_frames(template / "state")):
+            if (sample and not case.in_sample) or (only and not re.search(only, case.name)):
+                continue
+            results.append(run_case(case, plant, template, old, rx_template, work, keep))
+            echo(line(results[-1]))
+    finally:
+        plant.close()
     return results
+
+
+def platform_copy(plant: Plant, outbox: Path, rx_db: Path) -> None:
+    """The platform's prior copy: a receiver database holding every event the outbox committed
+    (the worst case for reuse: any (epoch, seq) used again is already there)."""
+    from gateway.receiver.store import ReceiverStore
+
+    plant.register(rx_db)
+    store = ReceiverStore(rx_db)
+    try:
+        events = rows(outbox)
+        conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+        raws = [body for (body,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+        conn.close()
+        result = store.ingest(GATEWAY_ID, events[0]["epoch"], raws,
+                              {plant.signer.kid: plant.signer.verify_key})
+        assert result.error is None and result.high_water == len(raws), result
+    finally:
+        store.close()
 
 
 def online_copy_older(template: Path) -> None:
     """The venue's backup: taken when the outbox held fewer events than it does now."""
     older = template.parent / "older"
-    shutil.copytree(template, older)
+    shutil.copytree(template / "state", older)
     conn = sqlite3.connect(older / "outbox.db", isolation_level=None)
     conn.execute("DELETE FROM events WHERE seq > 200")
     conn.close()
@@ -341,25 +428,43 @@ def online_copy_older(template: Path) -> None:
     shutil.rmtree(older)
 
 
+def line(r: Result) -> str:
+    return (f"{'ok ' if r.ok else 'BAD'} {r.case:<34} up={r.up!s:<5} reused={r.reused} "
+            f"missing={r.missing:<3} markers={r.markers} marked={r.marked:<3} "
+            f"epochStarted={r.started} verify "
+            f"before={r.verify_before!s:<5} after={r.verify_after}"
+            + (f"  {r.error}" if r.error else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", action="store_true", help="the CI subset")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--dir", type=Path, help="work here and keep failed cases' files")
+    parser.add_argument("--only", default="", help="the cases whose name matches this regex")
+    parser.add_argument("--keep", action="store_true", help="keep every case's files (--dir)")
     args = parser.parse_args()
     from gateway.logs import configure_logging
 
     configure_logging("critical", "console", stream=sys.stderr)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-corruption-") as tmp:
-        results = run(args.sample, Path(tmp))
-    for r in results:
-        print(f"{'ok ' if r.ok else 'BAD'} {r.case:<34} up={r.up!s:<5} reused={r.reused} "
-              f"missing={r.missing:<3} markers={r.markers} verify before={r.verify_before!s:<5}"
-              f" after={r.verify_after}" + (f"  {r.error}" if r.error else ""))
+    with contextlib.ExitStack() as stack:
+        work = args.dir or Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="bench-corruption-")))
+        results = run(args.sample, work, lambda text: print(text, flush=True), args.only,
+                      args.keep)
     up = sum(r.up for r in results)
-    print(f"cases {len(results)}, outboxes still up {up}, seqs reused "
-          f"{sum(r.reused for r in results)}, cases ok {sum(r.ok for r in results)} "
+    print(f"cases {len(results)}, daemons up {up}, seqs reused "
+          f"{sum(r.reused for r in results)}, cases with something missing "
+          f"{sum(r.missing > 0 for r in results)}, cases with markers "
+          f"{sum(r.markers > 0 for r in results)}, cases ok {sum(r.ok for r in results)} "
           f"({time.perf_counter() - started:.0f} s)")
+    steps = [r.phases for r in results if r.phases]
+    if steps:
+        print("median seconds from the daemon's start: " + ", ".join(
+            f"{name} {statistics.median(p[name] for p in steps if name in p):.2f}"
+            for name in steps[0]) + f"; per case {statistics.median(r.case_s for r in results):.2f}"
+              " (damage, daemon, checks)")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     return 0 if all(r.ok for r in results) else 1

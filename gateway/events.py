@@ -112,6 +112,16 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
                       "last_seq": INT, "previous_epoch": STR, "resume_hash": STR,
                       "salvaged": INT, "salvaged_first_seq": INT, "salvaged_last_seq": INT},
               required=("reason",)),
+    EventSpec("epochStarted", "system", "1.0.0",
+              "Seq 1 of a new epoch the outbox started with nothing missing (reason: rollback, "
+              "database-lost, database-corrupt, as in lossMarker): every seq of previous_epoch "
+              "the outbox no longer has was delivered, or is re-sealed after this event "
+              "(salvaged counts them; salvaged_first_seq..salvaged_last_seq, old seqs). When "
+              "something is missing, seq 1 is a lossMarker instead.",
+              "unreadable or rolled-back outbox, nothing lost",
+              fields={"reason": STR, "detail": STR, "previous_epoch": STR, "salvaged": INT,
+                      "salvaged_first_seq": INT, "salvaged_last_seq": INT},
+              required=("reason", "previous_epoch", "salvaged")),
     EventSpec("keyRotated", "system", "1.0.0",
               "The signing key changed; signed by the old key, every later event by the new one.",
               fields={"new_kid": STR, "new_public_key": STR}, required=("new_kid",)),

@@ -326,8 +326,8 @@ async def _hole(kit: Kit) -> None:
         expect(seq == 4, f"ack {seq} for the lossMarker")
 
 
-@check("P-EPOCH-2", "a rollback's new epoch, opened by its lossMarker, is accepted",
-       needs=(*FULL, "P-SCHEMA-1"))
+@check("P-EPOCH-2", "a rollback's new epoch, opened by its lossMarker (or by epochStarted when "
+       "nothing is missing), is accepted", needs=(*FULL, "P-SCHEMA-1"))
 async def _rollback(kit: Kit) -> None:
     first = kit.stream()
     async with kit.session(first) as (conn, _):
@@ -340,6 +340,13 @@ async def _rollback(kit: Kit) -> None:
             "reason": "rollback", "previous_epoch": first.epoch, "first_seq": 2, "last_seq": 3,
             "count": 2, "salvaged": 0}))))
         seq = await acked(conn, "the new epoch's rollback lossMarker was refused")
+        expect(seq == 1, f"ack {seq}")
+    third = kit.stream()
+    async with kit.session(third) as (conn, welcome):
+        expect(welcome.high_water == 0, f"the new epoch was welcomed at {welcome.high_water}")
+        await conn.send(proto.Events(tuple(third.next(1, "epochStarted", {
+            "reason": "database-corrupt", "previous_epoch": second.epoch, "salvaged": 0}))))
+        seq = await acked(conn, "a new epoch opened by epochStarted (nothing missing) was refused")
         expect(seq == 1, f"ack {seq}")
 
 

@@ -5,7 +5,9 @@ the platform's welcome on a box without one) the seqs after its last row may be 
 already. The old epoch ends: a copy of the file is kept aside (`outbox.db.epoch-<old>`), the
 events table starts again at seq 1 of a fresh epoch with a signed `lossMarker` naming the old
 epoch and the range it no longer has, then the old epoch's intact undelivered events, re-sealed
-in the new epoch (`salvaged` counts them; their data and timestamps are unchanged). The machine
+in the new epoch (`salvaged` counts them; their data and timestamps are unchanged). A marker is
+written if and only if something is missing: when every seq the outbox no longer has was
+delivered or is salvaged, seq 1 is a signed `epochStarted` instead (the same fields, no range). The machine
 ledger is cleared: an exception a machine re-sends is then recorded again, never taken for a
 redelivery of a row that is not in this epoch (a possible duplicate, never a loss)."""
 
@@ -28,7 +30,8 @@ from gateway.outbox.settings import OutboxSettings
 from gateway.outbox.tail import row_problem
 from gateway.signing import GENESIS, Signer, seal
 
-__all__ = ["EpochChange", "aside_path", "change_epoch", "insert_event", "salvage_rows"]
+__all__ = ["EpochChange", "aside_path", "change_epoch", "insert_event", "missing_count",
+           "salvage_rows"]
 
 log = structlog.get_logger("gateway.outbox")
 
@@ -39,10 +42,11 @@ class EpochChange:
 
     reason: str  # rollback (behind the witness or the platform) or database-corrupt
     previous_epoch: str
-    first_missing: int | None  # the old epoch's seqs the outbox no longer has (None: unknown)
+    first_missing: int | None  # the old epoch's seqs the outbox no longer has (None: none)
     last_missing: int | None
     detail: str
     salvage_after: int = 0  # old rows above this seq are re-sealed into the new epoch
+    unknown: bool = False  # what the old epoch had cannot be told (no meta, no witness)
 
 
 def aside_path(db_path: Path, label: str) -> Path:
@@ -76,27 +80,42 @@ def _draft_of(env: dict[str, Any]) -> Draft:
                  machine=env.get("machine"))
 
 
-def marker_data(change: EpochChange, salvaged: list[dict[str, Any]]) -> dict[str, Any]:
+def missing_count(change: EpochChange, salvaged: list[dict[str, Any]]) -> int | None:
+    """Seqs of the old epoch in the range the outbox no longer has that no salvaged row
+    carries: what is missing (0: nothing; None: cannot be told)."""
+    if change.unknown:
+        return None
+    if change.first_missing is None or change.last_missing is None:
+        return 0
+    first, last = change.first_missing, change.last_missing
+    kept = sum(1 for env in salvaged if first <= env["seq"] <= last)
+    return max(0, last - first + 1 - kept)
+
+
+def first_draft(change: EpochChange, salvaged: list[dict[str, Any]]) -> Draft:
+    """Seq 1 of the new epoch: a lossMarker if something is (or may be) missing, otherwise an
+    epochStarted announcing the change with the same fields but no range."""
     data: dict[str, Any] = {"reason": change.reason, "previous_epoch": change.previous_epoch,
                             "detail": change.detail, "salvaged": len(salvaged)}
-    if change.first_missing is not None and change.last_missing is not None:
-        first, last = change.first_missing, change.last_missing
-        kept = sum(1 for env in salvaged if first <= env["seq"] <= last)
-        data.update(first_seq=first, last_seq=last, count=last - first + 1 - kept)
     if salvaged:
         data.update(salvaged_first_seq=salvaged[0]["seq"], salvaged_last_seq=salvaged[-1]["seq"])
-    return data
+    count = missing_count(change, salvaged)
+    if count == 0:
+        return system_draft("epochStarted", data, now=time.time())
+    if count is not None:
+        assert change.first_missing is not None and change.last_missing is not None
+        data.update(first_seq=change.first_missing, last_seq=change.last_missing, count=count)
+    return system_draft("lossMarker", data, now=time.time())
 
 
 def write_new_epoch(conn: sqlite3.Connection, settings: OutboxSettings, signer: Signer,
                     change: EpochChange, salvaged: list[dict[str, Any]]) -> tuple[str, int, bytes]:
-    """Inside a transaction on an emptied events table: a fresh epoch, its lossMarker (seq 1)
-    and the salvaged events. Returns (epoch, last seq, last hash)."""
+    """Inside a transaction on an emptied events table: a fresh epoch, its lossMarker or
+    epochStarted (seq 1) and the salvaged events. Returns (epoch, last seq, last hash)."""
     epoch = os.urandom(8).hex()
     conn.execute("UPDATE meta SET value=? WHERE key='epoch'", (epoch,))
     conn.execute("UPDATE meta SET value='0' WHERE key='delivered_seq'")
-    marker = system_draft("lossMarker", marker_data(change, salvaged), now=time.time())
-    prev = insert_event(conn, settings, epoch, signer, 1, GENESIS, marker)
+    prev = insert_event(conn, settings, epoch, signer, 1, GENESIS, first_draft(change, salvaged))
     seq = 1
     for env in salvaged:
         seq += 1
@@ -124,8 +143,9 @@ def change_epoch(conn: sqlite3.Connection, settings: OutboxSettings, signer: Sig
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    log.error("outbox behind what it once committed: a new epoch starts with a lossMarker",
+    log.error("outbox behind what it once committed: a new epoch starts",
               path=str(settings.path), reason=change.reason,
+              missing=missing_count(change, salvaged),
               previous_epoch=change.previous_epoch, epoch=result[0],
               first_missing=change.first_missing, last_missing=change.last_missing,
               salvaged=len(salvaged), old_file=str(aside))

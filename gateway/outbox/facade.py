@@ -28,7 +28,7 @@ from gateway.outbox.flusher import WitnessFlusher
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
 from gateway.outbox.pending import Pending
-from gateway.outbox.quarantine import holes_of, move_rows, write_markers
+from gateway.outbox.quarantine import holes_of, move_rows, still_damaged, write_markers
 from gateway.outbox.release import Held, Releases
 from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
@@ -437,8 +437,21 @@ class Outbox:
         markers = self._quarantine_damaged(damaged) if damaged else []
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
-        result = commit_group(self._conn, self.settings, self.epoch, self._sealing, self._head,
-                              batch, job)
+        try:
+            result = commit_group(self._conn, self.settings, self.epoch, self._sealing,
+                                  self._head, batch, job)
+        except StoreError as err:
+            # A page the commit reads (retention reads the oldest row) is damaged: start over
+            # from a fresh file, as a read would, and commit the group there.
+            damage = err.__cause__
+            if not isinstance(damage, sqlite3.DatabaseError | UnicodeDecodeError) or \
+                    isinstance(damage, sqlite3.OperationalError):
+                raise
+            markers += self._start_over_live(damage)
+            delivered = 0
+            job = GroupCommit(changes, 0, 0, low_space, self.retention_cap)
+            result = commit_group(self._conn, self.settings, self.epoch, self._sealing,
+                                  self._head, batch, job)
         self._committed(result, delivered)
         return markers + result.envelopes, self._flusher.submit(Mark(self.epoch, self._head.seq))
 
@@ -467,7 +480,7 @@ class Outbox:
         checked = start_over(self.settings, self.signer, err, Mark(self.epoch, self._head.seq))
         self._conn = checked.conn
         last = readers.last_event(self._conn)
-        assert last is not None  # the new epoch starts with its lossMarker
+        assert last is not None  # the new epoch starts with its lossMarker or epochStarted
         epoch = read_meta(self._conn)["epoch"]
         self._flusher.record(Mark(epoch, last[0]))
         self._stale_reads.append(self._read)
@@ -486,6 +499,10 @@ class Outbox:
         conn = self._conn
         conn.execute("BEGIN")
         try:
+            bad = still_damaged(conn, bad)
+            if not bad:
+                conn.execute("COMMIT")
+                return []
             holes = holes_of(conn, bad)
             moved = move_rows(conn, bad)
             seq, digest = write_markers(conn, self.settings, self.epoch, self.signer,

@@ -2,7 +2,7 @@
 
 A torn or corrupt tail is moved to the `quarantine` table and a signed lossMarker takes the seq
 after it; a database SQLite cannot read at all is moved aside and a new outbox (new epoch)
-starts with a lossMarker naming it (docs/outbox.md)."""
+starts with a lossMarker naming it, or an epochStarted when nothing is missing (docs/outbox.md)."""
 
 from __future__ import annotations
 
@@ -170,13 +170,17 @@ def _quarantine(conn: sqlite3.Connection, settings: OutboxSettings, epoch: str, 
 _MAGIC = b"SQLite format 3\x00"
 
 
-def _readable_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
-    """What can still be read of a damaged outbox file: its meta and its undelivered rows, one
-    primary-key lookup each, skipping any that SQLite cannot read. A damaged magic string (the
-    file's first 16 bytes) is mended in a scratch copy first."""
-    meta, rows = _read_rows(path)
+_Readable = tuple[dict[str, str], list[tuple[int, bytes]], int | None]
+
+
+def _readable_rows(path: Path) -> _Readable:
+    """What can still be read of a damaged outbox file: its meta, its undelivered rows, one
+    primary-key lookup each, skipping any that SQLite cannot read, and its last seq (None if
+    that cannot be read). A damaged magic string (the file's first 16 bytes) is mended in a
+    scratch copy first."""
+    meta, rows, last = _read_rows(path)
     if meta or not path.exists() or path.read_bytes()[:16] == _MAGIC:
-        return meta, rows
+        return meta, rows, last
     mended = path.with_name(path.name + ".mended")
     try:
         shutil.copyfile(path, mended)
@@ -217,13 +221,14 @@ def _mended(settings: OutboxSettings, signer: Signer, witnessed: Mark | None
         return None
 
 
-def _read_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
+def _read_rows(path: Path) -> _Readable:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error:
-        return {}, []
+        return {}, [], None
     rows: list[tuple[int, bytes]] = []
     meta: dict[str, str] = {}
+    last: int | None = None
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         delivered = int(meta.get("delivered_seq", "0"))
@@ -239,14 +244,14 @@ def _read_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, bytes]]]:
         pass  # what was read so far is what can be salvaged
     finally:
         conn.close()
-    return meta, rows
+    return meta, rows, last
 
 
 def start_over(settings: OutboxSettings, signer: Signer, err: Exception,
                 witnessed: Mark | None) -> _Checked:
     """SQLite cannot read the file: keep it aside for forensics, start a new outbox (new epoch)
-    whose first event is a lossMarker naming it and what it had, then the intact undelivered
-    events salvaged from it."""
+    whose first event is a lossMarker naming it and what it had (an epochStarted if nothing
+    is missing), then the intact undelivered events salvaged from it."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = aside_path(settings.path, f"corrupt-{stamp}")
     for suffix in ("", "-wal", "-shm"):
@@ -255,15 +260,17 @@ def start_over(settings: OutboxSettings, signer: Signer, err: Exception,
             os.replace(src, aside.with_name(aside.name + suffix))
     log.error("outbox unreadable; moved aside and starting a new outbox (new epoch)",
               path=str(settings.path), moved_to=str(aside), error=str(err))
-    meta, rows = _readable_rows(aside)
+    meta, rows, file_last = _readable_rows(aside)
     salvaged = salvage_rows(rows, {signer.kid: signer.verify_key})
     old_epoch = meta.get("epoch") or (witnessed.epoch if witnessed else "unknown")
-    last = max([seq for seq, _ in rows] + [witnessed.seq if witnessed and
-                                           witnessed.epoch == old_epoch else 0])
+    witness_last = witnessed.seq if witnessed and witnessed.epoch == old_epoch else None
+    ends = [seq for seq, _ in rows] + [n for n in (file_last, witness_last) if n is not None]
+    last = max(ends, default=0)
     first = int(meta.get("delivered_seq", "0") or 0) + 1
     change = EpochChange("database-corrupt", old_epoch, first if last >= first else None,
                          last if last >= first else None,
-                         f"unreadable outbox moved to {aside.name}: {err}")
+                         f"unreadable outbox moved to {aside.name}: {err}",
+                         unknown=file_last is None and witness_last is None)
     conn = connect_raw(settings.path)
     try:
         migrate(conn, settings.path)

@@ -19,12 +19,33 @@ from gateway.events import system_draft
 from gateway.outbox.epochs import insert_event
 from gateway.outbox.ledger import forget_recorded_from
 from gateway.outbox.settings import OutboxSettings
-from gateway.outbox.tail import Hole
+from gateway.outbox.tail import Hole, row_problem
 from gateway.signing import Signer, decode_envelope
 
-__all__ = ["holes_of", "move_rows", "write_markers"]
+__all__ = ["holes_of", "move_rows", "still_damaged", "write_markers"]
 
 log = structlog.get_logger("gateway.outbox")
+
+
+def still_damaged(conn: sqlite3.Connection, reported: list[tuple[int, str]]
+                  ) -> list[tuple[int, str]]:
+    """The reported rows that are still in the chain and still damaged, read again on the
+    writer's connection. A reader's report can be late: its snapshot predates the commit that
+    already moved the row (two readers met it), or an epoch change (the seq is now another,
+    intact row). Only what is damaged now becomes a hole, so one hole gets one marker. A row
+    SQLite cannot read stays reported (moving it fails, and the caller starts over)."""
+    damaged = []
+    for seq, reason in reported:
+        try:
+            row = conn.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.OperationalError:
+            raise
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
+            damaged.append((seq, reason))
+            continue
+        if row is not None and row_problem(seq, row[0], {}, None)[0]:
+            damaged.append((seq, reason))
+    return damaged
 
 
 def move_rows(conn: sqlite3.Connection, bad: list[tuple[int, str]]) -> int:

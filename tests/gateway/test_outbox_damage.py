@@ -176,3 +176,121 @@ async def test_a_zeroed_page_the_open_reads_starts_over_instead_of_exiting(
         assert await outbox.append(draft(1)) == marker["salvaged"] + 2
     await run_writer_around(outbox, more)
     assert verify_file(path, signer).ok
+
+
+def first_event(path) -> dict:
+    return decode_envelope(execute(path, "SELECT body FROM events WHERE seq=1")[0][0])
+
+
+async def test_a_damaged_page_that_loses_nothing_starts_a_new_epoch_without_a_loss_marker(
+        make_outbox, outbox_settings, signer, tmp_path):
+    """The zeroed page holds only delivered rows (the platform has them) and every undelivered
+    row is salvaged: nothing is missing, so the new epoch is announced by a signed epochStarted,
+    and no lossMarker is written (a marker is written if and only if something is missing)."""
+    import sqlite3
+
+    from tests.gateway.test_outbox_verify_ends import zero_page
+
+    path = outbox_settings.path
+    first = make_outbox()
+    old_epoch = first.epoch
+    await fill(first, 600)
+    first.close()
+    execute(path, "UPDATE meta SET value='300' WHERE key='delivered_seq'")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    oldest_leaf = min(p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name='events' AND pagetype='leaf'"))
+    conn.close()
+    zero_page(path, oldest_leaf - 1)  # rows 1.. (delivered): only a full read-back meets it
+    outbox = make_outbox()
+
+    async def replay_from_the_start() -> None:  # what the feed's replay of old rows does
+        await outbox.read_after(0, 1000)
+        with trio.fail_after(5):
+            while outbox.epoch == old_epoch:
+                await outbox.wait_appended(outbox.last_seq)
+        assert await outbox.append(draft(1)) == 302  # epochStarted, 300 salvaged, this one
+    await run_writer_around(outbox, replay_from_the_start)
+    assert list(tmp_path.glob("outbox.db.corrupt-*"))
+    assert markers(path) == []
+    started = first_event(path)
+    assert started["event"] == "epochStarted"
+    assert (started["data"]["reason"], started["data"]["previous_epoch"],
+            started["data"]["salvaged"], started["data"]["salvaged_first_seq"],
+            started["data"]["salvaged_last_seq"]) == ("database-corrupt", old_epoch, 300, 301,
+                                                      600)
+    assert verify_file(path, signer).ok
+
+
+async def test_a_rollback_that_loses_nothing_starts_a_new_epoch_without_a_loss_marker(
+        make_outbox, outbox_settings, signer):
+    """An outbox restored across an epoch change whose witness names seq 0 of the other epoch:
+    the other epoch had nothing, so nothing is missing: epochStarted, no lossMarker."""
+    from gateway.outbox.witness import Mark, Witness
+
+    path = outbox_settings.path
+    await fill(make_outbox(), 5)
+    witness = Witness(path)
+    witness.record(Mark("0123456789abcdef", 0))
+    witness.close()
+    make_outbox()
+    assert markers(path) == []
+    started = first_event(path)
+    assert (started["event"], started["data"]["previous_epoch"], started["data"]["salvaged"]) \
+        == ("epochStarted", "0123456789abcdef", 5)
+    assert verify_file(path, signer).ok
+
+
+async def test_a_damaged_row_two_readers_report_gets_one_marker(make_outbox, outbox_settings,
+                                                                signer):
+    """The feed's replay and its board rebuild read the same old row at once; the second report
+    reaches the writer after the first was quarantined. One hole, one marker (found by
+    bench/corruption.py's real daemon: two markers for seq 170, and verify failed)."""
+    path = outbox_settings.path
+    await fill(make_outbox(), TAIL_CHECK_ROWS + 40)
+    flip_byte(path, 10)
+    outbox = make_outbox()
+
+    async def two_readers() -> None:
+        await outbox.read_after(0, 500)
+        late = dict(outbox._damaged)  # a read whose snapshot predates the quarantine commit
+        with trio.fail_after(5):
+            while outbox.quarantined == 0:
+                await outbox.wait_appended(outbox.last_seq)
+        outbox._damaged.update(late)  # ...reports the same row after it
+        assert await outbox.append(draft(1)) == outbox.last_seq
+    await run_writer_around(outbox, two_readers)
+    assert [(m["first_seq"], m["last_seq"]) for m in markers(path)] == [(10, 10)]
+    report = verify_file(path, signer)
+    assert report.ok, report.reason
+
+
+async def test_a_zeroed_page_met_by_a_commit_starts_over_instead_of_exiting(
+        make_outbox, outbox_settings, signer, tmp_path):
+    """Retention reads the oldest row in every commit: a zeroed page of delivered rows made
+    the commit fail and the daemon exit (found by bench/corruption.py's real daemon). Now the
+    writer starts over from a fresh file and commits the group there; nothing was missing."""
+    import sqlite3
+
+    from tests.gateway.test_outbox_verify_ends import zero_page
+
+    path = outbox_settings.path
+    first = make_outbox()
+    old_epoch = first.epoch
+    await fill(first, 600)
+    first.close()
+    execute(path, "UPDATE meta SET value='600' WHERE key='delivered_seq'")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    oldest_leaf = min(p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name='events' AND pagetype='leaf'"))
+    conn.close()
+    zero_page(path, oldest_leaf - 1)
+    outbox = make_outbox()
+
+    async def append_one() -> None:
+        assert await outbox.append(draft(1)) == 2  # after the new epoch's epochStarted
+    await run_writer_around(outbox, append_one)
+    assert outbox.epoch != old_epoch and list(tmp_path.glob("outbox.db.corrupt-*"))
+    assert markers(path) == [] and first_event(path)["event"] == "epochStarted"
+    assert seqs(path) == [1, 2]
+    assert verify_file(path, signer).ok
