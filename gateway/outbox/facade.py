@@ -24,6 +24,7 @@ from gateway.events import Draft, system_draft
 from gateway.outbox import readers, retention
 from gateway.outbox.disk import DiskBudget, is_disk_full
 from gateway.outbox.epochs import EpochChange, change_epoch
+from gateway.outbox.figures import outbox_statistics
 from gateway.outbox.flusher import WitnessFlusher
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
@@ -32,18 +33,12 @@ from gateway.outbox.quarantine import holes_of, move_rows, still_damaged, write_
 from gateway.outbox.release import Held, Releases
 from gateway.outbox.schema import connect, read_meta
 from gateway.outbox.sealing import ChainHead, Signing
-from gateway.outbox.settings import MB, OutboxSettings
+from gateway.outbox.settings import OutboxSettings
 from gateway.outbox.witness import Mark
 from gateway.outbox.writer import CommitResult, GroupCommit, commit_group, write_delivered
 from gateway.signing import GENESIS, Signer, decode_envelope
 
 __all__ = ["Outbox"]
-
-
-def _pct(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1000, 3)
 
 
 class Outbox:
@@ -594,24 +589,4 @@ class Outbox:
         return round(max(0.0, time.time() - self._oldest_undelivered_at), 3)
 
     def statistics(self) -> dict[str, Any]:
-        lat = sorted(self.durable_latencies)
-        disk = self._disk
-        return {
-            "epoch": self.epoch, "last_seq": self.last_seq, "delivered_seq": self.delivered_seq,
-            "depth": self.depth(), "commits": self.commits,
-            "durable_p50_ms": _pct(lat, 0.50), "durable_p99_ms": _pct(lat, 0.99),
-            "oldest_undelivered_s": self.oldest_undelivered_s(),
-            "intake_stopped": disk.low_space, "held": len(disk.held),
-            "free_mb": None if disk.free_bytes is None else round(disk.free_bytes / MB, 1),
-            "shed": disk.shed_total, "pruned": self.pruned_total,
-            "full_disk_commits": disk.full_disk_commits,
-            "retention_cap_mb": round(self.retention_cap / MB, 1),
-            "quarantined_at_open": self.quarantined, "kid": self.signer.kid,
-            "witness": "absent at open" if self.witnessed_at_open is None else "present",
-            "epoch_changes": self.epoch_changes,
-            "epoch_change": None if self.epoch_change is None else {
-                "reason": self.epoch_change.reason,
-                "previous_epoch": self.epoch_change.previous_epoch,
-                "first_missing": self.epoch_change.first_missing,
-                "last_missing": self.epoch_change.last_missing},
-        }
+        return outbox_statistics(self, self._disk)
