@@ -258,6 +258,7 @@ def run_scenario(sc: Scenario, out: Path, seed: int) -> dict[str, Any]:
         chain_ok=cons["chain_ok"] and cons["receiver_chain_ok"] and not breaks,
         chain_breaks=breaks + ([cons["chain_break"]] if cons["chain_break"] else [])
         + ([f"receiver: {cons['receiver_chain_break']}"] if cons["receiver_chain_break"] else []),
+        sim_late_answers=sum(m["sim_late_answers"] for m in cons["per_machine"]),
         conservation=cons, processes=procs,
         timestamps={k: tim[k] for k in ("timestamp_vs_capture_max_s",
                                         "timestamp_inversions_per_machine",
@@ -480,6 +481,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"(identical: {c['received_identical']}; redeliveries absorbed by the receiver: "
                 f"{r['redeliveries_absorbed_by_receiver']}); lost {r['losses']}, duplicated "
                 f"{r['duplicates']}; chain ok: {r['chain_ok']}",
+                f"- answers the simulator could not send in time (a loaded host), lost on the "
+                f"line instead: {sum(m.get('sim_late_answers', 0) for m in c['per_machine'])}",
                 f"- recorded beyond acknowledged, by code: {_dup_codes(c)}; lost by code: "
                 f"{', '.join(x for m in c['per_machine'] for x in m.get('lost_codes', [])) or '-'}",
                 f"- gateway starts {r['gateway_starts']}, kills {r['gateway_kills']}, receiver "
@@ -543,8 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     for i, sc in enumerate(chosen):
         print(f"[{time.monotonic() - t0:6.1f} s] {sc.name}: {sc.title} ...", flush=True)
         r = run_scenario(sc, out, args.seed + i)
-        print(f"[{time.monotonic() - t0:6.1f} s] {sc.name}: {r['status']} {r.get('reason', '')}",
-              flush=True)
+        late = f" (simulator answers lost late: {r['sim_late_answers']})" \
+            if r.get("sim_late_answers") else ""
+        print(f"[{time.monotonic() - t0:6.1f} s] {sc.name}: {r['status']} {r.get('reason', '')}"
+              f"{late}", flush=True)
         results.append(r)
     failed = [r for r in results if r["status"] == "FAILED"]
     known = [r for r in results if r["status"] == "KNOWN ISSUE"]

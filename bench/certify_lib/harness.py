@@ -222,8 +222,10 @@ class Harness:
             self.stats.watch("proxy", self.proxy.pid)
             proxy_port = int(_read_line(self.proxy, time.monotonic() + 30))
             url = url.replace(f":{self.receiver_port}", f":{proxy_port}")
+        # --realtime: the machines keep SAS timing on a loaded host as hardware does (docs/sas.md,
+        # "No accidental late answers"); without it a starved simulator broke that timing.
         sim_cmd = [*CLI, "simulate", "--machines", str(self.machines), "--rate", str(self.rate),
-                   "--seed", str(self.seed)]
+                   "--seed", str(self.seed), "--realtime"]
         if self.faults:
             sim_cmd += ["--faults", ",".join(self.faults),
                         "--fault-probability", str(self.fault_probability)]
