@@ -148,6 +148,9 @@ def play(h: Harness, sc: Scenario, rng: random.Random) -> dict[str, Any]:
             h.start_gateway()
         done["chain_breaks_after_kills"] = breaks
         return done
+    # Play (and its trouble) is timed from the moment the gateway is up, however long a loaded
+    # host takes to start it.
+    h.wait_gateway_ready()
     play_started = time.monotonic()
     end = play_started + sc.play_s
     if sc.action == "restart_receiver":
