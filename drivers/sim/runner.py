@@ -20,7 +20,7 @@ def answer_is_late(link: EgmLink, heard_at: float) -> bool:
     """Whether an answer to words received at `heard_at` (trio clock) would go out late: past
     the answer window, or with the host's next frame already waiting behind the poll (the host
     has given the poll up, and would take the answer for the next one's). Under the autojump
-    clock no time passes here, so only a loaded host with a real clock ever sees this."""
+    clock no time passes here: only a frame already waiting makes an answer late there."""
     return trio.current_time() - heard_at > ANSWER_WINDOW_S or link.input_waiting()
 
 
