@@ -92,6 +92,7 @@ def _setup(base: Path, machines: int, rate: float, seed: int,
         stdout=subprocess.PIPE, stderr=logs.enter_context(open(base / "receiver.log", "w")))
     sim = subprocess.Popen(
         [*CLI, "simulate", "--machines", str(machines), "--rate", str(rate), "--seed", str(seed),
+         "--realtime",   # SAS timing on a loaded host too (docs/sas.md)
          *(["--readers", str(readers), "--reader-kind", "insert", "--reader-rate", "2"]
            if readers else [])],
         stdout=subprocess.PIPE, stderr=logs.enter_context(open(base / "simulate.log", "w")))

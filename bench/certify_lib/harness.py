@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -153,6 +154,49 @@ class OutboxTail:
         self._thread.join()
 
 
+class ReadyWatch:
+    """The notify socket systemd would hand the gateway (NOTIFY_SOCKET, an abstract one): `run`
+    sends READY=1 once every service is up and gatewayStarted is in the outbox, so a scenario
+    waits on that, not on a guess of how long a start takes (a loaded host made it over 5 s,
+    and the key rotation found no outbox to rotate in)."""
+
+    def __init__(self) -> None:
+        self.name = f"casino-certify-{os.getpid()}-{id(self):x}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, NOTIFY_SOCKET="@" + self.name)
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        return env
+
+    def forget(self) -> None:
+        """Drop what earlier gateway processes sent."""
+        self.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.sock.recv(4096)
+        self.sock.setblocking(True)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"the gateway did not report READY=1 within {timeout:g} s")
+            self.sock.settimeout(remaining)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if "READY=1" in message.split("\n"):
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Harness:
     def __init__(self, base: Path, *, machines: int, rate: float, seed: int,
                  faults: tuple[str, ...] = (), fault_probability: float = 0.02,
@@ -174,6 +218,7 @@ class Harness:
         self.tail: OutboxTail | None = None
         self.logs = contextlib.ExitStack()
         self.stats = ProcStats()
+        self.ready = ReadyWatch()
         self.receiver: subprocess.Popen | None = None
         self.sim: subprocess.Popen | None = None
         self.proxy: subprocess.Popen | None = None
@@ -222,8 +267,10 @@ class Harness:
             self.stats.watch("proxy", self.proxy.pid)
             proxy_port = int(_read_line(self.proxy, time.monotonic() + 30))
             url = url.replace(f":{self.receiver_port}", f":{proxy_port}")
+        # --realtime: the machines keep SAS timing on a loaded host as hardware does (docs/sas.md,
+        # "No accidental late answers"); without it a starved simulator broke that timing.
         sim_cmd = [*CLI, "simulate", "--machines", str(self.machines), "--rate", str(self.rate),
-                   "--seed", str(self.seed)]
+                   "--seed", str(self.seed), "--realtime"]
         if self.faults:
             sim_cmd += ["--faults", ",".join(self.faults),
                         "--fault-probability", str(self.fault_probability)]
@@ -280,11 +327,17 @@ class Harness:
     # -- the gateway -----------------------------------------------------------------------------
 
     def start_gateway(self) -> None:
+        self.ready.forget()
         self.gateway = subprocess.Popen([*CLI, "run", "--config", str(self.base / "gateway.toml")],
-                                        stdout=subprocess.DEVNULL, stderr=self.gateway_log)
+                                        stdout=subprocess.DEVNULL, stderr=self.gateway_log,
+                                        env=self.ready.env())
         self.gateway_starts += 1
         self.gateway_start_times.append(time.time())
         self.stats.watch("gateway", self.gateway.pid)
+
+    def wait_gateway_ready(self, timeout: float = 120) -> None:
+        """Until the gateway started last reports READY=1 (see ReadyWatch)."""
+        self.ready.wait_ready(timeout)
 
     def kill_gateway(self) -> None:
         assert self.gateway is not None
@@ -354,6 +407,7 @@ class Harness:
         info = {"sigterm_exit_code": code, "stop_s": round(stop_s, 2),
                 "rotate_and_register_s": round(time.monotonic() - started, 2),
                 "output": rotated.stdout.strip().splitlines()[:2]}
+        self.wait_gateway_ready()   # mid-stream: the next rotation finds it streaming
         self.rotations.append(info)
         return info
 
@@ -427,6 +481,7 @@ class Harness:
             if proc is not None and proc.poll() is None:
                 self._end(proc, signal.SIGTERM)
         self.logs.close()
+        self.ready.close()
         if self.tail is not None:
             self.tail.close()
         return self.stats.close()

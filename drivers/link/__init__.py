@@ -71,6 +71,12 @@ class EgmLink(trio.abc.AsyncResource):
         the ninth bit send the plain bytes."""
         await self.send(bytes(w & 0xFF for w in words))
 
+    def input_waiting(self) -> bool:
+        """Whether the host has sent more since the last `receive_words` (not consumed). The
+        simulator asks before it answers: a poll already behind the one it answers means its
+        answer is too late. Links that cannot tell say no."""
+        return False
+
 
 async def open_link(device_path: str, *, mode: str = "auto",
                     lock_dir: Path | None = None) -> SasLink:

@@ -76,6 +76,9 @@ class MemoryEgmLink(_End, EgmLink):
     async def receive_words(self) -> list[int]:
         return list(await self._get())
 
+    def input_waiting(self) -> bool:
+        return self._rx.statistics().current_buffer_used > 0
+
 
 def memory_link_pair(fault_hook: FaultHook | None = None) -> tuple[MemoryHostLink, MemoryEgmLink]:
     """Connected (host_end, egm_end)."""

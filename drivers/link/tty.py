@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import stat
 import termios
 import tty
@@ -160,6 +161,9 @@ class PtyEgmLink(EgmLink):
             words = self._decoder.feed(await self._io.read())
             if words:
                 return words
+
+    def input_waiting(self) -> bool:
+        return bool(select.select([self._io.fd], [], [], 0)[0])
 
     async def aclose(self) -> None:
         await self._io.aclose()

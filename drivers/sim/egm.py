@@ -150,6 +150,7 @@ class SasEgm:
         self._last_address_at = 0.0
         self._next_chirp: float | None = chirp_after_s if chirp else None
         self._out_words: list[int] = []
+        self._lone_before = 0
         self.clock_offset_s = 0.0
         # Long polls this machine ignores (silence, reference 2.2), e.g. {0x6F, 0xAF}.
         self.unsupported = unsupported
@@ -234,6 +235,7 @@ class SasEgm:
     def receive_words(self, words: list[int] | tuple[int, ...], now: float) -> bytes:
         """Feed received words; returns the bytes to send back (possibly empty)."""
         out = b""
+        self._lone_before = self.ledger.lone_bytes
         for word in words:
             if word & _WAKEUP:
                 self._msg = [word & 0xFF]
@@ -255,6 +257,18 @@ class SasEgm:
                 self._msg = None
                 out = self._handle(bytes(msg), now)
         return out
+
+    def answer_late(self) -> None:
+        """The answer `receive_words` just returned could not go out within the answer window
+        (reference 2.1: 20 ms): the process running this machine was not scheduled in time, as
+        on a loaded test host. A machine answering that late breaks the timing every host relies
+        on (docs/sas.md, "Known limit"), and real hardware does not: so the answer is lost on the
+        line instead, as with the `silence` fault, which every host must survive. Counted in
+        `ledger.late_answers`."""
+        self.ledger.late_answers += 1
+        self.ledger.lone_bytes = self._lone_before   # no byte of it reached the host
+        self.answer_delay = 0.0
+        self.answer_split = None
 
     def _head(self) -> LedgerEntry | None:
         return self._overflow or (self.fifo[0] if self.fifo else None)

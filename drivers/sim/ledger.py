@@ -38,6 +38,9 @@ class Ledger:
         # Answers whose first part on the line was one byte that was not the answer's, alone
         # before a gap: what no host can tell from a one-byte answer.
         self.lone_bytes = 0
+        # Answers not sent because the simulator could not send them within the answer window
+        # (SasEgm.answer_late): lost on the line, like the `silence` fault.
+        self.late_answers = 0
         self._on_change = on_change
 
     def _changed(self) -> None:

@@ -20,6 +20,7 @@ import trio
 from drivers.link import EgmLink
 from drivers.link.tty import PtyEgmLink
 from drivers.sim.egm import SasEgm
+from drivers.sim.runner import answer_is_late
 
 __all__ = ["PluggablePort", "run_line"]
 
@@ -27,7 +28,8 @@ __all__ = ["PluggablePort", "run_line"]
 async def run_line(egms: Sequence[SasEgm], link: EgmLink, *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer polls for every machine in `egms` on one link until cancelled or it breaks. At
-    most one machine answers a poll (each only its own address), so answers never collide."""
+    most one machine answers a poll (each only its own address), so answers never collide. An
+    answer that could only go out late is lost instead (SasEgm.answer_late)."""
     task_status.started()
     while True:
         now = trio.current_time()
@@ -35,14 +37,19 @@ async def run_line(egms: Sequence[SasEgm], link: EgmLink, *,
             egm.handle_timer(now)
         timers = [t for egm in egms if (t := egm.get_timer()) is not None]
         replies: list[tuple[SasEgm, bytes]] = []
+        heard_at = math.inf
         with trio.move_on_at(min(timers, default=math.inf)):
             words = await link.receive_words()
-            replies = [(egm, out) for egm in egms
-                       if (out := egm.receive_words(words, trio.current_time()))]
+            heard_at = trio.current_time()
+            replies = [(egm, out) for egm in egms if (out := egm.receive_words(words, heard_at))]
         for egm in egms:
             chirps = egm.take_words()
             if chirps:
                 await link.send_words(chirps)
+        if replies and answer_is_late(link, heard_at):
+            for egm, _ in replies:
+                egm.answer_late()   # lost on the line (runner.answer_is_late)
+            replies = []
         for egm, out in replies:
             if egm.answer_delay:
                 delay, egm.answer_delay = egm.answer_delay, 0.0

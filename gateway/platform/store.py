@@ -126,11 +126,28 @@ async def nats_connect(settings: NatsSettings) -> NATS:
     # nats-py retries the first connection forever too (max_reconnect_attempts=-1): a wrong CA,
     # credentials or address would hang a CLI or a starting receiver. Bounded, one line.
     try:
-        return await asyncio.wait_for(nats.connect(**options), settings.connect_deadline_s)
+        return await _within(nats.connect(**options), settings.connect_deadline_s)
     except (*NATS_ERRORS, ssl.SSLError) as err:
         raise BackendError(1011, f"cannot connect to NATS {','.join(settings.servers)} within "
                            f"{settings.connect_deadline_s:g} s: {str(err) or type(err).__name__}"
                            ) from None
+
+
+async def _within(connecting: Awaitable[NATS], deadline_s: float) -> NATS:
+    """`connecting`'s result, or TimeoutError after `deadline_s`. Not asyncio.wait_for: it
+    cancels once, and nats-py's connect loop can lose that cancellation (one racing a completion
+    inside its own nested wait_for, on Python 3.11) and retry forever -- `platform init` hung so
+    under load. Cancelled until it has ended."""
+    task = asyncio.ensure_future(connecting)
+    try:
+        await asyncio.wait({task}, timeout=deadline_s)
+    finally:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+    if task.cancelled():
+        raise TimeoutError()
+    return task.result()
 
 
 def _dump(value: dict[str, Any]) -> bytes:
