@@ -349,7 +349,9 @@ def finish(plant: dict[str, Any], gw: subprocess.Popen) -> dict[str, Any]:
     while max(_receiver_rows(base / "rx.db"), default=0) < last:
         assert time.monotonic() < deadline, "the receiver did not catch up"
         time.sleep(0.1)
-    answering = health(plant["port"], "127.0.0.6")["status"]
+    # Degraded is an answer too (a reader the round unplugged may not be back yet): say why.
+    body = health(plant["port"], "127.0.0.6", degraded_ok=True)
+    answering = body["status"] + "".join(f"; {r}" for r in body.get("reasons", []))
     reader = status(plant["control"])["ports"]["reader1"]["machines"][0]["figures"]
     gw.send_signal(signal.SIGTERM)
     assert gw.wait(timeout=30) == 0

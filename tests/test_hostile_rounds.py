@@ -21,7 +21,7 @@ def test_one_hostile_round(tmp_path: Path) -> None:
     (only,) = result["rounds"]
     end = result["end"]
     assert end["lost"] == end["twice"] == 0 and end["receiver_equal"] and end["readers_ok"]
-    assert end["board"] in ("ok", "degraded")
+    assert end["board"].partition(";")[0] in ("ok", "degraded"), end["board"]
     assert only["sent"]["reader bytes"] > 1_000_000 and only["health_failures"] == 0
     assert only["forms_refused"] == 12 and only["attendant_player"] > 0
     # The other ports kept polling through the reader flood: a recent answer from each machine.
