@@ -5,14 +5,17 @@
 
 Everything is fixed (two keys from published seeds, the epoch, timestamps, trace ids), so the
 file is byte-for-byte reproducible; tests/conformance/test_vectors.py checks it against the
-signing, verify and receiver code. The chain holds one event of every catalogue type (seq order),
-with a `keyRotated` near the end after which the second key signs. Bytes are lowercase hex.
+signing, verify and receiver code. The chain holds one event of every catalogue type but
+`epochStarted` (seq order), with a `keyRotated` near the end after which the second key signs;
+`epochs` (gateway/uplink/vector_epochs.py) holds the later epochs: how a stream starts again,
+and holes. Bytes are lowercase hex.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import sys
@@ -25,6 +28,7 @@ import nacl.signing
 from gateway.events import CATALOGUE, Draft
 from gateway.signing import GENESIS, INTEGRITY_FIELDS, Signer, canonical, chain_hash, seal
 from gateway.uplink import protocol as proto
+from gateway.uplink import vector_epochs
 
 __all__ = ["VECTORS_PATH", "build", "render"]
 
@@ -38,7 +42,10 @@ VENUE = "test-venue"
 REGION = "test-region"
 TOKEN = "vector-token-0123456789abcdef"
 MACHINE = {"port": "sas0", "address": 1, "serial": "SN-0001", "asset": "A-17"}
-BASE_TIME = "2026-11-21T05:56:12.{ms:03d}Z"
+# After `machineReplaced` (its `machine`, and every later machine event): the new identity.
+MACHINE_2 = {"port": "sas0", "address": 1, "serial": "SN-0002", "asset": "A-18"}
+# After 06:00 UTC, the default gaming-day start: the day close of 2026-11-20 is then due.
+BASE_TIME = "2026-11-21T06:00:12.{ms:03d}Z"
 
 USD = "USD"
 
@@ -60,7 +67,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "billAccepted": {"amount": _money(2000), "denomination_code": 7, "country_code": 0},
     "ticketPrinted": {"amount": _money(12345), "validation_number": "001234567890123456"},
     "ticketInserted": {"amount": _money(500), "validation_number": "009876543210987654"},
-    "meterSnapshot": {"meters": {"coin_in": 5000, "coin_out": 3100, "drop": 500,
+    "meterSnapshot": {"meters": {"coin_in": 5000, "coin_out": 3100, "drop": 52500,
                                  "games_played": 42, "bills_20": 25},
                       "denomination": _money(1), "digits": {"coin_in": 8, "coin_out": 8,
                                                             "drop": 8, "games_played": 8,
@@ -110,8 +117,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
                      "detail": "unreadable outbox moved to outbox.db.corrupt-20261121T101500Z",
                      "salvaged": 3, "salvaged_first_seq": 301, "salvaged_last_seq": 303},
     "deviceOffline": {"reason": "link down: read failed: [Errno 5] Input/output error"},
-    "machineReplaced": {"changed": ["serial", "asset"], "previous_serial": "SIM0001",
-                        "previous_asset": "1001", "previous_game": "AT/SIM001",
+    "machineReplaced": {"changed": ["serial", "asset"], "previous_serial": MACHINE["serial"],
+                        "previous_asset": MACHINE["asset"], "previous_game": "AT/SIM001",
                         "game": "AT/SIM001"},
     "uplinkDown": {"reason": "platform did not answer a ping within 30 s"},
     "keyRotated": {},  # filled in with the second key
@@ -153,14 +160,19 @@ def _key_entry(signer: Signer) -> dict[str, Any]:
     }
 
 
-def _envelope(event_type: str, seq: int, data: dict[str, Any]) -> dict[str, Any]:
+def _envelope(event_type: str, seq: int, data: dict[str, Any], *, epoch: str = EPOCH,
+              timestamp: str | None = None, trace_id: str | None = None,
+              machine: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = CATALOGUE[event_type]
+    if machine is None:
+        machine = MACHINE_2 if event_type == "machineReplaced" else MACHINE
     draft = Draft(type=spec.type, channel=spec.channel, schema_version=spec.version,
-                  timestamp=BASE_TIME.format(ms=seq), trace_id=f"{seq:016x}", data=data,
-                  machine=dict(MACHINE) if event_type in MACHINE_TYPES else None)
+                  timestamp=timestamp or BASE_TIME.format(ms=seq),
+                  trace_id=trace_id or f"{seq:016x}", data=data,
+                  machine=dict(machine) if event_type in MACHINE_TYPES else None)
     return {
         "event": draft.type, "channel": draft.channel, "schema_version": draft.schema_version,
-        "id": f"{GATEWAY_ID}:{EPOCH}:{seq}", "seq": seq, "epoch": EPOCH,
+        "id": f"{GATEWAY_ID}:{epoch}:{seq}", "seq": seq, "epoch": epoch,
         "gateway_id": GATEWAY_ID, "venue": VENUE, "region": REGION,
         "machine": draft.machine, "timestamp": draft.timestamp, "trace_id": draft.trace_id,
         "data": draft.data,
@@ -168,9 +180,10 @@ def _envelope(event_type: str, seq: int, data: dict[str, Any]) -> dict[str, Any]
 
 
 def _order() -> list[str]:
-    """Every catalogue type once; keyRotated and gatewayStopping last (the rotation is tested
-    with events after it)."""
-    names = [n for n in SAMPLES if n not in ("keyRotated", "gatewayStopping")]
+    """Every catalogue type once but epochStarted (only ever seq 1 of a new epoch: in
+    `epochs`); keyRotated and gatewayStopping last (the rotation is tested with events after
+    it)."""
+    names = [n for n in SAMPLES if n not in ("keyRotated", "gatewayStopping", "epochStarted")]
     missing = set(CATALOGUE) - set(SAMPLES)
     if missing:
         raise SystemExit(f"vectors: no sample data for {sorted(missing)}")
@@ -315,6 +328,8 @@ def build() -> dict[str, Any]:
         "chain": entries,
         "invalid": _invalid(sealed_list),
         "frames": _frames(sealed_list),
+        **vector_epochs.build(sealed_list, functools.partial(_envelope, machine=MACHINE_2),
+                              _entry, key_2),
     }
 
 
