@@ -82,13 +82,15 @@ def _draft_of(env: dict[str, Any]) -> Draft:
 
 def missing_count(change: EpochChange, salvaged: list[dict[str, Any]]) -> int | None:
     """Seqs of the old epoch in the range the outbox no longer has that no salvaged row
-    carries: what is missing (0: nothing; None: cannot be told)."""
+    carries: what is missing (0: nothing; None: cannot be told). Only rows of that epoch
+    count: a restored file of an older epoch holds none of the witnessed epoch's seqs."""
     if change.unknown:
         return None
     if change.first_missing is None or change.last_missing is None:
         return 0
     first, last = change.first_missing, change.last_missing
-    kept = sum(1 for env in salvaged if first <= env["seq"] <= last)
+    kept = sum(1 for env in salvaged
+               if env.get("epoch") == change.previous_epoch and first <= env["seq"] <= last)
     return max(0, last - first + 1 - kept)
 
 
