@@ -49,8 +49,8 @@ def gap_explained(envelope: dict[str, Any], prev_seq: int, seq: int) -> bool:
 
 def hole_closed(envelope: dict[str, Any], holes: dict[tuple[int, int], bytes],
                 first: int | None = None) -> bool:
-    """A later quarantine lossMarker with `resume_hash` closes the hole it names (its
-    signature, checked with the rest of the event, binds both sides); False if it names a hole
+    """A later quarantine lossMarker with `resume_hash` closes the hole it names (its signed
+    resume_hash binds the right side; nothing hashes across to the left); False if it names a hole
     that is not open or with another hash. A hole before `first`, the first row checked, is
     the caller's to bind (the outbox's ends check). Other events close nothing."""
     data = envelope.get("data") or {}

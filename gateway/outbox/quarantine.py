@@ -4,7 +4,7 @@ A damaged row (it does not decode, hash or sign) is moved to the `quarantine` ta
 the intact rows after it stay where they are. Each run of missing seqs becomes a hole explained
 by a `lossMarker` (`reason: quarantine`, `first_seq..last_seq`) appended at the end of the
 chain: a seq is never reused, since the rows after the hole may be at the platform already.
-`resume_hash` is the `prev_hash` of the row after the hole, so a verifier binds both sides of it
+`resume_hash` is the `prev_hash` of the row after the hole, so a verifier binds that side of it
 (docs/uplink-protocol.md, P-HOLE-1). Found at start (the tail check) or when a row is read back
 for the uplink or the feed."""
 
