@@ -112,7 +112,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "commandExecuted": {"command_id": "c-0001", "name": "requestMeters",
                         "requested_by": "platform", "target": {"port": "sas0", "address": 1},
                         "result": "ok"},
-    "lossMarker": {"reason": "shed", "count": 4, "detail": "meterSnapshot shed under disk floor"},
+    "lossMarker": {"reason": "shed", "count": 4, "detail": "droppable events (cardBadRead) "
+                                                            "shed while free space was under "
+                                                            "64.0 MB"},
     "epochStarted": {"reason": "database-corrupt", "previous_epoch": "0123456789abcdef",
                      "detail": "unreadable outbox moved to outbox.db.corrupt-20261121T101500Z",
                      "salvaged": 3, "salvaged_first_seq": 301, "salvaged_last_seq": 303},
