@@ -122,9 +122,12 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               fields={"reason": STR, "detail": STR, "previous_epoch": STR, "salvaged": INT,
                       "salvaged_first_seq": INT, "salvaged_last_seq": INT},
               required=("reason", "previous_epoch", "salvaged")),
-    EventSpec("keyRotated", "system", "1.0.0",
-              "The signing key changed; signed by the old key, every later event by the new one.",
-              fields={"new_kid": STR, "new_public_key": STR}, required=("new_kid",)),
+    EventSpec("keyRotated", "system", "1.0.1",
+              "The signing key changed; signed by the old key, every later event by the new one. "
+              "new_public_key: the new raw 32-byte Ed25519 public key as 64 lowercase hex "
+              "digits, from which new_kid derives (always sent; 1.0.1 makes it required).",
+              fields={"new_kid": STR, "new_public_key": STR},
+              required=("new_kid", "new_public_key")),
     EventSpec("commandExecuted", "system", "1.0.0",
               "Audit of a command: who asked, what, the result.",
               fields={"command_id": STR, "name": STR, "requested_by": STR, "target": ANY,
