@@ -104,20 +104,24 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               "resume_hash is the prev_hash of the event after them). For rollback, "
               "database-lost and database-corrupt (seq 1 of a new epoch), first_seq..last_seq "
               "are seqs of previous_epoch the outbox no longer has, and salvaged counts the "
-              "previous epoch's undelivered events re-sealed after this one "
-              "(salvaged_first_seq..salvaged_last_seq, old seqs). (A machine's own queue "
-              "overflow, exception 70, is the bufferOverflow event.)",
+              "previous epoch's undelivered events re-sealed after this one as seqs 2, 3, ... "
+              "(salvaged_first_seq..salvaged_last_seq, old seqs). count: for quarantine "
+              "last_seq - first_seq + 1; for a new epoch the seqs of first_seq..last_seq no "
+              "salvaged event carries (delivered ones included); for shed and undecodedAnswer "
+              "the events that never got a seq (those markers name no seqs and close no hole). "
+              "(A machine's own queue overflow, exception 70, is the bufferOverflow event.)",
               "shedding, quarantine, unreadable or rolled-back outbox, SAS line",
               fields={"reason": STR, "count": INT, "detail": STR, "first_seq": INT,
                       "last_seq": INT, "previous_epoch": STR, "resume_hash": STR,
                       "salvaged": INT, "salvaged_first_seq": INT, "salvaged_last_seq": INT},
               required=("reason",)),
     EventSpec("epochStarted", "system", "1.0.0",
-              "Seq 1 of a new epoch the outbox started with nothing missing (reason: rollback, "
-              "database-lost, database-corrupt, as in lossMarker): every seq of previous_epoch "
-              "the outbox no longer has was delivered, or is re-sealed after this event "
-              "(salvaged counts them; salvaged_first_seq..salvaged_last_seq, old seqs). When "
-              "something is missing, seq 1 is a lossMarker instead.",
+              "Seq 1 of a new epoch (prev_hash 32 zero bytes) the outbox started with nothing "
+              "missing (reason as in lossMarker; in practice database-corrupt): every seq of "
+              "previous_epoch the outbox no longer has and had not marked delivered is "
+              "re-sealed after this event as seqs 2, 3, ... (salvaged counts them; "
+              "salvaged_first_seq..salvaged_last_seq, old seqs). When something is missing, "
+              "seq 1 is a lossMarker instead.",
               "unreadable or rolled-back outbox, nothing lost",
               fields={"reason": STR, "detail": STR, "previous_epoch": STR, "salvaged": INT,
                       "salvaged_first_seq": INT, "salvaged_last_seq": INT},
@@ -199,8 +203,10 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
     EventSpec("meterReconciled", "cash", "1.0.0",
               "A window between two meter reads of a machine added up: every meter with a rule "
               "moved as the events recorded in the window say (docs/reconciliation.md). "
-              "from_seq/to_seq: the two meterSnapshot seqs; events: the machine's exceptions "
-              "in the window by type; deltas: each meter's movement; unreported: meters with a "
+              "from_seq/to_seq: the seqs of the window's opening and closing meterSnapshot "
+              "(no epoch: see docs/reconciliation.md; null if that read got no seq); events: "
+              "event type -> how many of the window's events came from the machine's "
+              "exception queue; deltas: each meter's movement; unreported: meters with a "
               "rule this machine did not report; rolled_over: meters that wrapped.",
               "meterSnapshot", fields={
                   "from_seq": {"type": ["integer", "null"]}, "to_seq": {"type": ["integer", "null"]},
@@ -211,7 +217,8 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
               required=("from_seq", "to_seq", "deltas")),
     EventSpec("meterDiscrepancy", "alerts", "1.0.0",
               "A meter did not add up over a window (one event per meter): it moved by seen, "
-              "the events say expected_min..expected_max (null: no upper bound); difference is "
+              "the events say expected_min..expected_max (expected_min is always a number; "
+              "expected_max null: no upper bound); difference is "
               "seen minus the nearest bound. cause: eventsMissing, eventsExtra, "
               "meterResetAtPowerUp, meterReset, rollover, bufferOverflow, lossMarker, "
               "identityChange; evidence: the seqs that show it (docs/reconciliation.md).",
@@ -228,8 +235,11 @@ CATALOGUE: dict[str, EventSpec] = {s.type: s for s in [
                         "evidence")),
     EventSpec("gamingDayClosed", "cash", "1.0.0",
               "A machine's gaming day is over (its first meter read of the next day): windows "
-              "read, how many reconciled and how many had a discrepancy, each meter's total "
-              "movement over the day (totals) and its value at the close (meters).",
+              "read, how many reconciled and how many had a discrepancy (windows, not "
+              "meterDiscrepancy events: one window may have several), each meter's total "
+              "movement over the day's windows, those with a discrepancy included and a meter "
+              "that went backwards excluded for that window (totals), and its value at the "
+              "close (meters).",
               "meterSnapshot", fields={
                   "gaming_day": STR, "windows": INT, "reconciled": INT, "discrepancies": INT,
                   "totals": {"type": "object", "additionalProperties": INT},

@@ -29,7 +29,8 @@ __all__ = ["Cause", "MachineReconciler", "Observation", "Reconciler", "Verdict"]
 
 
 class Cause(enum.StrEnum):
-    """Why a meter did not add up. Each but the first two needs an event in the window."""
+    """Why a meter did not add up. The four with an event type in _EVIDENCE are chosen only
+    when such an event is in the window; the others may cite none (docs/reconciliation.md)."""
 
     EVENTS_MISSING = "eventsMissing"        # the meter moved more than the events say
     EVENTS_EXTRA = "eventsExtra"            # events the meter never counted
