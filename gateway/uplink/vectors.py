@@ -5,8 +5,9 @@
 
 Everything is fixed (two keys from published seeds, the epoch, timestamps, trace ids), so the
 file is byte-for-byte reproducible; tests/conformance/test_vectors.py checks it against the
-signing, verify and receiver code. The chain holds one event of every catalogue type but
-`epochStarted` (seq order), with a `keyRotated` near the end after which the second key signs;
+signing, verify and receiver code. The chain opens with a machine's meter windows and their
+verdicts (as the reconciler makes them), then one event of every other catalogue type but
+`epochStarted`, with a `keyRotated` near the end after which the second key signs;
 `epochs` (gateway/uplink/vector_epochs.py) holds the later epochs: how a stream starts again,
 and holes. Bytes are lowercase hex.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -26,6 +28,7 @@ import msgpack
 import nacl.signing
 
 from gateway.events import CATALOGUE, Draft
+from gateway.reconcile.meters import RULES
 from gateway.signing import GENESIS, INTEGRITY_FIELDS, Signer, canonical, chain_hash, seal
 from gateway.uplink import protocol as proto
 from gateway.uplink import vector_epochs
@@ -44,8 +47,9 @@ TOKEN = "vector-token-0123456789abcdef"
 MACHINE = {"port": "sas0", "address": 1, "serial": "SN-0001", "asset": "A-17"}
 # After `machineReplaced` (its `machine`, and every later machine event): the new identity.
 MACHINE_2 = {"port": "sas0", "address": 1, "serial": "SN-0002", "asset": "A-18"}
-# After 06:00 UTC, the default gaming-day start: the day close of 2026-11-20 is then due.
-BASE_TIME = "2026-11-21T06:00:12.{ms:03d}Z"
+# Seq n is stamped START + n seconds: the first meter read (seq 4) falls before 06:00 UTC, the
+# default gaming-day start, the second (seq 11) after it, so the day close of 2026-11-20 is due.
+START = dt.datetime(2026, 11, 21, 5, 59, 50, tzinfo=dt.UTC)
 
 USD = "USD"
 
@@ -169,7 +173,7 @@ def _envelope(event_type: str, seq: int, data: dict[str, Any], *, epoch: str = E
     if machine is None:
         machine = MACHINE_2 if event_type == "machineReplaced" else MACHINE
     draft = Draft(type=spec.type, channel=spec.channel, schema_version=spec.version,
-                  timestamp=timestamp or BASE_TIME.format(ms=seq),
+                  timestamp=timestamp or _stamp(seq),
                   trace_id=trace_id or f"{seq:016x}", data=data,
                   machine=dict(machine) if event_type in MACHINE_TYPES else None)
     return {
@@ -181,15 +185,59 @@ def _envelope(event_type: str, seq: int, data: dict[str, Any], *, epoch: str = E
     }
 
 
-def _order() -> list[str]:
-    """Every catalogue type once but epochStarted (only ever seq 1 of a new epoch: in
-    `epochs`); keyRotated and gatewayStopping last (the rotation is tested with events after
-    it)."""
-    names = [n for n in SAMPLES if n not in ("keyRotated", "gatewayStopping", "epochStarted")]
+def _stamp(seq: int) -> str:
+    moment = START + dt.timedelta(seconds=seq, milliseconds=seq)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _snapshot(coin_in: int, coin_out: int, drop: int, games: int, bills_20: int
+              ) -> dict[str, Any]:
+    meters = {"coin_in": coin_in, "coin_out": coin_out, "drop": drop, "games_played": games,
+              "bills_20": bills_20}
+    return {"meters": meters, "denomination": _money(1), "digits": dict.fromkeys(meters, 8),
+            "straddle": 0}
+
+
+def _windows() -> list[tuple[str, dict[str, Any]]]:
+    """The start of the chain: a machine's meter windows as the reconciler closes them
+    (docs/reconciliation.md). Read A (seq 4, gaming day 2026-11-20), six events, read B (seq 11,
+    the next day: the day close, then A..B reconciled), two games, read C (seq 16: $20 bills
+    moved by one with no bill, a discrepancy)."""
+    s, unreported = SAMPLES, sorted(set(RULES) - set(_snapshot(0, 0, 0, 0, 0)["meters"]))
+    a, b, c = _snapshot(5000, 3100, 52500, 42, 25), _snapshot(5025, 3200, 54500, 43, 26), \
+        _snapshot(5075, 3200, 56500, 45, 27)
+    played = ["gameSelected", "betPlaced", "gameEnded", "billAccepted", "ticketPrinted",
+              "ticketInserted"]
+    return [
+        *((n, s[n]) for n in ("gatewayStarted", "deviceOnline", "uplinkUp")),
+        ("meterSnapshot", a), *((n, s[n]) for n in played), ("meterSnapshot", b),
+        ("gamingDayClosed", {"gaming_day": "2026-11-20", "windows": 0, "reconciled": 0,
+                             "discrepancies": 0, "totals": {}, "meters": a["meters"]}),
+        ("meterReconciled", {"from_seq": 4, "to_seq": 11, "events": dict.fromkeys(played, 1),
+                             "deltas": {m: b["meters"][m] - a["meters"][m] for m in a["meters"]},
+                             "straddle": 0, "unreported": unreported, "rolled_over": []}),
+        ("betPlaced", s["betPlaced"]), ("betPlaced", s["betPlaced"]), ("meterSnapshot", c),
+        ("meterDiscrepancy", {"meter": "bills_20", "expected_min": 0, "expected_max": 0,
+                              "seen": 1, "difference": 1, "cause": "eventsMissing",
+                              "evidence": [], "rule": RULES["bills_20"].source,
+                              "from_seq": 11, "to_seq": 16, "events": {"betPlaced": 2}}),
+    ]
+
+
+def _order() -> list[tuple[str, dict[str, Any]]]:
+    """The meter windows, then every other catalogue type once but epochStarted (only ever
+    seq 1 of a new epoch: in `epochs`); keyRotated and gatewayStopping last (the rotation is
+    tested with events after it)."""
     missing = set(CATALOGUE) - set(SAMPLES)
     if missing:
         raise SystemExit(f"vectors: no sample data for {sorted(missing)}")
-    return [*names[:-2], "keyRotated", *names[-2:], "gatewayStopping"]
+    lead = _windows()
+    alert = next(n for n, (t, _) in enumerate(lead, start=1) if t == "meterDiscrepancy")
+    done = {t for t, _ in lead} | {"keyRotated", "gatewayStopping", "epochStarted"}
+    rest = [(n, {**SAMPLES[n], "alert_seq": alert} if n == "alertAcknowledged" else SAMPLES[n])
+            for n in SAMPLES if n not in done]
+    return [*lead, *rest[:-2], ("keyRotated", {}), *rest[-2:],
+            ("gatewayStopping", SAMPLES["gatewayStopping"])]
 
 
 def _entry(sealed: dict[str, Any], stored: bytes, signer: Signer) -> dict[str, Any]:
@@ -212,8 +260,8 @@ def _chain() -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], bytes]]]:
     key_1, key_2 = signers()
     signer, prev = key_1, GENESIS
     entries, sealed_list = [], []
-    for seq, event_type in enumerate(_order(), start=1):
-        data = copy.deepcopy(SAMPLES[event_type])
+    for seq, (event_type, sample) in enumerate(_order(), start=1):
+        data = copy.deepcopy(sample)
         if event_type == "keyRotated":
             data = {"new_kid": key_2.kid, "new_public_key": bytes(key_2.verify_key).hex()}
         sealed, stored = seal(_envelope(event_type, seq, data), prev, signer)

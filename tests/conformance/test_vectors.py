@@ -56,9 +56,9 @@ def test_the_shipped_file_is_what_the_code_makes() -> None:
 
 
 def test_every_event_type_is_in_the_vectors() -> None:
-    """One of each type in the first epoch but epochStarted, which only ever opens a new one."""
-    assert sorted(e["event"] for e in V["chain"]) == sorted(set(CATALOGUE) - {"epochStarted"})
-    assert [e["seq"] for e in V["chain"]] == list(range(1, len(CATALOGUE)))
+    """Every type in the first epoch but epochStarted, which only ever opens a new one."""
+    assert {e["event"] for e in V["chain"]} == set(CATALOGUE) - {"epochStarted"}
+    assert [e["seq"] for e in V["chain"]] == list(range(1, len(V["chain"]) + 1))
     assert [s["events"][0]["event"] for s in V["epochs"]] == ["lossMarker", "epochStarted"]
 
 
