@@ -32,7 +32,7 @@ class AnswerContract(HostCore):
         if not f.received:
             self._delays.append(max(0.0, now - f.sent_at - f.wire_s))
         f.received = f.ever_received = True
-        f.machine.bytes_at = now
+        f.machine.bytes_at, f.machine.silent_gps = now, 0
         if bytes((f.machine.address, 0xFF)) in bytes((f.last_byte & 0xFF,)) + data:
             f.saw_event = True
         f.last_byte = data[-1] if data else f.last_byte
@@ -81,9 +81,12 @@ class AnswerContract(HostCore):
                 # answer are a broken event: retried like any other error, and silences after
                 # them are waited out like any doubt).
                 self._framer.clear()
-                if f.silent_run:
-                    # "No activity" once the repeat is silent too: a first silence may be a lost
-                    # event answer, which the repeat re-sends (see "Periodic long polls").
+                f.machine.silent_gps += 1
+                if f.machine.silent_gps >= 2:
+                    # "No activity" once the next GP is silent too, this poll's repeat or the
+                    # next poll (rte_silence_retries 0): a first silence may be a lost event
+                    # answer, which an identical GP re-sends and any other frame acknowledged
+                    # (lost either way: docs/sas.md, "Residual risk"). See "Periodic long polls".
                     self._release(f.machine, now)
                 f.silent_run += 1
                 f.failed_silent = True

@@ -92,8 +92,10 @@ of a meter read after its first. A finished meter read is reported as a `meterSn
 None: not an exception, nothing to acknowledge), with `straddle`: how many exceptions were
 recorded between the read's first answer and the report -- events the machine may have counted
 in the meters before the host heard of them. The snapshot is held until the machine shows an
-empty queue: a GP answered 00, or met with silence in RTE mode twice in a row (the first
-silence may be a lost event answer; the identical repeat re-sends it) -- or the meter answer
+empty queue: a GP answered 00, or two GPs in a row met with silence in RTE mode -- per machine,
+across polls (with `rte_silence_retries` 0 each poll is one silence), no byte from the machine in
+between (the first silence may be a lost event answer: an identical GP re-sends it, any other
+frame acknowledged it, lost either way: docs/sas.md, "Residual risk") -- or the meter answer
 itself, in RTE mode, once the machine's next exception answer is an event frame (then released
 just before that exception is reported: it came after the read). A machine in RTE mode answers
 a long poll with data only when nothing is pending, but one that reset between two polls (no

@@ -118,6 +118,9 @@ class Machine:
     # repeat it as is (see "RTE silence" in the module docstring).
     idle_gp: bool = False
     bytes_at: float = -math.inf  # when it last sent any byte in answer to a poll
+    # RTE mode: GPs met with silence since its last byte, across polls (a poll's repeats
+    # included): two in a row show an empty queue ("Periodic long polls" in host.py).
+    silent_gps: int = 0
     # Did the machine hear the ACK of its last exception? (drivers/redelivery.py ResetWatch,
     # "Machine resets" in the module docstring.)
     reset: ResetWatch = field(default_factory=ResetWatch)

@@ -185,3 +185,29 @@ def test_simulator_chirps_after_5_s_without_an_address_byte() -> None:
     egm.receive_words([0x181], 5.3)  # polled: quiet again for 5 s
     assert egm.get_timer() == pytest.approx(10.3)
 
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+@pytest.mark.parametrize("machines", [1, 3])
+def test_a_silent_rte_machine_reports_its_snapshots_whatever_rte_silence_retries(
+        machines: int, retries: int) -> None:
+    """An idle RTE machine never sends an event, so only silent GPs can show its queue empty.
+    With `rte_silence_retries` 0 (docs/sas.md, for busy multi-drop lines) each poll is one
+    silence: the two silences in a row that release a read are counted across polls, per
+    machine, and any answer in between starts the count again (a first silence may be a lost
+    event answer: the poll after it re-sends, or acknowledges, that event)."""
+    cfg = HostConfig(rte=True, rte_silence_retries=retries, meters_every_s=40.0)
+    egms = [SasEgm(a, Ledger(), play=PlayModel(0, 0.0), serial=f"S{a}")
+            for a in range(1, machines + 1)]
+    pair = Pair(SasHost("s", [e.address for e in egms], cfg), egms)
+    pair.run_until(400.0)
+    for egm in egms:
+        a = egm.address
+        released = [e.event.monotonic for e in pair.other if isinstance(e, Report)
+                    and e.event.type == "meterSnapshot" and e.event.machine.address == a]
+        assert len(released) >= 8, (a, released)
+        for t in released:
+            # The polls to this machine before the release: the last two are GPs (silent: the
+            # machine answers every long poll with data), sent after the read's last meter poll.
+            polls = [w for at, w in pair.sent_at if at <= t and w[0] & 0x7F == a]
+            assert all(w[0] & 0x80 for w in polls[-2:]), (a, t, [w.hex() for w in polls[-4:]])
