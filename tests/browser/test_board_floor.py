@@ -143,5 +143,35 @@ def test_a_tap_where_acknowledge_was_on_a_tile_just_cleared_says_so_and_opens_no
         page.wait_for_function("() => Number(document.body.dataset.refused || 0) > 0",
                                timeout=5000)
         assert page.evaluate("document.body.dataset.refusedWhy") == "alert gone"
+        assert page.locator("#toast").text_content() == (
+            "That alert has just been cleared by the machine: nothing to acknowledge.")
+        assert page.is_hidden("#machine") and page.is_hidden("#confirm")
+        assert live.acks == []
+
+
+def test_a_tap_whose_alert_was_cleared_while_the_finger_was_down_names_the_new_one(
+        browser, tmp_path):
+    """The finger comes down on a door's Acknowledge; before it lifts the machine closes the
+    door and a tilt opens: the tap is still refused ("alert gone", acknowledging nothing), and
+    the words say the tile now shows another alert to read before tapping again."""
+    with LiveFeed(tmp_path) as live:
+        door = live.append("doorOpened", {"door": "main"}, port="bank-d-04")
+        page = browser.new_page(viewport={"width": 800, "height": 1280})
+        page.add_init_script(RECORD_TAPS)
+        log_in(page, live.url)
+        tile = '.tile[data-machine="bank-d-04/1"]'
+        page.wait_for_selector(f'{tile}[data-alert="{door}"]')
+        page.mouse.move(*center(page, f"{tile} .ack-button"))
+        page.mouse.down()
+        live.append("doorClosed", {"door": "main"}, port="bank-d-04")
+        tilt = live.append("tilt", {"kind": "bill_jam"}, port="bank-d-04")
+        page.wait_for_selector(f'{tile}[data-alert="{tilt}"]')
+        page.mouse.up()
+        page.wait_for_function("() => Number(document.body.dataset.refused || 0) > 0",
+                               timeout=5000)
+        assert page.evaluate("document.body.dataset.refusedWhy") == "alert gone"
+        assert page.locator("#toast").text_content() == (
+            "The alert under your finger was cleared by the machine, and this tile now shows "
+            "another one: check it and tap again.")
         assert page.is_hidden("#machine") and page.is_hidden("#confirm")
         assert live.acks == []

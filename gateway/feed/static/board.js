@@ -600,12 +600,21 @@
     if (event) event.preventDefault();
   }
 
+  // The alert under the finger was cleared before the tap was taken. The tile may show another
+  // alert by now: say so, so the person reads it before tapping again (same reason either way).
+  function refuseGone(tile, pressed, event) {
+    const another = tile.seq !== null && tile.seq !== pressed.seq;
+    refuse("alert gone", another
+      ? "The alert under your finger was cleared by the machine, and this tile now shows " +
+        "another one: check it and tap again."
+      : "That alert has just been cleared by the machine: nothing to acknowledge.", event);
+  }
+
   // `pressed`: the alert the tile showed when the finger came down, and when.
   function tapAcknowledge(tile, pressed, event) {
     if (!connected) return;  // the buttons are disabled and the board says why
     if (pressed.seq === null) {
-      refuse("alert gone", "That alert has just been cleared by the machine: " +
-        "nothing to acknowledge.", event);
+      refuseGone(tile, pressed, event);
       return;
     }
     // Tiles moved (a re-sort or a filter) just before the finger came down: the point tapped
@@ -617,8 +626,7 @@
     }
     const alert = model.alerts.get(pressed.seq);
     if (!alert) {
-      refuse("alert gone", "That alert has just been cleared by the machine: " +
-        "nothing to acknowledge.", event);
+      refuseGone(tile, pressed, event);
       return;
     }
     if (alert.acknowledged_by) {
