@@ -429,7 +429,10 @@ class Outbox:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention (gateway/outbox/writer.py). Returns its envelopes and
         its witness flush's ticket, queued once the commit returned (never ahead of it)."""
+        epoch = self.epoch
         markers = self._quarantine_damaged(damaged) if damaged else []
+        if self.epoch != epoch:  # started over: the old epoch's ack means nothing in the new
+            delivered = 0
         job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
                           self.retention_cap)
         try:
