@@ -98,9 +98,15 @@ class OutboxSink:
         must be durable before the ACK goes out, or a kill in between would take the exception
         for acknowledged (docs/sas.md, "Restart safety" and "Machine resets")."""
         source = event.source
-        if source is not None and source.poll_counter is not None:
-            await self._outbox.expect_redelivery(event.machine.key, source.poll_counter,
-                                                 *_identity(source))
+        if source is None or source.poll_counter is None:
+            return
+        if not await self._outbox.expect_redelivery(event.machine.key, source.poll_counter,
+                                                    *_identity(source)):
+            # The outbox started a new epoch (a damaged file) before the mark was durable: the
+            # re-sent exception is recorded again there (docs/outbox.md, "starts over").
+            log.warning("new outbox epoch before a redelivery was marked; recorded again",
+                        machine=event.machine.key, code=f"{source.code:02X}")
+            await self.record(event)
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         key = machine.key

@@ -190,16 +190,20 @@ class Outbox(OutboxFigures):
             self._wake()
 
     async def expect_redelivery(self, machine: str, counter: int, code: int,
-                                payload: bytes) -> None:
+                                payload: bytes) -> bool:
         """`machine` re-sent its last recorded exception (as `code`, `payload`) in answer to a
         new poll, and is about to be acknowledged: store `counter` as the poll that elicited it,
         and mark it unacknowledged again (a machine that reset re-sends an exception it had
         been told about, as far as the gateway knew), so that a restart before the ACK still
-        recognises it. Returns once committed."""
+        recognises it. Returns once committed: True, or False if the outbox started a new
+        epoch first, whose ledger starts cleared (the mark is dropped; the caller records the
+        exception again: a possible duplicate, never a loss)."""
+        epoch = self.epoch
         done = self._ledger.expect_redelivery(machine, counter, code, payload)
         self._flush_wanted = True
         self._wake()
         await done.wait()
+        return self.epoch == epoch
 
     @property
     def may_start_new_epoch(self) -> bool:
@@ -221,7 +225,9 @@ class Outbox(OutboxFigures):
                     f"the platform holds seq {high_water} of epoch {self.epoch} but this "
                     f"outbox ends at seq {self._head.seq} (an outbox restored on a box "
                     f"without its witness)", salvage_after=high_water)
+                ledger = self._ledger
                 await trio.to_thread.run_sync(self._change_epoch, change)
+                self._carry_waiters(ledger)
 
     def _change_epoch(self, change: EpochChange) -> None:
         released, self._released_seq = self._released_seq, 0  # none of the new epoch leaves
@@ -398,7 +404,7 @@ class Outbox(OutboxFigures):
     async def _commit_groups(self, groups: trio.MemoryReceiveChannel[list[Pending]]) -> None:
         limiter = trio.CapacityLimiter(1)
         async for batch in groups:
-            changes, epoch = self._ledger.take(), self.epoch
+            changes, epoch, ledger = self._ledger.take(), self.epoch, self._ledger
             try:
                 with trio.CancelScope(shield=True):
                     async with self._epoch_lock:
@@ -409,6 +415,7 @@ class Outbox(OutboxFigures):
                             self._commit, batch, changes, self.delivered_seq,
                             self._disk.low_space, damaged, limiter=limiter)
             except StoreError as err:
+                self._carry_waiters(ledger)
                 if not is_disk_full(err):
                     raise
                 if self.epoch != epoch:  # started over, then the disk was full
@@ -416,8 +423,21 @@ class Outbox(OutboxFigures):
                 self._ledger.put_back(changes)
                 self._disk.commit_hit_full_disk(batch, err)
                 continue
+            self._carry_waiters(ledger)
             self._releases.hold(Held(ticket, self.epoch, self._head.seq, batch, envelopes,
                                      changes))
+
+    def _carry_waiters(self, ledger: MachineLedger) -> None:
+        """Trio thread, after a worker thread may have replaced `ledger` (a new epoch): marks
+        heard on it meanwhile are dropped with it, but whoever waits for them (a driver, before
+        its ACK) is woken by the next commit, and told the epoch changed."""
+        if ledger is self._ledger:
+            return
+        waiters = ledger.take().waiters
+        if waiters:
+            self._ledger.put_back(LedgerChanges(waiters=waiters))
+            self._flush_wanted = True
+            self._wake()
 
     def _woken(self, batch: list[Pending], envelopes: list[dict[str, Any]]) -> None:
         """Wake the group's appenders and tell the listeners (feed, uplink, metrics)."""

@@ -6,12 +6,15 @@ taken for acknowledged and recorded twice, or never recognised."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import trio
+import trio.testing
 
 from drivers.base import MachineEvent, MachineRef, SourceRef
 from gateway.capture import OutboxSink
-from tests.gateway.test_outbox_integrity import execute, fill, run_writer_around
+from gateway.outbox import facade
+from tests.gateway.test_outbox_integrity import draft, execute, fill, run_writer_around
 from tests.gateway.test_outbox_verify_ends import zero_page
 
 MACHINE = MachineRef(port="p1", address=1)
@@ -75,3 +78,44 @@ async def test_an_ack_of_an_old_epoch_seq_heard_after_the_switch_is_dropped(
                    MACHINE.key) == [(0,)]
     second = make_outbox()
     assert OutboxSink(second, currency="USD").is_redelivery(MACHINE, BILL) is True
+
+
+async def test_a_redelivery_mark_heard_during_a_start_over_is_not_orphaned(
+        make_outbox, outbox_settings, monkeypatch):
+    """The driver waits for its redelivery mark before it ACKs (the SAS port waits with it). A
+    mark heard while the writer starts over went to the ledger the new epoch replaces: its
+    waiter is still woken, and told the mark was dropped, so the exception is recorded again
+    (a possible duplicate, never a loss; docs/outbox.md, "starts over")."""
+    outbox = await damaged_outbox(make_outbox, outbox_settings)
+    old_epoch = outbox.epoch
+    in_start_over, go_on = threading.Event(), threading.Event()
+    original = facade.start_over
+
+    def slow_start_over(*args, **kwargs):  # reading and salvaging a big damaged file takes time
+        in_start_over.set()
+        go_on.wait(5)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(facade, "start_over", slow_start_over)
+    answers = []
+    bill = MachineEvent("billAccepted", MACHINE, {"amount_cents": 2000},
+                        SourceRef("sas", 0x4A, poll_counter=7))
+    sink = OutboxSink(outbox, currency="USD")
+
+    async def redelivery() -> None:
+        await sink.redelivered(bill)  # the driver: the machine re-sent it; the ACK waits
+        answers.append(outbox.epoch)
+
+    async def work() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.append, draft(1))
+            await trio.to_thread.run_sync(in_start_over.wait, 5)
+            nursery.start_soon(redelivery)
+            await trio.testing.wait_all_tasks_blocked()  # its mark is on the old ledger
+            go_on.set()
+        assert answers, "the redelivery never returned: the SAS port is stuck"
+    await run_writer_around(outbox, work)
+    assert answers[0] != old_epoch
+    assert sink.counts["billAccepted"] == 1  # recorded again in the new epoch
+    outbox.close()
+    assert execute(outbox_settings.path, "SELECT count(*) FROM events WHERE type=?",
+                   "billAccepted") == [(1,)]
