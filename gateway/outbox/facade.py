@@ -225,9 +225,9 @@ class Outbox(OutboxFigures):
                     f"the platform holds seq {high_water} of epoch {self.epoch} but this "
                     f"outbox ends at seq {self._head.seq} (an outbox restored on a box "
                     f"without its witness)", salvage_after=high_water)
-                ledger = self._ledger
+                epoch, ledger = self.epoch, self._ledger
                 await trio.to_thread.run_sync(self._change_epoch, change)
-                self._carry_waiters(ledger)
+                self._after_worker(epoch, ledger)
 
     def _change_epoch(self, change: EpochChange) -> None:
         released, self._released_seq = self._released_seq, 0  # none of the new epoch leaves
@@ -415,24 +415,25 @@ class Outbox(OutboxFigures):
                             self._commit, batch, changes, self.delivered_seq,
                             self._disk.low_space, damaged, limiter=limiter)
             except StoreError as err:
-                self._carry_waiters(ledger)
+                self._after_worker(epoch, ledger)
                 if not is_disk_full(err):
                     raise
-                if self.epoch != epoch:  # started over, then the disk was full
-                    changes = LedgerChanges(waiters=changes.waiters)
-                self._ledger.put_back(changes)
+                self._ledger.put_back(changes if self.epoch == epoch else  # started over
+                                      LedgerChanges(waiters=changes.waiters))
                 self._disk.commit_hit_full_disk(batch, err)
                 continue
-            self._carry_waiters(ledger)
+            self._after_worker(epoch, ledger)
             self._releases.hold(Held(ticket, self.epoch, self._head.seq, batch, envelopes,
                                      changes))
 
-    def _carry_waiters(self, ledger: MachineLedger) -> None:
-        """Trio thread, after a worker thread may have replaced `ledger` (a new epoch): marks
-        heard on it meanwhile are dropped with it, but whoever waits for them (a driver, before
-        its ACK) is woken by the next commit, and told the epoch changed."""
-        if ledger is self._ledger:
+    def _after_worker(self, epoch: str, ledger: MachineLedger) -> None:
+        """Trio thread, after a worker thread that may have ended `epoch` (and `ledger`). What
+        was heard meanwhile names old seqs: an ack the uplink checked before the switch is
+        undone (delivered is what was persisted: 0), marks on the old ledger are dropped with
+        it, but whoever waits for them (a driver, before its ACK) is woken by the next commit."""
+        if self.epoch == epoch:
             return
+        self.delivered_seq = self._delivered_persisted
         waiters = ledger.take().waiters
         if waiters:
             self._ledger.put_back(LedgerChanges(waiters=waiters))
