@@ -43,15 +43,15 @@ class OutboxSink:
         self.reconciler = reconciler
         self._currency = currency
         self._on_event = on_event
-        self._last_seq: dict[str, int] = {}
+        self._last_seq: dict[str, tuple[str, int]] = {}  # machine -> (epoch, seq) recorded
         self.counts: Counter[str] = Counter()
         self.redeliveries = 0
 
     async def record(self, event: MachineEvent) -> None:
         draft = draft_from_machine(event, currency=self._currency, now=time.time())
-        seq = await self._outbox.append(draft)
+        epoch, seq = await self._outbox.append_in_epoch(draft)
         if event.source is not None:
-            self._last_seq[event.machine.key] = seq
+            self._last_seq[event.machine.key] = (epoch, seq)
         self.counts[event.type] += 1
         if self._on_event is not None:
             self._on_event(event)
@@ -75,9 +75,9 @@ class OutboxSink:
 
     def acknowledged(self, event: MachineEvent) -> None:
         key = event.machine.key
-        seq = self._last_seq.get(key)
-        if seq is not None:
-            self._outbox.note_acknowledged(key, seq)
+        last = self._last_seq.get(key)
+        if last is not None:
+            self._outbox.note_acknowledged(key, last[1], last[0])
 
     def settle_restart(self, port: str, counter_at_open: int | None) -> int:
         """Before `port`'s driver starts: drop the redelivery question for each of its machines
@@ -98,9 +98,15 @@ class OutboxSink:
         must be durable before the ACK goes out, or a kill in between would take the exception
         for acknowledged (docs/sas.md, "Restart safety" and "Machine resets")."""
         source = event.source
-        if source is not None and source.poll_counter is not None:
-            await self._outbox.expect_redelivery(event.machine.key, source.poll_counter,
-                                                 *_identity(source))
+        if source is None or source.poll_counter is None:
+            return
+        if not await self._outbox.expect_redelivery(event.machine.key, source.poll_counter,
+                                                    *_identity(source)):
+            # The outbox started a new epoch (a damaged file) before the mark was durable: the
+            # re-sent exception is recorded again there (docs/outbox.md, "starts over").
+            log.warning("new outbox epoch before a redelivery was marked; recorded again",
+                        machine=event.machine.key, code=f"{source.code:02X}")
+            await self.record(event)
 
     def is_redelivery(self, machine: MachineRef, source: SourceRef) -> bool:
         key = machine.key
@@ -109,7 +115,7 @@ class OutboxSink:
             return False
         # The acknowledgement about to go out is for the event already recorded: mark that seq
         # (or a second crash would ask the question again about an exception long gone).
-        self._last_seq[key] = seq
+        self._last_seq[key] = (self._outbox.epoch, seq)
         self.redeliveries += 1
         log.info("redelivered exception recognised; acknowledged without recording again",
                  machine=key, code=f"{source.code:02X}")

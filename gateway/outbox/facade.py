@@ -24,7 +24,7 @@ from gateway.events import Draft, system_draft
 from gateway.outbox import readers, retention
 from gateway.outbox.disk import DiskBudget, is_disk_full
 from gateway.outbox.epochs import EpochChange, change_epoch
-from gateway.outbox.figures import outbox_statistics
+from gateway.outbox.figures import OutboxFigures
 from gateway.outbox.flusher import WitnessFlusher
 from gateway.outbox.ledger import LedgerChanges, MachineLedger
 from gateway.outbox.opening import Opened, open_store, start_over
@@ -41,7 +41,7 @@ from gateway.signing import GENESIS, Signer, decode_envelope
 __all__ = ["Outbox"]
 
 
-class Outbox:
+class Outbox(OutboxFigures):
     """The async facade over the outbox database. Create with `Outbox.open`, then start
     `run_writer` in the daemon's nursery before anything appends."""
 
@@ -177,27 +177,33 @@ class Outbox:
         exception was followed by another frame on the line, marked acknowledged."""
         settled = self._ledger.settle_restart(port, counter_at_open)
         for machine, seq in settled:
-            self.note_acknowledged(machine, seq)
+            self.note_acknowledged(machine, seq, self.epoch)
         return settled
 
-    def note_acknowledged(self, machine: str, seq: int) -> None:
-        """The machine has been told about `seq`; committed at once (one commit interval), as
-        until then a restart cannot tell a redelivery from a new identical exception."""
-        if self._ledger.acknowledged(machine, seq):
+    def note_acknowledged(self, machine: str, seq: int, epoch: str) -> None:
+        """The machine has been told about `seq` of `epoch`; committed at once (one commit
+        interval), as until then a restart cannot tell a redelivery from a new identical
+        exception. A seq of an epoch that has ended is dropped: the new epoch's ledger starts
+        cleared, and that seq there would name another event."""
+        if epoch == self.epoch and self._ledger.acknowledged(machine, seq):
             self._flush_wanted = True
             self._wake()
 
     async def expect_redelivery(self, machine: str, counter: int, code: int,
-                                payload: bytes) -> None:
+                                payload: bytes) -> bool:
         """`machine` re-sent its last recorded exception (as `code`, `payload`) in answer to a
         new poll, and is about to be acknowledged: store `counter` as the poll that elicited it,
         and mark it unacknowledged again (a machine that reset re-sends an exception it had
         been told about, as far as the gateway knew), so that a restart before the ACK still
-        recognises it. Returns once committed."""
+        recognises it. Returns once committed: True, or False if the outbox started a new
+        epoch first, whose ledger starts cleared (the mark is dropped; the caller records the
+        exception again: a possible duplicate, never a loss)."""
+        epoch = self.epoch
         done = self._ledger.expect_redelivery(machine, counter, code, payload)
         self._flush_wanted = True
         self._wake()
         await done.wait()
+        return self.epoch == epoch
 
     @property
     def may_start_new_epoch(self) -> bool:
@@ -219,7 +225,9 @@ class Outbox:
                     f"the platform holds seq {high_water} of epoch {self.epoch} but this "
                     f"outbox ends at seq {self._head.seq} (an outbox restored on a box "
                     f"without its witness)", salvage_after=high_water)
+                epoch, ledger = self.epoch, self._ledger
                 await trio.to_thread.run_sync(self._change_epoch, change)
+                self._after_worker(epoch, ledger)
 
     def _change_epoch(self, change: EpochChange) -> None:
         released, self._released_seq = self._released_seq, 0  # none of the new epoch leaves
@@ -249,14 +257,19 @@ class Outbox:
 
         While free space is under the floor this waits (the caller's machine keeps its
         exception); a draft of a droppable type is shed instead and 0 is returned."""
+        return (await self.append_in_epoch(draft))[1]
+
+    async def append_in_epoch(self, draft: Draft) -> tuple[str, int]:
+        """`append`, returning (epoch, seq): the epoch the event was sealed in, which may have
+        ended by the time it is released (a start-over); a shed draft gives (current, 0)."""
         pending = Pending(draft)
         await self._send.send(pending)
         await pending.done.wait()
         if pending.shed:
-            return 0
-        if pending.seq == 0:
+            return self.epoch, 0
+        if pending.seq == 0 or pending.envelope is None:
             raise StoreError("the outbox writer stopped before this event was committed")
-        return pending.seq
+        return pending.envelope["epoch"], pending.seq
 
     async def append_system(self, event_type: str, data: dict[str, Any]) -> int:
         return await self.append(system_draft(event_type, data, now=time.time(),
@@ -391,7 +404,7 @@ class Outbox:
     async def _commit_groups(self, groups: trio.MemoryReceiveChannel[list[Pending]]) -> None:
         limiter = trio.CapacityLimiter(1)
         async for batch in groups:
-            changes = self._ledger.take()
+            changes, epoch, ledger = self._ledger.take(), self.epoch, self._ledger
             try:
                 with trio.CancelScope(shield=True):
                     async with self._epoch_lock:
@@ -402,13 +415,30 @@ class Outbox:
                             self._commit, batch, changes, self.delivered_seq,
                             self._disk.low_space, damaged, limiter=limiter)
             except StoreError as err:
+                self._after_worker(epoch, ledger)
                 if not is_disk_full(err):
                     raise
-                self._ledger.put_back(changes)
+                self._ledger.put_back(changes if self.epoch == epoch else  # started over
+                                      LedgerChanges(waiters=changes.waiters))
                 self._disk.commit_hit_full_disk(batch, err)
                 continue
+            self._after_worker(epoch, ledger)
             self._releases.hold(Held(ticket, self.epoch, self._head.seq, batch, envelopes,
                                      changes))
+
+    def _after_worker(self, epoch: str, ledger: MachineLedger) -> None:
+        """Trio thread, after a worker thread that may have ended `epoch` (and `ledger`). What
+        was heard meanwhile names old seqs: an ack the uplink checked before the switch is
+        undone (delivered is what was persisted: 0), marks on the old ledger are dropped with
+        it, but whoever waits for them (a driver, before its ACK) is woken by the next commit."""
+        if self.epoch == epoch:
+            return
+        self.delivered_seq = self._delivered_persisted
+        waiters = ledger.take().waiters
+        if waiters:
+            self._ledger.put_back(LedgerChanges(waiters=waiters))
+            self._flush_wanted = True
+            self._wake()
 
     def _woken(self, batch: list[Pending], envelopes: list[dict[str, Any]]) -> None:
         """Wake the group's appenders and tell the listeners (feed, uplink, metrics)."""
@@ -429,9 +459,9 @@ class Outbox:
         """Runs in the writer thread: seal and insert the group in one FULL-sync transaction,
         with a bounded slice of retention (gateway/outbox/writer.py). Returns its envelopes and
         its witness flush's ticket, queued once the commit returned (never ahead of it)."""
+        epoch = self.epoch
         markers = self._quarantine_damaged(damaged) if damaged else []
-        job = GroupCommit(changes, delivered, self._delivered_persisted, low_space,
-                          self.retention_cap)
+        job = self._job(epoch, changes, delivered, low_space)
         try:
             result = commit_group(self._conn, self.settings, self.epoch, self._sealing,
                                   self._head, batch, job)
@@ -443,12 +473,21 @@ class Outbox:
                     isinstance(damage, sqlite3.OperationalError):
                 raise
             markers += self._start_over_live(damage)
-            delivered = 0
-            job = GroupCommit(changes, 0, 0, low_space, self.retention_cap)
+            job = self._job(epoch, changes, delivered, low_space)
             result = commit_group(self._conn, self.settings, self.epoch, self._sealing,
                                   self._head, batch, job)
-        self._committed(result, delivered)
+        self._committed(result, job.delivered)
         return markers + result.envelopes, self._flusher.submit(Mark(self.epoch, self._head.seq))
+
+    def _job(self, epoch: str, changes: LedgerChanges, delivered: int, low_space: bool
+             ) -> GroupCommit:
+        """The group's bookkeeping, taken in `epoch`. If the outbox started over since, the
+        platform's ack and the machines' marks name seqs of the old epoch: none of them is
+        written into the new one (delivered 0, ledger cleared); only the waiters ride along."""
+        if self.epoch != epoch:
+            changes, delivered = LedgerChanges(waiters=changes.waiters), 0
+        return GroupCommit(changes, delivered, self._delivered_persisted, low_space,
+                           self.retention_cap)
 
     def _quarantine_damaged(self, damaged: dict[int, str]) -> list[dict[str, Any]]:
         """Writer thread: move the rows found damaged on read and explain each hole. If SQLite
@@ -558,35 +597,3 @@ class Outbox:
         epoch = self.epoch
         while self.last_seq <= after_seq and self.epoch == epoch:
             await self._appended.wait()
-
-    # -- figures -----------------------------------------------------------------------------
-
-    @property
-    def intake_stopped(self) -> bool:
-        """True while free space is under the floor (appends of non-droppable events wait)."""
-        return self._disk.low_space
-
-    @property
-    def free_bytes(self) -> int | None:
-        return self._disk.free_bytes
-
-    @property
-    def shed_total(self) -> int:
-        return self._disk.shed_total
-
-    @property
-    def full_disk_commits(self) -> int:
-        return self._disk.full_disk_commits
-
-    def depth(self) -> int:
-        return self.last_seq - self.delivered_seq
-
-    def oldest_undelivered_s(self) -> float:
-        """Age of the oldest event the platform has not acknowledged (0 when none), as of the
-        last commit (acks are persisted with the next group, so this lags by one commit)."""
-        if self._oldest_undelivered_at is None or self.depth() <= 0:
-            return 0.0
-        return round(max(0.0, time.time() - self._oldest_undelivered_at), 3)
-
-    def statistics(self) -> dict[str, Any]:
-        return outbox_statistics(self, self._disk)

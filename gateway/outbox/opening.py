@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import structlog
 
 from gateway.errors import StoreError
@@ -30,7 +31,7 @@ from gateway.outbox.schema import connect, connect_raw, lock, read_meta
 from gateway.outbox.settings import OutboxSettings
 from gateway.outbox.tail import TailCheck, check_tail
 from gateway.outbox.witness import Mark, Witness, read_witness
-from gateway.signing import Signer
+from gateway.signing import Signer, decode_envelope
 
 __all__ = ["Opened", "open_store", "start_over"]
 
@@ -143,6 +144,8 @@ def _open_checked(settings: OutboxSettings, signer: Signer, witnessed: Mark | No
         last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         conn.execute("COMMIT")
         change = behind_witness(meta, last_seq, created, witnessed)
+        if change is not None and _succeeds(conn, meta["epoch"], witnessed):
+            change = None  # ahead of the witness: a crash beat the new epoch's witness write
         if change is not None and created:
             conn.execute("BEGIN IMMEDIATE")
             write_new_epoch(conn, settings, signer, change, [])
@@ -155,6 +158,23 @@ def _open_checked(settings: OutboxSettings, signer: Signer, witnessed: Mark | No
         conn.close()
         raise
     return _Checked(conn, quarantined, change)
+
+
+def _succeeds(conn: sqlite3.Connection, epoch: str, witnessed: Mark | None) -> bool:
+    """True if the file's epoch began by ending the witnessed one: its seq 1 is the new epoch's
+    first event naming it as `previous_epoch`, whose range already accounts for every seq of it
+    the witness can name (a start-over or epoch change counts from the chain head, which is
+    never behind the witness). A crash came before the new epoch's witness was written."""
+    if witnessed is None or witnessed.epoch == epoch:
+        return False
+    row = conn.execute("SELECT body FROM events WHERE seq = 1").fetchone()
+    try:
+        first = decode_envelope(row[0]) if row else {}
+    except (ValueError, UnicodeDecodeError, msgpack.UnpackException):
+        return False
+    data = first.get("data")
+    return first.get("epoch") == epoch and first.get("event") in ("lossMarker", "epochStarted") \
+        and isinstance(data, dict) and data.get("previous_epoch") == witnessed.epoch
 
 
 def _quarantine(conn: sqlite3.Connection, settings: OutboxSettings, epoch: str, signer: Signer,

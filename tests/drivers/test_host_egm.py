@@ -313,10 +313,11 @@ def test_priority_exception_does_not_settle_a_pending_redelivery(tmp_path) -> No
 
     class Outbox:  # the outbox asks its machine ledger, which holds such a book
         redelivered_seq = staticmethod(book.check)
+        epoch = "e1"
 
     from gateway.capture import OutboxSink
     sink = OutboxSink(Outbox(), currency="USD")  # type: ignore[arg-type]
     machine = MachineRef("p", 1)
     assert not sink.is_redelivery(machine, SourceRef("sas", 0x70, priority=True))
     assert sink.is_redelivery(machine, SourceRef("sas", 0x7E, b"\x01"))
-    assert sink._last_seq["p/1"] == 9   # the ACK about to go out is marked against seq 9
+    assert sink._last_seq["p/1"] == ("e1", 9)  # the ACK about to go out is marked against seq 9
