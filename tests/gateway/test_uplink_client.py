@@ -376,3 +376,23 @@ async def test_emfile_on_the_token_retries_soon(tmp_path: Path, monkeypatch: pyt
             await until(client, lambda s: states.append(str(s["state"])) or bool(s["connected"]))
             nursery.cancel_scope.cancel()
     assert failures == [0] and "rejected" not in states
+
+
+async def test_a_gateway_with_many_retired_keys_still_says_hello_within_the_limit(
+        tmp_path: Path, pki: Pki) -> None:
+    """A long run that rotated keys 20 times lists only the newest 16 kids (the hello's
+    limit, P-HELLO-2): the platform welcomes it instead of refusing every connection."""
+    outbox = FakeOutbox()
+    outbox.kids = [f"retired-{i}" for i in range(20)] + outbox.kids
+    outbox.extend(5)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            handle = await nursery.start(serve_receiver, receiver_settings(tmp_path, pki))
+            register(handle.store, outbox, TOKEN)
+            client = UplinkClient(client_settings(handle, tmp_path, pki), outbox)
+            await nursery.start(client.run)
+            await until(client, lambda s: s["state"] == "rejected"
+                        or s["last_ack_seq"] == outbox.last_seq)
+            stats = client.statistics()
+            nursery.cancel_scope.cancel()
+    assert stats["last_ack_seq"] == outbox.last_seq, stats["last_error"]
