@@ -510,7 +510,7 @@
       const when = core.parseTime(worst.acknowledged_at);
       extra = "Acknowledged by " + worst.acknowledged_by +
         (when === null ? "" : " at " + core.clockTime(when, model.timeZone)) +
-        " \u2014 stays until the machine clears it";
+        " \u2014 stays until " + (core.STAYS_UNTIL[worst.kind] || "the machine clears it");
     } else if (others > 0) {
       extra = "+ " + others + " more";
     }
