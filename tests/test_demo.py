@@ -95,7 +95,7 @@ def test_demo_says_in_one_line_when_the_board_port_is_taken():
         result = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "demo", "--machines", "1", "--duration", "3",
              "--rate", "4", "--feed-port", str(port)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     [line] = [x for x in result.stdout.splitlines() if x.startswith("demo: alert board")]
     assert line == (f"demo: alert board: port {port} is in use, so no board this run (the "
                     "gateway retries it); run with --feed-port 0 for any free port")
