@@ -181,16 +181,29 @@ class Platform:
         """Connect and bind to the stream and buckets (made by `casino-gateway platform init`)."""
         nc = await nats_connect(settings)
         self = cls(nc, settings)
-        try:
-            await self.js.stream_info(names.EVENTS_STREAM)
-            self.registry = await self.js.key_value(names.REGISTRY)
-            self.chains = await self.js.key_value(names.CHAINS)
-            self.commands = await self.js.key_value(names.COMMANDS)
-        except nats.js.errors.NotFoundError:
-            await nc.close()
-            raise BackendError(1011, "the JetStream stream or buckets do not exist: run "
-                               "`casino-gateway platform init` first") from None
-        return self
+        # A cluster still electing its stream leader (a node just started or restarted) times
+        # out JetStream API requests for a few seconds: bind again, three times at most.
+        for attempt in range(3):
+            try:
+                await self._bind()
+                return self
+            except nats.js.errors.NotFoundError:
+                await nc.close()
+                raise BackendError(1011, "the JetStream stream or buckets do not exist: run "
+                                   "`casino-gateway platform init` first") from None
+            except nats.errors.TimeoutError:
+                if attempt == 2:
+                    await nc.close()
+                    raise
+                log.warning("jetstream not answering yet; binding again", attempt=attempt + 1)
+                await asyncio.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
+
+    async def _bind(self) -> None:
+        await self.js.stream_info(names.EVENTS_STREAM)
+        self.registry = await self.js.key_value(names.REGISTRY)
+        self.chains = await self.js.key_value(names.CHAINS)
+        self.commands = await self.js.key_value(names.COMMANDS)
 
     async def close(self) -> None:
         if self._watch_task is not None:
